@@ -1,0 +1,64 @@
+"""Log offsets: the ``(tx_offset, op_offset)`` pairs of the shape protocol.
+
+Layer: ``shapes`` (pure). ``tx_offset`` is the commit LSN of a transaction, ``op_offset`` the
+position of an operation inside it. Snapshot chunks use the virtual offsets ``0_k`` and the
+snapshot ends at ``0_inf``. ``-1`` sorts before everything.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, NamedTuple
+
+from shapes.errors import InvalidRequest
+
+INF: Final = 1 << 64
+"""The ``inf`` op offset; larger than any real op offset."""
+
+_OFFSET_RE: Final = re.compile(r"(0|[1-9][0-9]*|0[0-9]+)_(inf|[0-9]+)")
+
+
+class LogOffset(NamedTuple):
+    """A comparable position in a shape log. Tuples compare field by field."""
+
+    tx: int
+    op: int
+
+    def __str__(self) -> str:
+        if self.tx < 0:
+            return "-1"
+        return f"{self.tx}_{'inf' if self.op == INF else self.op}"
+
+    @property
+    def is_snapshot(self) -> bool:
+        """True for the virtual snapshot offsets ``0_k`` and ``0_inf``."""
+        return self.tx == 0
+
+
+BEFORE_ALL: Final = LogOffset(-1, 0)
+"""``-1``: before the first snapshot row."""
+
+SNAPSHOT_END: Final = LogOffset(0, INF)
+"""``0_inf``: the whole snapshot has been read; the change log starts after it."""
+
+
+def parse_offset(text: str) -> LogOffset:
+    """Parse a request's ``offset`` parameter (``now`` is handled by the caller).
+
+    Accepts ``-1``, ``-1_0``, ``<int>_<int>`` and ``<int>_inf``; leading zeros are tolerated as
+    the reference server does.
+
+    Raises:
+        InvalidRequest: on anything else, with the protocol's message.
+    """
+    if text in ("-1", "-1_0"):
+        return BEFORE_ALL
+    match = _OFFSET_RE.fullmatch(text)
+    if match is None:
+        raise InvalidRequest("offset", "has invalid format")
+    tx = int(match.group(1))
+    op_text = match.group(2)
+    op = INF if op_text == "inf" else int(op_text)
+    if tx >= INF or op > INF:
+        raise InvalidRequest("offset", "has invalid format")
+    return LogOffset(tx, op)
