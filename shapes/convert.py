@@ -1,0 +1,124 @@
+"""Turn a row change of a table into the log entries of one shape.
+
+Layer: ``shapes`` (pure). Implements the protocol's rules (``protocol.md`` §7.5): updates are
+judged against ``where`` with both the old and the new row (old in + new out is a delete, old out
++ new in an insert), a primary-key change becomes a delete and an insert, and ``replica`` decides
+whether updates and deletes carry whole rows or only the key and the changed columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from shapes.messages import Operation, Row, row_key
+
+
+class Predicate(Protocol):
+    """What conversion needs of a compiled ``where`` clause."""
+
+    def matches(self, row: Row) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeView:
+    """The parts of a shape that conversion needs, computed once per shape."""
+
+    relation: tuple[str, str]
+    key_prefix: str
+    key_columns: tuple[str, ...]
+    selected: tuple[str, ...] | None
+    where: Predicate | None
+    replica_full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry before it is numbered and serialised.
+
+    ``split`` is 1 for the insert half of a primary-key change (op position + 1).
+    """
+
+    operation: Operation
+    key: str
+    value: Row
+    old_value: Row | None = None
+    headers: Mapping[str, str] | None = None
+    split: int = 0
+
+
+def _select(view: ShapeView, row: Row) -> Row:
+    if view.selected is None:
+        return row
+    return {name: row.get(name) for name in view.selected if name in row}
+
+
+def _matches(view: ShapeView, row: Row) -> bool:
+    return view.where is None or view.where.matches(row)
+
+
+def _key_only(view: ShapeView, row: Row) -> dict[str, str | None]:
+    return {name: row.get(name) for name in view.key_columns}
+
+
+def convert_insert(view: ShapeView, new: Row) -> list[Entry]:
+    """Entries for an inserted row."""
+    if not _matches(view, new):
+        return []
+    return [Entry("insert", row_key(view.key_prefix, new, view.key_columns), _select(view, new))]
+
+
+def convert_delete(view: ShapeView, old: Row, old_is_full: bool) -> list[Entry]:
+    """Entries for a deleted row; ``old`` may hold only the replica identity's key columns."""
+    if old_is_full and not _matches(view, old):
+        return []
+    key = row_key(view.key_prefix, old, view.key_columns)
+    value = _select(view, old) if view.replica_full and old_is_full else _key_only(view, old)
+    return [Entry("delete", key, value)]
+
+
+def convert_update(view: ShapeView, old: Row | None, new: Row) -> list[Entry]:
+    """Entries for an updated row.
+
+    ``old`` is the whole old row (replica identity FULL) or ``None`` when Postgres did not send
+    it; ``new`` must already have unchanged TOAST values filled in from ``old``.
+    """
+    new_in = _matches(view, new)
+    old_in = new_in if old is None else _matches(view, old)
+    if not new_in and not old_in:
+        return []
+    if old is not None and old_in and not new_in:
+        return convert_delete(view, old, True)
+    if not old_in:
+        return convert_insert(view, new)
+    new_key = row_key(view.key_prefix, new, view.key_columns)
+    if old is not None:
+        old_key = row_key(view.key_prefix, old, view.key_columns)
+        if old_key != new_key:
+            return _key_change(view, old, new, old_key, new_key)
+    return _in_place_update(view, old, new, new_key)
+
+
+def _key_change(view: ShapeView, old: Row, new: Row, old_key: str, new_key: str) -> list[Entry]:
+    old_value = _select(view, old) if view.replica_full else _key_only(view, old)
+    return [
+        Entry("delete", old_key, old_value, headers={"key_change_to": new_key}),
+        Entry("insert", new_key, _select(view, new), headers={"key_change_from": old_key}, split=1),
+    ]
+
+
+def _in_place_update(view: ShapeView, old: Row | None, new: Row, key: str) -> list[Entry]:
+    selected = _select(view, new)
+    if old is None:
+        return [Entry("update", key, selected)]
+    changed = [name for name, value in selected.items() if old.get(name) != value]
+    if not changed:
+        return []
+    if view.replica_full:
+        old_value = {name: old.get(name) for name in changed}
+        return [Entry("update", key, selected, old_value=old_value)]
+    value = _key_only(view, new)
+    for name in changed:
+        value[name] = selected[name]
+    return [Entry("update", key, value)]

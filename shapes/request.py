@@ -1,0 +1,137 @@
+"""Parsing and validating the query parameters of ``GET /v1/shape``.
+
+Layer: ``shapes`` (pure). Follows the reference server's validation order (``protocol.md`` §2.2):
+enum casts and ``offset`` presence first, then ``offset`` format, ``handle``, ``live``,
+``live_sse``, then the shape definition itself. Unknown parameters are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shapes.errors import InvalidRequest
+from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
+from shapes.shape import LogMode, Replica, ShapeDefinition, parse_columns, parse_table
+
+_PARAM_KEY = re.compile(r"params\[([^\]]*)\]")
+
+
+class RequestErrors(InvalidRequest):
+    """Several invalid parameters reported together."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        first = next(iter(errors))
+        super().__init__(first, errors[first][0])
+        self._errors = errors
+
+    def errors(self) -> dict[str, list[str]]:
+        return self._errors
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    """A validated shape request. ``offset`` is ``None`` for ``offset=now``."""
+
+    definition: ShapeDefinition
+    offset: LogOffset | None
+    handle: str | None
+    live: bool
+    live_sse: bool
+    cursor: str | None
+
+    @property
+    def is_initial(self) -> bool:
+        """Whether the request starts from the beginning (``offset=-1``)."""
+        return self.offset == BEFORE_ALL
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value != "false"
+
+
+def parse_shape_request(items: Iterable[tuple[str, str]]) -> ShapeRequest:
+    """Validate query parameters (as ``(name, value)`` pairs) into a :class:`ShapeRequest`.
+
+    Raises:
+        InvalidRequest: with the field and message the reference server would report.
+    """
+    params: dict[str, str] = {}
+    where_params: dict[str, str] = {}
+    for name, value in items:
+        match = _PARAM_KEY.fullmatch(name)
+        if match is not None:
+            where_params[match.group(1)] = value
+        elif name not in params:
+            params[name] = value
+    replica, log_mode = _cast_enums(params)
+    offset_text = params.get("offset")
+    offset = None if offset_text in (None, "now") else parse_offset(offset_text or "")
+    handle = params.get("handle") or None
+    if offset_text not in ("-1", "-1_0", "now") and handle is None:
+        raise InvalidRequest("handle", "can't be blank when offset != -1")
+    live = _truthy(params.get("live"))
+    if live and offset == BEFORE_ALL:
+        raise InvalidRequest("live", "can't be true when offset == -1")
+    if live and offset is None:
+        raise InvalidRequest("live", "can't be true when offset is 'now'")
+    sse_text = params.get("live_sse", params.get("experimental_live_sse"))
+    live_sse = _truthy(sse_text)
+    if live_sse and not live:
+        raise InvalidRequest("live_sse", "can't be true unless live is also true")
+    definition = _definition(params, where_params, replica, log_mode)
+    if offset == BEFORE_ALL or offset is None:
+        handle = None
+    return ShapeRequest(definition, offset, handle, live, live_sse, params.get("cursor"))
+
+
+def _cast_enums(params: dict[str, str]) -> tuple[Replica, LogMode]:
+    errors: dict[str, list[str]] = {}
+    replica = params.get("replica", "default")
+    log_mode = params.get("log", "full")
+    if replica not in ("default", "full"):
+        errors["replica"] = ["is invalid"]
+    if log_mode not in ("full", "changes_only"):
+        errors["log"] = ["is invalid"]
+    if not params.get("offset"):
+        errors["offset"] = ["can't be blank"]
+    if errors:
+        raise RequestErrors(errors)
+    return replica, log_mode  # type: ignore[return-value]
+
+
+def _definition(
+    params: dict[str, str], where_params: dict[str, str], replica: Replica, log_mode: LogMode
+) -> ShapeDefinition:
+    table_text = params.get("table")
+    if not table_text:
+        raise InvalidRequest("table", "can't be blank")
+    schema, table = parse_table(table_text)
+    columns = None
+    if "columns" in params:
+        columns = tuple(sorted(set(parse_columns(params["columns"]))))
+    validate_params(where_params)
+    where = params.get("where") or None
+    return ShapeDefinition(
+        schema=schema,
+        table=table,
+        where=where,
+        params=tuple(sorted(where_params.items())) if where is not None else (),
+        columns=columns,
+        replica=replica,
+        log=log_mode,
+    )
+
+
+def validate_params(where_params: dict[str, str]) -> None:
+    """Check that ``params`` keys are the integers 1..n.
+
+    Raises:
+        InvalidRequest: on ``params`` otherwise.
+    """
+    if not all(key.isdigit() for key in where_params):
+        raise InvalidRequest("params", "Parameters can only use numbers as keys")
+    numbers = sorted(int(key) for key in where_params)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise InvalidRequest("params", "Parameters must be numbered sequentially, starting from 1")

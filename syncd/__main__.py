@@ -1,0 +1,48 @@
+"""``python -m syncd``: run the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from syncd.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("syncd")
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from syncd.pgprovider import provide_postgres
+
+    with provide_postgres(Path(".dev") / "postgres") as server:
+        log.info("using the embedded Postgres at %s", server.dsn)
+        yield server.dsn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from syncd.daemon import Syncd
+
+    with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Syncd(settings, conninfo).serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

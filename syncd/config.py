@@ -1,0 +1,122 @@
+"""Daemon settings, read once from the command line and the environment.
+
+Layer: ``syncd``. Every option has an environment variable (``SYNCD_*``; the database URL also
+falls back to ``DATABASE_URL``); command-line flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon is configured with."""
+
+    database_url: str | None = None
+    storage_dir: Path = Path(".syncd")
+    host: str = "127.0.0.1"
+    port: int = 3000
+    slot: str = "syncd_slot"
+    publication: str = "syncd_publication"
+    long_poll_timeout: float = 20.0
+    chunk_bytes: int = 10 * 1024 * 1024
+    secret: str | None = field(default=None, repr=False)
+    allow_shape_deletion: bool = False
+    log_level: str = "INFO"
+    dev: bool = False
+
+
+_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("database_url", "SYNCD_DATABASE_URL", str, "Postgres URL or conninfo (also DATABASE_URL)"),
+    ("storage_dir", "SYNCD_STORAGE_DIR", Path, "directory for shape logs (default .syncd)"),
+    ("host", "SYNCD_HOST", str, "address to listen on (default 127.0.0.1)"),
+    ("port", "SYNCD_PORT", int, "port to listen on (default 3000)"),
+    ("slot", "SYNCD_SLOT", str, "logical replication slot name (default syncd_slot)"),
+    ("publication", "SYNCD_PUBLICATION", str, "publication name (default syncd_publication)"),
+    ("long_poll_timeout", "SYNCD_LONG_POLL_TIMEOUT", float, "live request hold, seconds (20)"),
+    ("chunk_bytes", "SYNCD_CHUNK_BYTES", int, "log chunk size threshold in bytes (10 MiB)"),
+    ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
+    ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),
+)
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value."""
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m syncd`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m syncd",
+        description=(
+            "Stream Postgres changes into durable shape logs and serve them with "
+            "Electric's HTTP shape protocol (long-poll and SSE)."
+        ),
+        epilog="Every option can also be set with the environment variable shown.",
+    )
+    for name, env, _kind, text in _OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, help=f"{text} [{env}]")
+    parser.add_argument(
+        "--allow-shape-deletion",
+        action="store_true",
+        default=None,
+        help="enable DELETE /v1/shape [SYNCD_ALLOW_SHAPE_DELETION]",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="start an embedded Postgres (data in .dev/) when no database URL is set",
+    )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags, then ``SYNCD_*`` variables, then defaults.
+
+    Raises:
+        ConfigError: when a value does not parse.
+    """
+    env = os.environ if env is None else env
+    args = build_parser().parse_args(argv)
+    values: dict[str, object] = {}
+    for name, variable, kind, _text in _OPTIONS:
+        raw = getattr(args, name)
+        if raw is None:
+            raw = env.get(variable)
+        if raw is None and name == "database_url":
+            raw = env.get("DATABASE_URL")
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for {variable}: {raw!r}") from exc
+    deletion = args.allow_shape_deletion
+    if deletion is None:
+        deletion = _truthy(env.get("SYNCD_ALLOW_SHAPE_DELETION", ""))
+    settings = Settings(**values, allow_shape_deletion=bool(deletion), dev=args.dev)  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port out of range: {settings.port}")
+    if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
+        raise ConfigError("SYNCD_LONG_POLL_TIMEOUT must be in (0, 40] seconds")
+    if settings.chunk_bytes < 1024:
+        raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
+    if settings.database_url is None and not settings.dev:
+        raise ConfigError("no database: set SYNCD_DATABASE_URL / DATABASE_URL or pass --dev")

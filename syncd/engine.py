@@ -1,0 +1,561 @@
+"""The engine: shape registry, replication handler, snapshots and flush tracking.
+
+Layer: ``syncd``.
+
+Theory of operation
+-------------------
+``ReplicationStream`` hands every decoded pgoutput message to :meth:`Engine.on_message`, in
+stream order, on the event loop. Row changes are routed to the shapes they may affect (an index
+over ``column = constant`` conditions, see ``shapes.router``), converted to log entries per shape
+and held until the transaction's ``Commit``. Offsets are ``(commit LSN, op index)`` with the op
+index stepping by 2 per change, so a replay of the same WAL after a crash produces the same
+offsets; a shape skips every transaction at or below its log's latest offset.
+
+At commit, each touched shape appends the transaction to its log (written to the OS at once, so
+readers and waiting clients see it immediately). Durability is batched: when the stream has
+drained its socket, :meth:`Engine.on_idle` fsyncs the logs written since the last flush and only
+then reports the last commit's end LSN as flushed to Postgres. Shapes still taking their snapshot
+hold their transactions in memory; the confirmed LSN never passes the oldest of those, so a crash
+can only lose what Postgres will send again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from shapes import messages
+from shapes.convert import Entry, convert_delete, convert_insert, convert_update
+from shapes.errors import InvalidRequest
+from shapes.router import Router
+from shapes.schema import Table
+from shapes.shape import ShapeDefinition
+from shapes.where import Where, parse_where
+from syncd.catalog import PublicationManager, load_table
+from syncd.errors import DatabaseUnavailable
+from syncd.pgoutput import messages as pg
+from syncd.shape_state import ShapeState, snapshot_from_meta
+from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
+from syncd.storage import ShapeLog
+
+log = logging.getLogger("syncd.engine")
+
+TableKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs to run (see ``syncd.config`` for the daemon's settings)."""
+
+    conninfo: str
+    storage_dir: Path
+    slot: str = "syncd_slot"
+    publication: str = "syncd_publication"
+    chunk_bytes: int = 10 * 1024 * 1024
+    flush_interval: float = 0.05
+    pool_size: int = 8
+
+
+@dataclass(slots=True)
+class _Relation:
+    table: TableKey
+    names: tuple[str, ...]
+    types: tuple[int, ...]
+
+
+class Engine:
+    """Owns every shape and applies the replication stream to them."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] | None = None
+        self.publications = PublicationManager(settings.publication)
+        self.router: Router[ShapeState] = Router()
+        self.shapes: dict[str, ShapeState] = {}
+        self.by_definition: dict[ShapeDefinition, ShapeState] = {}
+        self.last_seen_lsn = 0
+        self._tables: dict[TableKey, Table] = {}
+        self._relations: dict[int, _Relation] = {}
+        self._creating: dict[ShapeDefinition, asyncio.Future[ShapeState]] = {}
+        self._pending: list[ShapeState] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_handle_us = 0
+        # the open transaction
+        self._in_txn = False
+        self._txn_lsn = 0
+        self._txn_xid = 0
+        self._txn_op = 0
+        self._txn_entries: dict[ShapeState, list[tuple[int, Entry]]] = {}
+        # flush tracking
+        self._dirty: set[ShapeState] = set()
+        self._last_commit_end = 0
+        self._durable_lsn = 0
+        self._last_flush = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def shapes_dir(self) -> Path:
+        """Where shape logs live."""
+        return self.settings.storage_dir / "shapes"
+
+    async def open(self) -> None:
+        """Connect, make sure the publication and slot exist, restore shapes from disk."""
+        self.shapes_dir.mkdir(parents=True, exist_ok=True)
+        self.pool = AsyncConnectionPool(
+            self.settings.conninfo,
+            min_size=1,
+            max_size=self.settings.pool_size,
+            kwargs={"autocommit": True},
+            configure=_configure_connection,
+            open=False,
+        )
+        await self.pool.open(wait=True, timeout=30)
+        async with self.pool.connection() as conn:
+            created_publication = await self.publications.ensure_publication(conn)
+            created_slot = await self._ensure_slot(conn)
+        if created_publication or created_slot:
+            self._purge_all_shapes("a new replication slot or publication was created")
+        await self._restore_shapes()
+
+    async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
+        query = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
+        cur = await conn.execute(query, (self.settings.slot,))
+        row = await cur.fetchone()
+        if row is not None:
+            log.info("replication slot %s exists, confirmed up to %s", self.settings.slot, row[0])
+            return False
+        await conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
+        )
+        log.info("created replication slot %s", self.settings.slot)
+        return True
+
+    async def close(self) -> None:
+        """Flush logs and close connections; shapes stay on disk."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._flush_dirty()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def _purge_all_shapes(self, reason: str) -> None:
+        entries = list(self.shapes_dir.iterdir())
+        if entries:
+            log.warning("discarding %d stored shapes: %s", len(entries), reason)
+        for entry in entries:
+            shutil.rmtree(entry, ignore_errors=True)
+
+    async def _restore_shapes(self) -> None:
+        restored = 0
+        for directory in sorted(self.shapes_dir.iterdir()):
+            shape = await self._restore_shape(directory)
+            if shape is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            self._register(shape)
+            restored += 1
+        log.info("restored %d shapes from %s", restored, self.shapes_dir)
+
+    async def _restore_shape(self, directory: Path) -> ShapeState | None:
+        try:
+            shape_log = ShapeLog.open(directory, self.settings.chunk_bytes)
+            meta = shape_log.read_meta()
+        except Exception:  # a damaged directory is discarded, never fatal
+            log.exception("cannot open stored shape %s; discarding it", directory.name)
+            return None
+        if meta is None or meta.get("status") != "ready" or not shape_log.snapshot_complete:
+            return None
+        definition = ShapeDefinition.from_json(meta["definition"])
+        try:
+            table, where, selected = await self._compile(definition)
+        except InvalidRequest as exc:
+            log.warning("stored shape %s no longer valid (%s)", directory.name, exc)
+            return None
+        shape = ShapeState(meta["handle"], definition, table, where, selected, shape_log)
+        shape.status = "ready"
+        shape.snapshot = snapshot_from_meta(meta)
+        shape.filtering = bool(meta.get("filtering", True))
+        shape.ready.set()
+        return shape
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def get(self, handle: str) -> ShapeState | None:
+        """The live shape with this handle, if any."""
+        shape = self.shapes.get(handle)
+        return shape if shape is not None and shape.status != "gone" else None
+
+    def find(self, definition: ShapeDefinition) -> ShapeState | None:
+        """The live shape for this definition, if any."""
+        shape = self.by_definition.get(definition)
+        return shape if shape is not None and shape.status != "gone" else None
+
+    async def get_or_create(self, definition: ShapeDefinition) -> ShapeState:
+        """The shape for ``definition``, creating it (and starting its snapshot) if needed.
+
+        Concurrent calls for the same new definition share one creation.
+
+        Raises:
+            InvalidRequest: when the table, columns or where clause are invalid.
+            DatabaseUnavailable: when Postgres cannot be reached.
+        """
+        existing = self.find(definition)
+        if existing is not None:
+            return existing
+        pending = self._creating.get(definition)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ShapeState] = asyncio.get_running_loop().create_future()
+        self._creating[definition] = future
+        try:
+            shape = await self._create(definition)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: concurrent waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(shape)
+            return shape
+        finally:
+            del self._creating[definition]
+
+    async def _create(self, definition: ShapeDefinition) -> ShapeState:
+        table, where, selected = await self._compile(definition)
+        async with self._connection() as conn:
+            await self.publications.add_table(conn, table)
+        handle = self._new_handle(definition)
+        shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
+        shape = ShapeState(handle, definition, table, where, selected, shape_log)
+        shape.save_meta()
+        self._register(shape)
+        log.info("created shape %s for %s", handle, _describe(definition))
+        self._spawn(self._take_snapshot(shape))
+        return shape
+
+    async def _compile(
+        self, definition: ShapeDefinition
+    ) -> tuple[Table, Where | None, tuple[str, ...]]:
+        table = await self.describe_table(definition.schema, definition.table)
+        selected = _selected_columns(table, definition.columns)
+        where = None
+        if definition.where is not None:
+            where = parse_where(definition.where, table.by_name, definition.params_map)
+        return table, where, selected
+
+    async def describe_table(self, schema: str, name: str) -> Table:
+        """The table's description, cached until a relation message says it changed."""
+        cached = self._tables.get((schema, name))
+        if cached is not None:
+            return cached
+        async with self._connection() as conn:
+            table = await load_table(conn, schema, name)
+        self._tables[(schema, name)] = table
+        return table
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> Any:
+        assert self.pool is not None, "engine is not open"
+        try:
+            async with self.pool.connection(timeout=10) as conn:
+                yield conn
+        except (psycopg.OperationalError, TimeoutError) as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    def _new_handle(self, definition: ShapeDefinition) -> str:
+        now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
+        self._last_handle_us = now_us
+        return f"{definition.digest()}-{now_us}"
+
+    def _register(self, shape: ShapeState) -> None:
+        self.shapes[shape.handle] = shape
+        self.by_definition[shape.definition] = shape
+        if self._in_txn:
+            self._pending.append(shape)  # joins at the next transaction boundary
+        else:
+            self._route(shape)
+
+    def _route(self, shape: ShapeState) -> None:
+        self.router.add(shape, shape.definition.relation, shape.where, shape.table.by_name)
+
+    def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
+        """Retire a shape for good and remove its files."""
+        if shape.status == "gone" and shape.handle not in self.shapes:
+            return
+        log.info("removing shape %s (%s)", shape.handle, reason)
+        self.router.remove(shape)
+        self.shapes.pop(shape.handle, None)
+        if self.by_definition.get(shape.definition) is shape:
+            del self.by_definition[shape.definition]
+        self._dirty.discard(shape)
+        self._txn_entries.pop(shape, None)
+        if shape in self._pending:
+            self._pending.remove(shape)
+        shape.go_away()
+        shape.log.delete()
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    async def _take_snapshot(self, shape: ShapeState) -> None:
+        try:
+            async with self._connection() as conn:
+                info, wal_lsn = await begin_snapshot(conn)
+                if shape.definition.log == "full":
+                    await self._copy_rows(conn, shape)
+                await conn.execute("COMMIT")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("snapshot of shape %s failed", shape.handle)
+            shape.fail(exc)
+            self.delete(shape, "snapshot failed")
+            return
+        if shape.status == "gone":
+            return
+        shape.log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
+        self.last_seen_lsn = max(self.last_seen_lsn, wal_lsn)
+        shape.finish_snapshot(info)
+        self._dirty.add(shape)
+        log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
+
+    async def _copy_rows(self, conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState) -> None:
+        table, view = shape.table, shape.view
+        columns = sorted(set(shape.selected) | set(view.key_columns))
+        relation = shape.relation_list
+        where_sql = shape.where.sql if shape.where is not None else None
+        async for batch in stream_rows(conn, table, columns, where_sql):
+            lines = []
+            for values in batch:
+                row = dict(zip(columns, values, strict=True))
+                key = messages.row_key(view.key_prefix, row, view.key_columns)
+                value = row if view.selected is None else {c: row[c] for c in shape.selected}
+                lines.append(messages.snapshot_row(relation, key, value))
+            shape.log.append_snapshot_rows(lines)
+            if shape.status == "gone":
+                return
+
+    # -- replication handler -------------------------------------------------------------------
+
+    def on_message(self, msg: pg.Message) -> None:
+        """Apply one pgoutput message (called by the replication stream, in order)."""
+        kind = type(msg)
+        if kind is pg.Insert:
+            self._on_insert(msg)  # type: ignore[arg-type]
+        elif kind is pg.Update:
+            self._on_update(msg)  # type: ignore[arg-type]
+        elif kind is pg.Delete:
+            self._on_delete(msg)  # type: ignore[arg-type]
+        elif kind is pg.Begin:
+            self._on_begin(msg)  # type: ignore[arg-type]
+        elif kind is pg.Commit:
+            self._on_commit(msg)  # type: ignore[arg-type]
+        elif kind is pg.Relation:
+            self._on_relation(msg)  # type: ignore[arg-type]
+        elif kind is pg.Truncate:
+            self._on_truncate(msg)  # type: ignore[arg-type]
+
+    def _on_begin(self, msg: pg.Begin) -> None:
+        self._in_txn = True
+        self._txn_lsn = msg.final_lsn
+        self._txn_xid = msg.xid
+        self._txn_op = 0
+        self._txn_entries = {}
+
+    def _on_relation(self, msg: pg.Relation) -> None:
+        names = tuple(c.name for c in msg.columns)
+        types = tuple(c.type_oid for c in msg.columns)
+        key = (msg.namespace or "pg_catalog", msg.name)
+        previous = self._relations.get(msg.oid)
+        self._relations[msg.oid] = _Relation(key, names, types)
+        if previous is None or (previous.table, previous.names, previous.types) == (
+            key,
+            names,
+            types,
+        ):
+            return
+        self._tables.pop(previous.table, None)
+        self._tables.pop(key, None)
+        for shape in list(self.router.shapes_for_table(previous.table)):
+            self.delete(shape, "the table's schema changed")
+
+    def _on_truncate(self, msg: pg.Truncate) -> None:
+        for oid in msg.oids:
+            relation = self._relations.get(oid)
+            if relation is None:
+                continue
+            for shape in list(self.router.shapes_for_table(relation.table)):
+                self.delete(shape, "the table was truncated")
+
+    def _add(self, shape: ShapeState, entries: list[Entry]) -> None:
+        op = self._txn_op
+        bucket = self._txn_entries.get(shape)
+        if bucket is None:
+            bucket = self._txn_entries[shape] = []
+        for entry in entries:
+            bucket.append((op, entry))
+
+    def _on_insert(self, msg: pg.Insert) -> None:
+        relation = self._relations[msg.oid]
+        row = dict(zip(relation.names, msg.new, strict=True))
+        for shape in self.router.affected(relation.table, row):  # type: ignore[arg-type]
+            entries = convert_insert(shape.view, row)  # type: ignore[arg-type]
+            if entries:
+                self._add(shape, entries)
+        self._txn_op += 2
+
+    def _on_update(self, msg: pg.Update) -> None:
+        relation = self._relations[msg.oid]
+        full_old = msg.old_kind == "O" and msg.old is not None
+        old = dict(zip(relation.names, msg.old, strict=True)) if full_old else None  # type: ignore[arg-type]
+        new = _fill_unchanged(relation.names, msg.new, old)
+        shapes = self.router.affected(relation.table, new)
+        if old is not None:
+            shapes = shapes | self.router.affected(relation.table, old)
+        for shape in shapes:
+            entries = convert_update(shape.view, old, new)
+            if entries:
+                self._add(shape, entries)
+        self._txn_op += 2
+
+    def _on_delete(self, msg: pg.Delete) -> None:
+        relation = self._relations[msg.oid]
+        old = dict(zip(relation.names, msg.old, strict=True))
+        full = msg.old_kind == "O"
+        for shape in self.router.affected(relation.table, old):  # type: ignore[arg-type]
+            entries = convert_delete(shape.view, old, full)  # type: ignore[arg-type]
+            if entries:
+                self._add(shape, entries)
+        self._txn_op += 2
+
+    def _on_commit(self, msg: pg.Commit) -> None:
+        lsn, xid = self._txn_lsn, self._txn_xid
+        for shape, entries in self._txn_entries.items():
+            if shape.status == "gone":
+                continue
+            if shape.commit(lsn, xid, _serialise(shape, entries, lsn, xid)):
+                self._dirty.add(shape)
+        self._txn_entries = {}
+        self._in_txn = False
+        self._last_commit_end = msg.end_lsn
+        self.last_seen_lsn = max(self.last_seen_lsn, lsn)
+        for shape in self._pending:
+            if shape.status != "gone":
+                self._route(shape)
+        self._pending = []
+
+    async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
+        """Make written logs durable and return the LSN Postgres may forget up to."""
+        now = time.monotonic()
+        if self._dirty and now - self._last_flush >= self.settings.flush_interval:
+            self._flush_dirty()
+        if self._dirty:
+            return self._pinned(self._durable_lsn)
+        durable = self._last_commit_end
+        if not in_transaction and not self._in_txn:
+            durable = max(durable, received_lsn)
+        self._durable_lsn = max(self._durable_lsn, self._pinned(durable))
+        return self._durable_lsn
+
+    def _flush_dirty(self) -> None:
+        covered = self._last_commit_end
+        for shape in self._dirty:
+            if shape.status != "gone":
+                shape.log.sync()
+        self._dirty.clear()
+        self._last_flush = time.monotonic()
+        self._durable_lsn = max(self._durable_lsn, self._pinned(covered))
+
+    def _pinned(self, lsn: int) -> int:
+        for shape in self.shapes.values():
+            first = shape.first_buffered_lsn
+            if first is not None and first <= lsn:
+                lsn = first
+        return lsn
+
+
+def _configure_connection(conn: psycopg.AsyncConnection[TupleRow]) -> Any:
+    async def configure() -> None:
+        for name, value in DISPLAY_SETTINGS.items():
+            await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+    return configure()
+
+
+def _selected_columns(table: Table, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    if requested is None:
+        return tuple(sorted(c.name for c in table.columns))
+    unknown = [name for name in requested if name not in table.by_name]
+    if unknown:
+        message = f"The following columns are not found on the table: {', '.join(unknown)}"
+        raise InvalidRequest("columns", message)
+    pk = [c.name for c in table.columns if c.pk_index is not None]
+    missing = [name for name in pk if name not in requested]
+    if missing:
+        message = "The list of columns must include all primary key columns, missing: " + ", ".join(
+            missing
+        )
+        raise InvalidRequest("columns", message)
+    return tuple(sorted(set(requested)))
+
+
+def _fill_unchanged(
+    names: tuple[str, ...], values: pg.RowData, old: dict[str, str | None] | None
+) -> dict[str, str | None]:
+    row: dict[str, str | None] = {}
+    for name, value in zip(names, values, strict=True):
+        if value is pg.UNCHANGED_TOAST:
+            if old is not None:
+                row[name] = old.get(name)
+        else:
+            row[name] = value  # type: ignore[assignment]
+    return row
+
+
+def _serialise(
+    shape: ShapeState, entries: list[tuple[int, Entry]], lsn: int, xid: int
+) -> list[tuple[int, bytes]]:
+    relation = shape.relation_list
+    last = len(entries) - 1
+    return [
+        (
+            op + entry.split,
+            messages.change(
+                entry.operation,
+                relation,
+                entry.key,
+                entry.value,
+                lsn=lsn,
+                op_position=op + entry.split,
+                xid=xid,
+                last=index == last,
+                old_value=entry.old_value,
+                extra_headers=entry.headers,
+            ),
+        )
+        for index, (op, entry) in enumerate(entries)
+    ]
+
+
+def _describe(definition: ShapeDefinition) -> str:
+    text = f"{definition.schema}.{definition.table}"
+    if definition.where:
+        text += f" where {definition.where}"
+    return text

@@ -1,0 +1,463 @@
+"""The HTTP API: Electric's shape protocol over Starlette.
+
+Layer: ``syncd``. Endpoints parse the request, ask the engine for the shape, read its log and
+render the protocol's headers and bodies (``protocol.md`` §3-§6): the initial and catch-up
+requests, live long-polls held until the log grows, and live Server-Sent Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from shapes import messages
+from shapes.errors import InvalidRequest
+from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
+from shapes.request import ShapeRequest, parse_shape_request
+from syncd.engine import Engine
+from syncd.errors import DatabaseUnavailable
+from syncd.shape_state import ShapeState
+
+log = logging.getLogger("syncd.http")
+
+SERVER_HEADER = "syncd/0.1"
+EXPOSED_HEADERS = (
+    "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,"
+    "electric-up-to-date,electric-internal-known-error,retry-after"
+)
+CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
+CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Knobs of the HTTP layer."""
+
+    long_poll_timeout: float = 20.0
+    sse_timeout: float = 60.0
+    sse_keepalive: float = 21.0
+    max_age: int = 60
+    stale_age: int = 300
+    secret: str | None = None
+    allow_shape_deletion: bool = False
+    snapshot_wait: float = 45.0
+
+
+class ShapeApi:
+    """Request handlers bound to one engine."""
+
+    def __init__(self, engine: Engine, settings: ApiSettings, health: Callable[[], str]) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.health = health
+
+    # -- entry points --------------------------------------------------------------------------
+
+    async def get_shape(self, request: Request) -> Response:
+        """``GET /v1/shape`` (and HEAD)."""
+        denied = self._check_secret(request)
+        if denied is not None:
+            return denied
+        try:
+            shape_request = parse_shape_request(request.query_params.multi_items())
+            return await self._serve(request, shape_request)
+        except InvalidRequest as exc:
+            return bad_request(exc.errors())
+        except DatabaseUnavailable:
+            message = "Cannot connect to the database to verify the shape. Please try again later."
+            return unavailable(message, retry_after=1)
+
+    async def delete_shape(self, request: Request) -> Response:
+        """``DELETE /v1/shape`` by definition or by handle."""
+        denied = self._check_secret(request)
+        if denied is not None:
+            return denied
+        if not self.settings.allow_shape_deletion:
+            return json_response({"message": "DELETE not allowed"}, 405, cache="no-cache")
+        query = request.query_params
+        handle = query.get("handle")
+        try:
+            shape = await self._shape_to_delete(request, handle)
+        except InvalidRequest as exc:
+            return bad_request(exc.errors())
+        if shape is None:
+            return json_response({"message": "No existing shape found"}, 404, cache="no-cache")
+        self.engine.delete(shape, "deleted through the API")
+        return Response(status_code=202, headers=base_headers("no-cache"))
+
+    async def _shape_to_delete(self, request: Request, handle: str | None) -> ShapeState | None:
+        if "table" not in request.query_params:
+            if handle is None:
+                raise InvalidRequest("handle", "can't be blank when shape definition is missing")
+            return self.engine.get(handle)
+        items = [(k, v) for k, v in request.query_params.multi_items() if k != "handle"]
+        items.append(("offset", "-1"))
+        definition = parse_shape_request(items).definition
+        shape = self.engine.find(definition)
+        if handle is not None and (shape is None or shape.handle != handle):
+            message = (
+                "The specified shape definition and handle do not match. Please ensure the "
+                "shape definition is correct or omit the shape handle from the request to "
+                "obtain a new one."
+            )
+            raise InvalidRequest("handle", message)
+        return shape
+
+    async def options(self, request: Request) -> Response:
+        """CORS preflight."""
+        headers = base_headers(None)
+        headers["access-control-max-age"] = "86400"
+        asked = request.headers.get("access-control-request-headers", "")
+        allowed = [h.strip() for h in asked.lower().split(",") if h.strip()]
+        if allowed:
+            headers["access-control-allow-headers"] = ", ".join(allowed)
+        origin = request.headers.get("origin")
+        if origin:
+            headers["access-control-allow-origin"] = origin
+        return Response(status_code=204, headers=headers)
+
+    async def health_check(self, request: Request) -> Response:
+        """``GET /v1/health``."""
+        status = self.health()
+        code = 200 if status == "active" else 202
+        cache = "no-cache, no-store, must-revalidate"
+        return json_response({"status": status}, code, cache=cache)
+
+    def _check_secret(self, request: Request) -> Response | None:
+        secret = self.settings.secret
+        if secret is None:
+            return None
+        given = request.query_params.get("secret") or request.query_params.get("api_secret")
+        if given == secret:
+            return None
+        body = json.dumps({"message": "Unauthorized - Invalid API secret"})
+        return Response(body, status_code=401, headers={"electric-server": SERVER_HEADER})
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def _serve(self, request: Request, req: ShapeRequest) -> Response:
+        shape, refetch = await self._resolve(req)
+        if refetch is not None:
+            return must_refetch(refetch)
+        assert shape is not None
+        if not await self._await_snapshot(shape):
+            return self._after_loss(shape)
+        if req.offset is None:
+            return self._now_response(shape)
+        offset = req.offset
+        latest = shape.log.latest_offset
+        if not offset.is_snapshot and offset > latest:
+            if not await self._wait_for(shape, offset, self.settings.long_poll_timeout / 2):
+                return bad_request({"offset": ["out of bounds for this shape"]})
+        items, end = await read_log(shape, offset)
+        if req.live_sse and not items:
+            return self._sse(request, req, shape, offset)
+        if req.live and not items:
+            items, end = await self._hold(shape, offset)
+            if shape.status == "gone":
+                return self._after_loss(shape)
+            if not items:
+                return self._live_timeout(req, shape, offset)
+        if req.live_sse:
+            return self._sse_catch_up(req, shape, items, end)
+        return self._log_response(request, req, shape, items, end)
+
+    async def _resolve(self, req: ShapeRequest) -> tuple[ShapeState | None, str | None]:
+        """The shape to serve, or the handle to send with a 409."""
+        definition = req.definition
+        if req.handle is None:
+            return await self.engine.get_or_create(definition), None
+        shape = self.engine.get(req.handle)
+        if shape is not None and shape.definition == definition:
+            return shape, None
+        current = await self.engine.get_or_create(definition)
+        return None, current.handle
+
+    async def _await_snapshot(self, shape: ShapeState) -> bool:
+        if not shape.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shape.ready.wait(), self.settings.snapshot_wait)
+        return shape.status == "ready"
+
+    def _after_loss(self, shape: ShapeState) -> Response:
+        if shape.failure is not None and shape.status == "gone":
+            if isinstance(shape.failure, InvalidRequest):
+                return bad_request(shape.failure.errors())
+            return unavailable("Failed to create shape, please retry", retry_after=1)
+        if not shape.ready.is_set():
+            return unavailable("Snapshot is taking too long, please retry", retry_after=5)
+        replacement = self.engine.find(shape.definition)
+        return must_refetch(replacement.handle if replacement is not None else None)
+
+    async def _wait_for(self, shape: ShapeState, offset: LogOffset, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while shape.log.latest_offset < offset and shape.status == "ready":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(shape.notifier.wait()), remaining)
+        return shape.status == "ready"
+
+    async def _hold(self, shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        deadline = time.monotonic() + self.settings.long_poll_timeout
+        while shape.status == "ready":
+            waiter = shape.notifier.wait()
+            items, end = await read_log(shape, offset)
+            if items:
+                return items, end
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), remaining)
+        return [], offset
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def _headers(self, shape: ShapeState, cache: str | None) -> dict[str, str]:
+        headers = base_headers(cache)
+        headers["electric-handle"] = shape.handle
+        return headers
+
+    def _cache_for(self, req: ShapeRequest) -> str:
+        if req.is_initial:
+            return CACHE_INITIAL
+        if req.live:
+            return CACHE_LIVE
+        return self._cache_for_catch_up()
+
+    def _log_response(
+        self,
+        request: Request,
+        req: ShapeRequest,
+        shape: ShapeState,
+        items: list[bytes],
+        end: LogOffset,
+    ) -> Response:
+        assert req.offset is not None
+        headers = self._headers(shape, self._cache_for(req))
+        headers["electric-offset"] = str(end)
+        headers["electric-has-data"] = "true"
+        headers["etag"] = f'"{shape.handle}:{req.offset}:{end}"'
+        if req.live:
+            headers["electric-cursor"] = self.next_cursor(req.cursor)
+        up_to_date = not req.is_initial and end >= shape.log.latest_offset
+        if up_to_date:
+            headers["electric-up-to-date"] = ""
+            lsn = end.tx if req.live else max(self.engine.last_seen_lsn, end.tx)
+            items = [*items, messages.up_to_date(lsn)]
+        if _etag_matches(request, headers["etag"]):
+            return Response(status_code=304, headers=headers)
+        if not req.live:
+            headers["electric-schema"] = shape.schema_header
+        return json_bytes_response(messages.json_array(items), headers)
+
+    def _now_response(self, shape: ShapeState) -> Response:
+        headers = self._headers(shape, self._cache_for_catch_up())
+        latest = shape.log.latest_offset
+        headers["electric-offset"] = str(latest)
+        headers["electric-has-data"] = "false"
+        headers["electric-up-to-date"] = ""
+        headers["electric-schema"] = shape.schema_header
+        headers["etag"] = f'"{shape.handle}:now:{latest}:{time.monotonic_ns()}"'
+        lsn = self.engine.last_seen_lsn or latest.tx
+        body = messages.json_array([messages.up_to_date(lsn)])
+        return json_bytes_response(body, headers)
+
+    def _cache_for_catch_up(self) -> str:
+        settings = self.settings
+        return f"public, max-age={settings.max_age}, stale-while-revalidate={settings.stale_age}"
+
+    def _live_timeout(self, req: ShapeRequest, shape: ShapeState, offset: LogOffset) -> Response:
+        headers = self._headers(shape, CACHE_LIVE)
+        headers["electric-offset"] = str(offset)
+        headers["electric-has-data"] = "false"
+        headers["electric-up-to-date"] = ""
+        headers["electric-cursor"] = self.next_cursor(req.cursor)
+        headers["etag"] = f'"{shape.handle}:{offset}:{offset}:{time.monotonic_ns()}"'
+        lsn = self.engine.last_seen_lsn or shape.log.latest_offset.tx
+        return json_bytes_response(messages.json_array([messages.up_to_date(lsn)]), headers)
+
+    def _sse_headers(
+        self, req: ShapeRequest, shape: ShapeState, offset: LogOffset
+    ) -> dict[str, str]:
+        sse_age = max(int(self.settings.sse_timeout) - 1, 0)
+        headers = self._headers(shape, f"public, max-age={sse_age}")
+        headers["electric-offset"] = str(offset)
+        headers["electric-cursor"] = self.next_cursor(req.cursor)
+        headers["electric-has-data"] = "true"
+        headers["electric-up-to-date"] = ""
+        headers["connection"] = "keep-alive"
+        headers["etag"] = f'"{shape.handle}:{offset}:{offset}"'
+        return headers
+
+    def _sse_catch_up(
+        self, req: ShapeRequest, shape: ShapeState, items: list[bytes], end: LogOffset
+    ) -> Response:
+        assert req.offset is not None
+        headers = self._sse_headers(req, shape, req.offset)
+        events = [*items, messages.up_to_date(end.tx)]
+        body = b"".join(b"data: " + item + b"\n\n" for item in events)
+        return Response(body, headers=headers, media_type="text/event-stream")
+
+    def _sse(
+        self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
+    ) -> Response:
+        headers = self._sse_headers(req, shape, offset)
+        stream = self._sse_events(shape, offset)
+        return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
+
+    async def _sse_events(self, shape: ShapeState, offset: LogOffset) -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + self.settings.sse_timeout
+        last_sent = time.monotonic()
+        while shape.status == "ready":
+            waiter = shape.notifier.wait()
+            items, end = await read_log(shape, offset)
+            if items:
+                while end < shape.log.latest_offset:
+                    more, end = await read_log(shape, end)
+                    items.extend(more)
+                offset = end
+                events = [*items, messages.up_to_date(end.tx)]
+                yield b"".join(b"data: " + item + b"\n\n" for item in events)
+                last_sent = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now - last_sent >= self.settings.sse_keepalive:
+                yield SSE_KEEPALIVE
+                last_sent = now
+            timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), max(timeout, 0.001))
+
+    def next_cursor(self, previous: str | None) -> str:
+        """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
+        interval = int(self.settings.long_poll_timeout)
+        if interval <= 0:
+            return "0"
+        elapsed = time.time() - CURSOR_EPOCH
+        upcoming = math.ceil(elapsed / interval) * interval
+        try:
+            before = int(previous or "0")
+        except ValueError:
+            before = 0
+        if upcoming > before:
+            return str(upcoming)
+        return str(before + random.randint(1, 3600))
+
+
+async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+    """Read the chunk after ``offset``; large reads run in a worker thread."""
+    if offset == BEFORE_ALL or offset.is_snapshot and offset < SNAPSHOT_END:
+        return await asyncio.to_thread(shape.log.read, offset)
+    return shape.log.read(offset)
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    given = request.headers.get("if-none-match")
+    if not given:
+        return False
+    wanted = etag.strip('"')
+    return any(part.strip().strip('"') == wanted for part in given.split(","))
+
+
+def base_headers(cache: str | None) -> dict[str, str]:
+    """Headers every ``/v1/shape`` response carries."""
+    headers = {
+        "electric-server": SERVER_HEADER,
+        "access-control-allow-origin": "*",
+        "access-control-expose-headers": EXPOSED_HEADERS,
+        "access-control-allow-methods": "GET, POST, HEAD, DELETE, OPTIONS",
+    }
+    if cache is not None:
+        headers["cache-control"] = cache
+    return headers
+
+
+def json_bytes_response(body: bytes, headers: dict[str, str], status: int = 200) -> Response:
+    """A JSON response from ready-made bytes."""
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def json_response(data: Any, status: int, *, cache: str | None) -> Response:
+    """A JSON response from a value."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return json_bytes_response(body, base_headers(cache), status)
+
+
+def bad_request(errors: dict[str, list[str]]) -> Response:
+    """The protocol's 400 body."""
+    response = json_response(
+        {"message": "Invalid request", "errors": errors}, 400, cache="no-store"
+    )
+    response.headers["surrogate-control"] = "no-store"
+    return response
+
+
+def must_refetch(handle: str | None) -> Response:
+    """A 409 that sends the client back to ``offset=-1`` (with the current handle if known)."""
+    cache = (
+        "public, max-age=60, must-revalidate" if handle else "public, max-age=1, must-revalidate"
+    )
+    headers = base_headers(cache)
+    if handle:
+        headers["electric-handle"] = handle
+        headers["etag"] = f'"{handle}::"'
+    return json_bytes_response(messages.MUST_REFETCH, headers, 409)
+
+
+def unavailable(message: str, *, retry_after: int) -> Response:
+    """A 503 with ``retry-after``."""
+    response = json_response({"message": message}, 503, cache="no-store")
+    response.headers["retry-after"] = str(retry_after)
+    return response
+
+
+async def _not_found(request: Request) -> Response:
+    return Response("Not found", status_code=404, media_type="text/plain")
+
+
+async def _root(request: Request) -> Response:
+    return Response(b"", status_code=200)
+
+
+def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
+    """The Starlette application serving the shape API."""
+
+    async def shape_endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return await api.delete_shape(request)
+        if request.method == "OPTIONS":
+            return await api.options(request)
+        return await api.get_shape(request)
+
+    routes = [
+        Route("/v1/shape", shape_endpoint, methods=["GET", "HEAD", "DELETE", "OPTIONS"]),
+        Route("/v1/health", api.health_check, methods=["GET", "HEAD"]),
+        Route("/", _root, methods=["GET", "HEAD"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_exception_handler(404, _handle_404)
+    return app
+
+
+async def _handle_404(request: Request, exc: Exception) -> Response:
+    return await _not_found(request)

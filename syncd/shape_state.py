@@ -1,0 +1,164 @@
+"""One live shape inside the daemon: its definition, compiled view, durable log and waiters.
+
+Layer: ``syncd``. A shape is *snapshotting* from creation until its snapshot and the
+transactions buffered meanwhile are in the log, then *ready*, and *gone* once deleted or
+invalidated (its handle is never issued again). Transactions reach a shape through
+:meth:`ShapeState.commit`; readers wait for growth through :meth:`ShapeState.changed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shapes.convert import ShapeView
+from shapes.messages import relation_key_prefix
+from shapes.schema import Table
+from shapes.shape import ShapeDefinition
+from shapes.where import Where
+from syncd.snapshot import SnapshotInfo
+from syncd.storage import ShapeLog
+
+log = logging.getLogger("syncd.shape")
+
+Status = Literal["snapshotting", "ready", "gone"]
+LogEntries = Sequence[tuple[int, bytes]]
+
+
+class Notifier:
+    """Wakes every waiter when a shape's log grows or the shape goes away."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future resolved at the next :meth:`notify`."""
+        if self._future is None or self._future.done():
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def notify(self) -> None:
+        """Resolve the pending future, if any."""
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
+
+
+@dataclass(eq=False)
+class ShapeState:
+    """Runtime state of one shape (identity-hashed: one object per handle)."""
+
+    handle: str
+    definition: ShapeDefinition
+    table: Table
+    where: Where | None
+    selected: tuple[str, ...]
+    log: ShapeLog
+    status: Status = "snapshotting"
+    snapshot: SnapshotInfo | None = None
+    filtering: bool = True
+    buffer: list[tuple[int, int, LogEntries]] = field(default_factory=list)
+    failure: BaseException | None = None
+    notifier: Notifier = field(default_factory=Notifier)
+    view: ShapeView = field(init=False)
+    schema_header: str = field(init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        key_columns = self.table.primary_key
+        if not any(c.pk_index is not None for c in self.table.columns):
+            key_columns = self.selected
+        selected = None if self.definition.columns is None else self.selected
+        self.view = ShapeView(
+            relation=self.definition.relation,
+            key_prefix=relation_key_prefix(*self.definition.relation),
+            key_columns=key_columns,
+            selected=selected,
+            where=self.where,
+            replica_full=self.definition.replica == "full",
+        )
+        self.schema_header = self._render_schema()
+
+    def _render_schema(self) -> str:
+        by_name = self.table.by_name
+        entries = {name: by_name[name].schema_entry() for name in self.selected}
+        return json.dumps(entries, separators=(",", ":"))
+
+    @property
+    def relation_list(self) -> list[str]:
+        """``[schema, table]`` as change headers carry it."""
+        return [self.definition.schema, self.definition.table]
+
+    @property
+    def first_buffered_lsn(self) -> int | None:
+        """Commit LSN of the oldest transaction held in memory, if any."""
+        return self.buffer[0][0] if self.buffer else None
+
+    def commit(self, lsn: int, xid: int, entries: LogEntries) -> bool:
+        """Take one committed transaction's entries; True when the log was appended to."""
+        if self.status == "snapshotting":
+            self.buffer.append((lsn, xid, entries))
+            return False
+        if self.status == "gone" or lsn <= self.log.latest_offset.tx:
+            return False
+        if self.filtering and self.snapshot is not None:
+            if self.snapshot.is_visible(xid):
+                return False
+            if self.snapshot.is_after(xid):
+                self.filtering = False
+                self.save_meta()
+        self.log.append_transaction(lsn, entries)
+        self.notifier.notify()
+        return True
+
+    def finish_snapshot(self, info: SnapshotInfo) -> None:
+        """Mark the snapshot done and move buffered transactions into the log, in order."""
+        self.snapshot = info
+        self.status = "ready"
+        buffered, self.buffer = self.buffer, []
+        for lsn, xid, entries in buffered:
+            self.commit(lsn, xid, entries)
+        self.save_meta()
+        self.ready.set()
+        self.notifier.notify()
+
+    def fail(self, error: BaseException) -> None:
+        """The snapshot could not be taken; waiters see ``failure``."""
+        self.failure = error
+        self.go_away()
+
+    def go_away(self) -> None:
+        """Retire the shape: waiters are woken and see ``status == "gone"``."""
+        self.status = "gone"
+        self.buffer = []
+        self.ready.set()
+        self.notifier.notify()
+
+    def meta(self) -> dict[str, Any]:
+        """What is stored beside the log to restore this shape after a restart."""
+        snapshot = self.snapshot
+        return {
+            "handle": self.handle,
+            "definition": self.definition.to_json(),
+            "status": self.status,
+            "filtering": self.filtering,
+            "snapshot": None
+            if snapshot is None
+            else {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)},
+        }
+
+    def save_meta(self) -> None:
+        """Persist :meth:`meta` atomically."""
+        self.log.write_meta(self.meta())
+
+
+def snapshot_from_meta(meta: dict[str, Any]) -> SnapshotInfo | None:
+    """The stored snapshot visibility info, if any."""
+    data = meta.get("snapshot")
+    if not data:
+        return None
+    return SnapshotInfo(int(data["xmin"]), int(data["xmax"]), tuple(int(x) for x in data["xip"]))

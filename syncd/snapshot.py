@@ -1,0 +1,125 @@
+"""Initial shape snapshots and their stitching to the replication stream.
+
+Layer: ``syncd``.
+
+Theory of operation
+-------------------
+A new shape is registered with the router *before* its snapshot starts, so every transaction the
+stream decodes from then on reaches the shape, which buffers them. The snapshot then runs in a
+``REPEATABLE READ READ ONLY`` transaction whose first statement reads ``pg_current_snapshot()``:
+``xmin``, ``xmax`` and the in-progress list ``xip`` describe exactly which transactions the
+snapshot's rows already contain. A streamed transaction ``x`` is *visible* in the snapshot iff
+``x < xmin``, or ``x < xmax`` and ``x`` is not in ``xip``. Visible transactions are dropped (their
+effects are in the rows), the others are appended to the log. Transactions reach the stream in
+commit order, and every transaction that commits before the snapshot precedes every transaction
+that starts after it, so once a transaction with ``x >= xmax`` appears, no later one can be visible
+and filtering stops for good. Nothing is lost (a transaction that is not visible commits after the
+snapshot, hence after registration) and nothing is doubled (each transaction is either in the rows
+or in the log, never both).
+
+Rows are fetched as Postgres text output (the same text pgoutput sends) under the protocol's
+display settings, so a value looks the same in the snapshot and in later changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg.types.string import TextLoader
+
+from shapes.schema import Table
+
+XID_SPACE = 1 << 32
+
+DISPLAY_SETTINGS = {
+    "DateStyle": "ISO, DMY",
+    "TimeZone": "UTC",
+    "extra_float_digits": "1",
+    "IntervalStyle": "iso_8601",
+    "bytea_output": "hex",
+}
+"""Session settings that give every value a canonical text form (also used for replication)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """``pg_current_snapshot()`` as 64-bit xids."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> SnapshotInfo:
+        """Parse the ``xmin:xmax:xip,...`` text form."""
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+    def widen(self, xid: int) -> int:
+        """Map a 32-bit xid from the stream to the 64-bit xid closest below ``xmax``'s epoch."""
+        full = (self.xmax & ~(XID_SPACE - 1)) | xid
+        if full > self.xmax + XID_SPACE // 2:
+            full -= XID_SPACE
+        return full
+
+    def is_visible(self, xid: int) -> bool:
+        """Whether the transaction's effects are already contained in the snapshot."""
+        full = self.widen(xid)
+        return full < self.xmin or (full < self.xmax and full not in self.xip)
+
+    def is_after(self, xid: int) -> bool:
+        """Whether the transaction started after the snapshot was taken."""
+        return self.widen(xid) >= self.xmax
+
+
+def selected_sql(table: Table, columns: Sequence[str]) -> sql.Composed:
+    """``SELECT "a", "b" FROM "schema"."table"`` for the given columns."""
+    return sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.Identifier(table.schema, table.name),
+    )
+
+
+async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[SnapshotInfo, int]:
+    """Open the snapshot transaction; returns its visibility info and the current WAL LSN.
+
+    The connection must be in autocommit mode and not in a transaction.
+    """
+    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    cur = await conn.execute(
+        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    for name, value in DISPLAY_SETTINGS.items():
+        await conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    return SnapshotInfo.parse(row[0]), int(row[1])
+
+
+async def stream_rows(
+    conn: psycopg.AsyncConnection[TupleRow],
+    table: Table,
+    columns: Sequence[str],
+    where_sql: str | None,
+    batch: int = 2000,
+) -> AsyncIterator[list[TupleRow]]:
+    """Yield batches of rows (text values) of the shape, inside the open snapshot transaction."""
+    query = selected_sql(table, columns)
+    if where_sql is not None:
+        query = sql.Composed([query, sql.SQL(" WHERE "), sql.SQL(where_sql)])
+    cur = conn.cursor()
+    for column in table.columns:
+        cur.adapters.register_loader(column.type_oid, TextLoader)
+    rows: list[TupleRow] = []
+    async for row in cur.stream(query, size=batch):
+        rows.append(row)
+        if len(rows) >= batch:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
+    await cur.close()
