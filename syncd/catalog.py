@@ -37,8 +37,9 @@ SELECT a.attname::text,
        coalesce(et.typcategory, t.typcategory)::text AS elem_category,
        coalesce(bt.typname, et.typname, t.typname)::text AS base_name,
        coalesce(bt.typcategory, et.typcategory, t.typcategory)::text AS base_category,
-       (SELECT array_position(i.indkey::int2[], a.attnum) - 1
-          FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary) AS pk_index
+       (SELECT k.position - 1
+          FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+          WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum) AS pk_index
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON t.typcategory = 'A' AND et.oid = t.typelem

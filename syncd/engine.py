@@ -28,7 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -51,6 +51,7 @@ from syncd.storage import ShapeLog
 log = logging.getLogger("syncd.engine")
 
 TableKey = tuple[str, str]
+TextRow = dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -414,17 +415,18 @@ class Engine:
 
     def _on_insert(self, msg: pg.Insert) -> None:
         relation = self._relations[msg.oid]
-        row = dict(zip(relation.names, msg.new, strict=True))
-        for shape in self.router.affected(relation.table, row):  # type: ignore[arg-type]
-            entries = convert_insert(shape.view, row)  # type: ignore[arg-type]
+        row = _text_row(relation.names, msg.new)
+        for shape in self.router.affected(relation.table, row):
+            entries = convert_insert(shape.view, row)
             if entries:
                 self._add(shape, entries)
         self._txn_op += 2
 
     def _on_update(self, msg: pg.Update) -> None:
         relation = self._relations[msg.oid]
-        full_old = msg.old_kind == "O" and msg.old is not None
-        old = dict(zip(relation.names, msg.old, strict=True)) if full_old else None  # type: ignore[arg-type]
+        old = None
+        if msg.old_kind == "O" and msg.old is not None:
+            old = _text_row(relation.names, msg.old)
         new = _fill_unchanged(relation.names, msg.new, old)
         shapes = self.router.affected(relation.table, new)
         if old is not None:
@@ -437,10 +439,10 @@ class Engine:
 
     def _on_delete(self, msg: pg.Delete) -> None:
         relation = self._relations[msg.oid]
-        old = dict(zip(relation.names, msg.old, strict=True))
+        old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
-        for shape in self.router.affected(relation.table, old):  # type: ignore[arg-type]
-            entries = convert_delete(shape.view, old, full)  # type: ignore[arg-type]
+        for shape in self.router.affected(relation.table, old):
+            entries = convert_delete(shape.view, old, full)
             if entries:
                 self._add(shape, entries)
         self._txn_op += 2
@@ -516,10 +518,15 @@ def _selected_columns(table: Table, requested: tuple[str, ...] | None) -> tuple[
     return tuple(sorted(set(requested)))
 
 
+def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
+    # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
+    return cast(TextRow, dict(zip(names, values, strict=True)))
+
+
 def _fill_unchanged(
-    names: tuple[str, ...], values: pg.RowData, old: dict[str, str | None] | None
-) -> dict[str, str | None]:
-    row: dict[str, str | None] = {}
+    names: tuple[str, ...], values: pg.RowData, old: TextRow | None
+) -> TextRow:
+    row: TextRow = {}
     for name, value in zip(names, values, strict=True):
         if value is pg.UNCHANGED_TOAST:
             if old is not None:

@@ -17,7 +17,9 @@ class Above:
         return value is not None and int(value) > self.limit
 
 
-def view(*, where: Above | None = None, full: bool = False, selected: tuple[str, ...] | None = None):
+def view(
+    *, where: Above | None = None, full: bool = False, selected: tuple[str, ...] | None = None
+):
     return ShapeView(
         relation=("public", "items"),
         key_prefix=relation_key_prefix("public", "items"),
@@ -47,7 +49,11 @@ def test_update_sends_key_and_changed_columns_by_default() -> None:
     old = {"id": "1", "n": "5", "title": "x"}
     new = {"id": "1", "n": "6", "title": "x"}
     [entry] = convert_update(view(), old, new)
-    assert (entry.operation, entry.value, entry.old_value) == ("update", {"id": "1", "n": "6"}, None)
+    assert (entry.operation, entry.value, entry.old_value) == (
+        "update",
+        {"id": "1", "n": "6"},
+        None,
+    )
 
 
 def test_update_with_replica_full_sends_row_and_old_values() -> None:

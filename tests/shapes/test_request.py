@@ -63,7 +63,10 @@ def test_offsets_print_back() -> None:
             {"live_sse": ["can't be true unless live is also true"]},
         ),
         ([("offset", "-1")], {"table": ["can't be blank"]}),
-        ([("table", '""'), ("offset", "-1")], {"table": ["Invalid zero-length delimited identifier"]}),
+        (
+            [("table", '""'), ("offset", "-1")],
+            {"table": ["Invalid zero-length delimited identifier"]},
+        ),
         (
             [("table", "t"), ("offset", "-1"), ("replica", "x")],
             {"replica": ["is invalid"]},

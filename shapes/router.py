@@ -1,0 +1,125 @@
+"""Routing replicated rows to the shapes they may affect, through hash indexes.
+
+Layer: ``shapes`` (pure). Per table, a shape whose ``where`` has an index condition
+(:meth:`~shapes.where.Where.index_conditions`: ``col = const``, ``col IN (...)``,
+``col = ANY(...)`` among its top-level AND conjuncts) is filed under the first such condition,
+in a hash index ``column -> normalised value -> shape ids``. Every other shape is *residual*
+and returned for every row. A lookup parses each indexed column of the row once, so its cost
+depends on the number of indexed columns and residual shapes, not on the number of shapes.
+
+:meth:`Router.affected` returns a superset: callers re-check with ``Where.matches``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from shapes.schema import Column
+from shapes.where import Where, normalise_value
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class _TableIndex(Generic[K]):
+    """The shapes of one table: residual ones, and hash indexes per column."""
+
+    shapes: set[K] = field(default_factory=set)
+    residual: set[K] = field(default_factory=set)
+    by_column: dict[str, dict[Hashable, set[K]]] = field(default_factory=dict)
+    columns: dict[str, Column] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not self.shapes
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    table: Hashable
+    column: str | None
+    values: frozenset[Hashable]
+
+
+class Router(Generic[K]):
+    """Finds the shapes a row change may affect."""
+
+    def __init__(self) -> None:
+        self._tables: dict[Hashable, _TableIndex[K]] = {}
+        self._entries: dict[K, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(
+        self, shape_id: K, table: Hashable, where: Where | None, columns: Mapping[str, Column]
+    ) -> None:
+        """Register a shape (replacing an earlier registration under the same id)."""
+        if shape_id in self._entries:
+            self.remove(shape_id)
+        index = self._tables.setdefault(table, _TableIndex())
+        index.shapes.add(shape_id)
+        conditions = where.index_conditions() if where is not None else ()
+        condition = conditions[0] if conditions else None
+        if condition is None or condition[0] not in columns:
+            index.residual.add(shape_id)
+            self._entries[shape_id] = _Entry(table, None, frozenset())
+            return
+        column, values = condition
+        index.columns[column] = columns[column]
+        buckets = index.by_column.setdefault(column, {})
+        for value in values:
+            buckets.setdefault(value, set()).add(shape_id)
+        self._entries[shape_id] = _Entry(table, column, values)
+
+    def remove(self, shape_id: K) -> None:
+        """Forget a shape; unknown ids are ignored."""
+        entry = self._entries.pop(shape_id, None)
+        if entry is None:
+            return
+        index = self._tables[entry.table]
+        index.shapes.discard(shape_id)
+        if entry.column is None:
+            index.residual.discard(shape_id)
+        else:
+            buckets = index.by_column[entry.column]
+            for value in entry.values:
+                bucket = buckets[value]
+                bucket.discard(shape_id)
+                if not bucket:
+                    del buckets[value]
+            if not buckets:
+                del index.by_column[entry.column]
+                del index.columns[entry.column]
+        if index.is_empty():
+            del self._tables[entry.table]
+
+    def affected(self, table: Hashable, row: Mapping[str, str | None]) -> set[K]:
+        """The shapes of ``table`` whose ``where`` may be true for ``row`` (a superset)."""
+        index = self._tables.get(table)
+        if index is None:
+            return set()
+        result = set(index.residual)
+        for column, buckets in index.by_column.items():
+            text = row.get(column)
+            if text is None:
+                continue
+            try:
+                key = normalise_value(index.columns[column], text)
+            except ValueError:
+                continue
+            hit = buckets.get(key)
+            if hit:
+                result |= hit
+        return result
+
+    def residual(self, table: Hashable) -> frozenset[K]:
+        """The shapes of ``table`` that every row is routed to (no index condition)."""
+        index = self._tables.get(table)
+        return frozenset(index.residual) if index is not None else frozenset()
+
+    def shapes_for_table(self, table: Hashable) -> set[K]:
+        """Every shape registered on ``table`` (for truncates and relation changes)."""
+        index = self._tables.get(table)
+        return set(index.shapes) if index is not None else set()

@@ -1,0 +1,773 @@
+"""The logical replication client: the only owner of the replication socket.
+
+Theory of operation
+===================
+
+One :class:`ReplicationStream` reads one logical slot with the ``pgoutput`` plugin and hands
+every decoded message to a :class:`ReplicationHandler`, in WAL stream order.
+
+Connection. The stream talks to the walsender through ``psycopg.pq.PGconn`` directly, not
+through a psycopg ``Connection``: it connects with ``connect_start``/``connect_poll`` and
+``loop.add_reader``/``add_writer``, switches the socket to non-blocking, and sends the
+replication commands with ``send_query`` (simple query protocol). The conninfo gets
+``replication=database`` and session settings that give every text value a canonical form
+(``DateStyle=ISO,DMY``, ``TimeZone=UTC``, ``extra_float_digits=1``, ``IntervalStyle=iso_8601``,
+``bytea_output=hex``, client encoding UTF8); ``options`` already in the caller's conninfo are
+kept and win.
+
+Setup, on every (re)connect:
+
+1. ``SHOW wal_sender_timeout``: the status interval is capped at a third of it.
+2. ``CREATE_REPLICATION_SLOT "<slot>" LOGICAL pgoutput NOEXPORT_SNAPSHOT``; "already exists" is
+   fine. The publication is *not* created here: the engine owns it (and must create it before
+   the slot, or the slot's decoding cannot see it).
+3. The slot's ``confirmed_flush_lsn`` seeds :attr:`ReplicationStream.confirmed_lsn`.
+4. ``START_REPLICATION SLOT "<slot>" LOGICAL <lsn> (proto_version ..., publication_names ...)``
+   from the confirmed LSN (``0/0`` for a new slot: the server starts at the slot's
+   confirmed position). The result is ``COPY_BOTH``.
+
+Read loop. ``get_copy_data(1)`` never blocks. Each XLogData (``w``) message is copied to
+``bytes`` once and decoded in place at offset 25 by :class:`~syncd.pgoutput.PgoutputDecoder`;
+the message goes straight to ``handler.on_message``. Primary keepalives (``k``) raise the
+received LSN and are answered at once when the server asks for a reply. When libpq's buffer
+holds no complete message, the loop tries one cheap ``consume_input()``; if that brings
+nothing, the socket is drained: the loop calls ``await handler.on_idle(received_lsn,
+in_transaction)``, sends a status update if one is due, and waits for the socket (with a
+timeout so the status timer fires). While busy, the loop yields to the event loop every
+``yield_every`` messages and calls ``on_idle`` at least every ``idle_interval`` seconds or
+``idle_every`` messages, so a long backlog never starves other tasks or the durability clock.
+
+Which LSN is confirmed. ``on_idle`` returns the LSN up to which the handler's writes are
+durable (normally the ``end_lsn`` of the last commit it has made durable). That becomes the
+flush and apply position of the standby status updates (``write`` is the highest LSN
+received); the server then keeps the slot at that position and, after a reconnect, resends
+every transaction that committed at or after it. When ``in_transaction`` is false and the
+handler has nothing pending it may return ``received_lsn`` itself (which includes keepalive
+``wal_end`` positions) so that the slot moves past WAL that carries no published changes.
+The returned LSN is never taken beyond ``received_lsn`` and never moves backwards.
+Status updates go out when a keepalive asks, every ``status_interval`` seconds, soon
+(``min_status_interval``) after the confirmed LSN advanced, and on :meth:`stop`.
+
+``in_transaction`` is true between Begin and Commit and while a streamed transaction (proto 2
+``streaming``) has started but neither committed nor aborted.
+
+Disconnects. ``psycopg.OperationalError`` (raised by ``consume_input`` when the socket dies),
+an error reported by the server, or the server ending COPY all mean "disconnected": the
+connection is closed, the error logged, and after an exponential backoff (``backoff_initial``
+doubling to ``backoff_max``, with jitter; reset after a session that streamed for a while) the
+stream reconnects and restarts from the confirmed LSN. A transaction cut off by a disconnect
+is therefore sent again from its Begin (or its first streamed block, ``first=True``): a
+handler must drop the partial transaction when it sees a Begin while one is still open, or a
+``first`` StreamStart for an xid it has buffered. Exceptions from the handler, and
+:class:`~syncd.pgoutput.PgoutputError` (a stream we cannot decode), are not retried: they
+end :meth:`ReplicationStream.run`.
+
+Stop. :meth:`ReplicationStream.stop` wakes the loop, which calls ``on_idle`` a last time if
+anything arrived since the previous call, sends a final status update, ends COPY and closes
+the connection. A stopped stream cannot be restarted; make a new one.
+
+The handler runs on the event loop: ``on_message`` must not block, and while ``on_idle`` is
+awaited the socket is not read (that is the back-pressure), so it must finish well within
+``wal_sender_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq.abc import PGconn, PGresult
+
+from syncd.pgoutput import (
+    Message,
+    PgoutputDecoder,
+    PgoutputError,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    build_standby_status,
+    format_lsn,
+    parse_lsn,
+)
+from syncd.pgoutput.copyboth import (
+    KEEPALIVE,
+    KEEPALIVE_BODY,
+    XLOGDATA,
+    XLOGDATA_HEADER,
+    XLOGDATA_PAYLOAD_OFFSET,
+)
+
+__all__ = [
+    "SESSION_OPTIONS",
+    "ReplicationError",
+    "ReplicationHandler",
+    "ReplicationSettings",
+    "ReplicationStream",
+    "drop_slot",
+    "replication_conninfo",
+]
+
+logger = logging.getLogger("syncd.replication")
+
+SESSION_OPTIONS: Final = (
+    "-c DateStyle=ISO,DMY -c TimeZone=UTC -c extra_float_digits=1"
+    " -c IntervalStyle=iso_8601 -c bytea_output=hex"
+)
+"""Session settings of the replication connection (canonical text output of values)."""
+
+_SLOT_NAME_RE: Final = re.compile(r"[a-z0-9_]{1,63}")
+_OPTION_NAME_RE: Final = re.compile(r"[a-z_][a-z0-9_]*")
+_DURATION_RE: Final = re.compile(r"\s*(\d+)\s*(us|ms|s|min|h|d)?\s*")
+_DURATION_UNITS: Final = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+_DUPLICATE_OBJECT: Final = "42710"
+
+_BEGIN: Final = ord("B")
+_COMMIT: Final = ord("C")
+# pgoutput tags that open or close a (streamed) transaction.
+_TXN_TAGS: Final = frozenset(b"BCScA")
+
+
+class ReplicationHandler(Protocol):
+    """Consumer of the replication stream (see the module docstring for the contract)."""
+
+    def on_message(self, msg: Message) -> None:
+        """Every decoded pgoutput message, in stream order."""
+        ...
+
+    async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
+        """Make received writes durable; return the LSN that may be confirmed as flushed."""
+        ...
+
+
+@dataclass
+class ReplicationSettings:
+    """What to replicate and how. Times are in seconds."""
+
+    conninfo: str
+    """A normal (non-replication) conninfo; replication parameters are added to it."""
+    slot: str
+    publication: str
+    proto_version: int = 1
+    status_interval: float = 10.0
+    """Maximum time between standby status updates."""
+    cap_status_interval: bool = True
+    """Also send a status at least every ``wal_sender_timeout / 3`` (as read from the server),
+    so the connection survives even if a reply to a keepalive comes late."""
+    streaming: bool | str = False
+    """pgoutput ``streaming``: ``True`` for ``'on'``, or a value such as ``'parallel'``."""
+    messages: bool = False
+    """pgoutput ``messages``: also receive ``pg_logical_emit_message`` messages."""
+    binary: bool = False
+    """pgoutput ``binary``: values as binary ``bytes`` instead of text."""
+    extra_options: Mapping[str, str] = field(default_factory=dict)
+    """Further pgoutput options, passed verbatim (e.g. ``{"origin": "none"}`` on PG16+)."""
+    yield_every: int = 1000
+    """Yield to the event loop after this many messages in a row."""
+    idle_interval: float = 1.0
+    """Call ``on_idle`` at least this often while messages keep coming."""
+    idle_every: int = 10_000
+    """... and at least every this many messages."""
+    min_status_interval: float = 0.2
+    """Delay a status update after the confirmed LSN advanced by at most this much."""
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    connect_timeout: float = 30.0
+    stop_timeout: float = 5.0
+    """How long :meth:`ReplicationStream.stop` waits for the server to end COPY cleanly."""
+
+    def __post_init__(self) -> None:
+        if not _SLOT_NAME_RE.fullmatch(self.slot):
+            raise ValueError(f"invalid replication slot name {self.slot!r}: want [a-z0-9_]{{1,63}}")
+        if not self.publication:
+            raise ValueError("publication name must not be empty")
+        for name in self.extra_options:
+            if not _OPTION_NAME_RE.fullmatch(name):
+                raise ValueError(f"invalid pgoutput option name {name!r}")
+
+    def start_command(self, start_lsn: int) -> bytes:
+        """The ``START_REPLICATION`` command for ``start_lsn``."""
+        options: dict[str, str] = {
+            "proto_version": str(self.proto_version),
+            "publication_names": _quote_ident(self.publication),
+        }
+        if self.streaming:
+            options["streaming"] = "on" if self.streaming is True else str(self.streaming)
+        if self.messages:
+            options["messages"] = "true"
+        if self.binary:
+            options["binary"] = "true"
+        options.update(self.extra_options)
+        rendered = ", ".join(f"{name} {_quote_literal(value)}" for name, value in options.items())
+        return (
+            f"START_REPLICATION SLOT {_quote_ident(self.slot)} LOGICAL "
+            f"{format_lsn(start_lsn)} ({rendered})"
+        ).encode()
+
+
+class ReplicationError(Exception):
+    """The server reported an error on the replication connection."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class _ServerEndedCopy(Exception):
+    """The server ended the COPY BOTH stream without an error."""
+
+
+class _StopRequested(Exception):
+    """Unwinds connection set-up when :meth:`ReplicationStream.stop` is called."""
+
+
+_RETRYABLE: Final = (
+    psycopg.OperationalError,
+    ReplicationError,
+    _ServerEndedCopy,
+    OSError,
+    TimeoutError,
+)
+
+
+def replication_conninfo(conninfo: str) -> str:
+    """``conninfo`` plus ``replication=database`` and the canonical session settings."""
+    params = conninfo_to_dict(conninfo)
+    existing = params.get("options")
+    extra: dict[str, str] = {
+        "replication": "database",
+        "options": f"{SESSION_OPTIONS} {existing}" if existing else SESSION_OPTIONS,
+    }
+    if "client_encoding" not in params:
+        extra["client_encoding"] = "UTF8"
+    if "application_name" not in params:
+        extra["application_name"] = "syncd-replication"
+    return make_conninfo(conninfo, **extra)
+
+
+class ReplicationStream:
+    """Streams one logical slot into a :class:`ReplicationHandler`; reconnects on failure."""
+
+    def __init__(self, settings: ReplicationSettings, handler: ReplicationHandler) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._conninfo = replication_conninfo(settings.conninfo).encode()
+        self._pgconn: PGconn | None = None
+        self._connected = False
+        self._received_lsn = 0
+        self._confirmed_lsn = 0
+        self._sent_flush_lsn = -1
+        self._in_txn = False
+        self._open_streams: set[int] = set()
+        self._status_interval = settings.status_interval
+        self._last_status = 0.0
+        self._last_idle = 0.0
+        self._idle_received = -1
+        self._since_idle = 0
+        self._stop_requested = False
+        self._stop_event = asyncio.Event()
+        self._running = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self.keepalive_replies = 0
+        """How many keepalives that asked for a reply were answered (all sessions)."""
+        self.reconnects = 0
+        """How many times a session failed and the stream reconnected."""
+        self.last_error: BaseException | None = None
+        """The error that ended the latest connection attempt or session, if any."""
+
+    # --- public state -------------------------------------------------------------------
+
+    @property
+    def confirmed_lsn(self) -> int:
+        """The flush position reported (or about to be reported) to the server."""
+        return self._confirmed_lsn
+
+    @property
+    def received_lsn(self) -> int:
+        """The highest WAL position received (XLogData start or keepalive ``wal_end``)."""
+        return self._received_lsn
+
+    @property
+    def connected(self) -> bool:
+        """Whether the stream is currently in COPY BOTH mode with the server."""
+        return self._connected
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction (or a streamed one) is open in the stream."""
+        return self._in_txn or bool(self._open_streams)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Replicate until :meth:`stop` is called, reconnecting after failures."""
+        if self._running:
+            raise RuntimeError("ReplicationStream.run() is already running")
+        self._running = True
+        self._run_task = asyncio.current_task()
+        self._done.clear()
+        settings = self._settings
+        delay = settings.backoff_initial
+        try:
+            while not self._stop_requested:
+                try:
+                    await self._session()
+                    break  # _session() returns only after stop()
+                except _StopRequested:
+                    break
+                except _RETRYABLE as exc:
+                    self.last_error = exc
+                    if self._stop_requested:
+                        break
+                    streamed_since = self._streaming_since
+                    if streamed_since is not None and time.monotonic() - streamed_since >= 1.0:
+                        delay = settings.backoff_initial  # it worked for a while: start over
+                    pause = min(delay * random.uniform(0.75, 1.25), settings.backoff_max)
+                    logger.warning(
+                        "replication slot %s: %s: %s; reconnecting in %.2fs",
+                        settings.slot,
+                        "disconnected" if streamed_since is not None else "cannot connect",
+                        _describe(exc),
+                        pause,
+                    )
+                    delay = min(delay * 2, settings.backoff_max)
+                    self.reconnects += 1
+                finally:
+                    self._close()
+                await self._sleep(pause)
+        finally:
+            self._running = False
+            self._run_task = None
+            self._done.set()
+            logger.info("replication slot %s: stopped", settings.slot)
+
+    async def stop(self) -> None:
+        """Stop: final status update, end COPY, close; returns when :meth:`run` has returned."""
+        self._stop_requested = True
+        self._stop_event.set()
+        self._wake()
+        if self._running and asyncio.current_task() is not self._run_task:
+            await self._done.wait()
+
+    # --- one connection -----------------------------------------------------------------
+
+    _streaming_since: float | None = None
+
+    async def _session(self) -> None:
+        """Connect, set up and stream until stop (returns) or failure (raises)."""
+        self._streaming_since = None
+        pgconn = await self._connect()
+        self._pgconn = pgconn
+        await self._setup(pgconn)
+        start_lsn = self._confirmed_lsn
+        results = await self._command(pgconn, self._settings.start_command(start_lsn))
+        if not results or results[-1].status != pq.ExecStatus.COPY_BOTH:
+            raise ReplicationError("START_REPLICATION did not enter COPY BOTH mode")
+        self._connected = True
+        self._streaming_since = time.monotonic()
+        self._reset_stream_state()
+        logger.info(
+            "replication slot %s: streaming from %s (backend pid %d)",
+            self._settings.slot,
+            format_lsn(start_lsn),
+            pgconn.backend_pid,
+        )
+        await self._read_loop(pgconn)
+        await self._shutdown(pgconn)
+
+    async def _connect(self) -> PGconn:
+        pgconn = pq.PGconn.connect_start(self._conninfo)
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                while True:
+                    status = pgconn.connect_poll()
+                    if status == pq.PollingStatus.OK:
+                        break
+                    if status == pq.PollingStatus.READING:
+                        await self._wait(pgconn.socket)
+                    elif status == pq.PollingStatus.WRITING:
+                        await self._wait(pgconn.socket, write=True)
+                    else:
+                        raise psycopg.OperationalError(pgconn.get_error_message())
+                    if self._stop_requested:
+                        raise _StopRequested
+            pgconn.nonblocking = 1
+        except BaseException:
+            pgconn.finish()
+            raise
+        return pgconn
+
+    async def _setup(self, pgconn: PGconn) -> None:
+        settings = self._settings
+        (show,) = await self._command(pgconn, b"SHOW wal_sender_timeout")
+        timeout = _parse_duration(_text(show, 0, 0))
+        interval = settings.status_interval
+        if timeout and settings.cap_status_interval:
+            interval = min(interval, timeout / 3)
+        self._status_interval = interval
+
+        create = (
+            f"CREATE_REPLICATION_SLOT {_quote_ident(settings.slot)} LOGICAL pgoutput "
+            "NOEXPORT_SNAPSHOT"
+        ).encode()
+        try:
+            await self._command(pgconn, create)
+            logger.info("replication slot %s: created", settings.slot)
+        except ReplicationError as exc:
+            if exc.sqlstate != _DUPLICATE_OBJECT:
+                raise
+
+        query = (
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+            f"WHERE slot_name = {_quote_literal(settings.slot)}"
+        ).encode()
+        (res,) = await self._command(pgconn, query)
+        if res.ntuples == 1 and (text := _text(res, 0, 0)):
+            self._confirmed_lsn = max(self._confirmed_lsn, parse_lsn(text))
+
+    def _reset_stream_state(self) -> None:
+        self._in_txn = False
+        self._open_streams.clear()
+        self._since_idle = 0
+        self._idle_received = -1
+        self._last_status = self._last_idle = time.monotonic()
+        self._sent_flush_lsn = -1
+
+    # --- streaming ----------------------------------------------------------------------
+
+    async def _read_loop(self, pgconn: PGconn) -> None:
+        """Read and dispatch messages until stop (returns) or disconnect (raises)."""
+        settings = self._settings
+        on_message = self._handler.on_message
+        decode = PgoutputDecoder().decode
+        get_copy_data = pgconn.get_copy_data
+        consume_input = pgconn.consume_input
+        header = XLOGDATA_HEADER.unpack_from
+        keepalive = KEEPALIVE_BODY.unpack_from
+        yield_every = settings.yield_every
+        offset = XLOGDATA_PAYLOAD_OFFSET
+        txn_tags = _TXN_TAGS
+        received = self._received_lsn
+        batch = 0
+        while not self._stop_requested:
+            n, buf = get_copy_data(1)
+            if n == 0:
+                consume_input()
+                n, buf = get_copy_data(1)
+                if n == 0:
+                    self._received_lsn = received
+                    await self._drained(pgconn)
+                    if not self._stop_requested:
+                        consume_input()
+                    continue
+            if n > 0:
+                data = bytes(buf)
+                tag = data[0]
+                if tag == XLOGDATA:
+                    data_start = header(data, 1)[0]
+                    if data_start > received:
+                        received = data_start
+                    msg = decode(data, offset)
+                    if data[offset] in txn_tags:
+                        self._track(data[offset], msg)
+                    on_message(msg)
+                    self._since_idle += 1
+                    batch += 1
+                    if batch >= yield_every:
+                        batch = 0
+                        self._received_lsn = received
+                        await self._busy_housekeeping()
+                        await asyncio.sleep(0)
+                elif tag == KEEPALIVE:
+                    wal_end, _send_time, reply = keepalive(data, 1)
+                    if wal_end > received:
+                        received = wal_end
+                    self._received_lsn = received
+                    if reply:
+                        self.keepalive_replies += 1
+                        await self._send_status()
+                else:
+                    raise PgoutputError(f"unexpected CopyData message tag {tag:#04x}")
+            elif n == -1:
+                self._received_lsn = received
+                await self._copy_ended(pgconn)
+            else:
+                raise psycopg.OperationalError(pgconn.get_error_message())
+        self._received_lsn = received
+
+    def _track(self, tag: int, msg: Message) -> None:
+        """Follow transaction boundaries (only called for B, C, S, c, A)."""
+        if tag == _BEGIN:
+            self._in_txn = True
+        elif tag == _COMMIT:
+            self._in_txn = False
+        elif isinstance(msg, StreamStart):
+            self._open_streams.add(msg.xid)
+        elif isinstance(msg, StreamCommit):
+            self._open_streams.discard(msg.xid)
+        elif isinstance(msg, StreamAbort) and msg.subxid == msg.xid:
+            self._open_streams.discard(msg.xid)
+
+    async def _drained(self, pgconn: PGconn) -> None:
+        """No complete message is buffered: idle call, status, then wait for the socket."""
+        now = time.monotonic()
+        settings = self._settings
+        if (
+            self._since_idle
+            or self._received_lsn != self._idle_received
+            or (
+                now - self._last_idle >= settings.idle_interval
+                and self._confirmed_lsn < self._received_lsn
+            )
+        ):
+            await self._idle()
+            now = time.monotonic()
+        if self._status_due(now):
+            await self._send_status()
+            now = time.monotonic()
+        if self._stop_requested:
+            return
+        deadline = self._last_status + self._status_interval
+        if self._confirmed_lsn != self._sent_flush_lsn:
+            deadline = min(deadline, self._last_status + settings.min_status_interval)
+        if self._confirmed_lsn < self._received_lsn:
+            deadline = min(deadline, self._last_idle + settings.idle_interval)
+        await self._wait(pgconn.socket, max_seconds=max(deadline - now, 0.001))
+
+    async def _busy_housekeeping(self) -> None:
+        now = time.monotonic()
+        if (
+            self._since_idle >= self._settings.idle_every
+            or now - self._last_idle >= self._settings.idle_interval
+        ):
+            await self._idle()
+            now = time.monotonic()
+        if self._status_due(now):
+            await self._send_status()
+
+    async def _idle(self) -> None:
+        received = self._received_lsn
+        lsn = await self._handler.on_idle(received, self.in_transaction)
+        self._since_idle = 0
+        self._idle_received = received
+        self._last_idle = time.monotonic()
+        lsn = min(lsn, received)
+        if lsn > self._confirmed_lsn:
+            self._confirmed_lsn = lsn
+
+    def _status_due(self, now: float) -> bool:
+        since = now - self._last_status
+        if since >= self._status_interval:
+            return True
+        return (
+            self._confirmed_lsn != self._sent_flush_lsn
+            and since >= self._settings.min_status_interval
+        )
+
+    async def _send_status(self) -> None:
+        pgconn = self._pgconn
+        if pgconn is None:
+            return
+        flush = self._confirmed_lsn
+        msg = build_standby_status(max(self._received_lsn, flush), flush, flush)
+        while pgconn.put_copy_data(msg) == 0:  # only when non-blocking and libpq's buffer is full
+            await self._wait(pgconn.socket, write=True, interruptible=False)
+        await self._flush(pgconn)
+        self._last_status = time.monotonic()
+        self._sent_flush_lsn = flush
+
+    async def _copy_ended(self, pgconn: PGconn) -> None:
+        """The server ended COPY: raise its error, or :class:`_ServerEndedCopy`."""
+        self._connected = False
+        await self._results(pgconn, interruptible=False)
+        raise _ServerEndedCopy("the server ended the replication stream")
+
+    async def _shutdown(self, pgconn: PGconn) -> None:
+        """After stop(): last idle call, final status, end COPY and drain (best effort)."""
+        if self._since_idle or self._received_lsn != self._idle_received:
+            await self._idle()
+        try:
+            async with asyncio.timeout(self._settings.stop_timeout):
+                await self._send_status()
+                pgconn.put_copy_end()
+                await self._flush(pgconn)
+                while True:
+                    n, _ = pgconn.get_copy_data(1)
+                    if n == -1:
+                        break
+                    if n == 0:
+                        await self._wait(pgconn.socket, interruptible=False)
+                        pgconn.consume_input()
+                    elif n < -1:
+                        raise psycopg.OperationalError(pgconn.get_error_message())
+                await self._results(pgconn, interruptible=False)
+        except (*_RETRYABLE, PgoutputError) as exc:
+            logger.info("replication slot %s: unclean stop: %s", self._settings.slot, exc)
+        logger.info(
+            "replication slot %s: stopping, confirmed %s",
+            self._settings.slot,
+            format_lsn(self._confirmed_lsn),
+        )
+
+    # --- low-level helpers --------------------------------------------------------------
+
+    async def _command(self, pgconn: PGconn, command: bytes) -> list[PGresult]:
+        """Run a replication command or simple query; raise ReplicationError on error."""
+        pgconn.send_query(command)
+        await self._flush(pgconn)
+        return await self._results(pgconn)
+
+    async def _results(self, pgconn: PGconn, *, interruptible: bool = True) -> list[PGresult]:
+        results: list[PGresult] = []
+        error: PGresult | None = None
+        while True:
+            while pgconn.is_busy():
+                await self._wait(pgconn.socket, interruptible=interruptible)
+                if interruptible and self._stop_requested:
+                    raise _StopRequested
+                pgconn.consume_input()
+            res = pgconn.get_result()
+            if res is None:
+                break
+            if res.status == pq.ExecStatus.FATAL_ERROR:
+                error = error or res
+            results.append(res)
+            if res.status in (pq.ExecStatus.COPY_BOTH, pq.ExecStatus.COPY_OUT):
+                break
+        if error is not None:
+            sqlstate = error.error_field(pq.DiagnosticField.SQLSTATE)
+            raise ReplicationError(
+                error.get_error_message(), sqlstate.decode() if sqlstate else None
+            )
+        return results
+
+    async def _flush(self, pgconn: PGconn) -> None:
+        # Not interruptible: a half-sent message would corrupt the stream, and this is short.
+        while pgconn.flush() == 1:
+            await self._wait(pgconn.socket, write=True, interruptible=False)
+
+    async def _wait(
+        self,
+        fd: int,
+        *,
+        write: bool = False,
+        max_seconds: float | None = None,
+        interruptible: bool = True,
+    ) -> None:
+        """Wait until ``fd`` is ready, ``max_seconds`` passed, or (if interruptible) stop()."""
+        if interruptible and self._stop_requested:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        if write:
+            loop.add_writer(fd, wake)
+        else:
+            loop.add_reader(fd, wake)
+        timer = loop.call_later(max_seconds, wake) if max_seconds is not None else None
+        if interruptible:
+            self._waiter = future
+        try:
+            await future
+        finally:
+            if interruptible:
+                self._waiter = None
+            if timer is not None:
+                timer.cancel()
+            if write:
+                loop.remove_writer(fd)
+            else:
+                loop.remove_reader(fd)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _close(self) -> None:
+        self._connected = False
+        pgconn, self._pgconn = self._pgconn, None
+        if pgconn is not None:
+            pgconn.finish()
+
+
+async def drop_slot(
+    conninfo: str, slot: str, *, terminate: bool = False, wait: float = 10.0
+) -> bool:
+    """Drop replication slot ``slot`` if it exists; return whether it was dropped.
+
+    A slot still held by an exiting walsender is retried for ``wait`` seconds; with
+    ``terminate=True`` the walsender holding it is terminated first.
+    """
+    deadline = time.monotonic() + wait
+    params = conninfo_to_dict(conninfo)
+    params.pop("replication", None)
+    admin = make_conninfo("", **params)
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        while True:
+            if terminate:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND active_pid IS NOT NULL",
+                    (slot,),
+                )
+            try:
+                cur = await conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    (slot,),
+                )
+                return len(await cur.fetchall()) > 0
+            except psycopg.errors.ObjectInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _text(res: PGresult, row: int, col: int) -> str | None:
+    value = res.get_value(row, col)
+    return None if value is None else bytes(value).decode()
+
+
+def _parse_duration(text: str | None) -> float:
+    """Parse a GUC duration as ``SHOW`` prints it (``60s``, ``2min``, ``0``) into seconds."""
+    if not text:
+        return 0.0
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        return 0.0
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2) or "ms"]
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,826 @@
+"""The durable log of one shape: snapshot chunks, change log, chunk index and metadata.
+
+Layer: ``syncd`` (file I/O, synchronous). One :class:`ShapeLog` owns one directory. The engine
+calls the write methods from the event loop (they are small and never fsync, except the snapshot
+and metadata commits) and may run :meth:`ShapeLog.read` in a worker thread with
+``asyncio.to_thread`` while the loop keeps appending.
+
+Theory of operation
+===================
+
+File layout (all inside the directory given to :meth:`ShapeLog.create`)::
+
+    meta.json                  engine metadata (any JSON-able dict), replaced atomically
+    snapshot-00000000.jsonl    snapshot chunk 0, one JSON message per line ("\\n"-terminated)
+    snapshot-00000001.jsonl    ...
+    snapshot.done              written once the snapshot is complete: {"chunks": n}
+    log.bin                    change log, binary, append-only
+    chunks.idx                 change-log chunk boundaries, binary, append-only
+
+Snapshot chunks. :meth:`ShapeLog.append_snapshot_rows` appends rows in order. Each row counts
+``len(line) + 1`` bytes towards its chunk; the row that makes the count reach or exceed
+``chunk_bytes`` is the last row of its chunk. :meth:`ShapeLog.finish_snapshot` appends the
+``snapshot-end`` control line as the last line of the last chunk, which is a new chunk of its own
+when the previous row has just closed one (so a snapshot without rows is a single chunk holding
+only that line). It then fsyncs every chunk file and the directory and finally writes
+``snapshot.done`` atomically: a snapshot without that file is incomplete after a restart and the
+engine must discard the shape. Closed chunks never change, so they can be served before the
+snapshot is complete.
+
+Change log record, big-endian, 21 bytes of header then the JSON::
+
+    tx:u64  op:u64  flags:u8  length:u32  json[length]
+
+``tx`` is the commit LSN, ``op`` the operation's position in its transaction, flag bit 0 marks
+the last record of a transaction; the other flag bits are zero. Each JSON is one object
+(``{...}``); recovery relies on that to tell a record from garbage. A transaction is encoded
+into one buffer and written with one ``pwrite`` at the committed length, so an earlier failed
+write is overwritten rather than followed. Appends reach the OS page cache at once (readers and a
+``kill -9`` see them) and reach the disk at :meth:`ShapeLog.sync`, which the engine calls before
+it acknowledges the transactions to Postgres; a crash can therefore lose only transactions that
+Postgres will replay, and recovery reproduces exactly the same offsets and chunks for them.
+
+Change-log chunks. The entry whose JSON makes the chunk's JSON byte count reach or exceed
+``chunk_bytes`` is the last entry of its chunk, even in the middle of a transaction. Each closed
+chunk gets one 40-byte record in ``chunks.idx`` (after an 8-byte magic header)::
+
+    end_tx:u64  end_op:u64  end_pos:u64  entry_pos:u64  flags:u8  pad[3]  crc32:u32
+
+``end_tx``/``end_op`` is the offset of the chunk's last entry, ``end_pos`` the log position
+just after it, ``entry_pos`` the position where that entry starts, flag bit 0 whether it ends
+its transaction, and the CRC covers the 36 bytes before it. A chunk is ``(previous end, end]``;
+the first starts at position 0, the last one is open (no record yet). Index records are written
+together with the log bytes of the same transaction, and fsynced by :meth:`ShapeLog.sync`.
+
+Reading. :meth:`ShapeLog.read` captures the committed state (an immutable tuple swapped in
+after each complete write) once, and never reads past the committed log length or index count it
+captured, so a concurrent append cannot be seen half-written. The chunk holding an offset is
+found from the last four boundaries kept in memory, else by binary search over ``chunks.idx``
+with ``pread``; the reader then reads that one chunk (one ``pread``) and scans it from its start.
+
+Recovery (:meth:`ShapeLog.open`). Files may end in a partial record, in records of a
+transaction whose end never got written, or (after an OS crash) in garbage or zeros, and the index
+may be ahead of or behind the log. Recovery:
+
+1. keeps the longest prefix of index records whose CRCs hold and whose offsets and positions
+   increase;
+2. takes the last of them whose boundary entry is really in the log (header at ``entry_pos``
+   matches, ends at ``end_pos``, JSON well-formed) and dropping those that are not;
+3. scans the log from that boundary: every record must have a sane header (flags, length within
+   the file, ``tx`` continuing the current transaction with a larger ``op`` or starting a new
+   one with a larger ``tx``) and well-formed JSON; the log is cut after the last record flagged
+   last-of-transaction. If the boundary was inside a transaction and that transaction never
+   ends, the boundary is dropped as well and the scan restarts one chunk earlier;
+4. recomputes the boundaries of the scanned part exactly as the writer does, truncates the log
+   to the cut and rewrites the index tail, and fsyncs both.
+
+Because boundaries depend only on the entries and ``chunk_bytes``, re-appending the lost
+transactions gives the same chunks as a writer that never crashed.
+
+Metadata. :meth:`ShapeLog.write_meta` writes ``meta.json.tmp``, fsyncs it, renames it over
+``meta.json`` and fsyncs the directory, so a reader sees the old or the new dict, never a mix.
+
+File descriptors. No descriptor stays open between calls except the append descriptors of the
+log (and of the index, once a chunk closes), which live from the first append after a
+:meth:`ShapeLog.sync` until the next one. Reads open and close their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from shapes.offset import INF, SNAPSHOT_END, LogOffset
+
+__all__ = ["ShapeLog", "SnapshotIncomplete", "StorageError"]
+
+META_FILE: Final = "meta.json"
+LOG_FILE: Final = "log.bin"
+INDEX_FILE: Final = "chunks.idx"
+SNAPSHOT_DONE_FILE: Final = "snapshot.done"
+_SNAPSHOT_PREFIX: Final = "snapshot-"
+_SNAPSHOT_SUFFIX: Final = ".jsonl"
+
+_RECORD: Final = struct.Struct(">QQBI")
+_HEADER_SIZE: Final = _RECORD.size  # 21
+_LAST_FLAG: Final = 1
+
+_INDEX_MAGIC: Final = b"SYNCDIX\x01"
+_INDEX_BODY: Final = struct.Struct(">QQQQB3x")
+_INDEX_CRC: Final = struct.Struct(">I")
+_INDEX_RECORD_SIZE: Final = _INDEX_BODY.size + _INDEX_CRC.size  # 40
+
+_RECENT_BOUNDARIES: Final = 4
+_U64_LIMIT: Final = 1 << 64
+
+_raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
+
+
+class StorageError(Exception):
+    """The directory does not hold a usable shape log; the engine should discard the shape."""
+
+
+class SnapshotIncomplete(RuntimeError):
+    """The requested snapshot chunk (or what follows it) is not written yet."""
+
+
+class _Boundary(NamedTuple):
+    """The end of one closed change-log chunk."""
+
+    end: LogOffset
+    """Offset of the chunk's last entry."""
+    pos: int
+    """Log position just after that entry (where the next chunk starts)."""
+    entry_pos: int
+    """Log position where that entry starts."""
+    last: bool
+    """Whether that entry is the last of its transaction."""
+
+    def encode(self) -> bytes:
+        body = _INDEX_BODY.pack(self.end.tx, self.end.op, self.pos, self.entry_pos, self.last)
+        return body + _INDEX_CRC.pack(zlib.crc32(body))
+
+
+def _decode_boundary(data: bytes | bytearray, at: int) -> _Boundary:
+    end_tx, end_op, pos, entry_pos, flags = _INDEX_BODY.unpack_from(data, at)
+    return _Boundary(LogOffset(end_tx, end_op), pos, entry_pos, bool(flags & _LAST_FLAG))
+
+
+class _LogView(NamedTuple):
+    """Committed change-log state; replaced as a whole, so readers in threads see one version."""
+
+    size: int
+    """Committed length of ``log.bin`` (always at a transaction end)."""
+    latest: LogOffset
+    """Offset of the last committed entry, or ``SNAPSHOT_END`` for an empty log."""
+    chunks: int
+    """Number of closed chunks (records in ``chunks.idx``)."""
+    recent: tuple[_Boundary, ...]
+    """The last (up to four) boundaries, oldest first."""
+
+
+class _SnapshotView(NamedTuple):
+    closed: int
+    """Number of closed snapshot chunks (all of them once complete)."""
+    complete: bool
+
+
+class _ScanResult(NamedTuple):
+    committed: int | None
+    """Position after the last record flagged last-of-transaction, None if there is none."""
+    latest: LogOffset | None
+    acc: int
+    """JSON bytes of the open chunk at ``committed``."""
+    boundaries: list[_Boundary]
+    """Boundaries at or before ``committed``."""
+
+
+class ShapeLog:
+    """The durable log of one shape. See the module docstring for the file formats and rules."""
+
+    def __init__(
+        self,
+        directory: Path,
+        chunk_bytes: int,
+        view: _LogView,
+        acc: int,
+        snapshot: _SnapshotView,
+        snapshot_chunks: int,
+    ) -> None:
+        """Internal: use :meth:`create` or :meth:`open`."""
+        self._dir = directory
+        self._chunk_bytes = chunk_bytes
+        self._log_path = os.fspath(directory / LOG_FILE)
+        self._index_path = os.fspath(directory / INDEX_FILE)
+        self._view = view
+        self._acc = acc
+        self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
+        self._log_fd: int | None = None
+        self._index_fd: int | None = None
+        self._snap = snapshot
+        self._snap_chunks = snapshot_chunks
+        self._snap_acc = 0
+        self._snap_unsynced: set[int] = set()
+        self._snap_writable = not snapshot.complete and snapshot_chunks == 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
+        """Create an empty log in ``directory`` (made if missing; must not hold a log yet)."""
+        _check_chunk_bytes(chunk_bytes)
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(path):
+            if name in (META_FILE, LOG_FILE, INDEX_FILE, SNAPSHOT_DONE_FILE) or name.startswith(
+                _SNAPSHOT_PREFIX
+            ):
+                raise FileExistsError(f"{path} already holds a shape log ({name})")
+        _write_new_file(path / INDEX_FILE, _INDEX_MAGIC)
+        _write_new_file(path / LOG_FILE, b"")
+        _fsync_dir(path)
+        _fsync_dir(path.parent)
+        view = _LogView(0, SNAPSHOT_END, 0, ())
+        return cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
+        """Open an existing log, repairing whatever a crash left behind (module docstring).
+
+        Raises:
+            StorageError: the directory does not hold a shape log of this format.
+        """
+        _check_chunk_bytes(chunk_bytes)
+        path = Path(directory)
+        try:
+            with open(path / INDEX_FILE, "rb") as f:
+                index_data = f.read()
+            log_size = os.path.getsize(path / LOG_FILE)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{path} does not hold a shape log: {exc}") from exc
+        family = _INDEX_MAGIC[:-1]
+        if index_data.startswith(family) and not index_data.startswith(_INDEX_MAGIC):
+            if len(index_data) > len(family):
+                raise StorageError(f"{path / INDEX_FILE}: unsupported format version")
+        # Any other damage to the index (its header included) is repaired from the log.
+        stored = _load_boundaries(index_data)
+        view, acc, new_boundaries = _recover_log(path, log_size, stored, chunk_bytes)
+        _rewrite_index(path, index_data, stored, new_boundaries)
+        snapshot, snapshot_chunks = _load_snapshot_state(path)
+        return cls(path, chunk_bytes, view, acc, snapshot, snapshot_chunks)
+
+    def delete(self) -> None:
+        """Close the append descriptors and remove the directory with everything in it."""
+        self._close_fds()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def directory(self) -> Path:
+        """The shape's directory."""
+        return self._dir
+
+    @property
+    def chunk_bytes(self) -> int:
+        """The chunk size threshold in bytes."""
+        return self._chunk_bytes
+
+    @property
+    def latest_offset(self) -> LogOffset:
+        """Offset of the last committed change, ``SNAPSHOT_END`` if there is none."""
+        return self._view.latest
+
+    @property
+    def snapshot_complete(self) -> bool:
+        """True once :meth:`finish_snapshot` has made the snapshot durable."""
+        return self._snap.complete
+
+    @property
+    def snapshot_chunk_count(self) -> int:
+        """Number of snapshot chunk files (including one still being written)."""
+        return self._snap_chunks
+
+    @property
+    def dirty(self) -> bool:
+        """True if changes were appended since the last :meth:`sync`."""
+        return self._log_fd is not None
+
+    def has_entries_after(self, offset: LogOffset) -> bool:
+        """True if the change log holds an entry strictly after ``offset``."""
+        latest = self._view.latest
+        return latest != SNAPSHOT_END and latest > offset
+
+    # ------------------------------------------------------------------ metadata
+
+    def write_meta(self, meta: Mapping[str, Any]) -> None:
+        """Replace ``meta.json`` atomically and durably with ``meta`` (JSON-able)."""
+        data = json.dumps(dict(meta), separators=(",", ":"), sort_keys=True).encode()
+        _atomic_write(self._dir, META_FILE, data)
+
+    def read_meta(self) -> dict[str, Any]:
+        """The dict last given to :meth:`write_meta`, or ``{}`` if there was none."""
+        try:
+            data = (self._dir / META_FILE).read_bytes()
+        except FileNotFoundError:
+            return {}
+        meta = json.loads(data)
+        if not isinstance(meta, dict):
+            raise StorageError(f"{self._dir / META_FILE}: not a JSON object")
+        return meta
+
+    # ------------------------------------------------------------------ snapshot
+
+    def append_snapshot_rows(self, lines: Iterable[bytes]) -> None:
+        """Append snapshot rows (one JSON object each, no newline), cutting chunks as they fill.
+
+        Raises:
+            RuntimeError: the snapshot is finished, or was interrupted before a restart.
+            ValueError: a line contains a newline (rows before it may have been written; the
+                snapshot must then be discarded).
+        """
+        self._check_snapshot_writable()
+        limit = self._chunk_bytes
+        acc = self._snap_acc
+        parts: list[bytes] = []
+        for line in lines:
+            if b"\n" in line:
+                raise ValueError("a snapshot line must not contain a newline")
+            parts.append(line)
+            acc += len(line) + 1
+            if acc >= limit:
+                self._write_snapshot_chunk(parts, close=True)
+                parts = []
+                acc = 0
+        if parts:
+            self._write_snapshot_chunk(parts, close=False)
+        self._snap_acc = acc
+
+    def finish_snapshot(self, end_line: bytes) -> None:
+        """Append the ``snapshot-end`` line, make all chunks durable and mark the snapshot done."""
+        self._check_snapshot_writable()
+        if b"\n" in end_line:
+            raise ValueError("a snapshot line must not contain a newline")
+        closed = self._snap.closed
+        self._write_snapshot_chunk([end_line], close=False)
+        count = closed + 1
+        for k in sorted(self._snap_unsynced):
+            fd = os.open(self._snapshot_path(k), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._snap_unsynced.clear()
+        _fsync_dir(self._dir)
+        _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
+        self._snap_writable = False
+        self._snap_chunks = count
+        self._snap = _SnapshotView(count, True)
+
+    def _check_snapshot_writable(self) -> None:
+        if not self._snap_writable:
+            state = "finished" if self._snap.complete else "interrupted"
+            raise RuntimeError(f"the snapshot of {self._dir} was {state}")
+
+    def _write_snapshot_chunk(self, lines: list[bytes], *, close: bool) -> None:
+        k = self._snap.closed
+        lines.append(b"")
+        with open(self._snapshot_path(k), "ab") as f:
+            f.write(b"\n".join(lines))
+        self._snap_unsynced.add(k)
+        self._snap_chunks = k + 1
+        if close:
+            self._snap = _SnapshotView(k + 1, False)
+
+    def _snapshot_path(self, k: int) -> str:
+        return os.fspath(self._dir / f"{_SNAPSHOT_PREFIX}{k:08d}{_SNAPSHOT_SUFFIX}")
+
+    # ------------------------------------------------------------------ change log
+
+    def append_transaction(self, tx: int, entries: Sequence[tuple[int, bytes]]) -> None:
+        """Append one transaction's entries ``(op, json)``; readers see it on return.
+
+        ``tx`` must exceed the previous transaction's and ``op`` values must increase. The bytes
+        are written to the OS, not fsynced; see :meth:`sync`.
+
+        Raises:
+            ValueError: empty transaction, or ``tx``/``op`` out of order or out of range.
+        """
+        if not entries:
+            raise ValueError("a transaction needs at least one entry")
+        if not self._last_tx < tx < _U64_LIMIT:
+            raise ValueError(f"tx {tx} must be above the previous tx {self._last_tx}")
+        view = self._view
+        limit = self._chunk_bytes
+        acc = self._acc
+        pos = view.size
+        pack = _RECORD.pack
+        parts: list[bytes] = []
+        append = parts.append
+        new: list[_Boundary] = []
+        prev_op = -1
+        try:
+            for op, data in entries:
+                if op <= prev_op:
+                    raise ValueError(
+                        f"ops must increase within a transaction: {op} after {prev_op}"
+                    )
+                prev_op = op
+                size = len(data)
+                append(pack(tx, op, 0, size))
+                append(data)
+                pos += _HEADER_SIZE + size
+                acc += size
+                if acc >= limit:
+                    entry_pos = pos - _HEADER_SIZE - size
+                    new.append(_Boundary(LogOffset(tx, op), pos, entry_pos, False))
+                    acc = 0
+            # Flag the transaction's last record (and a boundary that falls right after it).
+            parts[-2] = pack(tx, prev_op, _LAST_FLAG, len(parts[-1]))
+        except struct.error as exc:
+            raise ValueError(f"op out of range in transaction {tx}: {exc}") from exc
+        if new and new[-1].pos == pos:
+            new[-1] = new[-1]._replace(last=True)
+        log_fd = self._log_fd
+        if log_fd is None:
+            log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            _pwrite_all(log_fd, b"".join(parts), view.size)
+            if new:
+                index_fd = self._index_fd
+                if index_fd is None:
+                    index_fd = self._index_fd = os.open(
+                        self._index_path, os.O_WRONLY | os.O_CLOEXEC
+                    )
+                at = len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE
+                _pwrite_all(index_fd, b"".join(b.encode() for b in new), at)
+        except OSError:
+            # Leave nothing beyond the committed state: the next append writes there again.
+            with contextlib.suppress(OSError):
+                os.ftruncate(log_fd, view.size)
+            if self._index_fd is not None:
+                with contextlib.suppress(OSError):
+                    at = len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE
+                    os.ftruncate(self._index_fd, at)
+            raise
+        recent = (view.recent + tuple(new))[-_RECENT_BOUNDARIES:] if new else view.recent
+        self._acc = acc
+        self._last_tx = tx
+        self._view = _LogView(pos, LogOffset(tx, prev_op), view.chunks + len(new), recent)
+
+    def sync(self) -> None:
+        """fdatasync the log and the chunk index if anything was appended, and close them."""
+        try:
+            if self._log_fd is not None:
+                os.fdatasync(self._log_fd)
+            if self._index_fd is not None:
+                os.fdatasync(self._index_fd)
+        finally:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._log_fd, self._index_fd):
+            if fd is not None:
+                os.close(fd)
+        self._log_fd = self._index_fd = None
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        """The JSON lines of the chunk after ``offset`` and that chunk's end offset.
+
+        ``-1``: snapshot chunk 0, end ``0_0``. ``0_k`` below the last snapshot chunk: chunk
+        ``k+1``, end ``0_(k+1)``. Otherwise the change-log entries strictly after ``offset`` up to
+        the end of the chunk holding it (the latest entry if that chunk is open), and the offset
+        of the last one returned; with nothing to return, ``offset`` itself (``0_inf`` for a
+        snapshot offset). Safe to call from another thread while the owner appends.
+
+        Raises:
+            SnapshotIncomplete: a snapshot offset whose answer depends on chunks not yet closed.
+        """
+        if offset.tx < 0:
+            return self._read_snapshot_chunk(0), LogOffset(0, 0)
+        if offset.tx == 0 and offset.op != INF:
+            snap = self._snap
+            next_chunk = offset.op + 1
+            if next_chunk < snap.closed:
+                return self._read_snapshot_chunk(next_chunk), LogOffset(0, next_chunk)
+            if not snap.complete:
+                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
+            return self._read_log(SNAPSHOT_END)
+        return self._read_log(offset)
+
+    def _read_snapshot_chunk(self, k: int) -> list[bytes]:
+        if k >= self._snap.closed:
+            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
+        with open(self._snapshot_path(k), "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        lines.pop()  # the empty piece after the final newline
+        return lines
+
+    def _read_log(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        view = self._view
+        if view.latest == SNAPSHOT_END or offset >= view.latest:
+            return [], offset
+        start, end = self._chunk_range(view, offset)
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = _pread_all(fd, end - start, start)
+        finally:
+            os.close(fd)
+        return _collect_after(data, offset)
+
+    def _chunk_range(self, view: _LogView, offset: LogOffset) -> tuple[int, int]:
+        """File positions ``[start, end)`` of the chunk holding ``offset``."""
+        recent = view.recent
+        first_cached = view.chunks - len(recent)
+        with _IndexReader(self._index_path, recent, first_cached) as index:
+            # Chunk i holds (end of i-1, end of i]; find the first i whose end is above offset.
+            if recent and offset >= recent[0].end:
+                lo, hi = first_cached + 1, view.chunks
+            else:
+                lo, hi = 0, first_cached
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if index.boundary(mid).end > offset:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            start = index.boundary(lo - 1).pos if lo > 0 else 0
+            end = view.size if lo == view.chunks else index.boundary(lo).pos
+        return start, end
+
+
+class _IndexReader:
+    """Boundary ``i`` from the in-memory cache or, for older ones, from ``chunks.idx``."""
+
+    def __init__(self, path: str, recent: tuple[_Boundary, ...], first_cached: int) -> None:
+        self._path = path
+        self._recent = recent
+        self._first_cached = first_cached
+        self._fd: int | None = None
+
+    def __enter__(self) -> _IndexReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def boundary(self, i: int) -> _Boundary:
+        if i >= self._first_cached:
+            return self._recent[i - self._first_cached]
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        at = len(_INDEX_MAGIC) + i * _INDEX_RECORD_SIZE
+        return _decode_boundary(_pread_all(self._fd, _INDEX_RECORD_SIZE, at), 0)
+
+
+def _collect_after(data: bytes, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+    """The JSON of the records in ``data`` strictly after ``offset``, and the last one's offset."""
+    unpack = _RECORD.unpack_from
+    out: list[bytes] = []
+    o_tx, o_op = offset
+    n = len(data)
+    p = 0
+    tx = op = 0
+    while p < n:  # skip entries at or before the offset
+        tx, op, _flags, size = unpack(data, p)
+        if tx > o_tx or (tx == o_tx and op > o_op):
+            break
+        p += _HEADER_SIZE + size
+    else:
+        return [], offset
+    while p < n:
+        tx, op, _flags, size = unpack(data, p)
+        p += _HEADER_SIZE
+        out.append(data[p : p + size])
+        p += size
+    return out, LogOffset(tx, op)
+
+
+# ---------------------------------------------------------------------- recovery
+
+
+def _load_boundaries(index_data: bytes) -> list[_Boundary]:
+    """The longest prefix of index records that are intact and increasing."""
+    out: list[_Boundary] = []
+    if not index_data.startswith(_INDEX_MAGIC):
+        return out
+    prev_end = SNAPSHOT_END
+    prev_pos = 0
+    at = len(_INDEX_MAGIC)
+    while at + _INDEX_RECORD_SIZE <= len(index_data):
+        body_end = at + _INDEX_BODY.size
+        (crc,) = _INDEX_CRC.unpack_from(index_data, body_end)
+        if zlib.crc32(index_data[at:body_end]) != crc:
+            break
+        b = _decode_boundary(index_data, at)
+        if not (b.end > prev_end and prev_pos <= b.entry_pos and b.pos > b.entry_pos):
+            break
+        out.append(b)
+        prev_end, prev_pos = b.end, b.pos
+        at += _INDEX_RECORD_SIZE
+    return out
+
+
+def _recover_log(
+    path: Path, log_size: int, stored: list[_Boundary], chunk_bytes: int
+) -> tuple[_LogView, int, list[_Boundary]]:
+    """Cut the log after its last complete transaction; drops unusable ``stored`` boundaries.
+
+    Returns the committed view, the open chunk's JSON byte count, and the boundaries found after
+    the last kept stored one. ``stored`` is shortened in place to the kept boundaries.
+    """
+    with open(path / LOG_FILE, "r+b") as f:
+        if log_size == 0:
+            stored.clear()
+            result = _ScanResult(0, None, 0, [])
+        else:
+            with mmap.mmap(f.fileno(), log_size, access=mmap.ACCESS_READ) as mm:
+                result = _find_committed(mm, stored, chunk_bytes)
+        committed = result.committed
+        assert committed is not None
+        if committed != log_size:
+            f.truncate(committed)
+            f.flush()
+            os.fsync(f.fileno())
+    boundaries = stored + result.boundaries
+    if result.latest is not None:
+        latest = result.latest
+    elif stored:
+        latest = stored[-1].end
+    else:
+        latest = SNAPSHOT_END
+    recent = tuple(boundaries[-_RECENT_BOUNDARIES:])
+    return _LogView(committed, latest, len(boundaries), recent), result.acc, result.boundaries
+
+
+def _find_committed(mm: mmap.mmap, stored: list[_Boundary], chunk_bytes: int) -> _ScanResult:
+    while stored:
+        b = stored[-1]
+        if _boundary_in_log(mm, b):
+            result = _scan(mm, b.pos, b.end, not b.last, chunk_bytes)
+            if result.committed is not None:
+                return result
+            if b.last:
+                return _ScanResult(b.pos, None, 0, [])
+        stored.pop()
+    result = _scan(mm, 0, LogOffset(0, 0), False, chunk_bytes)
+    if result.committed is None:
+        return _ScanResult(0, None, 0, [])
+    return result
+
+
+def _boundary_in_log(mm: mmap.mmap, b: _Boundary) -> bool:
+    if b.pos > len(mm) or b.entry_pos + _HEADER_SIZE > b.pos:
+        return False
+    tx, op, flags, size = _RECORD.unpack_from(mm, b.entry_pos)
+    start = b.entry_pos + _HEADER_SIZE
+    return (
+        LogOffset(tx, op) == b.end
+        and flags == (_LAST_FLAG if b.last else 0)
+        and start + size == b.pos
+        and _is_json_object(mm[start : b.pos])
+    )
+
+
+def _scan(mm: mmap.mmap, start: int, prev: LogOffset, in_tx: bool, chunk_bytes: int) -> _ScanResult:
+    """Parse records from ``start`` (a chunk boundary) while they are sane.
+
+    ``prev`` is the offset of the record before ``start`` and ``in_tx`` whether its
+    transaction continues. Boundaries are recomputed as the writer cuts them.
+    """
+    n = len(mm)
+    p = start
+    prev_tx, prev_op = prev
+    acc = 0
+    committed: int | None = None
+    committed_acc = 0
+    latest: LogOffset | None = None
+    boundaries: list[_Boundary] = []
+    committed_boundaries = 0
+    while p + _HEADER_SIZE <= n:
+        tx, op, flags, size = _RECORD.unpack_from(mm, p)
+        body = p + _HEADER_SIZE
+        end = body + size
+        if flags & ~_LAST_FLAG or end > n:
+            break
+        if in_tx:
+            if tx != prev_tx or op <= prev_op:
+                break
+        elif tx <= prev_tx:
+            break
+        if not _is_json_object(mm[body:end]):
+            break
+        last = bool(flags & _LAST_FLAG)
+        acc += size
+        if acc >= chunk_bytes:
+            boundaries.append(_Boundary(LogOffset(tx, op), end, p, last))
+            acc = 0
+        if last:
+            committed = end
+            committed_acc = acc
+            latest = LogOffset(tx, op)
+            committed_boundaries = len(boundaries)
+        prev_tx, prev_op, in_tx = tx, op, not last
+        p = end
+    del boundaries[committed_boundaries:]
+    return _ScanResult(committed, latest, committed_acc, boundaries)
+
+
+def _is_json_object(data: bytes) -> bool:
+    if not data.startswith(b"{"):
+        return False
+    try:
+        _raw_decoder.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _rewrite_index(
+    path: Path, index_data: bytes, kept: list[_Boundary], new: list[_Boundary]
+) -> None:
+    """Make ``chunks.idx`` hold exactly ``kept`` followed by ``new``."""
+    keep_size = len(_INDEX_MAGIC) + len(kept) * _INDEX_RECORD_SIZE
+    if not index_data.startswith(_INDEX_MAGIC):
+        _atomic_write(path, INDEX_FILE, _INDEX_MAGIC + b"".join(b.encode() for b in new))
+        return
+    if not new and len(index_data) == keep_size:
+        return
+    with open(path / INDEX_FILE, "r+b") as f:
+        f.truncate(keep_size)
+        f.seek(keep_size)
+        f.write(b"".join(b.encode() for b in new))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_snapshot_state(path: Path) -> tuple[_SnapshotView, int]:
+    try:
+        done = json.loads((path / SNAPSHOT_DONE_FILE).read_bytes())
+    except FileNotFoundError:
+        chunks = sum(
+            1
+            for name in os.listdir(path)
+            if name.startswith(_SNAPSHOT_PREFIX) and name.endswith(_SNAPSHOT_SUFFIX)
+        )
+        return _SnapshotView(0, False), chunks
+    count = done["chunks"] if isinstance(done, dict) else None
+    if not isinstance(count, int) or count < 1:
+        raise StorageError(f"{path / SNAPSHOT_DONE_FILE}: malformed")
+    return _SnapshotView(count, True), count
+
+
+# ---------------------------------------------------------------------- file helpers
+
+
+def _check_chunk_bytes(chunk_bytes: int) -> None:
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, at)
+        view = view[written:]
+        at += written
+
+
+def _pread_all(fd: int, size: int, at: int) -> bytes:
+    data = os.pread(fd, size, at)
+    if len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, at + got)
+        if not more:
+            raise StorageError(f"short read at {at + got}: the file shrank under the reader")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data``: tmp file, fsync, rename, fsync directory."""
+    tmp = directory / f"{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / name)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
