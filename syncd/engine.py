@@ -332,7 +332,6 @@ class Engine:
         if shape.status == "gone":
             return
         shape.log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
-        self.last_seen_lsn = max(self.last_seen_lsn, wal_lsn)
         shape.finish_snapshot(info)
         self._dirty.add(shape)
         log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
@@ -465,6 +464,8 @@ class Engine:
 
     async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
         """Make written logs durable and return the LSN Postgres may forget up to."""
+        if not in_transaction and not self._in_txn:
+            self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
         now = time.monotonic()
         if self._dirty and now - self._last_flush >= self.settings.flush_interval:
             self._flush_dirty()
@@ -523,9 +524,7 @@ def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     return cast(TextRow, dict(zip(names, values, strict=True)))
 
 
-def _fill_unchanged(
-    names: tuple[str, ...], values: pg.RowData, old: TextRow | None
-) -> TextRow:
+def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
     row: TextRow = {}
     for name, value in zip(names, values, strict=True):
         if value is pg.UNCHANGED_TOAST:

@@ -1,9 +1,9 @@
 """The durable log of one shape: snapshot chunks, change log, chunk index and metadata.
 
-Layer: ``syncd`` (file I/O, synchronous). One :class:`ShapeLog` owns one directory. The engine
-calls the write methods from the event loop (they are small and never fsync, except the snapshot
-and metadata commits) and may run :meth:`ShapeLog.read` in a worker thread with
-``asyncio.to_thread`` while the loop keeps appending.
+Layer: ``syncd`` (file I/O, synchronous). One :class:`ShapeLog` owns one directory and has one
+writer (the event loop thread). :meth:`ShapeLog.append_transaction` never fsyncs;
+:meth:`ShapeLog.sync`, :meth:`ShapeLog.finish_snapshot` and :meth:`ShapeLog.write_meta` do.
+:meth:`ShapeLog.read` may run in worker threads (``asyncio.to_thread``) while the writer appends.
 
 Theory of operation
 ===================
@@ -63,9 +63,10 @@ transaction whose end never got written, or (after an OS crash) in garbage or ze
 may be ahead of or behind the log. Recovery:
 
 1. keeps the longest prefix of index records whose CRCs hold and whose offsets and positions
-   increase;
-2. takes the last of them whose boundary entry is really in the log (header at ``entry_pos``
-   matches, ends at ``end_pos``, JSON well-formed) and dropping those that are not;
+   increase (none if the header is damaged: the index is then rebuilt from the log; a header
+   of another format version raises :class:`StorageError`);
+2. drops records from the end until the last one's boundary entry is really in the log
+   (header at ``entry_pos`` matches it, ends at ``end_pos``, JSON well-formed);
 3. scans the log from that boundary: every record must have a sane header (flags, length within
    the file, ``tx`` continuing the current transaction with a larger ``op`` or starting a new
    one with a larger ``tx``) and well-formed JSON; the log is cut after the last record flagged
@@ -76,6 +77,12 @@ may be ahead of or behind the log. Recovery:
 
 Because boundaries depend only on the entries and ``chunk_bytes``, re-appending the lost
 transactions gives the same chunks as a writer that never crashed.
+
+Opening therefore reads about one chunk (the open one) and validates its JSON. Limit: records
+carry no checksum (the format is fixed), so after an OS crash a record cut in the middle of its
+JSON whose remaining bytes were replaced by garbage that happens to complete a valid JSON object
+of the same length would be kept. A ``kill -9`` cannot produce that (the page cache keeps every
+byte that ``pwrite`` returned for), and zero-filled blocks never pass the header checks.
 
 Metadata. :meth:`ShapeLog.write_meta` writes ``meta.json.tmp``, fsyncs it, renames it over
 ``meta.json`` and fsyncs the directory, so a reader sees the old or the new dict, never a mix.
@@ -324,26 +331,33 @@ class ShapeLog:
     def append_snapshot_rows(self, lines: Iterable[bytes]) -> None:
         """Append snapshot rows (one JSON object each, no newline), cutting chunks as they fill.
 
+        Any exception (including one raised by ``lines``) leaves a snapshot that can only be
+        discarded: later snapshot writes raise RuntimeError.
+
         Raises:
-            RuntimeError: the snapshot is finished, or was interrupted before a restart.
-            ValueError: a line contains a newline (rows before it may have been written; the
-                snapshot must then be discarded).
+            RuntimeError: the snapshot is finished or broken, or rows of it were written before
+                a restart.
+            ValueError: a line contains a newline.
         """
         self._check_snapshot_writable()
         limit = self._chunk_bytes
         acc = self._snap_acc
         parts: list[bytes] = []
-        for line in lines:
-            if b"\n" in line:
-                raise ValueError("a snapshot line must not contain a newline")
-            parts.append(line)
-            acc += len(line) + 1
-            if acc >= limit:
-                self._write_snapshot_chunk(parts, close=True)
-                parts = []
-                acc = 0
-        if parts:
-            self._write_snapshot_chunk(parts, close=False)
+        try:
+            for line in lines:
+                if b"\n" in line:
+                    raise ValueError("a snapshot line must not contain a newline")
+                parts.append(line)
+                acc += len(line) + 1
+                if acc >= limit:
+                    self._write_snapshot_chunk(parts, close=True)
+                    parts = []
+                    acc = 0
+            if parts:
+                self._write_snapshot_chunk(parts, close=False)
+        except BaseException:
+            self._snap_writable = False
+            raise
         self._snap_acc = acc
 
     def finish_snapshot(self, end_line: bytes) -> None:
@@ -369,7 +383,7 @@ class ShapeLog:
 
     def _check_snapshot_writable(self) -> None:
         if not self._snap_writable:
-            state = "finished" if self._snap.complete else "interrupted"
+            state = "finished" if self._snap.complete else "interrupted or broken"
             raise RuntimeError(f"the snapshot of {self._dir} was {state}")
 
     def _write_snapshot_chunk(self, lines: list[bytes], *, close: bool) -> None:

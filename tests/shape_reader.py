@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,18 @@ class ShapeCursor:
 
 
 def catch_up(
-    client: httpx.Client, url: str, cursor: ShapeCursor, max_requests: int = 10_000
+    client: httpx.Client,
+    url: str,
+    cursor: ShapeCursor,
+    *,
+    min_lsn: int = 0,
+    max_requests: int = 10_000,
 ) -> None:
-    """Issue non-live requests until the shape reports up-to-date; follows 409s."""
+    """Issue non-live requests until the shape is up to date; follows 409s.
+
+    With ``min_lsn``, keeps going until the server's ``global_last_seen_lsn`` reaches it, so
+    that every transaction committed before that WAL position has been processed.
+    """
     for _ in range(max_requests):
         query = dict(cursor.params, offset=cursor.offset)
         if cursor.handle is not None:
@@ -56,7 +66,10 @@ def catch_up(
         cursor.shape.apply_all(messages)
         cursor.handle = answer.headers["electric-handle"]
         cursor.offset = answer.headers["electric-offset"]
-        if messages and messages[-1].get("headers", {}).get("control") == "up-to-date":
+        last = messages[-1].get("headers", {}) if messages else {}
+        if last.get("control") == "up-to-date":
             assert "electric-up-to-date" in answer.headers
-            return
+            if int(last["global_last_seen_lsn"]) >= min_lsn:
+                return
+            time.sleep(0.02)
     raise AssertionError("shape never became up to date")

@@ -96,10 +96,11 @@ def apply_transactions(dsn: str, table: str, txns: list[list[Op]], pause: float)
                         )
                     elif kind == "move":
                         conn.execute(
-                            sql.SQL("UPDATE {} SET id = id + 1000, grp = %s WHERE id = %s").format(
-                                ident
-                            ),
-                            (grp, id_),
+                            sql.SQL(
+                                "UPDATE {0} SET id = id + 1000, grp = %s WHERE id = %s"
+                                " AND NOT EXISTS (SELECT FROM {0} WHERE id = %s + 1000)"
+                            ).format(ident),
+                            (grp, id_, id_),
                         )
                     else:
                         conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(ident), (id_,))
@@ -125,6 +126,14 @@ def select_rows(dsn: str, table: str, where: str | None) -> dict[str, dict[str, 
     return rows
 
 
+def current_wal_lsn(dsn: str) -> int:
+    """The WAL position after every transaction committed so far."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def shape_params(table: str, where: str | None) -> dict[str, str]:
     params = {"table": table}
     if where is not None:
@@ -137,7 +146,15 @@ def run_scenario(
 ) -> None:
     table = f"items_{next(_tables)}"
     create_table(dsn, table)
-    writer = threading.Thread(target=apply_transactions, args=(dsn, table, txns, 0.005))
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            apply_transactions(dsn, table, txns, 0.005)
+        except BaseException as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=write)
     cursors = [ShapeCursor(shape_params(table, where)) for where in wheres]
     rng = random.Random(len(txns))
     with httpx.Client(timeout=30) as client:
@@ -153,8 +170,10 @@ def run_scenario(
                     catch_up(client, syncd.shape_url, cursor)
         finally:
             writer.join()
+        assert not failures, failures
+        written = current_wal_lsn(dsn)
         for cursor, where in zip(cursors, wheres, strict=True):
-            catch_up(client, syncd.shape_url, cursor)
+            catch_up(client, syncd.shape_url, cursor, min_lsn=written)
             assert cursor.rows == select_rows(dsn, table, where), where
             assert cursor.refetches == 0
             fresh = ShapeCursor(shape_params(table, where))

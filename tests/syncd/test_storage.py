@@ -160,9 +160,14 @@ def test_interrupted_snapshot_is_reported_incomplete(tmp_path: Path) -> None:
 def test_snapshot_line_with_newline_is_rejected(tmp_path: Path) -> None:
     log = ShapeLog.create(tmp_path / "shape", 20)
     with pytest.raises(ValueError):
-        log.append_snapshot_rows([b'{"a":\n1}'])
-    with pytest.raises(ValueError):
         log.finish_snapshot(b"{\n}")
+    with pytest.raises(ValueError):
+        log.append_snapshot_rows([row(0), row(1), row(2), row(3), b'{"a":\n1}'])
+    # The snapshot is now broken: it can only be discarded.
+    with pytest.raises(RuntimeError):
+        log.append_snapshot_rows([row(4)])
+    with pytest.raises(RuntimeError):
+        log.finish_snapshot(END_LINE)
 
 
 # ---------------------------------------------------------------------- change log
@@ -252,6 +257,32 @@ def test_append_transaction_rejects_bad_input(
     assert log.latest_offset == off(100, 0)
     log.append_transaction(101, [(0, b'{"a":1}')])
     assert read_all_changes(log) == [b"{}", b'{"a":1}']
+
+
+def test_failed_write_leaves_the_log_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = make_log(tmp_path, 20)
+    assert log.directory == tmp_path / "shape"
+    assert log.chunk_bytes == 20
+    log.append_transaction(100, [(0, row(0))])
+    real_pwrite = os.pwrite
+
+    def short_then_fail(fd: int, data: bytes, at: int) -> int:
+        real_pwrite(fd, bytes(data)[:5], at)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", short_then_fail)
+    with pytest.raises(OSError, match="space"):
+        log.append_transaction(200, [(0, row(1)), (2, row(2)), (4, row(3))])
+    monkeypatch.undo()
+    assert log.latest_offset == off(100, 0)
+    assert read_all_changes(log) == [row(0)]
+    log.append_transaction(200, [(0, row(1)), (2, row(2)), (4, row(3))])
+    log.sync()
+    reopened = ShapeLog.open(tmp_path / "shape", 20)
+    assert read_all_changes(reopened) == [row(0), row(1), row(2), row(3)]
+    assert reopened.read(SNAPSHOT_END) == ([row(0), row(1), row(2)], off(200, 2))
 
 
 def test_first_transaction_must_have_positive_tx(tmp_path: Path) -> None:
