@@ -22,7 +22,7 @@ $(NODE_STAMP): tests/e2e/package.json tests/e2e/package-lock.json
 js: $(NODE_STAMP)
 
 dev: $(STAMP)
-	$(PY) -m syncd --dev
+	$(PY) -m syncd --dev --storage-dir .dev/storage
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -21,8 +21,10 @@ def _database(settings: Settings) -> Iterator[str]:
         return
     from syncd.pgprovider import provide_postgres
 
-    with provide_postgres(Path(".dev") / "postgres") as server:
-        log.info("using the embedded Postgres at %s", server.dsn)
+    dev_dir = Path(".dev")
+    with provide_postgres(dev_dir / "postgres") as server:
+        (dev_dir / "dsn").write_text(server.dsn + "\n")
+        log.info("using the embedded Postgres at %s (also in .dev/dsn)", server.dsn)
         yield server.dsn
 
 
@@ -37,10 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from syncd.daemon import Syncd
+    from syncd.daemon import ReplicationFailed, Syncd
 
-    with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Syncd(settings, conninfo).serve())
+    try:
+        with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(Syncd(settings, conninfo).serve())
+    except ReplicationFailed as exc:
+        log.critical("replication failed, exiting: %s", exc)
+        return 1
     return 0
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,6 +23,10 @@ from syncd.replication import ReplicationSettings, ReplicationStream
 log = logging.getLogger("syncd")
 
 STATUS_LOG_INTERVAL = 30.0
+
+
+class ReplicationFailed(Exception):
+    """The replication stream stopped on an error it cannot retry."""
 
 
 class Syncd:
@@ -52,6 +57,7 @@ class Syncd:
         self.api = ShapeApi(self.engine, api_settings, self.health)
         self.app: Starlette = create_app(self.api)
         self._opened = False
+        self._replication: asyncio.Task[None] | None = None
 
     def health(self) -> str:
         """``active`` once replication is streaming, ``starting`` before."""
@@ -63,13 +69,14 @@ class Syncd:
         await self.engine.open()
         self._opened = True
         replication = asyncio.create_task(self.stream.run(), name="syncd-replication")
+        self._replication = replication
         status = asyncio.create_task(self._log_status(), name="syncd-status")
         try:
             yield self
         finally:
             status.cancel()
             await self.stream.stop()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await replication
             with contextlib.suppress(asyncio.CancelledError):
                 await status
@@ -77,7 +84,12 @@ class Syncd:
             self._opened = False
 
     async def serve(self) -> None:
-        """Run the daemon and its HTTP server until cancelled or signalled."""
+        """Run the daemon and its HTTP server until signalled.
+
+        Raises:
+            ReplicationFailed: when the replication stream stops on an error it cannot retry;
+                the server is shut down first so that a supervisor can restart the daemon.
+        """
         config = uvicorn.Config(
             self.app,
             host=self.settings.host,
@@ -85,13 +97,28 @@ class Syncd:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=1,
+            server_header=False,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, setattr, server, "should_exit", True)
         async with self.running():
+            assert self._replication is not None
+            self._replication.add_done_callback(lambda _task: setattr(server, "should_exit", True))
             log.info(
                 "serving the shape API on http://%s:%d", self.settings.host, self.settings.port
             )
             await server.serve()
+            self._raise_if_replication_failed()
+
+    def _raise_if_replication_failed(self) -> None:
+        task = self._replication
+        if task is None or not task.done() or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            raise ReplicationFailed(str(error)) from error
 
     async def _log_status(self) -> None:
         while True:
@@ -104,6 +131,14 @@ class Syncd:
                 max(received - confirmed, 0),
                 len(self.engine.shapes),
             )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon's handlers stop it, then clean up."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def lsn_text(lsn: int) -> str:
