@@ -20,7 +20,4 @@ def fmt(value: float) -> str:
 
 def summary(name: str, value: float, unit: str, baseline: float, ratio: float) -> str:
     """The ``BENCH ...`` line that ends a benchmark's output."""
-    return (
-        f"BENCH {name} value={fmt(value)} unit={unit} baseline={fmt(baseline)} "
-        f"ratio={ratio:.3f}"
-    )
+    return f"BENCH {name} value={fmt(value)} unit={unit} baseline={fmt(baseline)} ratio={ratio:.3f}"

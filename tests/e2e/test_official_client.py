@@ -59,7 +59,7 @@ def expected_rows(
 ) -> Rows:
     """What the client should hold: values as the JS client parses them (int8 as a string)."""
     prefix = relation_key_prefix(schema, table)
-    query = sql.SQL("SELECT id, title, n, flag FROM {} WHERE " + where).format(  # type: ignore[arg-type]
+    query = sql.SQL("SELECT id, title, n, flag FROM {} WHERE " + where).format(
         sql.Identifier(schema, table)
     )
     rows: Rows = {}
@@ -137,7 +137,7 @@ async def test_awkward_table_names(
     syncd: SyncdProcess, pg_dsn: str, schema: str, table: str
 ) -> None:
     create_items(pg_dsn, schema, table, 100)
-    quoted = sql.Identifier(schema, table).as_string(None)  # type: ignore[arg-type]
+    quoted = sql.Identifier(schema, table).as_string(None)
     async with ShapeFollower(syncd.shape_url, quoted) as follower:
         await follower.wait_for_rows(expected_rows(pg_dsn, schema, table))
         random_transactions(pg_dsn, schema, table, 20, seed=3)

@@ -112,7 +112,7 @@ def select_rows(dsn: str, table: str, where: str | None) -> dict[str, dict[str, 
         sql.Identifier(table)
     )
     if where is not None:
-        query = sql.Composed([query, sql.SQL(" WHERE " + where)])  # type: ignore[arg-type]
+        query = sql.Composed([query, sql.SQL(" WHERE " + where)])
     prefix = relation_key_prefix("public", table)
     rows = {}
     with psycopg.connect(dsn) as conn:
@@ -183,7 +183,7 @@ def run_scenario(
 
 
 @settings(
-    max_examples=6,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -195,7 +195,7 @@ def test_shapes_equal_select_under_concurrent_writes(
 
 
 @settings(
-    max_examples=3,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

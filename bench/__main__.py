@@ -1,0 +1,42 @@
+"""``python -m bench`` (``make bench``): run the benchmarks and print their summary lines."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bench.ingest import IngestOptions, run_ingest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to insert")
+    parser.add_argument("--txn-rows", type=int, default=1_000, help="rows per transaction")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per reader (median)")
+    parser.add_argument("--shapes", type=int, default=10_000, help="shapes of ingest-10k-shapes")
+    parser.add_argument("--only-one", action="store_true", help="skip ingest-10k-shapes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--log-level", default="WARNING", help="logging level of syncd")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        options = IngestOptions(
+            rows=args.rows,
+            txn_rows=args.txn_rows,
+            rounds=args.rounds,
+            shapes=args.shapes,
+            many=not args.only_one,
+            keep=args.keep,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_ingest(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""Ingest benchmarks: pgoutput stream → syncd engine → durable shape logs.
+
+``ingest-1-shape``
+    1,000,000 narrow rows (1,000 transactions of 1,000 rows) into ONE shape without a ``where``
+    clause, against ``pg_recvlogical`` reading the same stream into ``/dev/null``.
+``ingest-10k-shapes``
+    The same stream into 10,000 shapes ``id = <k>`` (one row each), against the 1-shape rate.
+
+Method. Every reader gets its own replication slot, and every slot is created before the data
+is generated, so every round of every reader decodes exactly the same WAL. syncd cannot
+re-read a stream into the same shapes (a shape skips transactions at or below its latest
+offset), so each syncd round has its own engine, storage directory and shapes, created (and
+their snapshots finished) on the empty table before the data. A round times:
+
+* ``pg_recvlogical --start -o proto_version=1 -o publication_names=... -E <end> -f /dev/null``
+  from process start to exit;
+* a fresh :class:`~syncd.replication.ReplicationStream` feeding that round's engine, from its
+  creation until the LSN it confirms to Postgres reaches the end LSN: by then every
+  transaction was decoded, routed, appended to the shape logs and fsynced (the engine only
+  reports an LSN as flushed once the log bytes are on disk).
+
+The order of the readers alternates between rounds, the page cache is written back
+(``sync``) before each timed run, and values are medians over the rounds. After each syncd
+round the shape logs are read back and must hold every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import resource
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from bench.stats import median, summary
+from shapes.offset import SNAPSHOT_END
+from shapes.shape import ShapeDefinition
+from syncd.engine import Engine, EngineSettings
+from syncd.pgoutput import format_lsn
+from syncd.pgprovider import PostgresServer, provide_postgres
+from syncd.replication import ReplicationSettings, ReplicationStream, drop_slot
+from syncd.shape_state import ShapeState
+
+TABLE = "bench_rows"
+PUBLICATION = "bench_pub"
+RECV = "pg_recvlogical"
+ONE = "syncd-1-shape"
+MANY = "syncd-many-shapes"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What to run; the defaults are the published benchmark."""
+
+    rows: int = 1_000_000
+    txn_rows: int = 1_000
+    rounds: int = 3
+    shapes: int = 10_000
+    create_batch: int = 250
+    many: bool = True
+    keep: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.txn_rows < 1 or self.rounds < 1 or self.shapes < 1:
+            raise ValueError("rows, txn-rows, rounds and shapes must be positive")
+        if self.shapes > self.rows:
+            raise ValueError("--shapes must not exceed --rows (each shape gets one row)")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One timed run of one reader."""
+
+    reader: str
+    round: int
+    seconds: float
+    cpu_seconds: float
+    rows: int
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+@dataclass
+class _SyncdRound:
+    """One prepared syncd round: its engine (with its own slot) and its shapes."""
+
+    engine: Engine
+    shapes: list[ShapeState]
+    ids: list[int | None]
+    """Per shape: the one id it must hold, or None for a shape that takes every row."""
+    used: bool = False
+
+
+@dataclass
+class _Bench:
+    options: IngestOptions
+    server: PostgresServer
+    dsn: str
+    work: Path
+    recv_slots: list[str] = field(default_factory=list)
+    one: list[_SyncdRound] = field(default_factory=list)
+    many: list[_SyncdRound] = field(default_factory=list)
+    end_lsn: int = 0
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_ingest(options: IngestOptions) -> list[str]:
+    """Run the ingest benchmarks; return their summary lines (also printed as they finish)."""
+    base = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    base.chmod(0o711)  # the server may run as another OS user
+    started = time.monotonic()
+    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
+    dbname = f"bench_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        try:
+            dsn = make_conninfo(server.dsn, dbname=dbname)
+            bench = _Bench(options, server, dsn, base / "syncd")
+            return asyncio.run(_main(bench))
+        finally:
+            _drop_database(server.dsn, dbname)
+    finally:
+        server.stop()
+        if options.keep:
+            log(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+        log(f"total bench time {time.monotonic() - started:.1f}s")
+
+
+async def _main(bench: _Bench) -> list[str]:
+    try:
+        return await _run(bench)
+    finally:
+        await _close_rounds(bench)
+
+
+async def _run(bench: _Bench) -> list[str]:
+    options = bench.options
+    bindir = bench.server.bindir
+    if bindir is None or not (bindir / "pg_recvlogical").is_file():
+        raise RuntimeError("no pg_recvlogical matching the server (PostgresServer.bindir)")
+    recvlogical = bindir / "pg_recvlogical"
+    log(
+        f"ingest: {options.rows:,} rows as {_txn_count(options):,} transactions of up to "
+        f"{options.txn_rows:,} rows, {options.rounds} rounds, server {bench.server.provider} "
+        f"({bindir})"
+    )
+    await _create_table(bench.dsn)
+    await _prepare_readers(bench)
+    await _generate(bench)
+    results: dict[str, list[Measurement]] = {RECV: [], ONE: [], MANY: []}
+    for r in range(options.rounds):
+        order: list[tuple[str, Callable[[], Awaitable[Measurement]]]] = [
+            (RECV, functools.partial(_run_recvlogical, bench, recvlogical, r)),
+            (ONE, functools.partial(_run_syncd, bench, bench.one[r], ONE, r)),
+        ]
+        if options.many:
+            order.append((MANY, functools.partial(_run_syncd, bench, bench.many[r], MANY, r)))
+        if r % 2 == 1:
+            order.reverse()
+        for name, run in order:
+            os.sync()  # every reader starts with a written-back page cache
+            m = await run()
+            results[name].append(m)
+            log(
+                f"  round {r + 1} {name:<18} {m.seconds:7.2f}s {m.rate:>10,.0f} rows/s "
+                f"client cpu {m.cpu_seconds:6.2f}s"
+            )
+    return _report(bench, results)
+
+
+def _report(bench: _Bench, results: dict[str, list[Measurement]]) -> list[str]:
+    lines: list[str] = []
+    recv = median([m.rate for m in results[RECV]])
+    one = median([m.rate for m in results[ONE]])
+    log("")
+    log("ingest-1-shape: syncd rows/s (decode, route, append, fsync) vs pg_recvlogical")
+    _describe(results[RECV])
+    _describe(results[ONE])
+    lines.append(summary("ingest-1-shape", one, "rows/s", recv, one / recv))
+    log(lines[-1])
+    if bench.options.many:
+        many = median([m.rate for m in results[MANY]])
+        log("")
+        log(f"ingest-10k-shapes: {bench.options.shapes:,} shapes id = k, vs the 1-shape rate")
+        _describe(results[MANY])
+        lines.append(summary("ingest-10k-shapes", many, "rows/s", one, many / one))
+        log(lines[-1])
+    return lines
+
+
+def _describe(measurements: Sequence[Measurement]) -> None:
+    name = measurements[0].reader
+    rates = ", ".join(f"{m.rate:,.0f}" for m in measurements)
+    secs = median([m.seconds for m in measurements])
+    cpu = median([m.cpu_seconds for m in measurements])
+    log(
+        f"  {name}: median {median([m.rate for m in measurements]):,.0f} rows/s "
+        f"({secs:.2f}s wall, {cpu:.2f}s client cpu); rounds: {rates}"
+    )
+
+
+# -- set-up ------------------------------------------------------------------------------------
+
+
+def _txn_count(options: IngestOptions) -> int:
+    return -(-options.rows // options.txn_rows)
+
+
+async def _create_table(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v int NOT NULL, t text)").format(
+                sql.Identifier(TABLE)
+            )
+        )
+        # What the engine would set on the first shape; done here so that the table
+        # description it caches already says FULL (else every shape re-runs the ALTER).
+        await conn.execute(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(TABLE))
+        )
+
+
+async def _prepare_readers(bench: _Bench) -> None:
+    """Every slot and every shape, before any data exists."""
+    options = bench.options
+    for r in range(options.rounds):
+        started = time.monotonic()
+        one = await _new_round(bench, f"one_{r}", [ShapeDefinition("public", TABLE)], [None])
+        bench.one.append(one)
+        if options.many:
+            ks = list(range(1, options.shapes + 1))
+            definitions = [ShapeDefinition("public", TABLE, where=f"id = {k}") for k in ks]
+            many = await _new_round(bench, f"many_{r}", definitions, list(ks))
+            bench.many.append(many)
+        log(f"  round {r + 1}: engines and shapes ready in {time.monotonic() - started:.1f}s")
+    async with await psycopg.AsyncConnection.connect(bench.dsn, autocommit=True) as conn:
+        for r in range(options.rounds):
+            slot = f"bench_recv_{r}"
+            await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            bench.recv_slots.append(slot)
+
+
+async def _new_round(
+    bench: _Bench, name: str, definitions: list[ShapeDefinition], ids: list[int | None]
+) -> _SyncdRound:
+    settings = EngineSettings(
+        conninfo=bench.dsn,
+        storage_dir=bench.work / name,
+        slot=f"bench_{name}",
+        publication=PUBLICATION,
+    )
+    engine = Engine(settings)
+    await engine.open()
+    prepared = _SyncdRound(engine, [], ids)
+    batch = bench.options.create_batch
+    for start in range(0, len(definitions), batch):
+        chunk = definitions[start : start + batch]
+        shapes = await asyncio.gather(*(engine.get_or_create(d) for d in chunk))
+        await asyncio.gather(*(s.ready.wait() for s in shapes))
+        for shape in shapes:
+            if shape.status != "ready":
+                raise RuntimeError(f"shape {shape.handle} did not become ready: {shape.failure}")
+        prepared.shapes.extend(shapes)
+    return prepared
+
+
+async def _generate(bench: _Bench) -> None:
+    options = bench.options
+    started = time.monotonic()
+    insert = sql.SQL(
+        "INSERT INTO {} (id, v, t) SELECT g, g %% 1000, 'row ' || g FROM generate_series(%s::int, %s::int) g"
+    ).format(sql.Identifier(TABLE))
+    async with await psycopg.AsyncConnection.connect(bench.dsn, autocommit=True) as conn:
+        for first in range(1, options.rows + 1, options.txn_rows):
+            last = min(first + options.txn_rows - 1, options.rows)
+            await conn.execute(insert, (first, last))
+        cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text")
+        row = await cur.fetchone()
+        assert row is not None
+        bench.end_lsn = _parse_lsn(row[0])
+        # Let the WAL writer catch up, so that no reader waits for the last flush.
+        await conn.execute("CHECKPOINT")
+    log(
+        f"  generated {options.rows:,} rows in {time.monotonic() - started:.1f}s, "
+        f"end LSN {format_lsn(bench.end_lsn)}"
+    )
+
+
+def _parse_lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+
+async def _run_recvlogical(bench: _Bench, program: Path, r: int) -> Measurement:
+    slot = bench.recv_slots[r]
+    cmd = [
+        str(program),
+        "--dbname",
+        bench.dsn,
+        "--slot",
+        slot,
+        "--start",
+        "--no-loop",
+        "-o",
+        "proto_version=1",
+        "-o",
+        f"publication_names={PUBLICATION}",
+        "-E",
+        format_lsn(bench.end_lsn),
+        "-f",
+        "/dev/null",
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pg_recvlogical failed ({proc.returncode}): {stderr.decode()}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    await drop_slot(bench.dsn, slot, wait=30.0)
+    return Measurement(RECV, r, elapsed, cpu, bench.options.rows)
+
+
+async def _run_syncd(bench: _Bench, prepared: _SyncdRound, name: str, r: int) -> Measurement:
+    engine = prepared.engine
+    settings = ReplicationSettings(bench.dsn, slot=engine.settings.slot, publication=PUBLICATION)
+    stream = ReplicationStream(settings, engine)
+    end = bench.end_lsn
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    task = asyncio.create_task(stream.run(), name=f"bench-{name}-{r}")
+    try:
+        while stream.confirmed_lsn < end:
+            if task.done():
+                task.result()
+                raise RuntimeError("the replication stream stopped before the end LSN")
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
+    finally:
+        await stream.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    _verify(prepared, bench.options)
+    prepared.used = True
+    await engine.close()
+    await drop_slot(bench.dsn, engine.settings.slot, wait=30.0)
+    shutil.rmtree(engine.settings.storage_dir, ignore_errors=True)
+    return Measurement(name, r, elapsed, cpu, bench.options.rows)
+
+
+def _verify(prepared: _SyncdRound, options: IngestOptions) -> int:
+    """Read every shape log back: every row must be there, as an insert; return the count."""
+    decode = msgspec.json.decode
+    total = 0
+    for shape, k in zip(prepared.shapes, prepared.ids, strict=True):
+        count = 0
+        first: bytes | None = None
+        last = b""
+        offset = SNAPSHOT_END
+        while True:
+            got, offset = shape.log.read(offset)
+            if not got:
+                break
+            count += len(got)
+            first = got[0] if first is None else first
+            last = got[-1]
+        expected = options.rows if k is None else 1
+        if count != expected or first is None:
+            raise AssertionError(f"shape {shape.handle} holds {count} entries, not {expected}")
+        for line in (first, last):
+            message = decode(line)
+            if message["headers"]["operation"] != "insert":
+                raise AssertionError(f"shape {shape.handle}: not an insert: {line!r}")
+            if k is not None and message["value"]["id"] != str(k):
+                raise AssertionError(f"shape id = {k} holds {line!r}")
+        total += count
+    return total
+
+
+# -- clean-up --------------------------------------------------------------------------------
+
+
+async def _close_rounds(bench: _Bench) -> None:
+    for prepared in bench.one + bench.many:
+        if not prepared.used:
+            with contextlib.suppress(Exception):
+                await prepared.engine.close()
+
+
+def _drop_database(admin_dsn: str, name: str, timeout: float = 30.0) -> None:
+    """Terminate the database's backends, drop its slots, then drop it."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        while True:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
+            slots = conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", [name]
+            ).fetchall()
+            for (slot,) in slots:
+                with contextlib.suppress(
+                    psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject
+                ):
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+            if not slots or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
