@@ -130,7 +130,7 @@ def validate_params(where_params: dict[str, str]) -> None:
     Raises:
         InvalidRequest: on ``params`` otherwise.
     """
-    if not all(key.isdigit() for key in where_params):
+    if not all(key.isascii() and key.isdigit() for key in where_params):
         raise InvalidRequest("params", "Parameters can only use numbers as keys")
     numbers = sorted(int(key) for key in where_params)
     if numbers != list(range(1, len(numbers) + 1)):

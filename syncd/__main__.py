@@ -40,12 +40,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from syncd.daemon import ReplicationFailed, Syncd
+    from syncd.errors import SlotConflict
 
     try:
         with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
             asyncio.run(Syncd(settings, conninfo).serve())
     except ReplicationFailed as exc:
         log.critical("replication failed, exiting: %s", exc)
+        return 1
+    except SlotConflict as exc:
+        log.critical("%s", exc)
         return 1
     return 0
 

@@ -13,3 +13,7 @@ class DatabaseUnavailable(SyncdError):
 
 class ShapeGone(SyncdError):
     """The shape was deleted or invalidated while a request was being served."""
+
+
+class SlotConflict(SyncdError):
+    """The configured replication slot exists but belongs to another database or plugin."""

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,6 +28,7 @@ from shapes import messages
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
+from shapes.shape import ShapeDefinition
 from syncd.engine import Engine
 from syncd.errors import DatabaseUnavailable
 from syncd.shape_state import ShapeState
@@ -42,6 +44,13 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
+DEFINITION_MISMATCH = (
+    "The specified shape definition and handle do not match. Please ensure the shape "
+    "definition is correct or omit the shape handle from the request to obtain a new one."
+)
+_POSITION_PARAMS = frozenset(
+    {"handle", "offset", "live", "live_sse", "experimental_live_sse", "cursor"}
+)
 
 
 @dataclass(frozen=True)
@@ -90,33 +99,25 @@ class ShapeApi:
         if not self.settings.allow_shape_deletion:
             return json_response({"message": "DELETE not allowed"}, 405, cache="no-cache")
         query = request.query_params
-        handle = query.get("handle")
+        handle = query.get("handle") or None
         try:
-            shape = await self._shape_to_delete(request, handle)
+            if "table" in query:
+                definition = _definition_to_delete(query.multi_items())
+                shape = self.engine.find(definition)
+                if shape is not None and handle is not None and shape.handle != handle:
+                    return json_response({"message": DEFINITION_MISMATCH}, 400, cache="no-cache")
+            elif handle is None:
+                raise InvalidRequest("handle", "can't be blank when shape definition is missing")
+            else:
+                shape = self.engine.get(handle)
         except InvalidRequest as exc:
-            return bad_request(exc.errors())
+            response = bad_request(exc.errors())
+            response.headers["cache-control"] = "no-cache"
+            return response
         if shape is None:
             return json_response({"message": "No existing shape found"}, 404, cache="no-cache")
         self.engine.delete(shape, "deleted through the API")
         return Response(status_code=202, headers=base_headers("no-cache"))
-
-    async def _shape_to_delete(self, request: Request, handle: str | None) -> ShapeState | None:
-        if "table" not in request.query_params:
-            if handle is None:
-                raise InvalidRequest("handle", "can't be blank when shape definition is missing")
-            return self.engine.get(handle)
-        items = [(k, v) for k, v in request.query_params.multi_items() if k != "handle"]
-        items.append(("offset", "-1"))
-        definition = parse_shape_request(items).definition
-        shape = self.engine.find(definition)
-        if handle is not None and (shape is None or shape.handle != handle):
-            message = (
-                "The specified shape definition and handle do not match. Please ensure the "
-                "shape definition is correct or omit the shape handle from the request to "
-                "obtain a new one."
-            )
-            raise InvalidRequest("handle", message)
-        return shape
 
     async def options(self, request: Request) -> Response:
         """CORS preflight."""
@@ -198,6 +199,11 @@ class ShapeApi:
         if shape.failure is not None and shape.status == "gone":
             if isinstance(shape.failure, InvalidRequest):
                 return bad_request(shape.failure.errors())
+            if isinstance(shape.failure, psycopg.DataError) and shape.definition.where:
+                # the where clause fails on the table's data (division by zero, bad cast, ...):
+                # retrying cannot help, so this is the client's error
+                message = shape.failure.diag.message_primary or str(shape.failure)
+                return bad_request({"where": [message]})
             return unavailable("Failed to create shape, please retry", retry_after=1)
         if not shape.ready.is_set():
             return unavailable("Snapshot is taking too long, please retry", retry_after=5)
@@ -369,6 +375,12 @@ async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], L
     if offset == BEFORE_ALL or offset.is_snapshot and offset < SNAPSHOT_END:
         return await asyncio.to_thread(shape.log.read, offset)
     return shape.log.read(offset)
+
+
+def _definition_to_delete(items: list[tuple[str, str]]) -> ShapeDefinition:
+    """The shape definition a ``DELETE`` names; request-position parameters are ignored."""
+    kept = [(name, value) for name, value in items if name not in _POSITION_PARAMS]
+    return parse_shape_request([*kept, ("offset", "-1")]).definition
 
 
 def _etag_matches(request: Request, etag: str) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from psycopg.conninfo import conninfo_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +31,9 @@ class SyncdProcess:
         self.dsn = dsn
         self.storage_dir = storage_dir
         self.port = free_port()
-        self.settings = settings
+        # Slots are cluster-wide: one per database keeps daemons of different tests apart.
+        database = conninfo_to_dict(dsn).get("dbname", "postgres")
+        self.settings = {"slot": f"syncd_{database}", **settings}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = storage_dir.parent / f"syncd-{self.port}.log"
 
@@ -68,7 +71,11 @@ class SyncdProcess:
             stderr=subprocess.STDOUT,
         )
         log_file.close()
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # never leave an orphaned daemon behind
+            raise
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

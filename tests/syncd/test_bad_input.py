@@ -53,7 +53,13 @@ def module_dsn(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def syncd(module_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncdProcess]:
     base: Path = tmp_path_factory.mktemp("bad_input")
-    daemon = SyncdProcess(module_dsn, base / "storage", long_poll_timeout=2, chunk_bytes=4096)
+    daemon = SyncdProcess(
+        module_dsn,
+        base / "storage",
+        long_poll_timeout=2,
+        chunk_bytes=4096,
+        slot="syncd_bad_input",  # slot names are cluster-wide: one per concurrent daemon
+    )
     daemon.start()
     yield daemon
     daemon.stop()
@@ -166,6 +172,8 @@ def test_garbage_handle_is_a_must_refetch(
     assert answer.status_code == 409, answer.text
     assert answer.json() == [{"headers": {"control": "must-refetch"}}]
     assert answer.headers["electric-handle"] == real
+    assert answer.headers["cache-control"] == "public, max-age=60, must-revalidate"
+    assert answer.headers["etag"] == f'"{real}::"'
     assert "electric-offset" not in answer.headers
     assert "electric-schema" not in answer.headers
 
@@ -179,7 +187,9 @@ def test_handle_of_another_definition_is_a_must_refetch(
     assert answer.status_code == 409, answer.text
     other = answer.headers["electric-handle"]
     assert other != real
-    answer = client.get(syncd.shape_url, params={"table": "items", "offset": "-1", "where": "id = 1"})
+    answer = client.get(
+        syncd.shape_url, params={"table": "items", "offset": "-1", "where": "id = 1"}
+    )
     assert answer.status_code == 200
     assert answer.headers["electric-handle"] == other
 
@@ -314,11 +324,33 @@ def test_where_comment_cannot_inject(syncd: SyncdProcess, client: httpx.Client) 
         ),
     ],
 )
-def test_bad_params(
-    syncd: SyncdProcess, client: httpx.Client, params: Query, message: str
-) -> None:
+def test_bad_params(syncd: SyncdProcess, client: httpx.Client, params: Query, message: str) -> None:
     query = {"table": "items", "offset": "-1", "where": "id = $1", **params}
     assert_invalid(client.get(syncd.shape_url, params=query), "params", message)
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "\u0661", "\uff11", "1.0", "-1", " 1"])
+def test_params_keys_must_be_ascii_numbers(
+    syncd: SyncdProcess, client: httpx.Client, number: str
+) -> None:
+    query = {"table": "items", "offset": "-1", "where": "id = $1", f"params[{number}]": "1"}
+    answer = client.get(syncd.shape_url, params=query)
+    assert_invalid(answer, "params", "Parameters can only use numbers as keys")
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("1 / (id - 1) > 0", "division by zero"),
+        ("title::int > 0", 'invalid input syntax for type integer: "title 1"'),
+    ],
+)
+def test_where_failing_on_the_snapshot_data(
+    syncd: SyncdProcess, client: httpx.Client, where: str, message: str
+) -> None:
+    """Postgres rejects the clause on the table's rows: a client error, retrying cannot help."""
+    query = {"table": "items", "offset": "-1", "where": where}
+    assert_invalid(client.get(syncd.shape_url, params=query), "where", message)
 
 
 def test_param_value_of_the_wrong_type(syncd: SyncdProcess, client: httpx.Client) -> None:
@@ -417,6 +449,14 @@ def test_fuzz_offset(
     assert_not_server_error(answer)
 
 
+@FUZZ
+@given(number=printable, value=printable)
+def test_fuzz_params(syncd: SyncdProcess, client: httpx.Client, number: str, value: str) -> None:
+    query = {"table": "items", "offset": "-1", "where": "title = $1", f"params[{number}]": value}
+    answer = client.get(syncd.shape_url, params=query)
+    assert_not_server_error(answer)
+
+
 # -- afterwards --------------------------------------------------------------------------------
 
 
@@ -437,4 +477,60 @@ def test_still_serving_and_no_injection(
         rows = conn.execute("SELECT id, title, n FROM items ORDER BY id").fetchall()
     assert rows == [(i, f"title {i}", i) for i in range(1, ROWS + 1)]
     assert syncd.process is not None and syncd.process.poll() is None
-    assert "Traceback" not in syncd.log_tail(100_000), syncd.log_tail()
+    log_text = syncd.log_tail(100_000)
+    assert "Exception in ASGI application" not in log_text, log_text[-5000:]
+    assert "CRITICAL" not in log_text, log_text[-5000:]
+
+
+# -- a clause that fails on a replicated row ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "bad_n"),
+    [
+        ("100 / (n - 10) < 0", 10),
+        ("n::int2 > 0", 40_000),
+        ("n::int2 * 2::int2 > 0", 32_000),
+    ],
+)
+def test_where_failing_on_a_replicated_row(
+    pg_dsn: str, tmp_path: Path, where: str, bad_n: int
+) -> None:
+    """Postgres would raise evaluating the clause on a new row: the row is just not in the shape.
+
+    The reference server treats an evaluation error as "not included"; the daemon must keep
+    replicating and serving.
+    """
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL, n int)")
+        conn.execute("INSERT INTO items VALUES (1, '1', 1)")
+    daemon = SyncdProcess(pg_dsn, tmp_path / "storage", long_poll_timeout=2, slot="syncd_eval")
+    try:
+        daemon.start()
+        with httpx.Client(timeout=15.0) as http:
+            query = {"table": "items", "where": where}
+            answer = http.get(daemon.shape_url, params={**query, "offset": "-1"})
+            assert answer.status_code == 200, answer.text
+            handle = answer.headers["electric-handle"]
+            offset = answer.headers["electric-offset"]
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO items VALUES (2, '2', %s)", (bad_n,))
+                conn.execute("INSERT INTO items VALUES (3, '3', 3)")
+            keys: list[str] = []
+            deadline = time.monotonic() + 20
+            while '"public"."items"/"3"' not in keys:
+                assert time.monotonic() < deadline, keys
+                live = {"live": "true", "cursor": ""} if offset != "0_0" else {}
+                answer = http.get(
+                    daemon.shape_url,
+                    params={**query, "offset": offset, "handle": handle, **live},
+                )
+                assert answer.status_code == 200, answer.text
+                offset = answer.headers["electric-offset"]
+                keys.extend(m["key"] for m in answer.json() if "key" in m)
+        assert keys == ['"public"."items"/"3"']
+        assert daemon.process is not None and daemon.process.poll() is None
+    finally:
+        log_text = daemon.log_tail(100_000)
+        daemon.stop()
+    assert "CRITICAL" not in log_text, log_text[-3000:]

@@ -78,7 +78,8 @@ def test_replication_reconnects_after_the_walsender_dies(syncd: SyncdProcess, pg
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             killed = conn.execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                " WHERE slot_name = 'syncd_slot' AND active_pid IS NOT NULL"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL",
+                (syncd.settings["slot"],),
             ).fetchall()
         assert killed == [(True,)]
         insert(pg_dsn, 101)
@@ -98,8 +99,8 @@ def test_flushed_position_is_acknowledged(syncd: SyncdProcess, pg_dsn: str) -> N
             while True:
                 row = conn.execute(
                     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
-                    " WHERE slot_name = 'syncd_slot'",
-                    (str(written[0]),),
+                    " WHERE slot_name = %s",
+                    (str(written[0]), syncd.settings["slot"]),
                 ).fetchone()
                 if row == (True,):
                     break

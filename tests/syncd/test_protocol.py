@@ -52,7 +52,11 @@ def module_dsn(pg_server: PostgresServer) -> Iterator[str]:
 def syncd(module_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncdProcess]:
     base: Path = tmp_path_factory.mktemp("protocol")
     daemon = SyncdProcess(
-        module_dsn, base / "storage", chunk_bytes=CHUNK_BYTES, long_poll_timeout=LONG_POLL
+        module_dsn,
+        base / "storage",
+        chunk_bytes=CHUNK_BYTES,
+        long_poll_timeout=LONG_POLL,
+        slot="syncd_protocol",  # slot names are cluster-wide
     )
     daemon.start()
     yield daemon
@@ -221,7 +225,9 @@ def test_schema_of_a_composite_key_and_selected_columns(
             "CREATE TABLE {} (a int, b text, c varchar(10) NOT NULL, d int[], PRIMARY KEY (b, a))"
         ).format(sql.Identifier(name))
     )
-    db.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x/y', 'c', '{{1,2}}')").format(sql.Identifier(name)))
+    db.execute(
+        sql.SQL("INSERT INTO {} VALUES (1, 'x/y', 'c', '{{1,2}}')").format(sql.Identifier(name))
+    )
     answer = client.get(syncd.shape_url, params={"table": name, "offset": "-1"})
     body = check_log_response(answer)
     schema = json.loads(answer.headers["electric-schema"])
@@ -232,9 +238,7 @@ def test_schema_of_a_composite_key_and_selected_columns(
         "d": {"type": "int4", "dims": 1},
     }
     assert changes(body)[0]["key"] == relation_key_prefix("public", name) + '/"x//y"/"1"'
-    answer = client.get(
-        syncd.shape_url, params={"table": name, "offset": "-1", "columns": "a,b"}
-    )
+    answer = client.get(syncd.shape_url, params={"table": name, "offset": "-1", "columns": "a,b"})
     check_log_response(answer)
     assert set(json.loads(answer.headers["electric-schema"])) == {"a", "b"}
 
@@ -436,9 +440,7 @@ def test_handle_is_ignored_when_offset_is_minus_one_or_now(
 # -- live --------------------------------------------------------------------------------------
 
 
-def test_live_long_poll_without_changes(
-    syncd: SyncdProcess, client: httpx.Client, db: Any
-) -> None:
+def test_live_long_poll_without_changes(syncd: SyncdProcess, client: httpx.Client, db: Any) -> None:
     table = make_table(db)
     reader = Reader(syncd, client, table=table)
     reader.catch_up()
@@ -520,9 +522,10 @@ class _StreamTap:
         async for chunk in answer.aiter_raw():
             await self.chunks.put(chunk)
 
-    async def next(self, timeout: float) -> bytes | None:
+    async def next(self, wait: float) -> bytes | None:
         try:
-            return await asyncio.wait_for(self.chunks.get(), timeout)
+            async with asyncio.timeout(wait):
+                return await self.chunks.get()
         except TimeoutError:
             return None
 
@@ -589,7 +592,8 @@ async def test_sse_at_the_tail(syncd: SyncdProcess, client: httpx.Client, db: An
     # a client resuming at "<lsn>_0" (how the TS client continues after SSE) is served
     resume = {**query, "offset": f"{rows[-1]['headers']['lsn']}_0"}
     del resume["live_sse"]
-    answer = client.get(syncd.shape_url, params={**resume, "live": "false"})
+    async with httpx.AsyncClient(timeout=15.0) as http:
+        answer = await http.get(syncd.shape_url, params={**resume, "live": "false"})
     check_log_response(answer)
 
 
@@ -657,6 +661,42 @@ def test_delete_by_handle_then_must_refetch(
     assert answer.headers["electric-handle"] not in [*seen, reader.handle]
 
 
+def test_delete_by_definition(syncd: SyncdProcess, client: httpx.Client, db: Any) -> None:
+    table = make_table(db)
+    mismatch = (
+        "The specified shape definition and handle do not match. Please ensure the shape "
+        "definition is correct or omit the shape handle from the request to obtain a new one."
+    )
+    answer = client.get(syncd.shape_url, params={"table": table, "offset": "-1"})
+    handle = answer.headers["electric-handle"]
+    answer = client.delete(syncd.shape_url, params={"table": table, "handle": "other"})
+    assert answer.status_code == 400
+    assert answer.json() == {"message": mismatch}
+    assert answer.headers["cache-control"] == "no-cache"
+    answer = client.delete(syncd.shape_url, params={"table": table, "where": "id = 1"})
+    assert answer.status_code == 404
+    assert answer.json() == {"message": "No existing shape found"}
+    answer = client.delete(
+        syncd.shape_url, params={"table": table, "where": "id = 1", "handle": handle}
+    )
+    assert answer.status_code == 404
+    answer = client.delete(syncd.shape_url)
+    assert answer.status_code == 400
+    assert answer.json()["errors"] == {
+        "handle": ["can't be blank when shape definition is missing"]
+    }
+    answer = client.delete(syncd.shape_url, params={"table": "bad-name"})
+    assert answer.status_code == 400
+    assert answer.headers["cache-control"] == "no-cache"
+    # what a client had as its position does not matter
+    query = {"table": f"public.{table}", "handle": handle, "offset": "0_inf", "live": "true"}
+    answer = client.delete(syncd.shape_url, params=query)
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["cache-control"] == "no-cache"
+    answer = client.get(syncd.shape_url, params={"table": table, "offset": "0_0", "handle": handle})
+    assert answer.status_code == 409
+
+
 def test_delete_during_a_live_wait(syncd: SyncdProcess, client: httpx.Client, db: Any) -> None:
     table = make_table(db)
     reader = Reader(syncd, client, table=table)
@@ -682,9 +722,9 @@ def test_offset_now(syncd: SyncdProcess, client: httpx.Client, db: Any) -> None:
     assert "electric-schema" in answer.headers
     reader = Reader(syncd, client, table=table)
     reader.catch_up()
-    db.execute(sql.SQL("INSERT INTO {} VALUES (90, 'x', 9), (91, 'y', 9)").format(
-        sql.Identifier(table)
-    ))
+    db.execute(
+        sql.SQL("INSERT INTO {} VALUES (90, 'x', 9), (91, 'y', 9)").format(sql.Identifier(table))
+    )
     reader.wait_for_changes()
     answer = client.get(syncd.shape_url, params={"table": table, "offset": "now"})
     body = check_log_response(answer)
