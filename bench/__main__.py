@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bench.ingest import IngestOptions, run_ingest
+from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,6 +16,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--txn-rows", type=int, default=1_000, help="rows per transaction")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per reader (median)")
     parser.add_argument("--shapes", type=int, default=10_000, help="shapes of ingest-10k-shapes")
+    parser.add_argument(
+        "--readers",
+        default=",".join((RECV, ONE, MANY)),
+        help="comma-separated readers to run (default: all; for profiling)",
+    )
     parser.add_argument("--only-one", action="store_true", help="skip ingest-10k-shapes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--log-level", default="WARNING", help="logging level of syncd")
@@ -29,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             txn_rows=args.txn_rows,
             rounds=args.rounds,
             shapes=args.shapes,
-            many=not args.only_one,
+            readers=tuple(r for r in args.readers.split(",") if not (args.only_one and r == MANY)),
             keep=args.keep,
         )
     except ValueError as exc:

@@ -15,9 +15,9 @@ their snapshots finished) on the empty table before the data. A round times:
 * ``pg_recvlogical --start -o proto_version=1 -o publication_names=... -E <end> -f /dev/null``
   from process start to exit;
 * a fresh :class:`~syncd.replication.ReplicationStream` feeding that round's engine, from its
-  creation until the LSN it confirms to Postgres reaches the end LSN: by then every
-  transaction was decoded, routed, appended to the shape logs and fsynced (the engine only
-  reports an LSN as flushed once the log bytes are on disk).
+  creation until the engine's durable LSN reaches the end LSN (the end of the last commit):
+  by then every transaction was decoded, routed, appended to the shape logs and fsynced (the
+  LSN the engine reports as flushed to Postgres).
 
 The order of the readers alternates between rounds, the page cache is written back
 (``sync``) before each timed run, and values are medians over the rounds. After each syncd
@@ -69,12 +69,15 @@ class IngestOptions:
     rounds: int = 3
     shapes: int = 10_000
     create_batch: int = 250
-    many: bool = True
+    readers: tuple[str, ...] = (RECV, ONE, MANY)
+    """Which readers run (a summary line needs both of its readers)."""
     keep: bool = False
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.txn_rows < 1 or self.rounds < 1 or self.shapes < 1:
             raise ValueError("rows, txn-rows, rounds and shapes must be positive")
+        if not self.readers or set(self.readers) - {RECV, ONE, MANY}:
+            raise ValueError(f"readers must be among {RECV}, {ONE}, {MANY}")
         if self.shapes > self.rows:
             raise ValueError("--shapes must not exceed --rows (each shape gets one row)")
 
@@ -169,17 +172,17 @@ async def _run(bench: _Bench) -> list[str]:
     await _generate(bench)
     results: dict[str, list[Measurement]] = {RECV: [], ONE: [], MANY: []}
     for r in range(options.rounds):
-        order: list[tuple[str, Callable[[], Awaitable[Measurement]]]] = [
-            (RECV, functools.partial(_run_recvlogical, bench, recvlogical, r)),
-            (ONE, functools.partial(_run_syncd, bench, bench.one[r], ONE, r)),
-        ]
-        if options.many:
-            order.append((MANY, functools.partial(_run_syncd, bench, bench.many[r], MANY, r)))
+        runs: dict[str, Callable[[], Awaitable[Measurement]]] = {
+            RECV: functools.partial(_run_recvlogical, bench, recvlogical, r),
+            ONE: functools.partial(_run_syncd, bench, bench.one, ONE, r),
+            MANY: functools.partial(_run_syncd, bench, bench.many, MANY, r),
+        }
+        order = [name for name in (RECV, ONE, MANY) if name in options.readers]
         if r % 2 == 1:
             order.reverse()
-        for name, run in order:
+        for name in order:
             os.sync()  # every reader starts with a written-back page cache
-            m = await run()
+            m = await runs[name]()
             results[name].append(m)
             log(
                 f"  round {r + 1} {name:<18} {m.seconds:7.2f}s {m.rate:>10,.0f} rows/s "
@@ -190,22 +193,38 @@ async def _run(bench: _Bench) -> list[str]:
 
 def _report(bench: _Bench, results: dict[str, list[Measurement]]) -> list[str]:
     lines: list[str] = []
-    recv = median([m.rate for m in results[RECV]])
-    one = median([m.rate for m in results[ONE]])
+    rates = {name: median([m.rate for m in ms]) for name, ms in results.items() if ms}
     log("")
     log("ingest-1-shape: syncd rows/s (decode, route, append, fsync) vs pg_recvlogical")
-    _describe(results[RECV])
-    _describe(results[ONE])
-    lines.append(summary("ingest-1-shape", one, "rows/s", recv, one / recv))
-    log(lines[-1])
-    if bench.options.many:
-        many = median([m.rate for m in results[MANY]])
+    for name in (RECV, ONE):
+        if results[name]:
+            _describe(results[name])
+    if RECV in rates and ONE in rates:
+        _paired(results[ONE], results[RECV])
+        lines.append(
+            summary("ingest-1-shape", rates[ONE], "rows/s", rates[RECV], rates[ONE] / rates[RECV])
+        )
+        log(lines[-1])
+    if results[MANY]:
         log("")
         log(f"ingest-10k-shapes: {bench.options.shapes:,} shapes id = k, vs the 1-shape rate")
         _describe(results[MANY])
-        lines.append(summary("ingest-10k-shapes", many, "rows/s", one, many / one))
-        log(lines[-1])
+        if ONE in rates:
+            _paired(results[MANY], results[ONE])
+            lines.append(
+                summary(
+                    "ingest-10k-shapes", rates[MANY], "rows/s", rates[ONE], rates[MANY] / rates[ONE]
+                )
+            )
+            log(lines[-1])
     return lines
+
+
+def _paired(value: Sequence[Measurement], baseline: Sequence[Measurement]) -> None:
+    """Per-round ratios (both readers ran close together, so less exposed to machine noise)."""
+    ratios = [v.rate / b.rate for v, b in zip(value, baseline, strict=True)]
+    shown = ", ".join(f"{r:.3f}" for r in ratios)
+    log(f"  per-round ratios: {shown}; their median {median(ratios):.3f}")
 
 
 def _describe(measurements: Sequence[Measurement]) -> None:
@@ -245,16 +264,17 @@ async def _prepare_readers(bench: _Bench) -> None:
     options = bench.options
     for r in range(options.rounds):
         started = time.monotonic()
-        one = await _new_round(bench, f"one_{r}", [ShapeDefinition("public", TABLE)], [None])
-        bench.one.append(one)
-        if options.many:
+        if ONE in options.readers:
+            one = await _new_round(bench, f"one_{r}", [ShapeDefinition("public", TABLE)], [None])
+            bench.one.append(one)
+        if MANY in options.readers:
             ks = list(range(1, options.shapes + 1))
             definitions = [ShapeDefinition("public", TABLE, where=f"id = {k}") for k in ks]
             many = await _new_round(bench, f"many_{r}", definitions, list(ks))
             bench.many.append(many)
         log(f"  round {r + 1}: engines and shapes ready in {time.monotonic() - started:.1f}s")
     async with await psycopg.AsyncConnection.connect(bench.dsn, autocommit=True) as conn:
-        for r in range(options.rounds):
+        for r in range(options.rounds if RECV in options.readers else 0):
             slot = f"bench_recv_{r}"
             await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             bench.recv_slots.append(slot)
@@ -288,7 +308,8 @@ async def _generate(bench: _Bench) -> None:
     options = bench.options
     started = time.monotonic()
     insert = sql.SQL(
-        "INSERT INTO {} (id, v, t) SELECT g, g %% 1000, 'row ' || g FROM generate_series(%s::int, %s::int) g"
+        "INSERT INTO {} (id, v, t) SELECT g, g %% 1000, 'row ' || g"
+        " FROM generate_series(%s::int, %s::int) g"
     ).format(sql.Identifier(TABLE))
     async with await psycopg.AsyncConnection.connect(bench.dsn, autocommit=True) as conn:
         for first in range(1, options.rows + 1, options.txn_rows):
@@ -351,7 +372,8 @@ async def _run_recvlogical(bench: _Bench, program: Path, r: int) -> Measurement:
     return Measurement(RECV, r, elapsed, cpu, bench.options.rows)
 
 
-async def _run_syncd(bench: _Bench, prepared: _SyncdRound, name: str, r: int) -> Measurement:
+async def _run_syncd(bench: _Bench, rounds: list[_SyncdRound], name: str, r: int) -> Measurement:
+    prepared = rounds[r]
     engine = prepared.engine
     settings = ReplicationSettings(bench.dsn, slot=engine.settings.slot, publication=PUBLICATION)
     stream = ReplicationStream(settings, engine)
@@ -360,7 +382,7 @@ async def _run_syncd(bench: _Bench, prepared: _SyncdRound, name: str, r: int) ->
     started = time.perf_counter()
     task = asyncio.create_task(stream.run(), name=f"bench-{name}-{r}")
     try:
-        while stream.confirmed_lsn < end:
+        while engine.durable_lsn < end:
             if task.done():
                 task.result()
                 raise RuntimeError("the replication stream stopped before the end LSN")

@@ -30,6 +30,11 @@ def row_key(prefix: str, row: Row, key_columns: Sequence[str]) -> str:
 
     ``/`` inside a value is doubled so that keys never collide.
     """
+    if len(key_columns) == 1:  # the common case, without the list
+        value = row.get(key_columns[0])
+        if value is None:
+            return prefix + "/_"
+        return prefix + '/"' + value.replace("/", "//") + '"'
     parts = [prefix]
     for column in key_columns:
         value = row.get(column)
@@ -75,6 +80,69 @@ def change(
     if old_value is not None:
         message["old_value"] = old_value
     return _encode(message)
+
+
+_BASE_HEADERS: Final = frozenset({"operation", "relation", "lsn", "op_position", "txids", "last"})
+LAST_MARK: Final = b',"last":true'
+"""What :meth:`ChangeEncoder.encode` leaves out at ``cut`` for the last entry of a transaction."""
+
+
+class ChangeEncoder:
+    """Encodes the change messages of one relation in one transaction, fast.
+
+    :meth:`encode` (and :meth:`insert`, its shortcut) give exactly the bytes of :func:`change`
+    with ``last=False``; inserting :data:`LAST_MARK` at :meth:`cut` gives the bytes with
+    ``last=True`` (right after ``"txids"``, before any extra header), so that a transaction's
+    last entry can be marked once the transaction ends. The constant parts are encoded once.
+    """
+
+    __slots__ = ("_heads", "_insert", "_prefix", "_txids")
+
+    def __init__(self, relation: Sequence[str], lsn: int, xid: int) -> None:
+        self._prefix = b',"relation":' + _encode(relation) + b',"lsn":"' + b"%d" % lsn
+        self._prefix += b'","op_position":'
+        self._txids = b',"txids":[%d]' % xid
+        self._heads: dict[str, bytes] = {}
+        head = self._head("insert").replace(b"%", b"%%")
+        self._insert = head + b"%d" + self._txids + b'},"key":%b,"value":%b}'
+
+    def _head(self, operation: str) -> bytes:
+        head = self._heads.get(operation)
+        if head is None:
+            head = b'{"headers":{"operation":' + _encode(operation) + self._prefix
+            self._heads[operation] = head
+        return head
+
+    def insert(self, key: str, value: Row, op_position: int) -> bytes:
+        """``encode("insert", key, value, op_position)``."""
+        return self._insert % (op_position, _encode(key), _encode(value))
+
+    def encode(
+        self,
+        operation: Operation,
+        key: str,
+        value: Row,
+        op_position: int,
+        old_value: Row | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """The message (``last`` false); see the class docstring."""
+        start = self._head(operation) + b"%d" % op_position + self._txids
+        if extra_headers:
+            if not _BASE_HEADERS.isdisjoint(extra_headers):
+                raise ValueError(f"extra headers may not replace base headers: {extra_headers}")
+            start += b"," + _encode(extra_headers)[1:-1]
+        end = b"}" if old_value is None else b',"old_value":' + _encode(old_value) + b"}"
+        return b'%b},"key":%b,"value":%b%b' % (start, _encode(key), _encode(value), end)
+
+    def cut(self, operation: Operation, op_position: int) -> int:
+        """Where :data:`LAST_MARK` goes in the message of ``operation`` at ``op_position``."""
+        return len(self._head(operation)) + len(b"%d" % op_position) + len(self._txids)
+
+    def mark_last(self, data: bytes, operation: Operation, op_position: int) -> bytes:
+        """The message ``data`` (encoded here) with ``"last":true``."""
+        cut = self.cut(operation, op_position)
+        return data[:cut] + LAST_MARK + data[cut:]
 
 
 def snapshot_end(xmin: int, xmax: int, xip: Iterable[int]) -> bytes:

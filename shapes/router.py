@@ -12,14 +12,24 @@ depends on the number of indexed columns and residual shapes, not on the number 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from shapes import pgtypes
 from shapes.schema import Column
-from shapes.where import Where, normalise_value
+from shapes.where import Where, column_type
+from shapes.where_eval import hash_key
 
 K = TypeVar("K", bound=Hashable)
+
+_EMPTY: frozenset[Any] = frozenset()
+# (column, its text parser, its integer limit or 0, normalised value -> shapes)
+_Lookup = tuple[str, Callable[[str], Any], int, dict[Hashable, set[K]]]
+_PLAIN = frozenset({int, str, bool})
+_INT_LIMITS = {"int2": 1 << 15, "int4": 1 << 31, "int8": 1 << 63}
+"""Integer columns: a plain ASCII decimal below the limit is its own normalised value."""
 
 
 @dataclass
@@ -30,9 +40,26 @@ class _TableIndex(Generic[K]):
     residual: set[K] = field(default_factory=set)
     by_column: dict[str, dict[Hashable, set[K]]] = field(default_factory=dict)
     columns: dict[str, Column] = field(default_factory=dict)
+    # What affected() reads per row, derived from the above; None when it must be rebuilt.
+    derived: tuple[frozenset[K], tuple[_Lookup[K], ...]] | None = None
 
     def is_empty(self) -> bool:
         return not self.shapes
+
+    def derive(self) -> tuple[frozenset[K], tuple[_Lookup[K], ...]]:
+        derived = self.derived
+        if derived is None:
+            lookups = tuple(
+                (
+                    column,
+                    pgtypes.parser_for(column_type(self.columns[column])),
+                    _INT_LIMITS.get(column_type(self.columns[column]), 0),
+                    buckets,
+                )
+                for column, buckets in self.by_column.items()
+            )
+            derived = self.derived = (frozenset(self.residual), lookups)
+        return derived
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +92,11 @@ class Router(Generic[K]):
         if condition is None or condition[0] not in columns:
             index.residual.add(shape_id)
             self._entries[shape_id] = _Entry(table, None, frozenset())
+            index.derived = None
             return
         column, values = condition
+        if column not in index.by_column or index.columns[column] != columns[column]:
+            index.derived = None
         index.columns[column] = columns[column]
         buckets = index.by_column.setdefault(column, {})
         for value in values:
@@ -82,6 +112,7 @@ class Router(Generic[K]):
         index.shapes.discard(shape_id)
         if entry.column is None:
             index.residual.discard(shape_id)
+            index.derived = None
         else:
             buckets = index.by_column[entry.column]
             for value in entry.values:
@@ -92,26 +123,39 @@ class Router(Generic[K]):
             if not buckets:
                 del index.by_column[entry.column]
                 del index.columns[entry.column]
+                index.derived = None
         if index.is_empty():
             del self._tables[entry.table]
 
-    def affected(self, table: Hashable, row: Mapping[str, str | None]) -> set[K]:
-        """The shapes of ``table`` whose ``where`` may be true for ``row`` (a superset)."""
+    def affected(self, table: Hashable, row: Mapping[str, str | None]) -> AbstractSet[K]:
+        """The shapes of ``table`` whose ``where`` may be true for ``row`` (a superset).
+
+        The result may be shared with the router: do not modify it.
+        """
         index = self._tables.get(table)
         if index is None:
-            return set()
-        result = set(index.residual)
-        for column, buckets in index.by_column.items():
+            return _EMPTY
+        residual, lookups = index.derive()
+        result: AbstractSet[K] = residual
+        for column, parse, int_limit, buckets in lookups:
             text = row.get(column)
             if text is None:
                 continue
-            try:
-                key = normalise_value(index.columns[column], text)
-            except ValueError:
-                continue
-            hit = buckets.get(key)
+            # As where.normalise_value(), with the column's parser looked up once, and
+            # without it for what Postgres sends for integers (its parser gives the same).
+            if int_limit and text.isdigit() and text.isascii():
+                value = int(text)
+                if value >= int_limit:
+                    continue
+                hit = buckets.get(value)
+            else:
+                try:
+                    value = parse(text)
+                except (ValueError, TypeError, ArithmeticError):
+                    continue
+                hit = buckets.get(value if type(value) in _PLAIN else hash_key(value))
             if hit:
-                result |= hit
+                result = result | hit if result else hit
         return result
 
     def residual(self, table: Hashable) -> frozenset[K]:

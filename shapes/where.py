@@ -159,12 +159,15 @@ def parse_where(
     if len(text.encode("utf-8")) > MAX_WHERE_BYTES:
         raise WhereClauseError(f"WHERE clause is too long (limit {MAX_WHERE_BYTES} bytes)")
     wrapped = PREFIX + text
-    clause = _parse_clause(wrapped)
-    compiler = _Compiler(columns, numbered, wrapped)
-    root = compiler.compile_root(clause)
-    compiler.substitute_params(clause)
-    sql = RawStream()(clause)
-    _parse_clause(PREFIX + sql)  # the deparsed text must stand on its own
+    try:
+        clause = _parse_clause(wrapped)
+        compiler = _Compiler(columns, numbered, wrapped)
+        root = compiler.compile_root(clause)
+        compiler.substitute_params(clause)
+        sql = RawStream()(clause)
+        _parse_clause(PREFIX + sql)  # the deparsed text must stand on its own
+    except RecursionError:  # nested deeper than the compiler (and the evaluator) can go
+        raise WhereClauseError("stack depth limit exceeded") from None
     slots = tuple((name, pgtypes.parser_for(type_name)) for name, type_name in compiler.slot_types)
     return Where(sql, frozenset(compiler.slots), slots, root.fn, root.eqs)
 

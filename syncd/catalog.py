@@ -64,6 +64,8 @@ async def load_table(conn: AsyncConn, schema: str, name: str) -> Table:
     Raises:
         InvalidRequest: on ``table`` when it does not exist.
     """
+    if "\x00" in schema or "\x00" in name:  # Postgres text cannot hold NUL: no such table
+        raise InvalidRequest("table", missing_table_message(schema, name))
     async with conn.cursor() as cur:
         await cur.execute(_TABLE_QUERY, (schema, name))
         found = await cur.fetchone()
@@ -127,7 +129,8 @@ class PublicationManager:
         that avoids lock-order deadlocks with concurrent writers.
 
         Raises:
-            InvalidRequest: when syncd lacks the privilege to do either.
+            InvalidRequest: when syncd lacks the privilege to do either, or the table cannot be
+                published (a system catalog, an unlogged or a temporary table).
         """
         ident = sql.Identifier(table.schema, table.name)
         try:
@@ -142,6 +145,11 @@ class PublicationManager:
                 f"REPLICA IDENTITY FULL ({exc.diag.message_primary}); run as the table owner or "
                 "set it up beforehand"
             )
+            raise InvalidRequest("table", message) from exc
+        except psycopg.errors.InvalidParameterValue as exc:
+            # system catalogs, unlogged and temporary tables cannot be published
+            reason = exc.diag.message_detail or exc.diag.message_primary
+            message = f"{table.schema}.{table.name} cannot be replicated: {reason}"
             raise InvalidRequest("table", message) from exc
 
     async def _publish(self, conn: AsyncConn, table: Table, ident: sql.Identifier) -> None:

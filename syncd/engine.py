@@ -11,12 +11,16 @@ and held until the transaction's ``Commit``. Offsets are ``(commit LSN, op index
 index stepping by 2 per change, so a replay of the same WAL after a crash produces the same
 offsets; a shape skips every transaction at or below its log's latest offset.
 
-At commit, each touched shape appends the transaction to its log (written to the OS at once, so
-readers and waiting clients see it immediately). Durability is batched: when the stream has
-drained its socket, :meth:`Engine.on_idle` fsyncs the logs written since the last flush and only
-then reports the last commit's end LSN as flushed to Postgres. Shapes still taking their snapshot
-hold their transactions in memory; the confirmed LSN never passes the oldest of those, so a crash
-can only lose what Postgres will send again.
+Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
+at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
+transaction to its log (written to the OS at once, so readers and waiting clients see it
+immediately). Durability is batched: when the stream has drained its socket,
+:meth:`Engine.on_idle` fsyncs the logs written since the last flush (at most every
+``flush_interval``; a timer does it once the interval has passed, so a burst's tail does not wait
+for the next idle call) and only then reports the last commit's end LSN as flushed to Postgres.
+Many dirty logs are made durable with one ``syncfs()`` (``storage.GroupSync``). Shapes still
+taking their snapshot hold their transactions in memory; the confirmed LSN never passes the
+oldest of those, so a crash can only lose what Postgres will send again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -35,18 +40,18 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from shapes import messages
-from shapes.convert import Entry, convert_delete, convert_insert, convert_update
+from shapes.convert import Entry, convert_delete, convert_update, insert_parts
 from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.shape import ShapeDefinition
 from shapes.where import Where, parse_where
 from syncd.catalog import PublicationManager, load_table
-from syncd.errors import DatabaseUnavailable
+from syncd.errors import DatabaseUnavailable, SlotConflict
 from syncd.pgoutput import messages as pg
 from syncd.shape_state import ShapeState, snapshot_from_meta
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
-from syncd.storage import ShapeLog
+from syncd.storage import GroupSync, ShapeLog, TransactionEntries
 
 log = logging.getLogger("syncd.engine")
 
@@ -74,6 +79,27 @@ class _Relation:
     types: tuple[int, ...]
 
 
+class _TxnBuffer:
+    """One shape's entries of the open transaction, serialised as they arrive.
+
+    The last one is still without ``"last":true``: :meth:`finish` adds it.
+    """
+
+    __slots__ = ("encoder", "entries", "operation")
+
+    def __init__(self, encoder: messages.ChangeEncoder) -> None:
+        self.encoder = encoder
+        self.entries = TransactionEntries()
+        self.operation: messages.Operation = "insert"
+        """The operation of the last entry."""
+
+    def finish(self) -> TransactionEntries:
+        entries = self.entries
+        datas = entries.datas
+        datas[-1] = self.encoder.mark_last(datas[-1], self.operation, entries.ops[-1])
+        return entries
+
+
 class Engine:
     """Owns every shape and applies the replication stream to them."""
 
@@ -89,6 +115,7 @@ class Engine:
         self._relations: dict[int, _Relation] = {}
         self._creating: dict[ShapeDefinition, asyncio.Future[ShapeState]] = {}
         self._pending: list[ShapeState] = []
+        self._snapshotting: set[ShapeState] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_handle_us = 0
         # the open transaction
@@ -96,12 +123,15 @@ class Engine:
         self._txn_lsn = 0
         self._txn_xid = 0
         self._txn_op = 0
-        self._txn_entries: dict[ShapeState, list[tuple[int, Entry]]] = {}
+        self._txn_entries: dict[ShapeState, _TxnBuffer] = {}
+        self._txn_encoders: dict[TableKey, messages.ChangeEncoder] = {}
         # flush tracking
         self._dirty: set[ShapeState] = set()
         self._last_commit_end = 0
         self._durable_lsn = 0
         self._last_flush = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._group_sync: GroupSync | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -110,9 +140,16 @@ class Engine:
         """Where shape logs live."""
         return self.settings.storage_dir / "shapes"
 
+    @property
+    def durable_lsn(self) -> int:
+        """The LSN up to which every transaction is on disk (what Postgres is told, or will be
+        at the stream's next idle call)."""
+        return self._durable_lsn
+
     async def open(self) -> None:
         """Connect, make sure the publication and slot exist, restore shapes from disk."""
         self.shapes_dir.mkdir(parents=True, exist_ok=True)
+        self._group_sync = GroupSync(self.shapes_dir)
         self.pool = AsyncConnectionPool(
             self.settings.conninfo,
             min_size=1,
@@ -130,11 +167,22 @@ class Engine:
         await self._restore_shapes()
 
     async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
-        query = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
+        query = (
+            "SELECT confirmed_flush_lsn::text, database::text, plugin::text"
+            " FROM pg_replication_slots WHERE slot_name = %s"
+        )
         cur = await conn.execute(query, (self.settings.slot,))
         row = await cur.fetchone()
         if row is not None:
-            log.info("replication slot %s exists, confirmed up to %s", self.settings.slot, row[0])
+            confirmed, database, plugin = row
+            if database != conn.info.dbname or plugin != "pgoutput":
+                raise SlotConflict(
+                    f"replication slot {self.settings.slot} belongs to database {database} "
+                    f"(plugin {plugin}); give this syncd its own slot name (SYNCD_SLOT)"
+                )
+            log.info(
+                "replication slot %s exists, confirmed up to %s", self.settings.slot, confirmed
+            )
             return False
         await conn.execute(
             "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
@@ -150,6 +198,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._flush_dirty()
+        if self._group_sync is not None:
+            self._group_sync.close()
+            self._group_sync = None
         if self.pool is not None:
             await self.pool.close()
 
@@ -236,7 +287,7 @@ class Engine:
 
     async def _create(self, definition: ShapeDefinition) -> ShapeState:
         table, where, selected = await self._compile(definition)
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await self.publications.add_table(conn, table)
         handle = self._new_handle(definition)
         shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
@@ -262,13 +313,18 @@ class Engine:
         cached = self._tables.get((schema, name))
         if cached is not None:
             return cached
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             table = await load_table(conn, schema, name)
         self._tables[(schema, name)] = table
         return table
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> Any:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """A pooled connection (autocommit, display settings applied).
+
+        Raises:
+            DatabaseUnavailable: when none can be had within 10 s.
+        """
         assert self.pool is not None, "engine is not open"
         try:
             async with self.pool.connection(timeout=10) as conn:
@@ -282,6 +338,8 @@ class Engine:
         return f"{definition.digest()}-{now_us}"
 
     def _register(self, shape: ShapeState) -> None:
+        if shape.status == "snapshotting":
+            self._snapshotting.add(shape)
         self.shapes[shape.handle] = shape
         self.by_definition[shape.definition] = shape
         if self._in_txn:
@@ -317,7 +375,7 @@ class Engine:
 
     async def _take_snapshot(self, shape: ShapeState) -> None:
         try:
-            async with self._connection() as conn:
+            async with self.connection() as conn:
                 info, wal_lsn = await begin_snapshot(conn)
                 if shape.definition.log == "full":
                     await self._copy_rows(conn, shape)
@@ -378,6 +436,7 @@ class Engine:
         self._txn_xid = msg.xid
         self._txn_op = 0
         self._txn_entries = {}
+        self._txn_encoders = {}
 
     def _on_relation(self, msg: pg.Relation) -> None:
         names = tuple(c.name for c in msg.columns)
@@ -404,21 +463,49 @@ class Engine:
             for shape in list(self.router.shapes_for_table(relation.table)):
                 self.delete(shape, "the table was truncated")
 
-    def _add(self, shape: ShapeState, entries: list[Entry]) -> None:
+    def _encoder(self, table: TableKey) -> messages.ChangeEncoder:
+        encoder = self._txn_encoders.get(table)
+        if encoder is None:
+            encoder = messages.ChangeEncoder(list(table), self._txn_lsn, self._txn_xid)
+            self._txn_encoders[table] = encoder
+        return encoder
+
+    def _buffer(self, shape: ShapeState, table: TableKey) -> _TxnBuffer:
+        buffer = self._txn_entries.get(shape)
+        if buffer is None:
+            buffer = self._txn_entries[shape] = _TxnBuffer(self._encoder(table))
+        return buffer
+
+    def _add_entries(self, shape: ShapeState, table: TableKey, entries: list[Entry]) -> None:
+        buffer = self._buffer(shape, table)
+        encode = buffer.encoder.encode
+        append = buffer.entries.append
         op = self._txn_op
-        bucket = self._txn_entries.get(shape)
-        if bucket is None:
-            bucket = self._txn_entries[shape] = []
-        for entry in entries:
-            bucket.append((op, entry))
+        for e in entries:
+            at = op + e.split
+            append(at, encode(e.operation, e.key, e.value, at, e.old_value, e.headers))
+            buffer.operation = e.operation
 
     def _on_insert(self, msg: pg.Insert) -> None:
         relation = self._relations[msg.oid]
-        row = _text_row(relation.names, msg.new)
-        for shape in self.router.affected(relation.table, row):
-            entries = convert_insert(shape.view, row)
-            if entries:
-                self._add(shape, entries)
+        names, values = relation.names, msg.new
+        if len(values) != len(names):
+            raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
+        # Text-mode pgoutput only sends str or None for inserts. (The length check above is
+        # cheaper than zip(..., strict=True).)
+        row: TextRow = dict(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
+        shapes = self.router.affected(relation.table, row)
+        if shapes:
+            op = self._txn_op
+            entries = self._txn_entries
+            for shape in shapes:
+                parts = insert_parts(shape.view, row)
+                if parts is not None:
+                    buffer = entries.get(shape)
+                    if buffer is None:
+                        buffer = self._buffer(shape, relation.table)
+                    buffer.entries.append(op, buffer.encoder.insert(parts[0], parts[1], op))
+                    buffer.operation = "insert"
         self._txn_op += 2
 
     def _on_update(self, msg: pg.Update) -> None:
@@ -433,7 +520,7 @@ class Engine:
         for shape in shapes:
             entries = convert_update(shape.view, old, new)
             if entries:
-                self._add(shape, entries)
+                self._add_entries(shape, relation.table, entries)
         self._txn_op += 2
 
     def _on_delete(self, msg: pg.Delete) -> None:
@@ -443,17 +530,19 @@ class Engine:
         for shape in self.router.affected(relation.table, old):
             entries = convert_delete(shape.view, old, full)
             if entries:
-                self._add(shape, entries)
+                self._add_entries(shape, relation.table, entries)
         self._txn_op += 2
 
     def _on_commit(self, msg: pg.Commit) -> None:
         lsn, xid = self._txn_lsn, self._txn_xid
-        for shape, entries in self._txn_entries.items():
+        dirty = self._dirty
+        for shape, buffer in self._txn_entries.items():
             if shape.status == "gone":
                 continue
-            if shape.commit(lsn, xid, _serialise(shape, entries, lsn, xid)):
-                self._dirty.add(shape)
+            if shape.commit(lsn, xid, buffer.finish()):
+                dirty.add(shape)
         self._txn_entries = {}
+        self._txn_encoders = {}
         self._in_txn = False
         self._last_commit_end = msg.end_lsn
         self.last_seen_lsn = max(self.last_seen_lsn, lsn)
@@ -463,12 +552,21 @@ class Engine:
         self._pending = []
 
     async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
-        """Make written logs durable and return the LSN Postgres may forget up to."""
+        """Make written logs durable and return the LSN Postgres may forget up to.
+
+        Logs are fsynced at most every ``flush_interval``; when that interval has not passed
+        yet, a timer flushes them once it has (the next idle call then reports it), so that a
+        burst's tail does not wait for the stream's next idle call to become durable.
+        """
         if not in_transaction and not self._in_txn:
             self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
-        now = time.monotonic()
-        if self._dirty and now - self._last_flush >= self.settings.flush_interval:
-            self._flush_dirty()
+        if self._dirty:
+            wait = self._last_flush + self.settings.flush_interval - time.monotonic()
+            if wait <= 0:
+                self._flush_dirty()
+            elif self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(wait, self._timed_flush)
         if self._dirty:
             return self._pinned(self._durable_lsn)
         durable = self._last_commit_end
@@ -477,17 +575,37 @@ class Engine:
         self._durable_lsn = max(self._durable_lsn, self._pinned(durable))
         return self._durable_lsn
 
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        if self._dirty:
+            self._flush_dirty()
+
     def _flush_dirty(self) -> None:
+        """fsync every log written since the last flush; then all commits so far are durable.
+
+        Many dirty logs on the storage filesystem are made durable by one ``syncfs()``
+        (``GroupSync``) instead of one ``fdatasync()`` each.
+        """
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         covered = self._last_commit_end
-        for shape in self._dirty:
-            if shape.status != "gone":
-                shape.log.sync()
+        logs = [shape.log for shape in self._dirty if shape.status != "gone"]
+        if self._group_sync is not None:
+            self._group_sync.sync(logs)
+        else:
+            for shape_log in logs:
+                shape_log.sync()
         self._dirty.clear()
         self._last_flush = time.monotonic()
         self._durable_lsn = max(self._durable_lsn, self._pinned(covered))
 
     def _pinned(self, lsn: int) -> int:
-        for shape in self.shapes.values():
+        # Only snapshotting shapes buffer transactions; the others leave the set here.
+        for shape in list(self._snapshotting):
+            if shape.status != "snapshotting":
+                self._snapshotting.discard(shape)
+                continue
             first = shape.first_buffered_lsn
             if first is not None and first <= lsn:
                 lsn = first
@@ -521,7 +639,9 @@ def _selected_columns(table: Table, requested: tuple[str, ...] | None) -> tuple[
 
 def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
-    return cast(TextRow, dict(zip(names, values, strict=True)))
+    if len(values) != len(names):
+        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
+    return cast(TextRow, dict(zip(names, values)))  # noqa: B905 (checked above)
 
 
 def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
@@ -533,31 +653,6 @@ def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | N
         else:
             row[name] = value  # type: ignore[assignment]
     return row
-
-
-def _serialise(
-    shape: ShapeState, entries: list[tuple[int, Entry]], lsn: int, xid: int
-) -> list[tuple[int, bytes]]:
-    relation = shape.relation_list
-    last = len(entries) - 1
-    return [
-        (
-            op + entry.split,
-            messages.change(
-                entry.operation,
-                relation,
-                entry.key,
-                entry.value,
-                lsn=lsn,
-                op_position=op + entry.split,
-                xid=xid,
-                last=index == last,
-                old_value=entry.old_value,
-                extra_headers=entry.headers,
-            ),
-        )
-        for index, (op, entry) in enumerate(entries)
-    ]
 
 
 def _describe(definition: ShapeDefinition) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.resources
 import json
 import logging
 import math
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +26,24 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shapes import messages
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
 from shapes.shape import ShapeDefinition
+from shapes.subset import (
+    SubsetError,
+    SubsetRequest,
+    subset_from_body,
+    subset_from_query,
+    validate_subset,
+)
 from syncd.engine import Engine
 from syncd.errors import DatabaseUnavailable
 from syncd.shape_state import ShapeState
+from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.http")
 
@@ -44,6 +56,7 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
+MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
@@ -65,6 +78,41 @@ class ApiSettings:
     secret: str | None = None
     allow_shape_deletion: bool = False
     snapshot_wait: float = 45.0
+    max_initial_requests: int = 300
+    max_existing_requests: int = 10_000
+
+
+class Admission:
+    """Counts requests in flight per kind and refuses those over the limit (503)."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = limits
+        self.active = dict.fromkeys(limits, 0)
+
+    @contextlib.contextmanager
+    def admit(self, kind: str) -> Iterator[bool]:
+        """Yields whether the request may proceed; counts it while it does."""
+        if self.active[kind] >= self.limits[kind]:
+            yield False
+            return
+        self.active[kind] += 1
+        try:
+            yield True
+        finally:
+            self.active[kind] -= 1
+
+    def refusal(self, kind: str) -> Response:
+        """The protocol's overload answer."""
+        limit = self.limits[kind]
+        body = {
+            "code": "concurrent_request_limit_exceeded",
+            "message": f"Concurrent {kind} request limit exceeded (limit: {limit}), please retry",
+        }
+        response = json_response(body, 503, cache="no-store")
+        response.headers["surrogate-control"] = "no-store"
+        response.headers["retry-after"] = str(random.randint(6, 10))
+        response.headers["electric-internal-known-error"] = "true"
+        return response
 
 
 class ShapeApi:
@@ -74,22 +122,74 @@ class ShapeApi:
         self.engine = engine
         self.settings = settings
         self.health = health
+        self.admission = Admission(
+            {
+                "initial": settings.max_initial_requests,
+                "existing": settings.max_existing_requests,
+            }
+        )
+
+    async def shape_request(self, request: Request) -> Response:
+        """Every ``/v1/shape`` request but OPTIONS, under admission control."""
+        kind = "initial" if request.query_params.get("offset") == "-1" else "existing"
+        with self.admission.admit(kind) as admitted:
+            if not admitted:
+                return self.admission.refusal(kind)
+            if request.method == "DELETE":
+                return await self.delete_shape(request)
+            if request.method == "POST":
+                return await self.post_shape(request)
+            return await self.get_shape(request)
 
     # -- entry points --------------------------------------------------------------------------
 
     async def get_shape(self, request: Request) -> Response:
-        """``GET /v1/shape`` (and HEAD)."""
+        """``GET /v1/shape`` (and HEAD, and POST with a subset body)."""
         denied = self._check_secret(request)
         if denied is not None:
             return denied
         try:
+            subset = subset_from_query(dict(request.query_params))
             shape_request = parse_shape_request(request.query_params.multi_items())
+            if subset is not None:
+                return await self._serve_subset(shape_request, subset)
             return await self._serve(request, shape_request)
         except InvalidRequest as exc:
             return bad_request(exc.errors())
         except DatabaseUnavailable:
             message = "Cannot connect to the database to verify the shape. Please try again later."
             return unavailable(message, retry_after=1)
+
+    async def post_shape(self, request: Request) -> Response:
+        """``POST /v1/shape``: a subset snapshot described by the JSON body."""
+        denied = self._check_secret(request)
+        if denied is not None:
+            return denied
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return json_response({"error": "Request body too large"}, 413, cache="no-cache")
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            error = {"error": "Invalid JSON in request body", "details": str(exc)}
+            return json_response(error, 400, cache="no-cache")
+        if not isinstance(data, dict):
+            error = {"error": "Request body must be a JSON object"}
+            return json_response(error, 400, cache="no-cache")
+        try:
+            subset = subset_from_body(data)
+            query = [(k, v) for k, v in request.query_params.multi_items() if k not in data]
+            shape_request = parse_shape_request(query)
+            if subset is not None:
+                return await self._serve_subset(shape_request, subset)
+            response = await self._serve(request, shape_request)
+        except InvalidRequest as exc:
+            response = bad_request(exc.errors())
+        except DatabaseUnavailable:
+            message = "Cannot connect to the database to verify the shape. Please try again later."
+            response = unavailable(message, retry_after=1)
+        response.headers["cache-control"] = "no-cache"
+        return response
 
     async def delete_shape(self, request: Request) -> Response:
         """``DELETE /v1/shape`` by definition or by handle."""
@@ -177,6 +277,30 @@ class ShapeApi:
         if req.live_sse:
             return self._sse_catch_up(req, shape, items, end)
         return self._log_response(request, req, shape, items, end)
+
+    async def _serve_subset(self, req: ShapeRequest, request: SubsetRequest) -> Response:
+        shape, refetch = await self._resolve(req)
+        if refetch is not None:
+            return must_refetch(refetch)
+        assert shape is not None
+        if not await self._await_snapshot(shape):
+            return self._after_loss(shape)
+        subset = validate_subset(request, shape.table.by_name)
+        if req.offset is None:
+            end = shape.log.latest_offset
+        else:
+            _items, end = await read_log(shape, req.offset)
+        async with self.engine.connection() as conn:
+            try:
+                body = await run_subset(conn, shape, subset)
+            except psycopg.errors.DataError as exc:
+                await conn.execute("ROLLBACK")
+                raise SubsetError("where", exc.diag.message_primary or str(exc)) from exc
+        headers = self._headers(shape, "no-cache")
+        headers["electric-snapshot"] = "true"
+        headers["electric-offset"] = str(end)
+        headers["electric-schema"] = shape.schema_header
+        return json_bytes_response(body, headers)
 
     async def _resolve(self, req: ShapeRequest) -> tuple[ShapeState | None, str | None]:
         """The shape to serve, or the handle to send with a 409."""
@@ -451,24 +575,58 @@ async def _root(request: Request) -> Response:
     return Response(b"", status_code=200)
 
 
+@functools.cache
+def _openapi_document() -> bytes:
+    return importlib.resources.files("syncd").joinpath("openapi.json").read_bytes()
+
+
+async def _openapi(request: Request) -> Response:
+    """``GET /v1/openapi.json``: the OpenAPI description of this API."""
+    headers = {"cache-control": "public, max-age=3600"}
+    return Response(_openapi_document(), headers=headers, media_type="application/json")
+
+
 def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
     """The Starlette application serving the shape API."""
 
     async def shape_endpoint(request: Request) -> Response:
-        if request.method == "DELETE":
-            return await api.delete_shape(request)
         if request.method == "OPTIONS":
             return await api.options(request)
-        return await api.get_shape(request)
+        return await api.shape_request(request)
 
     routes = [
-        Route("/v1/shape", shape_endpoint, methods=["GET", "HEAD", "DELETE", "OPTIONS"]),
+        Route("/v1/shape", shape_endpoint, methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"]),
         Route("/v1/health", api.health_check, methods=["GET", "HEAD"]),
+        Route("/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/", _root, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_exception_handler(404, _handle_404)
+    app.add_middleware(NormalisePath)
     return app
+
+
+class NormalisePath:
+    """Routes ``/v1/shape/``, ``/v1//shape`` (and, via ASGI's decoding, ``/v1/%73hape``) as
+    ``/v1/shape``, so a proxy's path-based rules and syncd always agree on the endpoint."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = normalise_path(scope["path"])
+            if path != scope["path"]:
+                scope = dict(scope, path=path, raw_path=path.encode())
+        await self.app(scope, receive, send)
+
+
+def normalise_path(path: str) -> str:
+    """Collapse repeated slashes and drop a trailing one."""
+    collapsed = re.sub(r"/{2,}", "/", path)
+    if len(collapsed) > 1 and collapsed.endswith("/"):
+        collapsed = collapsed[:-1]
+    return collapsed
 
 
 async def _handle_404(request: Request, exc: Exception) -> Response:

@@ -110,7 +110,9 @@ class ShapeState:
                 return False
             if self.snapshot.is_after(xid):
                 self.filtering = False
-                self.save_meta()
+                # Durable with this transaction's log bytes (a crash before that replays the
+                # transaction, and filtering would turn off again).
+                self.save_meta(defer=True)
         self.log.append_transaction(lsn, entries)
         self.notifier.notify()
         return True
@@ -151,9 +153,10 @@ class ShapeState:
             else {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)},
         }
 
-    def save_meta(self) -> None:
-        """Persist :meth:`meta` atomically."""
-        self.log.write_meta(self.meta())
+    def save_meta(self, *, defer: bool = False) -> None:
+        """Persist :meth:`meta` atomically (``defer``: at the log's next sync, see
+        :meth:`ShapeLog.write_meta`)."""
+        self.log.write_meta(self.meta(), defer=defer)
 
 
 def snapshot_from_meta(meta: dict[str, Any]) -> SnapshotInfo | None:

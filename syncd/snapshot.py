@@ -60,10 +60,12 @@ class SnapshotInfo:
         return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
 
     def widen(self, xid: int) -> int:
-        """Map a 32-bit xid from the stream to the 64-bit xid closest below ``xmax``'s epoch."""
+        """Map a 32-bit xid from the stream to the 64-bit xid nearest to ``xmax``."""
         full = (self.xmax & ~(XID_SPACE - 1)) | xid
         if full > self.xmax + XID_SPACE // 2:
             full -= XID_SPACE
+        elif full < self.xmax - XID_SPACE // 2:
+            full += XID_SPACE
         return full
 
     def is_visible(self, xid: int) -> bool:
@@ -106,11 +108,18 @@ async def stream_rows(
     columns: Sequence[str],
     where_sql: str | None,
     batch: int = 2000,
+    suffix: sql.Composed | None = None,
 ) -> AsyncIterator[list[TupleRow]]:
-    """Yield batches of rows (text values) of the shape, inside the open snapshot transaction."""
+    """Yield batches of rows (text values) of the shape, inside the open snapshot transaction.
+
+    ``where_sql`` comes from a validated, deparsed clause; ``suffix`` (ORDER BY, LIMIT) is
+    appended as is.
+    """
     query = selected_sql(table, columns)
     if where_sql is not None:
         query = sql.Composed([query, sql.SQL(" WHERE "), sql.SQL(where_sql)])
+    if suffix is not None:
+        query = sql.Composed([query, suffix])
     cur = conn.cursor()
     for column in table.columns:
         cur.adapters.register_loader(column.type_oid, TextLoader)
