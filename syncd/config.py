@@ -25,6 +25,7 @@ class Settings:
     publication: str = "syncd_publication"
     long_poll_timeout: float = 20.0
     chunk_bytes: int = 10 * 1024 * 1024
+    schema_check_interval: float = 30.0
     secret: str | None = field(default=None, repr=False)
     allow_shape_deletion: bool = False
     log_level: str = "INFO"
@@ -40,6 +41,12 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("publication", "SYNCD_PUBLICATION", str, "publication name (default syncd_publication)"),
     ("long_poll_timeout", "SYNCD_LONG_POLL_TIMEOUT", float, "live request hold, seconds (20)"),
     ("chunk_bytes", "SYNCD_CHUNK_BYTES", int, "log chunk size threshold in bytes (10 MiB)"),
+    (
+        "schema_check_interval",
+        "SYNCD_SCHEMA_CHECK_INTERVAL",
+        float,
+        "seconds between checks for dropped or altered tables (30)",
+    ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
     ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),
 )
@@ -116,6 +123,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"port out of range: {settings.port}")
     if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
         raise ConfigError("SYNCD_LONG_POLL_TIMEOUT must be in (0, 40] seconds")
+    if settings.schema_check_interval <= 0:
+        raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
     if settings.chunk_bytes < 1024:
         raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
     if settings.database_url is None and not settings.dev:

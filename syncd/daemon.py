@@ -41,6 +41,7 @@ class Syncd:
                 slot=settings.slot,
                 publication=settings.publication,
                 chunk_bytes=settings.chunk_bytes,
+                schema_check_interval=settings.schema_check_interval,
             )
         )
         self.stream = ReplicationStream(

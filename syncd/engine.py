@@ -44,13 +44,14 @@ from shapes.convert import Entry, convert_delete, convert_update, insert_parts
 from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
+from shapes.schema_change import diff_columns, is_affected
 from shapes.shape import ShapeDefinition
 from shapes.where import Where, parse_where
 from syncd.catalog import PublicationManager, load_table
 from syncd.errors import DatabaseUnavailable, SlotConflict
 from syncd.pgoutput import messages as pg
 from syncd.shape_state import ShapeState, snapshot_from_meta
-from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
+from syncd.snapshot import DISPLAY_SETTINGS, SnapshotInfo, begin_snapshot, stream_rows
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
 
 log = logging.getLogger("syncd.engine")
@@ -70,13 +71,17 @@ class EngineSettings:
     chunk_bytes: int = 10 * 1024 * 1024
     flush_interval: float = 0.05
     pool_size: int = 8
+    schema_check_interval: float = 30.0
 
 
 @dataclass(slots=True)
 class _Relation:
     table: TableKey
     names: tuple[str, ...]
-    types: tuple[int, ...]
+    types: tuple[tuple[int, int], ...]
+
+    def column_types(self) -> dict[str, tuple[int, int]]:
+        return dict(zip(self.names, self.types, strict=True))
 
 
 class _TxnBuffer:
@@ -165,6 +170,7 @@ class Engine:
         if created_publication or created_slot:
             self._purge_all_shapes("a new replication slot or publication was created")
         await self._restore_shapes()
+        self._spawn(self._reconcile_forever())
 
     async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
         query = (
@@ -440,20 +446,32 @@ class Engine:
 
     def _on_relation(self, msg: pg.Relation) -> None:
         names = tuple(c.name for c in msg.columns)
-        types = tuple(c.type_oid for c in msg.columns)
+        types = tuple((c.type_oid, c.type_mod) for c in msg.columns)
         key = (msg.namespace or "pg_catalog", msg.name)
         previous = self._relations.get(msg.oid)
-        self._relations[msg.oid] = _Relation(key, names, types)
-        if previous is None or (previous.table, previous.names, previous.types) == (
-            key,
-            names,
-            types,
-        ):
-            return
-        self._tables.pop(previous.table, None)
-        self._tables.pop(key, None)
-        for shape in list(self.router.shapes_for_table(previous.table)):
-            self.delete(shape, "the table's schema changed")
+        relation = self._relations[msg.oid] = _Relation(key, names, types)
+        if previous is not None and previous.table != key:
+            self._tables.pop(previous.table, None)
+            for shape in list(self.router.shapes_for_table(previous.table)):
+                self.delete(shape, "the table was renamed")
+        self._check_schema(key, relation.column_types())
+
+    def _check_schema(self, table: TableKey, columns: dict[str, tuple[int, int]] | None) -> None:
+        """Invalidate the shapes of ``table`` that its new columns (None: dropped) affect."""
+        changed = False
+        for shape in list(self.router.shapes_for_table(table)):
+            if columns is None:
+                self.delete(shape, "the table was dropped")
+                changed = True
+                continue
+            diff = diff_columns(_column_types(shape.table), columns)
+            changed = changed or not diff.empty
+            filtered = shape.where.columns if shape.where is not None else ()
+            selects_all = shape.definition.columns is None
+            if is_affected(diff, selects_all, shape.selected, filtered):
+                self.delete(shape, "the table's schema changed")
+        if changed:
+            self._tables.pop(table, None)
 
     def _on_truncate(self, msg: pg.Truncate) -> None:
         for oid in msg.oids:
@@ -461,7 +479,52 @@ class Engine:
             if relation is None:
                 continue
             for shape in list(self.router.shapes_for_table(relation.table)):
-                self.delete(shape, "the table was truncated")
+                self._restart_after_truncate(shape)
+
+    def _restart_after_truncate(self, shape: ShapeState) -> None:
+        """Replace ``shape`` by one whose snapshot is the empty table, as of this transaction.
+
+        The new shape is routed at once, so the truncating transaction's later changes and every
+        later transaction reach it; clients of the old handle get a 409 that points to it.
+        """
+        definition = shape.definition
+        handle = self._new_handle(definition)
+        shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
+        fresh = ShapeState(handle, definition, shape.table, shape.where, shape.selected, shape_log)
+        xid = shape.snapshot.widen(self._txn_xid) if shape.snapshot else self._txn_xid
+        info = SnapshotInfo(xid + 1, xid + 1, ())
+        shape_log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
+        fresh.filtering = False
+        fresh.finish_snapshot(info)
+        self.delete(shape, "the table was truncated")
+        self.shapes[handle] = fresh
+        self.by_definition[definition] = fresh
+        self._route(fresh)
+        log.info("shape %s restarts as %s after a truncate", shape.handle, handle)
+
+    async def reconcile_schemas(self) -> None:
+        """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""
+        tables = {shape.definition.relation for shape in self.shapes.values()}
+        for schema, name in sorted(tables):
+            try:
+                async with self.connection() as conn:
+                    table = await load_table(conn, schema, name)
+            except InvalidRequest:
+                self._check_schema((schema, name), None)
+                continue
+            known = self._tables.get((schema, name))
+            if known is not None and known.oid != table.oid:
+                self._check_schema((schema, name), None)
+                continue
+            self._check_schema((schema, name), _column_types(table))
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.schema_check_interval)
+            try:
+                await self.reconcile_schemas()
+            except DatabaseUnavailable as exc:
+                log.warning("schema check skipped: %s", exc)
 
     def _encoder(self, table: TableKey) -> messages.ChangeEncoder:
         encoder = self._txn_encoders.get(table)
@@ -635,6 +698,10 @@ def _selected_columns(table: Table, requested: tuple[str, ...] | None) -> tuple[
         )
         raise InvalidRequest("columns", message)
     return tuple(sorted(set(requested)))
+
+
+def _column_types(table: Table) -> dict[str, tuple[int, int]]:
+    return {c.name: (c.type_oid, c.type_mod) for c in table.columns}
 
 
 def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
