@@ -26,6 +26,8 @@ class Settings:
     long_poll_timeout: float = 20.0
     chunk_bytes: int = 10 * 1024 * 1024
     schema_check_interval: float = 30.0
+    max_initial_requests: int = 300
+    max_existing_requests: int = 10_000
     secret: str | None = field(default=None, repr=False)
     allow_shape_deletion: bool = False
     log_level: str = "INFO"
@@ -46,6 +48,18 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "SYNCD_SCHEMA_CHECK_INTERVAL",
         float,
         "seconds between checks for dropped or altered tables (30)",
+    ),
+    (
+        "max_initial_requests",
+        "SYNCD_MAX_INITIAL_REQUESTS",
+        int,
+        "concurrent offset=-1 requests before 503 (300)",
+    ),
+    (
+        "max_existing_requests",
+        "SYNCD_MAX_EXISTING_REQUESTS",
+        int,
+        "other concurrent shape requests before 503 (10000)",
     ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
     ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),
@@ -123,6 +137,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"port out of range: {settings.port}")
     if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
         raise ConfigError("SYNCD_LONG_POLL_TIMEOUT must be in (0, 40] seconds")
+    if settings.max_initial_requests < 1 or settings.max_existing_requests < 1:
+        raise ConfigError("request limits must be at least 1")
     if settings.schema_check_interval <= 0:
         raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
     if settings.chunk_bytes < 1024:

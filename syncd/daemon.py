@@ -54,6 +54,8 @@ class Syncd:
             long_poll_timeout=settings.long_poll_timeout,
             secret=settings.secret,
             allow_shape_deletion=settings.allow_shape_deletion,
+            max_initial_requests=settings.max_initial_requests,
+            max_existing_requests=settings.max_existing_requests,
         )
         self.api = ShapeApi(self.engine, api_settings, self.health)
         self.app: Starlette = create_app(self.api)

@@ -1,0 +1,147 @@
+"""Protocol edges: shared secret, overload 503, path normalisation, HEAD, OPTIONS, cache headers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.syncd_process import SyncdProcess
+
+SECRET = "s3cret"
+
+
+@pytest.fixture
+def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+        conn.execute("INSERT INTO items VALUES (1, 'one')")
+    daemon = SyncdProcess(
+        pg_dsn,
+        tmp_path / "storage",
+        secret=SECRET,
+        long_poll_timeout=3,
+        max_existing_requests=1,
+    )
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def initial(client: httpx.Client, daemon: SyncdProcess, path: str = "/v1/shape") -> httpx.Response:
+    return client.get(
+        daemon.url + path, params={"table": "items", "offset": "-1", "secret": SECRET}
+    )
+
+
+def test_secret_is_required_except_for_preflight(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        denied = client.get(syncd.shape_url, params={"table": "items", "offset": "-1"})
+        assert denied.status_code == 401
+        assert denied.json() == {"message": "Unauthorized - Invalid API secret"}
+        wrong = client.get(
+            syncd.shape_url, params={"table": "items", "offset": "-1", "secret": "x"}
+        )
+        assert wrong.status_code == 401
+        legacy = client.get(
+            syncd.shape_url, params={"table": "items", "offset": "-1", "api_secret": SECRET}
+        )
+        assert legacy.status_code == 200
+        assert initial(client, syncd).status_code == 200
+        preflight = client.options(
+            syncd.shape_url,
+            headers={
+                "origin": "http://app.example",
+                "access-control-request-method": "GET",
+                "access-control-request-headers": "if-none-match",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-headers"] == "if-none-match"
+        assert preflight.headers["access-control-max-age"] == "86400"
+        assert "cache-control" not in preflight.headers
+
+
+@pytest.mark.parametrize("path", ["/v1/shape/", "/v1//shape", "/v1/%73hape", "//v1/shape"])
+def test_normalised_paths_are_the_shape_endpoint_and_keep_auth(
+    syncd: SyncdProcess, path: str
+) -> None:
+    with httpx.Client(timeout=10) as client:
+        answer = initial(client, syncd, path)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["electric-offset"] == "0_0"
+        denied = client.get(syncd.url + path, params={"table": "items", "offset": "-1"})
+        assert denied.status_code == 401
+
+
+def test_head_answers_like_get_without_a_body(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        get = initial(client, syncd)
+        head = client.head(
+            syncd.shape_url, params={"table": "items", "offset": "-1", "secret": SECRET}
+        )
+        assert head.status_code == 200
+        assert head.content == b""
+        assert head.headers["electric-handle"] == get.headers["electric-handle"]
+
+
+def test_cache_headers_per_request_kind(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        first = initial(client, syncd)
+        assert first.headers["cache-control"] == (
+            "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+        )
+        handle = first.headers["electric-handle"]
+        query = {"table": "items", "handle": handle, "secret": SECRET}
+        catch_up = client.get(syncd.shape_url, params={**query, "offset": "0_0"})
+        assert catch_up.headers["cache-control"] == "public, max-age=60, stale-while-revalidate=300"
+        etag = catch_up.headers["etag"]
+        cached = client.get(
+            syncd.shape_url, params={**query, "offset": "0_0"}, headers={"if-none-match": etag}
+        )
+        assert cached.status_code == 304
+        assert "electric-schema" not in cached.headers
+        bad = client.get(syncd.shape_url, params={**query, "offset": "bogus"})
+        assert bad.headers["cache-control"] == "no-store"
+        stale = client.get(syncd.shape_url, params={**query, "offset": "0_0", "handle": "nope"})
+        assert stale.status_code == 409
+        assert stale.headers["cache-control"] == "public, max-age=60, must-revalidate"
+
+
+def test_overload_answers_503_with_retry_after(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        handle = initial(client, syncd).headers["electric-handle"]
+    query = {
+        "table": "items",
+        "handle": handle,
+        "offset": "0_inf",
+        "live": "true",
+        "secret": SECRET,
+    }
+    held: list[int] = []
+
+    def hold() -> None:
+        with httpx.Client(timeout=10) as client:
+            held.append(client.get(syncd.shape_url, params=query).status_code)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.5)  # the held request is in flight well before the 3 s hold ends
+    try:
+        with httpx.Client(timeout=10) as client:
+            for _ in range(100):
+                answer = client.get(syncd.shape_url, params=query)
+                if answer.status_code == 503:
+                    break
+            assert answer.status_code == 503
+            assert answer.json()["code"] == "concurrent_request_limit_exceeded"
+            assert 6 <= int(answer.headers["retry-after"]) <= 10
+            assert answer.headers["electric-internal-known-error"] == "true"
+    finally:
+        holder.join()
+    assert held == [200]
