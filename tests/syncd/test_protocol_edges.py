@@ -145,3 +145,49 @@ def test_overload_answers_503_with_retry_after(syncd: SyncdProcess) -> None:
     finally:
         holder.join()
     assert held == [200]
+
+
+def test_changes_only_log_has_just_snapshot_end(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        answer = client.get(
+            syncd.shape_url,
+            params={"table": "items", "offset": "-1", "log": "changes_only", "secret": SECRET},
+        )
+        [message] = answer.json()
+        assert message["headers"]["control"] == "snapshot-end"
+        assert {"xmin", "xmax", "xip_list"} <= message["headers"].keys()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_subset_snapshot_response(syncd: SyncdProcess, pg_dsn: str, method: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items SELECT g, 't' || g FROM generate_series(2, 20) g")
+    query = {"table": "items", "offset": "-1", "secret": SECRET}
+    subset = {"where": "id > $1", "params": {"1": "15"}, "order_by": "id DESC", "limit": 3}
+    with httpx.Client(timeout=10) as client:
+        if method == "GET":
+            answer = client.get(
+                syncd.shape_url,
+                params={
+                    **query,
+                    "subset__where": "id > $1",
+                    "subset__params": '{"1": "15"}',
+                    "subset__order_by": "id DESC",
+                    "subset__limit": "3",
+                },
+            )
+        else:
+            answer = client.post(syncd.shape_url, params=query, json=subset)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["electric-snapshot"] == "true"
+    assert answer.headers["cache-control"] == "no-cache"
+    assert answer.headers["electric-offset"] == "0_0"
+    assert "electric-schema" in answer.headers and "etag" not in answer.headers
+    assert answer.content.startswith(b'{"metadata":') and b', "data": [' in answer.content
+    body = answer.json()
+    assert set(body["metadata"]) == {"xmin", "xmax", "xip_list", "database_lsn", "snapshot_mark"}
+    ids = [row["value"]["id"] for row in body["data"]]
+    assert ids == ["20", "19", "18"]
+    mark = body["metadata"]["snapshot_mark"]
+    assert all(row["headers"]["snapshot_mark"] == mark for row in body["data"])
+    assert all("txids" not in row["headers"] for row in body["data"])
