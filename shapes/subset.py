@@ -124,17 +124,24 @@ def _stringify(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+_BIGINT_MAX = (1 << 63) - 1
+"""Postgres takes ``LIMIT`` and ``OFFSET`` as ``bigint``."""
+
+
 def _integer(value: Any, field: str, *, minimum: int) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        # ``2.5`` is no row count; JSON ``Infinity`` and ``NaN`` land here too
         raise SubsetError(field, "is invalid")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SubsetError(field, "is invalid") from None
     if number < minimum:
         raise SubsetError(field, f"must be greater than or equal to {minimum}")
+    if number > _BIGINT_MAX:
+        raise SubsetError(field, f"must be less than or equal to {_BIGINT_MAX}")
     return number
 
 

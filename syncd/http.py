@@ -34,6 +34,7 @@ from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
 from shapes.shape import ShapeDefinition
 from shapes.subset import (
+    SUBSET_KEYS,
     SubsetError,
     SubsetRequest,
     subset_from_body,
@@ -161,7 +162,17 @@ class ShapeApi:
             return unavailable(message, retry_after=1)
 
     async def post_shape(self, request: Request) -> Response:
-        """``POST /v1/shape``: a subset snapshot described by the JSON body."""
+        """``POST /v1/shape``: a subset snapshot described by the JSON body.
+
+        The body's subset keys (``where``, ``params``, ``limit``, ``offset``, ``order_by``, ...,
+        or a ``subset`` object) describe the subset; any other top-level key overrides the query
+        parameter of that name. Every answer is ``cache-control: no-cache``.
+        """
+        response = await self._post_shape(request)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+    async def _post_shape(self, request: Request) -> Response:
         denied = self._check_secret(request)
         if denied is not None:
             return denied
@@ -169,27 +180,31 @@ class ShapeApi:
         if len(body) > MAX_BODY_BYTES:
             return json_response({"error": "Request body too large"}, 413, cache="no-cache")
         try:
-            data = json.loads(body) if body.strip() else {}
+            data = json.loads(body, parse_constant=_reject_constant) if body.strip() else {}
         except ValueError as exc:
             error = {"error": "Invalid JSON in request body", "details": str(exc)}
             return json_response(error, 400, cache="no-cache")
         if not isinstance(data, dict):
             error = {"error": "Request body must be a JSON object"}
             return json_response(error, 400, cache="no-cache")
+        overrides = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in data.items()
+            if k not in SUBSET_KEYS and k != "subset"
+        }
+        query = [(k, v) for k, v in request.query_params.multi_items() if k not in overrides]
+        query.extend(overrides.items())
         try:
             subset = subset_from_body(data)
-            query = [(k, v) for k, v in request.query_params.multi_items() if k not in data]
             shape_request = parse_shape_request(query)
             if subset is not None:
                 return await self._serve_subset(shape_request, subset)
-            response = await self._serve(request, shape_request)
+            return await self._serve(request, shape_request)
         except InvalidRequest as exc:
-            response = bad_request(exc.errors())
+            return bad_request(exc.errors())
         except DatabaseUnavailable:
             message = "Cannot connect to the database to verify the shape. Please try again later."
-            response = unavailable(message, retry_after=1)
-        response.headers["cache-control"] = "no-cache"
-        return response
+            return unavailable(message, retry_after=1)
 
     async def delete_shape(self, request: Request) -> Response:
         """``DELETE /v1/shape`` by definition or by handle."""
@@ -505,6 +520,10 @@ def _definition_to_delete(items: list[tuple[str, str]]) -> ShapeDefinition:
     """The shape definition a ``DELETE`` names; request-position parameters are ignored."""
     kept = [(name, value) for name, value in items if name not in _POSITION_PARAMS]
     return parse_shape_request([*kept, ("offset", "-1")]).definition
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _etag_matches(request: Request, etag: str) -> bool:

@@ -7,11 +7,15 @@ content-type, headers and body.
 
 To get past the 400 path, the generator gets hints that the served document does not carry:
 for the parameters whose useful values random text rarely hits, half the values come from a
-list of realistic (and some known-bad) ones, the other half from the documented schema. A
-placeholder handle stands for the plain ``items`` shape: the test swaps in its real handle and
-its definition, so live and SSE requests reach the server's live paths. That shape's log has a
-change after the snapshot, so they are answered at once (an SSE request at the very tail would
-stay open for a minute).
+list of realistic (and some known-bad) ones, the other half from the documented schema. The
+same goes for the subset fields of a ``POST`` body, and half the bodies are whole realistic
+subsets. Every parameter that may be wrong on its own makes subset requests rarely get past
+the shape's checks, so the generator also gets focused copies of ``GET`` and ``POST`` at
+``/v1/shape/`` (which the server serves as ``/v1/shape``): a valid table and offset, a handle,
+and the subset. A placeholder handle stands for the plain ``items`` shape: the test swaps in its
+real handle and its definition, so live and SSE requests reach the server's live paths. That
+shape's log has a change after the snapshot, so they are answered at once (an SSE request at
+the very tail would stay open for a minute).
 """
 
 from __future__ import annotations
@@ -41,8 +45,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from syncd.pgprovider import PostgresServer
-from tests.conftest import drop_database
+from syncd.pgprovider import PostgresServer, drop_database
 from tests.syncd_process import SyncdProcess
 
 CHECKS = [
@@ -93,7 +96,81 @@ HINTS: dict[str, list[Any]] = {
     ],
     "params": [{"1": "2"}, {"1": "title 2", "2": "1"}, {"1": "x"}, {"2": "1"}, {"a": "1"}],
     "columns": ["id", "id,title", '"id","n"', "title", "id,missing", ""],
+    "subset__where": [
+        "id > 2",
+        "id = $1",
+        "title = $1 OR n > $2",
+        "n IS NULL",
+        "title ILIKE 'TITLE%'",
+        "id IN (SELECT 1)",
+        "n / 0 > 1",
+        "title::int > 1",
+        "n + 2147483647 > 1",
+        "NOT " * 1000 + "true",
+        "nope = 1",
+        "id >",
+        "",
+    ],
+    "subset__params": [
+        '{"1":"2"}',
+        '{"1":"title 2","2":1}',
+        '{"1":null}',
+        '{"1":true}',
+        '{"2":"1"}',
+        "[1]",
+        "not json",
+    ],
+    "subset__limit": ["1", "3", "100", "0", "-1", "x", "99999999999999999999"],
+    "subset__offset": ["0", "2", "-1", "x"],
+    "subset__order_by": [
+        "id",
+        "id DESC",
+        "n DESC NULLS LAST, id",
+        "title ASC NULLS FIRST",
+        '"id"',
+        "lower(title)",
+        "$1",
+        "nope",
+        "id; SELECT 1",
+        "id LIMIT 1",
+        "*",
+        "",
+    ],
 }
+BODY_FIELDS = {"where", "params", "limit", "offset", "order_by"}
+"""Subset fields of a ``POST`` body; their hints are those of the ``subset__*`` parameters."""
+BODIES: list[Any] = [
+    {"where": "id > 2"},
+    {"where": "id = $1", "params": {"1": 3}},
+    {"where": "title = $1", "params": {"1": "title 2"}, "where_expr": {"ignored": True}},
+    {"order_by": "id DESC", "limit": 2},
+    {"order_by": "n NULLS FIRST", "limit": 2, "offset": 1},
+    {"subset": {"where": "n IS NOT NULL", "order_by": "id", "limit": "2", "offset": 0}},
+    {"subset": {"where": "id = $1", "params": {"1": "1"}}},
+    {"subset": {}},
+    {},
+    {"limit": 2},
+    {"subset": {"where": "id IN (SELECT 1)"}},
+    {"subset": None},
+    {"params": [1]},
+    {"where": 1},
+    {"limit": True},
+    {"order_by": "id", "limit": 2.5},
+    [],
+    "not an object",
+]
+"""Whole bodies, realistic and known-bad."""
+RAW_BODIES = [
+    b'{"order_by": "id", "limit": Infinity}',
+    b'{"order_by": "id", "offset": NaN}',
+    b'{"order_by": "id", "limit": 1e400}',
+    b'{"order_by": "id", "limit": 99999999999999999999}',
+    b'{"where": ',
+    b"\xff",
+    b"[]",
+    b"   ",
+]
+"""Bodies schemathesis does not send: Python's JSON parser takes ``Infinity`` and ``NaN``."""
 
 
 def document() -> dict[str, Any]:
@@ -103,25 +180,44 @@ def document() -> dict[str, Any]:
     return loaded
 
 
-def _hinted(parameter: dict[str, Any]) -> None:
-    name = parameter.get("name", "")
-    values = HINTS.get(name)
-    if values is None or parameter.get("in") != "query":
-        return
-    original = parameter["schema"]
+def _hinted_schema(name: str, original: dict[str, Any]) -> dict[str, Any]:
+    """``original`` (a schema), generating the hints of ``name`` half the time."""
+    values = HINTS[name]
     if original.get("type") != "string":  # ``params``: hypothesis keeps object enums apart
-        parameter["schema"] = {"anyOf": [{"enum": values}, original]}
-        return
+        return {"anyOf": [{"enum": values}, original]}
     # Hypothesis would merge ``anyOf`` string enums into the plain string schema: a format
     # with a strategy of its own keeps them apart.
     pattern = original.get("pattern")
     other = st.text() if pattern is None else st.from_regex(pattern, fullmatch=True)
     schemathesis.openapi.format(f"syncd-hint-{name}", st.sampled_from(values) | other)
-    parameter["schema"] = {**original, "format": f"syncd-hint-{name}"}
+    return {**original, "format": f"syncd-hint-{name}"}
+
+
+def _hinted(parameter: dict[str, Any]) -> None:
+    name = parameter.get("name", "")
+    if name in HINTS and parameter.get("in") == "query":
+        parameter["schema"] = _hinted_schema(name, parameter["schema"])
+
+
+def _hinted_body_fields(schema: dict[str, Any]) -> None:
+    """Hints for the subset fields of a body schema; the documented types stay possible."""
+    properties = schema["properties"]
+    for name in BODY_FIELDS:
+        values = HINTS[f"subset__{name}"]
+        if name in ("where", "order_by"):
+            hinted = _hinted_schema(f"subset__{name}", {"type": "string"})
+            properties[name] = {"anyOf": [hinted, properties[name]]}
+        elif name == "params":
+            hints = [json.loads(v) for v in values if v.startswith("{")]
+            properties[name] = {"anyOf": [{"enum": hints}, properties[name]]}
+        else:
+            numbers = [int(v) for v in values if v.lstrip("-").isdigit()]
+            properties[name] = {"anyOf": [{"enum": [*numbers, *values]}, properties[name]]}
 
 
 def with_hints(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` with generation hints for some query parameters (see the module docstring)."""
+    """``doc`` with generation hints for some query parameters and the ``POST`` body (see the
+    module docstring)."""
     hinted = copy.deepcopy(doc)
     for parameter in hinted["components"]["parameters"].values():
         _hinted(parameter)
@@ -129,7 +225,39 @@ def with_hints(doc: dict[str, Any]) -> dict[str, Any]:
         for operation in path.values():
             for parameter in operation.get("parameters", []):
                 _hinted(parameter)
+    schemas = hinted["components"]["schemas"]
+    _hinted_body_fields(schemas["SubsetBody"])
+    _hinted_body_fields(schemas["SubsetFields"])
+    body = hinted["paths"]["/v1/shape"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"] = {"anyOf": [{"enum": BODIES}, body["schema"]]}
+    hinted["paths"][FOCUSED_PATH] = _focused(hinted["paths"]["/v1/shape"])
     return hinted
+
+
+FOCUSED_PATH = "/v1/shape/"
+"""Where the focused copies of the subset operations go (the server drops the trailing slash)."""
+FOCUSED_PARAMETERS = [
+    {"name": "table", "in": "query", "required": True, "schema": {"enum": ["items"]}},
+    {
+        "name": "offset",
+        "in": "query",
+        "required": True,
+        "schema": {"enum": ["-1", "now", "0_0", "0_inf"]},
+    },
+    {"name": "handle", "in": "query", "required": False, "schema": {"const": REAL_HANDLE}},
+]
+
+
+def _focused(operations: dict[str, Any]) -> dict[str, Any]:
+    """``GET`` and ``POST`` cut down to a valid shape request and a subset."""
+    focused = {}
+    for method in ("get", "post"):
+        operation = copy.deepcopy(operations[method])
+        operation["operationId"] += "Focused"
+        subset = [p for p in operation["parameters"] if "/Subset" in p.get("$ref", "")]
+        operation["parameters"] = [*copy.deepcopy(FOCUSED_PARAMETERS), *subset]
+        focused[method] = operation
+    return focused
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -142,7 +270,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 def test_every_route_is_described() -> None:
     paths = document()["paths"]
     assert set(paths) == {"/v1/shape", "/v1/health", "/v1/openapi.json", "/"}
-    assert set(paths["/v1/shape"]) == {"get", "head", "delete", "options"}
+    assert set(paths["/v1/shape"]) == {"get", "head", "post", "delete", "options"}
 
 
 # -- schemathesis against a live daemon ---------------------------------------------------------
@@ -227,3 +355,13 @@ def test_api_conforms_to_its_description(
             if name in DEFINITION_PARAMS or name.startswith("params["):
                 del query[name]
     case.call_and_validate(base_url=syncd.url, checks=CHECKS, timeout=15)
+
+
+@pytest.mark.parametrize("body", RAW_BODIES)
+@pytest.mark.parametrize("path", ["/v1/shape", "/v1//shape/"])
+def test_raw_post_bodies_are_described(syncd: SyncdProcess, body: bytes, path: str) -> None:
+    query = {"table": "items", "offset": "-1"}
+    answer = httpx.post(syncd.url + path, params=query, content=body, timeout=15.0)
+    assert answer.status_code in (200, 400), answer.text
+    case = schema["/v1/shape"]["POST"].Case(query=query, media_type="application/json")
+    case.validate_response(answer, checks=CHECKS)

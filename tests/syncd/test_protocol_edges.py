@@ -191,3 +191,29 @@ def test_subset_snapshot_response(syncd: SyncdProcess, pg_dsn: str, method: str)
     mark = body["metadata"]["snapshot_mark"]
     assert all(row["headers"]["snapshot_mark"] == mark for row in body["data"])
     assert all("txids" not in row["headers"] for row in body["data"])
+
+
+def test_post_body_overrides_query_but_keeps_the_shape_where(
+    syncd: SyncdProcess, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items SELECT g, 't' || g FROM generate_series(2, 9) g")
+    query = {"table": "nope", "offset": "-1", "where": "id > 3", "secret": SECRET}
+    with httpx.Client(timeout=10) as client:
+        answer = client.post(
+            syncd.shape_url, params=query, json={"table": "items", "where": "id < 6", "offset": 0}
+        )
+        assert answer.status_code == 400  # offset without order_by, under subset
+        assert answer.json()["errors"] == {
+            "subset": {"order_by": ["order_by is required when limit or offset is present"]}
+        }
+        answer = client.post(
+            syncd.shape_url, params=query, json={"table": "items", "where": "id < 6"}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-cache"
+        assert sorted(row["value"]["id"] for row in answer.json()["data"]) == ["4", "5"]
+        for bad in (b"NaN", b'{"limit": Infinity, "order_by": "id"}'):
+            rejected = client.post(syncd.shape_url, params=query, content=bad)
+            assert rejected.status_code == 400
+            assert rejected.json()["error"] == "Invalid JSON in request body"
