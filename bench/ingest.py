@@ -49,7 +49,7 @@ from shapes.offset import SNAPSHOT_END
 from shapes.shape import ShapeDefinition
 from syncd.engine import Engine, EngineSettings
 from syncd.pgoutput import format_lsn
-from syncd.pgprovider import PostgresServer, provide_postgres
+from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
 from syncd.replication import ReplicationSettings, ReplicationStream, drop_slot
 from syncd.shape_state import ShapeState
 
@@ -139,7 +139,7 @@ def run_ingest(options: IngestOptions) -> list[str]:
             bench = _Bench(options, server, dsn, base / "syncd")
             return asyncio.run(_main(bench))
         finally:
-            _drop_database(server.dsn, dbname)
+            drop_database(server.dsn, dbname)
     finally:
         server.stop()
         if options.keep:
@@ -438,29 +438,3 @@ async def _close_rounds(bench: _Bench) -> None:
         if not prepared.used:
             with contextlib.suppress(Exception):
                 await prepared.engine.close()
-
-
-def _drop_database(admin_dsn: str, name: str, timeout: float = 30.0) -> None:
-    """Terminate the database's backends, drop its slots, then drop it."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        while True:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                [name],
-            )
-            slots = conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", [name]
-            ).fetchall()
-            for (slot,) in slots:
-                with contextlib.suppress(
-                    psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject
-                ):
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-            if not slots or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )

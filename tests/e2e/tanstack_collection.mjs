@@ -25,87 +25,25 @@
 // Commands on stdin, one JSON object per line:
 //   {"cmd":"awaitTxId","txid":<number>,"timeout":<ms>,"id":<echoed in the reply>}
 
-import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { FetchError } from '@electric-sql/client'
 import { and, createCollection, createLiveQueryCollection, eq, gt, gte, lt, lte } from '@tanstack/db'
 import { electricCollectionOptions } from '@tanstack/electric-db-collection'
+import {
+  StateEmitter, describeError as describeAnyError, handleProcessEvents, isAbort, isStopping, packageVersion,
+  readConfig, reportRetriedStatus, shapeParams, shutdown, writeLine,
+} from './harness.mjs'
 
-const EMIT_INTERVAL_MS = 100
 const VIRTUAL_PROPS = new Set(['$synced', '$origin', '$key', '$collectionId'])
 const OPERATORS = { lt, lte, gt, gte, eq }
 const BODY_LOG_LIMIT = 4000
 
-function packageVersion(name) {
-  try {
-    const url = new URL(`./node_modules/${name}/package.json`, import.meta.url)
-    return JSON.parse(readFileSync(url, 'utf8')).version
-  } catch {
-    return null
-  }
+// Errors of a collection often wrap the client's FetchError: report its details too.
+function describeError(err, options = {}) {
+  return describeAnyError(err, { ...options, unwrapCause: true })
 }
 
-// JSON.stringify replacer, as in follow_shape.mjs: BigInt and non-finite numbers
-// become strings.
-function replacer(_key, value) {
-  switch (typeof value) {
-    case 'bigint':
-      return value.toString()
-    case 'number':
-      return Number.isFinite(value) ? value : String(value)
-    case 'symbol':
-    case 'function':
-      return String(value)
-    default:
-      if (value instanceof Map) return Object.fromEntries(value)
-      if (value instanceof Set) return Array.from(value)
-      if (ArrayBuffer.isView(value)) return Array.from(value)
-      return value
-  }
-}
-
-function writeLine(obj) {
-  let line
-  try {
-    line = JSON.stringify(obj, replacer)
-  } catch (err) {
-    line = JSON.stringify({ type: 'error', message: `cannot serialise output: ${err}`, fatal: false })
-  }
-  process.stdout.write(line + '\n')
-}
-
-function describeError(err, { transient = false, fatal = false, context = null } = {}) {
-  const out = {
-    type: 'error',
-    name: err?.constructor?.name ?? typeof err,
-    message: String(err?.message ?? err),
-    status: null,
-    json: null,
-    transient,
-    fatal,
-  }
-  if (context) out.context = context
-  const fetchError = err instanceof FetchError ? err : err?.cause instanceof FetchError ? err.cause : null
-  if (fetchError) {
-    out.status = fetchError.status
-    out.json = fetchError.json ?? null
-    out.text = typeof fetchError.text === 'string' ? fetchError.text.slice(0, 2000) : null
-    out.url = fetchError.url
-  }
-  const cause = err?.cause
-  if (cause) out.cause = String(cause?.message ?? cause)
-  return out
-}
-
-function isAbort(err) {
-  return err?.name === 'AbortError' || err?.name === 'TimeoutError'
-}
-
-const config = JSON.parse(process.argv[2] ?? '{}')
-if (typeof config.url !== 'string' || typeof config.table !== 'string') {
-  writeLine({ type: 'error', message: 'config needs "url" and "table"', fatal: true })
-  process.exit(2)
-}
+const config = readConfig()
 const syncMode = config.syncMode ?? 'eager'
 
 writeLine({
@@ -119,7 +57,6 @@ writeLine({
 })
 
 const aborter = new AbortController()
-let stopping = false
 
 function headerObject(headers) {
   const out = {}
@@ -174,51 +111,27 @@ async function observingFetch(input, init) {
         body,
       })
     }
-    if (response.status >= 500 || response.status === 429) {
-      let text = null
-      try {
-        text = (await response.clone().text()).slice(0, 2000)
-      } catch {
-        // diagnostics only
-      }
-      writeLine({
-        type: 'error',
-        name: 'HTTPError',
-        message: `HTTP ${response.status} (retried by the client)`,
-        status: response.status,
-        json: null,
-        text,
-        url,
-        transient: true,
-        fatal: false,
-      })
-    }
+    await reportRetriedStatus(response, url)
     return response
   } catch (err) {
     // A request the client aborted itself (e.g. reason "pause-stream") is not an error.
     const aborted = init?.signal?.aborted || (input instanceof Request && input.signal.aborted)
-    if (!stopping && !isAbort(err) && !aborted) writeLine(describeError(err, { transient: true }))
+    if (!isStopping() && !isAbort(err) && !aborted) writeLine(describeError(err, { transient: true }))
     throw err
   }
 }
-
-const params = { table: config.table }
-if (config.where != null) params.where = config.where
-if (config.params != null) params.params = config.params
-if (config.columns != null) params.columns = config.columns
-if (config.replica != null) params.replica = config.replica
 
 const source = createCollection(
   electricCollectionOptions({
     id: config.id ?? config.table,
     shapeOptions: {
       url: config.url,
-      params,
+      params: shapeParams(config),
       fetchClient: observingFetch,
       signal: aborter.signal,
       ...(config.subsetMethod != null ? { subsetMethod: config.subsetMethod } : {}),
       onError: (err) => {
-        if (stopping || isAbort(err)) return
+        if (isStopping() || isAbort(err)) return
         // HTTP errors are reported and retried; anything else stops the stream.
         const retry = err instanceof FetchError
         writeLine(describeError(err, { fatal: !retry, context: 'shape-stream' }))
@@ -252,6 +165,14 @@ function buildQuery(q) {
 
 const live = createLiveQueryCollection({ query: buildQuery, startSync: true })
 
+// The live query's rows once it is ready, at most every 100 ms (StateEmitter).
+const emitter = new StateEmitter(() => {
+  if (live.status !== 'ready') return null
+  const rows = {}
+  for (const [key, row] of live.state) rows[String(key)] = plainRow(row)
+  return { type: 'state', rows, sourceSize: source.size }
+})
+
 for (const [name, collection] of [
   ['source', source],
   ['query', live],
@@ -262,13 +183,9 @@ for (const [name, collection] of [
     if (event.status === 'error') {
       writeLine({ type: 'error', message: `${name} collection is in error state`, fatal: false })
     }
-    scheduleEmit()
+    emitter.schedule()
   })
 }
-
-let lastLine = null
-let lastEmitAt = 0
-let timer = null
 
 function plainRow(row) {
   const out = {}
@@ -278,32 +195,8 @@ function plainRow(row) {
   return out
 }
 
-function emitState() {
-  timer = null
-  if (stopping || live.status !== 'ready') return
-  const rows = {}
-  for (const [key, row] of live.state) rows[String(key)] = plainRow(row)
-  let line
-  try {
-    line = JSON.stringify({ type: 'state', rows, sourceSize: source.size }, replacer)
-  } catch (err) {
-    writeLine(describeError(err))
-    return
-  }
-  if (line === lastLine) return
-  lastLine = line
-  lastEmitAt = Date.now()
-  process.stdout.write(line + '\n')
-}
-
-function scheduleEmit() {
-  if (timer !== null || stopping) return
-  const wait = Math.max(0, lastEmitAt + EMIT_INTERVAL_MS - Date.now())
-  timer = setTimeout(emitState, wait)
-}
-
-const subscription = live.subscribeChanges(() => scheduleEmit(), { includeInitialState: true })
-live.onFirstReady(() => scheduleEmit())
+const subscription = live.subscribeChanges(() => emitter.schedule(), { includeInitialState: true })
+live.onFirstReady(() => emitter.schedule())
 
 async function awaitTxId(command) {
   const { txid, id = null } = command
@@ -337,35 +230,20 @@ function handleCommand(line) {
   }
 }
 
-function shutdown(reason, code = 0) {
-  if (stopping) return
-  stopping = true
-  if (timer !== null) clearTimeout(timer)
-  try {
-    subscription.unsubscribe()
-    aborter.abort()
-  } catch {
-    // shutting down anyway
-  }
-  writeLine({ type: 'exit', reason })
-  process.stdout.write('', () => process.exit(code))
-}
-
-process.on('SIGTERM', () => shutdown('SIGTERM'))
-process.on('SIGINT', () => shutdown('SIGINT'))
 const commands = createInterface({ input: process.stdin })
 commands.on('line', handleCommand)
 commands.on('close', () => shutdown('stdin-closed'))
-process.stdin.on('error', () => shutdown('stdin-error'))
-process.stdout.on('error', () => process.exit(0)) // reader went away
-
-process.on('uncaughtException', (err) => {
-  if (stopping && isAbort(err)) return
-  writeLine(describeError(err, { fatal: true, context: 'uncaught-exception' }))
-  shutdown('uncaught-exception', 1)
+handleProcessEvents({
+  cleanup: () => {
+    emitter.stop()
+    subscription.unsubscribe()
+    aborter.abort()
+  },
+  describeUncaught: (err) => describeError(err, { fatal: true, context: 'uncaught-exception' }),
 })
+
 process.on('unhandledRejection', (err) => {
-  if (stopping || isAbort(err)) return
+  if (isStopping() || isAbort(err)) return
   // Failed subset loads of on-demand collections surface here: report, keep running
   // (the collection keeps syncing and later loads may succeed).
   writeLine(describeError(err, { fatal: false, context: 'unhandled-rejection' }))

@@ -2,100 +2,22 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import psycopg
 import pytest
 from psycopg import sql
 
-from shapes.messages import relation_key_prefix, row_key
-from tests.e2e.jsclient import ShapeFollower, node_modules_ready
+from tests.e2e.jsclient import ShapeFollower
+from tests.e2e.support import (
+    create_items,
+    expected_rows,
+    needs_js_client,
+    random_transactions,
+    syncd_fixture,
+)
 from tests.syncd_process import SyncdProcess
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not node_modules_ready(), reason="run `make js` first"),
-]
+pytestmark = [pytest.mark.e2e, needs_js_client]
 
-Rows = dict[str, dict[str, Any]]
-
-
-@pytest.fixture
-def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
-    daemon = SyncdProcess(pg_dsn, tmp_path / "storage", chunk_bytes=65536)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-
-
-def create_items(dsn: str, schema: str, table: str, rows: int) -> None:
-    ident = sql.Identifier(schema, table)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if schema != "public":
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (id bigint PRIMARY KEY, title text, n int4 NOT NULL, flag bool)"
-            ).format(ident)
-        )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} SELECT g, 'title ' || g, g %% 100, g %% 3 = 0"
-                " FROM generate_series(1, %s) g"
-            ).format(ident),
-            (rows,),
-        )
-
-
-def expected_rows(
-    dsn: str,
-    schema: str,
-    table: str,
-    where: str = "true",
-    columns: tuple[str, ...] = ("id", "title", "n", "flag"),
-) -> Rows:
-    """What the client should hold: values as the JS client parses them (int8 as a string)."""
-    prefix = relation_key_prefix(schema, table)
-    query = sql.SQL("SELECT id, title, n, flag FROM {} WHERE " + where).format(
-        sql.Identifier(schema, table)
-    )
-    rows: Rows = {}
-    with psycopg.connect(dsn) as conn:
-        for id_, title, n, flag in conn.execute(query):
-            full = {"id": str(id_), "title": title, "n": n, "flag": flag}
-            rows[row_key(prefix, {"id": str(id_)}, ("id",))] = {c: full[c] for c in columns}
-    return rows
-
-
-def random_transactions(dsn: str, schema: str, table: str, count: int, seed: int) -> None:
-    """``count`` transactions of 1-5 random inserts, updates and deletes."""
-    rng = random.Random(seed)
-    ident = sql.Identifier(schema, table)
-    next_id = 1_000_000
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(count):
-            with conn.transaction():
-                for _ in range(rng.randint(1, 5)):
-                    action = rng.random()
-                    target = rng.randint(1, 10_000)
-                    if action < 0.4:
-                        next_id += 1
-                        conn.execute(
-                            sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s)").format(ident),
-                            (next_id, f"new {next_id}", rng.randint(0, 99), rng.random() < 0.5),
-                        )
-                    elif action < 0.8:
-                        conn.execute(
-                            sql.SQL("UPDATE {} SET title = %s, n = %s WHERE id = %s").format(ident),
-                            (f"changed {rng.random()}", rng.randint(0, 99), target),
-                        )
-                    else:
-                        conn.execute(
-                            sql.SQL("DELETE FROM {} WHERE id = %s").format(ident), (target,)
-                        )
+syncd = syncd_fixture(chunk_bytes=65536)
 
 
 @pytest.mark.parametrize("live_sse", [False, True], ids=["long-poll", "sse"])

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from shapes.messages import relation_key_prefix, row_key
-from tests.e2e.jsclient import ShapeFollower, node_modules_ready
+from tests.e2e.jsclient import Rows, ShapeFollower
+from tests.e2e.support import needs_js_client, syncd_fixture
 from tests.syncd_process import SyncdProcess
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not node_modules_ready(), reason="run `make js` first"),
-]
-
-Rows = dict[str, dict[str, Any]]
+pytestmark = [pytest.mark.e2e, needs_js_client]
 
 
-@pytest.fixture
-def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+def create_small_items(dsn: str) -> None:
+    """50 rows in ``items (id int PRIMARY KEY, title text, n int)``, before syncd starts."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
         conn.execute("INSERT INTO items SELECT g, 'title ' || g, g FROM generate_series(1, 50) g")
-    daemon = SyncdProcess(pg_dsn, tmp_path / "storage", schema_check_interval=0.5)
-    daemon.start()
-    yield daemon
-    daemon.stop()
+
+
+syncd = syncd_fixture(create_small_items, schema_check_interval=0.5)
 
 
 def execute(dsn: str, *statements: str) -> None:

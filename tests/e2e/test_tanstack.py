@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 import pytest
 
+from tests.e2e.support import create_items, random_transactions, syncd_fixture
+from tests.e2e.support import expected_collection_rows as expected_rows
 from tests.e2e.tanstack import CollectionFollower, Filter, tanstack_modules_ready
-from tests.e2e.test_official_client import create_items, random_transactions
 from tests.syncd_process import SyncdProcess
 
 pytestmark = [
@@ -18,26 +17,7 @@ pytestmark = [
     pytest.mark.skipif(not tanstack_modules_ready(), reason="run `make js` first"),
 ]
 
-Rows = dict[str, dict[str, Any]]
-
-
-@pytest.fixture
-def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
-    daemon = SyncdProcess(pg_dsn, tmp_path / "storage", chunk_bytes=65536)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-
-
-def expected_rows(dsn: str, where: str = "true") -> Rows:
-    """The live query's rows: keyed by ``String(row.id)``, int8 ids as strings."""
-    rows: Rows = {}
-    with psycopg.connect(dsn) as conn:
-        for id_, title, n, flag in conn.execute(
-            "SELECT id, title, n, flag FROM items WHERE " + where  # test-controlled text
-        ):
-            rows[str(id_)] = {"id": str(id_), "title": title, "n": n, "flag": flag}
-    return rows
+syncd = syncd_fixture(chunk_bytes=65536)
 
 
 def execute(dsn: str, *statements: str) -> int:

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from syncd.pgprovider import PostgresServer
-from tests.conftest import drop_database
+from syncd.pgprovider import PostgresServer, drop_database
 from tests.syncd_process import SyncdProcess
 
 ROWS = 5

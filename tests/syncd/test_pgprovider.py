@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -8,10 +9,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from syncd import pgprovider
-from syncd.pgprovider import PostgresProviderError, PostgresServer, provide_postgres
+from syncd.pgprovider import (
+    PostgresProviderError,
+    PostgresServer,
+    drop_database,
+    provide_postgres,
+)
 
 pytestmark = pytest.mark.pg
 
@@ -59,6 +66,25 @@ def test_pg_bindir_has_a_matching_pg_recvlogical(
     server_major = int(str(scalar(pg_server.dsn, "SHOW server_version_num"))) // 10000
     assert (pg_bindir / "pg_recvlogical").is_file()
     assert pgprovider._major(pg_bindir) >= server_major
+
+
+def test_drop_database_ends_sessions_and_drops_slots(pg_server: PostgresServer) -> None:
+    name = f"t_drop_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(pg_server.dsn, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as session:
+        session.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
+        drop_database(pg_server.dsn, name)
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")  # terminated
+    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+        databases = admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name])
+        assert databases.fetchone() == (0,)
+        slots = admin.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", [name]
+        )
+        assert slots.fetchone() == (0,)
 
 
 @own_servers

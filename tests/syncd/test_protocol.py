@@ -25,8 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from shapes.messages import relation_key_prefix
-from syncd.pgprovider import PostgresServer
-from tests.conftest import drop_database
+from syncd.pgprovider import PostgresServer, drop_database
 from tests.syncd_process import SyncdProcess
 
 CHUNK_BYTES = 1024
