@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
+from bench.large_txn import run_large_txn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +25,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only-one", action="store_true", help="skip ingest-10k-shapes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--log-level", default="WARNING", help="logging level of syncd")
+    parser.add_argument(
+        "--benches",
+        default="ingest,large-txn",
+        help="comma-separated benchmarks to run: ingest, large-txn (default: both)",
+    )
+    parser.add_argument(
+        "--large-rows", type=int, default=2_000_000, help="rows in the large-txn transaction"
+    )
+    parser.add_argument(
+        "--large-row-bytes", type=int, default=1_000, help="text bytes per large-txn row"
+    )
     args = parser.parse_args(argv)
+    benches = set(args.benches.split(","))
+    if not benches or benches - {"ingest", "large-txn"}:
+        parser.error("--benches takes ingest and/or large-txn")
+    if args.large_rows < 1 or args.large_row_bytes < 0:
+        parser.error("--large-rows must be positive and --large-row-bytes not negative")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -39,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    run_ingest(options)
+    if "ingest" in benches:
+        run_ingest(options)
+    if "large-txn" in benches:
+        run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
     return 0
 
 

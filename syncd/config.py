@@ -28,6 +28,8 @@ class Settings:
     schema_check_interval: float = 30.0
     max_initial_requests: int = 300
     max_existing_requests: int = 10_000
+    replication_options: str | None = None
+    """Extra ``-c name=value`` settings for the replication (walsender) connection."""
     secret: str | None = field(default=None, repr=False)
     allow_shape_deletion: bool = False
     log_level: str = "INFO"
@@ -60,6 +62,12 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "SYNCD_MAX_EXISTING_REQUESTS",
         int,
         "other concurrent shape requests before 503 (10000)",
+    ),
+    (
+        "replication_options",
+        "SYNCD_REPLICATION_OPTIONS",
+        str,
+        "settings for the replication connection, e.g. '-c logical_decoding_work_mem=64MB'",
     ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
     ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),

@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from starlette.applications import Starlette
 
 from syncd.config import Settings
@@ -44,9 +45,15 @@ class Syncd:
                 schema_check_interval=settings.schema_check_interval,
             )
         )
+        # Streaming (proto 2, PG 14+; the stream falls back to proto 1 on older servers): large
+        # transactions arrive while they run and are spooled to disk, not held in memory.
         self.stream = ReplicationStream(
             ReplicationSettings(
-                conninfo=conninfo, slot=settings.slot, publication=settings.publication
+                conninfo=with_session_options(conninfo, settings.replication_options),
+                slot=settings.slot,
+                publication=settings.publication,
+                proto_version=2,
+                streaming=True,
             ),
             self.engine,
         )
@@ -142,6 +149,14 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def with_session_options(conninfo: str, options: str | None) -> str:
+    """``conninfo`` with ``options`` (``-c name=value ...``) added to its ``options``."""
+    if not options:
+        return conninfo
+    existing = conninfo_to_dict(conninfo).get("options")
+    return make_conninfo(conninfo, options=f"{existing} {options}" if existing else options)
 
 
 def lsn_text(lsn: int) -> str:

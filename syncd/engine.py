@@ -21,6 +21,35 @@ for the next idle call) and only then reports the last commit's end LSN as flush
 Many dirty logs are made durable with one ``syncfs()`` (``storage.GroupSync``). Shapes still
 taking their snapshot hold their transactions in memory; the confirmed LSN never passes the
 oldest of those, so a crash can only lose what Postgres will send again.
+
+Large transactions (pgoutput streaming). The daemon asks for ``streaming`` (proto 2), so
+Postgres sends any transaction whose decoded changes exceed ``logical_decoding_work_mem``
+(64 MB by default) in Stream Start ... Stop blocks while it is still running. Those changes come
+through :meth:`Engine.on_stream_change` with their raw pgoutput bytes and go, unapplied, to a
+spool file per top-level xid (``<storage_dir>/spool/<xid>.bin``, ``syncd.spool``); relation
+messages are spooled too and take effect at replay, in transaction order, as for Postgres' own
+apply worker. Stream Abort deletes the spool (whole transaction) or cuts off one
+subtransaction's changes (``ROLLBACK TO SAVEPOINT``; changes carry the xid of the
+subtransaction that made them). Stream Commit is applied at the stream's next ``on_idle`` call,
+which the stream makes at once: the spool is decoded again and replayed through the ordinary
+change path with offsets ``(commit LSN, op)`` and the transaction's xid, and every few thousand
+changes (fewer when they produce much output, aiming at ``_PIECE_BYTES``) the entries gathered so
+far, except each shape's latest, are appended to the shape logs as a piece of an open transaction
+(``ShapeLog.append_transaction(..., final=False)``): readers see nothing of it until the final
+piece, which carries the ``"last":true`` entry. Memory therefore stays bounded by a piece, not
+by the transaction. Transactions below ``logical_decoding_work_mem`` are not streamed and are
+held in memory until their Commit as before, which bounds them by that setting (times the JSON
+expansion and the number of shapes a change reaches); shapes still taking their snapshot hold
+even a streamed transaction in memory.
+
+Flush rules for streamed transactions. The confirmed LSN is the end of the last *applied*
+commit; while any spool exists, keepalive positions are not confirmed either. So it never
+passes the commit of a streamed transaction that has not been committed and applied, and pieces
+written before a crash belong to a transaction Postgres will send again. After a reconnect or a
+crash, Postgres sends every uncommitted streamed transaction again from its first block
+(``first=True``): a new session (``on_session_start``) and a first block for a known xid drop the
+old spool, and start-up deletes every spool (the xids are unknown to the new process). Shape-log
+recovery cuts the pieces of a transaction whose final piece was never written.
 """
 
 from __future__ import annotations
@@ -30,7 +59,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -50,14 +79,21 @@ from shapes.where import Where, parse_where
 from syncd.catalog import PublicationManager, load_table
 from syncd.errors import DatabaseUnavailable, SlotConflict
 from syncd.pgoutput import messages as pg
+from syncd.pgoutput.decoder import PgoutputDecoder
 from syncd.shape_state import ShapeState, snapshot_from_meta
 from syncd.snapshot import DISPLAY_SETTINGS, SnapshotInfo, begin_snapshot, stream_rows
+from syncd.spool import TransactionSpool
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
 
 log = logging.getLogger("syncd.engine")
 
 TableKey = tuple[str, str]
 TextRow = dict[str, str | None]
+
+_PIECE_BYTES = 8 * 1024 * 1024
+"""While a streamed transaction is replayed, aim at pieces of about this many bytes of entries."""
+_PIECE_CHANGES = (16, 256, 8192)
+"""Changes between pieces (and event-loop yields) of a replay: minimum, first, maximum."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +173,13 @@ class Engine:
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._group_sync: GroupSync | None = None
+        # streamed transactions
+        self._spools: dict[int, TransactionSpool] = {}
+        self._spool: TransactionSpool | None = None
+        """The spool of the open stream block."""
+        self._stream_commits: list[pg.StreamCommit] = []
+        """Stream Commits received and not applied yet (applied at the next ``on_idle``)."""
+        self._replay_decoder = PgoutputDecoder()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -144,6 +187,11 @@ class Engine:
     def shapes_dir(self) -> Path:
         """Where shape logs live."""
         return self.settings.storage_dir / "shapes"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where streamed transactions are spooled until they commit or abort."""
+        return self.settings.storage_dir / "spool"
 
     @property
     def durable_lsn(self) -> int:
@@ -154,6 +202,9 @@ class Engine:
     async def open(self) -> None:
         """Connect, make sure the publication and slot exist, restore shapes from disk."""
         self.shapes_dir.mkdir(parents=True, exist_ok=True)
+        # Postgres sends every uncommitted streamed transaction again, from its first block.
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._group_sync = GroupSync(self.shapes_dir)
         self.pool = AsyncConnectionPool(
             self.settings.conninfo,
@@ -204,6 +255,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._flush_dirty()
+        self._drop_spools()
         if self._group_sync is not None:
             self._group_sync.close()
             self._group_sync = None
@@ -420,6 +472,8 @@ class Engine:
 
     def on_message(self, msg: pg.Message) -> None:
         """Apply one pgoutput message (called by the replication stream, in order)."""
+        if self._stream_commits:  # normally applied by on_idle, which the stream calls first
+            self._apply_stream_commits_now()
         kind = type(msg)
         if kind is pg.Insert:
             self._on_insert(msg)  # type: ignore[arg-type]
@@ -435,6 +489,153 @@ class Engine:
             self._on_relation(msg)  # type: ignore[arg-type]
         elif kind is pg.Truncate:
             self._on_truncate(msg)  # type: ignore[arg-type]
+        elif kind is pg.StreamStart:
+            self._on_stream_start(msg)  # type: ignore[arg-type]
+        elif kind is pg.StreamStop:
+            self._spool = None
+        elif kind is pg.StreamCommit:
+            self._stream_commits.append(msg)  # type: ignore[arg-type]
+        elif kind is pg.StreamAbort:
+            self._on_stream_abort(msg)  # type: ignore[arg-type]
+
+    # -- streamed transactions -----------------------------------------------------------------
+
+    def on_stream_change(self, msg: pg.Message, payload: memoryview) -> None:
+        """Spool one message of a stream block (``payload``: its pgoutput bytes)."""
+        spool = self._spool
+        if spool is None:
+            raise RuntimeError("a streamed change outside a stream block")
+        kind = type(msg)
+        if kind is pg.Relation:
+            spool.append(0, payload, relation=True)
+        elif kind is pg.Insert or kind is pg.Update or kind is pg.Delete or kind is pg.Truncate:
+            xid = cast(pg.Insert | pg.Update | pg.Delete | pg.Truncate, msg).xid
+            spool.append(spool.xid if xid is None else xid, payload)
+        # Type, Origin and logical messages carry nothing a shape needs.
+
+    def on_session_start(self) -> None:
+        """A new replication session: everything not committed will be sent again."""
+        self._drop_spools()
+        self._stream_commits.clear()
+        if self._in_txn:  # a transaction cut off by the disconnect
+            self._in_txn = False
+            self._txn_entries = {}
+            self._txn_encoders = {}
+            for shape in self._pending:
+                if shape.status != "gone":
+                    self._route(shape)
+            self._pending = []
+
+    def _drop_spools(self) -> None:
+        for spool in self._spools.values():
+            spool.delete()
+        self._spools.clear()
+        self._spool = None
+
+    def _on_stream_start(self, msg: pg.StreamStart) -> None:
+        spool = self._spools.get(msg.xid)
+        if msg.first or spool is None:
+            if not msg.first:
+                raise RuntimeError(f"stream block of transaction {msg.xid} without its start")
+            if spool is not None:  # sent again after a reconnect
+                spool.delete()
+            spool = self._spools[msg.xid] = TransactionSpool(self.spool_dir, msg.xid)
+        self._spool = spool
+
+    def _on_stream_abort(self, msg: pg.StreamAbort) -> None:
+        spool = self._spools.get(msg.xid)
+        if spool is None:
+            return
+        if msg.subxid == msg.xid:
+            del self._spools[msg.xid]
+            if self._spool is spool:
+                self._spool = None
+            spool.delete()
+            log.info("streamed transaction %d aborted", msg.xid)
+        else:
+            spool.abort_subtransaction(msg.subxid)
+
+    async def _apply_stream_commits(self) -> None:
+        while self._stream_commits:
+            commit = self._stream_commits.pop(0)
+            for _ in self._replay(commit):
+                await asyncio.sleep(0)
+
+    def _apply_stream_commits_now(self) -> None:
+        """Apply pending Stream Commits without yielding (a message follows before on_idle)."""
+        while self._stream_commits:
+            commit = self._stream_commits.pop(0)
+            for _ in self._replay(commit):
+                pass
+
+    def _replay(self, commit: pg.StreamCommit) -> Iterator[None]:
+        """Apply a committed streamed transaction from its spool, yielding after each piece."""
+        spool = self._spools.pop(commit.xid, None)
+        if self._spool is spool:
+            self._spool = None
+        self._on_begin(pg.Begin(commit.commit_lsn, commit.commit_time, commit.xid))
+        end = pg.Commit(commit.flags, commit.commit_lsn, commit.end_lsn, commit.commit_time)
+        if spool is None:  # nothing of it was published
+            self._on_commit(end)
+            return
+        started = time.monotonic()
+        decode = self._replay_decoder.decode_streamed
+        low, every, high = _PIECE_CHANGES
+        count = 0
+        try:
+            for payload in spool.replay():
+                msg = decode(payload)
+                kind = type(msg)
+                if kind is pg.Insert:
+                    self._on_insert(msg)  # type: ignore[arg-type]
+                elif kind is pg.Update:
+                    self._on_update(msg)  # type: ignore[arg-type]
+                elif kind is pg.Delete:
+                    self._on_delete(msg)  # type: ignore[arg-type]
+                elif kind is pg.Relation:
+                    self._on_relation(msg)  # type: ignore[arg-type]
+                elif kind is pg.Truncate:
+                    self._on_truncate(msg)  # type: ignore[arg-type]
+                count += 1
+                if count >= every:
+                    written = self._write_pieces()
+                    per_change = max(written // count, 1)
+                    every = min(max(_PIECE_BYTES // per_change, low), high)
+                    count = 0
+                    yield
+            self._on_commit(end)
+        except BaseException:
+            self._abandon_pieces()
+            raise
+        finally:
+            spool.delete()
+        log.info(
+            "applied streamed transaction %d (%d changes, %d MB spooled) in %.1fs",
+            commit.xid,
+            spool.records,
+            spool.size >> 20,
+            time.monotonic() - started,
+        )
+
+    def _write_pieces(self) -> int:
+        """Append each shape's entries of the open transaction but its latest, as a piece."""
+        lsn, xid = self._txn_lsn, self._txn_xid
+        written = 0
+        for shape, buffer in self._txn_entries.items():
+            if len(buffer.entries) < 2 or shape.status == "gone":
+                continue
+            piece = buffer.entries.pop_all_but_last()
+            shape.commit(lsn, xid, piece, final=False)
+            written += sum(map(len, piece.datas))
+        return written
+
+    def _abandon_pieces(self) -> None:
+        """The open transaction will not be completed: drop the pieces written of it."""
+        for shape in self._txn_entries:
+            shape.abandon_pieces()
+        self._txn_entries = {}
+        self._txn_encoders = {}
+        self._in_txn = False
 
     def _on_begin(self, msg: pg.Begin) -> None:
         self._in_txn = True
@@ -615,13 +816,17 @@ class Engine:
         self._pending = []
 
     async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
-        """Make written logs durable and return the LSN Postgres may forget up to.
+        """Apply committed streamed transactions, make written logs durable and return the LSN
+        Postgres may forget up to.
 
         Logs are fsynced at most every ``flush_interval``; when that interval has not passed
         yet, a timer flushes them once it has (the next idle call then reports it), so that a
         burst's tail does not wait for the stream's next idle call to become durable.
         """
-        if not in_transaction and not self._in_txn:
+        if self._stream_commits:
+            await self._apply_stream_commits()
+        between = not (in_transaction or self._in_txn or self._spools)
+        if between:
             self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
         if self._dirty:
             wait = self._last_flush + self.settings.flush_interval - time.monotonic()
@@ -633,7 +838,7 @@ class Engine:
         if self._dirty:
             return self._pinned(self._durable_lsn)
         durable = self._last_commit_end
-        if not in_transaction and not self._in_txn:
+        if between:
             durable = max(durable, received_lsn)
         self._durable_lsn = max(self._durable_lsn, self._pinned(durable))
         return self._durable_lsn

@@ -51,6 +51,20 @@ Status updates go out when a keepalive asks, every ``status_interval`` seconds, 
 ``in_transaction`` is true between Begin and Commit and while a streamed transaction (proto 2
 ``streaming``) has started but neither committed nor aborted.
 
+Streamed transactions (``streaming``, proto 2+, PG 14+; against an older server the stream
+falls back to proto 1 without streaming). Postgres streams a transaction in blocks (Stream
+Start ... Stream Stop) once its decoded changes exceed ``logical_decoding_work_mem``, long
+before it commits. A handler with an ``on_stream_change(msg, payload)`` method gets every
+message of a stream block through it instead of ``on_message``, together with the raw pgoutput
+bytes (``payload``, a ``memoryview`` valid only during the call), so that it can spool them
+without re-encoding; the block's Stream Start and Stop still go to ``on_message``. Right after a
+Stream Commit has been handed over, the stream awaits ``on_idle`` (before reading on), so a
+handler can apply the whole transaction there, yielding to the event loop as it goes; while that
+call runs the stream keeps sending status updates every ``status_interval``, so the walsender
+does not time out however long it takes. A handler with an ``on_session_start()`` method has it
+called whenever a session starts streaming: what it holds of transactions not yet committed
+(spooled streamed transactions included) will be sent again, from their start.
+
 Disconnects. ``psycopg.OperationalError`` (raised by ``consume_input`` when the socket dies),
 an error reported by the server, or the server ending COPY all mean "disconnected": the
 connection is closed, the error logged, and after an exponential backoff (``backoff_initial``
@@ -68,19 +82,20 @@ the connection. A stopped stream cannot be restarted; make a new one.
 
 The handler runs on the event loop: ``on_message`` must not block, and while ``on_idle`` is
 awaited the socket is not read (that is the back-pressure), so it must finish well within
-``wal_sender_timeout``.
+``wal_sender_timeout`` (except right after a Stream Commit, see above).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import psycopg
 from psycopg import pq
@@ -112,6 +127,7 @@ __all__ = [
     "ReplicationHandler",
     "ReplicationSettings",
     "ReplicationStream",
+    "SpoolingHandler",
     "drop_slot",
     "replication_conninfo",
 ]
@@ -133,6 +149,9 @@ _DUPLICATE_OBJECT: Final = "42710"
 
 _BEGIN: Final = ord("B")
 _COMMIT: Final = ord("C")
+_STREAM_COMMIT: Final = ord("c")
+_STREAM_STOP: Final = ord("E")
+_MIN_STREAMING_SERVER: Final = 140000
 # pgoutput tags that open or close a (streamed) transaction.
 _TXN_TAGS: Final = frozenset(b"BCScA")
 
@@ -146,6 +165,18 @@ class ReplicationHandler(Protocol):
 
     async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
         """Make received writes durable; return the LSN that may be confirmed as flushed."""
+        ...
+
+
+class SpoolingHandler(ReplicationHandler, Protocol):
+    """A handler that also takes stream blocks raw and hears of new sessions (optional)."""
+
+    def on_stream_change(self, msg: Message, payload: memoryview) -> None:
+        """A message inside a Stream Start ... Stop block, with its pgoutput bytes."""
+        ...
+
+    def on_session_start(self) -> None:
+        """A new session starts: uncommitted transactions will be sent again from the start."""
         ...
 
 
@@ -194,14 +225,23 @@ class ReplicationSettings:
             if not _OPTION_NAME_RE.fullmatch(name):
                 raise ValueError(f"invalid pgoutput option name {name!r}")
 
-    def start_command(self, start_lsn: int) -> bytes:
-        """The ``START_REPLICATION`` command for ``start_lsn``."""
+    def start_command(self, start_lsn: int, server_version: int | None = None) -> bytes:
+        """The ``START_REPLICATION`` command for ``start_lsn``.
+
+        With a ``server_version`` below 14 (``140000``), streaming is left out and the protocol
+        version capped at 1.
+        """
+        streaming = self.streaming
+        proto_version = self.proto_version
+        if server_version is not None and server_version < _MIN_STREAMING_SERVER:
+            streaming = False
+            proto_version = min(proto_version, 1)
         options: dict[str, str] = {
-            "proto_version": str(self.proto_version),
+            "proto_version": str(proto_version),
             "publication_names": _quote_ident(self.publication),
         }
-        if self.streaming:
-            options["streaming"] = "on" if self.streaming is True else str(self.streaming)
+        if streaming:
+            options["streaming"] = "on" if streaming is True else str(streaming)
         if self.messages:
             options["messages"] = "true"
         if self.binary:
@@ -371,12 +411,16 @@ class ReplicationStream:
         self._pgconn = pgconn
         await self._setup(pgconn)
         start_lsn = self._confirmed_lsn
-        results = await self._command(pgconn, self._settings.start_command(start_lsn))
+        command = self._settings.start_command(start_lsn, pgconn.server_version)
+        results = await self._command(pgconn, command)
         if not results or results[-1].status != pq.ExecStatus.COPY_BOTH:
             raise ReplicationError("START_REPLICATION did not enter COPY BOTH mode")
         self._connected = True
         self._streaming_since = time.monotonic()
         self._reset_stream_state()
+        on_session_start = getattr(self._handler, "on_session_start", None)
+        if on_session_start is not None:
+            on_session_start()
         logger.info(
             "replication slot %s: streaming from %s (backend pid %d)",
             self._settings.slot,
@@ -450,7 +494,9 @@ class ReplicationStream:
         """Read and dispatch messages until stop (returns) or disconnect (raises)."""
         settings = self._settings
         on_message = self._handler.on_message
-        decode = PgoutputDecoder().decode
+        on_stream_change = getattr(self._handler, "on_stream_change", None)
+        decoder = PgoutputDecoder()
+        decode = decoder.decode
         get_copy_data = pgconn.get_copy_data
         consume_input = pgconn.consume_input
         header = XLOGDATA_HEADER.unpack_from
@@ -479,9 +525,21 @@ class ReplicationStream:
                     if data_start > received:
                         received = data_start
                     msg = decode(data, offset)
-                    if data[offset] in txn_tags:
-                        self._track(data[offset], msg)
-                    on_message(msg)
+                    msg_tag = data[offset]
+                    if msg_tag in txn_tags:
+                        self._track(msg_tag, msg)
+                        on_message(msg)
+                        if msg_tag == _STREAM_COMMIT:
+                            self._received_lsn = received
+                            await self._idle(keep_alive=True)
+                    elif (
+                        on_stream_change is not None
+                        and decoder.stream_xid is not None
+                        and msg_tag != _STREAM_STOP
+                    ):
+                        on_stream_change(msg, memoryview(data)[offset:])
+                    else:
+                        on_message(msg)
                     self._since_idle += 1
                     batch += 1
                     if batch >= yield_every:
@@ -556,15 +614,32 @@ class ReplicationStream:
         if self._status_due(now):
             await self._send_status()
 
-    async def _idle(self) -> None:
+    async def _idle(self, *, keep_alive: bool = False) -> None:
         received = self._received_lsn
-        lsn = await self._handler.on_idle(received, self.in_transaction)
+        call = self._handler.on_idle(received, self.in_transaction)
+        lsn = await (self._keeping_alive(call) if keep_alive else call)
         self._since_idle = 0
         self._idle_received = received
         self._last_idle = time.monotonic()
         lsn = min(lsn, received)
         if lsn > self._confirmed_lsn:
             self._confirmed_lsn = lsn
+
+    async def _keeping_alive(self, call: Coroutine[Any, Any, int]) -> int:
+        """Await ``call``, sending a status update every ``status_interval`` meanwhile (the
+        walsender ends a connection that sends nothing for ``wal_sender_timeout``)."""
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._status_interval)
+                if done:
+                    return task.result()
+                await self._send_status()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def _status_due(self, now: float) -> bool:
         since = now - self._last_status

@@ -67,6 +67,11 @@ class ShapeState:
     view: ShapeView = field(init=False)
     schema_header: str = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _open_lsn: int | None = field(default=None, init=False, repr=False)
+    """The transaction being appended in pieces, if any."""
+    _open_taken: bool = field(default=False, init=False, repr=False)
+    _open_entries: list[tuple[int, bytes]] | None = field(default=None, init=False, repr=False)
+    """Its pieces so far, when they are collected in memory (snapshot running at the first)."""
 
     def __post_init__(self) -> None:
         key_columns = self.table.primary_key
@@ -98,12 +103,54 @@ class ShapeState:
         """Commit LSN of the oldest transaction held in memory, if any."""
         return self.buffer[0][0] if self.buffer else None
 
-    def commit(self, lsn: int, xid: int, entries: LogEntries) -> bool:
-        """Take one committed transaction's entries; True when the log was appended to."""
-        if self.status == "snapshotting":
-            self.buffer.append((lsn, xid, entries))
+    def commit(self, lsn: int, xid: int, entries: LogEntries, *, final: bool = True) -> bool:
+        """Take one committed transaction's entries; True when the log was appended to.
+
+        A large transaction may come in pieces: every call but the last passes ``final=False``
+        (same ``lsn`` and ``xid``, never an empty piece). Whether the shape takes the
+        transaction is decided at its first piece; the log shows it once the last is written.
+        A shape still taking its snapshot at the first piece collects the pieces in memory
+        (then, while they come in, :meth:`finish_snapshot` may apply the earlier transactions).
+        """
+        open_lsn = self._open_lsn
+        if open_lsn != lsn:
+            if open_lsn is not None and (not final or self._open_entries is None):
+                raise RuntimeError(f"transaction {lsn} while {open_lsn} is not complete")
+            if self.status == "snapshotting":
+                if final:
+                    self.buffer.append((lsn, xid, entries))
+                else:
+                    self._open_lsn, self._open_taken = lsn, False
+                    self._open_entries = list(entries)
+                return False
+            taken = self._takes(lsn, xid)
+            if not final:
+                self._open_lsn, self._open_taken = lsn, taken
+        else:
+            taken = self._open_taken
+            collected = self._open_entries
+            if final:
+                self._open_lsn, self._open_entries = None, None
+            if collected is not None:
+                collected.extend(entries)
+                # Buffered if the snapshot is still running, else applied whole.
+                return self.commit(lsn, xid, collected) if final else False
+        if not taken or self.status == "gone":
             return False
-        if self.status == "gone" or lsn <= self.log.latest_offset.tx:
+        self.log.append_transaction(lsn, entries, final=final)
+        if final:
+            self.notifier.notify()
+        return True
+
+    def abandon_pieces(self) -> None:
+        """Forget a transaction whose last piece will not come; its pieces leave the log."""
+        if self._open_lsn is not None:
+            self._open_lsn, self._open_entries = None, None
+            self.log.abort_transaction()
+
+    def _takes(self, lsn: int, xid: int) -> bool:
+        """Whether the log takes the transaction (side effect: filtering may turn off)."""
+        if self.status != "ready" or lsn <= self.log.latest_offset.tx:
             return False
         if self.filtering and self.snapshot is not None:
             if self.snapshot.is_visible(xid):
@@ -113,8 +160,6 @@ class ShapeState:
                 # Durable with this transaction's log bytes (a crash before that replays the
                 # transaction, and filtering would turn off again).
                 self.save_meta(defer=True)
-        self.log.append_transaction(lsn, entries)
-        self.notifier.notify()
         return True
 
     def finish_snapshot(self, info: SnapshotInfo) -> None:
@@ -137,6 +182,7 @@ class ShapeState:
         """Retire the shape: waiters are woken and see ``status == "gone"``."""
         self.status = "gone"
         self.buffer = []
+        self._open_lsn, self._open_entries = None, None
         self.ready.set()
         self.notifier.notify()
 

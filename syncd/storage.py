@@ -35,7 +35,15 @@ Change log record, big-endian, 21 bytes of header then the JSON::
 the last record of a transaction; the other flag bits are zero. Each JSON is one object
 (``{...}``); recovery relies on that to tell a record from garbage. A transaction is encoded
 into one buffer and written with one ``pwrite`` at the committed length, so an earlier failed
-write is overwritten rather than followed. Appends reach the OS page cache at once (readers and a
+write is overwritten rather than followed.
+
+Transactions in pieces. A transaction too large to hold in memory is appended in several calls
+(``append_transaction(..., final=False)`` for all but the last): each piece is written right
+after the previous one, its boundaries go to the index as usual, but the committed state that
+readers and :attr:`ShapeLog.latest_offset` use advances only with the last piece, whose last
+record alone carries the last-of-transaction flag. A crash before the last piece leaves records
+of a transaction that never ends, which recovery cuts (below); the engine's flush rules make
+sure Postgres sends that transaction again. Appends reach the OS page cache at once (readers and a
 ``kill -9`` see them) and reach the disk at :meth:`ShapeLog.sync`, which the engine calls before
 it acknowledges the transactions to Postgres; a crash can therefore lose only transactions that
 Postgres will replay, and recovery reproduces exactly the same offsets and chunks for them.
@@ -71,7 +79,8 @@ may be ahead of or behind the log. Recovery:
    the file, ``tx`` continuing the current transaction with a larger ``op`` or starting a new
    one with a larger ``tx``) and well-formed JSON; the log is cut after the last record flagged
    last-of-transaction. If the boundary was inside a transaction and that transaction never
-   ends, the boundary is dropped as well and the scan restarts one chunk earlier;
+   ends, the boundary is dropped as well, with every other boundary of that transaction, and the
+   scan restarts at the boundary before them;
 4. recomputes the boundaries of the scanned part exactly as the writer does, truncates the log
    to the cut and rewrites the index tail, and fsyncs both.
 
@@ -180,6 +189,19 @@ class _LogView(NamedTuple):
     """The last (up to four) boundaries, oldest first."""
 
 
+class _OpenTransaction(NamedTuple):
+    """A transaction written in pieces whose last piece is still to come (not committed)."""
+
+    tx: int
+    pos: int
+    """Log position just after its last written piece."""
+    last_op: int
+    acc: int
+    """JSON bytes of the open chunk at ``pos``."""
+    boundaries: tuple[_Boundary, ...]
+    """Boundaries inside it, written to ``chunks.idx`` after the committed ones."""
+
+
 class _SnapshotView(NamedTuple):
     closed: int
     """Number of closed snapshot chunks (all of them once complete)."""
@@ -217,6 +239,13 @@ class TransactionEntries(Sequence[tuple[int, bytes]]):
     def __len__(self) -> int:
         return len(self.ops)
 
+    def pop_all_but_last(self) -> TransactionEntries:
+        """Remove and return every entry but the last (a piece of a transaction)."""
+        head = TransactionEntries()
+        head.ops, self.ops = self.ops[:-1], self.ops[-1:]
+        head.datas, self.datas = self.datas[:-1], self.datas[-1:]
+        return head
+
     @overload
     def __getitem__(self, index: int) -> tuple[int, bytes]: ...
 
@@ -249,6 +278,7 @@ class ShapeLog:
         self._view = view
         self._acc = acc
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
+        self._open_txn: _OpenTransaction | None = None
         self._log_fd: int | None = None
         self._index_fd: int | None = None
         self._snap = snapshot
@@ -469,20 +499,39 @@ class ShapeLog:
 
     # ------------------------------------------------------------------ change log
 
-    def append_transaction(self, tx: int, entries: Sequence[tuple[int, bytes]]) -> None:
+    def append_transaction(
+        self, tx: int, entries: Sequence[tuple[int, bytes]], *, final: bool = True
+    ) -> None:
         """Append one transaction's entries ``(op, json)``; readers see it on return.
 
+        A large transaction may be appended in pieces: every call but the last passes
+        ``final=False`` (same ``tx``, ``op`` values still increasing across the calls). Pieces
+        reach the OS at once but stay invisible: readers, :attr:`latest_offset` and recovery only
+        ever see whole transactions, because the committed length advances with the last piece
+        (whose last record alone carries the last-of-transaction flag). While a transaction is
+        open no other may be appended; :meth:`abort_transaction` drops it.
+
         ``tx`` must exceed the previous transaction's and ``op`` values must increase. The bytes
-        are written to the OS, not fsynced; see :meth:`sync`.
+        are written to the OS, not fsynced; see :meth:`sync`. A failed write abandons the whole
+        open transaction (the log is cut back to its committed length) and re-raises.
 
         Raises:
-            ValueError: empty transaction, or ``tx``/``op`` out of order or out of range.
+            ValueError: empty piece, or ``tx``/``op`` out of order or out of range.
         """
         if not entries:
             raise ValueError("a transaction needs at least one entry")
-        if not self._last_tx < tx < _U64_LIMIT:
-            raise ValueError(f"tx {tx} must be above the previous tx {self._last_tx}")
         view = self._view
+        open_txn = self._open_txn
+        earlier: tuple[_Boundary, ...]
+        if open_txn is None:
+            if not self._last_tx < tx < _U64_LIMIT:
+                raise ValueError(f"tx {tx} must be above the previous tx {self._last_tx}")
+            start, acc, prev_op, earlier = view.size, self._acc, -1, ()
+        elif tx != open_txn.tx:
+            raise ValueError(f"tx {tx} while transaction {open_txn.tx} is still open")
+        else:
+            start, acc = open_txn.pos, open_txn.acc
+            prev_op, earlier = open_txn.last_op, open_txn.boundaries
         n = len(entries)
         if isinstance(entries, TransactionEntries):
             ops: Sequence[int] = entries.ops
@@ -493,58 +542,83 @@ class ShapeLog:
         try:
             sizes = list(map(len, datas))
             headers = list(map(pack, repeat(tx, n), ops, repeat(0, n), sizes))
-            # Flag the transaction's last record (and a boundary that falls right after it).
-            headers[-1] = pack(tx, ops[-1], _LAST_FLAG, sizes[-1])
-            ordered = ops[0] >= 0 and not any(map(operator.ge, ops, islice(ops, 1, None)))
+            if final:
+                # Flag the transaction's last record (and a boundary that falls right after it).
+                headers[-1] = pack(tx, ops[-1], _LAST_FLAG, sizes[-1])
+            ordered = ops[0] > prev_op and not any(map(operator.ge, ops, islice(ops, 1, None)))
         except struct.error:
             ordered = False
         if not ordered:
-            _check_ops(tx, ops)
+            _check_ops(tx, ops, prev_op)
         limit = self._chunk_bytes
-        acc = self._acc
         total = sum(sizes)
-        pos = view.size + n * _HEADER_SIZE + total
+        pos = start + n * _HEADER_SIZE + total
         new: list[_Boundary] = []
         if acc + total < limit:
             acc += total
         else:
-            at = view.size
+            at = start
             for op, size in zip(ops, sizes, strict=True):
                 at += _HEADER_SIZE + size
                 acc += size
                 if acc >= limit:
                     new.append(_Boundary(LogOffset(tx, op), at, at - _HEADER_SIZE - size, False))
                     acc = 0
-        prev_op = ops[-1]
-        if new and new[-1].pos == pos:
+        if final and new and new[-1].pos == pos:
             new[-1] = new[-1]._replace(last=True)
+        chunks = view.chunks + len(earlier)
         log_fd = self._log_fd
         if log_fd is None:
             log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             records = list(chain.from_iterable(zip(headers, datas, strict=True)))
-            _pwritev_all(log_fd, records, view.size)
+            _pwritev_all(log_fd, records, start)
             if new:
                 index_fd = self._index_fd
                 if index_fd is None:
                     index_fd = self._index_fd = os.open(
                         self._index_path, os.O_WRONLY | os.O_CLOEXEC
                     )
-                at = len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE
+                at = len(_INDEX_MAGIC) + chunks * _INDEX_RECORD_SIZE
                 _pwrite_all(index_fd, b"".join(b.encode() for b in new), at)
         except OSError:
             # Leave nothing beyond the committed state: the next append writes there again.
-            with contextlib.suppress(OSError):
-                os.ftruncate(log_fd, view.size)
-            if self._index_fd is not None:
-                with contextlib.suppress(OSError):
-                    at = len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE
-                    os.ftruncate(self._index_fd, at)
+            self._truncate_to_committed()
             raise
-        recent = (view.recent + tuple(new))[-_RECENT_BOUNDARIES:] if new else view.recent
+        boundaries = earlier + tuple(new)
+        if not final:
+            self._open_txn = _OpenTransaction(tx, pos, ops[-1], acc, boundaries)
+            return
+        recent = (view.recent + boundaries)[-_RECENT_BOUNDARIES:] if boundaries else view.recent
+        self._open_txn = None
         self._acc = acc
         self._last_tx = tx
-        self._view = _LogView(pos, LogOffset(tx, prev_op), view.chunks + len(new), recent)
+        self._view = _LogView(pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent)
+
+    @property
+    def open_transaction(self) -> int | None:
+        """The ``tx`` of a transaction appended in pieces whose last piece is still to come."""
+        return None if self._open_txn is None else self._open_txn.tx
+
+    def abort_transaction(self) -> None:
+        """Drop the pieces of the open transaction, if any (the log is cut back)."""
+        if self._open_txn is not None:
+            self._truncate_to_committed()
+
+    def _truncate_to_committed(self) -> None:
+        """Cut the log and the index back to the committed state (best effort)."""
+        self._open_txn = None
+        view = self._view
+        with contextlib.suppress(OSError):
+            fd = self._log_fd
+            if fd is None:
+                fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+            os.ftruncate(fd, view.size)
+        with contextlib.suppress(OSError):
+            fd = self._index_fd
+            if fd is None:
+                fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
+            os.ftruncate(fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
 
     def sync(self) -> None:
         """fdatasync the log and the chunk index if anything was appended, and close them;
@@ -832,6 +906,12 @@ def _find_committed(mm: mmap.mmap, stored: list[_Boundary], chunk_bytes: int) ->
                 return result
             if b.last:
                 return _ScanResult(b.pos, None, 0, [])
+            # The transaction around b never ends: none of its boundaries is usable. Dropping
+            # them all at once keeps a long unfinished transaction (written in pieces) from
+            # being rescanned once per chunk.
+            while stored and stored[-1].end.tx == b.end.tx and not stored[-1].last:
+                stored.pop()
+            continue
         stored.pop()
     result = _scan(mm, 0, LogOffset(0, 0), False, chunk_bytes)
     if result.committed is None:
@@ -943,9 +1023,9 @@ def _load_snapshot_state(path: Path) -> tuple[_SnapshotView, int]:
 # ---------------------------------------------------------------------- file helpers
 
 
-def _check_ops(tx: int, ops: Sequence[int]) -> None:
-    """Raise the error that ``ops`` (not increasing from 0, or out of range) deserves."""
-    prev_op = -1
+def _check_ops(tx: int, ops: Sequence[int], prev_op: int = -1) -> None:
+    """Raise the error that ``ops`` (not increasing from ``prev_op + 1``, or out of range)
+    deserves."""
     try:
         for op in ops:
             if op <= prev_op:

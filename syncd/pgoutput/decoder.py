@@ -317,6 +317,9 @@ _PLAIN_HANDLERS: Final[dict[int, _Handler]] = {
 }
 
 
+_STREAM_STOP_TAG: Final = ord("E")
+
+
 class PgoutputDecoder:
     """Stateful pgoutput decoder for one replication session (proto versions 1, 2 and 4).
 
@@ -366,6 +369,27 @@ class PgoutputDecoder:
             # UnicodeDecodeError is a ValueError; PgoutputError passes through untouched.
             tag = chr(payload[offset])
             raise PgoutputError(f"malformed {tag!r} message: {exc}") from exc
+
+    def decode_streamed(self, payload: bytes, offset: int = 0) -> Message:
+        """Decode a change as sent inside a stream block (with its xid), whatever the state.
+
+        For replaying changes spooled from stream blocks. Stream Stop is not accepted, and the
+        decoder's state does not change.
+
+        Raises:
+            PgoutputError: as :meth:`decode`.
+        """
+        try:
+            tag = payload[offset]
+            if tag == _STREAM_STOP_TAG:
+                raise KeyError(tag)
+            handler = self._inside[tag]
+        except (KeyError, IndexError, TypeError):
+            raise PgoutputError("not a streamed change message") from None
+        try:
+            return handler(payload, offset + 1)
+        except (IndexError, struct.error, ValueError) as exc:
+            raise PgoutputError(f"malformed {chr(tag)!r} message: {exc}") from exc
 
     def _bad_tag(self, payload: bytes, offset: int) -> PgoutputError:
         if not isinstance(payload, bytes):

@@ -16,9 +16,12 @@ Conventions:
   ``str`` for a text value, ``None`` for SQL NULL, :data:`UNCHANGED_TOAST` for a TOASTed
   value that did not change (the server does not resend it), ``bytes`` for a value sent in
   binary format (only with the ``binary`` option).
-* Changes decoded inside a Stream Start ... Stream Stop block carry the streamed
-  transaction's id in ``xid``; outside streaming ``xid`` is ``None`` (the transaction is the
-  one opened by the preceding :class:`Begin`).
+* Changes decoded inside a Stream Start ... Stream Stop block carry an xid in ``xid``: that of
+  the (sub)transaction that made the change (pgoutput writes ``change->txn->xid``), which is the
+  streamed top-level transaction's own xid only for changes made outside any savepoint. A
+  :class:`StreamAbort` with ``subxid != xid`` drops the changes tagged with that subxid (and
+  those of its own subtransactions, which follow them). Outside streaming ``xid`` is ``None``
+  (the transaction is the one opened by the preceding :class:`Begin`).
 """
 
 from __future__ import annotations
