@@ -6,6 +6,9 @@ enough to make Postgres stream a transaction in blocks before its commit or abor
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -18,7 +21,14 @@ pytestmark = [pytest.mark.e2e, needs_js_client]
 syncd = syncd_fixture(replication_options="-c logical_decoding_work_mem=64kB")
 
 
-def big_transaction(dsn: str, first_id: int, rows: int, *, commit: bool) -> None:
+def big_transaction(
+    dsn: str, first_id: int, rows: int, *, commit: bool, spool_dir: Path | None = None
+) -> None:
+    """Insert ``rows`` rows and touch a few old ones, then commit or roll back.
+
+    With ``spool_dir``, the rollback waits until syncd has spooled part of the transaction:
+    Postgres (16+) never streams a transaction that has already aborted when it is decoded.
+    """
     with psycopg.connect(dsn) as conn:
         conn.execute(
             "INSERT INTO items SELECT g, repeat('x', 200) || g, g %% 100, true"
@@ -28,8 +38,12 @@ def big_transaction(dsn: str, first_id: int, rows: int, *, commit: bool) -> None
         conn.execute("UPDATE items SET title = 'touched' WHERE id <= 50")
         if commit:
             conn.commit()
-        else:
-            conn.rollback()
+            return
+        deadline = time.monotonic() + 30
+        while spool_dir is not None and not any(spool_dir.glob("*")):
+            assert time.monotonic() < deadline, "the transaction was never streamed"
+            time.sleep(0.02)
+        conn.rollback()
 
 
 @pytest.mark.parametrize("live_sse", [False, True], ids=["long-poll", "sse"])
@@ -39,7 +53,8 @@ async def test_streamed_abort_leaves_no_trace_and_commit_arrives_whole(
     create_items(pg_dsn, "public", "items", 100)
     async with ShapeFollower(syncd.shape_url, "items", live_sse=live_sse) as follower:
         await follower.wait_for_rows(expected_rows(pg_dsn, "public", "items"))
-        big_transaction(pg_dsn, 10_000, 5_000, commit=False)
+        spool_dir = syncd.storage_dir / "spool"
+        big_transaction(pg_dsn, 10_000, 5_000, commit=False, spool_dir=spool_dir)
         big_transaction(pg_dsn, 20_000, 5_000, commit=True)
         rows = await follower.wait_for_rows(expected_rows(pg_dsn, "public", "items"), timeout=120)
         assert len(rows) == 5_100
