@@ -196,6 +196,8 @@ function plainRow(row) {
 }
 
 const subscription = live.subscribeChanges(() => emitter.schedule(), { includeInitialState: true })
+// The source's size is part of the state too: report it when only the source changed.
+const sourceSubscription = source.subscribeChanges(() => emitter.schedule())
 live.onFirstReady(() => emitter.schedule())
 
 async function awaitTxId(command) {
@@ -237,6 +239,7 @@ handleProcessEvents({
   cleanup: () => {
     emitter.stop()
     subscription.unsubscribe()
+    sourceSubscription.unsubscribe()
     aborter.abort()
   },
   describeUncaught: (err) => describeError(err, { fatal: true, context: 'uncaught-exception' }),
