@@ -59,7 +59,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -180,6 +180,24 @@ class Engine:
         self._stream_commits: list[pg.StreamCommit] = []
         """Stream Commits received and not applied yet (applied at the next ``on_idle``)."""
         self._replay_decoder = PgoutputDecoder()
+        # Handlers by message type: row and schema changes (also replayed from spools), and the
+        # transaction and stream boundaries that only arrive live.
+        self._changes: dict[type, Callable[[Any], None]] = {
+            pg.Insert: self._on_insert,
+            pg.Update: self._on_update,
+            pg.Delete: self._on_delete,
+            pg.Relation: self._on_relation,
+            pg.Truncate: self._on_truncate,
+        }
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            **self._changes,
+            pg.Begin: self._on_begin,
+            pg.Commit: self._on_commit,
+            pg.StreamStart: self._on_stream_start,
+            pg.StreamStop: self._on_stream_stop,
+            pg.StreamCommit: self._stream_commits.append,
+            pg.StreamAbort: self._on_stream_abort,
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -474,29 +492,12 @@ class Engine:
         """Apply one pgoutput message (called by the replication stream, in order)."""
         if self._stream_commits:  # normally applied by on_idle, which the stream calls first
             self._apply_stream_commits_now()
-        kind = type(msg)
-        if kind is pg.Insert:
-            self._on_insert(msg)  # type: ignore[arg-type]
-        elif kind is pg.Update:
-            self._on_update(msg)  # type: ignore[arg-type]
-        elif kind is pg.Delete:
-            self._on_delete(msg)  # type: ignore[arg-type]
-        elif kind is pg.Begin:
-            self._on_begin(msg)  # type: ignore[arg-type]
-        elif kind is pg.Commit:
-            self._on_commit(msg)  # type: ignore[arg-type]
-        elif kind is pg.Relation:
-            self._on_relation(msg)  # type: ignore[arg-type]
-        elif kind is pg.Truncate:
-            self._on_truncate(msg)  # type: ignore[arg-type]
-        elif kind is pg.StreamStart:
-            self._on_stream_start(msg)  # type: ignore[arg-type]
-        elif kind is pg.StreamStop:
-            self._spool = None
-        elif kind is pg.StreamCommit:
-            self._stream_commits.append(msg)  # type: ignore[arg-type]
-        elif kind is pg.StreamAbort:
-            self._on_stream_abort(msg)  # type: ignore[arg-type]
+        handler = self._dispatch.get(type(msg))
+        if handler is not None:
+            handler(msg)
+
+    def _on_stream_stop(self, msg: pg.StreamStop) -> None:
+        self._spool = None
 
     # -- streamed transactions -----------------------------------------------------------------
 
@@ -580,22 +581,15 @@ class Engine:
             return
         started = time.monotonic()
         decode = self._replay_decoder.decode_streamed
+        changes = self._changes
         low, every, high = _PIECE_CHANGES
         count = 0
         try:
             for payload in spool.replay():
                 msg = decode(payload)
-                kind = type(msg)
-                if kind is pg.Insert:
-                    self._on_insert(msg)  # type: ignore[arg-type]
-                elif kind is pg.Update:
-                    self._on_update(msg)  # type: ignore[arg-type]
-                elif kind is pg.Delete:
-                    self._on_delete(msg)  # type: ignore[arg-type]
-                elif kind is pg.Relation:
-                    self._on_relation(msg)  # type: ignore[arg-type]
-                elif kind is pg.Truncate:
-                    self._on_truncate(msg)  # type: ignore[arg-type]
+                apply = changes.get(type(msg))
+                if apply is not None:
+                    apply(msg)
                 count += 1
                 if count >= every:
                     written = self._write_pieces()

@@ -149,17 +149,8 @@ class ShapeApi:
         denied = self._check_secret(request)
         if denied is not None:
             return denied
-        try:
-            subset = subset_from_query(dict(request.query_params))
-            shape_request = parse_shape_request(request.query_params.multi_items())
-            if subset is not None:
-                return await self._serve_subset(shape_request, subset)
-            return await self._serve(request, shape_request)
-        except InvalidRequest as exc:
-            return bad_request(exc.errors())
-        except DatabaseUnavailable:
-            message = "Cannot connect to the database to verify the shape. Please try again later."
-            return unavailable(message, retry_after=1)
+        items = request.query_params.multi_items()
+        return await self._answer(request, items, lambda: subset_from_query(dict(items)))
 
     async def post_shape(self, request: Request) -> Response:
         """``POST /v1/shape``: a subset snapshot described by the JSON body.
@@ -194,8 +185,17 @@ class ShapeApi:
         }
         query = [(k, v) for k, v in request.query_params.multi_items() if k not in overrides]
         query.extend(overrides.items())
+        return await self._answer(request, query, lambda: subset_from_body(data))
+
+    async def _answer(
+        self,
+        request: Request,
+        query: list[tuple[str, str]],
+        find_subset: Callable[[], SubsetRequest | None],
+    ) -> Response:
+        """Serve a shape request (a log or a subset), mapping request errors to responses."""
         try:
-            subset = subset_from_body(data)
+            subset = find_subset()
             shape_request = parse_shape_request(query)
             if subset is not None:
                 return await self._serve_subset(shape_request, subset)
