@@ -103,6 +103,7 @@ log (and of the index, once a chunk closes), which live from the first append af
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import ctypes.util
@@ -279,6 +280,9 @@ class ShapeLog:
         self._acc = acc
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
         self._open_txn: _OpenTransaction | None = None
+        self._tx_starts: list[tuple[int, int]] = []
+        """``(tx, position)`` of recently committed transactions, so that a read near the end
+        of a long open chunk starts at its transaction instead of the chunk's first record."""
         self._log_fd: int | None = None
         self._index_fd: int | None = None
         self._snap = snapshot
@@ -593,7 +597,21 @@ class ShapeLog:
         self._open_txn = None
         self._acc = acc
         self._last_tx = tx
+        self._remember_start(tx, view.size)
         self._view = _LogView(pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent)
+
+    def _remember_start(self, tx: int, position: int) -> None:
+        starts = self._tx_starts
+        if len(starts) >= 2 * _RECENT_STARTS:
+            # A new list: readers in other threads keep iterating the one they captured.
+            starts = self._tx_starts = starts[-_RECENT_STARTS:]
+        starts.append((tx, position))
+
+    def _start_of(self, tx: int) -> int:
+        """A record position at or before the first record of ``tx``'s successors (0: unknown)."""
+        starts = self._tx_starts
+        i = bisect.bisect_right(starts, (tx, _U64_LIMIT)) - 1
+        return starts[i][1] if i >= 0 else 0
 
     @property
     def open_transaction(self) -> int | None:
@@ -686,6 +704,7 @@ class ShapeLog:
         if view.latest == SNAPSHOT_END or offset >= view.latest:
             return [], offset
         start, end = self._chunk_range(view, offset)
+        start = max(start, min(self._start_of(offset.tx), end))
         fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = _pread_all(fd, end - start, start)
@@ -713,6 +732,9 @@ class ShapeLog:
             end = view.size if lo == view.chunks else index.boundary(lo).pos
         return start, end
 
+
+_RECENT_STARTS: Final = 256
+"""How many recent transaction start positions a log keeps (up to twice as many)."""
 
 GROUP_SYNC_MIN: Final = 8
 """From this many dirty logs on one filesystem, :class:`GroupSync` uses one ``syncfs()``."""

@@ -611,3 +611,18 @@ def test_meta_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     log.write_meta({"version": 3})
     assert log.read_meta() == {"version": 3}
     assert not (tmp_path / "shape" / "meta.json.tmp").exists()
+
+
+def test_reads_near_the_tail_start_at_recent_transactions(tmp_path: Path) -> None:
+    """Remembered transaction starts only shorten the scan: every read answers the same."""
+    log = ShapeLog.create(tmp_path / "tail", 1 << 20)
+    log.finish_snapshot(b'{"headers":{"control":"snapshot-end"}}')
+    for tx in range(1, 600):
+        ops = list(range(0, 2 * (tx % 4 + 1), 2))
+        log.append_transaction(tx * 10, [(op, b'{"n":%d}' % (tx * 100 + op)) for op in ops])
+    offsets = [
+        LogOffset(tx * 10 + d, op) for tx in range(0, 600, 7) for d in (0, 5) for op in (0, 2, 9)
+    ]
+    remembered = [log.read(offset) for offset in offsets]
+    log._tx_starts = []  # as after a restart: scan from each chunk's start
+    assert [log.read(offset) for offset in offsets] == remembered
