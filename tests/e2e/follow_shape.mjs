@@ -4,7 +4,8 @@
 // Usage: node follow_shape.mjs '<json config>'
 //   {"url": "http://127.0.0.1:PORT/v1/shape", "table": "items",
 //    "where": "...", "params": {"1": "x"}, "columns": ["id", "title"],
-//    "replica": "full", "liveSse": false, "subscribe": true, "reportTypes": false}
+//    "replica": "full", "liveSse": false, "subscribe": true, "reportTypes": false,
+//    "headers": {"Authorization": "Bearer alice"}}
 //
 // Output lines (one JSON object each):
 //   {"type":"hello","clientVersion":"1.5.x","config":{...}}
@@ -49,6 +50,7 @@ async function observingFetch(input, init) {
 const stream = new ShapeStream({
   url: config.url,
   params: shapeParams(config),
+  ...(config.headers != null ? { headers: config.headers } : {}),
   subscribe: config.subscribe ?? true,
   liveSse: Boolean(config.liveSse),
   signal: aborter.signal,

@@ -83,11 +83,13 @@ class ShapeFollower(NodeFollower):
         replica: str | None = None,
         report_types: bool = False,
         subscribe: bool = True,
+        headers: dict[str, str] | None = None,
         node: str = "node",
     ) -> None:
         config = node_config(url=url, table=table, liveSse=live_sse, where=where, params=params)
         config |= node_config(columns=columns, replica=replica, reportTypes=report_types or None)
         config["subscribe"] = subscribe
+        config |= node_config(headers=headers)
         super().__init__(config, node=node)
         self._must_refetch = 0
         self.client_version: str | None = None

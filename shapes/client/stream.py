@@ -1,0 +1,333 @@
+"""``ShapeStream``: one HTTP conversation with a shape endpoint, as batches of messages."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import httpx
+
+from shapes.values import parse_row, parse_schema
+
+Message = dict[str, Any]
+Batch = list[Message]
+LiveMode = Literal["long-poll", "sse"]
+
+MUST_REFETCH_MESSAGE: Final[Message] = {"headers": {"control": "must-refetch"}}
+BACKOFF_INITIAL: Final = 0.1
+BACKOFF_MAX: Final = 10.0
+SHORT_SSE_SECONDS: Final = 1.0
+MAX_SHORT_SSE: Final = 3
+
+
+class ShapeRequestError(Exception):
+    """A 4xx answer other than 409: not retried. ``body`` holds the parsed JSON (or text)."""
+
+    def __init__(self, status: int, body: Any, url: str) -> None:
+        super().__init__(f"shape request failed with {status}: {body!r} ({url})")
+        self.status = status
+        self.body = body
+        self.url = url
+
+
+@dataclass(frozen=True)
+class ShapeDefinition:
+    """What identifies a shape: table, ``where`` with its ``params``, columns, replica, extras.
+
+    Hashable, so that it can key the registry of shared shapes.
+    """
+
+    table: str
+    where: str | None = None
+    params: tuple[str, ...] = ()
+    columns: tuple[str, ...] | None = None
+    replica: Literal["default", "full"] | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def of(
+        cls,
+        table: str,
+        *,
+        where: str | None = None,
+        params: Sequence[str] = (),
+        columns: Sequence[str] | None = None,
+        replica: Literal["default", "full"] | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> ShapeDefinition:
+        """Build a definition from ordinary sequences and mappings."""
+        return cls(
+            table,
+            where,
+            tuple(params),
+            None if columns is None else tuple(columns),
+            replica,
+            tuple(sorted((extra or {}).items())),
+        )
+
+    def query(self) -> dict[str, str]:
+        """The definition's query parameters."""
+        query = {"table": self.table}
+        if self.where is not None:
+            query["where"] = self.where
+        for index, value in enumerate(self.params, start=1):
+            query[f"params[{index}]"] = value
+        if self.columns is not None:
+            query["columns"] = ",".join(self.columns)
+        if self.replica is not None:
+            query["replica"] = self.replica
+        query.update(self.extra)
+        return query
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """A ``Retry-After`` header (seconds or an HTTP date) in seconds; 0 when absent or bad."""
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, minimum: float = 0.0) -> float:
+    """Full-jitter exponential backoff (0.1 s doubling to a 10 s cap), at least ``minimum``."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**attempt)
+    return max(minimum, random.uniform(0.0, ceiling))
+
+
+def _position(message: Message) -> tuple[int, int] | None:
+    headers = message.get("headers", {})
+    lsn = headers.get("lsn")
+    if lsn is None or "operation" not in headers:
+        return None
+    return int(lsn), int(headers.get("op_position", 0))
+
+
+class ShapeStream:
+    """Async iterator over batches of protocol messages of one shape.
+
+    Every batch but a must-refetch one ends with an ``up-to-date`` message. After a 409 the
+    stream yields ``[{"headers": {"control": "must-refetch"}}]`` on its own: callers must clear
+    what they have and expect the shape to be sent again from the start. ``handle`` and
+    ``offset`` always describe the position right after the last yielded batch; pass them back
+    as ``handle=``/``offset=`` to resume a later stream there. Values of ``value`` and
+    ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False`` turns that
+    off). Change messages already delivered (same ``lsn``/``op_position``) are never delivered
+    again by the same stream.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        definition: ShapeDefinition,
+        *,
+        handle: str | None = None,
+        offset: str = "-1",
+        live: bool = True,
+        live_mode: LiveMode = "long-poll",
+        headers: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+        parse_values: bool = True,
+    ) -> None:
+        self.url = url
+        self.definition = definition
+        self.handle = handle
+        self.offset = offset
+        self.schema: dict[str, dict[str, Any]] = {}
+        self.live = live
+        self.live_mode = live_mode
+        self.parse_values = parse_values
+        self._headers = dict(headers or {})
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=65.0))
+        self._cursor = ""
+        self._up_to_date = False
+        self._last_change: tuple[int, int] | None = None
+        self._attempt = 0
+        self._short_sse = 0
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[Batch]:
+        return self.batches()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this stream created it."""
+        self._closed = True
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> ShapeStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def is_up_to_date(self) -> bool:
+        """True once a batch ending with ``up-to-date`` has been yielded (until a 409)."""
+        return self._up_to_date
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Yield batches until the stream is closed (or up to date, with ``live=False``)."""
+        pending: Batch = []
+        offset = self.offset
+        handle = self.handle
+        while not self._closed:
+            if self._up_to_date and not self.live:
+                return
+            use_sse = self._up_to_date and self.live_mode == "sse"
+            use_sse = use_sse and self._short_sse < MAX_SHORT_SSE
+            query = dict(self.definition.query(), offset=offset)
+            if handle is not None and offset != "-1":
+                query["handle"] = handle
+            if self._up_to_date:
+                query["live"] = "true"
+                query["cursor"] = self._cursor
+                if use_sse:
+                    query["live_sse"] = "true"
+            try:
+                if use_sse:
+                    async for batch in self._sse(query):
+                        yield batch
+                    handle, offset = self.handle, self.offset
+                    continue
+                response = await self._client.get(self.url, params=query, headers=self._headers)
+            except httpx.TransportError:
+                await self._back_off(0.0)
+                continue
+            except _Refetch as refetch:
+                handle, offset, pending = refetch.handle, "-1", []
+                self.handle, self.offset = handle, offset
+                yield [dict(MUST_REFETCH_MESSAGE)]
+                continue
+            try:
+                messages = await self._check(response)
+            except _Refetch as refetch:
+                handle, offset, pending = refetch.handle, "-1", []
+                self.handle, self.offset = handle, offset
+                yield [dict(MUST_REFETCH_MESSAGE)]
+                continue
+            if messages is None:
+                continue
+            handle = response.headers.get("electric-handle", handle)
+            offset = response.headers.get("electric-offset", offset)
+            if "electric-cursor" in response.headers:
+                self._cursor = response.headers["electric-cursor"]
+            pending.extend(self._accept(messages))
+            if _ends_up_to_date(messages):
+                batch, pending = pending, []
+                self.handle, self.offset = handle, offset
+                self._up_to_date = True
+                yield batch
+
+    async def _back_off(self, minimum: float) -> None:
+        await asyncio.sleep(backoff_delay(self._attempt, minimum))
+        self._attempt += 1
+
+    async def _check(self, response: httpx.Response) -> list[Message] | None:
+        """The messages of a 200; ``None`` after backing off for a retryable failure."""
+        status = response.status_code
+        if status == 409:
+            self._reset()
+            raise _Refetch(response.headers.get("electric-handle"))
+        if status >= 500 or status == 429:
+            await self._back_off(retry_after_seconds(response.headers.get("retry-after")))
+            return None
+        if status >= 400:
+            raise ShapeRequestError(status, _body(response), str(response.url))
+        self._attempt = 0
+        if status == 204:
+            return [{"headers": {"control": "up-to-date"}}]
+        if "electric-schema" in response.headers and not self.schema:
+            self.schema = parse_schema(response.headers["electric-schema"])
+        parsed = response.json()
+        if not isinstance(parsed, list):
+            raise ShapeRequestError(status, parsed, str(response.url))
+        return parsed
+
+    def _reset(self) -> None:
+        self.schema = {}
+        self._up_to_date = False
+        self._last_change = None
+        self._short_sse = 0
+        self._cursor = ""
+
+    def _accept(self, messages: list[Message]) -> list[Message]:
+        """Drop already delivered changes and convert values."""
+        accepted: list[Message] = []
+        for message in messages:
+            position = _position(message)
+            if position is not None:
+                if self._last_change is not None and position <= self._last_change:
+                    continue
+                self._last_change = position
+            if self.parse_values and self.schema:
+                for part in ("value", "old_value"):
+                    if isinstance(message.get(part), dict):
+                        message[part] = parse_row(message[part], self.schema)
+            accepted.append(message)
+        return accepted
+
+    async def _sse(self, query: dict[str, str]) -> AsyncIterator[Batch]:
+        """One SSE connection: yield each batch up to an ``up-to-date``, then return."""
+        started = time.monotonic()
+        headers = dict(self._headers, accept="text/event-stream")
+        async with self._client.stream("GET", self.url, params=query, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                await self._check(response)  # raises or backs off
+                return
+            self._attempt = 0
+            if "electric-cursor" in response.headers:
+                self._cursor = response.headers["electric-cursor"]
+            self.handle = response.headers.get("electric-handle", self.handle)
+            pending: list[Message] = []
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[6:] if line.startswith("data: ") else line[5:])
+                    continue
+                if line or not data:
+                    continue  # comments (keep-alives) and other fields
+                message = json.loads("\n".join(data))
+                data = []
+                pending.extend(self._accept([message]))
+                headers_ = message.get("headers", {})
+                if headers_.get("control") == "up-to-date":
+                    self.offset = f"{headers_.get('global_last_seen_lsn', '0')}_0"
+                    batch, pending = pending, []
+                    yield batch
+        if time.monotonic() - started < SHORT_SSE_SECONDS:
+            self._short_sse += 1
+            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
+        else:
+            self._short_sse = 0
+
+
+class _Refetch(Exception):
+    def __init__(self, handle: str | None) -> None:
+        super().__init__(handle)
+        self.handle = handle
+
+
+def _ends_up_to_date(messages: list[Message]) -> bool:
+    return bool(messages) and messages[-1].get("headers", {}).get("control") == "up-to-date"
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

@@ -1,0 +1,52 @@
+"""Retry rules of ``ShapeStream`` against a scripted transport (protocol.md §8.5, §10.4)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from shapes.client import ShapeDefinition, ShapeStream, backoff_delay, retry_after_seconds
+
+UP_TO_DATE = [{"headers": {"control": "up-to-date", "global_last_seen_lsn": "7"}}]
+
+
+def test_retry_after_and_backoff() -> None:
+    assert retry_after_seconds(None) == 0.0
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds("soon") == 0.0
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:00:10 GMT", now=4.0) == 6.0
+    for attempt in range(12):
+        assert 0.0 <= backoff_delay(attempt) <= min(10.0, 0.1 * 2**attempt)
+    assert backoff_delay(0, minimum=2.5) == 2.5
+
+
+@pytest.mark.asyncio
+async def test_retries_5xx_and_network_errors_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shapes.client.stream.BACKOFF_INITIAL", 0.001)
+    script = ["503", "network", "429", "ok"]
+    seen: list[str] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        step = script.pop(0)
+        seen.append(step)
+        if step == "network":
+            raise httpx.ConnectError("refused", request=request)
+        if step != "ok":
+            return httpx.Response(int(step), headers={"retry-after": "0"}, json={"message": "x"})
+        assert request.url.params["offset"] == "-1"
+        headers = {
+            "electric-handle": "h",
+            "electric-offset": "0_inf",
+            "electric-schema": json.dumps({"id": {"type": "int4"}}),
+        }
+        body = [{"key": "k", "value": {"id": "1"}, "headers": {"operation": "insert"}}, *UP_TO_DATE]
+        return httpx.Response(200, headers=headers, json=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as client:
+        stream = ShapeStream("http://127.0.0.1/v1/shape", ShapeDefinition.of("t"), client=client)
+        batch = await anext(aiter(stream))
+    assert seen == ["503", "network", "429", "ok"]
+    assert batch[0]["value"] == {"id": 1}
+    assert (stream.handle, stream.offset) == ("h", "0_inf")
