@@ -1,13 +1,15 @@
 """The async shape client against a live endpoint (protocol.md §0, §3-§8).
 
-Every test takes ``endpoint``: today only a ``syncd`` child process over HTTP; an in-process
-engine can be added as another parameter of the fixture.
+Every test takes ``endpoint``, parametrised two ways: ``http`` (a ``syncd`` child process over
+loopback HTTP) and ``inprocess`` (:class:`syncd.embed.EmbeddedSyncd` in the test's event loop,
+reached through ``httpx.ASGITransport``). In-process, a daemon crash becomes a restart of the
+embedded engine on the same storage, and SSE is skipped (the transport buffers response bodies).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from shapes.client import (
     Batch,
@@ -26,6 +29,7 @@ from shapes.client import (
     ShapeStream,
 )
 from shapes.materialise import MaterialisedShape
+from syncd.embed import EmbeddedSyncd
 from tests.syncd_process import SyncdProcess
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
@@ -34,16 +38,16 @@ ITEMS = ShapeDefinition.of("items")
 COLUMNS = "id, title, n, ok, meta, price, tags"
 
 
-@dataclass
-class HttpEndpoint:
-    """A syncd daemon serving ``/v1/shape`` over HTTP on loopback."""
+class Endpoint:
+    """What every conformance test needs from a shape endpoint."""
 
-    daemon: SyncdProcess
     dsn: str
+    kind: str
 
     @property
     def shape_url(self) -> str:
-        return self.daemon.shape_url
+        """URL of the shape endpoint."""
+        raise NotImplementedError
 
     async def write(self, statement: str) -> int:
         """Run ``statement`` in its own transaction; return that transaction's txid."""
@@ -63,19 +67,77 @@ class HttpEndpoint:
             rows = await cursor.fetchall()
         return {f'"public"."items"/"{row[0]}"': dict(zip(names, row, strict=True)) for row in rows}
 
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A new client that reaches the endpoint; the caller closes it."""
+        raise NotImplementedError
+
+    @property
+    def default_client(self) -> httpx.AsyncClient | None:
+        """The client streams use when given none (``None``: each stream makes its own)."""
+        return None
+
+    def stream(self, definition: ShapeDefinition, **kwargs: Any) -> ShapeStream:
+        kwargs.setdefault("client", self.default_client)
+        return ShapeStream(self.shape_url, definition, **kwargs)
+
+    async def crash_and_restart(self) -> None:
+        raise NotImplementedError
+
+    async def delete_shape(self, handle: str) -> None:
+        async with self.client() as client:
+            answer = await client.delete(self.shape_url, params={"handle": handle})
+        assert answer.status_code == 202, answer.text
+
+
+@dataclass
+class HttpEndpoint(Endpoint):
+    """A syncd daemon serving ``/v1/shape`` over HTTP on loopback."""
+
+    daemon: SyncdProcess
+    dsn: str
+    kind: str = "http"
+
+    @property
+    def shape_url(self) -> str:
+        return self.daemon.shape_url
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**kwargs)
+
     async def crash_and_restart(self) -> None:
         """SIGKILL the daemon and start it again on the same port and storage."""
         await asyncio.to_thread(self.daemon.kill)
         await asyncio.to_thread(self.daemon.start)
 
-    async def delete_shape(self, handle: str) -> None:
-        async with httpx.AsyncClient() as client:
-            answer = await client.delete(self.shape_url, params={"handle": handle})
-        assert answer.status_code == 202, answer.text
+
+@dataclass
+class InProcessEndpoint(Endpoint):
+    """An :class:`EmbeddedSyncd` in the test's event loop, reached without a socket."""
+
+    embedded: EmbeddedSyncd
+    dsn: str
+    kind: str = "inprocess"
+
+    @property
+    def shape_url(self) -> str:
+        return self.embedded.shape_url
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return self.embedded.client(**kwargs)
+
+    @property
+    def default_client(self) -> httpx.AsyncClient | None:
+        return self.embedded.default_client
+
+    async def crash_and_restart(self) -> None:
+        """The in-process analogue of kill -9: stop the engine, start one on the same storage."""
+        await self.embedded.restart()
 
 
-@pytest.fixture(params=["http"])
-def endpoint(request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path) -> Iterator[HttpEndpoint]:
+@pytest.fixture(params=["http", "inprocess"])
+async def endpoint(
+    request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path
+) -> AsyncIterator[Endpoint]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE items (id int PRIMARY KEY, title text, n int8, ok bool, meta jsonb,"
@@ -86,12 +148,18 @@ def endpoint(request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path) -> Ite
             " jsonb_build_object('g', g), g / 4.0, ARRAY['a', NULL, 'b' || g]"
             " FROM generate_series(1, 20) g"
         )
-    daemon = SyncdProcess(pg_dsn, tmp_path / "storage")
-    daemon.start()
-    try:
-        yield HttpEndpoint(daemon, pg_dsn)
-    finally:
-        daemon.stop()
+    if request.param == "http":
+        daemon = SyncdProcess(pg_dsn, tmp_path / "storage")
+        await asyncio.to_thread(daemon.start)
+        try:
+            yield HttpEndpoint(daemon, pg_dsn)
+        finally:
+            await asyncio.to_thread(daemon.stop)
+        return
+    slot = f"syncd_{conninfo_to_dict(pg_dsn).get('dbname', 'postgres')}"
+    embedded = EmbeddedSyncd(pg_dsn, tmp_path / "storage", slot=slot, allow_shape_deletion=True)
+    async with embedded:
+        yield InProcessEndpoint(embedded, pg_dsn)
 
 
 class Recorder:
@@ -116,15 +184,15 @@ class Recorder:
 
 
 @pytest.fixture
-async def shape(endpoint: HttpEndpoint) -> AsyncIterator[Shape]:
-    async with Shape(ShapeStream(endpoint.shape_url, ITEMS)) as started:
+async def shape(endpoint: Endpoint) -> AsyncIterator[Shape]:
+    async with Shape(endpoint.stream(ITEMS)) as started:
         await started.wait_until_up_to_date(30)
         yield started
 
 
-async def test_initial_sync_equals_select(endpoint: HttpEndpoint) -> None:
+async def test_initial_sync_equals_select(endpoint: Endpoint) -> None:
     txid = await endpoint.write("UPDATE items SET title = 'before' WHERE id = 1")
-    async with Shape(ShapeStream(endpoint.shape_url, ITEMS)) as shape:
+    async with Shape(endpoint.stream(ITEMS)) as shape:
         await shape.wait_until_up_to_date(30)
         assert shape.rows == await endpoint.expected_rows()
         assert shape.rows['"public"."items"/"2"']["tags"] == ["a", None, "b2"]
@@ -132,9 +200,9 @@ async def test_initial_sync_equals_select(endpoint: HttpEndpoint) -> None:
         assert shape.stream.schema["id"]["type"] == "int4"
 
 
-async def test_non_live_stream_ends_up_to_date(endpoint: HttpEndpoint) -> None:
+async def test_non_live_stream_ends_up_to_date(endpoint: Endpoint) -> None:
     definition = ShapeDefinition.of("items", where="id <= $1", params=["3"], columns=["id", "ok"])
-    async with ShapeStream(endpoint.shape_url, definition, live=False) as stream:
+    async with endpoint.stream(definition, live=False) as stream:
         batches = [batch async for batch in stream]
     assert len(batches) == 1
     assert batches[0][-1]["headers"]["control"] == "up-to-date"
@@ -143,16 +211,16 @@ async def test_non_live_stream_ends_up_to_date(endpoint: HttpEndpoint) -> None:
 
 
 @pytest.mark.parametrize("live_mode", ["long-poll", "sse"])
-async def test_live_changes(endpoint: HttpEndpoint, live_mode: LiveMode) -> None:
+async def test_live_changes(endpoint: Endpoint, live_mode: LiveMode) -> None:
     urls: list[str] = []
 
     async def record(request: httpx.Request) -> None:
         urls.append(str(request.url))
 
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(10, read=65), event_hooks={"request": [record]}
-    )
-    stream = ShapeStream(endpoint.shape_url, ITEMS, live_mode=live_mode, client=client)
+    if live_mode == "sse" and endpoint.kind == "inprocess":
+        pytest.skip("httpx.ASGITransport buffers response bodies: in-process is long-poll only")
+    client = endpoint.client(timeout=httpx.Timeout(10, read=65), event_hooks={"request": [record]})
+    stream = endpoint.stream(ITEMS, live_mode=live_mode, client=client)
     async with client, Shape(stream) as shape:
         recorder = Recorder()
         shape.subscribe(recorder)
@@ -174,7 +242,7 @@ async def test_live_changes(endpoint: HttpEndpoint, live_mode: LiveMode) -> None
     assert all(("live_sse=true" in url) == (live_mode == "sse") for url in live_urls)
 
 
-async def test_changes_iterator_and_offset(endpoint: HttpEndpoint, shape: Shape) -> None:
+async def test_changes_iterator_and_offset(endpoint: Endpoint, shape: Shape) -> None:
     changes = shape.changes()
     next_batch = asyncio.ensure_future(anext(changes))
     await asyncio.sleep(0)
@@ -187,16 +255,16 @@ async def test_changes_iterator_and_offset(endpoint: HttpEndpoint, shape: Shape)
     await changes.aclose()
 
 
-async def test_resume_after_client_restart(endpoint: HttpEndpoint) -> None:
+async def test_resume_after_client_restart(endpoint: Endpoint) -> None:
     materialised = MaterialisedShape()
-    async with ShapeStream(endpoint.shape_url, ITEMS, live=False) as first:
+    async with endpoint.stream(ITEMS, live=False) as first:
         async for batch in first:
             materialised.apply_all(batch)
         stored = (first.handle, first.offset)
     await endpoint.write("INSERT INTO items (id, title) VALUES (300, 'while away')")
     await endpoint.write("DELETE FROM items WHERE id = 4")
     handle, offset = stored
-    async with ShapeStream(endpoint.shape_url, ITEMS, handle=handle, offset=offset) as second:
+    async with endpoint.stream(ITEMS, handle=handle, offset=offset) as second:
         async with Shape(second) as shape:
             shape._materialised = materialised  # continue from the stored rows
             recorder = Recorder()
@@ -212,7 +280,7 @@ async def test_resume_after_client_restart(endpoint: HttpEndpoint) -> None:
             assert all("control" in m["headers"] for m in snapshot_rows), "snapshot re-sent"
 
 
-async def test_resume_after_syncd_restart(endpoint: HttpEndpoint, shape: Shape) -> None:
+async def test_resume_after_syncd_restart(endpoint: Endpoint, shape: Shape) -> None:
     recorder = Recorder()
     shape.subscribe(recorder)
     handle = shape.stream.handle
@@ -224,7 +292,7 @@ async def test_resume_after_syncd_restart(endpoint: HttpEndpoint, shape: Shape) 
     assert shape.stream.handle == handle
 
 
-async def test_deleted_shape_refetches(endpoint: HttpEndpoint, shape: Shape) -> None:
+async def test_deleted_shape_refetches(endpoint: Endpoint, shape: Shape) -> None:
     recorder = Recorder()
     shape.subscribe(recorder)
     changes = shape.changes()
@@ -244,19 +312,21 @@ async def test_deleted_shape_refetches(endpoint: HttpEndpoint, shape: Shape) -> 
     assert shape.rows == await endpoint.expected_rows()
 
 
-async def test_bad_request_raises_typed_error(endpoint: HttpEndpoint) -> None:
+async def test_bad_request_raises_typed_error(endpoint: Endpoint) -> None:
     definition = ShapeDefinition.of("items", where="no_such_column = 1")
-    async with ShapeStream(endpoint.shape_url, definition) as stream:
+    async with endpoint.stream(definition) as stream:
         with pytest.raises(ShapeRequestError) as raised:
             await anext(aiter(stream))
     assert raised.value.status == 400
     assert isinstance(raised.value.body, dict) and "message" in raised.value.body
 
 
-async def test_registry_shares_one_stream(endpoint: HttpEndpoint) -> None:
+async def test_registry_shares_one_stream(endpoint: Endpoint) -> None:
     registry = ShapeRegistry()
-    first = registry.get(endpoint.shape_url, ITEMS)
-    second = registry.get(endpoint.shape_url, ShapeDefinition.of("items"))
+    first = registry.get(endpoint.shape_url, ITEMS, client=endpoint.default_client)
+    second = registry.get(
+        endpoint.shape_url, ShapeDefinition.of("items"), client=endpoint.default_client
+    )
     assert first is second and len(registry) == 1
     await first.wait_until_up_to_date(30)
     await first.close()
