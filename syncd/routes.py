@@ -65,6 +65,7 @@ from shapes import messages
 from shapes.errors import InvalidRequest
 from shapes.request import validate_params
 from shapes.shape import parse_columns, parse_table
+from syncd.embed import EMBEDDED_BASE_URL, EmbeddedSyncd
 from syncd.http import bad_request, base_headers, json_bytes_response
 
 PASS_THROUGH = frozenset(
@@ -264,6 +265,16 @@ class ShapeRoutes:
         timeout = httpx.Timeout(10.0, read=120.0)
         self.client = client or httpx.AsyncClient(timeout=timeout)
         self._tracker = _Tracker()
+
+    @classmethod
+    def in_process(cls, embedded: EmbeddedSyncd, *, secret: str | None = None) -> ShapeRoutes:
+        """Routes backed by a syncd embedded in this process (no network hop).
+
+        The in-process transport buffers whole responses, so serve live requests as long-polls;
+        an SSE request's events would only arrive when its stream ends.
+        """
+        client = embedded.client(timeout=httpx.Timeout(10.0, read=120.0))
+        return cls(EMBEDDED_BASE_URL, secret=secret, client=client)
 
     def route(self, path: str, *, table: str, authorize: Authorize) -> Route:
         """A Starlette route serving the shape protocol on ``path`` for ``table`` only."""
