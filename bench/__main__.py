@@ -7,8 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
+
+BENCHES = ("ingest", "large-txn", "fanout-python", "fanout-js")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING", help="logging level of syncd")
     parser.add_argument(
         "--benches",
-        default="ingest,large-txn",
-        help="comma-separated benchmarks to run: ingest, large-txn (default: both)",
+        default=",".join(BENCHES),
+        help="comma-separated benchmarks to run: " + ", ".join(BENCHES) + " (default: all)",
+    )
+    parser.add_argument(
+        "--fanout-subscribers", type=int, default=1_000, help="subscribers of the fanout benches"
+    )
+    parser.add_argument(
+        "--fanout-commits", type=int, default=10, help="commits (1 s apart) of the fanout benches"
     )
     parser.add_argument(
         "--large-rows", type=int, default=2_000_000, help="rows in the large-txn transaction"
@@ -38,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
-    if not benches or benches - {"ingest", "large-txn"}:
-        parser.error("--benches takes ingest and/or large-txn")
+    if not benches or benches - set(BENCHES):
+        parser.error("--benches takes some of " + ", ".join(BENCHES))
+    if args.fanout_subscribers < 1 or args.fanout_commits < 1:
+        parser.error("--fanout-subscribers and --fanout-commits must be positive")
     if args.large_rows < 1 or args.large_row_bytes < 0:
         parser.error("--large-rows must be positive and --large-row-bytes not negative")
     logging.basicConfig(
@@ -60,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_ingest(options)
     if "large-txn" in benches:
         run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
+    for client in ("python", "js"):
+        if f"fanout-{client}" in benches:
+            run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     return 0
 
 

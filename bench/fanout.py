@@ -1,0 +1,358 @@
+"""Latency benchmark: one change fanned out to many live subscribers of one shape.
+
+``fanout-1000-python``
+    syncd runs as a child process with one table. One asyncio program opens ``--fanout-subscribers``
+    (1,000) :class:`~shapes.client.ShapeStream` objects in long-poll mode on the same shape,
+    sharing one ``httpx.AsyncClient`` with a connection pool large enough for all of them. Once
+    every stream is live and up to date, the benchmark commits one insert at a time
+    (``--fanout-commits``, about 1 s apart) from a separate thread, records the wall-clock time
+    right after ``COMMIT`` returns, and measures, for every subscriber, the delay until the
+    batch holding that row arrives.
+
+``fanout-1000-js``
+    The same with ``bench/fanout_js.mjs``: one Node process of the official
+    ``@electric-sql/client`` with N ``ShapeStream`` objects in SSE mode (``liveSse: true``); it
+    prints one line per received change with ``Date.now()``, and this side computes the delays
+    (both clocks are the wall clock of the same machine).
+
+Each is run with one subscriber too, as the baseline. The summary lines report the p50 delay::
+
+    BENCH fanout-1000-python value=<p50 ms> unit=ms baseline=<1-subscriber p50 ms> ratio=<b/v>
+    BENCH fanout-1000-js value=<p50 ms> unit=ms baseline=<1-connection p50 ms> ratio=<b/v>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from bench.large_txn import ROOT, _Daemon
+from shapes.client import ShapeDefinition, ShapeStream
+from syncd.pgprovider import drop_database, provide_postgres
+
+TABLE = "fanout_items"
+JS_SCRIPT = ROOT / "bench" / "fanout_js.mjs"
+READY_TIMEOUT = 180.0
+DELIVERY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    subscribers: int
+    delays_ms: list[float]
+    """One delay per (commit, subscriber) delivery."""
+    missing: int
+    """Deliveries that did not arrive within the timeout."""
+    ready_seconds: float
+    """Time until all subscribers were live and up to date."""
+
+    def percentile(self, fraction: float) -> float:
+        return percentile(self.delays_ms, fraction)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1) of ``values``."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+class _Committer:
+    """Inserts one row per commit on its own connection; returns the wall clock after COMMIT."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+
+    def commit(self) -> tuple[int, float]:
+        row = self.conn.execute(
+            sql.SQL("INSERT INTO {} (body) VALUES ('row') RETURNING id").format(
+                sql.Identifier(TABLE)
+            )
+        ).fetchone()
+        at = time.time()
+        assert row is not None
+        return int(row[0]), at
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _delays(commits: dict[int, float], received: list[dict[int, float]]) -> tuple[list[float], int]:
+    delays: list[float] = []
+    missing = 0
+    for row_id, committed in commits.items():
+        for seen in received:
+            at = seen.get(row_id)
+            if at is None:
+                missing += 1
+            else:
+                delays.append((at - committed) * 1000)
+    return delays, missing
+
+
+# --- Python client ---------------------------------------------------------------------------
+
+
+async def _python_fanout(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    limits = httpx.Limits(max_connections=subscribers + 10, max_keepalive_connections=subscribers)
+    timeout = httpx.Timeout(30.0, read=65.0, pool=120.0)
+    received: list[dict[int, float]] = [{} for _ in range(subscribers)]
+    ready = 0
+    all_ready = asyncio.Event()
+    started = time.monotonic()
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+        async def follow(index: int) -> None:
+            nonlocal ready
+            seen = received[index]
+            stream = ShapeStream(
+                shape_url, ShapeDefinition.of(TABLE), live_mode="long-poll", client=client
+            )
+            first = True
+            async for batch in stream:
+                now = time.time()
+                for message in batch:
+                    if message.get("headers", {}).get("operation") == "insert":
+                        seen.setdefault(int(message["value"]["id"]), now)
+                if first:
+                    first = False
+                    ready += 1
+                    if ready == subscribers:
+                        all_ready.set()
+
+        tasks = [asyncio.create_task(follow(i)) for i in range(subscribers)]
+        try:
+            await _wait_ready(all_ready, tasks)
+            ready_seconds = time.monotonic() - started
+            committer = await asyncio.to_thread(_Committer, dsn)
+            try:
+                commit_times: dict[int, float] = {}
+                for _ in range(commits):
+                    await asyncio.sleep(interval)
+                    row_id, at = await asyncio.to_thread(committer.commit)
+                    commit_times[row_id] = at
+                deadline = time.monotonic() + DELIVERY_TIMEOUT
+                while time.monotonic() < deadline:
+                    if all(row_id in seen for seen in received for row_id in commit_times):
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await asyncio.to_thread(committer.close)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    delays, missing = _delays(commit_times, received)
+    return FanoutResult(subscribers, delays, missing, ready_seconds)
+
+
+async def _wait_ready(all_ready: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    waiter = asyncio.create_task(all_ready.wait())
+    try:
+        done, _ = await asyncio.wait(
+            [waiter, *tasks], timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        waiter.cancel()
+    if waiter not in done:
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                raise RuntimeError("a subscriber failed") from task.exception()
+        raise TimeoutError(f"subscribers not up to date within {READY_TIMEOUT}s")
+
+
+def measure_python(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    return asyncio.run(_python_fanout(shape_url, dsn, subscribers, commits, interval))
+
+
+# --- JavaScript client -----------------------------------------------------------------------
+
+
+def measure_js(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    config = json.dumps({"url": shape_url, "table": TABLE, "count": subscribers})
+    process = subprocess.Popen(
+        ["node", str(JS_SCRIPT), config],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    received: list[dict[int, float]] = [{} for _ in range(subscribers)]
+
+    def reader() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        _await_js(lines, received, lambda: time.monotonic() > started + READY_TIMEOUT, "ready")
+        ready_seconds = time.monotonic() - started
+        committer = _Committer(dsn)
+        commit_times: dict[int, float] = {}
+        try:
+            for _ in range(commits):
+                end = time.monotonic() + interval
+                while time.monotonic() < end:
+                    _drain_js(lines, received, timeout=max(0.0, end - time.monotonic()))
+                row_id, at = committer.commit()
+                commit_times[row_id] = at
+        finally:
+            committer.close()
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(row_id in seen for seen in received for row_id in commit_times):
+                break
+            _drain_js(lines, received, timeout=0.05)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        thread.join(5)
+    delays, missing = _delays(commit_times, received)
+    return FanoutResult(subscribers, delays, missing, ready_seconds)
+
+
+def _handle_js(line: str, received: list[dict[int, float]]) -> str | None:
+    event = json.loads(line)
+    kind = event.get("type")
+    if kind == "change":
+        received[int(event["stream"])].setdefault(int(event["id"]), float(event["at"]) / 1000)
+    elif kind == "error" and event.get("transient"):
+        print(f"  fanout_js.mjs (retried): {event}", flush=True)
+    elif kind == "error":
+        raise RuntimeError(f"fanout_js.mjs: {event}")
+    return str(kind)
+
+
+def _drain_js(
+    lines: queue.Queue[str | None], received: list[dict[int, float]], timeout: float
+) -> str | None:
+    """Handle the lines available within ``timeout``; returns the kind of the last one."""
+    kind: str | None = None
+    try:
+        line = lines.get(timeout=timeout)
+        while True:
+            if line is None:
+                raise RuntimeError("fanout_js.mjs exited")
+            kind = _handle_js(line, received)
+            if kind == "ready":
+                return kind
+            line = lines.get_nowait()
+    except queue.Empty:
+        return kind
+
+
+def _await_js(
+    lines: queue.Queue[str | None],
+    received: list[dict[int, float]],
+    expired: Callable[[], bool],
+    wanted: str,
+) -> None:
+    while not expired():
+        if _drain_js(lines, received, timeout=0.2) == wanted:
+            return
+    raise TimeoutError(f"fanout_js.mjs did not report {wanted!r}")
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _syncd(subscribers: int) -> Iterator[tuple[str, str]]:
+    """Own Postgres, database, table and syncd; yields (shape URL, DSN)."""
+    base = Path(tempfile.mkdtemp(prefix="syncd-bench-fanout-"))
+    base.chmod(0o711)
+    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
+    dbname = f"bench_fanout_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        try:
+            dsn = make_conninfo(server.dsn, dbname=dbname)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+                        sql.Identifier(TABLE)
+                    )
+                )
+            slot = f"syncd_fanout_{secrets.token_hex(4)}"
+            daemon = _Daemon(dsn, base / "storage", slot, None, base / "syncd.log")
+            daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 4 * subscribers))
+            daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * subscribers))
+            daemon.start(timeout=60)
+            try:
+                yield daemon.url + "/v1/shape", dsn
+                daemon.check_alive()
+            finally:
+                daemon.stop()
+        finally:
+            drop_database(server.dsn, dbname)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+Measure = Callable[[str, str, int, int, float], FanoutResult]
+
+
+def run_fanout(
+    client: str, subscribers: int = 1_000, commits: int = 10, interval: float = 1.0
+) -> str:
+    """The ``make bench`` entry point for ``client`` "python" or "js"; prints the line."""
+    measure: Measure = measure_python if client == "python" else measure_js
+    name = f"fanout-{subscribers}-{client}"
+    results: list[FanoutResult] = []
+    with _syncd(subscribers) as (shape_url, dsn):
+        for count in (1, subscribers):
+            result = measure(shape_url, dsn, count, commits, interval)
+            results.append(result)
+            print(
+                f"{name}: {count:,} subscriber(s) up to date in {result.ready_seconds:.1f}s; "
+                f"{len(result.delays_ms):,} deliveries, {result.missing} missing; "
+                f"p50 {result.percentile(0.5):.1f} ms, p99 {result.percentile(0.99):.1f} ms, "
+                f"max {max(result.delays_ms, default=float('nan')):.1f} ms",
+                flush=True,
+            )
+    baseline, fanout = (r.percentile(0.5) for r in results)
+    if results[1].missing:  # reported, not fatal: the line still says how slow it was
+        print(f"{name}: {results[1].missing} deliveries missing after {DELIVERY_TIMEOUT:.0f}s")
+    line = (
+        f"BENCH {name} value={fanout:.1f} unit=ms baseline={baseline:.1f} "
+        f"ratio={baseline / fanout:.3f}"
+    )
+    print(line, flush=True)
+    return line
