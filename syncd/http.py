@@ -236,16 +236,7 @@ class ShapeApi:
 
     async def options(self, request: Request) -> Response:
         """CORS preflight."""
-        headers = base_headers(None)
-        headers["access-control-max-age"] = "86400"
-        asked = request.headers.get("access-control-request-headers", "")
-        allowed = [h.strip() for h in asked.lower().split(",") if h.strip()]
-        if allowed:
-            headers["access-control-allow-headers"] = ", ".join(allowed)
-        origin = request.headers.get("origin")
-        if origin:
-            headers["access-control-allow-origin"] = origin
-        return Response(status_code=204, headers=headers)
+        return preflight(request)
 
     async def health_check(self, request: Request) -> Response:
         """``GET /v1/health``."""
@@ -532,6 +523,20 @@ def _etag_matches(request: Request, etag: str) -> bool:
         return False
     wanted = etag.strip('"')
     return any(part.strip().strip('"') == wanted for part in given.split(","))
+
+
+def preflight(request: Request) -> Response:
+    """The CORS preflight answer: 204, allowing the headers the browser asks for."""
+    headers = base_headers(None)
+    headers["access-control-max-age"] = "86400"
+    asked = request.headers.get("access-control-request-headers", "")
+    allowed = [h.strip() for h in asked.lower().split(",") if h.strip()]
+    if allowed:
+        headers["access-control-allow-headers"] = ", ".join(allowed)
+    origin = request.headers.get("origin")
+    if origin:
+        headers["access-control-allow-origin"] = origin
+    return Response(status_code=204, headers=headers)
 
 
 def base_headers(cache: str | None) -> dict[str, str]:

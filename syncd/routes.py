@@ -66,7 +66,7 @@ from shapes.errors import InvalidRequest
 from shapes.request import validate_params
 from shapes.shape import parse_columns, parse_table
 from syncd.embed import EMBEDDED_BASE_URL, EmbeddedSyncd
-from syncd.http import bad_request, base_headers, json_bytes_response
+from syncd.http import bad_request, base_headers, json_bytes_response, preflight
 
 PASS_THROUGH = frozenset(
     {
@@ -303,7 +303,7 @@ class ShapeRoutes:
     async def serve(self, request: Request, table: str, authorize: Authorize) -> Response:
         """One request: authorize, narrow, forward, stream back."""
         if request.method == "OPTIONS":
-            return _preflight(request)
+            return preflight(request)
         scope = await authorize(request)
         if isinstance(scope, Response):
             return scope
@@ -390,19 +390,6 @@ async def _relay(
         cut_task.cancel()
         done()
         await upstream.aclose()
-
-
-def _preflight(request: Request) -> Response:
-    headers = base_headers(None)
-    headers["access-control-max-age"] = "86400"
-    asked = request.headers.get("access-control-request-headers", "")
-    allowed = [h.strip() for h in asked.lower().split(",") if h.strip()]
-    if allowed:
-        headers["access-control-allow-headers"] = ", ".join(allowed)
-    origin = request.headers.get("origin")
-    if origin:
-        headers["access-control-allow-origin"] = origin
-    return Response(status_code=204, headers=headers)
 
 
 def shape_route(
