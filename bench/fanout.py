@@ -76,10 +76,15 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class _Committer:
-    """Inserts one row per commit on its own connection; returns the wall clock after COMMIT."""
+    """Inserts one row per commit on its own connection; returns the wall clock after COMMIT.
+
+    The session commits synchronously: an asynchronous commit reaches the walsender only when
+    Postgres' WAL writer flushes it, a delay that belongs to Postgres and not to syncd.
+    """
 
     def __init__(self, dsn: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("SET synchronous_commit TO on")
 
     def commit(self) -> tuple[int, float]:
         row = self.conn.execute(

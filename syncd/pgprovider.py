@@ -115,8 +115,8 @@ def provide_postgres(
 ) -> PostgresServer:
     """Return a running Postgres with wal_level=logical (see the module docstring).
 
-    ``fast`` turns off fsync, synchronous_commit and full_page_writes: for throw-away test
-    clusters only.
+    ``fast`` turns off fsync, synchronous_commit and full_page_writes and has the WAL writer
+    flush every 10 ms: for throw-away test clusters only.
     """
     url = os.environ.get(env_var)
     if url:
@@ -388,7 +388,15 @@ class _Cluster:
             "unix_socket_directories": _quote(str(self.socket_dir)),
         }
         if self.fast:
-            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            settings |= {
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+                # Asynchronous commits reach logical walsenders when the WAL writer flushes
+                # them: every wal_writer_delay (200 ms by default), which every test that
+                # waits for a change would otherwise pay.
+                "wal_writer_delay": "'10ms'",
+            }
         lines = [f"{key} = {value}\n" for key, value in settings.items()]
         conf = self.data_dir / _CONF_NAME
         conf.write_text("# written by syncd.pgprovider at every start\n" + "".join(lines))
@@ -589,6 +597,7 @@ def _docker_server(fast: bool) -> PostgresServer | None:
     options += " -c max_connections=200"
     if fast:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += " -c wal_writer_delay=10ms"
     container = containers.PostgresContainer(
         "postgres:16", username=_SUPERUSER, password="postgres"
     )
