@@ -46,7 +46,7 @@ from psycopg.conninfo import make_conninfo
 
 from bench.stats import median, summary
 from shapes.offset import SNAPSHOT_END
-from shapes.shape import ShapeDefinition
+from shapes.shape import CanonicalShape
 from syncd.engine import Engine, EngineSettings
 from syncd.pgoutput import format_lsn
 from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
@@ -265,11 +265,11 @@ async def _prepare_readers(bench: _Bench) -> None:
     for r in range(options.rounds):
         started = time.monotonic()
         if ONE in options.readers:
-            one = await _new_round(bench, f"one_{r}", [ShapeDefinition("public", TABLE)], [None])
+            one = await _new_round(bench, f"one_{r}", [CanonicalShape("public", TABLE)], [None])
             bench.one.append(one)
         if MANY in options.readers:
             ks = list(range(1, options.shapes + 1))
-            definitions = [ShapeDefinition("public", TABLE, where=f"id = {k}") for k in ks]
+            definitions = [CanonicalShape("public", TABLE, where=f"id = {k}") for k in ks]
             many = await _new_round(bench, f"many_{r}", definitions, list(ks))
             bench.many.append(many)
         log(f"  round {r + 1}: engines and shapes ready in {time.monotonic() - started:.1f}s")
@@ -281,7 +281,7 @@ async def _prepare_readers(bench: _Bench) -> None:
 
 
 async def _new_round(
-    bench: _Bench, name: str, definitions: list[ShapeDefinition], ids: list[int | None]
+    bench: _Bench, name: str, definitions: list[CanonicalShape], ids: list[int | None]
 ) -> _SyncdRound:
     settings = EngineSettings(
         conninfo=bench.dsn,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
-from shapes.shape import LogMode, Replica, ShapeDefinition, parse_columns, parse_table
+from shapes.shape import CanonicalShape, LogMode, Replica, parse_columns, parse_table
 
 _PARAM_KEY = re.compile(r"params\[([^\]]*)\]")
 
@@ -34,7 +34,7 @@ class RequestErrors(InvalidRequest):
 class ShapeRequest:
     """A validated shape request. ``offset`` is ``None`` for ``offset=now``."""
 
-    definition: ShapeDefinition
+    definition: CanonicalShape
     offset: LogOffset | None
     handle: str | None
     live: bool
@@ -103,7 +103,7 @@ def _cast_enums(params: dict[str, str]) -> tuple[Replica, LogMode]:
 
 def _definition(
     params: dict[str, str], where_params: dict[str, str], replica: Replica, log_mode: LogMode
-) -> ShapeDefinition:
+) -> CanonicalShape:
     table_text = params.get("table")
     if not table_text:
         raise InvalidRequest("table", "can't be blank")
@@ -113,7 +113,7 @@ def _definition(
         columns = tuple(sorted(set(parse_columns(params["columns"]))))
     validate_params(where_params)
     where = params.get("where") or None
-    return ShapeDefinition(
+    return CanonicalShape(
         schema=schema,
         table=table,
         where=where,

@@ -21,8 +21,14 @@ LogMode = Literal["full", "changes_only"]
 
 
 @dataclass(frozen=True, slots=True)
-class ShapeDefinition:
-    """What a client asked for; columns are sorted, ``None`` meaning every column."""
+class CanonicalShape:
+    """A shape as the server identifies it: schema and table resolved, ``where`` as written,
+    columns sorted (``None`` meaning every column).
+
+    Requests that differ only in spelling (quoting, column order, a default schema) map to the
+    same ``CanonicalShape`` and so to the same log. Clients describe a shape with
+    :class:`shapes.client.ShapeDefinition` instead: the query parameters they send.
+    """
 
     schema: str
     table: str
@@ -54,7 +60,7 @@ class ShapeDefinition:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> ShapeDefinition:
+    def from_json(cls, data: Mapping[str, object]) -> CanonicalShape:
         """Inverse of :meth:`to_json`."""
         params = data.get("params") or {}
         columns = data.get("columns")

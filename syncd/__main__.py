@@ -39,12 +39,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from syncd.daemon import ReplicationFailed, Syncd
+    from syncd.daemon import ReplicationFailed, Syncd, event_loop_factory
     from syncd.errors import SlotConflict
 
     try:
+        new_loop = event_loop_factory(settings.event_loop)
+    except ModuleNotFoundError:
+        print("syncd: SYNCD_EVENT_LOOP=uvloop, but uvloop is not installed", file=sys.stderr)
+        return 2
+    try:
         with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(Syncd(settings, conninfo).serve())
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                runner.run(Syncd(settings, conninfo).serve())
     except ReplicationFailed as exc:
         log.critical("replication failed, exiting: %s", exc)
         return 1

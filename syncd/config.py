@@ -33,7 +33,12 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     allow_shape_deletion: bool = False
     log_level: str = "INFO"
+    event_loop: str = "auto"
+    """``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``."""
     dev: bool = False
+
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
@@ -71,6 +76,7 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
     ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),
+    ("event_loop", "SYNCD_EVENT_LOOP", str, "auto (uvloop when installed), uvloop or asyncio"),
 )
 
 
@@ -136,11 +142,16 @@ def load_settings(
     if deletion is None:
         deletion = _truthy(env.get("SYNCD_ALLOW_SHAPE_DELETION", ""))
     settings = Settings(**values, allow_shape_deletion=bool(deletion), dev=args.dev)  # type: ignore[arg-type]
-    _validate(settings)
+    check_settings(settings)
     return settings
 
 
-def _validate(settings: Settings) -> None:
+def check_settings(settings: Settings) -> None:
+    """Check values that parse but make no sense together or alone.
+
+    Raises:
+        ConfigError: naming the setting (by its environment variable) and the rule.
+    """
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port out of range: {settings.port}")
     if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
@@ -151,5 +162,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
     if settings.chunk_bytes < 1024:
         raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
+    if settings.event_loop not in EVENT_LOOPS:
+        raise ConfigError("SYNCD_EVENT_LOOP must be one of " + ", ".join(EVENT_LOOPS))
     if settings.database_url is None and not settings.dev:
         raise ConfigError("no database: set SYNCD_DATABASE_URL / DATABASE_URL or pass --dev")

@@ -1,14 +1,10 @@
 """Run syncd inside an existing asyncio program: no HTTP server, no port.
 
 Layer: ``syncd``. :class:`EmbeddedSyncd` runs the engine and the replication stream in the
-caller's event loop and answers shape requests through ``httpx.ASGITransport``: requests never
-leave the process, yet they go through the same Starlette app (and the same protocol) as
-``python -m syncd``.
-
-Live updates use long-poll only. ``httpx.ASGITransport`` buffers a whole response body before
-returning it, so an SSE response (held open for up to a minute) would arrive all at once at
-the end instead of event by event; :meth:`EmbeddedSyncd.stream` therefore refuses
-``live_mode="sse"``.
+caller's event loop and answers shape requests through an in-process transport
+(:class:`~syncd.asgi_transport.StreamingASGITransport`): requests never leave the process, yet
+they go through the same Starlette app (and the same protocol) as ``python -m syncd``, live
+long-polls and SSE streams included.
 """
 
 from __future__ import annotations
@@ -22,12 +18,12 @@ from typing import Any, Final
 import httpx
 
 from shapes.client import Shape, ShapeDefinition, ShapeStream
-from syncd.config import Settings, _validate
-from syncd.daemon import ReplicationFailed, Syncd
+from syncd.asgi_transport import StreamingASGITransport
+from syncd.config import Settings, check_settings
+from syncd.daemon import Syncd
 from syncd.engine import Engine
 
 EMBEDDED_BASE_URL: Final = "http://syncd.embedded"
-STARTUP_POLL: Final = 0.05
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,7 +53,7 @@ class EmbeddedSyncd:
         self.settings = Settings(
             database_url=database_url, storage_dir=Path(storage_dir), **settings
         )
-        _validate(self.settings)
+        check_settings(self.settings)
         self.database_url = database_url
         self.start_timeout = start_timeout
         self._syncd: Syncd | None = None
@@ -95,7 +91,8 @@ class EmbeddedSyncd:
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(syncd.running())
         try:
-            await self._wait_active(syncd)
+            async with asyncio.timeout(self.start_timeout):
+                await syncd.wait_active()
         except BaseException:
             await stack.aclose()
             raise
@@ -117,15 +114,6 @@ class EmbeddedSyncd:
         """Stop syncd and start a new one on the same storage directory and slot."""
         await self.stop()
         await self.start()
-
-    async def _wait_active(self, syncd: Syncd) -> None:
-        async with asyncio.timeout(self.start_timeout):
-            while syncd.health() != "active":
-                task = syncd._replication
-                if task is not None and task.done():
-                    error = None if task.cancelled() else task.exception()
-                    raise ReplicationFailed(f"replication stopped while starting: {error}")
-                await asyncio.sleep(STARTUP_POLL)
 
     async def _app(self, scope: Scope, receive: Any, send: Any) -> None:
         """The ASGI app behind every client: whichever syncd is running now."""
@@ -154,7 +142,7 @@ class EmbeddedSyncd:
         """
         kwargs.setdefault("base_url", EMBEDDED_BASE_URL)
         kwargs.setdefault("timeout", httpx.Timeout(10.0, read=65.0))
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self._app), **kwargs)
+        return httpx.AsyncClient(transport=StreamingASGITransport(self._app), **kwargs)
 
     @property
     def default_client(self) -> httpx.AsyncClient:
@@ -170,13 +158,10 @@ class EmbeddedSyncd:
         client: httpx.AsyncClient | None = None,
         **kw: Any,
     ) -> ShapeStream:
-        """A long-poll :class:`~shapes.client.ShapeStream` of ``definition`` (or a table name).
+        """A :class:`~shapes.client.ShapeStream` of ``definition`` (or a table name).
 
-        Other keywords go to ``ShapeStream``. ``live_mode="sse"`` raises ``ValueError``: the
-        in-process transport cannot stream a response body incrementally.
+        Other keywords (``live_mode=``, ``handle=``, ``offset=``, ...) go to ``ShapeStream``.
         """
-        if kw.get("live_mode", "long-poll") != "long-poll":
-            raise ValueError("embedded syncd supports live_mode='long-poll' only")
         if isinstance(definition, str):
             definition = ShapeDefinition.of(definition)
         return ShapeStream(self.shape_url, definition, client=client or self.default_client, **kw)

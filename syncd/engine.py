@@ -74,14 +74,15 @@ from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.schema_change import diff_columns, is_affected
-from shapes.shape import ShapeDefinition
+from shapes.shape import CanonicalShape
 from shapes.where import Where, parse_where
+from shapes.xid import Snapshot
 from syncd.catalog import PublicationManager, load_table
 from syncd.errors import DatabaseUnavailable, SlotConflict
 from syncd.pgoutput import messages as pg
 from syncd.pgoutput.decoder import PgoutputDecoder
 from syncd.shape_state import ShapeState, snapshot_from_meta
-from syncd.snapshot import DISPLAY_SETTINGS, SnapshotInfo, begin_snapshot, stream_rows
+from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
 from syncd.spool import TransactionSpool
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
 
@@ -150,11 +151,11 @@ class Engine:
         self.publications = PublicationManager(settings.publication)
         self.router: Router[ShapeState] = Router()
         self.shapes: dict[str, ShapeState] = {}
-        self.by_definition: dict[ShapeDefinition, ShapeState] = {}
+        self.by_definition: dict[CanonicalShape, ShapeState] = {}
         self.last_seen_lsn = 0
         self._tables: dict[TableKey, Table] = {}
         self._relations: dict[int, _Relation] = {}
-        self._creating: dict[ShapeDefinition, asyncio.Future[ShapeState]] = {}
+        self._creating: dict[CanonicalShape, asyncio.Future[ShapeState]] = {}
         self._pending: list[ShapeState] = []
         self._snapshotting: set[ShapeState] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -307,7 +308,7 @@ class Engine:
             return None
         if meta is None or meta.get("status") != "ready" or not shape_log.snapshot_complete:
             return None
-        definition = ShapeDefinition.from_json(meta["definition"])
+        definition = CanonicalShape.from_json(meta["definition"])
         try:
             table, where, selected = await self._compile(definition)
         except InvalidRequest as exc:
@@ -327,12 +328,12 @@ class Engine:
         shape = self.shapes.get(handle)
         return shape if shape is not None and shape.status != "gone" else None
 
-    def find(self, definition: ShapeDefinition) -> ShapeState | None:
+    def find(self, definition: CanonicalShape) -> ShapeState | None:
         """The live shape for this definition, if any."""
         shape = self.by_definition.get(definition)
         return shape if shape is not None and shape.status != "gone" else None
 
-    async def get_or_create(self, definition: ShapeDefinition) -> ShapeState:
+    async def get_or_create(self, definition: CanonicalShape) -> ShapeState:
         """The shape for ``definition``, creating it (and starting its snapshot) if needed.
 
         Concurrent calls for the same new definition share one creation.
@@ -361,7 +362,7 @@ class Engine:
         finally:
             del self._creating[definition]
 
-    async def _create(self, definition: ShapeDefinition) -> ShapeState:
+    async def _create(self, definition: CanonicalShape) -> ShapeState:
         table, where, selected = await self._compile(definition)
         async with self.connection() as conn:
             await self.publications.add_table(conn, table)
@@ -375,7 +376,7 @@ class Engine:
         return shape
 
     async def _compile(
-        self, definition: ShapeDefinition
+        self, definition: CanonicalShape
     ) -> tuple[Table, Where | None, tuple[str, ...]]:
         table = await self.describe_table(definition.schema, definition.table)
         selected = _selected_columns(table, definition.columns)
@@ -408,7 +409,7 @@ class Engine:
         except (psycopg.OperationalError, TimeoutError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
-    def _new_handle(self, definition: ShapeDefinition) -> str:
+    def _new_handle(self, definition: CanonicalShape) -> str:
         now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
         self._last_handle_us = now_us
         return f"{definition.digest()}-{now_us}"
@@ -687,7 +688,7 @@ class Engine:
         shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
         fresh = ShapeState(handle, definition, shape.table, shape.where, shape.selected, shape_log)
         xid = shape.snapshot.widen(self._txn_xid) if shape.snapshot else self._txn_xid
-        info = SnapshotInfo(xid + 1, xid + 1, ())
+        info = Snapshot(xid + 1, xid + 1, ())
         shape_log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
         fresh.filtering = False
         fresh.finish_snapshot(info)
@@ -921,7 +922,7 @@ def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | N
     return row
 
 
-def _describe(definition: ShapeDefinition) -> str:
+def _describe(definition: CanonicalShape) -> str:
     text = f"{definition.schema}.{definition.table}"
     if definition.where:
         text += f" where {definition.where}"

@@ -32,7 +32,7 @@ from shapes import messages
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
-from shapes.shape import ShapeDefinition
+from shapes.shape import CanonicalShape
 from shapes.subset import (
     SUBSET_KEYS,
     SubsetError,
@@ -507,7 +507,7 @@ async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], L
     return shape.log.read(offset)
 
 
-def _definition_to_delete(items: list[tuple[str, str]]) -> ShapeDefinition:
+def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:
     """The shape definition a ``DELETE`` names; request-position parameters are ignored."""
     kept = [(name, value) for name, value in items if name not in _POSITION_PARAMS]
     return parse_shape_request([*kept, ("offset", "-1")]).definition

@@ -268,11 +268,8 @@ class ShapeRoutes:
 
     @classmethod
     def in_process(cls, embedded: EmbeddedSyncd, *, secret: str | None = None) -> ShapeRoutes:
-        """Routes backed by a syncd embedded in this process (no network hop).
-
-        The in-process transport buffers whole responses, so serve live requests as long-polls;
-        an SSE request's events would only arrive when its stream ends.
-        """
+        """Routes backed by a syncd embedded in this process (no network hop); live long-polls
+        and SSE streams pass through as they do from a remote syncd."""
         client = embedded.client(timeout=httpx.Timeout(10.0, read=120.0))
         return cls(EMBEDDED_BASE_URL, secret=secret, client=client)
 

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from shapes.convert import ShapeView
 from shapes.messages import relation_key_prefix
 from shapes.schema import Table
-from shapes.shape import ShapeDefinition
+from shapes.shape import CanonicalShape
 from shapes.where import Where
-from syncd.snapshot import SnapshotInfo
+from shapes.xid import Snapshot
 from syncd.storage import ShapeLog
 
 log = logging.getLogger("syncd.shape")
@@ -53,13 +53,13 @@ class ShapeState:
     """Runtime state of one shape (identity-hashed: one object per handle)."""
 
     handle: str
-    definition: ShapeDefinition
+    definition: CanonicalShape
     table: Table
     where: Where | None
     selected: tuple[str, ...]
     log: ShapeLog
     status: Status = "snapshotting"
-    snapshot: SnapshotInfo | None = None
+    snapshot: Snapshot | None = None
     filtering: bool = True
     buffer: list[tuple[int, int, LogEntries]] = field(default_factory=list)
     failure: BaseException | None = None
@@ -162,7 +162,7 @@ class ShapeState:
                 self.save_meta(defer=True)
         return True
 
-    def finish_snapshot(self, info: SnapshotInfo) -> None:
+    def finish_snapshot(self, info: Snapshot) -> None:
         """Mark the snapshot done and move buffered transactions into the log, in order."""
         self.snapshot = info
         self.status = "ready"
@@ -205,9 +205,9 @@ class ShapeState:
         self.log.write_meta(self.meta(), defer=defer)
 
 
-def snapshot_from_meta(meta: dict[str, Any]) -> SnapshotInfo | None:
+def snapshot_from_meta(meta: dict[str, Any]) -> Snapshot | None:
     """The stored snapshot visibility info, if any."""
     data = meta.get("snapshot")
     if not data:
         return None
-    return SnapshotInfo(int(data["xmin"]), int(data["xmax"]), tuple(int(x) for x in data["xip"]))
+    return Snapshot(int(data["xmin"]), int(data["xmax"]), tuple(int(x) for x in data["xip"]))

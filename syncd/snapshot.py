@@ -24,7 +24,6 @@ display settings, so a value looks the same in the snapshot and in later changes
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -32,8 +31,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.string import TextLoader
 
 from shapes.schema import Table
-
-XID_SPACE = 1 << 32
+from shapes.xid import Snapshot
 
 DISPLAY_SETTINGS = {
     "DateStyle": "ISO, DMY",
@@ -45,39 +43,6 @@ DISPLAY_SETTINGS = {
 """Session settings that give every value a canonical text form (also used for replication)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """``pg_current_snapshot()`` as 64-bit xids."""
-
-    xmin: int
-    xmax: int
-    xip: tuple[int, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> SnapshotInfo:
-        """Parse the ``xmin:xmax:xip,...`` text form."""
-        xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
-
-    def widen(self, xid: int) -> int:
-        """Map a 32-bit xid from the stream to the 64-bit xid nearest to ``xmax``."""
-        full = (self.xmax & ~(XID_SPACE - 1)) | xid
-        if full > self.xmax + XID_SPACE // 2:
-            full -= XID_SPACE
-        elif full < self.xmax - XID_SPACE // 2:
-            full += XID_SPACE
-        return full
-
-    def is_visible(self, xid: int) -> bool:
-        """Whether the transaction's effects are already contained in the snapshot."""
-        full = self.widen(xid)
-        return full < self.xmin or (full < self.xmax and full not in self.xip)
-
-    def is_after(self, xid: int) -> bool:
-        """Whether the transaction started after the snapshot was taken."""
-        return self.widen(xid) >= self.xmax
-
-
 def selected_sql(table: Table, columns: Sequence[str]) -> sql.Composed:
     """``SELECT "a", "b" FROM "schema"."table"`` for the given columns."""
     return sql.SQL("SELECT {} FROM {}").format(
@@ -86,7 +51,7 @@ def selected_sql(table: Table, columns: Sequence[str]) -> sql.Composed:
     )
 
 
-async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[SnapshotInfo, int]:
+async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snapshot, int]:
     """Open the snapshot transaction; returns its visibility info and the current WAL LSN.
 
     The connection must be in autocommit mode and not in a transaction.
@@ -99,7 +64,7 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
     assert row is not None
     for name, value in DISPLAY_SETTINGS.items():
         await conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-    return SnapshotInfo.parse(row[0]), int(row[1])
+    return Snapshot.parse(row[0]), int(row[1])
 
 
 async def stream_rows(

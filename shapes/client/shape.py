@@ -12,6 +12,7 @@ import httpx
 from shapes.client.stream import Batch, LiveMode, Message, ShapeDefinition, ShapeStream
 from shapes.materialise import MaterialisedShape
 from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
+from shapes.xid import XID_SPACE, Snapshot
 
 Callback = Callable[[Batch], None]
 _END = object()
@@ -30,7 +31,7 @@ class Shape:
         self._callbacks: list[Callback] = []
         self._queues: set[asyncio.Queue[object]] = set()
         self._txids: set[int] = set()
-        self._snapshot: tuple[int, int, frozenset[int]] | None = None
+        self._snapshot: Snapshot | None = None
         self._position: LogOffset = BEFORE_ALL
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._error: BaseException | None = None
@@ -97,7 +98,8 @@ class Shape:
         """Wait until transaction ``txid`` is reflected in ``rows``.
 
         True once a change carrying ``txid`` has been applied, or once the snapshot (its
-        ``snapshot-end``) already saw it committed (``protocol.md`` §7.6).
+        ``snapshot-end``) already saw it committed. ``txid`` may be the 32-bit
+        ``pg_current_xact_id()::xid`` that changes carry or the 64-bit ``pg_current_xact_id()``.
         """
         await self._wait(lambda: self._txid_seen(txid), timeout)
 
@@ -107,12 +109,9 @@ class Shape:
         await self._wait(lambda: self._position >= target, timeout)
 
     def _txid_seen(self, txid: int) -> bool:
-        if txid in self._txids:
+        if txid & (XID_SPACE - 1) in self._txids:
             return True
-        if self._snapshot is None:
-            return False
-        xmin, xmax, xip = self._snapshot
-        return txid < xmin or (txid < xmax and txid not in xip)
+        return self._snapshot is not None and self._snapshot.is_visible(txid)
 
     async def _wait(self, condition: Callable[[], bool], limit: float | None) -> None:
         if condition():
@@ -160,8 +159,8 @@ class Shape:
             self._snapshot = None
             self._position = BEFORE_ALL
         elif control == "snapshot-end":
-            xip = frozenset(int(x) for x in headers.get("xip_list", ()))
-            self._snapshot = (int(headers["xmin"]), int(headers["xmax"]), xip)
+            xip = tuple(int(x) for x in headers.get("xip_list", ()))
+            self._snapshot = Snapshot(int(headers["xmin"]), int(headers["xmax"]), xip)
         elif "lsn" in headers:
             self._txids.update(int(t) for t in headers.get("txids", ()))
             position = LogOffset(int(headers["lsn"]), int(headers.get("op_position", 0)))

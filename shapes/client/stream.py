@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
+from shapes.client.sse import SseDecoder
 from shapes.values import parse_row, parse_schema
 
 Message = dict[str, Any]
@@ -294,21 +295,17 @@ class ShapeStream:
                 self._cursor = response.headers["electric-cursor"]
             self.handle = response.headers.get("electric-handle", self.handle)
             pending: list[Message] = []
-            data: list[str] = []
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    data.append(line[6:] if line.startswith("data: ") else line[5:])
-                    continue
-                if line or not data:
-                    continue  # comments (keep-alives) and other fields
-                message = json.loads("\n".join(data))
-                data = []
-                pending.extend(self._accept([message]))
-                headers_ = message.get("headers", {})
-                if headers_.get("control") == "up-to-date":
-                    self.offset = f"{headers_.get('global_last_seen_lsn', '0')}_0"
-                    batch, pending = pending, []
-                    yield batch
+            decoder = SseDecoder()
+            async for chunk in response.aiter_bytes():
+                for data in decoder.feed(chunk):
+                    message = json.loads(data)
+                    pending.extend(self._accept([message]))
+                    control = message.get("headers", {}).get("control")
+                    if control == "up-to-date":
+                        lsn = message["headers"].get("global_last_seen_lsn", "0")
+                        self.offset = f"{lsn}_0"
+                        batch, pending = pending, []
+                        yield batch
         if time.monotonic() - started < SHORT_SSE_SECONDS:
             self._short_sse += 1
             await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))

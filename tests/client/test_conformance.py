@@ -2,8 +2,8 @@
 
 Every test takes ``endpoint``, parametrised two ways: ``http`` (a ``syncd`` child process over
 loopback HTTP) and ``inprocess`` (:class:`syncd.embed.EmbeddedSyncd` in the test's event loop,
-reached through ``httpx.ASGITransport``). In-process, a daemon crash becomes a restart of the
-embedded engine on the same storage, and SSE is skipped (the transport buffers response bodies).
+reached through :class:`syncd.asgi_transport.StreamingASGITransport`). In-process, a daemon
+crash becomes a restart of the embedded engine on the same storage.
 """
 
 from __future__ import annotations
@@ -217,8 +217,6 @@ async def test_live_changes(endpoint: Endpoint, live_mode: LiveMode) -> None:
     async def record(request: httpx.Request) -> None:
         urls.append(str(request.url))
 
-    if live_mode == "sse" and endpoint.kind == "inprocess":
-        pytest.skip("httpx.ASGITransport buffers response bodies: in-process is long-poll only")
     client = endpoint.client(timeout=httpx.Timeout(10, read=65), event_hooks={"request": [record]})
     stream = endpoint.stream(ITEMS, live_mode=live_mode, client=client)
     async with client, Shape(stream) as shape:

@@ -11,12 +11,11 @@ from syncd.config import ConfigError
 from syncd.embed import EmbeddedSyncd
 
 
-async def test_sse_is_refused_in_process(tmp_path: Path) -> None:
+async def test_streams_use_the_in_process_url(tmp_path: Path) -> None:
     embedded = EmbeddedSyncd("dbname=nothing", tmp_path)
-    with pytest.raises(ValueError, match="long-poll"):
-        embedded.stream("items", live_mode="sse")
-    stream = embedded.stream("items", offset="-1")
+    stream = embedded.stream("items", offset="-1", live_mode="sse")
     assert stream.definition == ShapeDefinition.of("items")
+    assert stream.live_mode == "sse"
     assert stream.url == "http://syncd.embedded/v1/shape"
     await embedded.default_client.aclose()
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.snapshot import XID_SPACE, SnapshotInfo
+from shapes.xid import XID_SPACE, Snapshot, widen_xid
 
 
 def test_parse_text_form() -> None:
-    info = SnapshotInfo.parse("100:105:100,102")
-    assert info == SnapshotInfo(100, 105, (100, 102))
-    assert SnapshotInfo.parse("7:7:") == SnapshotInfo(7, 7, ())
+    info = Snapshot.parse("100:105:100,102")
+    assert info == Snapshot(100, 105, (100, 102))
+    assert Snapshot.parse("7:7:") == Snapshot(7, 7, ())
 
 
 def test_visibility_rules() -> None:
-    info = SnapshotInfo(100, 105, (100, 102))
+    info = Snapshot(100, 105, (100, 102))
     assert info.is_visible(99)  # committed before the snapshot
     assert not info.is_visible(100)  # in progress at the snapshot
     assert info.is_visible(101)
@@ -26,7 +26,7 @@ def test_visibility_rules() -> None:
 
 def test_32_bit_xids_are_widened_across_the_epoch() -> None:
     epoch = 3 << 32
-    info = SnapshotInfo(epoch - 5, epoch + 5, (epoch - 2,))
+    info = Snapshot(epoch - 5, epoch + 5, (epoch - 2,))
     assert info.widen(XID_SPACE - 10) == epoch - 10
     assert info.is_visible(XID_SPACE - 10)
     assert not info.is_visible(XID_SPACE - 2)
@@ -41,8 +41,15 @@ def test_32_bit_xids_are_widened_across_the_epoch() -> None:
     st.integers(-10_000, 10_000),
 )
 def test_widening_inverts_truncation_near_the_snapshot(xmax: int, width: int, delta: int) -> None:
-    info = SnapshotInfo(max(xmax - width, 0), xmax, ())
+    info = Snapshot(max(xmax - width, 0), xmax, ())
     full = xmax + delta
     if full < 0:
         return
     assert info.widen(full % XID_SPACE) == full
+
+
+def test_a_64_bit_xid_keeps_its_low_bits_and_finds_the_nearest_epoch() -> None:
+    near = (2 << 32) + XID_SPACE - 3
+    assert widen_xid(5, near) == (3 << 32) + 5
+    assert widen_xid((7 << 32) + 5, near) == (3 << 32) + 5
+    assert widen_xid(XID_SPACE - 4, near) == near - 1
