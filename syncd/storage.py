@@ -127,6 +127,8 @@ __all__ = ["GroupSync", "ShapeLog", "SnapshotIncomplete", "StorageError", "Trans
 
 META_FILE: Final = "meta.json"
 LOG_FILE: Final = "log.bin"
+READ_MEMO_BYTES: Final = 256 * 1024
+"""Reads up to this size are kept for the readers that ask for the same offset next."""
 INDEX_FILE: Final = "chunks.idx"
 SNAPSHOT_DONE_FILE: Final = "snapshot.done"
 _SNAPSHOT_PREFIX: Final = "snapshot-"
@@ -277,6 +279,9 @@ class ShapeLog:
         self._log_path = os.fspath(directory / LOG_FILE)
         self._index_path = os.fspath(directory / INDEX_FILE)
         self._view = view
+        self._last_read: tuple[_LogView, LogOffset, tuple[bytes, ...], LogOffset] | None = None
+        """The latest small change-log read: every live reader woken by one commit asks for the
+        same offset of the same view, so all but the first are answered from here."""
         self._acc = acc
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
         self._open_txn: _OpenTransaction | None = None
@@ -703,6 +708,15 @@ class ShapeLog:
         view = self._view
         if view.latest == SNAPSHOT_END or offset >= view.latest:
             return [], offset
+        last = self._last_read
+        if last is not None and last[0] is view and last[1] == offset:
+            return list(last[2]), last[3]
+        items, end_offset = self._read_log_file(view, offset)
+        if sum(map(len, items)) <= READ_MEMO_BYTES:
+            self._last_read = (view, offset, tuple(items), end_offset)
+        return items, end_offset
+
+    def _read_log_file(self, view: _LogView, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
         start, end = self._chunk_range(view, offset)
         start = max(start, min(self._start_of(offset.tx), end))
         fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)

@@ -626,3 +626,18 @@ def test_reads_near_the_tail_start_at_recent_transactions(tmp_path: Path) -> Non
     remembered = [log.read(offset) for offset in offsets]
     log._tx_starts = []  # as after a restart: scan from each chunk's start
     assert [log.read(offset) for offset in offsets] == remembered
+
+
+def test_repeated_reads_at_the_tail_follow_new_commits(tmp_path: Path) -> None:
+    log = make_log(tmp_path, 1 << 20)
+    log.append_transaction(100, [(0, row(0))])
+    first = log.read(off(100, 0))
+    assert first == ([], off(100, 0))
+    log.append_transaction(200, [(0, row(1)), (2, row(2))])
+    woken = [log.read(off(100, 0)) for _ in range(3)]  # three live readers at the same offset
+    assert woken == [([row(1), row(2)], off(200, 2))] * 3
+    woken[0][0].append(b"mutated by one reader")
+    assert log.read(off(100, 0)) == ([row(1), row(2)], off(200, 2))
+    log.append_transaction(300, [(0, row(3))])
+    assert log.read(off(100, 0)) == ([row(1), row(2), row(3)], off(300, 0))
+    assert log.read(off(200, 2)) == ([row(3)], off(300, 0))
