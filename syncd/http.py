@@ -43,7 +43,7 @@ from shapes.subset import (
 )
 from syncd.engine import Engine
 from syncd.errors import DatabaseUnavailable
-from syncd.shape_state import ShapeState
+from syncd.shape_state import ShapeState, wait_briefly
 from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.http")
@@ -346,8 +346,7 @@ class ShapeApi:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(shape.notifier.wait()), remaining)
+            await wait_briefly(shape.notifier.wait(), remaining)
         return shape.status == "ready"
 
     async def _hold(self, shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
@@ -360,8 +359,7 @@ class ShapeApi:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), remaining)
+            await wait_briefly(waiter, remaining)
         return [], offset
 
     # -- responses -----------------------------------------------------------------------------
@@ -481,8 +479,7 @@ class ShapeApi:
                 yield SSE_KEEPALIVE
                 last_sent = now
             timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), max(timeout, 0.001))
+            await wait_briefly(waiter, timeout)
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""

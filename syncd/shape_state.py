@@ -48,6 +48,30 @@ class Notifier:
         self._future = None
 
 
+async def wait_briefly(future: asyncio.Future[None], seconds: float) -> None:
+    """Wait until ``future`` (shared, never cancelled here) is done or ``seconds`` have passed.
+
+    The cheap form of ``wait_for(shield(future), seconds)`` for the many live requests that wait
+    on one :class:`Notifier`: one future and one timer per wait, no task.
+    """
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(max(seconds, 0.0), wake)
+    future.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
+
+
 @dataclass(eq=False)
 class ShapeState:
     """Runtime state of one shape (identity-hashed: one object per handle)."""
