@@ -3,7 +3,7 @@
 ``fanout-1000-python``
     syncd runs as a child process with one table. One asyncio program opens ``--fanout-subscribers``
     (1,000) :class:`~shapes.client.ShapeStream` objects on the same shape, live over SSE, each
-    with its own HTTP connection (50 connections per ``httpx.AsyncClient``). The program runs on
+    with its own HTTP client and connection (the default). The program runs on
     the event loop syncd picks for itself (uvloop when installed). Once every stream is live and
     up to date, the benchmark commits one insert at a time (``--fanout-commits``, about 1 s
     apart; the committing session uses ``synchronous_commit = on``) from a separate thread,
@@ -32,12 +32,10 @@ HTTP writes and reads. The target is the value: p50 under 100 ms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import queue
 import secrets
 import shutil
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -48,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -129,40 +126,20 @@ def _delays(commits: dict[int, float], received: list[dict[int, float]]) -> tupl
 # --- Python client ---------------------------------------------------------------------------
 
 
-CLIENT_STREAMS = 50
-"""Streams per ``httpx.AsyncClient``: httpcore scans its whole pool for every request and
-response, so one client holding 1,000 live connections spends its time there."""
-
-
 async def _python_fanout(
     shape_url: str, dsn: str, subscribers: int, commits: int, interval: float, live_mode: LiveMode
 ) -> FanoutResult:
-    per_client = min(subscribers, CLIENT_STREAMS)
-    limits = httpx.Limits(max_connections=per_client + 2, max_keepalive_connections=per_client)
-    timeout = httpx.Timeout(30.0, read=65.0, pool=120.0)
-    tls = ssl.create_default_context()  # one context for all clients (each would load the CAs)
     received: list[dict[int, float]] = [{} for _ in range(subscribers)]
     ready = 0
     all_ready = asyncio.Event()
     started = time.monotonic()
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(limits=limits, timeout=timeout, verify=tls)
-            )
-            for _ in range(0, subscribers, per_client)
-        ]
 
-        async def follow(index: int) -> None:
-            nonlocal ready
-            seen = received[index]
-            stream = ShapeStream(
-                shape_url,
-                ShapeDefinition.of(TABLE),
-                live_mode=live_mode,
-                client=clients[index // per_client],
-            )
-            first = True
+    async def follow(seen: dict[int, float]) -> None:
+        nonlocal ready
+        first = True
+        # Each stream owns its client, as it does by default: httpx checks every pooled
+        # connection on each request, so one client shared by 1,000 live streams is quadratic.
+        async with ShapeStream(shape_url, ShapeDefinition.of(TABLE), live_mode=live_mode) as stream:
             async for batch in stream:
                 now = time.time()
                 for message in batch:
@@ -174,30 +151,30 @@ async def _python_fanout(
                     if ready == subscribers:
                         all_ready.set()
 
-        tasks = [asyncio.create_task(follow(i)) for i in range(subscribers)]
+    tasks = [asyncio.create_task(follow(seen)) for seen in received]
+    try:
+        await _wait_ready(all_ready, tasks)
+        ready_seconds = time.monotonic() - started
+        # SSE streams are opened by the request after the first up-to-date: let them settle.
+        await asyncio.sleep(SETTLE_SECONDS)
+        committer = await asyncio.to_thread(_Committer, dsn)
         try:
-            await _wait_ready(all_ready, tasks)
-            ready_seconds = time.monotonic() - started
-            # SSE streams are opened by the request after the first up-to-date: let them settle.
-            await asyncio.sleep(SETTLE_SECONDS)
-            committer = await asyncio.to_thread(_Committer, dsn)
-            try:
-                commit_times: dict[int, float] = {}
-                for _ in range(commits):
-                    await asyncio.sleep(interval)
-                    row_id, at = await asyncio.to_thread(committer.commit)
-                    commit_times[row_id] = at
-                deadline = time.monotonic() + DELIVERY_TIMEOUT
-                while time.monotonic() < deadline:
-                    if all(row_id in seen for seen in received for row_id in commit_times):
-                        break
-                    await asyncio.sleep(0.05)
-            finally:
-                await asyncio.to_thread(committer.close)
+            commit_times: dict[int, float] = {}
+            for _ in range(commits):
+                await asyncio.sleep(interval)
+                row_id, at = await asyncio.to_thread(committer.commit)
+                commit_times[row_id] = at
+            deadline = time.monotonic() + DELIVERY_TIMEOUT
+            while time.monotonic() < deadline:
+                if all(row_id in seen for seen in received for row_id in commit_times):
+                    break
+                await asyncio.sleep(0.05)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(committer.close)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     delays, missing = _delays(commit_times, received)
     return FanoutResult(subscribers, delays, missing, ready_seconds)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +89,16 @@ class ShapeDefinition:
         return query
 
 
+@functools.cache
+def shared_tls_context() -> ssl.SSLContext:
+    """The TLS settings of every client a stream creates for itself.
+
+    httpx's defaults (its CA bundle, ``SSL_CERT_FILE``/``SSL_CERT_DIR``), built once: building
+    them loads the CA bundle, about 20 ms per client, which would dominate opening many streams.
+    """
+    return httpx.create_ssl_context()
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     """A ``Retry-After`` header (seconds or an HTTP date) in seconds; 0 when absent or bad."""
     if not value:
@@ -152,7 +164,9 @@ class ShapeStream:
         self.parse_values = parse_values
         self._headers = dict(headers or {})
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=65.0))
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, read=65.0), verify=shared_tls_context()
+        )
         self._cursor = ""
         self._up_to_date = False
         self._last_change: tuple[int, int] | None = None
