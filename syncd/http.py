@@ -102,6 +102,18 @@ class Admission:
         finally:
             self.active[kind] -= 1
 
+    @contextlib.contextmanager
+    def occupy(self, kind: str) -> Iterator[None]:
+        """Count a response that outlives its handler (an SSE stream) for as long as it runs.
+
+        Its request was admitted while the handler ran; this keeps it counted afterwards.
+        """
+        self.active[kind] += 1
+        try:
+            yield
+        finally:
+            self.active[kind] -= 1
+
     def refusal(self, kind: str) -> Response:
         """The protocol's overload answer."""
         limit = self.limits[kind]
@@ -458,28 +470,29 @@ class ShapeApi:
         return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
     async def _sse_events(self, shape: ShapeState, offset: LogOffset) -> AsyncIterator[bytes]:
-        deadline = time.monotonic() + self.settings.sse_timeout
-        last_sent = time.monotonic()
-        while shape.status == "ready":
-            waiter = shape.notifier.wait()
-            items, end = await read_log(shape, offset)
-            if items:
-                while end < shape.log.latest_offset:
-                    more, end = await read_log(shape, end)
-                    items.extend(more)
-                offset = end
-                events = [*items, messages.up_to_date(end.tx)]
-                yield b"".join(b"data: " + item + b"\n\n" for item in events)
-                last_sent = time.monotonic()
-                continue
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if now - last_sent >= self.settings.sse_keepalive:
-                yield SSE_KEEPALIVE
-                last_sent = now
-            timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
-            await wait_briefly(waiter, timeout)
+        with self.admission.occupy("existing"):
+            deadline = time.monotonic() + self.settings.sse_timeout
+            last_sent = time.monotonic()
+            while shape.status == "ready":
+                waiter = shape.notifier.wait()
+                items, end = await read_log(shape, offset)
+                if items:
+                    while end < shape.log.latest_offset:
+                        more, end = await read_log(shape, end)
+                        items.extend(more)
+                    offset = end
+                    events = [*items, messages.up_to_date(end.tx)]
+                    yield b"".join(b"data: " + item + b"\n\n" for item in events)
+                    last_sent = time.monotonic()
+                    continue
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if now - last_sent >= self.settings.sse_keepalive:
+                    yield SSE_KEEPALIVE
+                    last_sent = now
+                timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
+                await wait_briefly(waiter, timeout)
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""

@@ -147,6 +147,24 @@ def test_overload_answers_503_with_retry_after(syncd: SyncdProcess) -> None:
     assert held == [200]
 
 
+def test_an_open_sse_stream_counts_against_the_limit(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        handle = initial(client, syncd).headers["electric-handle"]
+        query = {"table": "items", "handle": handle, "offset": "0_inf", "secret": SECRET}
+        live_sse = {**query, "live": "true", "live_sse": "true"}
+        with client.stream("GET", syncd.shape_url, params=live_sse) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            refused = client.get(syncd.shape_url, params=query)
+            assert refused.status_code == 503, refused.text
+        for _ in range(50):  # the slot frees once the server sees the stream closed
+            answer = client.get(syncd.shape_url, params=query)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert answer.status_code == 200
+
+
 def test_changes_only_log_has_just_snapshot_end(syncd: SyncdProcess) -> None:
     with httpx.Client(timeout=10) as client:
         answer = client.get(
