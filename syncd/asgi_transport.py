@@ -79,6 +79,9 @@ class _Exchange:
         loop = asyncio.get_running_loop()
         self._body: bytes | None = body
         self._start: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]] = loop.create_future()
+        # A caller that gave up (cancelled) no longer awaits the start; don't report its error
+        # as never retrieved. A caller still waiting gets it all the same.
+        self._start.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._chunks: asyncio.Queue[object] = asyncio.Queue()
         self._disconnected = asyncio.Event()
         self._task = loop.create_task(self._run(app, scope))

@@ -211,11 +211,21 @@ class _Closed(RuntimeError):
     """The error of a shape closed by its owner."""
 
 
+_RegistryKey = tuple[
+    str, ShapeDefinition, LiveMode, tuple[tuple[str, str], ...], httpx.AsyncClient | None
+]
+
+
 class ShapeRegistry:
-    """Shares one :class:`Shape` (and one HTTP stream) per ``(url, definition)``."""
+    """Shares one :class:`Shape` (and one HTTP stream) per request: the same URL, definition,
+    live mode, headers and client.
+
+    Headers are part of the key because they usually carry the caller's credentials: two
+    callers who authenticate differently may be allowed different rows, so they never share.
+    """
 
     def __init__(self) -> None:
-        self._shapes: dict[tuple[str, ShapeDefinition], tuple[Shape, int]] = {}
+        self._shapes: dict[_RegistryKey, tuple[Shape, int]] = {}
 
     def __len__(self) -> int:
         return len(self._shapes)
@@ -229,8 +239,9 @@ class ShapeRegistry:
         headers: dict[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> Shape:
-        """The running shared shape for the definition, started if new; ``close()`` it."""
-        key = (url, definition)
+        """The running shared shape for this request, started if new; ``close()`` it."""
+        header_items = tuple(sorted((k.lower(), v) for k, v in (headers or {}).items()))
+        key: _RegistryKey = (url, definition, live_mode, header_items, client)
         if key in self._shapes:
             shape, count = self._shapes[key]
             self._shapes[key] = (shape, count + 1)

@@ -333,3 +333,17 @@ async def test_registry_shares_one_stream(endpoint: Endpoint) -> None:
     await second.wait_for_txid(txid, 30)
     await second.close()
     assert len(registry) == 0
+
+
+async def test_registry_never_shares_between_different_credentials(endpoint: Endpoint) -> None:
+    registry = ShapeRegistry()
+    client = endpoint.default_client
+    alice = registry.get(endpoint.shape_url, ITEMS, headers={"Authorization": "a"}, client=client)
+    again = registry.get(endpoint.shape_url, ITEMS, headers={"authorization": "a"}, client=client)
+    bob = registry.get(endpoint.shape_url, ITEMS, headers={"authorization": "b"}, client=client)
+    anonymous = registry.get(endpoint.shape_url, ITEMS, client=client)
+    assert alice is again
+    assert len({id(alice), id(bob), id(anonymous)}) == 3 and len(registry) == 3
+    for shape in (alice, again, bob, anonymous):
+        await shape.close()
+    assert len(registry) == 0
