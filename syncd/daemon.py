@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
@@ -110,7 +111,7 @@ class Syncd:
             timeout_graceful_shutdown=1,
             server_header=False,
         )
-        server = _Server(config)
+        server = _Server(config, self.api)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, setattr, server, "should_exit", True)
@@ -158,11 +159,20 @@ class Syncd:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon's handlers stop it, then clean up."""
+    """uvicorn without its own signal handling (the daemon's handlers stop it, then clean up)
+    that releases live requests before waiting for open requests to finish."""
+
+    def __init__(self, config: uvicorn.Config, api: ShapeApi) -> None:
+        super().__init__(config)
+        self.api = api
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.api.release_live_requests()
+        await super().shutdown(sockets)
 
 
 def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:

@@ -24,6 +24,8 @@ from syncd.daemon import Syncd
 from syncd.engine import Engine
 
 EMBEDDED_BASE_URL: Final = "http://syncd.embedded"
+STOP_GRACE: Final = 1.0
+"""Seconds :meth:`EmbeddedSyncd.stop` lets released requests finish before cancelling them."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -99,9 +101,13 @@ class EmbeddedSyncd:
         self._syncd, self._stack = syncd, stack
 
     async def stop(self) -> None:
-        """Fail in-flight requests (as a dropped connection would), then stop syncd."""
-        stack, self._syncd, self._stack = self._stack, None, None
+        """Answer held live requests, fail the rest (as a dropped connection would), then stop
+        syncd."""
+        syncd, stack, self._syncd, self._stack = self._syncd, self._stack, None, None
         requests, self._requests = set(self._requests), set()
+        if syncd is not None and requests:
+            syncd.api.release_live_requests()
+            await asyncio.wait(requests, timeout=STOP_GRACE)
         for task in requests:
             task.cancel()
         for task in requests:

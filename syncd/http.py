@@ -135,6 +135,7 @@ class ShapeApi:
         self.engine = engine
         self.settings = settings
         self.health = health
+        self._closing_future: asyncio.Future[None] | None = None
         self.admission = Admission(
             {
                 "initial": settings.max_initial_requests,
@@ -287,7 +288,7 @@ class ShapeApi:
         if req.live_sse and not items:
             return self._sse(request, req, shape, offset)
         if req.live and not items:
-            items, end = await self._hold(shape, offset)
+            items, end = await self._hold(request, shape, offset)
             if shape.status == "gone":
                 return self._after_loss(shape)
             if not items:
@@ -358,21 +359,43 @@ class ShapeApi:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            await wait_briefly(shape.notifier.wait(), remaining)
+            await wait_briefly((shape.notifier.wait(), self._closing()), remaining)
         return shape.status == "ready"
 
-    async def _hold(self, shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+    async def _hold(
+        self, request: Request, shape: ShapeState, offset: LogOffset
+    ) -> tuple[list[bytes], LogOffset]:
+        """Wait for entries after ``offset`` up to the long-poll timeout; ``[]`` when none came,
+        the client went away or the server is shutting down."""
         deadline = time.monotonic() + self.settings.long_poll_timeout
-        while shape.status == "ready":
-            waiter = shape.notifier.wait()
-            items, end = await read_log(shape, offset)
-            if items:
-                return items, end
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await wait_briefly(waiter, remaining)
+        gone = asyncio.ensure_future(_disconnected(request))
+        closing = self._closing()
+        try:
+            while shape.status == "ready" and not gone.done() and not closing.done():
+                waiter = shape.notifier.wait()
+                items, end = await read_log(shape, offset)
+                if items:
+                    return items, end
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await wait_briefly((waiter, gone, closing), remaining)
+        finally:
+            gone.cancel()
         return [], offset
+
+    def _closing(self) -> asyncio.Future[None]:
+        """Resolved by :meth:`release_live_requests`."""
+        if self._closing_future is None:
+            self._closing_future = asyncio.get_running_loop().create_future()
+        return self._closing_future
+
+    def release_live_requests(self) -> None:
+        """Answer every held long-poll now and end every SSE stream (for shutting down), so
+        that the server can stop without cancelling handlers."""
+        closing = self._closing()
+        if not closing.done():
+            closing.set_result(None)
 
     # -- responses -----------------------------------------------------------------------------
 
@@ -470,10 +493,11 @@ class ShapeApi:
         return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
     async def _sse_events(self, shape: ShapeState, offset: LogOffset) -> AsyncIterator[bytes]:
+        closing = self._closing()
         with self.admission.occupy("existing"):
             deadline = time.monotonic() + self.settings.sse_timeout
             last_sent = time.monotonic()
-            while shape.status == "ready":
+            while shape.status == "ready" and not closing.done():
                 waiter = shape.notifier.wait()
                 items, end = await read_log(shape, offset)
                 if items:
@@ -492,7 +516,7 @@ class ShapeApi:
                     yield SSE_KEEPALIVE
                     last_sent = now
                 timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
-                await wait_briefly(waiter, timeout)
+                await wait_briefly((waiter, closing), timeout)
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
@@ -508,6 +532,12 @@ class ShapeApi:
         if upcoming > before:
             return str(upcoming)
         return str(before + random.randint(1, 3600))
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the ASGI server sends ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:

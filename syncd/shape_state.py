@@ -48,13 +48,13 @@ class Notifier:
         self._future = None
 
 
-async def wait_briefly(future: asyncio.Future[None], seconds: float) -> None:
-    """Wait until ``future`` (shared, never cancelled here) is done or ``seconds`` have passed.
+async def wait_briefly(futures: Sequence[asyncio.Future[Any]], seconds: float) -> None:
+    """Wait until one of ``futures`` is done or ``seconds`` have passed; cancels none of them.
 
-    The cheap form of ``wait_for(shield(future), seconds)`` for the many live requests that wait
+    The cheap form of ``wait_for(shield(...), seconds)`` for the many live requests that wait
     on one :class:`Notifier`: one future and one timer per wait, no task.
     """
-    if future.done():
+    if any(future.done() for future in futures):
         return
     loop = asyncio.get_running_loop()
     woken = loop.create_future()
@@ -64,12 +64,14 @@ async def wait_briefly(future: asyncio.Future[None], seconds: float) -> None:
             woken.set_result(None)
 
     timer = loop.call_later(max(seconds, 0.0), wake)
-    future.add_done_callback(wake)
+    for future in futures:
+        future.add_done_callback(wake)
     try:
         await woken
     finally:
         timer.cancel()
-        future.remove_done_callback(wake)
+        for future in futures:
+            future.remove_done_callback(wake)
 
 
 @dataclass(eq=False)

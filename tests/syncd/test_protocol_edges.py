@@ -165,6 +165,45 @@ def test_an_open_sse_stream_counts_against_the_limit(syncd: SyncdProcess) -> Non
         assert answer.status_code == 200
 
 
+def test_a_long_poll_whose_client_left_frees_its_slot(syncd: SyncdProcess) -> None:
+    with httpx.Client(timeout=10) as client:
+        handle = initial(client, syncd).headers["electric-handle"]
+    query = {"table": "items", "handle": handle, "offset": "0_inf", "secret": SECRET}
+    live = {**query, "live": "true"}
+    with httpx.Client(timeout=0.5) as leaving, pytest.raises(httpx.ReadTimeout):
+        leaving.get(syncd.shape_url, params=live)  # held for 3 s; the client leaves first
+    time.sleep(0.3)
+    with httpx.Client(timeout=10) as client:
+        answer = client.get(syncd.shape_url, params=query)
+    assert answer.status_code == 200, answer.text
+
+
+def test_shutdown_answers_held_requests_instead_of_cancelling_them(
+    syncd: SyncdProcess,
+) -> None:
+    with httpx.Client(timeout=10) as client:
+        handle = initial(client, syncd).headers["electric-handle"]
+    live = {"table": "items", "handle": handle, "offset": "0_inf", "secret": SECRET, "live": "true"}
+    answers: list[httpx.Response] = []
+
+    def hold() -> None:
+        with httpx.Client(timeout=10) as client:
+            answers.append(client.get(syncd.shape_url, params=live))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    syncd.stop()
+    holder.join(10)
+    assert time.monotonic() - started < 2.5  # well before the 3 s hold ends
+    assert [a.status_code for a in answers] == [200]
+    (message,) = answers[0].json()
+    assert message["headers"]["control"] == "up-to-date"
+    log = syncd.log_tail(200)
+    assert "Exception in ASGI application" not in log and "Cancel" not in log, log
+
+
 def test_changes_only_log_has_just_snapshot_end(syncd: SyncdProcess) -> None:
     with httpx.Client(timeout=10) as client:
         answer = client.get(
