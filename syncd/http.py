@@ -381,6 +381,8 @@ class ShapeApi:
                     break
                 await wait_briefly((waiter, gone, closing), remaining)
         finally:
+            if gone.done() and not gone.cancelled():
+                gone.exception()  # a receive() that failed also ends the wait; don't log it
             gone.cancel()
         return [], offset
 

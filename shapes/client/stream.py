@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import json
 import random
 import ssl
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import httpx
+import msgspec
 
 from shapes.client.sse import SseDecoder
 from shapes.values import parse_row, parse_schema
@@ -21,6 +21,9 @@ from shapes.values import parse_row, parse_schema
 Message = dict[str, Any]
 Batch = list[Message]
 LiveMode = Literal["long-poll", "sse"]
+
+_decode_json: Final = msgspec.json.Decoder().decode
+"""JSON bytes to Python objects, as ``json.loads`` gives them, about 7x faster."""
 
 MUST_REFETCH_MESSAGE: Final[Message] = {"headers": {"control": "must-refetch"}}
 BACKOFF_INITIAL: Final = 0.1
@@ -267,7 +270,10 @@ class ShapeStream:
             return [{"headers": {"control": "up-to-date"}}]
         if "electric-schema" in response.headers and not self.schema:
             self.schema = parse_schema(response.headers["electric-schema"])
-        parsed = response.json()
+        try:
+            parsed = _decode_json(response.content)
+        except ValueError:
+            raise ShapeRequestError(status, response.text, str(response.url)) from None
         if not isinstance(parsed, list):
             raise ShapeRequestError(status, parsed, str(response.url))
         return parsed
@@ -312,7 +318,10 @@ class ShapeStream:
             decoder = SseDecoder()
             async for chunk in response.aiter_bytes():
                 for data in decoder.feed(chunk):
-                    message = json.loads(data)
+                    try:
+                        message = _decode_json(data)
+                    except ValueError:
+                        raise ShapeRequestError(200, data, str(response.url)) from None
                     pending.extend(self._accept([message]))
                     control = message.get("headers", {}).get("control")
                     if control == "up-to-date":
@@ -339,6 +348,6 @@ def _ends_up_to_date(messages: list[Message]) -> bool:
 
 def _body(response: httpx.Response) -> Any:
     try:
-        return response.json()
+        return _decode_json(response.content)
     except ValueError:
         return response.text

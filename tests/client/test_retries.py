@@ -7,7 +7,14 @@ import json
 import httpx
 import pytest
 
-from shapes.client import ShapeDefinition, ShapeStream, backoff_delay, retry_after_seconds
+from shapes.client import (
+    LiveMode,
+    ShapeDefinition,
+    ShapeRequestError,
+    ShapeStream,
+    backoff_delay,
+    retry_after_seconds,
+)
 
 UP_TO_DATE = [{"headers": {"control": "up-to-date", "global_last_seen_lsn": "7"}}]
 
@@ -50,3 +57,26 @@ async def test_retries_5xx_and_network_errors_then_reads(monkeypatch: pytest.Mon
     assert seen == ["503", "network", "429", "ok"]
     assert batch[0]["value"] == {"id": 1}
     assert (stream.handle, stream.offset) == ("h", "0_inf")
+
+
+@pytest.mark.parametrize("live_sse", [False, True])
+async def test_a_body_that_is_not_json_is_a_request_error(live_sse: bool) -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        headers = {"electric-handle": "h", "electric-offset": "0_inf"}
+        if request.url.params.get("live_sse") == "true":
+            text = "data: <html>\n\n"
+            return httpx.Response(200, headers=headers, text=text)
+        if request.url.params["offset"] == "-1" and live_sse:
+            return httpx.Response(200, headers=headers, json=UP_TO_DATE)
+        return httpx.Response(200, headers=headers, text="<html>a captive portal</html>")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(respond)) as client:
+        live_mode: LiveMode = "sse" if live_sse else "long-poll"
+        stream = ShapeStream(
+            "http://127.0.0.1/v1/shape", ShapeDefinition.of("t"), client=client, live_mode=live_mode
+        )
+        with pytest.raises(ShapeRequestError) as raised:
+            async for _batch in stream:
+                pass
+    assert raised.value.status == 200
+    assert "html" in str(raised.value.body)
