@@ -127,8 +127,9 @@ __all__ = ["GroupSync", "ShapeLog", "SnapshotIncomplete", "StorageError", "Trans
 
 META_FILE: Final = "meta.json"
 LOG_FILE: Final = "log.bin"
-READ_MEMO_BYTES: Final = 256 * 1024
-"""Reads up to this size are kept for the readers that ask for the same offset next."""
+READ_MEMO_BYTES: Final = 64 * 1024
+"""Reads up to this size are kept for the readers that ask for the same offset next (the live
+tail after a commit); bigger ones would make every idle log hold a chunk in memory."""
 INDEX_FILE: Final = "chunks.idx"
 SNAPSHOT_DONE_FILE: Final = "snapshot.done"
 _SNAPSHOT_PREFIX: Final = "snapshot-"
