@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from syncd.pgoutput.errors import PgoutputError
 from syncd.pgoutput.messages import (
@@ -89,6 +89,12 @@ _O: Final = 79  # ord("O")
 _STREAM_END: Final = StreamStop()
 
 _Handler = Callable[[bytes, int], Message]
+
+
+class _ChangeHandler(Protocol):
+    """A handler of a message that may come inside a stream block, then with its xid."""
+
+    def __call__(self, buf: bytes, pos: int, xid: int | None = None) -> Message: ...
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
@@ -281,7 +287,7 @@ def _stream_abort(buf: bytes, pos: int) -> StreamAbort:
     return StreamAbort(xid, subxid, abort_lsn, abort_time)
 
 
-def _with_xid(handler: Callable[[bytes, int, int | None], Message]) -> _Handler:
+def _with_xid(handler: _ChangeHandler) -> _Handler:
     """Wrap a handler for use inside a stream block, where a u32 xid follows the tag."""
 
     def streamed(buf: bytes, pos: int) -> Message:
@@ -291,7 +297,7 @@ def _with_xid(handler: Callable[[bytes, int, int | None], Message]) -> _Handler:
     return streamed
 
 
-_XID_HANDLERS: Final[dict[int, Callable[[bytes, int, int | None], Message]]] = {
+_XID_HANDLERS: Final[dict[int, _ChangeHandler]] = {
     ord("R"): _relation,
     ord("Y"): _type,
     ord("I"): _insert,
@@ -307,13 +313,7 @@ _PLAIN_HANDLERS: Final[dict[int, _Handler]] = {
     ord("O"): _origin,
     ord("c"): _stream_commit,
     ord("A"): _stream_abort,
-    ord("R"): _relation,
-    ord("Y"): _type,
-    ord("I"): _insert,
-    ord("U"): _update,
-    ord("D"): _delete,
-    ord("T"): _truncate,
-    ord("M"): _message,
+    **_XID_HANDLERS,
 }
 
 
