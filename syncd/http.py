@@ -17,6 +17,7 @@ import math
 import random
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,17 +103,22 @@ class Admission:
         finally:
             self.active[kind] -= 1
 
-    @contextlib.contextmanager
-    def occupy(self, kind: str) -> Iterator[None]:
-        """Count a response that outlives its handler (an SSE stream) for as long as it runs.
+    def occupy(self, kind: str) -> Callable[[], None]:
+        """Count a response that outlives its handler (an SSE stream) until the returned
+        function is called; calling it again does nothing.
 
-        Its request was admitted while the handler ran; this keeps it counted afterwards.
+        Taken while the handler still holds its own count, so the request is never uncounted.
         """
         self.active[kind] += 1
-        try:
-            yield
-        finally:
-            self.active[kind] -= 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active[kind] -= 1
+
+        return release
 
     def refusal(self, kind: str) -> Response:
         """The protocol's overload answer."""
@@ -491,12 +497,18 @@ class ShapeApi:
         self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
     ) -> Response:
         headers = self._sse_headers(req, shape, offset)
-        stream = self._sse_events(shape, offset)
+        release = self.admission.occupy("existing")
+        stream = self._sse_events(shape, offset, release)
+        # A stream that is never iterated (the client left before the body) never reaches its
+        # ``finally``; the finaliser releases its count then.
+        weakref.finalize(stream, release)
         return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
-    async def _sse_events(self, shape: ShapeState, offset: LogOffset) -> AsyncIterator[bytes]:
+    async def _sse_events(
+        self, shape: ShapeState, offset: LogOffset, release: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         closing = self._closing()
-        with self.admission.occupy("existing"):
+        try:
             deadline = time.monotonic() + self.settings.sse_timeout
             last_sent = time.monotonic()
             while shape.status == "ready" and not closing.done():
@@ -519,6 +531,8 @@ class ShapeApi:
                     last_sent = now
                 timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
                 await wait_briefly((waiter, closing), timeout)
+        finally:
+            release()
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
