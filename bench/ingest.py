@@ -47,6 +47,7 @@ from psycopg.conninfo import make_conninfo
 from bench.stats import median, summary
 from shapes.offset import SNAPSHOT_END
 from shapes.shape import CanonicalShape
+from syncd.daemon import event_loop_factory
 from syncd.engine import Engine, EngineSettings
 from syncd.pgoutput import format_lsn
 from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
@@ -137,7 +138,9 @@ def run_ingest(options: IngestOptions) -> list[str]:
         try:
             dsn = make_conninfo(server.dsn, dbname=dbname)
             bench = _Bench(options, server, dsn, base / "syncd")
-            return asyncio.run(_main(bench))
+            # The engine runs on the event loop the daemon would pick (uvloop when installed).
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                return runner.run(_main(bench))
         finally:
             drop_database(server.dsn, dbname)
     finally:
