@@ -11,7 +11,14 @@ from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
 
-BENCHES = ("ingest", "large-txn", "fanout-python", "fanout-python-long-poll", "fanout-js")
+BENCHES = (
+    "ingest",
+    "large-txn",
+    "fanout-python",
+    "fanout-python-long-poll",
+    "fanout-js",
+    "fanout-js-long-poll",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_ingest(options)
     if "large-txn" in benches:
         run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
-    for client in ("python", "python-long-poll", "js"):
+    for client in ("python", "python-long-poll", "js", "js-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     return 0

@@ -20,6 +20,9 @@
     prints one line per received change with ``Date.now()``, and this side computes the delays
     (both clocks are the wall clock of the same machine).
 
+``fanout-1000-js-long-poll``
+    The official client in its default mode, long-polling.
+
 Each is run with one subscriber too, as the baseline. The summary lines report the p50 delay::
 
     BENCH fanout-1000-python value=<p50 ms> unit=ms baseline=<1-subscriber p50 ms> ratio=<b/v>
@@ -218,7 +221,19 @@ def _run(measurement: Coroutine[Any, Any, FanoutResult]) -> FanoutResult:
 def measure_js(
     shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
 ) -> FanoutResult:
-    config = json.dumps({"url": shape_url, "table": TABLE, "count": subscribers})
+    return _measure_js(shape_url, dsn, subscribers, commits, interval, sse=True)
+
+
+def measure_js_long_poll(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    return _measure_js(shape_url, dsn, subscribers, commits, interval, sse=False)
+
+
+def _measure_js(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float, *, sse: bool
+) -> FanoutResult:
+    config = json.dumps({"url": shape_url, "table": TABLE, "count": subscribers, "sse": sse})
     process = subprocess.Popen(
         ["node", str(JS_SCRIPT), config],
         cwd=ROOT,
@@ -356,6 +371,7 @@ MEASURES: dict[str, Measure] = {
     "python": measure_python,
     "python-long-poll": measure_python_long_poll,
     "js": measure_js,
+    "js-long-poll": measure_js_long_poll,
 }
 
 

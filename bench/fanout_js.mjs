@@ -1,10 +1,12 @@
 // The JavaScript half of the fanout-1000-js benchmark (see bench/fanout.py).
 //
 // Usage: node bench/fanout_js.mjs '{"url": "http://127.0.0.1:PORT/v1/shape",
-//                                   "table": "fanout_items", "count": 1000}'
+//                                   "table": "fanout_items", "count": 1000,
+//                                   "sse": true}'
 //
 // Opens `count` ShapeStreams of the official @electric-sql/client on one shape,
-// each live over SSE (liveSse: true), in this one process. Output, one JSON
+// each live over SSE (liveSse: true), or long-polling with "sse": false, in
+// this one process. Output, one JSON
 // object per line on stdout:
 //   {"type":"ready","count":N,"ms":...}           every stream is up to date
 //   {"type":"change","stream":i,"id":..,"at":..}  stream i received the row id
@@ -46,7 +48,7 @@ for (let index = 0; index < count; index++) {
   const stream = new ShapeStream({
     url: config.url,
     params: { table: config.table },
-    liveSse: true,
+    liveSse: config.sse !== false,
     signal: aborter.signal,
     onError: (err) => {
       if (aborter.signal.aborted) return

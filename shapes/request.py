@@ -7,6 +7,7 @@ enum casts and ``offset`` presence first, then ``offset`` format, ``handle``, ``
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,20 +105,44 @@ def _cast_enums(params: dict[str, str]) -> tuple[Replica, LogMode]:
 def _definition(
     params: dict[str, str], where_params: dict[str, str], replica: Replica, log_mode: LogMode
 ) -> CanonicalShape:
-    table_text = params.get("table")
+    key = (
+        params.get("table"),
+        params.get("columns"),
+        params.get("where") or None,
+        tuple(sorted(where_params.items())),
+        replica,
+        log_mode,
+    )
+    if sum(len(part) for part in key[:3] if part) > _CACHED_REQUEST_CHARS:
+        return _canonical_shape.__wrapped__(*key)  # rare and big: keep the cache small
+    return _canonical_shape(*key)
+
+
+_CACHED_REQUEST_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_shape(
+    table_text: str | None,
+    columns_text: str | None,
+    where: str | None,
+    where_params: tuple[tuple[str, str], ...],
+    replica: Replica,
+    log_mode: LogMode,
+) -> CanonicalShape:
+    """The shape a request names; cached, since live clients repeat the same request."""
     if not table_text:
         raise InvalidRequest("table", "can't be blank")
     schema, table = parse_table(table_text)
     columns = None
-    if "columns" in params:
-        columns = tuple(sorted(set(parse_columns(params["columns"]))))
-    validate_params(where_params)
-    where = params.get("where") or None
+    if columns_text is not None:
+        columns = tuple(sorted(set(parse_columns(columns_text))))
+    validate_params(dict(where_params))
     return CanonicalShape(
         schema=schema,
         table=table,
         where=where,
-        params=tuple(sorted(where_params.items())) if where is not None else (),
+        params=where_params if where is not None else (),
         columns=columns,
         replica=replica,
         log=log_mode,

@@ -18,7 +18,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
+SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
@@ -675,29 +676,40 @@ def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None
         return await api.shape_request(request)
 
     routes = [
-        Route("/v1/shape", shape_endpoint, methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"]),
+        Route(SHAPE_PATH, shape_endpoint, methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"]),
         Route("/v1/health", api.health_check, methods=["GET", "HEAD"]),
         Route("/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/", _root, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_exception_handler(404, _handle_404)
-    app.add_middleware(NormalisePath)
+    app.add_middleware(NormalisePath, shape_get=api.shape_request)
     return app
 
 
 class NormalisePath:
     """Routes ``/v1/shape/``, ``/v1//shape`` (and, via ASGI's decoding, ``/v1/%73hape``) as
-    ``/v1/shape``, so a proxy's path-based rules and syncd always agree on the endpoint."""
+    ``/v1/shape``, so a proxy's path-based rules and syncd always agree on the endpoint.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``GET /v1/shape``, the request every live client repeats, goes to ``shape_get`` directly
+    instead of through the router (about a fifth of the server's time per live request).
+    """
+
+    def __init__(
+        self, app: ASGIApp, shape_get: Callable[[Request], Awaitable[Response]] | None = None
+    ) -> None:
         self.app = app
+        self.shape_get = shape_get
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = normalise_path(scope["path"])
             if path != scope["path"]:
                 scope = dict(scope, path=path, raw_path=path.encode())
+            if path == SHAPE_PATH and scope["method"] == "GET" and self.shape_get is not None:
+                response = await self.shape_get(Request(scope, receive))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
