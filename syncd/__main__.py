@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from syncd.daemon import ReplicationFailed, Syncd, event_loop_factory
+    from syncd.daemon import ReplicationFailed, Syncd, event_loop_factory, raise_open_file_limit
     from syncd.errors import SlotConflict
 
     try:
@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError:
         print("syncd: SYNCD_EVENT_LOOP=uvloop, but uvloop is not installed", file=sys.stderr)
         return 2
+    raised = raise_open_file_limit()
+    if raised is not None:
+        log.info("open file limit raised from %d to %d", *raised)
     try:
         with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
             with asyncio.Runner(loop_factory=new_loop) as runner:

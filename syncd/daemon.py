@@ -26,6 +26,8 @@ log = logging.getLogger("syncd")
 
 STATUS_LOG_INTERVAL = 30.0
 STARTUP_POLL = 0.05
+UNLIMITED_FILES_TARGET = 65_536
+"""The soft open-file limit syncd asks for when the hard limit is unlimited."""
 
 
 class ReplicationFailed(Exception):
@@ -173,6 +175,28 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.api.release_live_requests()
         await super().shutdown(sockets)
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise this process's soft limit on open files to its hard limit; ``(old, new)``, or
+    ``None`` where there is no such limit (Windows) or nothing to raise.
+
+    Every live connection and every shape log being written holds a descriptor; the common
+    default soft limit of 1,024 would refuse connections long before anything else runs out.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, UNLIMITED_FILES_TARGET)
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # e.g. above the kernel's per-process maximum
+        return None
+    return soft, target
 
 
 def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:

@@ -14,8 +14,26 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from syncd.daemon import raise_open_file_limit
 from tests.shape_reader import ShapeCursor, catch_up
 from tests.syncd_process import ROOT, SyncdProcess
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 256)
+    if hard != resource.RLIM_INFINITY and hard <= lowered:
+        pytest.skip("the hard limit leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        raised = raise_open_file_limit()
+        now, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert raised == (lowered, now)
+        assert now == hard or (hard == resource.RLIM_INFINITY and now >= lowered)
+        assert raise_open_file_limit() is None  # nothing left to raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
