@@ -105,15 +105,10 @@ def _cast_enums(params: dict[str, str]) -> tuple[Replica, LogMode]:
 def _definition(
     params: dict[str, str], where_params: dict[str, str], replica: Replica, log_mode: LogMode
 ) -> CanonicalShape:
-    key = (
-        params.get("table"),
-        params.get("columns"),
-        params.get("where") or None,
-        tuple(sorted(where_params.items())),
-        replica,
-        log_mode,
-    )
-    if sum(len(part) for part in key[:3] if part) > _CACHED_REQUEST_CHARS:
+    table, columns, where = params.get("table"), params.get("columns"), params.get("where")
+    key = (table, columns, where or None, tuple(sorted(where_params.items())), replica, log_mode)
+    size = len(table or "") + len(columns or "") + len(where or "")
+    if size > _CACHED_REQUEST_CHARS:
         return _canonical_shape.__wrapped__(*key)  # rare and big: keep the cache small
     return _canonical_shape(*key)
 

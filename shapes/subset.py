@@ -59,6 +59,8 @@ def subset_from_query(items: Mapping[str, str]) -> SubsetRequest | None:
     """The subset in query parameters (``subset__where`` or ``subset[where]``), if any."""
     found: dict[str, str] = {}
     for name, value in items.items():
+        if not name.startswith("subset"):  # nearly every request: no subset at all
+            continue
         for prefix, suffix in (("subset__", ""), ("subset[", "]")):
             if name.startswith(prefix) and name.endswith(suffix):
                 found[name[len(prefix) : len(name) - len(suffix)]] = value
