@@ -375,7 +375,7 @@ class ShapeApi:
         """Wait for entries after ``offset`` up to the long-poll timeout; ``[]`` when none came,
         the client went away or the server is shutting down."""
         deadline = time.monotonic() + self.settings.long_poll_timeout
-        gone = asyncio.ensure_future(_disconnected(request))
+        gone = asyncio.ensure_future(disconnected(request))
         closing = self._closing()
         try:
             while shape.status == "ready" and not gone.done() and not closing.done():
@@ -551,8 +551,11 @@ class ShapeApi:
         return str(before + random.randint(1, 3600))
 
 
-async def _disconnected(request: Request) -> None:
-    """Return once the client has gone (the ASGI server sends ``http.disconnect``)."""
+async def disconnected(request: Request) -> None:
+    """Return once the client has gone (the ASGI server sends ``http.disconnect``).
+
+    For requests whose body has been read or is empty (GET): what comes before is dropped.
+    """
     while (await request.receive())["type"] != "http.disconnect":
         pass
 

@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
 import httpx
@@ -62,11 +63,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from shapes import messages
+from shapes.client.stream import shared_tls_context
 from shapes.errors import InvalidRequest
 from shapes.request import validate_params
 from shapes.shape import parse_columns, parse_table
 from syncd.embed import EMBEDDED_BASE_URL, EmbeddedSyncd
-from syncd.http import bad_request, base_headers, json_bytes_response, preflight
+from syncd.http import bad_request, base_headers, disconnected, json_bytes_response, preflight
 
 PASS_THROUGH = frozenset(
     {
@@ -246,6 +248,23 @@ class _Tracker:
                 del self.live[key]  # type: ignore[arg-type]
 
 
+UPSTREAM_CLIENTS: Final = 8
+"""HTTP clients a :class:`ShapeRoutes` spreads its upstream requests over: each live request
+holds a connection, and httpx looks at every connection of its pool on each request, so a
+thousand held requests in one pool would make each new one slow."""
+
+
+def _upstream_clients() -> list[httpx.AsyncClient]:
+    timeout = httpx.Timeout(10.0, read=120.0)
+    # No connection limit: a held live request must never wait for another to end.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    tls = shared_tls_context()
+    return [
+        httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls)
+        for _ in range(UPSTREAM_CLIENTS)
+    ]
+
+
 class ShapeRoutes:
     """Shape routes proxied to one upstream syncd; owns the HTTP client and the cut-off registry.
 
@@ -262,8 +281,8 @@ class ShapeRoutes:
     ) -> None:
         self.shape_url = upstream.rstrip("/") + "/v1/shape"
         self.secret = secret
-        timeout = httpx.Timeout(10.0, read=120.0)
-        self.client = client or httpx.AsyncClient(timeout=timeout)
+        self._clients = [client] if client is not None else _upstream_clients()
+        self._turn = itertools.cycle(self._clients)
         self._tracker = _Tracker()
 
     @classmethod
@@ -294,8 +313,9 @@ class ShapeRoutes:
         return len(events)
 
     async def aclose(self) -> None:
-        """Close the upstream HTTP client."""
-        await self.client.aclose()
+        """Close the upstream HTTP clients (the one given too)."""
+        for client in self._clients:
+            await client.aclose()
 
     async def serve(self, request: Request, table: str, authorize: Authorize) -> Response:
         """One request: authorize, narrow, forward, stream back."""
@@ -312,14 +332,15 @@ class ShapeRoutes:
             query.append(("secret", self.secret))
         headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
         headers["accept-encoding"] = "identity"
-        upstream_request = self.client.build_request(
+        client = next(self._turn)
+        upstream_request = client.build_request(
             request.method, self.shape_url, params=urlencode(query), headers=headers
         )
         live = _truthy(request.query_params.get("live"))
         key = scope.key if live else None
         cut = self._tracker.register(key)
         try:
-            sending = self.client.send(upstream_request, stream=True)
+            sending = client.send(upstream_request, stream=True)
             upstream = await _first(sending, cut, request)
         except BaseException:
             self._tracker.unregister(key, cut)
@@ -338,7 +359,7 @@ async def _first(
 ) -> httpx.Response | None:
     """The upstream response, or ``None`` if ``cut`` was set or the client left first."""
     send_task = asyncio.ensure_future(sending)
-    stop_tasks = [asyncio.ensure_future(cut.wait()), asyncio.ensure_future(_disconnected(request))]
+    stop_tasks = [asyncio.ensure_future(cut.wait()), asyncio.ensure_future(disconnected(request))]
     try:
         await asyncio.wait({send_task, *stop_tasks}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
@@ -353,14 +374,6 @@ async def _first(
     with contextlib.suppress(asyncio.CancelledError):
         await send_task
     return None
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (a GET's body is empty, so nothing else is lost)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 async def _relay(

@@ -7,6 +7,7 @@ The app authenticates with ``Authorization: Bearer <user>`` and lets each user s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -221,6 +222,25 @@ async def test_official_client_syncs_through_the_route(
         assert sorted(row["id"] for row in expected.values()) == [1, 10]
         await follower.wait_for_rows(expected, timeout=60)
         assert not follower.fatal_errors
+
+
+async def test_more_live_requests_than_a_default_pool_are_all_held_at_once(app: App) -> None:
+    count = 130  # httpx's default pool allows 100 connections
+    limits = httpx.Limits(max_connections=None)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        handle, offset = await catch_up(client, app.shape_url, "alice")
+        params = {"handle": handle, "offset": offset, "live": "true", "cursor": ""}
+        started = time.monotonic()
+        polls = [
+            asyncio.create_task(client.get(app.shape_url, params=params, headers=bearer("alice")))
+            for _ in range(count)
+        ]
+        answers = await asyncio.gather(*polls)
+        elapsed = time.monotonic() - started
+    assert [a.status_code for a in answers] == [200] * count
+    assert all(a.json()[-1]["headers"]["control"] == "up-to-date" for a in answers)
+    # One 5 s hold for all: requests queued behind a full pool would need a second one.
+    assert elapsed < 8.5, elapsed
 
 
 async def test_cut_off_ends_a_long_poll_with_409(app: App) -> None:
