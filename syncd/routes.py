@@ -266,10 +266,12 @@ def _upstream_clients() -> list[httpx.AsyncClient]:
 
 
 class ShapeRoutes:
-    """Shape routes proxied to one upstream syncd; owns the HTTP client and the cut-off registry.
+    """Shape routes proxied to one upstream syncd; owns the HTTP clients and the cut-off registry.
 
     ``upstream`` is the syncd base URL (``http://host:port``); ``secret`` is added to every
-    upstream request as ``?secret=`` when the upstream runs with one.
+    upstream request as ``?secret=`` when the upstream runs with one. Without ``client``, the
+    routes make their own clients (:data:`UPSTREAM_CLIENTS`, no connection limit); a ``client``
+    given is used for every request, with its own limits, and closed by :meth:`aclose`.
     """
 
     def __init__(
