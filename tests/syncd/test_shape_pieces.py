@@ -12,6 +12,7 @@ from shapes.shape import CanonicalShape
 from shapes.xid import Snapshot
 from syncd.shape_state import ShapeState
 from syncd.storage import ShapeLog
+from tests.syncd.logs import read_all_changes
 
 END_LINE = b'{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}}'
 TABLE = Table("public", "t", (Column("id", "int4", 23, pk_index=0),))
@@ -24,17 +25,6 @@ def make_shape(tmp_path: Path) -> ShapeState:
 
 def entries(first: int, count: int) -> list[tuple[int, bytes]]:
     return [(2 * k, b'{"i":%d}' % (first + k)) for k in range(count)]
-
-
-def read_all(shape: ShapeState) -> list[bytes]:
-    out: list[bytes] = []
-    offset = SNAPSHOT_END
-    while True:
-        lines, end = shape.log.read(offset)
-        if not lines:
-            return out
-        out += lines
-        offset = end
 
 
 def ready(shape: ShapeState, info: Snapshot) -> None:
@@ -53,7 +43,7 @@ async def test_pieces_of_a_ready_shape(tmp_path: Path) -> None:
         shape.commit(200, 21, entries(50, 1))
     assert shape.commit(100, 20, big[9:])
     assert shape.log.latest_offset == LogOffset(100, 18)
-    assert read_all(shape) == [e for _, e in big]
+    assert read_all_changes(shape.log) == [e for _, e in big]
 
 
 async def test_a_visible_transaction_is_skipped_in_every_piece(tmp_path: Path) -> None:
@@ -75,7 +65,7 @@ async def test_snapshot_that_finishes_between_pieces(tmp_path: Path) -> None:
     assert shape.log.latest_offset == LogOffset(50, 0)
     assert not shape.commit(100, 31, big[2:5], final=False)
     assert shape.commit(100, 31, big[5:])
-    assert read_all(shape) == [b'{"i":900}'] + [e for _, e in big]
+    assert read_all_changes(shape.log) == [b'{"i":900}'] + [e for _, e in big]
 
 
 async def test_pieces_of_a_shape_still_snapshotting_are_buffered_whole(tmp_path: Path) -> None:
@@ -85,7 +75,7 @@ async def test_pieces_of_a_shape_still_snapshotting_are_buffered_whole(tmp_path:
     assert not shape.commit(100, 31, big[3:])
     assert shape.first_buffered_lsn == 100
     ready(shape, Snapshot(30, 30, ()))
-    assert read_all(shape) == [e for _, e in big]
+    assert read_all_changes(shape.log) == [e for _, e in big]
 
 
 async def test_abandoned_pieces_leave_the_log(tmp_path: Path) -> None:

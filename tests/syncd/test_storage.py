@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from shapes.offset import BEFORE_ALL, INF, SNAPSHOT_END, LogOffset
 from syncd import storage
 from syncd.storage import ShapeLog, SnapshotIncomplete, StorageError
+from tests.syncd.logs import read_all_changes
 
 END_LINE = b'{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}}'
 
@@ -39,20 +40,6 @@ def make_log(tmp_path: Path, chunk_bytes: int, rows: Sequence[bytes] = ()) -> Sh
     log.append_snapshot_rows(rows)
     log.finish_snapshot(END_LINE)
     return log
-
-
-def read_all_changes(log: ShapeLog, start: LogOffset = SNAPSHOT_END) -> list[bytes]:
-    """Follow the chunk chain from ``start`` until a read returns nothing."""
-    out: list[bytes] = []
-    offset = start
-    while True:
-        lines, end = log.read(offset)
-        if not lines:
-            assert end == max(offset, SNAPSHOT_END)
-            return out
-        assert end > offset
-        out += lines
-        offset = end
 
 
 # ---------------------------------------------------------------------- snapshot

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shapes.offset import SNAPSHOT_END
 from syncd import storage
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
+from tests.syncd.logs import read_all_changes
 
 
 def row(i: int, pad: int = 0) -> bytes:
@@ -24,16 +25,6 @@ def entries_of(pairs: list[tuple[int, bytes]]) -> TransactionEntries:
     for op, data in pairs:
         entries.append(op, data)
     return entries
-
-
-def read_all(log: ShapeLog) -> list[bytes]:
-    lines: list[bytes] = []
-    offset = SNAPSHOT_END
-    while True:
-        got, offset = log.read(offset)
-        if not got:
-            return lines
-        lines += got
 
 
 def test_transaction_entries_is_a_sequence_of_pairs() -> None:
@@ -64,7 +55,7 @@ def test_entries_and_tuples_write_identical_logs(
     split.sync()
     for name in (storage.LOG_FILE, storage.INDEX_FILE):
         assert (base / "plain" / name).read_bytes() == (base / "split" / name).read_bytes()
-    assert read_all(split) == read_all(plain)
+    assert read_all_changes(split) == read_all_changes(plain)
     assert ShapeLog.open(base / "split", chunk_bytes).latest_offset == plain.latest_offset
 
 
@@ -79,7 +70,7 @@ def test_bad_ops_are_refused(tmp_path: Path, make: object, ops: list[int]) -> No
         log.append_transaction(10, make(pairs))  # type: ignore[operator]
     assert log.latest_offset == SNAPSHOT_END
     log.append_transaction(10, [(0, row(0))])
-    assert read_all(log) == [row(0)]
+    assert read_all_changes(log) == [row(0)]
 
 
 def test_deferred_meta_is_installed_by_sync(tmp_path: Path) -> None:
@@ -123,7 +114,7 @@ def test_group_sync(tmp_path: Path, count: int) -> None:
         for i, log in enumerate(logs):
             assert log.read_meta() == ({"i": i} if i % 2 else {})
             reopened = ShapeLog.open(tmp_path / f"s{i}", 64)
-            assert read_all(reopened) == [row(i, 40), row(i, 40)]
+            assert read_all_changes(reopened) == [row(i, 40), row(i, 40)]
         group.sync([])
     finally:
         group.close()

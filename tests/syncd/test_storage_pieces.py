@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd import storage
 from syncd.storage import ShapeLog
+from tests.syncd.logs import read_all_changes
 
 END_LINE = b'{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}}'
 
@@ -25,17 +26,6 @@ def new_log(directory: Path, chunk_bytes: int) -> ShapeLog:
     log = ShapeLog.create(directory, chunk_bytes)
     log.finish_snapshot(END_LINE)
     return log
-
-
-def read_all(log: ShapeLog) -> list[bytes]:
-    out: list[bytes] = []
-    offset = SNAPSHOT_END
-    while True:
-        lines, end = log.read(offset)
-        if not lines:
-            return out
-        out += lines
-        offset = end
 
 
 def txn(first: int, count: int) -> list[tuple[int, bytes]]:
@@ -62,13 +52,13 @@ def test_pieces_stay_invisible_until_the_last(tmp_path: Path) -> None:
     assert log.open_transaction == 200
     assert log.latest_offset == LogOffset(100, 2)
     assert not log.has_entries_after(LogOffset(100, 2))
-    assert read_all(log) == [entry(0), entry(1)]
+    assert read_all_changes(log) == [entry(0), entry(1)]
     log.append_transaction(200, entries[4:8], final=False)
-    assert read_all(log) == [entry(0), entry(1)]
+    assert read_all_changes(log) == [entry(0), entry(1)]
     log.append_transaction(200, entries[8:])
     assert log.open_transaction is None
     assert log.latest_offset == LogOffset(200, 16)
-    assert read_all(log) == [entry(0), entry(1)] + [e for _, e in entries]
+    assert read_all_changes(log) == [entry(0), entry(1)] + [e for _, e in entries]
     # Only the transaction's final record carries the last-of-transaction flag.
     flags = last_flags(tmp_path / "s")
     assert [f for f in flags if f[2]] == [(100, 2, True), (200, 16, True)]
@@ -117,7 +107,7 @@ def test_abort_transaction_drops_the_pieces(tmp_path: Path) -> None:
     assert (tmp_path / "s" / storage.INDEX_FILE).read_bytes() == index
     # The same transaction (as Postgres sends it again) or a later one can follow.
     log.append_transaction(200, txn(10, 6))
-    assert read_all(log) == [entry(i) for i in (0, 1, *range(10, 16))]
+    assert read_all_changes(log) == [entry(i) for i in (0, 1, *range(10, 16))]
 
 
 def test_failed_piece_abandons_the_whole_transaction(
@@ -138,7 +128,9 @@ def test_failed_piece_abandons_the_whole_transaction(
     assert log.latest_offset == LogOffset(100, 0)
     log.append_transaction(200, txn(10, 4))
     log.sync()
-    assert read_all(ShapeLog.open(tmp_path / "s", 20)) == [entry(i) for i in (0, 10, 11, 12, 13)]
+    assert read_all_changes(ShapeLog.open(tmp_path / "s", 20)) == [
+        entry(i) for i in (0, 10, 11, 12, 13)
+    ]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -180,7 +172,7 @@ def test_recovery_drops_an_unfinished_transaction(
             LogOffset(earlier[-1][0], earlier[-1][1][-1][0]) if earlier else SNAPSHOT_END
         )
         assert log_path.stat().st_size == committed
-        assert read_all(recovered) == [e for _, es in earlier for _, e in es]
+        assert read_all_changes(recovered) == [e for _, es in earlier for _, e in es]
         for start in range(0, size - 1, piece):
             recovered.append_transaction(99, big[start : min(start + piece, size - 1)], final=False)
         recovered.append_transaction(99, big[size - 1 :])
@@ -189,4 +181,4 @@ def test_recovery_drops_an_unfinished_transaction(
             assert (Path(tmp) / "crashed" / name).read_bytes() == (
                 Path(tmp) / "reference" / name
             ).read_bytes(), name
-        assert read_all(recovered) == read_all(reference)
+        assert read_all_changes(recovered) == read_all_changes(reference)

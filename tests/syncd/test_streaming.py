@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,14 @@ def streamed_transactions(dsn: str, slot: str, at_least: int) -> int:
             time.sleep(0.1)
 
 
+def wait_for(condition: Callable[[], bool], within: float, what: str, every: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(every)
+
+
 def spool_files(daemon: SyncdProcess) -> list[Path]:
     spool = daemon.storage_dir / "spool"
     return sorted(spool.glob("*.bin")) if spool.exists() else []
@@ -106,10 +114,7 @@ def test_streamed_transaction_that_aborts_leaves_no_trace(syncd: SyncdProcess, p
                 "INSERT INTO items SELECT g, %s FROM generate_series(1000, 5000) g", (PAD,)
             )
             conn.execute("UPDATE items SET title = 'changed' WHERE id <= 5")
-            deadline = time.monotonic() + 15
-            while not spool_files(syncd):  # the transaction is being streamed
-                assert time.monotonic() < deadline, "no spool appeared"
-                time.sleep(0.05)
+            wait_for(lambda: bool(spool_files(syncd)), 15, "no spool appeared")  # streaming
             conn.rollback()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO items VALUES (100, 'after')")
@@ -117,10 +122,7 @@ def test_streamed_transaction_that_aborts_leaves_no_trace(syncd: SyncdProcess, p
         assert shape_rows(cursor) == database_rows(pg_dsn)
         assert len(cursor.rows) == 6
         assert streamed_transactions(pg_dsn, syncd.settings["slot"], 1) >= 1
-        deadline = time.monotonic() + 10
-        while spool_files(syncd):
-            assert time.monotonic() < deadline, "the aborted transaction's spool stayed"
-            time.sleep(0.05)
+        wait_for(lambda: not spool_files(syncd), 10, "the aborted transaction's spool stayed")
 
 
 def test_streamed_transaction_arrives_whole_and_once(syncd: SyncdProcess, pg_dsn: str) -> None:
@@ -203,10 +205,7 @@ def test_crash_during_a_streamed_transaction(syncd: SyncdProcess, pg_dsn: str) -
             conn.execute(
                 "INSERT INTO items SELECT g, %s FROM generate_series(1000, 4999) g", (PAD,)
             )
-            deadline = time.monotonic() + 15
-            while not spool_files(syncd):
-                assert time.monotonic() < deadline, "no spool appeared"
-                time.sleep(0.05)
+            wait_for(lambda: bool(spool_files(syncd)), 15, "no spool appeared")
             syncd.kill()  # mid-stream: the spool holds part of the transaction
             syncd.start()  # start-up deletes it; Postgres sends the transaction again
             conn.execute(
@@ -226,10 +225,12 @@ def test_crash_during_a_streamed_transaction(syncd: SyncdProcess, pg_dsn: str) -
             conn.execute(
                 "INSERT INTO items SELECT g, repeat('z', 300) FROM generate_series(10000, 59999) g"
             )
-        deadline = time.monotonic() + 60
-        while log_file.stat().st_size == before:
-            assert time.monotonic() < deadline, "the transaction never reached the shape log"
-            time.sleep(0.005)
+        wait_for(
+            lambda: log_file.stat().st_size != before,
+            60,
+            "the transaction never reached the shape log",
+            every=0.005,
+        )
         syncd.kill()
         syncd.start()
         follow(client, syncd, cursor, pg_dsn)
