@@ -38,25 +38,21 @@ import asyncio
 import json
 import queue
 import secrets
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
+from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from syncd.daemon import event_loop_factory
-from syncd.pgprovider import drop_database, provide_postgres
 
 TABLE = "fanout_items"
 JS_SCRIPT = ROOT / "bench" / "fanout_js.mjs"
@@ -334,36 +330,23 @@ def _await_js(
 @contextmanager
 def _syncd(subscribers: int) -> Iterator[tuple[str, str]]:
     """Own Postgres, database, table and syncd; yields (shape URL, DSN)."""
-    base = Path(tempfile.mkdtemp(prefix="syncd-bench-fanout-"))
-    base.chmod(0o711)
-    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
-    dbname = f"bench_fanout_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        try:
-            dsn = make_conninfo(server.dsn, dbname=dbname)
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
-                        sql.Identifier(TABLE)
-                    )
+    with bench_database("fanout") as db:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+                    sql.Identifier(TABLE)
                 )
-            slot = f"syncd_fanout_{secrets.token_hex(4)}"
-            daemon = _Daemon(dsn, base / "storage", slot, None, base / "syncd.log")
-            daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 4 * subscribers))
-            daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * subscribers))
-            daemon.start(timeout=60)
-            try:
-                yield daemon.url + "/v1/shape", dsn
-                daemon.check_alive()
-            finally:
-                daemon.stop()
+            )
+        slot = f"syncd_fanout_{secrets.token_hex(4)}"
+        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
+        daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 4 * subscribers))
+        daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * subscribers))
+        daemon.start(timeout=60)
+        try:
+            yield daemon.url + "/v1/shape", db.dsn
+            daemon.check_alive()
         finally:
-            drop_database(server.dsn, dbname)
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+            daemon.stop()
 
 
 Measure = Callable[[str, str, int, int, float], FanoutResult]

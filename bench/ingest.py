@@ -31,9 +31,7 @@ import contextlib
 import functools
 import os
 import resource
-import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,15 +40,15 @@ from pathlib import Path
 import msgspec
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
+from bench.cluster import bench_database
 from bench.stats import median, summary
 from shapes.offset import SNAPSHOT_END
 from shapes.shape import CanonicalShape
 from syncd.daemon import event_loop_factory
 from syncd.engine import Engine, EngineSettings
 from syncd.pgoutput import format_lsn
-from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
+from syncd.pgprovider import PostgresServer
 from syncd.replication import ReplicationSettings, ReplicationStream, drop_slot
 from syncd.shape_state import ShapeState
 
@@ -127,28 +125,14 @@ def log(text: str) -> None:
 
 def run_ingest(options: IngestOptions) -> list[str]:
     """Run the ingest benchmarks; return their summary lines (also printed as they finish)."""
-    base = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
-    base.chmod(0o711)  # the server may run as another OS user
     started = time.monotonic()
-    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
-    dbname = f"bench_{secrets.token_hex(4)}"
     try:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        try:
-            dsn = make_conninfo(server.dsn, dbname=dbname)
-            bench = _Bench(options, server, dsn, base / "syncd")
+        with bench_database("ingest", keep=options.keep) as db:
+            bench = _Bench(options, db.server, db.dsn, db.base / "syncd")
             # The engine runs on the event loop the daemon would pick (uvloop when installed).
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 return runner.run(_main(bench))
-        finally:
-            drop_database(server.dsn, dbname)
     finally:
-        server.stop()
-        if options.keep:
-            log(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
         log(f"total bench time {time.monotonic() - started:.1f}s")
 
 

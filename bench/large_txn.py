@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -37,10 +35,9 @@ from pathlib import Path
 import httpx
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
+from bench.cluster import bench_database
 from shapes.offset import LogOffset
-from syncd.pgprovider import drop_database, provide_postgres
 from syncd.storage import LOG_FILE, ShapeLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,33 +141,12 @@ def measure_large_txn(
 
 def run_large_txn(rows: int, row_bytes: int, keep: bool = False) -> str:
     """The ``make bench`` entry point: own Postgres and database; prints and returns the line."""
-    base = Path(tempfile.mkdtemp(prefix="syncd-bench-large-"))
-    base.chmod(0o711)  # the server may run as another OS user
-    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
-    dbname = f"bench_large_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        try:
-            size_mb = rows * row_bytes / 1e6
-            print(
-                f"large-txn: one transaction of {rows:,} rows x {row_bytes:,} B ({size_mb:,.0f} MB)"
-            )
-            result = measure_large_txn(
-                make_conninfo(server.dsn, dbname=dbname),
-                base / "work",
-                rows=rows,
-                row_bytes=row_bytes,
-                timeout=3600,
-            )
-        finally:
-            drop_database(server.dsn, dbname)
-    finally:
-        server.stop()
-        if keep:
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    with bench_database("large", keep=keep) as db:
+        size_mb = rows * row_bytes / 1e6
+        print(f"large-txn: one transaction of {rows:,} rows x {row_bytes:,} B ({size_mb:,.0f} MB)")
+        result = measure_large_txn(
+            db.dsn, db.base / "work", rows=rows, row_bytes=row_bytes, timeout=3600
+        )
     print(
         f"  insert {result.insert_seconds:.1f}s, durable in syncd {result.durable_seconds:.1f}s "
         f"after the commit; shape log {result.log_mb:,.0f} MB"

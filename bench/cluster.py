@@ -1,0 +1,49 @@
+"""A throw-away Postgres with a fresh database, for one benchmark run."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    base: Path
+    """The run's temporary directory: Postgres' data, and room for syncd's storage and logs."""
+    server: PostgresServer
+    dsn: str
+    """Conninfo of the fresh database."""
+
+
+@contextmanager
+def bench_database(name: str, *, keep: bool = False) -> Iterator[BenchDatabase]:
+    """A temporary directory, a fast throw-away Postgres in it (or ``BENCH_DATABASE_URL``) and
+    a new database; all removed afterwards, the directory kept when ``keep``."""
+    base = Path(tempfile.mkdtemp(prefix=f"syncd-bench-{name}-"))
+    base.chmod(0o711)  # the server may run as another OS user
+    server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
+    dbname = f"bench_{name}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        try:
+            yield BenchDatabase(base, server, make_conninfo(server.dsn, dbname=dbname))
+        finally:
+            drop_database(server.dsn, dbname)
+    finally:
+        server.stop()
+        if keep:
+            print(f"kept {base}", flush=True)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
