@@ -98,11 +98,11 @@ class Admission:
         if self.active[kind] >= self.limits[kind]:
             yield False
             return
-        self.active[kind] += 1
+        release = self.occupy(kind)
         try:
             yield True
         finally:
-            self.active[kind] -= 1
+            release()
 
     def occupy(self, kind: str) -> Callable[[], None]:
         """Count a response that outlives its handler (an SSE stream) until the returned
