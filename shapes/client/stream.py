@@ -270,10 +270,7 @@ class ShapeStream:
             return [{"headers": {"control": "up-to-date"}}]
         if "electric-schema" in response.headers and not self.schema:
             self.schema = parse_schema(response.headers["electric-schema"])
-        try:
-            parsed = _decode_json(response.content)
-        except ValueError:
-            raise ShapeRequestError(status, response.text, str(response.url)) from None
+        parsed = _body(response)  # the text when it is not JSON: not a list either
         if not isinstance(parsed, list):
             raise ShapeRequestError(status, parsed, str(response.url))
         return parsed
