@@ -86,6 +86,7 @@ class Api:
             "/api/auth/sign-up", json={"name": name, "password": password}
         )
         assert answer.status_code == 201, answer.text
+        self.client.cookies.clear()  # each request says who it is, with a bearer token
         body = answer.json()
         return User(uuid.UUID(body["user"]["id"]), body["user"]["name"], body["token"])
 
