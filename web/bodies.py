@@ -25,7 +25,7 @@ ThreadName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=N
 MessageText = Annotated[str, msgspec.Meta(min_length=1, max_length=4000, pattern=NOT_BLANK)]
 
 
-class Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Body(msgspec.Struct, forbid_unknown_fields=True):
     """Base of every request body."""
 
 

@@ -92,7 +92,9 @@ def load_settings(
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m web", add_help=False)
     for item in fields(Settings):
-        parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name, help=HELP[item.name])
+        parser.add_argument(
+            "--" + item.name.replace("_", "-"), dest=item.name, help=HELP[item.name]
+        )
     flags, _ = parser.parse_known_args(argv)
     values: dict[str, Any] = {}
     for item in fields(Settings):

@@ -67,7 +67,7 @@ THREAD_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
-BEARER = [{"bearer": []}, {"cookie": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
 
 
 def _errors(codes: tuple[str, ...]) -> dict[str, Any]:
@@ -96,7 +96,10 @@ def _write(kind: type[bodies.Body], summary: str, path_id: bool = True) -> dict[
         "operationId": kind.__name__[0].lower() + kind.__name__[1:],
         "security": BEARER,
         "requestBody": _body(kind),
-        "responses": {**_ok("200", "Txid", "applied (or applied before)"), **_errors(THREAD_ERRORS)},
+        "responses": {
+            **_ok("200", "Txid", "applied (or applied before)"),
+            **_errors(THREAD_ERRORS),
+        },
     }
     if path_id:
         operation["parameters"] = [THREAD_ID]

@@ -234,7 +234,8 @@ def post_message(me: Principal, thread_id: uuid.UUID, body: bodies.PostMessage) 
         if row[1] is None:
             raise forbidden("You are not in this thread")
         await conn.execute(
-            "INSERT INTO events (id, thread_id, user_id, kind, data) VALUES (%s, %s, %s, 'text', %s)",
+            "INSERT INTO events (id, thread_id, user_id, kind, data)"
+            " VALUES (%s, %s, %s, 'text', %s)",
             (body.id, thread_id, me.user_id, Jsonb({"text": body.text})),
         )
 

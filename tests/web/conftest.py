@@ -106,8 +106,9 @@ class Api:
 
     async def fetch(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(query, params)  # type: ignore[arg-type]
-            return await cursor.fetchall()
+            cursor = await conn.execute(query.encode(), params)
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
+            return rows
 
 
 def with_settings(settings: Settings, **changes: Any) -> Settings:

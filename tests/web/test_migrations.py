@@ -132,7 +132,13 @@ def _thread_with_human(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[uu
     return thread, human
 
 
-def _event(conn, thread, user, kind, data):  # type: ignore[no-untyped-def]
+def _event(
+    conn: psycopg.Connection[tuple[object, ...]],
+    thread: object,
+    user: object,
+    kind: str,
+    data: object,
+) -> None:
     conn.execute(
         "INSERT INTO events (id, thread_id, user_id, kind, data) VALUES (%s, %s, %s, %s, %s)",
         (uuid.uuid4(), thread, user, kind, Jsonb(data)),
@@ -152,13 +158,13 @@ def _event(conn, thread, user, kind, data):  # type: ignore[no-untyped-def]
         ("gossip", {"text": "hi"}),
     ],
 )
-def test_event_payloads_are_checked_per_kind(conn, kind, data) -> None:  # type: ignore[no-untyped-def]
+def test_event_payloads_are_checked_per_kind(conn, kind, data) -> None:
     thread, human = _thread_with_human(conn)
     with pytest.raises(psycopg.errors.CheckViolation):
         _event(conn, thread, human, kind, data)
 
 
-def test_who_may_write_which_event(conn) -> None:  # type: ignore[no-untyped-def]
+def test_who_may_write_which_event(conn) -> None:
     thread, human = _thread_with_human(conn)
     _event(conn, thread, human, "text", {"text": "hello"})
     _event(conn, thread, SARAH, "tool_use", {"id": "t1", "name": "do_nothing", "input": {}})
@@ -170,10 +176,10 @@ def test_who_may_write_which_event(conn) -> None:  # type: ignore[no-untyped-def
     with pytest.raises(psycopg.errors.CheckViolation, match="member"):
         _event(conn, thread, outsider, "system", {"action": "joined", "target": "thread"})
     with pytest.raises(psycopg.errors.CheckViolation, match="immutable"):
-        conn.execute("UPDATE events SET data = '{\"text\": \"forged\"}'")
+        conn.execute('UPDATE events SET data = \'{"text": "forged"}\'')
 
 
-def test_roles_match_user_kinds_and_one_owner(conn) -> None:  # type: ignore[no-untyped-def]
+def test_roles_match_user_kinds_and_one_owner(conn) -> None:
     thread, _ = _thread_with_human(conn)
     bob = uuid.uuid4()
     conn.execute("INSERT INTO users (id, name, kind) VALUES (%s, 'bob', 'human')", (bob,))
@@ -189,13 +195,11 @@ def test_roles_match_user_kinds_and_one_owner(conn) -> None:  # type: ignore[no-
         conn.execute(insert, (uuid.uuid4(), thread, bob, "member"))
 
 
-def test_deleting_a_thread_cascades(conn) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_a_thread_cascades(conn) -> None:
     thread, human = _thread_with_human(conn)
     _event(conn, thread, human, "text", {"text": "I ride horses"})
     _event(conn, thread, SARAH, "tool_use", {"id": "t", "name": "extract_facts", "input": {}})
-    source, tool = (
-        row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq").fetchall()
-    )
+    source, tool = (row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq").fetchall())
     conn.execute(
         "INSERT INTO facts (id, thread_id, subject_id, source_event_id, tool_use_event_id,"
         " predicate, object, category) VALUES (%s, %s, %s, %s, %s, 'rides', 'horses', 'hobby')",
