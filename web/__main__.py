@@ -40,6 +40,8 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     return 0
 

@@ -37,6 +37,8 @@ class Settings:
     sign_in_client_limit: int = 20
     sign_up_client_limit: int = 10
     max_threads_per_user: int = 50
+    trusted_proxies: str = "127.0.0.1"
+    """Addresses whose ``X-Forwarded-For`` names the client (comma-separated, or ``*``)."""
     publication: str = "syncd_publication"
     migrations_dir: Path = Path(__file__).resolve().parent.parent / "sql"
     log_level: str = "INFO"
@@ -55,6 +57,7 @@ HELP: dict[str, str] = {
     "sign_in_client_limit": "failed sign-ins per client address in the window (default 20)",
     "sign_up_client_limit": "sign-ups per client address in the window (default 10)",
     "max_threads_per_user": "threads a user may own (default 50)",
+    "trusted_proxies": "proxies trusted to name the client in X-Forwarded-For (127.0.0.1)",
     "publication": "syncd's publication, where migrations publish the tables",
     "migrations_dir": "directory of the numbered SQL migrations (default: the repository's sql/)",
     "log_level": "logging level (default INFO)",

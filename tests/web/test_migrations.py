@@ -209,3 +209,46 @@ def test_deleting_a_thread_cascades(conn) -> None:
     for table in ("memberships", "events", "facts"):
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
         assert count.fetchone() == (0,), table
+
+
+def test_deleting_a_user_removes_their_memberships_events_facts_and_secrets(conn) -> None:
+    thread, human = _thread_with_human(conn)
+    _event(conn, thread, human, "text", {"text": "I ride horses"})
+    _event(conn, thread, SARAH, "tool_use", {"id": "t", "name": "extract_facts", "input": {}})
+    source, tool = (row[0] for row in conn.execute("SELECT id FROM events ORDER BY seq"))
+    conn.execute(
+        "INSERT INTO facts (id, thread_id, subject_id, source_event_id, tool_use_event_id,"
+        " predicate, object, category) VALUES (%s, %s, %s, %s, %s, 'rides', 'horses', 'hobby')",
+        (uuid.uuid4(), thread, human, source, tool),
+    )
+    conn.execute(
+        "INSERT INTO burn_private.credentials (user_id, password_hash) VALUES (%s, 'x')", (human,)
+    )
+    conn.execute(
+        "INSERT INTO burn_private.sessions (id, user_id, expires_at) VALUES (%s, %s, now())",
+        (uuid.uuid4(), human),
+    )
+    conn.execute("DELETE FROM users WHERE id = %s", (human,))
+    for table in ("memberships", "events", "facts", "burn_private.credentials"):
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+            sql.Identifier(*table.split(".")),
+            sql.Identifier("subject_id" if table == "facts" else "user_id"),
+        )
+        assert conn.execute(query, (human,)).fetchone() == (0,), table
+    assert conn.execute("SELECT count(*) FROM burn_private.sessions").fetchone() == (0,)
+    # the thread and the agent's own events stay
+    assert conn.execute("SELECT count(*) FROM threads").fetchone() == (1,)
+    assert conn.execute("SELECT user_id FROM events").fetchall() == [(SARAH,)]
+
+
+def test_settings_come_from_flags_over_the_environment() -> None:
+    from web.config import ConfigError, load_settings
+
+    env = {"DATABASE_URL": "dbname=a", "WEB_PORT": "5000", "WEB_COOKIE_SECURE": "true"}
+    loaded = load_settings(["--port", "6000"], env)
+    assert (loaded.database_url, loaded.port, loaded.cookie_secure) == ("dbname=a", 6000, True)
+    assert load_settings([], {**env, "WEB_DATABASE_URL": "dbname=b"}).database_url == "dbname=b"
+    with pytest.raises(ConfigError, match="secret"):
+        load_settings(["--secret", "short"], {})
+    with pytest.raises(ConfigError, match="port"):
+        load_settings([], {"WEB_PORT": "many"})
