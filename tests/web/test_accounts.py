@@ -213,3 +213,32 @@ async def test_bad_credentials_bodies_are_4xx(api: Api) -> None:
     assert raw.status_code == 400
     form = await api.client.post("/api/auth/sign-in", data={"name": "a", "password": "b"})
     assert form.status_code == 415
+
+
+async def test_current_user_is_the_seam_for_routes_mounted_beside_the_api(
+    settings: Settings, pool: AsyncConnectionPool[Any]
+) -> None:
+    """What a future ``authorize`` for sync routes builds on."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from web.app import current_user
+
+    async def whoami(request: Request) -> Response:
+        principal = await current_user(request)
+        if principal is None:
+            return JSONResponse({"message": "sign in first"}, status_code=401)
+        return JSONResponse({"name": principal.name, "session": str(principal.session_id)})
+
+    app = create_app(settings, pool=pool, extra_routes=[Route("/sync/whoami", whoami)])
+    async with client_for(app) as client:
+        api = Api(client, settings, pool)
+        user = await api.sign_up("heidi")
+        assert (await client.get("/sync/whoami")).status_code == 401
+        by_bearer = await client.get("/sync/whoami", headers=user.headers)
+        assert by_bearer.json()["name"] == "heidi"
+        client.cookies.set(COOKIE, user.token)
+        assert (await client.get("/sync/whoami")).json() == by_bearer.json()
+        await client.post("/api/auth/sign-out")
+        assert (await client.get("/sync/whoami", headers=user.headers)).status_code == 401
