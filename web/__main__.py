@@ -49,7 +49,7 @@ def _serve(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command, _ = argument_parser().parse_known_args(args)
+    command = argument_parser().parse_args(args)  # exits 2 on an unknown flag
     try:
         settings = load_settings(args)
     except ConfigError as exc:

@@ -94,10 +94,7 @@ def load_settings(
     """Settings from ``environ`` (default ``os.environ``), overridden by flags in ``argv``."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m web", add_help=False)
-    for item in fields(Settings):
-        parser.add_argument(
-            "--" + item.name.replace("_", "-"), dest=item.name, help=HELP[item.name]
-        )
+    _add_setting_flags(parser)
     flags, _ = parser.parse_known_args(argv)
     values: dict[str, Any] = {}
     for item in fields(Settings):
@@ -114,22 +111,17 @@ def load_settings(
     return settings
 
 
-def settings_help() -> str:
-    """One line per setting: flag, variable and meaning."""
-    return "\n".join(
-        f"  --{item.name.replace('_', '-'):<24} WEB_{item.name.upper():<24} {HELP[item.name]}"
-        for item in fields(Settings)
-    )
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for item in fields(Settings):
+        flag = "--" + item.name.replace("_", "-")
+        parser.add_argument(
+            flag, dest=item.name, help=f"{HELP[item.name]} [WEB_{item.name.upper()}]"
+        )
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    """The parser ``python -m web --help`` shows (the settings themselves go through
-    :func:`load_settings`)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m web",
-        description="The Burn web app.",
-        epilog="settings:\n" + settings_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """The command line: a command and the settings' flags (``--help`` lists them)."""
+    parser = argparse.ArgumentParser(prog="python -m web", description="The Burn web app.")
     parser.add_argument("command", choices=["migrate", "serve"])
+    _add_setting_flags(parser)
     return parser
