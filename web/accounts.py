@@ -35,6 +35,8 @@ from psycopg_pool import AsyncConnectionPool
 from web.errors import ApiError, conflict
 
 TOKEN_SALT = "burn-session"
+SIGN_OUT_CHANNEL = "burn_sign_out"
+"""``LISTEN`` channel on which each signed-out session's id is announced."""
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("a password no account has")
 """Checked when the account does not exist, so both answers take as long."""
@@ -201,12 +203,20 @@ class Accounts:
         return None if row is None else Principal(row[0], row[1], session_id)
 
     async def sign_out(self, principal: Principal) -> None:
-        """Revoke the session: its token is refused from now on."""
-        async with self.pool.connection() as conn:
+        """Revoke the session: its token is refused from now on.
+
+        The same transaction sends the session id on the :data:`SIGN_OUT_CHANNEL`
+        notification channel, so every process of the app (not only this one) can end the
+        session's live requests.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE burn_private.sessions SET revoked_at = now()"
                 " WHERE id = %s AND revoked_at IS NULL",
                 (principal.session_id,),
+            )
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (SIGN_OUT_CHANNEL, str(principal.session_id))
             )
 
 

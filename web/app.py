@@ -12,7 +12,8 @@ A request is authenticated by ``Authorization: Bearer <token>`` or else by the c
 must be ``application/json``: with ``SameSite=Lax`` cookies that keeps other sites from
 writing on a user's behalf. :func:`current_user` is the seam for anything else mounted in this
 app (the future per-user sync routes): it answers the signed-in user of a request, or None.
-Sign-out calls the ``on_sign_out`` hooks, e.g. to cut off the session's live sync requests.
+Sign-out calls the ``on_sign_out`` hooks, e.g. to cut off the session's live sync requests, and
+announces the session on the ``burn_sign_out`` channel for the other processes.
 """
 
 from __future__ import annotations

@@ -242,3 +242,28 @@ async def test_current_user_is_the_seam_for_routes_mounted_beside_the_api(
         assert (await client.get("/sync/whoami")).json() == by_bearer.json()
         await client.post("/api/auth/sign-out")
         assert (await client.get("/sync/whoami", headers=user.headers)).status_code == 401
+
+
+async def test_sign_out_is_announced_to_every_process(api: Api) -> None:
+    """Another process LISTENs for revoked sessions (to end their live requests there)."""
+    import psycopg
+
+    from web.accounts import SIGN_OUT_CHANNEL
+
+    user = await api.sign_up()
+    session = await api.client.get("/api/auth/me", headers=user.headers)
+    assert session.status_code == 200
+    assert api.settings.database_url is not None
+    async with await psycopg.AsyncConnection.connect(
+        api.settings.database_url, autocommit=True
+    ) as listener:
+        await listener.execute(f"LISTEN {SIGN_OUT_CHANNEL}")
+        await api.client.post("/api/auth/sign-out", headers=user.headers)
+        async for notice in listener.notifies(timeout=60, stop_after=1):
+            rows = await api.fetch(
+                "SELECT user_id FROM burn_private.sessions WHERE id = %s::uuid", notice.payload
+            )
+            assert rows == [(user.id,)]
+            break
+        else:
+            raise AssertionError("no notification")
