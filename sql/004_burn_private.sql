@@ -34,6 +34,7 @@ CREATE TABLE burn_private.attempts (
 );
 CREATE INDEX attempts_account_idx ON burn_private.attempts (account, attempted_at);
 CREATE INDEX attempts_client_idx ON burn_private.attempts (client, attempted_at);
+CREATE INDEX attempts_time_idx ON burn_private.attempts (attempted_at);
 
 -- Every write through the API, keyed by its client-generated id: a retried write finds its
 -- row and gets the same answer instead of being applied again.

@@ -142,7 +142,7 @@ class Accounts:
         async with self.pool.connection() as conn, conn.transaction():
             await _lock(conn, "account", account)
             await _lock(conn, "client", client)
-            await _forget_old(conn, limits.window, account, client)
+            await _forget_old(conn, limits.window)
             for column, value, limit in (
                 ("account", account, limits.per_account),
                 ("client", client, limits.per_client),
@@ -161,6 +161,7 @@ class Accounts:
         limits = self.limits
         async with self.pool.connection() as conn, conn.transaction():
             await _lock(conn, "client", client)
+            await _forget_old(conn, limits.window)
             await _refuse_over_limit(
                 conn, "sign-up", "client", client, limits.sign_ups_per_client, limits.window
             )
@@ -176,6 +177,12 @@ class Accounts:
         self, conn: psycopg.AsyncConnection[Any], user_id: Any, name: str
     ) -> NewSession:
         session_id = uuid.uuid4()
+        # a user's ended sessions are no longer needed: a token without its row is refused
+        await conn.execute(
+            "DELETE FROM burn_private.sessions"
+            " WHERE user_id = %s AND (expires_at < now() OR revoked_at IS NOT NULL)",
+            (user_id,),
+        )
         cursor = await conn.execute(
             "INSERT INTO burn_private.sessions (id, user_id, expires_at)"
             " VALUES (%s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
@@ -234,13 +241,11 @@ async def _lock(conn: psycopg.AsyncConnection[Any], kind: str, value: str) -> No
     )
 
 
-async def _forget_old(
-    conn: psycopg.AsyncConnection[Any], window: float, account: str, client: str
-) -> None:
+async def _forget_old(conn: psycopg.AsyncConnection[Any], window: float) -> None:
+    """Attempts older than the window no longer count: drop them (for every key)."""
     await conn.execute(
-        "DELETE FROM burn_private.attempts WHERE (account = %s OR client = %s)"
-        " AND attempted_at < now() - make_interval(secs => %s)",
-        (account, client, window),
+        "DELETE FROM burn_private.attempts WHERE attempted_at < now() - make_interval(secs => %s)",
+        (window,),
     )
 
 

@@ -122,6 +122,14 @@ async def test_sign_out_revokes_the_session_and_tells_the_hooks(
         # only that session ended: the other one still works
         assert await me(api, {"authorization": f"Bearer {other.json()['token']}"}) == 200
         assert [p.user_id for p in signed_out] == [user.id]
+        # the next sign-in forgets ended sessions; their tokens stay refused
+        await client.post(
+            "/api/auth/sign-in", json={"name": user.name, "password": "correct horse"}
+        )
+        client.cookies.clear()
+        ended = "SELECT count(*) FROM burn_private.sessions WHERE revoked_at IS NOT NULL"
+        assert await api.fetch(ended) == [(0,)]
+        assert await me(api, user.headers) == 401
 
 
 async def test_failed_sign_ins_are_throttled_per_account(api: Api) -> None:
