@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadData, URLSafeTimedSerializer
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -198,7 +198,7 @@ class Accounts:
         try:
             payload = self._serializer.loads(token, max_age=math.ceil(self.ttl))
             session_id = uuid.UUID(str(payload))
-        except (BadSignature, ValueError):
+        except (BadData, ValueError):
             return None
         async with self.pool.connection() as conn:
             cursor = await conn.execute(

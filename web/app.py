@@ -173,7 +173,8 @@ async def _write(
 ) -> Response:
     backend = _backend(request)
     me_ = await _require_for(request)
-    recorded = {"path": dict(request.path_params), "body": body}
+    path = {"thread_id": str(_thread_id(request))} if "thread_id" in request.path_params else {}
+    recorded = {"path": path, "body": body}
     txid = await writes.apply(backend.pool, me_, operation, write_id, recorded, action(me_))
     return _json({"txid": txid})
 
