@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from syncd.pgprovider import PostgresServer
 from web.config import Settings
-from web.migrate import MigrationError, migrate
+from web.migrate import LOCK_KEY, MigrationError, migrate
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MIGRATIONS = Settings().migrations_dir
@@ -50,6 +51,27 @@ def test_two_processes_migrating_at_once_both_succeed(pg_dsn: str) -> None:
         rows = conn.execute("SELECT version, count(*) FROM web_migrations GROUP BY version")
         assert all(count == 1 for _, count in rows)
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (3,)
+
+
+def test_migrate_waits_for_the_lock_before_touching_anything(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        process = run_cli(pg_dsn)
+        try:
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            while holder.execute(waiting).fetchone() != (1,):
+                assert process.poll() is None, process.communicate()[0]
+                time.sleep(0.02)
+            ledger = holder.execute("SELECT to_regclass('web_migrations')").fetchone()
+            assert ledger == (None,)
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        output = process.communicate(timeout=120)[0].decode()
+        assert process.returncode == 0, output
+        assert "003_burn_schema.sql" in output
 
 
 def test_an_edited_migration_is_refused(pg_dsn: str, tmp_path: Path) -> None:
