@@ -169,17 +169,25 @@ def _thread_id(request: Request) -> uuid.UUID:
 
 
 async def _write(
-    request: Request, operation: str, write_id: uuid.UUID, body: bodies.Body, action: Any
+    request: Request,
+    operation: str,
+    write_id: uuid.UUID,
+    body: bodies.Body,
+    action: Callable[[Principal], writes.Action],
 ) -> Response:
+    """Apply ``action`` for the signed-in user as write ``write_id``; answers its txid."""
     backend = _backend(request)
-    me_ = await _require_for(request)
+    principal = await _signed_in(request)
     path = {"thread_id": str(_thread_id(request))} if "thread_id" in request.path_params else {}
     recorded = {"path": path, "body": body}
-    txid = await writes.apply(backend.pool, me_, operation, write_id, recorded, action(me_))
+    txid = await writes.apply(
+        backend.pool, principal, operation, write_id, recorded, action(principal)
+    )
     return _json({"txid": txid})
 
 
-async def _require_for(request: Request) -> Principal:
+async def _signed_in(request: Request) -> Principal:
+    """:func:`require_user`, looked up once per request."""
     cached: Principal | None = request.scope.get("web.principal")
     if cached is None:
         cached = await require_user(request)
@@ -188,56 +196,56 @@ async def _require_for(request: Request) -> Principal:
 
 
 async def create_thread(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     body = await bodies.read_body(request, bodies.CreateThread)
     limit = _backend(request).settings.max_threads_per_user
     return await _write(
-        request, "create", body.id, body, lambda me_: writes.create_thread(me_, body, limit)
+        request, "create", body.id, body, lambda user: writes.create_thread(user, body, limit)
     )
 
 
 async def rename_thread(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     thread_id = _thread_id(request)
     body = await bodies.read_body(request, bodies.RenameThread)
     return await _write(
-        request, "rename", body.id, body, lambda me_: writes.rename_thread(me_, thread_id, body)
+        request, "rename", body.id, body, lambda user: writes.rename_thread(user, thread_id, body)
     )
 
 
 async def delete_thread(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     thread_id = _thread_id(request)
     body = await bodies.read_body(request, bodies.DeleteThread)
     return await _write(
-        request, "delete", body.id, body, lambda me_: writes.delete_thread(me_, thread_id)
+        request, "delete", body.id, body, lambda user: writes.delete_thread(user, thread_id)
     )
 
 
 async def join_thread(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     thread_id = _thread_id(request)
     body = await bodies.read_body(request, bodies.JoinThread)
     return await _write(
-        request, "join", body.id, body, lambda me_: writes.join_thread(me_, thread_id, body)
+        request, "join", body.id, body, lambda user: writes.join_thread(user, thread_id, body)
     )
 
 
 async def leave_thread(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     thread_id = _thread_id(request)
     body = await bodies.read_body(request, bodies.LeaveThread)
     return await _write(
-        request, "leave", body.id, body, lambda me_: writes.leave_thread(me_, thread_id, body)
+        request, "leave", body.id, body, lambda user: writes.leave_thread(user, thread_id, body)
     )
 
 
 async def post_message(request: Request) -> Response:
-    await _require_for(request)
+    await _signed_in(request)
     thread_id = _thread_id(request)
     body = await bodies.read_body(request, bodies.PostMessage)
     return await _write(
-        request, "post", body.id, body, lambda me_: writes.post_message(me_, thread_id, body)
+        request, "post", body.id, body, lambda user: writes.post_message(user, thread_id, body)
     )
 
 
