@@ -290,3 +290,28 @@ async def test_writes_need_a_session(api: Api) -> None:
         refused(await api.post(None, path, {"id": str(uuid.uuid4()), "name": "x"}), 401)
     user = await api.sign_up()
     assert AGENTS.isdisjoint({user.id})
+
+
+async def test_a_cookie_alone_cannot_write_without_a_json_body(api: Api) -> None:
+    """A form another site posts with the user's cookie is not JSON: refused, nothing written."""
+    owner = await api.sign_up()
+    thread = await api.create_thread(owner)
+    api.client.cookies.set("burn_session", owner.token)
+    try:
+        form = await api.client.post(
+            f"/api/threads/{thread}/messages", data={"id": str(uuid.uuid4()), "text": "csrf"}
+        )
+        refused(form, 415)
+        plain = await api.client.post(
+            f"/api/threads/{thread}/messages",
+            content=b'{"id": "' + str(uuid.uuid4()).encode() + b'", "text": "csrf"}',
+            headers={"content-type": "text/plain"},
+        )
+        refused(plain, 415)
+        ok = await api.client.post(
+            f"/api/threads/{thread}/messages", json={"id": str(uuid.uuid4()), "text": "mine"}
+        )
+        assert ok.status_code == 200
+    finally:
+        api.client.cookies.clear()
+    assert [row[2] for row in await events(api, thread)][1:] == [{"text": "mine"}]
