@@ -16,6 +16,8 @@ import httpx
 import msgspec
 
 from shapes.client.sse import SseDecoder
+from shapes.errors import InvalidRequest
+from shapes.offset import LogOffset, parse_offset
 from shapes.values import parse_row, parse_schema
 
 Message = dict[str, Any]
@@ -123,12 +125,37 @@ def backoff_delay(attempt: int, minimum: float = 0.0) -> float:
     return max(minimum, random.uniform(0.0, ceiling))
 
 
-def _position(message: Message) -> tuple[int, int] | None:
+def _position(message: Message) -> LogOffset | None:
     headers = message.get("headers", {})
     lsn = headers.get("lsn")
     if lsn is None or "operation" not in headers:
         return None
-    return int(lsn), int(headers.get("op_position", 0))
+    return LogOffset(int(lsn), int(headers.get("op_position", 0)))
+
+
+def _parsed(offset: str) -> LogOffset | None:
+    """``offset`` as a comparable position; ``None`` for a text that is not one."""
+    try:
+        return parse_offset(offset)
+    except InvalidRequest:
+        return None
+
+
+def resume_offset(offset: str, last_change: LogOffset | None) -> str:
+    """The exact position after a batch: ``offset`` (what the server said), or the position of
+    the last change delivered when that is further on.
+
+    Theory of operation: a resumed request gets the changes strictly after its offset. A
+    long-poll ``electric-offset`` is the end of the chunk served, so it is at or after the last
+    change in it. In SSE the only position the server sends is the ``up-to-date`` event's
+    ``global_last_seen_lsn``, a transaction's LSN without the operation: ``<lsn>_0`` would
+    have the server send that transaction's later operations again. The last change's own
+    ``<lsn>_<op_position>`` is exact: its transaction's earlier operations came before it.
+    """
+    current = _parsed(offset)
+    if last_change is None or (current is not None and current >= last_change):
+        return offset
+    return str(last_change)
 
 
 class ShapeStream:
@@ -138,10 +165,12 @@ class ShapeStream:
     stream yields ``[{"headers": {"control": "must-refetch"}}]`` on its own: callers must clear
     what they have and expect the shape to be sent again from the start. ``handle`` and
     ``offset`` always describe the position right after the last yielded batch; pass them back
-    as ``handle=``/``offset=`` to resume a later stream there. Values of ``value`` and
+    as ``handle=``/``offset=`` to resume a later stream there: the resumed stream delivers
+    exactly the changes not yet delivered, in both live modes (the offset is the last change's
+    ``<lsn>_<op_position>`` when the server's own is less precise). Values of ``value`` and
     ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False`` turns that
-    off). Change messages already delivered (same ``lsn``/``op_position``) are never delivered
-    again by the same stream.
+    off). Change messages at or before the position already delivered (the stream's own, or a
+    real ``offset`` it was given) are never delivered again.
     """
 
     def __init__(
@@ -172,7 +201,7 @@ class ShapeStream:
         )
         self._cursor = ""
         self._up_to_date = False
-        self._last_change: tuple[int, int] | None = None
+        self._last_change = _resumed_change(offset)
         self._attempt = 0
         self._short_sse = 0
         self._closed = False
@@ -246,6 +275,7 @@ class ShapeStream:
             pending.extend(self._accept(messages))
             if _ends_up_to_date(messages):
                 batch, pending = pending, []
+                offset = resume_offset(offset, self._last_change)
                 self.handle, self.offset = handle, offset
                 self._up_to_date = True
                 yield batch
@@ -312,25 +342,38 @@ class ShapeStream:
                 self._cursor = response.headers["electric-cursor"]
             self.handle = response.headers.get("electric-handle", self.handle)
             pending: list[Message] = []
+            delivered = self._last_change
             decoder = SseDecoder()
-            async for chunk in response.aiter_bytes():
-                for data in decoder.feed(chunk):
-                    try:
-                        message = _decode_json(data)
-                    except ValueError:
-                        raise ShapeRequestError(200, data, str(response.url)) from None
-                    pending.extend(self._accept([message]))
-                    control = message.get("headers", {}).get("control")
-                    if control == "up-to-date":
-                        lsn = message["headers"].get("global_last_seen_lsn", "0")
-                        self.offset = f"{lsn}_0"
-                        batch, pending = pending, []
-                        yield batch
+            try:
+                async for chunk in response.aiter_bytes():
+                    for data in decoder.feed(chunk):
+                        try:
+                            message = _decode_json(data)
+                        except ValueError:
+                            raise ShapeRequestError(200, data, str(response.url)) from None
+                        pending.extend(self._accept([message]))
+                        if message.get("headers", {}).get("control") == "up-to-date":
+                            self.offset = resume_offset(self.offset, self._last_change)
+                            delivered = self._last_change
+                            batch, pending = pending, []
+                            yield batch
+            finally:
+                # Changes of a batch cut off before its up-to-date were never delivered: the
+                # next request (from ``self.offset``) must not drop them as duplicates.
+                self._last_change = delivered
         if time.monotonic() - started < SHORT_SSE_SECONDS:
             self._short_sse += 1
             await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
         else:
             self._short_sse = 0
+
+
+def _resumed_change(offset: str) -> LogOffset | None:
+    """The last change a stream resumed at ``offset`` has delivered (a real log offset)."""
+    position = _parsed(offset)
+    if position is None or position.tx <= 0:
+        return None
+    return position
 
 
 class _Refetch(Exception):
