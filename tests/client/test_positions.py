@@ -15,7 +15,6 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -31,18 +30,6 @@ pytestmark = [pytest.mark.timeout(600)]
 
 OpKind = Literal["insert", "update", "delete"]
 Transaction = list[OpKind]
-
-
-@pytest.fixture
-def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, title text)")
-    daemon = SyncdProcess(pg_dsn, tmp_path / "storage")
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def key_of(row_id: int) -> str:
