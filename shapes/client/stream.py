@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -202,6 +203,9 @@ class ShapeStream:
         self._cursor = ""
         self._up_to_date = False
         self._last_change = _resumed_change(offset)
+        """The last change accepted, delivered or still pending: later ones only are new."""
+        self._delivered = self._last_change
+        """The last change of the batches yielded so far."""
         self._attempt = 0
         self._short_sse = 0
         self._closed = False
@@ -227,7 +231,21 @@ class ShapeStream:
         return self._up_to_date
 
     async def batches(self) -> AsyncIterator[Batch]:
-        """Yield batches until the stream is closed (or up to date, with ``live=False``)."""
+        """Yield batches until the stream is closed (or up to date, with ``live=False``).
+
+        Interrupting it (an error, a cancelled ``anext``) keeps the stream's position at the
+        last yielded batch; a new iteration goes on from there and delivers what the
+        interrupted batch had read, since that was never delivered.
+        """
+        try:
+            async with contextlib.aclosing(self._batches()) as batches:
+                async for batch in batches:
+                    self._delivered = self._last_change
+                    yield batch
+        finally:
+            self._last_change = self._delivered
+
+    async def _batches(self) -> AsyncGenerator[Batch, None]:
         pending: Batch = []
         offset = self.offset
         handle = self.handle
@@ -246,8 +264,9 @@ class ShapeStream:
                     query["live_sse"] = "true"
             try:
                 if use_sse:
-                    async for batch in self._sse(query):
-                        yield batch
+                    async with contextlib.aclosing(self._sse(query)) as sse_batches:
+                        async for batch in sse_batches:
+                            yield batch
                     handle, offset = self.handle, self.offset
                     continue
                 response = await self._client.get(self.url, params=query, headers=self._headers)
@@ -308,7 +327,7 @@ class ShapeStream:
     def _reset(self) -> None:
         self.schema = {}
         self._up_to_date = False
-        self._last_change = None
+        self._last_change = self._delivered = None
         self._short_sse = 0
         self._cursor = ""
 
@@ -328,7 +347,7 @@ class ShapeStream:
             accepted.append(message)
         return accepted
 
-    async def _sse(self, query: dict[str, str]) -> AsyncIterator[Batch]:
+    async def _sse(self, query: dict[str, str]) -> AsyncGenerator[Batch, None]:
         """One SSE connection: yield each batch up to an ``up-to-date``, then return."""
         started = time.monotonic()
         headers = dict(self._headers, accept="text/event-stream")
@@ -342,7 +361,6 @@ class ShapeStream:
                 self._cursor = response.headers["electric-cursor"]
             self.handle = response.headers.get("electric-handle", self.handle)
             pending: list[Message] = []
-            delivered = self._last_change
             decoder = SseDecoder()
             try:
                 async for chunk in response.aiter_bytes():
@@ -354,13 +372,13 @@ class ShapeStream:
                         pending.extend(self._accept([message]))
                         if message.get("headers", {}).get("control") == "up-to-date":
                             self.offset = resume_offset(self.offset, self._last_change)
-                            delivered = self._last_change
+                            self._delivered = self._last_change
                             batch, pending = pending, []
                             yield batch
             finally:
                 # Changes of a batch cut off before its up-to-date were never delivered: the
                 # next request (from ``self.offset``) must not drop them as duplicates.
-                self._last_change = delivered
+                self._last_change = self._delivered
         if time.monotonic() - started < SHORT_SSE_SECONDS:
             self._short_sse += 1
             await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
