@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.timeout(600)]
 
 OpKind = Literal["insert", "update", "delete"]
 Transaction = list[OpKind]
+Stop = Literal["go-on", "resume"] | float
+"""After a batch: go on reading, or resume from the stored position; a float: give up the
+next read after that many seconds, resume, and read one batch in full."""
 
 
 def key_of(row_id: int) -> str:
@@ -88,13 +91,14 @@ class Writer:
 
 @dataclass
 class ResumingConsumer:
-    """Reads batches; after a batch whose stop flag is set, stores the stream's position,
-    closes the stream and resumes a new one from the stored position."""
+    """Reads batches and, as its stop plan says, after a batch stores the stream's position,
+    closes the stream and resumes a new one from the stored position; or abandons a read
+    after some seconds (whatever it was in the middle of) and resumes the same way."""
 
     url: str
     definition: ShapeDefinition
     live_mode: LiveMode
-    stops: Iterator[bool]
+    stops: Iterator[Stop]
     delivered: list[tuple[str, str]] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)
     resumes: int = 0
@@ -117,24 +121,42 @@ class ResumingConsumer:
         """Read batches until an insert of ``key`` has been delivered."""
         while ("insert", key) not in self.delivered:
             assert self.stream is not None and self.batches is not None
-            batch = await anext(self.batches)
-            for message in batch:
-                headers = message["headers"]
-                assert headers.get("control") != "must-refetch", "unexpected must-refetch"
-                if "operation" in headers:
-                    self.delivered.append((headers["operation"], message["key"]))
-                    self.positions.append((int(headers["lsn"]), int(headers["op_position"])))
-            if next(self.stops):
-                handle, offset = self.stream.handle, self.stream.offset
-                await self.close()
-                self.open(handle, offset)
-                self.resumes += 1
+            stop = next(self.stops)
+            try:
+                batch = await asyncio.wait_for(
+                    anext(self.batches), stop if isinstance(stop, float) else None
+                )
+            except TimeoutError:
+                await self.resume()  # abandoned in the middle of whatever it was reading
+                assert self.batches is not None
+                batch = await anext(self.batches)  # a whole read before the next stop
+            self.record(batch)
+            if stop != "go-on":
+                await self.resume()
+
+    def record(self, batch: Batch) -> None:
+        for message in batch:
+            headers = message["headers"]
+            assert headers.get("control") != "must-refetch", "unexpected must-refetch"
+            if "operation" in headers:
+                self.delivered.append((headers["operation"], message["key"]))
+                self.positions.append((int(headers["lsn"]), int(headers["op_position"])))
+
+    async def resume(self) -> None:
+        assert self.stream is not None
+        handle, offset = self.stream.handle, self.stream.offset
+        await self.close()
+        self.open(handle, offset)
+        self.resumes += 1
 
 
 _GROUPS = itertools.count(1)
 
 transactions = st.lists(
     st.sampled_from(["insert", "insert", "update", "delete"]), min_size=2, max_size=5
+)
+stop_plans: st.SearchStrategy[Stop] = st.one_of(
+    st.sampled_from(["go-on", "go-on", "resume"]), st.sampled_from([0.001, 0.01, 0.05])
 )
 rounds = st.lists(st.lists(transactions, min_size=1, max_size=3), min_size=1, max_size=4)
 
@@ -143,14 +165,14 @@ async def resume_scenario(
     syncd: SyncdProcess,
     live_mode: LiveMode,
     planned: list[list[Transaction]],
-    stops: list[bool],
+    stops: list[Stop],
     seed: int,
 ) -> None:
     group = next(_GROUPS)
     definition = ShapeDefinition.of("items", where="grp = $1", params=[str(group)])
     writer = Writer(syncd.dsn, group, random.Random(seed))
     consumer = ResumingConsumer(
-        syncd.shape_url, definition, live_mode, itertools.cycle(stops or [False])
+        syncd.shape_url, definition, live_mode, itertools.cycle(stops or ["go-on"])
     )
     consumer.open(None, "-1")
     try:
@@ -176,16 +198,16 @@ async def resume_scenario(
 
 @pytest.mark.parametrize("live_mode", ["long-poll", "sse"])
 @settings(
-    max_examples=10,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(planned=rounds, stops=st.lists(st.booleans(), max_size=12), seed=st.integers(0, 1000))
+@given(planned=rounds, stops=st.lists(stop_plans, max_size=12), seed=st.integers(0, 1000))
 def test_resuming_from_any_stored_position_delivers_each_change_once(
     syncd: SyncdProcess,
     live_mode: LiveMode,
     planned: list[list[Transaction]],
-    stops: list[bool],
+    stops: list[Stop],
     seed: int,
 ) -> None:
     asyncio.run(resume_scenario(syncd, live_mode, planned, stops, seed))
@@ -197,7 +219,7 @@ def test_stop_after_a_live_multi_operation_transaction(
 ) -> None:
     """The smallest case: one live transaction of three operations, stop, resume, one more."""
     planned: list[list[Transaction]] = [[["insert", "insert"]], [["insert"]]]
-    asyncio.run(resume_scenario(syncd, live_mode, planned, [True], 0))
+    asyncio.run(resume_scenario(syncd, live_mode, planned, ["resume"], 0))
 
 
 async def test_a_mid_transaction_offset_serves_strictly_later_operations(
