@@ -33,6 +33,7 @@ BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 10.0
 SHORT_SSE_SECONDS: Final = 1.0
 MAX_SHORT_SSE: Final = 3
+MAX_STALE_COPIES: Final = 3
 
 
 class ShapeRequestError(Exception):
@@ -164,14 +165,15 @@ class ShapeStream:
 
     Every batch but a must-refetch one ends with an ``up-to-date`` message. After a 409 the
     stream yields ``[{"headers": {"control": "must-refetch"}}]`` on its own: callers must clear
-    what they have and expect the shape to be sent again from the start. ``handle`` and
-    ``offset`` always describe the position right after the last yielded batch; pass them back
-    as ``handle=``/``offset=`` to resume a later stream there: the resumed stream delivers
-    exactly the changes not yet delivered, in both live modes (the offset is the last change's
-    ``<lsn>_<op_position>`` when the server's own is less precise). Values of ``value`` and
-    ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False`` turns that
-    off). Change messages at or before the position already delivered (the stream's own, or a
-    real ``offset`` it was given) are never delivered again.
+    what they have and expect the shape to be sent again from the start (the position is then
+    the new handle and ``-1``; the expired handle is never accepted again, even from a cache).
+    ``handle`` and ``offset`` always describe the position right after the last yielded batch;
+    pass them back as ``handle=``/``offset=`` to resume a later stream there: the resumed
+    stream delivers exactly the changes not yet delivered, in both live modes (the offset is
+    the last change's ``<lsn>_<op_position>`` when the server's own is less precise). Values of
+    ``value`` and ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False``
+    turns that off). Change messages at or before the position already delivered (the
+    stream's own, or a real ``offset`` it was given) are never delivered again.
     """
 
     def __init__(
@@ -209,6 +211,9 @@ class ShapeStream:
         self._attempt = 0
         self._short_sse = 0
         self._closed = False
+        self._expired_handles: set[str] = set()
+        self._cache_buster: str | None = None
+        self._stale_copies = 0
 
     def __aiter__(self) -> AsyncIterator[Batch]:
         return self.batches()
@@ -262,6 +267,8 @@ class ShapeStream:
                 query["cursor"] = self._cursor
                 if use_sse:
                     query["live_sse"] = "true"
+            elif self._cache_buster is not None:
+                query["cache-buster"] = self._cache_buster
             try:
                 if use_sse:
                     async with contextlib.aclosing(self._sse(query)) as sse_batches:
@@ -274,18 +281,18 @@ class ShapeStream:
                 await self._back_off(0.0)
                 continue
             except _Refetch as refetch:
-                handle, offset, pending = refetch.handle, "-1", []
-                self.handle, self.offset = handle, offset
+                handle, offset, pending = self._refetch(handle, refetch), "-1", []
                 yield [dict(MUST_REFETCH_MESSAGE)]
                 continue
             try:
                 messages = await self._check(response)
             except _Refetch as refetch:
-                handle, offset, pending = refetch.handle, "-1", []
-                self.handle, self.offset = handle, offset
+                handle, offset, pending = self._refetch(handle, refetch), "-1", []
                 yield [dict(MUST_REFETCH_MESSAGE)]
                 continue
             if messages is None:
+                continue
+            if await self._is_stale_copy(response):
                 continue
             handle = response.headers.get("electric-handle", handle)
             offset = response.headers.get("electric-offset", offset)
@@ -297,7 +304,39 @@ class ShapeStream:
                 offset = resume_offset(offset, self._last_change)
                 self.handle, self.offset = handle, offset
                 self._up_to_date = True
+                self._cache_buster = None
                 yield batch
+
+    def _refetch(self, expired: str | None, refetch: _Refetch) -> str | None:
+        """Start again after a 409: the handle to use (the new one, if the server said it).
+
+        The expired handle is never accepted again, and requests until the next up-to-date
+        carry a fresh ``cache-buster``, so that a cache in front of the server cannot answer
+        them with a copy from before the 409.
+        """
+        if expired is not None:
+            self._expired_handles.add(expired)
+        self._cache_buster = _cache_buster()
+        self._stale_copies = 0
+        self.handle, self.offset = refetch.handle, "-1"
+        return refetch.handle
+
+    async def _is_stale_copy(self, response: httpx.Response) -> bool:
+        """True (after backing off, with a new ``cache-buster``) for a 200 carrying an expired
+        handle: a cached copy from before a 409.
+
+        Raises:
+            ShapeRequestError: a 502 after ``MAX_STALE_COPIES`` such answers in a row.
+        """
+        if response.headers.get("electric-handle") not in self._expired_handles:
+            return False
+        self._stale_copies += 1
+        if self._stale_copies > MAX_STALE_COPIES:
+            body = {"message": "only stale cached responses with an expired handle"}
+            raise ShapeRequestError(502, body, str(response.url))
+        self._cache_buster = _cache_buster()
+        await self._back_off(0.0)
+        return True
 
     async def _back_off(self, minimum: float) -> None:
         await asyncio.sleep(backoff_delay(self._attempt, minimum))
@@ -392,6 +431,10 @@ def _resumed_change(offset: str) -> LogOffset | None:
     if position is None or position.tx <= 0:
         return None
     return position
+
+
+def _cache_buster() -> str:
+    return f"{time.time_ns() // 1_000_000}-{random.getrandbits(32):08x}"
 
 
 class _Refetch(Exception):

@@ -151,3 +151,63 @@ async def test_an_sse_batch_cut_before_its_up_to_date_is_read_again() -> None:
     assert live_requests == ["0_inf", "0_inf"]
     assert [m["key"] for m in batch if "key" in m] == ["k1", "k2"]
     assert stream.offset == "100_2"
+
+
+def caching_proxy(always_stale: bool) -> httpx.MockTransport:
+    """A shape whose handle rotated from ``old`` to ``new`` behind a cache that still holds the
+    ``offset=-1`` answer from before: any URL it has not seen goes to the origin."""
+    stale_snapshot = {"electric-handle": "old", "electric-offset": "0_0"}
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if params["offset"] == "-1" and ("cache-buster" not in params or always_stale):
+            return httpx.Response(200, headers=stale_snapshot, json=[])
+        if params.get("handle") == "old":
+            return httpx.Response(409, headers={"electric-handle": "new"}, json=[{}])
+        offset = "0_0" if params["offset"] == "-1" else "0_inf"
+        body = [] if offset == "0_0" else UP_TO_DATE
+        return httpx.Response(
+            200, headers={"electric-handle": "new", "electric-offset": offset}, json=body
+        )
+
+    return httpx.MockTransport(respond)
+
+
+@pytest.mark.asyncio
+async def test_after_a_409_a_cached_copy_with_the_expired_handle_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shapes.client.stream.BACKOFF_INITIAL", 0.001)
+    async with httpx.AsyncClient(transport=caching_proxy(always_stale=False)) as client:
+        stream = ShapeStream(
+            "http://127.0.0.1/v1/shape",
+            ShapeDefinition.of("t"),
+            client=client,
+            handle="old",
+            offset="0_inf",
+            live=False,
+        )
+        batches = aiter(stream)
+        first, second = await anext(batches), await anext(batches)
+    assert first == [{"headers": {"control": "must-refetch"}}]
+    assert second == UP_TO_DATE
+    assert (stream.handle, stream.offset) == ("new", "0_inf")
+
+
+@pytest.mark.asyncio
+async def test_only_stale_copies_after_a_409_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shapes.client.stream.BACKOFF_INITIAL", 0.001)
+    async with httpx.AsyncClient(transport=caching_proxy(always_stale=True)) as client:
+        stream = ShapeStream(
+            "http://127.0.0.1/v1/shape",
+            ShapeDefinition.of("t"),
+            client=client,
+            handle="old",
+            offset="0_inf",
+            live=False,
+        )
+        batches = aiter(stream)
+        assert await anext(batches) == [{"headers": {"control": "must-refetch"}}]
+        with pytest.raises(ShapeRequestError) as raised:
+            await anext(batches)
+    assert raised.value.status == 502
