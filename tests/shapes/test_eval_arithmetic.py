@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from shapes.errors import WhereClauseError
 from shapes.schema import Column
 from shapes.where import parse_where
 from shapes.where_eval import NAN, EvalError
@@ -34,6 +35,8 @@ COLUMNS = {
         Column("ts", "timestamp"),
         Column("ts2", "timestamp"),
         Column("nums", "int4", dims=1),
+        Column("floats", "float8", dims=1),
+        Column("t", "text"),
     ]
 }
 
@@ -159,13 +162,18 @@ def test_date_and_timestamp_arithmetic() -> None:
     assert holds("e - d = -31", d="2024-02-01", e="2024-01-01")
     assert holds("d + 29 = '2024-02-29'", d="2024-01-31")
     assert holds("d - 1 = '2023-12-31'", d="2024-01-01")
-    assert fails("d - e > 0", d="infinity", e="2024-01-01")
-    assert fails("d + 1 > '2000-01-01'", d="9999-12-31")
+    assert fails("d - e > 0", d="infinity", e="2024-01-01") == "cannot subtract infinite dates"
+    assert fails("d - e > 0", d="2024-01-01", e="-infinity") == "cannot subtract infinite dates"
+    assert fails("d + 1 > '2000-01-01'", d="9999-12-31") == "date out of range"
     assert holds("d + 1 = 'infinity'", d="infinity")
     assert holds("ts - ts2 = '1 day 01:00:00'", ts="2024-01-02 01:00", ts2="2024-01-01")
     assert holds("ts + '1 hour' = '2024-01-01 01:00'", ts="2024-01-01")
     assert holds("ts + '1 month' = '2024-02-29'", ts="2024-01-29")
-    assert fails("ts - ts2 > '0 days'", ts="infinity", ts2="2024-01-01")
+    infinite = "cannot subtract infinite timestamps"
+    assert fails("ts - ts2 > '0 days'", ts="infinity", ts2="2024-01-01") == infinite
+    assert fails("ts - ts2 > '0 days'", ts="2024-01-01", ts2="-infinity") == infinite
+    too_far = "ts + '100000 years' > '2000-01-01'"
+    assert fails(too_far, ts="2000-01-01") == "timestamp out of range"
 
 
 def test_arrays_compare_element_by_element() -> None:
@@ -178,3 +186,35 @@ def test_arrays_compare_element_by_element() -> None:
     assert holds("2 = ANY(nums)", nums="{1,2}")
     assert not holds("3 = ANY(nums)", nums="{1,2}")
     assert holds("3 <> ALL(nums)", nums="{1,2}")
+
+
+def test_array_elements_order_numbers_then_nan_then_null() -> None:
+    assert holds("floats < '{NaN}'", floats="{1e308}")
+    assert holds("floats < '{NULL}'", floats="{NaN}")
+    assert holds("floats > '{NaN}'", floats="{NULL}")
+    assert holds("floats = '{NaN}'", floats="{NaN}")
+    assert holds("floats = '{NULL}'", floats="{NULL}")
+
+
+def test_like_any_escapes_with_backslash() -> None:
+    clause = r"""t LIKE ANY('{"50\\%",x_z}')"""
+    assert holds(clause, t="50%")
+    assert not holds(clause, t="50x")
+    assert holds(clause, t="xyz")
+
+
+def test_unary_minus_keeps_the_operand_type() -> None:
+    assert holds("-n = 0.1", n="-0.1")
+    assert holds("-big = -123456789", big="123456789")
+    assert holds("-f = 0.1", f="-0.1")
+
+
+def test_in_list_reads_columns_of_the_row() -> None:
+    assert holds("a IN (b, 7)", a="5", b="5")
+    assert not holds("a IN (b, 7)", a="5", b="6")
+    assert holds("a IN (b, 7) IS UNKNOWN", a="5", b=None)
+
+
+def test_no_modulo_for_floats() -> None:
+    with pytest.raises(WhereClauseError):
+        parse_where("f % g > 0", COLUMNS)
