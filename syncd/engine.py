@@ -7,9 +7,11 @@ Theory of operation
 ``ReplicationStream`` hands every decoded pgoutput message to :meth:`Engine.on_message`, in
 stream order, on the event loop. Row changes are routed to the shapes they may affect (an index
 over ``column = constant`` conditions, see ``shapes.router``), converted to log entries per shape
-and held until the transaction's ``Commit``. Offsets are ``(commit LSN, op index)`` with the op
-index stepping by 2 per change, so a replay of the same WAL after a crash produces the same
-offsets; a shape skips every transaction at or below its log's latest offset.
+and held until the transaction's ``Commit``. A shape whose where clause fails on a row is retired
+on its own (:meth:`Engine._retire_failed`); no row stops the stream. Offsets are
+``(commit LSN, op index)`` with the op index stepping by 2 per change, so a replay of the same
+WAL after a crash produces the same offsets; a shape skips every transaction at or below its
+log's latest offset.
 
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
