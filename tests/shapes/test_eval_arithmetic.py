@@ -216,5 +216,19 @@ def test_in_list_reads_columns_of_the_row() -> None:
 
 
 def test_no_modulo_for_floats() -> None:
-    with pytest.raises(WhereClauseError):
-        parse_where("f % g > 0", COLUMNS)
+    for clause in ["f % g > 0", "r % q > 0"]:
+        with pytest.raises(WhereClauseError):
+            parse_where(clause, COLUMNS)
+
+
+def test_float4_nan_compares_as_postgres() -> None:
+    assert holds("r = q", r="NaN", q="NaN")
+    assert holds("r > q", r="NaN", q="Infinity")
+    assert not holds("r < q", r="NaN", q="1")
+
+
+def test_array_index_conditions_keep_their_elements() -> None:
+    [condition] = parse_where("nums = '{1,2}'", COLUMNS).index_conditions()
+    assert (1, 2) in condition[1]
+    [condition] = parse_where("floats = '{NaN,1}'", COLUMNS).index_conditions()
+    assert (NAN, 1.0) in condition[1]
