@@ -63,6 +63,8 @@ class Syncd:
         )
         api_settings = ApiSettings(
             long_poll_timeout=settings.long_poll_timeout,
+            max_age=settings.cache_max_age,
+            stale_age=settings.cache_stale_age,
             secret=settings.secret,
             allow_shape_deletion=settings.allow_shape_deletion,
             max_initial_requests=settings.max_initial_requests,
