@@ -196,12 +196,9 @@ class ShapeApi:
         if body is None:
             return json_response({"error": "Request body too large"}, 413, cache="no-cache")
         try:
-            data = json.loads(body, parse_constant=_reject_constant) if body.strip() else {}
+            data = parse_json_body(body)
         except ValueError as exc:
             error = {"error": "Invalid JSON in request body", "details": str(exc)}
-            return json_response(error, 400, cache="no-cache")
-        except RecursionError:
-            error = {"error": "Invalid JSON in request body", "details": "nested too deeply"}
             return json_response(error, 400, cache="no-cache")
         if not isinstance(data, dict):
             error = {"error": "Request body must be a JSON object"}
@@ -573,6 +570,23 @@ def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:
     """The shape definition a ``DELETE`` names; request-position parameters are ignored."""
     kept = [(name, value) for name, value in items if name not in _POSITION_PARAMS]
     return parse_shape_request([*kept, ("offset", "-1")]).definition
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The JSON value of a request body (``{}`` when blank).
+
+    Raises:
+        ValueError: when it is not JSON, nests too deeply, holds ``NaN``/``Infinity`` or a
+            string that is no Unicode text (a lone surrogate, ``"\\ud800"``).
+    """
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+        json.dumps(data, ensure_ascii=False).encode()
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return data
 
 
 def _reject_constant(name: str) -> Any:
