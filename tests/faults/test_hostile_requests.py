@@ -38,8 +38,8 @@ SECRETS = ("hunter2-8c1f", "xyzzy-77d0", "swordfish-31aa")
 SETUP = f"""
 CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL, n int, secret text, tags text[]);
 INSERT INTO items
-    SELECT g, 'title ' || g, g % 3, (ARRAY['{SECRETS[0]}', '{SECRETS[1]}', '{SECRETS[2]}'])[g % 3 + 1],
-           ARRAY['t' || g]
+    SELECT g, 'title ' || g, g % 3,
+           (ARRAY['{SECRETS[0]}', '{SECRETS[1]}', '{SECRETS[2]}'])[g % 3 + 1], ARRAY['t' || g]
     FROM generate_series(1, 12) g;
 CREATE TABLE "Odd Name" (k text PRIMARY KEY, v jsonb);
 INSERT INTO "Odd Name" VALUES ('a', '{{"x": 1}}'), ('ü', '[1, 2]');
