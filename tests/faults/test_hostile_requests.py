@@ -276,7 +276,7 @@ class Hostile:
     method: str
     path: str
     query: list[tuple[str, str]]
-    headers: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[bytes, bytes] = field(default_factory=dict)
     body: bytes | None = None
 
     def describe(self) -> str:
@@ -494,9 +494,9 @@ class Generator:
             return b'{"where": "\\ud800"}'
         return b""
 
-    def headers(self) -> dict[str, bytes]:
+    def headers(self) -> dict[bytes, bytes]:
         """Odd headers; values as raw bytes (UTF-8), as a hostile client may send them."""
-        return {name: value.encode() for name, value in self._headers().items()}
+        return {name.encode(): value.encode() for name, value in self._headers().items()}
 
     def _headers(self) -> dict[str, str]:
         rng = self.rng
