@@ -3,6 +3,10 @@
 Layer: ``syncd``. Endpoints parse the request, ask the engine for the shape, read its log and
 render the protocol's headers and bodies (``protocol.md`` §3-§6): the initial and catch-up
 requests, live long-polls held until the log grows, and live Server-Sent Events.
+
+Every failure a request may meet becomes a status and a JSON body in one place,
+:func:`error_response` (for the request's own errors and for a shape whose snapshot failed);
+Starlette's own refusals (404, 405) and a bug's 500 are JSON too.
 """
 
 from __future__ import annotations
