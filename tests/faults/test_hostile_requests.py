@@ -496,6 +496,8 @@ class Generator:
             return b'{"limit": ' + DIGITS.encode() + b', "order_by": "id"}'
         if kind == 10:
             return b'{"where": "\\ud800"}'
+        if kind == 11 and rng.random() < 0.05:  # over the 8 MiB limit
+            return b'{"where": "' + b"x" * (9 << 20) + b'"}'
         return b""
 
     def headers(self) -> dict[bytes, bytes]:
