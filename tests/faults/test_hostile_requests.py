@@ -9,6 +9,11 @@ and checks every answer, the daemon's health and memory, and that the tables are
 
 ``SYNCD_HOSTILE_REQUESTS`` sets how many requests the fuzz test sends (default 2000) and
 ``SYNCD_HOSTILE_SEED`` its seed.
+
+Requests are well-formed HTTP (httpx sends them), with one exception: methods uvicorn's HTTP
+parser does not know, which it refuses itself with a plain-text 400 before any of syncd's code
+runs; those must still be a 4xx and leave syncd serving. A live SSE request is answered when its
+headers arrive (its body may stream for a minute); long-polls are held for 1 s.
 """
 
 from __future__ import annotations
@@ -629,7 +634,8 @@ def test_hostile_request_fuzz(
     problems = [f"{v.problem}\n    {v.request.describe()}" for v in verdicts if v.problem]
     assert not problems, f"{len(problems)} bad answers (seed {seed}):\n" + "\n".join(problems[:20])
     assert len(verdicts) == count
-    assert {200, 400, 404, 405, 409}.issubset(statuses), statuses  # it reaches every path
+    if count >= 1000:  # the generator reaches every path
+        assert {200, 400, 404, 405, 409}.issubset(statuses), statuses
     assert syncd.process.poll() is None, syncd.log_tail()
     health = client.get(syncd.url + "/v1/health")
     assert health.status_code == 200 and health.json() == {"status": "active"}
