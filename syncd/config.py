@@ -24,14 +24,14 @@ class Settings:
     slot: str = "syncd_slot"
     publication: str = "syncd_publication"
     long_poll_timeout: float = 20.0
-    cache_max_age: int = 60
-    """``max-age`` of catch-up responses (seconds)."""
-    cache_stale_age: int = 300
-    """``stale-while-revalidate`` of catch-up responses (seconds)."""
     chunk_bytes: int = 10 * 1024 * 1024
     schema_check_interval: float = 30.0
     max_initial_requests: int = 300
     max_existing_requests: int = 10_000
+    cache_max_age: int = 60
+    """``max-age`` of catch-up responses (seconds)."""
+    cache_stale_age: int = 300
+    """``stale-while-revalidate`` of catch-up responses (seconds)."""
     replication_options: str | None = None
     """Extra ``-c name=value`` settings for the replication (walsender) connection."""
     secret: str | None = field(default=None, repr=False)
@@ -53,18 +53,6 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("slot", "SYNCD_SLOT", str, "logical replication slot name (default syncd_slot)"),
     ("publication", "SYNCD_PUBLICATION", str, "publication name (default syncd_publication)"),
     ("long_poll_timeout", "SYNCD_LONG_POLL_TIMEOUT", float, "live request hold, seconds (20)"),
-    (
-        "cache_max_age",
-        "SYNCD_CACHE_MAX_AGE",
-        int,
-        "max-age of catch-up responses, seconds (60)",
-    ),
-    (
-        "cache_stale_age",
-        "SYNCD_CACHE_STALE_AGE",
-        int,
-        "stale-while-revalidate of catch-up responses, seconds (300)",
-    ),
     ("chunk_bytes", "SYNCD_CHUNK_BYTES", int, "log chunk size threshold in bytes (10 MiB)"),
     (
         "schema_check_interval",
@@ -83,6 +71,18 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "SYNCD_MAX_EXISTING_REQUESTS",
         int,
         "other concurrent shape requests before 503 (10000)",
+    ),
+    (
+        "cache_max_age",
+        "SYNCD_CACHE_MAX_AGE",
+        int,
+        "max-age of catch-up responses, seconds (60)",
+    ),
+    (
+        "cache_stale_age",
+        "SYNCD_CACHE_STALE_AGE",
+        int,
+        "stale-while-revalidate of catch-up responses, seconds (300)",
     ),
     (
         "replication_options",
@@ -172,14 +172,14 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(f"port out of range: {settings.port}")
     if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
         raise ConfigError("SYNCD_LONG_POLL_TIMEOUT must be in (0, 40] seconds")
-    if settings.cache_max_age < 0 or settings.cache_stale_age < 0:
-        raise ConfigError("SYNCD_CACHE_MAX_AGE and SYNCD_CACHE_STALE_AGE must not be negative")
     if settings.max_initial_requests < 1 or settings.max_existing_requests < 1:
         raise ConfigError("request limits must be at least 1")
     if settings.schema_check_interval <= 0:
         raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
     if settings.chunk_bytes < 1024:
         raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
+    if settings.cache_max_age < 0 or settings.cache_stale_age < 0:
+        raise ConfigError("SYNCD_CACHE_MAX_AGE and SYNCD_CACHE_STALE_AGE must not be negative")
     if settings.event_loop not in EVENT_LOOPS:
         raise ConfigError("SYNCD_EVENT_LOOP must be one of " + ", ".join(EVENT_LOOPS))
     if settings.database_url is None and not settings.dev:

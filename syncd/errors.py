@@ -70,9 +70,10 @@ _VANISHED = (
     pg_errors.UndefinedFunction,
     pg_errors.UndefinedObject,
 )
-_ROW_EVALUATION_CLASSES = ("22", "54")
+_ROW_EVALUATION_CLASSES = ("22", "54", "0A")
 """SQLSTATE classes raised while evaluating an expression on values: data exceptions, program
-limits (``array size exceeds the maximum``)."""
+limits (``array size exceeds the maximum``), features not supported (``cannot convert NaN to
+integer``)."""
 _CONNECTION_LOST = ("08", "57P")
 """Connection exceptions; the server shutting down or crashing (``57P01``-``57P05``). Errors
 without a SQLSTATE come from the client library: the connection broke."""
