@@ -282,7 +282,8 @@ class ShapeApi:
         if given == secret:
             return None
         body = json.dumps({"message": "Unauthorized - Invalid API secret"})
-        return Response(body, status_code=401, headers={"electric-server": SERVER_HEADER})
+        headers = {"electric-server": SERVER_HEADER}
+        return Response(body, 401, headers=headers, media_type="application/json")
 
     # -- serving -------------------------------------------------------------------------------
 
