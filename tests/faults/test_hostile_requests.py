@@ -175,6 +175,16 @@ def test_deeply_nested_bodies_and_clauses_are_refused(
         assert answer.status_code < 500, (name, answer.status_code, answer.text[:300])
         if answer.status_code >= 400:
             assert_json_error(answer)
+    in_url = min(depth, 5000)  # what fits in a URL
+    for name, value in [
+        ("subset__params", "[" * in_url + "]" * in_url),
+        ("subset__where", "(" * in_url + "id = 1" + ")" * in_url),
+        ("where", "(" * in_url + "id = 1" + ")" * in_url),
+    ]:
+        answer = client.get(syncd.shape_url, params={**query, name: value})
+        assert answer.status_code < 500, (name, answer.status_code, answer.text[:300])
+        if answer.status_code >= 400 or name == "subset__params":
+            assert_json_error(answer, 400)
 
 
 def test_a_body_with_a_lone_surrogate_is_refused(syncd: SyncdProcess, client: httpx.Client) -> None:
