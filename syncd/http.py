@@ -69,6 +69,8 @@ CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
 SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+DRAIN_BYTES = 64 * 1024 * 1024
+"""How much of a body over ``MAX_BODY_BYTES`` is read (and dropped) before the 413."""
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
@@ -679,22 +681,28 @@ def error_response(exc: BaseException) -> Response | None:
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or ``None`` once it is longer than ``limit`` bytes (then the rest
-    is not read, so a huge body costs no memory)."""
+    """The request's body, or ``None`` when it is longer than ``limit`` bytes.
+
+    A body over the limit is read on and dropped, up to ``DRAIN_BYTES`` in all, so that the
+    client, still sending, reads the 413 instead of a reset connection; past that (or when the
+    declared length is past it) the rest is left unread and the connection closes. Either way
+    it costs no memory.
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and len(declared) < 20 and int(declared) > limit:
+    if declared.isdigit() and len(declared) < 20 and int(declared) > DRAIN_BYTES:
         return None
     parts: list[bytes] = []
     size = 0
     try:
         async for part in request.stream():
             size += len(part)
-            if size > limit:
+            if size > DRAIN_BYTES:
                 return None
-            parts.append(part)
+            if size <= limit:
+                parts.append(part)
     except ClientDisconnect:
         pass
-    return b"".join(parts)
+    return None if size > limit else b"".join(parts)
 
 
 def must_refetch(handle: str | None) -> Response:

@@ -544,6 +544,8 @@ class Generator:
         method = rng.choice(ODD_METHODS) if rng.random() < 0.03 else rng.choice(METHODS)
         path = rng.choice(PATHS)
         body = self.body() if method != "GET" or rng.random() < 0.05 else None
+        if method in UNPARSED_METHODS:  # refused before the body is read: it would meet a reset
+            body = None
         return Hostile(method, path, self.query(), self.headers(), body)
 
 
@@ -560,7 +562,10 @@ async def _send(http: httpx.AsyncClient, base: str, hostile: Hostile) -> Verdict
     problem: str | None = None
     url = httpx.URL(base + hostile.path, params=hostile.query)
     request = http.build_request(hostile.method, url, headers=hostile.headers, content=hostile.body)
-    response = await http.send(request, stream=True)
+    try:
+        response = await http.send(request, stream=True)
+    except httpx.TransportError as exc:
+        return Verdict(hostile, 0, time.monotonic() - started, f"no answer: {exc!r}")
     try:
         seconds = time.monotonic() - started
         status = response.status_code
