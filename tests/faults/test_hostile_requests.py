@@ -569,23 +569,21 @@ async def _send(http: httpx.AsyncClient, base: str, hostile: Hostile) -> Verdict
     try:
         seconds = time.monotonic() - started
         status = response.status_code
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            pass  # a live SSE stream: its headers are the answer; the body may last a minute
-        else:
+        text = ""  # a live SSE stream: its headers are the answer; the body may last a minute
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
             await response.aread()
-            refused_by_parser = (
-                hostile.method in UNPARSED_METHODS and response.text == PARSER_REFUSAL
-            )
+            text = response.text
+            refused_by_parser = hostile.method in UNPARSED_METHODS and text == PARSER_REFUSAL
             if 400 <= status < 500 and hostile.method != "HEAD" and not refused_by_parser:
                 try:
                     assert response.headers.get("content-type", "").startswith("application/json")
                     json.loads(response.content)
                 except (AssertionError, ValueError):
-                    problem = f"non-JSON {status}: {response.text[:200]!r}"
+                    problem = f"non-JSON {status}: {text[:200]!r}"
         if status >= 500:
-            problem = f"{status}: {response.text[:300]!r}"
-        if any(value in response.text for value in SECRETS) and status >= 400:
-            problem = f"row data in an error body: {response.text[:300]!r}"
+            problem = f"{status}: {text[:300]!r}"
+        if status >= 400 and any(value in text for value in SECRETS):
+            problem = f"row data in an error body: {text[:300]!r}"
     finally:
         await response.aclose()
     if seconds > MAX_ANSWER_SECONDS:
