@@ -119,6 +119,9 @@ def normalise_value(column: Column, text: str) -> Hashable:
     return ev.hash_key(pgtypes.parse_text(column_type(column), text))
 
 
+_NOT_SEQUENTIAL = "Parameters must be numbered sequentially, starting from 1"
+
+
 def validate_params(params: Mapping[str, str] | None) -> dict[int, str]:
     """Check the ``params`` keys (integers numbered 1..n) and key the values by number."""
     if not params:
@@ -127,9 +130,11 @@ def validate_params(params: Mapping[str, str] | None) -> dict[int, str]:
     for key, value in params.items():
         if not (key.isascii() and key.isdigit()):
             raise InvalidRequest("params", "Parameters can only use numbers as keys")
+        if len(key) > 18:  # never 1..n; and int() refuses thousands of digits
+            raise InvalidRequest("params", _NOT_SEQUENTIAL)
         numbered[int(key)] = value
     if sorted(numbered) != list(range(1, len(numbered) + 1)):
-        raise InvalidRequest("params", "Parameters must be numbered sequentially, starting from 1")
+        raise InvalidRequest("params", _NOT_SEQUENTIAL)
     return numbered
 
 

@@ -83,16 +83,25 @@ from shapes.router import Router
 from shapes.schema import Table
 from shapes.schema_change import diff_columns, is_affected
 from shapes.shape import CanonicalShape
+from shapes.subset import Subset
 from shapes.where import Where, parse_where
 from shapes.xid import Snapshot
 from syncd.catalog import PublicationManager, load_table
-from syncd.errors import DatabaseUnavailable, SlotConflict
+from syncd.errors import (
+    DatabaseUnavailable,
+    QueryFailed,
+    RowsRejected,
+    SchemaChanged,
+    SlotConflict,
+    row_query_errors,
+)
 from syncd.pgoutput import messages as pg
 from syncd.pgoutput.decoder import PgoutputDecoder
 from syncd.shape_state import ShapeState, snapshot_from_meta
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
 from syncd.spool import TransactionSpool
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
+from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.engine")
 
@@ -372,7 +381,7 @@ class Engine:
 
     async def _create(self, definition: CanonicalShape) -> ShapeState:
         table, where, selected = await self._compile(definition)
-        async with self.connection() as conn:
+        async with self.reading(definition.relation) as conn:
             await self.publications.add_table(conn, table)
         handle = self._new_handle(definition)
         shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
@@ -417,6 +426,46 @@ class Engine:
         except (psycopg.OperationalError, TimeoutError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
+    @contextlib.asynccontextmanager
+    async def reading(self, relation: TableKey) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """A pooled connection for queries over ``relation`` (publishing it, snapshots,
+        subsets), their failures translated by :func:`syncd.errors.row_query_errors`.
+
+        When the schema changed under the query, the table is compared with the catalog
+        before the error goes on: its shapes are invalidated as the change requires and its
+        cached description is dropped, so the client's next request sees the new schema.
+
+        Raises:
+            SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable: see
+                ``row_query_errors``.
+        """
+        try:
+            async with self.connection() as conn:
+                with row_query_errors():
+                    yield conn
+        except SchemaChanged as exc:
+            log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
+            await self.recheck_table(relation)
+            raise
+
+    async def recheck_table(self, relation: TableKey) -> None:
+        """Compare ``relation`` with the catalog now and forget its cached description."""
+        try:
+            await self._reconcile_table(relation)
+        except DatabaseUnavailable as exc:
+            log.warning("schema check of %s.%s skipped: %s", *relation, exc)
+        finally:
+            self._tables.pop(relation, None)
+
+    async def subset(self, shape: ShapeState, subset: Subset) -> bytes:
+        """The body of a subset snapshot of ``shape`` (see :func:`syncd.subset.run_subset`).
+
+        Raises:
+            SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable: see :meth:`reading`.
+        """
+        async with self.reading(shape.definition.relation) as conn:
+            return await run_subset(conn, shape, subset)
+
     def _new_handle(self, definition: CanonicalShape) -> str:
         now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
         self._last_handle_us = now_us
@@ -460,13 +509,18 @@ class Engine:
 
     async def _take_snapshot(self, shape: ShapeState) -> None:
         try:
-            async with self.connection() as conn:
+            async with self.reading(shape.definition.relation) as conn:
                 info, wal_lsn = await begin_snapshot(conn)
                 if shape.definition.log == "full":
                     await self._copy_rows(conn, shape)
                 await conn.execute("COMMIT")
         except asyncio.CancelledError:
             raise
+        except (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable) as exc:
+            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+            shape.fail(exc)
+            self.delete(shape, "snapshot failed")
+            return
         except Exception as exc:
             log.exception("snapshot of shape %s failed", shape.handle)
             shape.fail(exc)
@@ -709,18 +763,30 @@ class Engine:
     async def reconcile_schemas(self) -> None:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""
         tables = {shape.definition.relation for shape in self.shapes.values()}
-        for schema, name in sorted(tables):
-            try:
-                async with self.connection() as conn:
-                    table = await load_table(conn, schema, name)
-            except InvalidRequest:
-                self._check_schema((schema, name), None)
-                continue
-            known = self._tables.get((schema, name))
-            if known is not None and known.oid != table.oid:
-                self._check_schema((schema, name), None)
-                continue
-            self._check_schema((schema, name), _column_types(table))
+        for relation in sorted(tables):
+            await self._reconcile_table(relation)
+
+    async def _reconcile_table(self, relation: TableKey) -> None:
+        try:
+            async with self.connection() as conn:
+                table: Table | None = await load_table(conn, *relation)
+        except InvalidRequest:
+            table = None
+        if table is None or self._replaced(relation, table):
+            self._check_schema(relation, None)
+            self._tables.pop(relation, None)
+            # a table created again under the name must be published again
+            self.publications.forget(*relation)
+            return
+        self._check_schema(relation, _column_types(table))
+
+    def _replaced(self, relation: TableKey, table: Table) -> bool:
+        """Whether ``table`` is another table than the one known under its name."""
+        known = [shape.table for shape in self.router.shapes_for_table(relation)]
+        cached = self._tables.get(relation)
+        if cached is not None:
+            known.append(cached)
+        return any(old.oid not in (0, table.oid) for old in known)
 
     async def _reconcile_forever(self) -> None:
         while True:

@@ -88,7 +88,7 @@ def wal_position(dsn: str) -> int:
 
 
 def postgres_decides(dsn: str, case: Case) -> set[str] | str:
-    """The ids ``SELECT ... WHERE`` returns, or Postgres's error message."""
+    """The ids ``SELECT ... WHERE`` returns, or the SQLSTATE of Postgres's error."""
     query = sql.SQL("SELECT id::text FROM {} WHERE {}").format(
         sql.Identifier(table(case)),
         sql.SQL(case.where),
@@ -97,7 +97,8 @@ def postgres_decides(dsn: str, case: Case) -> set[str] | str:
         try:
             return {row[0] for row in conn.execute(query).fetchall()}
         except (psycopg.DataError, psycopg.errors.FeatureNotSupported) as exc:
-            return exc.diag.message_primary or str(exc)
+            assert exc.sqlstate is not None
+            return exc.sqlstate
 
 
 def write(dsn: str, case: Case, statement: str, other_id: int) -> None:
@@ -142,7 +143,10 @@ class Follower:
         if isinstance(decided, str):
             answer = self.answer(case)
             assert answer.status_code == 400, (case, answer.status_code, answer.text)
-            assert answer.json() == {"message": "Invalid request", "errors": {"where": [decided]}}
+            body = answer.json()
+            assert body["message"] == "Invalid request", body
+            [reason] = body["errors"]["where"]
+            assert reason.endswith(f"(SQLSTATE {decided})"), (reason, decided)
             return False
         catch_up(self.client, self.daemon.shape_url, cursor)
         assert {row["id"] for row in cursor.rows.values()} == decided, case

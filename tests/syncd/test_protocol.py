@@ -761,7 +761,7 @@ def test_health_root_and_unknown_paths(syncd: SyncdProcess, client: httpx.Client
     for path in ("/nope", "/v1", "/v1/shapes", "/v2/shape", "/v1/health/x", "/v1/shape/x/y"):
         answer = client.get(syncd.url + path)
         assert answer.status_code == 404, path
-        assert answer.text == "Not found"
+        assert answer.json() == {"message": "Not found"}
 
 
 def test_cors_headers(syncd: SyncdProcess, client: httpx.Client, db: Any) -> None:

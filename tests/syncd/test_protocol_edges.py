@@ -44,6 +44,7 @@ def test_secret_is_required_except_for_preflight(syncd: SyncdProcess) -> None:
         denied = client.get(syncd.shape_url, params={"table": "items", "offset": "-1"})
         assert denied.status_code == 401
         assert denied.json() == {"message": "Unauthorized - Invalid API secret"}
+        assert denied.headers["content-type"] == "application/json"
         wrong = client.get(
             syncd.shape_url, params={"table": "items", "offset": "-1", "secret": "x"}
         )
