@@ -254,10 +254,11 @@ class Engine:
     async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> SlotFound:
         """The slot (created if missing) as found; refuses another database's slot."""
         name = self.settings.slot
+        wal_status = "wal_status" if conn.info.server_version >= 130000 else "NULL"
         query = (
             "SELECT confirmed_flush_lsn::text, restart_lsn::text, database::text, plugin::text,"
             " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-            " ELSE pg_current_wal_lsn() END)::text"
+            f" ELSE pg_current_wal_lsn() END)::text, {wal_status}::text"
             " FROM pg_replication_slots WHERE slot_name = %s"
         )
         row = await (await conn.execute(query, (name,))).fetchone()
@@ -267,7 +268,7 @@ class Engine:
             log.info("created replication slot %s", name)
             row = await (await conn.execute(query, (name,))).fetchone()
             assert row is not None
-        confirmed, restart, database, plugin, wal_end = row
+        confirmed, restart, database, plugin, wal_end, status = row
         if database != conn.info.dbname or plugin != "pgoutput":
             raise SlotConflict(
                 f"replication slot {name} belongs to database {database} "
@@ -279,9 +280,13 @@ class Engine:
             name=name,
             confirmed_lsn=parse_lsn(confirmed) if confirmed else 0,
             restart_lsn=parse_lsn(restart) if restart else None,
-            wal_status=None,  # a lost slot is dropped and recreated by the stream
+            wal_status=status,
             wal_end=parse_lsn(wal_end),
             created=created,
+            # The stream drops and recreates a lost slot; its shapes can go now.
+            lost="wal_status is 'lost': the WAL it needed was removed"
+            if status == "lost"
+            else None,
         )
 
     # -- slot history --------------------------------------------------------------------------
