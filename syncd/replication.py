@@ -176,6 +176,7 @@ _NOT_IN_PREREQUISITE_STATE: Final = "55000"
 _SLOT_UNUSABLE_TEXTS: Final = (
     "has already been removed",
     "can no longer get changes from replication slot",
+    "can no longer access replication slot",
     "has been invalidated",
 )
 
