@@ -42,6 +42,17 @@ held in memory until their Commit as before, which bounds them by that setting (
 expansion and the number of shapes a change reaches); shapes still taking their snapshot hold
 even a streamed transaction in memory.
 
+Slot history. The shapes are only right while the replication slot continues the history they
+were built from: a slot that was dropped and created again, moved ahead, or invalidated after
+its WAL was removed has skipped transactions for good. ``<storage_dir>/slot.json``
+(``syncd.slot_record``) names the slot and cluster and holds the highest position confirmed on
+it; :meth:`Engine.on_idle` writes it durably before it lets the stream confirm a position, so a
+continuing slot is never ahead of it. :meth:`Engine.open` and every replication session
+(:meth:`Engine.on_slot`) compare the slot with the record (``syncd.replication.history_gap``);
+on a break the engine logs an ERROR, retires every shape (clients get a 409 and take a new
+snapshot, which is consistent with the new slot since it is taken after the slot was created)
+and starts a new record at the new slot's position, from which the stream then reads.
+
 Flush rules for streamed transactions. The confirmed LSN is the end of the last *applied*
 commit; while any spool exists, keepalive positions are not confirmed either. So it never
 passes the commit of a streamed transaction that has not been committed and applied, and pieces
@@ -98,6 +109,8 @@ _PIECE_BYTES = 8 * 1024 * 1024
 """While a streamed transaction is replayed, aim at pieces of about this many bytes of entries."""
 _PIECE_CHANGES = (16, 256, 8192)
 """Changes between pieces (and event-loop yields) of a replay: minimum, first, maximum."""
+_SLOT_RECORD_INTERVAL = 0.2
+"""Write the slot record (see ``syncd.slot_record``) at most this often while changes flow."""
 
 
 @dataclass(frozen=True)
@@ -339,15 +352,19 @@ class Engine:
         self._slot_record_saved = time.monotonic()
 
     def _confirmable(self, lsn: int) -> int:
-        """``lsn``, once the slot record says so durably (written at most every
-        ``flush_interval``); until then the record's position."""
+        """``lsn``, once the slot record says so durably; until then the record's position.
+
+        The record is written (and fsynced, on the event loop: it is a few bytes, and another
+        history must never be able to overwrite it) at most every ``_SLOT_RECORD_INTERVAL``;
+        the stream asks again within its ``idle_interval``.
+        """
         record = self._slot_record
         if record is None or lsn <= record.confirmed_lsn:
             return lsn
-        if time.monotonic() - self._slot_record_saved >= self.settings.flush_interval:
-            self._save_slot_record(record.advanced(lsn))
-            return lsn
-        return record.confirmed_lsn
+        if time.monotonic() - self._slot_record_saved < _SLOT_RECORD_INTERVAL:
+            return record.confirmed_lsn
+        self._save_slot_record(record.advanced(lsn))
+        return lsn
 
     async def close(self) -> None:
         """Flush logs and close connections; shapes stay on disk."""

@@ -259,7 +259,7 @@ def history_gap(
     are those of the client's history, when it knows them.
     """
     if slot.lost is not None:
-        return f"the slot could no longer be read ({slot.lost}) and was created afresh"
+        return f"the slot could no longer be read ({slot.lost}): a new slot starts a new history"
     if confirmed_lsn is None:
         return None
     if slot_name is not None and slot_name != slot.name:
