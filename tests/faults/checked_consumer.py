@@ -7,6 +7,7 @@ protocol as the official client speaks it) and refuses anything a correct server
   ``(lsn, op_position)`` of successive changes strictly increases (no change twice, none out of
   order);
 - an ``insert`` of a key it already holds, or an ``update``/``delete`` of a key it does not;
+- a handle that changes without a 409 once it is past ``offset=-1``;
 - a 200 without ``electric-handle``/``electric-offset``, or any status but 200, 409 and a
   transient 503/429 (retried).
 
@@ -116,7 +117,8 @@ class CheckedConsumer:
         offset_text = answer.headers.get("electric-offset")
         if handle is None or offset_text is None:
             self._fail(f"a 200 without electric-handle/offset: {dict(answer.headers)}")
-        if self.handle is not None and handle != self.handle:
+        # At offset -1 the server serves the definition's current shape whatever the handle.
+        if self.offset != BEFORE_ALL and handle != self.handle:
             self._fail(f"handle changed from {self.handle} to {handle} without a 409")
         offset = parse_offset(offset_text)
         if offset < self.offset:

@@ -11,7 +11,9 @@ which :class:`~tests.faults.checked_consumer.CheckedConsumer` and the final ``SE
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from syncd.pgprovider import provide_postgres
+from syncd.pgprovider import PostgresServer, provide_postgres
 from tests.faults.checked_consumer import CheckedConsumer, assert_rows_equal_select
 from tests.syncd_process import SyncdProcess
 
@@ -230,15 +232,72 @@ def test_restart_with_a_recreated_slot(syncd: SyncdProcess, pg_dsn: str) -> None
     assert error_lines(syncd), syncd.log_tail()
 
 
+@contextlib.contextmanager
+def own_cluster(directory: Path) -> Iterator[PostgresServer]:
+    """A throw-away Postgres of this test's own (settings and crashes touch nobody else)."""
+    directory.mkdir()
+    directory.chmod(0o711)  # the server may run as another OS user
+    server = provide_postgres(directory / "data", env_var="SYNCD_FAULTS_OWN_CLUSTER", fast=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"postmaster {pid} did not exit"
+        time.sleep(0.05)
+
+
+def test_postgres_crash_is_not_a_slot_loss(tmp_path: Path) -> None:
+    """The other side: after an immediate shutdown (a crash) Postgres resumes the slot from its
+    last checkpointed position, behind what syncd confirmed, and sends transactions again. That
+    history is intact: no ERROR, no 409, and the consumers still see every change once."""
+    with own_cluster(tmp_path / "pg") as server:
+        execute(server.dsn, "CREATE DATABASE crash")
+        dsn = make_conninfo(server.dsn, dbname="crash")
+        create_table(dsn)
+        daemon = SyncdProcess(dsn, tmp_path / "storage", long_poll_timeout=1)
+        daemon.start()
+        try:
+            with consumers_of(daemon) as consumers:
+                with Writer(dsn, seed=10) as writer:
+                    while writer.transactions < 30:
+                        time.sleep(0.01)
+                assert server.pid is not None
+                os.kill(server.pid, signal.SIGQUIT)  # immediate shutdown: no checkpoint
+                wait_gone(server.pid)
+                restarted = provide_postgres(
+                    tmp_path / "pg" / "data", env_var="SYNCD_FAULTS_OWN_CLUSTER", fast=True
+                )
+                try:
+                    if restarted.dsn != server.dsn:
+                        pytest.skip("Postgres came back on another port")
+                    with Writer(dsn, seed=11) as writer:
+                        while writer.transactions < 30:
+                            time.sleep(0.01)
+                    for consumer in consumers:
+                        consumer.stop()
+                        assert_rows_equal_select(consumer, dsn, TABLE, consumer.params.get("where"))
+                        assert consumer.refetches == 0, f"{consumer.name} was sent a 409"
+                finally:
+                    restarted.stop()
+            assert not error_lines(daemon), daemon.log_tail()
+        finally:
+            daemon.stop()
+
+
 def test_slot_whose_wal_was_removed(tmp_path: Path) -> None:
     """``max_slot_wal_keep_size`` lets Postgres remove WAL a stopped syncd's slot still needs;
     the slot is invalidated (``wal_status = 'lost'``). syncd must drop it, start a new one and
     send every client back to a snapshot, not retry the dead slot forever."""
-    base = tmp_path / "pg"
-    base.mkdir()
-    base.chmod(0o711)
-    server = provide_postgres(base / "data", env_var="SYNCD_FAULTS_OWN_CLUSTER", fast=True)
-    try:
+    with own_cluster(tmp_path / "pg") as server:
         execute(server.dsn, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         execute(server.dsn, "SELECT pg_reload_conf()", "CREATE DATABASE lost")
         dsn = make_conninfo(server.dsn, dbname="lost")
@@ -267,5 +326,3 @@ def test_slot_whose_wal_was_removed(tmp_path: Path) -> None:
             assert error_lines(daemon), daemon.log_tail()
         finally:
             daemon.stop()
-    finally:
-        server.stop()
