@@ -36,15 +36,16 @@ was never dropped, recreated or invalidated, and if it is not ahead of the last 
 client confirmed (a slot may lag behind it: after a crash of Postgres it resumes from its last
 checkpointed position and sends transactions again, which a handler skips). When a slot
 history is broken, every transaction between the old slot's position and the new slot's start
-is gone for good; :func:`history_gap` names the cases (slot created or dropped afresh, WAL
+is gone for good; :func:`history_gap` names the cases (slot dropped and created afresh, WAL
 removed, slot ahead of the confirmed position, server WAL behind it, another cluster). A
 handler with an ``on_slot(slot)`` method decides with what it has made durable (it may know
 more than this process, e.g. after a restart): it returns ``True`` when it has dropped
 everything that depended on the old history, and the stream then starts over from the new
 slot's own position, so that nothing is ever confirmed across the gap as if it continued the
-old history. A handler without ``on_slot`` cannot do that: when the stream, having confirmed
-a position in an earlier session, finds the history broken, :meth:`ReplicationStream.run`
-ends with :class:`SlotHistoryLost`. Either way the break is logged at ERROR.
+old history. A handler without ``on_slot`` cannot do that: when the stream finds its slot
+lost, or, having streamed in an earlier session, finds the history broken,
+:meth:`ReplicationStream.run` ends with :class:`SlotHistoryLost`. Either way the break is
+logged at ERROR.
 
 Read loop. ``get_copy_data(1)`` never blocks. Each XLogData (``w``) message is copied to
 ``bytes`` once and decoded in place at offset 25 by :class:`~syncd.pgoutput.PgoutputDecoder`;
