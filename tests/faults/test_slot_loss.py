@@ -197,9 +197,12 @@ def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
     daemon.stop()
 
 
-def test_slot_dropped_under_write_load(syncd: SyncdProcess, pg_dsn: str) -> None:
+@pytest.mark.parametrize("recreated_by", ["syncd", "someone else"])
+def test_slot_dropped_under_write_load(syncd: SyncdProcess, pg_dsn: str, recreated_by: str) -> None:
     """The walsender is terminated and the slot dropped while writes go on; what commits before
-    syncd has a slot again is lost to it: every consumer must get a 409 and converge."""
+    there is a slot again is lost to syncd: every consumer must get a 409 and converge. syncd
+    either finds no slot and creates it, or finds one that someone else created meanwhile,
+    ahead of what syncd confirmed."""
     with consumers_of(syncd) as consumers:
         with Writer(pg_dsn, seed=8) as writer, psycopg.connect(pg_dsn, autocommit=True) as gap:
             while writer.transactions < 50:
@@ -207,6 +210,11 @@ def test_slot_dropped_under_write_load(syncd: SyncdProcess, pg_dsn: str) -> None
             with connections_refused(pg_dsn):
                 drop_slot_of(gap, slot_name(pg_dsn))
                 write_gap(gap, 0)
+                if recreated_by != "syncd":
+                    gap.execute(
+                        "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                        (slot_name(pg_dsn),),
+                    )
             wait_for_refetches(consumers)
             write_gap(gap, 1)
         assert_all_converged(consumers, pg_dsn)
