@@ -44,6 +44,17 @@ held in memory until their Commit as before, which bounds them by that setting (
 expansion and the number of shapes a change reaches); shapes still taking their snapshot hold
 even a streamed transaction in memory.
 
+Slot history. The shapes are only right while the replication slot continues the history they
+were built from: a slot that was dropped and created again, moved ahead, or invalidated after
+its WAL was removed has skipped transactions for good. ``<storage_dir>/slot.json``
+(``syncd.slot_record``) names the slot and cluster and holds the highest position confirmed on
+it; :meth:`Engine.on_idle` writes it durably before it lets the stream confirm a position, so a
+continuing slot is never ahead of it. :meth:`Engine.open` and every replication session
+(:meth:`Engine.on_slot`) compare the slot with the record (``syncd.replication.history_gap``);
+on a break the engine logs an ERROR, retires every shape (clients get a 409 and take a new
+snapshot, which is consistent with the new slot since it is taken after the slot was created)
+and starts a new record at the new slot's position, from which the stream then reads.
+
 Flush rules for streamed transactions. The confirmed LSN is the end of the last *applied*
 commit; while any spool exists, keepalive positions are not confirmed either. So it never
 passes the commit of a streamed transaction that has not been committed and applied, and pieces
@@ -62,7 +73,7 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -96,8 +107,11 @@ from syncd.errors import (
     row_query_errors,
 )
 from syncd.pgoutput import messages as pg
+from syncd.pgoutput import parse_lsn
 from syncd.pgoutput.decoder import PgoutputDecoder
+from syncd.replication import SlotFound, history_gap
 from syncd.shape_state import ShapeState, snapshot_from_meta
+from syncd.slot_record import SlotRecord
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
 from syncd.spool import TransactionSpool
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
@@ -112,6 +126,8 @@ _PIECE_BYTES = 8 * 1024 * 1024
 """While a streamed transaction is replayed, aim at pieces of about this many bytes of entries."""
 _PIECE_CHANGES = (16, 256, 8192)
 """Changes between pieces (and event-loop yields) of a replay: minimum, first, maximum."""
+_SLOT_RECORD_INTERVAL = 0.2
+"""Write the slot record (see ``syncd.slot_record``) at most this often while changes flow."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +207,9 @@ class Engine:
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._group_sync: GroupSync | None = None
+        # the slot history the shapes follow (see syncd.slot_record)
+        self._slot_record: SlotRecord | None = None
+        self._slot_record_saved = 0.0
         # streamed transactions
         self._spools: dict[int, TransactionSpool] = {}
         self._spool: TransactionSpool | None = None
@@ -253,35 +272,116 @@ class Engine:
         await self.pool.open(wait=True, timeout=30)
         async with self.pool.connection() as conn:
             created_publication = await self.publications.ensure_publication(conn)
-            created_slot = await self._ensure_slot(conn)
-        if created_publication or created_slot:
+            slot = await self._ensure_slot(conn)
+        self._slot_record = SlotRecord.load(self.settings.storage_dir)
+        if created_publication or (slot.created and self._slot_record is None):
             self._purge_all_shapes("a new replication slot or publication was created")
+        if not self._check_slot(slot):
+            self._save_slot_record(self._slot_record or SlotRecord(slot.name, slot.confirmed_lsn))
         await self._restore_shapes()
         self._spawn(self._reconcile_forever())
 
-    async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
+    async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> SlotFound:
+        """The slot (created if missing) as found; refuses another database's slot."""
+        name = self.settings.slot
+        wal_status = "wal_status" if conn.info.server_version >= 130000 else "NULL"
         query = (
-            "SELECT confirmed_flush_lsn::text, database::text, plugin::text"
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, database::text, plugin::text,"
+            " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            f" ELSE pg_current_wal_lsn() END)::text, {wal_status}::text"
             " FROM pg_replication_slots WHERE slot_name = %s"
         )
-        cur = await conn.execute(query, (self.settings.slot,))
-        row = await cur.fetchone()
-        if row is not None:
-            confirmed, database, plugin = row
-            if database != conn.info.dbname or plugin != "pgoutput":
-                raise SlotConflict(
-                    f"replication slot {self.settings.slot} belongs to database {database} "
-                    f"(plugin {plugin}); give this syncd its own slot name (SYNCD_SLOT)"
-                )
-            log.info(
-                "replication slot %s exists, confirmed up to %s", self.settings.slot, confirmed
+        row = await (await conn.execute(query, (name,))).fetchone()
+        created = row is None
+        if row is None:
+            await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+            log.info("created replication slot %s", name)
+            row = await (await conn.execute(query, (name,))).fetchone()
+            assert row is not None
+        confirmed, restart, database, plugin, wal_end, status = row
+        if database != conn.info.dbname or plugin != "pgoutput":
+            raise SlotConflict(
+                f"replication slot {name} belongs to database {database} "
+                f"(plugin {plugin}); give this syncd its own slot name (SYNCD_SLOT)"
             )
-            return False
-        await conn.execute(
-            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
+        if not created:
+            log.info("replication slot %s exists, confirmed up to %s", name, confirmed)
+        return SlotFound(
+            name=name,
+            confirmed_lsn=parse_lsn(confirmed) if confirmed else 0,
+            restart_lsn=parse_lsn(restart) if restart else None,
+            wal_status=status,
+            wal_end=parse_lsn(wal_end),
+            created=created,
+            # The stream drops and recreates a lost slot; its shapes can go now.
+            lost="wal_status is 'lost': the WAL it needed was removed"
+            if status == "lost"
+            else None,
         )
-        log.info("created replication slot %s", self.settings.slot)
+
+    # -- slot history --------------------------------------------------------------------------
+
+    def on_slot(self, slot: SlotFound) -> bool:
+        """The replication stream found ``slot`` at a session start; ``True`` when its history
+        is broken and every shape has been invalidated (the stream then starts over)."""
+        return self._check_slot(slot)
+
+    def _check_slot(self, slot: SlotFound) -> bool:
+        """Compare ``slot`` with the stored record; on a broken history invalidate every shape
+        and start a new record at the slot's position. ``True`` when it was broken."""
+        record = self._slot_record
+        gap = history_gap(
+            slot,
+            record.confirmed_lsn if record is not None else None,
+            system_id=record.system_id if record is not None else None,
+            slot_name=record.slot if record is not None else None,
+        )
+        if gap is None:
+            if record is not None and record.system_id is None and slot.system_id is not None:
+                self._save_slot_record(replace(record, system_id=slot.system_id))
+            return False
+        log.error(
+            "replication slot %s: its history is broken, changes committed in between were "
+            "lost: %s; invalidating all %d shapes (clients must refetch)",
+            slot.name,
+            gap,
+            sum(1 for _ in self.shapes_dir.iterdir()),
+        )
+        self._invalidate_all_shapes(f"the replication slot's history is broken: {gap}")
+        self._durable_lsn = self._last_commit_end = slot.confirmed_lsn
+        self.last_seen_lsn = slot.confirmed_lsn
+        self._save_slot_record(SlotRecord(slot.name, slot.confirmed_lsn, slot.system_id))
         return True
+
+    def _invalidate_all_shapes(self, reason: str) -> None:
+        """Retire every shape (clients get a 409 and take a new snapshot) and drop whatever
+        the engine holds of the open transaction and spooled ones."""
+        self.on_session_start()
+        for shape in list(self.shapes.values()):
+            self.delete(shape, reason)
+        self._purge_all_shapes(reason)
+        self._dirty.clear()
+        self._tables.clear()
+
+    def _save_slot_record(self, record: SlotRecord) -> None:
+        record.save(self.settings.storage_dir)
+        self._slot_record = record
+        self._slot_record_saved = time.monotonic()
+
+    def _confirmable(self, lsn: int) -> int:
+        """``lsn``, once the slot record says so durably; until then the record's position.
+
+        The record is written (and fsynced, on the event loop: it is a few bytes, and another
+        history must never be able to overwrite it) at most every ``_SLOT_RECORD_INTERVAL``;
+        the stream asks again within its ``idle_interval``.
+        """
+        record = self._slot_record
+        if record is None or lsn <= record.confirmed_lsn:
+            return lsn
+        if time.monotonic() - self._slot_record_saved < _SLOT_RECORD_INTERVAL:
+            return record.confirmed_lsn
+        self._save_slot_record(record.advanced(lsn))
+        return lsn
 
     async def close(self) -> None:
         """Flush logs and close connections; shapes stay on disk."""
@@ -945,12 +1045,12 @@ class Engine:
                 loop = asyncio.get_running_loop()
                 self._flush_timer = loop.call_later(wait, self._timed_flush)
         if self._dirty:
-            return self._pinned(self._durable_lsn)
+            return self._confirmable(self._pinned(self._durable_lsn))
         durable = self._last_commit_end
         if between:
             durable = max(durable, received_lsn)
         self._durable_lsn = max(self._durable_lsn, self._pinned(durable))
-        return self._durable_lsn
+        return self._confirmable(self._durable_lsn)
 
     def _timed_flush(self) -> None:
         self._flush_timer = None
