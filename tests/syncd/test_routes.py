@@ -118,7 +118,12 @@ async def catch_up(client: httpx.AsyncClient, url: str, user: str) -> tuple[str,
 
 def test_client_where_is_renumbered_and_wrapped() -> None:
     scope = ShapeScope(where="owner = $1", params=["bob"])
-    items = [("where", "title <> '$1' OR id = $1"), ("params[1]", "5"), ("table", "other")]
+    items = [
+        ("where", "title <> '$1' OR id = $1"),
+        ("params[1]", "5"),
+        ("table", "other"),
+        ("offset", "-1"),
+    ]
     query = dict(upstream_query(items, "items", scope))
     assert query["table"] == "items"
     assert query["where"] == "(owner = $1)\nAND (title <> '$1' OR id = $2\n)"
