@@ -1,0 +1,428 @@
+"""Shape routes as an adversary sees them: nothing a client sends widens what its scope shows.
+
+Two tables, ``items_a`` and ``items_b``, hold the same visible rows (``id``, ``owner``,
+``title``, ``n``) and different values of the hidden column ``secret`` (other nulls, other
+first letters, other lengths, the reverse order). The app serves ``/a`` and ``/b``, each scoped
+to ``owner = $1`` for the signed-in user with ``secret`` hidden. Postgres is the oracle for
+non-interference: whatever a client sends, the answers of ``/a`` and ``/b`` must be the same
+(up to the table's name and the handles), so no answer may depend on a hidden value, whether
+by showing it, filtering on it or ordering by it. Every example runs against a syncd daemon
+and against the in-process engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from syncd.embed import EmbeddedSyncd
+from syncd.routes import ShapeRoutes, ShapeScope
+from tests.syncd_process import SyncdProcess, free_port
+
+T = TypeVar("T")
+
+USERS = ("alice", "bob")
+VISIBLE = ("id", "owner", "title", "n")
+ROWS = [
+    (1, "alice", "apple", 10),
+    (2, "alice", "apricot", 20),
+    (3, "bob", "banana", 30),
+    (4, "bob", "blueberry", 40),
+    (5, "carol", "cherry", 50),
+    (6, "alice", "avocado", 60),
+]
+SECRETS_A = {1: "Qx7-aardvark", 2: None, 3: "Qx7-badger", 4: None, 5: "Qx7-camel", 6: None}
+SECRETS_B = {1: None, 2: "Zw9-zebra-long", 3: None, 4: "Zw9-yak-long", 5: None, 6: "Zw9-wolf"}
+HIDDEN_VALUES = [v for v in (*SECRETS_A.values(), *SECRETS_B.values()) if v is not None]
+TABLES = {"a": "items_a", "b": "items_b"}
+LONG_POLL = 30  # seconds: a live request the routes failed to cut off would hold this long
+
+
+def create_tables(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table, secrets in (("items_a", SECRETS_A), ("items_b", SECRETS_B)):
+            conn.execute(
+                f"CREATE TABLE {table} (id int PRIMARY KEY, owner text, title text, n int,"
+                " secret text)"
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {table} VALUES (%s, %s, %s, %s, %s)",
+                    [(*row, secrets[row[0]]) for row in ROWS],
+                )
+
+
+async def authorize(request: Request) -> ShapeScope | Response:
+    scheme, _, user = request.headers.get("authorization", "").partition(" ")
+    if scheme != "Bearer" or user not in USERS:
+        return Response('{"message":"Unauthorized"}', status_code=401)
+    return ShapeScope(where="owner = $1", params=[user], columns=VISIBLE, key=user)
+
+
+def starlette_app(routes: ShapeRoutes) -> Starlette:
+    return Starlette(
+        routes=[
+            routes.route(f"/{name}", table=table, authorize=authorize)
+            for name, table in TABLES.items()
+        ]
+    )
+
+
+class ServedApp:
+    """The app (and, in process, its engine) on a loopback port, run by an event loop in a
+    thread of its own, so that synchronous Hypothesis tests can send it requests."""
+
+    def __init__(
+        self, start: Callable[[contextlib.AsyncExitStack], Coroutine[Any, Any, ShapeRoutes]]
+    ) -> None:
+        self._start = start
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: uvicorn.Server | None = None
+        self.routes: ShapeRoutes | None = None
+        self.loop_errors: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, name="served-app", daemon=True)
+
+    def __enter__(self) -> ServedApp:
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._server is not None:
+            server = self._server
+            self._loop.call_soon_threadsafe(setattr, server, "should_exit", True)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            self._failure = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
+        async with contextlib.AsyncExitStack() as stack:
+            self.routes = await self._start(stack)
+            stack.push_async_callback(self.routes.aclose)
+            config = uvicorn.Config(
+                starlette_app(self.routes),
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="off",
+                timeout_graceful_shutdown=1,
+            )
+            self._server = uvicorn.Server(config)
+            serving = asyncio.create_task(self._server.serve())
+            while not self._server.started:
+                if serving.done():
+                    await serving
+                    raise RuntimeError("uvicorn did not start")
+                await asyncio.sleep(0.02)
+            self._ready.set()
+            await serving
+
+    def call(self, work: Callable[[ShapeRoutes], T]) -> T:
+        """``work(routes)`` run on the app's event loop."""
+        assert self._loop is not None and self.routes is not None
+        routes = self.routes
+
+        async def run() -> T:
+            return work(routes)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
+
+
+@pytest.fixture(params=["daemon", "in-process"])
+def served(request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path) -> Iterator[ServedApp]:
+    """The app, backed by a syncd daemon or by the engine embedded in the app's process."""
+    create_tables(pg_dsn)
+    if request.param == "daemon":
+        daemon = SyncdProcess(pg_dsn, tmp_path / "storage", long_poll_timeout=LONG_POLL)
+        daemon.start()
+
+        async def start_remote(stack: contextlib.AsyncExitStack) -> ShapeRoutes:
+            return ShapeRoutes(daemon.url)
+
+        try:
+            with ServedApp(start_remote) as app:
+                yield app
+        finally:
+            daemon.stop()
+        return
+
+    async def start_embedded(stack: contextlib.AsyncExitStack) -> ShapeRoutes:
+        slot = f"embedded_{conninfo_to_dict(pg_dsn)['dbname']}"
+        embedded = EmbeddedSyncd(
+            pg_dsn, tmp_path / "storage", slot=slot, long_poll_timeout=LONG_POLL
+        )
+        await stack.enter_async_context(embedded)
+        return ShapeRoutes.in_process(embedded)
+
+    with ServedApp(start_embedded) as app:
+        yield app
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user}"}
+
+
+# -- observations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def send(
+    client: httpx.Client,
+    app: ServedApp,
+    path: str,
+    user: str,
+    query: list[tuple[str, str]],
+    body: Any = None,
+) -> Answer:
+    """``query`` (and ``body``, a POST's) to the route on ``path``, ``TABLE`` standing for its
+    table's name."""
+    table = TABLES[path.strip("/")]
+    named = [(name, value.replace("TABLE", table)) for name, value in query]
+    url = httpx.URL(app.url + path, params=named)
+    if body is None:
+        answer = client.get(url, headers=bearer(user))
+    else:
+        content = json.dumps(body).replace("TABLE", table)
+        answer = client.post(url, headers=bearer(user), content=content)
+    return Answer(answer.status_code, answer.headers, answer.content)
+
+
+_HANDLE = re.compile(r'"handle":"[^"]*"|"snapshot_mark":\d+|"database_lsn":"\d+"')
+_TXN = re.compile(r'"(xmin|xmax)":"\d+"|"xip_list":\[[^]]*\]|"(lsn|txids|global_last_seen_lsn)":[^,}]*')
+
+
+def observation(answer: Answer, table: str) -> tuple[int, Any]:
+    """What a client learns from ``answer``, without the table's name and per-shape handles."""
+    text = answer.body.decode("utf-8", "replace").replace(table, "TABLE")
+    text = _TXN.sub("", _HANDLE.sub("", text))
+    try:
+        body: Any = json.loads(text) if text else None
+    except ValueError:
+        body = text
+    return answer.status, body
+
+
+def rows_of(answer: Answer) -> list[dict[str, Any]]:
+    """The row values a 200 carries (a log array or a subset's ``data``)."""
+    data = json.loads(answer.body)
+    messages = data["data"] if isinstance(data, dict) else data
+    return [m["value"] for m in messages if "value" in m]
+
+
+def check_answer(answer: Answer, user: str) -> None:
+    """What must hold for every answer: no 5xx; no hidden value and no other user's row; an
+    error is a JSON object; per-user responses are private."""
+    assert answer.status < 500, (answer.status, answer.body)
+    text = answer.body.decode("utf-8", "replace")
+    for hidden in HIDDEN_VALUES:
+        assert hidden not in text, (hidden, text)
+    others = [row for row in ROWS if row[1] != user]
+    for _id, _owner, title, _n in others:
+        assert title not in text, (title, text)
+    cache = answer.headers.get("cache-control", "")
+    assert "private" in cache and "public" not in cache and "s-maxage" not in cache, cache
+    if answer.status == 200 and answer.body:
+        for row in rows_of(answer):
+            assert "secret" not in row
+            assert row.get("owner", user) == user
+            assert int(row["id"]) in {r[0] for r in ROWS if r[1] == user}, row
+    elif answer.status >= 400:
+        assert isinstance(json.loads(answer.body), (dict, list)), answer.body
+
+
+# -- generated requests --------------------------------------------------------------------------
+
+COLUMN_SPELLINGS = [
+    "id",
+    "owner",
+    "title",
+    "n",
+    "secret",
+    '"secret"',
+    "SECRET",
+    "Secret",
+    'U&"\\0073ecret"',
+    "TABLE.secret",
+    "public.TABLE.secret",
+    "TABLE",
+    "TABLE.*",
+    "sécret",
+    "ｓｅｃｒｅｔ",  # noqa: RUF001 - fullwidth letters on purpose
+    "xmin",
+    "ctid",
+]
+ATOMS = [
+    "{c} = 'Qx7-guess'",
+    "{c} LIKE 'Q%'",
+    "{c} IS NULL",
+    "{c} IS NOT NULL",
+    "{c}::int = 1",
+    "length({c}) > 9",
+    "{c} > 'M'",
+    "{c} = $1",
+    "{c} = $2",
+    "{c} IN ('a', 'b')",
+    "upper({c}) = 'X'",
+    "{c}::text <> ''",
+    "coalesce({c}, 'x') = 'x'",
+    "id > 1",
+    "n BETWEEN 10 AND 45",
+    "title LIKE 'a%'",
+    "true",
+    "1=1) OR (1=1",
+    "1=1 -- ",
+    "1=1 /* ",
+    "'unterminated",
+    '"unterminated',
+    "$1",
+    "$9",
+    "$0",
+    "$01",
+    "id = $1::int",
+    "1=1; SELECT 1",
+    "owner = 'bob' OR true",
+    "(SELECT true)",
+    "id IN (SELECT id FROM TABLE)",
+    "EXISTS (SELECT 1)",
+    "U&'\\0041' = 'A'",
+    "E'\\x41' = 'A'",
+    "$$x$$ = 'x'",
+]
+SPACING = st.sampled_from([" ", "\n", "\t", "/**/", " -- x\n", "\u00a0"])
+
+
+@st.composite
+def where_clauses(draw: st.DrawFn) -> str:
+    atoms = [
+        draw(st.sampled_from(ATOMS)).replace("{c}", draw(st.sampled_from(COLUMN_SPELLINGS)))
+        for _ in range(draw(st.integers(1, 3)))
+    ]
+    joined = draw(SPACING).join(
+        f"{atom}{draw(SPACING)}{draw(st.sampled_from(['AND', 'OR', 'AND NOT']))}"
+        for atom in atoms[:-1]
+    )
+    text = (joined + draw(SPACING) if joined else "") + atoms[-1]
+    if draw(st.booleans()):
+        text = draw(st.sampled_from(["(", ")", "((", "'", '"', "/*"])) + text
+    return text
+
+
+def order_bys() -> st.SearchStrategy[str]:
+    one = st.builds(
+        lambda c, d: c + d,
+        st.sampled_from(COLUMN_SPELLINGS),
+        st.sampled_from(["", " DESC", " ASC NULLS FIRST", "::text", " USING <"]),
+    )
+    return st.lists(one, min_size=1, max_size=2).map(", ".join) | st.sampled_from(
+        ["lower(secret)", "1", "$1", "(secret)", "id; DROP TABLE x", "id LIMIT 1"]
+    )
+
+
+PARAM_NAMES = ["params[1]", "params[2]", "params[01]", "params[ 1]", "params[+1]", "params[]"]
+PARAM_VALUES = ["alice", "bob", "1", "true", "Qx7-guess", "') OR ('1'='1", "x' OR 'a'='a"]
+OFFSETS = ["-1", "-1", "-1", "now", "0_0", "0_inf", "-1_0", "x"]
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[list[tuple[str, str]], Any]:
+    """A client's query (and POST body, or ``None``): shape, subset, columns, params, repeats."""
+    query: list[tuple[str, str]] = [("offset", draw(st.sampled_from(OFFSETS)))]
+    if query[0][1] not in ("-1", "-1_0", "now"):
+        query.append(("handle", draw(st.sampled_from(["nope", "1-2"]))))
+    if draw(st.booleans()):
+        query.append(("where", draw(where_clauses())))
+    for _ in range(draw(st.integers(0, 2))):
+        query.append((draw(st.sampled_from(PARAM_NAMES)), draw(st.sampled_from(PARAM_VALUES))))
+    if draw(st.integers(0, 3)) == 0:
+        columns = draw(st.lists(st.sampled_from(COLUMN_SPELLINGS), min_size=1, max_size=3))
+        query.append(("columns", ",".join(columns)))
+    body: Any = None
+    subset_kind = draw(st.sampled_from(["none", "none", "get", "nested", "post"]))
+    if subset_kind != "none":
+        subset: dict[str, Any] = {}
+        if draw(st.booleans()):
+            subset["where"] = draw(where_clauses())
+        if draw(st.booleans()):
+            subset["order_by"] = draw(order_bys())
+            if draw(st.booleans()):
+                subset["limit"] = draw(st.sampled_from([1, 2, "1", "0"]))
+        if draw(st.booleans()):
+            subset["params"] = {draw(st.sampled_from(["1", "2", "01"])): "Qx7-guess"}
+        if subset_kind == "post":
+            body = subset
+        else:
+            for key, value in subset.items():
+                name = f"subset__{key}" if subset_kind == "get" else f"subset[{key}]"
+                text = json.dumps(value) if key == "params" else str(value)
+                query.append((name, text))
+    if draw(st.integers(0, 4)) == 0:  # a repeated parameter, or a stray one
+        name = draw(
+            st.sampled_from(["where", "columns", "offset", "table", "live", "log", "replica"])
+        )
+        query.append((name, draw(st.sampled_from(["true", "false", "id > 0", "full", "x"]))))
+    order = draw(st.permutations(range(len(query))))
+    return [query[i] for i in order], body
+
+
+ADVERSARY = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@ADVERSARY
+@given(request=queries(), user=st.sampled_from(USERS))
+def test_no_request_widens_the_scope(
+    served: ServedApp, request: tuple[list[tuple[str, str]], Any], user: str
+) -> None:
+    query, body = request
+    with httpx.Client(timeout=60) as client:
+        answers = {
+            name: send(client, served, f"/{name}", user, query, body)
+            for name, table in TABLES.items()
+        }
+    for answer in answers.values():
+        check_answer(answer, user)
+    seen = {name: observation(answers[name], table) for name, table in TABLES.items()}
+    assert seen["a"] == seen["b"], (query, body, seen)
