@@ -23,8 +23,9 @@ from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
 from shapes.shape import CanonicalShape, LogMode, Replica, parse_columns, parse_table
 
 _PARAM_KEY = re.compile(r"params\[([^\]]*)\]")
-_CANONICAL_PARAM_KEY = re.compile(r"[1-9][0-9]{0,8}")
-"""A ``params`` key: a decimal number from 1, without sign, spaces or leading zeros."""
+_CANONICAL_PARAM_KEY = re.compile(r"0|[1-9][0-9]{0,8}")
+"""A ``params`` key: a decimal number without sign, spaces or leading zeros (``0`` is refused
+later, as out of sequence)."""
 _SUBSET_FORMS = (("subset__", ""), ("subset[", "]"))
 
 PROTOCOL_PARAMS: Final = frozenset(

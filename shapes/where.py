@@ -127,7 +127,7 @@ def validate_params(params: Mapping[str, str] | None) -> dict[int, str]:
         return {}
     numbered: dict[int, str] = {}
     for key, value in params.items():
-        if not (key.isascii() and key.isdigit()) or key.startswith("0"):
+        if not (key.isascii() and key.isdigit()) or key.startswith("0") and key != "0":
             raise InvalidRequest("params", "Parameters can only use numbers as keys")
         numbered[int(key)] = value
     if sorted(numbered) != list(range(1, len(numbered) + 1)):

@@ -14,24 +14,35 @@ caller may see::
             return Response(status_code=401)
         return ShapeScope(where="owner = $1", params=[user], key=user)
 
-Rules:
+Rules (the boundary; the adversary tests in ``tests/syncd/test_routes_adversary.py`` hold it):
 
+* **One parse.** The query is read once with the daemon's own rule
+  (:func:`shapes.request.read_query`): a protocol parameter given twice, or a ``params`` key that
+  is not a canonical number (``params[01]``), is a 400. Position and mode (``offset``,
+  ``handle``, ``live``, ``live_sse``/``experimental_live_sse``, ``cursor``, ``replica``,
+  ``log``) are validated as the upstream will validate them, and the upstream query is rebuilt
+  from the checked values; no client text is passed on unchecked. Other parameters are dropped.
 * The table is fixed by the route: a client's ``table`` parameter is ignored.
 * The client may only narrow. Its ``where`` is AND-ed with the application's,
   ``(app where) AND (client where)``, and its ``$n`` placeholders are renumbered after the
   application's params. The client's text is scanned first (pglast's lexer): it must be lexically
   complete (no unterminated string, identifier or comment) and its parentheses balanced, so it
-  cannot close the surrounding parenthesis and escape the AND.
-* ``columns`` must be a subset of :attr:`ShapeScope.columns` (when set), otherwise 400 in the
-  protocol's error body; without ``columns`` the client gets the allowed ones.
-* ``offset``, ``handle``, ``live``, ``cursor``, ``live_sse``, ``experimental_live_sse``, ``log``,
-  ``replica``, ``expired_handle``, ``cache-buster`` and the GET ``subset__*`` keys pass through
-  (a subset is evaluated inside the shape's ``where`` by the upstream). Other parameters are
-  dropped. POST and DELETE are not served.
-* The upstream answer is streamed back as is: status, protocol headers and body (SSE included),
-  minus hop-by-hop headers. The client's ``Authorization`` and cookies are not forwarded. When the
-  client disconnects (while waiting for the upstream's answer or while streaming it) the upstream
-  request is closed.
+  cannot close the surrounding parenthesis and escape the AND; it must also parse on its own as
+  one clause.
+* **Hidden columns stay hidden.** ``columns`` must be a subset of :attr:`ShapeScope.columns`
+  (when set); without ``columns`` the client gets the allowed ones. The client's ``where``, and a
+  subset's ``where`` and ``order_by`` (GET ``subset__*``/``subset[*]`` or a POST body), may only
+  refer to allowed columns: a 400 names the first column it may not, as the client wrote it.
+* A subset (``subset__*`` keys, or a POST body with only the subset keys ``where``, ``params``,
+  ``limit``, ``offset``, ``order_by``) is checked and sent upstream as ``subset__*`` keys; the
+  upstream evaluates it inside the shape's ``where``. DELETE is not served.
+* The upstream answer is streamed back: status, protocol headers and body (SSE included),
+  minus hop-by-hop headers, with the caller's caching: ``Cache-Control`` becomes ``private``
+  (no ``s-maxage``), ``Vary`` names the credential headers, and an ETag is bound to the
+  caller's scope, so a validator issued to one caller never earns another a 304. CORS headers
+  come from the routes' own settings (none by default), never from the upstream. The client's
+  ``Authorization`` and cookies are not forwarded. When the client disconnects (while waiting
+  for the upstream's answer or while streaming it) the upstream request is closed.
 
 Cut-off (:meth:`ShapeRoutes.cut_off`): live requests (``live=true``, long-poll or SSE) are
 tracked under :attr:`ShapeScope.key`. Cutting a key off ends them at once:
