@@ -471,6 +471,20 @@ def test_a_hidden_column_is_refused_wherever_it_is_named(served: ServedApp) -> N
             check_answer(answer, "alice")
 
 
+def test_errors_from_evaluating_rows_carry_no_other_users_data(served: ServedApp) -> None:
+    """A clause that fails on the table's values: the error reaches the caller, but never a
+    hidden value or a row of another user."""
+    with httpx.Client(timeout=60) as client:
+        for query in (
+            [("where", "title::int = 1")],
+            [("where", "n / (n - 30) > 0")],
+            [("subset__where", "title::int = 1")],
+            [("subset__where", "title::date IS NULL"), ("subset__order_by", "title")],
+        ):
+            answer = send(client, served, "/a", "alice", [("offset", "-1"), *query])
+            check_answer(answer, "alice")
+
+
 def test_a_bare_parameter_as_the_whole_subset_where_is_substituted(served: ServedApp) -> None:
     with httpx.Client(timeout=60) as client:
         query = [("offset", "-1"), ("subset__where", "$1"), ("subset__params", '{"1":"true"}')]
