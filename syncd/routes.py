@@ -138,12 +138,16 @@ class ShapeScope:
 Authorize = Callable[[Request], Awaitable[ShapeScope | Response]]
 
 
+_QUERY_KEYWORDS = frozenset({"SELECT", "VALUES", "TABLE", "WITH"})
+"""Keywords that start a query: a client's clause may not read other rows or tables."""
+
+
 def renumber_where(where: str, shift: int) -> str:
     """``where`` with every ``$n`` placeholder turned into ``$(n + shift)``.
 
     Raises:
-        InvalidRequest: (``where``) if the text is not lexically complete or its parentheses
-            are unbalanced.
+        InvalidRequest: (``where``) if the text is not lexically complete, its parentheses
+            are unbalanced or it holds a subquery.
     """
     try:
         tokens = scan(where)
@@ -159,6 +163,8 @@ def renumber_where(where: str, shift: int) -> str:
             depth -= 1
             if depth < 0:
                 raise InvalidRequest("where", "unbalanced parentheses")
+        elif token.name in _QUERY_KEYWORDS:
+            raise InvalidRequest("where", "subqueries are not allowed")
         elif token.name == "PARAM":
             text = where[token.start : token.end + 1]
             if not (text.startswith("$") and text[1:].isascii() and text[1:].isdigit()):

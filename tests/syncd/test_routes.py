@@ -21,7 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shapes.messages import relation_key_prefix, row_key
-from syncd.routes import Mutation, ShapeRoutes, ShapeScope, apply_mutations, upstream_query
+from syncd.routes import (
+    Mutation,
+    ShapeRoutes,
+    ShapeScope,
+    apply_mutations,
+    renumber_where,
+    upstream_query,
+)
 from tests.e2e.jsclient import ShapeFollower
 from tests.e2e.node_process import Rows
 from tests.e2e.support import needs_js_client, syncd_fixture
@@ -130,6 +137,13 @@ def test_client_where_is_renumbered_and_wrapped() -> None:
     assert (query["params[1]"], query["params[2]"]) == ("bob", "5")
 
 
+def test_renumbering_counts_characters_not_bytes() -> None:
+    assert renumber_where("title = 'éé' OR id = $1 OR n = $2", 1) == (
+        "title = 'éé' OR id = $2 OR n = $3"
+    )
+    assert renumber_where('"𝒳" = $1', 2) == '"𝒳" = $3'
+
+
 async def test_anonymous_is_refused(app: App) -> None:
     async with httpx.AsyncClient() as client:
         answer = await client.get(app.shape_url, params={"offset": "-1"})
@@ -155,7 +169,18 @@ async def test_user_sees_only_own_rows(app: App, where: str | None) -> None:
     assert {r["owner"] for r in rows} == {"alice"}
 
 
-@pytest.mark.parametrize("where", ["true) OR (true", "owner = 'x')", "'unterminated", "1 /*"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "true) OR (true",
+        "owner = 'x')",
+        "'unterminated",
+        "1 /*",
+        "id IN (SELECT id FROM items)",
+        "title = 'a' OR EXISTS (VALUES (1))",
+        "title = 'é' OR 1=1) OR (1=1",
+    ],
+)
 async def test_escaping_the_and_is_rejected(app: App, where: str) -> None:
     async with httpx.AsyncClient() as client:
         answer = await client.get(
