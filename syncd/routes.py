@@ -241,6 +241,8 @@ def narrow(
     columns = _columns(values.get("columns"), scope.columns)
     if columns is not None:
         query.append(("columns", ",".join(_quote(c) for c in columns)))
+    if body_subset is not None and client.subset:
+        raise SubsetError("where", "a subset goes in the query or in the body, not both")
     subset = body_subset if body_subset is not None else _query_subset(client.subset)
     if subset is not None:
         query += _subset_query(subset, scope.columns)
@@ -265,7 +267,7 @@ def _narrowed_where(
     where = scope.where
     if client_where is not None:
         shifted = renumber_where(client_where, len(app_params))
-        _check_references(client_where, scope.columns, "where")
+        _check_references(client_where, scope.columns, InvalidRequest, "where")
         where = shifted if where is None else f"({where})\nAND ({shifted}\n)"
         app_params += [client_params[str(i)] for i in range(1, len(client_params) + 1)]
     if where is None:
@@ -275,24 +277,29 @@ def _narrowed_where(
 
 
 def _check_references(
-    text: str, allowed: Sequence[str] | None, field: str, *, order_by: bool = False
+    text: str,
+    allowed: Sequence[str] | None,
+    error: type[InvalidRequest],
+    field: str,
+    *,
+    order_by: bool = False,
 ) -> None:
-    """Refuse a clause that does not parse or names a column outside ``allowed``.
+    """Refuse a clause (or ORDER BY list) that does not parse on its own, or that names a
+    column outside ``allowed`` (``None``: all are allowed); the 400 names each such column as
+    the client wrote it.
 
     Raises:
-        InvalidRequest: (``field``, or ``subset``'s ``field`` for a subset's clause).
+        InvalidRequest: ``error(field, ...)``.
     """
-    error = SubsetError if field in ("subset where", "subset order_by") else InvalidRequest
-    name = field.removeprefix("subset ")
     try:
         references = column_references(text, order_by=order_by)
     except InvalidRequest as exc:
-        raise error(name, exc.message) from None
+        raise error(field, exc.message) from None
     if allowed is None:
         return
     refused = list(dict.fromkeys(r.text for r in references if r.name not in allowed))
     if refused:
-        raise error(name, "The following columns are not allowed: " + ", ".join(refused))
+        raise error(field, "The following columns are not allowed: " + ", ".join(refused))
 
 
 def _query_subset(fields: dict[str, str]) -> SubsetRequest | None:
@@ -312,11 +319,11 @@ def _subset_query(subset: SubsetRequest, allowed: Sequence[str] | None) -> list[
             raise SubsetError("params", exc.message) from None
     query = [("subset__where", subset.where or "true")]
     if subset.where is not None:
-        _check_references(subset.where, allowed, "subset where")
+        _check_references(subset.where, allowed, SubsetError, "where")
     if subset.params:
         query.append(("subset__params", json.dumps(dict(subset.params))))
     if subset.order_by is not None:
-        _check_references(subset.order_by, allowed, "subset order_by", order_by=True)
+        _check_references(subset.order_by, allowed, SubsetError, "order_by", order_by=True)
         query.append(("subset__order_by", subset.order_by))
     if subset.limit is not None:
         query.append(("subset__limit", str(subset.limit)))
