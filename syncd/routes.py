@@ -138,8 +138,9 @@ class ShapeScope:
 Authorize = Callable[[Request], Awaitable[ShapeScope | Response]]
 
 
-_QUERY_KEYWORDS = frozenset({"SELECT", "VALUES", "TABLE", "WITH"})
-"""Keywords that start a query: a client's clause may not read other rows or tables."""
+_QUERY_KEYWORDS = frozenset({"SELECT", "VALUES", "TABLE"})
+"""Keywords that start a query (``WITH`` is followed by a ``SELECT``, and also appears in
+``timestamp with time zone``): a client's clause may not read other rows or tables."""
 
 
 def renumber_where(where: str, shift: int) -> str:
