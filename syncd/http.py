@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import importlib.resources
 import json
 import logging
@@ -281,7 +282,7 @@ class ShapeApi:
         if secret is None:
             return None
         given = request.query_params.get("secret") or request.query_params.get("api_secret")
-        if given == secret:
+        if given is not None and hmac.compare_digest(given.encode(), secret.encode()):
             return None
         body = json.dumps({"message": "Unauthorized - Invalid API secret"})
         headers = {"electric-server": SERVER_HEADER}
