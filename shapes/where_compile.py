@@ -25,7 +25,7 @@ from pglast.enums import (
     NullTestType,
 )
 
-from shapes import pgtypes
+from shapes import pgtypes, where_like
 from shapes import where_eval as ev
 from shapes.errors import WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
@@ -719,7 +719,7 @@ class WhereCompiler:
             message = f"Could not select a function overload for {name}({_shown(arg.type)})"
             raise self.error(location, message)
         arg = self.textual(arg, location)
-        func = str.lower if name == "lower" else str.upper
+        func = where_like.fold_case if name == "lower" else where_like.upper_case
         return self.fold("text", ev.strict1(func, arg.fn), location, [arg])
 
     def f_like(self, name: str, args: list[_Typed], location: int) -> _Typed:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Callable, Hashable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Context, Decimal
-from functools import lru_cache
 from typing import Any, Final
 
-from shapes import pgtypes
+from shapes import pgtypes, where_like
+from shapes.errors import EvaluationError
 from shapes.pgtypes import Infinity, Interval
 
 Env = Sequence[Any]
@@ -31,8 +30,8 @@ _NUMERIC_CONTEXT: Final = Context(prec=1000)
 _DIVISION_CONTEXT: Final = Context(prec=40)
 
 
-class EvalError(ValueError):
-    """Postgres would raise an error while evaluating the clause (e.g. division by zero)."""
+EvalError = EvaluationError
+"""Postgres would raise an error while evaluating the clause (e.g. division by zero)."""
 
 
 class _NaN:
@@ -310,32 +309,11 @@ def array_concat(left: tuple[Any, ...], right: tuple[Any, ...]) -> tuple[Any, ..
 # LIKE
 
 
-@lru_cache(maxsize=4096)
-def like_regex(pattern: str, escape: str, ignore_case: bool) -> re.Pattern[str]:
-    """Translate a LIKE pattern (``%``, ``_``, ``escape``) into a compiled regular expression."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for char in chars:
-        if escape and char == escape:
-            following = next(chars, None)
-            if following is None:
-                raise EvalError("LIKE pattern must not end with escape character")
-            out.append(re.escape(following))
-        elif char == "%":
-            out.append(".*")
-        elif char == "_":
-            out.append(".")
-        else:
-            out.append(re.escape(char))
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile("".join(out), flags)
-
-
 def like(ignore_case: bool, escape: str = "\\") -> Callable[[str, str], bool]:
-    """The non-NULL ``LIKE``/``ILIKE`` function."""
+    """The non-NULL ``LIKE``/``ILIKE`` function (linear time, see :mod:`shapes.where_like`)."""
 
     def run(text: str, pattern: str) -> bool:
-        return like_regex(pattern, escape, ignore_case).fullmatch(text) is not None
+        return where_like.compile_pattern(pattern, escape, ignore_case).match(text)
 
     return run
 
