@@ -29,9 +29,8 @@ from typing import Any, Final
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
 from pglast.parser import ParseError
-from pglast.stream import RawStream
 
-from shapes import pgtypes
+from shapes import pgtypes, where_sql
 from shapes import where_eval as ev
 from shapes.errors import InvalidRequest, WhereClauseError
 from shapes.schema import Column
@@ -150,8 +149,8 @@ def parse_where(
         clause = _parse_clause(wrapped)
         compiler = WhereCompiler(columns, numbered, wrapped)
         root = compiler.compile_root(clause)
-        compiler.substitute_params(clause)
-        sql = RawStream()(clause)
+        clause = compiler.substitute_item(clause)
+        sql = where_sql.deparse(clause)
         _parse_clause(PREFIX + sql)  # the deparsed text must stand on its own
     except RecursionError:  # nested deeper than the compiler (and the evaluator) can go
         raise WhereClauseError("stack depth limit exceeded") from None
