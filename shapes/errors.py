@@ -46,3 +46,10 @@ class EvaluationError(ValueError):
         super().__init__(message)
         self.message = message
         self.condition = condition
+
+
+class RefusedClause(WhereClauseError):
+    """A clause Postgres would run, refused because syncd cannot decide it exactly as Postgres.
+
+    The message says why; the list of such refusals is in :mod:`shapes.where_compile`.
+    """
