@@ -8,10 +8,10 @@ jsonb, ...), whose values stay the text Postgres sent.
 Python values: ``bool``, ``int``, ``float``, ``decimal.Decimal``, ``str``, ``uuid.UUID``,
 ``datetime.date``/``time``/``datetime`` (``timestamptz`` values are aware and in UTC),
 :class:`Interval`, :class:`Infinity` for ``±infinity`` dates and timestamps, and nested tuples
-for arrays (``None`` for SQL NULL everywhere). ``bpchar`` values have their trailing spaces
-removed, as Postgres ignores them in comparisons.
+for arrays (``None`` for SQL NULL everywhere). ``bpchar`` values are :class:`BpChar`: padded,
+compared without trailing spaces.
 
-Text input follows what Postgres *outputs* (``DateStyle`` ISO, ``IntervalStyle`` postgres) plus
+Text input follows what Postgres *outputs* (``DateStyle`` ISO, ``IntervalStyle`` iso_8601) plus
 the common input spellings. A value without a time zone read as ``timestamptz`` is taken to be
 UTC: syncd runs its sessions with ``TimeZone=UTC``.
 """
@@ -344,12 +344,69 @@ _INTERVAL_TOKEN: Final = re.compile(
 )
 
 
-def parse_interval(text: str) -> Interval:
-    """Parse ``interval`` input in the Postgres style (``1 year 2 mons 3 days 04:05:06``).
+_ISO_FIELD: Final = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))([A-Z])")
+_ISO_DATE_UNITS: Final = {"Y": (12, 0, 0), "M": (1, 0, 0), "W": (0, 7, 0), "D": (0, 1, 0)}
+_ISO_TIME_UNITS: Final = {
+    "H": (0, 0, 3_600_000_000),
+    "M": (0, 0, 60_000_000),
+    "S": (0, 0, 1_000_000),
+}
 
-    Also accepts the verbose unit names (``2 hours``, ``3 weeks``), a leading ``@`` and a
-    trailing ``ago``. ISO 8601 ``P...`` forms are not supported.
+
+def parse_interval(text: str) -> Interval:
+    """Parse ``interval`` input: ISO 8601 designators (``P1Y2M-3DT4H5M6.5S``, the form syncd's
+    sessions output with ``IntervalStyle=iso_8601``) or the Postgres style
+    (``1 year 2 mons 3 days 04:05:06``, verbose units, a leading ``@``, a trailing ``ago``).
     """
+    stripped = text.strip()
+    if stripped[:1] in ("P", "p") and "-" not in stripped[1:5].strip("+-0123456789.YMWDTymwdt"):
+        return _parse_iso_interval(stripped.upper())
+    return _parse_postgres_interval(text)
+
+
+def _parse_iso_interval(text: str) -> Interval:
+    date_part, _, time_part = text[1:].partition("T")
+    if not date_part and not time_part:
+        raise ValueError(text)
+    total: list[Any] = [0, 0, Decimal(0)]
+    for part, units in ((date_part, _ISO_DATE_UNITS), (time_part, _ISO_TIME_UNITS)):
+        position = 0
+        while position < len(part):
+            match = _ISO_FIELD.match(part, position)
+            if match is None or match.group(2) not in units:
+                raise ValueError(text)
+            _add_amount(total, Decimal(match.group(1)), units[match.group(2)])
+            position = match.end()
+    months, days, micros = total
+    return Interval(int(months), int(days), _round_half_even(Decimal(micros)))
+
+
+def _add_amount(total: list[Any], amount: Decimal, unit: tuple[int, int, int]) -> None:
+    """Add ``amount`` of a unit, spilling fractions downwards as Postgres does."""
+    unit_months, unit_days, unit_micros = unit
+    if unit_months >= 12:  # fractional years round to whole months
+        total[0] += int(_round_half_even(amount * unit_months))
+        return
+    if unit_months:
+        whole = int(amount)
+        total[0] += whole
+        spill = (amount - whole) * 30
+        total[1] += int(spill)
+        total[2] += (spill - int(spill)) * _USEC_PER_DAY
+        return
+    if unit_days:
+        days = amount * unit_days
+        total[1] += int(days)
+        total[2] += (days - int(days)) * _USEC_PER_DAY
+        return
+    total[2] += amount * unit_micros
+
+
+def _round_half_even(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding="ROUND_HALF_EVEN"))
+
+
+def _parse_postgres_interval(text: str) -> Interval:
     body = text.strip().lower()
     if body.startswith("@"):
         body = body[1:]
@@ -373,16 +430,12 @@ def parse_interval(text: str) -> Interval:
             unit = "s"
         if unit not in _INTERVAL_UNITS:
             raise ValueError(text)
-        amount = Decimal(match.group("num"))
-        unit_months, unit_days, unit_micros = _INTERVAL_UNITS[unit]
-        whole_months = int(amount * unit_months)
-        months += whole_months
-        spill_days = (amount * unit_months - whole_months) * 30 + amount * unit_days
-        days += int(spill_days)
-        micros += (spill_days - int(spill_days)) * _USEC_PER_DAY + amount * unit_micros
+        total: list[Any] = [months, days, micros]
+        _add_amount(total, Decimal(match.group("num")), _INTERVAL_UNITS[unit])
+        months, days, micros = total
     if not found:
         raise ValueError(text)
-    result = Interval(months, days, int(micros.to_integral_value()))
+    result = Interval(months, days, _round_half_even(micros))
     return -result if negate else result
 
 
@@ -394,9 +447,50 @@ def _clock_micros(clock: str) -> Decimal:
     return sign * ((hours * 60 + minutes) * 60_000_000 + seconds * 1_000_000)
 
 
-def parse_bpchar(text: str) -> str:
-    """``bpchar`` values lose their trailing spaces (Postgres ignores them when comparing)."""
-    return text.rstrip(" ")
+class BpChar(str):
+    """A ``char(n)`` value as Postgres stores it, padding included.
+
+    Comparison and hashing ignore trailing spaces, as ``bpchar``'s operators do; ``LIKE``, the
+    output function (``concat``) and ``::char(n)`` see the padded text. Casting to ``text`` or
+    ``varchar`` (also implicitly, e.g. for ``||`` or ``lower``) drops the trailing spaces.
+    """
+
+    __slots__ = ()
+
+    def stripped(self) -> str:
+        """The value without trailing spaces (what ``::text`` gives)."""
+        return str(self).rstrip(" ")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.stripped() == other.rstrip(" ")
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.stripped())
+
+    def __lt__(self, other: str) -> bool:
+        return self.stripped() < other.rstrip(" ")
+
+    def __le__(self, other: str) -> bool:
+        return self.stripped() <= other.rstrip(" ")
+
+    def __gt__(self, other: str) -> bool:
+        return self.stripped() > other.rstrip(" ")
+
+    def __ge__(self, other: str) -> bool:
+        return self.stripped() >= other.rstrip(" ")
+
+
+def parse_bpchar(text: str) -> BpChar:
+    """A ``bpchar`` value, padding kept (see :class:`BpChar`)."""
+    return BpChar(text)
+
+
+def bpchar_to_text(value: str) -> str:
+    """``bpchar::text``: the trailing spaces go."""
+    return str(value).rstrip(" ")
 
 
 def _identity(text: str) -> str:
@@ -668,6 +762,38 @@ def format_datetime(value: datetime | date | Infinity) -> str:
 
 
 def format_interval(value: Interval) -> str:
+    """Render an interval as syncd's sessions do (``IntervalStyle=iso_8601``).
+
+    Each field keeps its own sign: ``P1Y2M-3DT-4H-5M-6.5S``; zero is ``PT0S``.
+    """
+    years, months = _truncating_divmod(value.months, 12)
+    hours, rest = _truncating_divmod(value.micros, 3_600_000_000)
+    minutes, micros = _truncating_divmod(rest, 60_000_000)
+    seconds, fraction = _truncating_divmod(micros, 1_000_000)
+    if not (value.months or value.days or value.micros):
+        return "PT0S"
+    out = ["P"]
+    for amount, unit in ((years, "Y"), (months, "M"), (value.days, "D")):
+        if amount:
+            out.append(f"{amount}{unit}")
+    if value.micros:
+        out.append("T")
+        for amount, unit in ((hours, "H"), (minutes, "M")):
+            if amount:
+                out.append(f"{amount}{unit}")
+        if seconds or fraction:
+            sign = "-" if seconds < 0 or fraction < 0 else ""
+            out.append(f"{sign}{abs(seconds)}{_format_fraction(abs(fraction))}S")
+    return "".join(out)
+
+
+def _truncating_divmod(value: int, divisor: int) -> tuple[int, int]:
+    """C's ``/`` and ``%`` (rounding toward zero), as Postgres splits interval fields."""
+    quotient = abs(value) // divisor * (1 if value >= 0 else -1)
+    return quotient, value - quotient * divisor
+
+
+def format_interval_postgres(value: Interval) -> str:
     """Render an interval in the ``postgres`` IntervalStyle (``1 year 2 mons 3 days 04:05:06``)."""
     parts: list[str] = []
     years, months = int(value.months / 12), value.months - int(value.months / 12) * 12
@@ -753,7 +879,9 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
         return _same
     if source in TEXTS or source.startswith("opaque:") or source == UNKNOWN:
         if target in TEXTS:
-            return parse_bpchar if target == "bpchar" else _same
+            if target == "bpchar":
+                return parse_bpchar
+            return bpchar_to_text if source == "bpchar" else _same
         parse = parser_for(target)
         return lambda value: parse(value)
     if target in TEXTS:

@@ -181,7 +181,7 @@ class WhereCompiler:
                 raise self.error(typed.location, str(error)) from None
             return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
         identity = (source in INTS and target in INTS and not explicit) or (
-            source in TEXTS and target in ("text", "varchar")
+            source in ("text", "varchar") and target in ("text", "varchar")
         )
         fn = typed.fn if identity else ev.strict1(_guard(convert), typed.fn)
         column = typed.column if _keeps_representation(source, target) else None
@@ -330,7 +330,9 @@ class WhereCompiler:
             values.append(value)
         if name in ("varchar", "bpchar") and len(values) == 1:
             length = values[0]
-            return lambda text: text[:length].rstrip(" ") if name == "bpchar" else text[:length]
+            if name == "bpchar":
+                return lambda text: pgtypes.BpChar(text[:length].ljust(length))
+            return lambda text: text[:length]
         if name == "numeric" and len(values) in (1, 2):
             return _numeric_modifier(values[0], values[1] if len(values) == 2 else 0)
         raise self.error(location, f"type modifiers are not supported for type {name}")
@@ -476,6 +478,8 @@ class WhereCompiler:
 
     def like(self, op: str, left: _Typed, right: _Typed, location: int, escape: str) -> _Typed:
         left, right = self.textual(left, location), self.textual(right, location)
+        if right.type == "bpchar":  # the pattern is text; only the matched side keeps padding
+            right = self.coerce(right, "text")
         ignore_case, negate = _LIKE_OPS_ALL[op]
         func = ev.like(ignore_case, escape)
         fn = ev.strict2(func, left.fn, right.fn)
@@ -563,6 +567,8 @@ class WhereCompiler:
     def as_text(self, typed: _Typed, location: int) -> _Typed:
         if typed.type == UNKNOWN:
             return self.literal(typed, "text")
+        if typed.type == "bpchar":
+            return self.coerce(typed, "text")
         if typed.type in TEXTS or typed.type.startswith("opaque:"):
             return _Typed("text", typed.fn, typed.location, typed.const, typed.value)
         if pgtypes.is_array(typed.type):
@@ -719,6 +725,8 @@ class WhereCompiler:
             message = f"Could not select a function overload for {name}({_shown(arg.type)})"
             raise self.error(location, message)
         arg = self.textual(arg, location)
+        if arg.type == "bpchar":
+            arg = self.coerce(arg, "text")
         func = where_like.fold_case if name == "lower" else where_like.upper_case
         return self.fold("text", ev.strict1(func, arg.fn), location, [arg])
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import pq
@@ -47,6 +48,7 @@ SESSION_SETTINGS: Final = {
 """The settings syncd's snapshot and replication sessions use (values arrive in these forms)."""
 
 TABLE: Final = "where_fuzz"
+_T = TypeVar("_T")
 
 # name, SQL type, Column(type_name, dims), edge values as SQL literals
 _SPEC: Final[list[tuple[str, str, str, int, list[str]]]] = [
@@ -200,7 +202,7 @@ _SPEC: Final[list[tuple[str, str, str, int, list[str]]]] = [
             "'ffffffff-ffff-ffff-ffff-ffffffffffff'",
         ],
     ),
-    ("j", "jsonb", "jsonb", 0, ["'{}'", "'{\"b\": 1, \"a\": [1, 2.50]}'", "'null'", "'\"x\"'"]),
+    ("j", "jsonb", "jsonb", 0, ["'{}'", '\'{"b": 1, "a": [1, 2.50]}\'', "'null'", "'\"x\"'"]),
     (
         "ia",
         "int4[]",
@@ -255,7 +257,7 @@ class _Gen:
     rng: random.Random
     params: list[str] = field(default_factory=list)
 
-    def pick(self, options: Sequence[Any]) -> Any:
+    def pick(self, options: Sequence[_T]) -> _T:
         return options[self.rng.randrange(len(options))]
 
     def literal(self, text: str) -> str:
@@ -289,14 +291,33 @@ class _Gen:
             "timestamptz": self.timestamptz_value,
             "interval": self.interval_value,
             "time": self.time_value,
-            "uuid": lambda _: self.pick(["u", self.literal("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")]),
+            "uuid": lambda _: self.pick(
+                ["u", self.literal("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")]
+            ),
             "bool": lambda d: self.bool_expr(d),
         }
         return makers[kind](depth)
 
+    def uuid_value(self, depth: int) -> str:
+        if self.rng.random() < 0.6:
+            return "u"
+        return self.literal("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+
     def int_value(self, depth: int) -> str:
-        literals = ["0", "1", "-1", "7", "2147483647", "-2147483648", "2147483648",
-                    "9223372036854775807", "-9223372036854775808", "32767", "-32768", "0x10"]
+        literals = [
+            "0",
+            "1",
+            "-1",
+            "7",
+            "2147483647",
+            "-2147483648",
+            "2147483648",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "32767",
+            "-32768",
+            "0x10",
+        ]
         choice = self.rng.random()
         if choice < 0.4 or depth <= 0:
             return str(self.pick(["i2", "i4", "i8"]))
@@ -314,8 +335,19 @@ class _Gen:
         if choice < 0.35 or depth <= 0:
             return "n"
         if choice < 0.55:
-            return str(self.pick(["1.5", "-0.0", "0.1", "1e3", "'NaN'::numeric",
-                                  "'Infinity'::numeric", "100000000000000000000"]))
+            return str(
+                self.pick(
+                    [
+                        "1.5",
+                        "-0.0",
+                        "0.1",
+                        "1e3",
+                        "'NaN'::numeric",
+                        "'Infinity'::numeric",
+                        "100000000000000000000",
+                    ]
+                )
+            )
         if choice < 0.7:
             source = self.pick(["f8", "f4", "i4", "i8", self.literal("2.5")])
             return f"({source})::numeric"
@@ -329,8 +361,18 @@ class _Gen:
         if choice < 0.4 or depth <= 0:
             return str(self.pick(["f4", "f8"]))
         if choice < 0.55:
-            return str(self.pick(["'1e308'::float8", "'NaN'::float8", "0.1::float4",
-                                  "'-Infinity'::float8", "'1e-40'::float4", "1e-300::float8"]))
+            return str(
+                self.pick(
+                    [
+                        "'1e308'::float8",
+                        "'NaN'::float8",
+                        "0.1::float4",
+                        "'-Infinity'::float8",
+                        "'1e-40'::float4",
+                        "1e-300::float8",
+                    ]
+                )
+            )
         if choice < 0.65:
             return f"({self.pick(['n', 'i8', 'i4'])})::{self.pick(['float4', 'float8'])}"
         if choice < 0.7:
@@ -345,8 +387,27 @@ class _Gen:
         if choice < 0.5:
             return self.literal(self.pick(["a", "abc", "A", "", "ab  ", "ÀÉß", "a%b", "NULL"]))
         if choice < 0.7:
-            source = self.pick(["iv", "f8", "f4", "n", "d", "ts", "tz", "tm", "b", "i8", "c",
-                                "j", "u", "ia", "ta", "(n * 1.0)", "(f8 / 3)"])
+            source = self.pick(
+                [
+                    "iv",
+                    "f8",
+                    "f4",
+                    "n",
+                    "d",
+                    "ts",
+                    "tz",
+                    "tm",
+                    "b",
+                    "i8",
+                    "c",
+                    "j",
+                    "u",
+                    "ia",
+                    "ta",
+                    "(n * 1.0)",
+                    "(f8 / 3)",
+                ]
+            )
             return f"({source})::{self.pick(['text', 'varchar', 'varchar(2)', 'char(3)'])}"
         if choice < 0.8:
             return f"{self.pick(['lower', 'upper'])}({self.text_value(depth - 1)})"
@@ -360,8 +421,14 @@ class _Gen:
         if choice < 0.5 or depth <= 0:
             return "d"
         if choice < 0.7:
-            return self.literal(self.pick(["2024-02-29", "0044-03-15 BC", "12000-01-01",
-                                           "infinity", "2000-01-01"])) + "::date"
+            return (
+                self.literal(
+                    self.pick(
+                        ["2024-02-29", "0044-03-15 BC", "12000-01-01", "infinity", "2000-01-01"]
+                    )
+                )
+                + "::date"
+            )
         if choice < 0.85:
             return f"(d {self.pick(['+', '-'])} {self.int_value(0)})"
         return f"({self.pick(['ts', 'tz'])})::date"
@@ -371,8 +438,14 @@ class _Gen:
         if choice < 0.45 or depth <= 0:
             return "ts"
         if choice < 0.6:
-            return self.literal(self.pick(["2024-02-29 12:00", "infinity", "0044-03-15 BC",
-                                           "2000-01-01 00:00:00.5"])) + "::timestamp"
+            return (
+                self.literal(
+                    self.pick(
+                        ["2024-02-29 12:00", "infinity", "0044-03-15 BC", "2000-01-01 00:00:00.5"]
+                    )
+                )
+                + "::timestamp"
+            )
         if choice < 0.8:
             return f"({self.pick(['ts', 'd'])} {self.pick(['+', '-'])} {self.interval_value(0)})"
         return f"({self.pick(['d', 'tz'])})::timestamp"
@@ -390,8 +463,19 @@ class _Gen:
         if choice < 0.45 or depth <= 0:
             return "iv"
         if choice < 0.65:
-            text = self.pick(["1 day", "1 mon", "-1 day", "P1Y2M3DT4H5M6S", "PT1.5S",
-                              "30 days", "1 year -1 mons", "24:00:00", "@ 1 hour ago"])
+            text = self.pick(
+                [
+                    "1 day",
+                    "1 mon",
+                    "-1 day",
+                    "P1Y2M3DT4H5M6S",
+                    "PT1.5S",
+                    "30 days",
+                    "1 year -1 mons",
+                    "24:00:00",
+                    "@ 1 hour ago",
+                ]
+            )
             return self.literal(text) + "::interval"
         if choice < 0.75:
             return f"-{self.interval_value(depth - 1)}"
@@ -430,16 +514,43 @@ class _Gen:
 
     def predicate(self, depth: int) -> str:
         choice = self.rng.random()
-        kinds = ["int", "numeric", "float", "text", "date", "timestamp", "timestamptz",
-                 "interval", "time", "uuid"]
+        kinds = [
+            "int",
+            "numeric",
+            "float",
+            "text",
+            "date",
+            "timestamp",
+            "timestamptz",
+            "interval",
+            "time",
+            "uuid",
+        ]
         if choice < 0.3:
             kind = self.pick(kinds)
             op = self.pick(["=", "<>", "<", ">", "<=", ">="])
             return f"{self.value(kind, depth)} {op} {self.value(kind, depth)}"
         if choice < 0.45:
             op = self.pick(["LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"])
-            pattern = self.pick(["%", "a%", "%b", "a_b", "%a%", "A%", "\\%%", "_", "ab  ",
-                                 "a\\", "%_", "ab__", "%ß%", "a!%", "_a%"])
+            pattern = self.pick(
+                [
+                    "%",
+                    "a%",
+                    "%b",
+                    "a_b",
+                    "%a%",
+                    "A%",
+                    "\\%%",
+                    "_",
+                    "ab  ",
+                    "a\\",
+                    "%_",
+                    "ab__",
+                    "%ß%",
+                    "a!%",
+                    "_a%",
+                ]
+            )
             escape = self.pick(["", "", " ESCAPE '!'", " ESCAPE ''"])
             return f"{self.text_value(depth)} {op} {self.literal(pattern)}{escape}"
         if choice < 0.52:
@@ -468,9 +579,19 @@ class _Gen:
             name = self.pick(["greatest", "least", "coalesce"])
             args = ", ".join(self.value(kind, 0) for _ in range(2))
             return f"{name}({args}) = {self.value(kind, depth)}"
-        return self.pick(["ilike(t, 'a%')", "like(t, 'a%')", "j::jsonb IS NOT NULL",
-                          "(j::text) LIKE '%a%'", "'x'::varchar(0) = t", "t::varchar(1) = 'a'",
-                          "i4 = -2147483648 / 7", "c LIKE 'a %'", "c LIKE 'ab%'"])
+        return self.pick(
+            [
+                "ilike(t, 'a%')",
+                "like(t, 'a%')",
+                "j::jsonb IS NOT NULL",
+                "(j::text) LIKE '%a%'",
+                "'x'::varchar(0) = t",
+                "t::varchar(1) = 'a'",
+                "i4 = -2147483648 / 7",
+                "c LIKE 'a %'",
+                "c LIKE 'ab%'",
+            ]
+        )
 
     def array_predicate(self, depth: int) -> str:
         options = [
@@ -564,7 +685,7 @@ def syncd_decisions(
         return Outcome(refused="documented: " + error.message), None, None
     except WhereClauseError as error:
         return Outcome(refused=error.message), None, None
-    except Exception as error:  # noqa: BLE001 - the fuzzer reports every crash
+    except Exception as error:  # the fuzzer reports every crash
         return Outcome(refused="crash"), None, f"parse: {type(error).__name__}: {error}"
     outcome = Outcome()
     crash = None
@@ -574,7 +695,7 @@ def syncd_decisions(
             outcome.rows[row_id] = "include" if where.matches(row) else "exclude"
         except ValueError:  # EvaluationError included
             outcome.rows[row_id] = "error"
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # a crash
             outcome.rows[row_id] = "error"
             crash = f"matches: {type(error).__name__}: {error}"
     return outcome, where, crash
@@ -637,7 +758,7 @@ def check_clause(
     if truth.refused is not None:
         report.add("accepted_but_pg_refuses", f"{shown}  pg: {truth.refused}")
         return
-    row_kinds = Counter()
+    row_kinds: Counter[str] = Counter()
     for row_id in ids:
         mine, theirs = ours.rows[row_id], truth.rows[row_id]
         if mine == theirs:
@@ -689,7 +810,7 @@ def main() -> None:
     parser.add_argument("--clauses", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    print(run(args.dsn, args.clauses, args.seed).summary())
+    sys.stdout.write(run(args.dsn, args.clauses, args.seed).summary() + "\n")
 
 
 if __name__ == "__main__":
