@@ -25,9 +25,11 @@ import struct
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from functools import total_ordering
 from typing import Any, Final
+
+from shapes.errors import EvaluationError
 
 SCALARS: Final = frozenset(
     {
@@ -68,6 +70,7 @@ ALIASES: Final = {
     "character": "bpchar",
 }
 
+_INT_WORDS: Final = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 _INT_BASES: Final = {"0x": 16, "0o": 8, "0b": 2}
 _INT_RANGE: Final = {"int2": 1 << 15, "int4": 1 << 31, "int8": 1 << 63}
 _INT_RE: Final = re.compile(
@@ -85,6 +88,7 @@ _NUMERIC_RE: Final = re.compile(
 _TRUE: Final = frozenset({"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"})
 _FALSE: Final = frozenset({"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"})
 _USEC_PER_DAY: Final = 86_400_000_000
+_WIDE: Final = Context(prec=200_000)
 
 
 @total_ordering
@@ -196,24 +200,41 @@ def _int_parser(type_name: str) -> Callable[[str], int]:
         if match is None:
             raise ValueError(text)
         digits = match.group(2)
+        if "_" in digits or digits[:2].lower() in _INT_BASES:
+            raise NewerSyntax(
+                "integer input with a base prefix or underscores is read only by Postgres 16+"
+            )
         base = _INT_BASES.get(digits[:2].lower(), 10)
         value = int(digits[2:] if base != 10 else digits, base)
         if match.group(1) == "-":
             value = -value
         if not -limit <= value < limit:
-            raise ValueError(text)
+            raise _out_of_range(f"value is out of range for type {_INT_WORDS[type_name]}")
         return value
 
     return parse
 
 
+class NewerSyntax(ValueError):
+    """Input only some Postgres versions read: a clause with it is refused, not guessed."""
+
+
+_MANTISSA_DIGIT: Final = re.compile(r"^[^eE]*[1-9]")
+
+
+def _out_of_range(message: str) -> EvaluationError:
+    return EvaluationError(message, "numeric_value_out_of_range")
+
+
 def parse_float8(text: str) -> float:
-    """Parse ``float8`` input, including ``NaN`` and ``±Infinity``."""
+    """Parse ``float8`` input, including ``NaN`` and ``±Infinity`` (no overflow or underflow)."""
     if _FLOAT_RE.fullmatch(text) is None:
-        raise ValueError(text)
+        raise ValueError("invalid input syntax for type double precision")
     value = float(text)
     if math.isinf(value) and "inf" not in text.lower():
-        raise ValueError(text)
+        raise _out_of_range("value is out of range for type double precision")
+    if value == 0.0 and _MANTISSA_DIGIT.search(text):
+        raise _out_of_range("value is out of range for type double precision")
     return value
 
 
@@ -224,22 +245,55 @@ def to_float4(value: float) -> float:
     try:
         return float(struct.unpack("f", struct.pack("f", value))[0])
     except OverflowError:
-        raise ValueError(f"value out of range: {value}") from None
+        raise _out_of_range("value out of range: overflow") from None
+
+
+def float8_to_float4(value: float) -> float:
+    """``float8::float4``: overflow and underflow are errors."""
+    result = to_float4(value)
+    if result == 0.0 and value != 0.0:
+        raise _out_of_range("value out of range: underflow")
+    return result
 
 
 def parse_float4(text: str) -> float:
-    """Parse ``float4`` input."""
-    return to_float4(parse_float8(text))
+    """Parse ``float4`` input (no overflow or underflow)."""
+    try:
+        return float8_to_float4(parse_float8(text))
+    except EvaluationError:
+        raise _out_of_range("value is out of range for type real") from None
+
+
+def check_float(result: float, inf_ok: bool, zero_ok: bool) -> float:
+    """Postgres's check of a float operation's result: overflow to infinity, underflow to 0."""
+    if math.isinf(result) and not inf_ok:
+        raise _out_of_range("value out of range: overflow")
+    if result == 0.0 and not zero_ok:
+        raise _out_of_range("value out of range: underflow")
+    return result
+
+
+def normal_numeric(value: Decimal) -> Decimal:
+    """Postgres has no negative zero and no positive exponent in its numeric scale."""
+    if not value.is_finite():
+        return value
+    if value.is_zero() and value.is_signed():
+        value = -value
+    if value.as_tuple().exponent > 0:  # type: ignore[operator]
+        value = value.quantize(Decimal(1), context=_WIDE)
+    return value
 
 
 def parse_numeric(text: str) -> Decimal:
     """Parse ``numeric`` input (``NaN`` and ``±Infinity`` included)."""
     if _NUMERIC_RE.fullmatch(text) is None:
-        raise ValueError(text)
+        raise ValueError("invalid input syntax for type numeric")
+    if "_" in text:
+        raise NewerSyntax("underscores in numeric input are read only by Postgres 16 and later")
     try:
-        return Decimal(text.strip().replace("_", ""))
+        return normal_numeric(Decimal(text.strip()))
     except InvalidOperation:
-        raise ValueError(text) from None
+        raise ValueError("invalid input syntax for type numeric") from None
 
 
 def parse_uuid(text: str) -> uuid.UUID:
@@ -529,6 +583,8 @@ def parse_text(type_name: str, text: str) -> Any:
     """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse."""
     try:
         return parser_for(type_name)(text)
+    except NewerSyntax:
+        raise
     except (ValueError, TypeError, ArithmeticError):
         raise ValueError(f"invalid syntax for type {type_name}: {text}") from None
 
@@ -850,21 +906,25 @@ def common_numeric(left: str, right: str) -> str:
 
 def _round_half_even_int(value: float) -> int:
     if math.isnan(value) or math.isinf(value):
-        raise ValueError("integer out of range")
+        raise _out_of_range("integer out of range")
     return round(value)
 
 
 def _decimal_to_int(value: Decimal) -> int:
+    if value.is_nan():
+        raise EvaluationError("cannot convert NaN to integer", "feature_not_supported")
     if not value.is_finite():
-        raise ValueError("integer out of range")
+        raise EvaluationError("cannot convert infinity to integer", "feature_not_supported")
+    if value.adjusted() > 20:
+        raise _out_of_range("integer out of range")
     return int(value.to_integral_value(rounding="ROUND_HALF_UP"))
 
 
 def check_int(target: str, value: int) -> int:
-    """``value`` if it fits ``target`` (an integer type), else ``ValueError``."""
+    """``value`` if it fits ``target`` (an integer type), else :class:`EvaluationError`."""
     limit = _INT_RANGE[target]
     if not -limit <= value < limit:
-        raise ValueError(f"{target} out of range")
+        raise _out_of_range(f"{_INT_WORDS[target]} out of range")
     return value
 
 
@@ -895,13 +955,18 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
     if source in TIMESTAMPS and target in TIMESTAMPS:
         return _timestamp_converter(source, target)
     if source in ("timestamp", "timestamptz") and target == "time":
-        return lambda value: value.time().replace(tzinfo=None)
+        return _time_of
     if is_array(source) and is_array(target):
         inner = converter(element_type(source), element_type(target))
         if inner is None:
             return None
         return lambda value: _map_array(value, inner)
     return None
+
+
+def _time_of(value: datetime | Infinity) -> time | None:
+    """``timestamp::time``: NULL for the infinities."""
+    return None if isinstance(value, Infinity) else value.time().replace(tzinfo=None)
 
 
 def _same(value: Any) -> Any:
@@ -926,13 +991,26 @@ def _numeric_converter(source: str, target: str) -> Callable[[Any], Any]:
         return lambda value: check_int(target, _round_half_even_int(value))
     if target == "numeric":
         if source in ("float4", "float8"):
-            return lambda value: Decimal(format_value(source, value))
+            return lambda value: _float_to_numeric(value, 6 if source == "float4" else 15)
         return Decimal
     if target == "float4":
+        if source == "float8":
+            return float8_to_float4
+        if source == "numeric":
+            return lambda value: parse_float4(format_numeric(value))
         return lambda value: to_float4(float(value))
-    if source == "float4":
-        return float
+    if source == "numeric":
+        return lambda value: parse_float8(format_numeric(value))
     return float
+
+
+def _float_to_numeric(value: float, digits: int) -> Decimal:
+    """``float::numeric``: ``digits`` significant digits (15 for float8, 6 for float4)."""
+    if math.isnan(value):
+        return Decimal("NaN")
+    if math.isinf(value):
+        return Decimal("Infinity") if value > 0 else Decimal("-Infinity")
+    return normal_numeric(Decimal(f"{value:.{digits}g}"))
 
 
 def _timestamp_converter(source: str, target: str) -> Callable[[Any], Any]:

@@ -27,7 +27,7 @@ from pglast.enums import (
 
 from shapes import pgtypes, where_like
 from shapes import where_eval as ev
-from shapes.errors import WhereClauseError
+from shapes.errors import RefusedClause, WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
 from shapes.schema import Column
 
@@ -149,6 +149,11 @@ class WhereCompiler:
         offset = len(self.wrapped[: max(location, 0)].encode("utf-8")) - len(PREFIX)
         return WhereClauseError(f"At location {max(offset, 0)}: {message}")
 
+    def refuse(self, location: int, why: str) -> RefusedClause:
+        """A clause Postgres would run that syncd refuses (listed in the module docstring)."""
+        offset = len(self.wrapped[: max(location, 0)].encode("utf-8")) - len(PREFIX)
+        return RefusedClause(f"At location {max(offset, 0)}: refused: {why}")
+
     def fold(self, type_name: str, fn: ev.Fn, location: int, args: Sequence[_Typed]) -> _Typed:
         if all(arg.const for arg in args):
             try:
@@ -196,6 +201,8 @@ class WhereCompiler:
         if value is not None:
             try:
                 value = pgtypes.parse_text(target, value)
+            except pgtypes.NewerSyntax as error:
+                raise self.refuse(typed.location, str(error)) from None
             except ValueError as error:
                 raise self.error(typed.location, str(error)) from None
         return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
@@ -263,10 +270,23 @@ class WhereCompiler:
         if isinstance(value, ast.Integer):
             return self.const("int4", value.ival, location)
         if isinstance(value, ast.Float):
-            text = str(value.fval)
-            if text.isdigit():
+            text = str(value.fval).replace("_", "")
+            if (
+                text[:1] in "+-"
+                and text[1:3].lower() in ("0x", "0o", "0b")
+                or text[:2].lower()
+                in (
+                    "0x",
+                    "0o",
+                    "0b",
+                )
+            ):
+                text = str(int(text, 0))
+            if text.lstrip("+-").isdigit():  # typed as Postgres's make_const types it
                 number = int(text)
-                if number < 1 << 63:
+                if -(1 << 31) <= number < 1 << 31:
+                    return self.const("int4", number, location)
+                if -(1 << 63) <= number < 1 << 63:
                     return self.const("int8", number, location)
             return self.const("numeric", pgtypes.parse_numeric(text), location)
         if isinstance(value, ast.Boolean):
@@ -330,6 +350,9 @@ class WhereCompiler:
             values.append(value)
         if name in ("varchar", "bpchar") and len(values) == 1:
             length = values[0]
+            if length < 1:
+                word = "varchar" if name == "varchar" else "char"
+                raise self.error(location, f"length for type {word} must be at least 1")
             if name == "bpchar":
                 return lambda text: pgtypes.BpChar(text[:length].ljust(length))
             return lambda text: text[:length]
@@ -449,7 +472,14 @@ class WhereCompiler:
             return self.array_op(op, left, right, location)
         raise self.error(location, f"unknown or unsupported operator {op}")
 
+    def same_arrays(self, left: _Typed, right: _Typed, location: int) -> None:
+        """``anyarray`` operators take two arrays of one type: Postgres casts neither."""
+        lt, rt = left.type, right.type
+        if pgtypes.is_array(lt) and pgtypes.is_array(rt) and lt != rt:
+            raise self.error(location, "Could not select an operator overload")
+
     def compare(self, op: str, left: _Typed, right: _Typed, location: int) -> _Typed:
+        self.same_arrays(left, right, location)
         common, (left, right) = self.unify([left, right], location)
         fn = ev.strict2(ev.comparator(op, common), left.fn, right.fn)
         result = self.fold("bool", fn, location, [left, right])
@@ -528,10 +558,10 @@ class WhereCompiler:
         self, op: str, left: _Typed, right: _Typed
     ) -> tuple[str, Callable[[Any, Any], Any], list[_Typed]] | None:
         lt, rt = left.type, right.type
-        if lt == "date" and rt in INTS and op in "+-":
+        if lt == "date" and rt in ("int2", "int4") and op in "+-":
             sign = 1 if op == "+" else -1
             return "date", lambda d, n: ev.date_plus_days(d, sign * n), [left, right]
-        if lt in INTS and rt == "date" and op == "+":
+        if lt in ("int2", "int4") and rt == "date" and op == "+":
             return "date", lambda n, d: ev.date_plus_days(d, n), [left, right]
         if lt == "date" and rt == "date" and op == "-":
             return "int4", ev.date_minus_date, [left, right]
@@ -597,6 +627,7 @@ class WhereCompiler:
     def array_op(self, op: str, left: _Typed, right: _Typed, location: int) -> _Typed:
         if not (pgtypes.is_array(left.type) or pgtypes.is_array(right.type)):
             raise self.error(location, "Could not select an operator overload")
+        self.same_arrays(left, right, location)
         common, (left, right) = self.unify([left, right], location)
         if not pgtypes.is_array(common):
             raise self.error(location, "Could not select an operator overload")
@@ -731,7 +762,7 @@ class WhereCompiler:
         return self.fold("text", ev.strict1(func, arg.fn), location, [arg])
 
     def f_like(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        return self.like("~~" if name == "like" else "~~*", args[0], args[1], location, "\\")
+        return self.like("~~", args[0], args[1], location, "\\")
 
     def f_concat(self, name: str, args: list[_Typed], location: int) -> _Typed:
         parts = [self.concat_part(arg) for arg in args]
@@ -777,7 +808,6 @@ _FUNCTIONS: Final = {
     "lower": (1, 1, "f_case"),
     "upper": (1, 1, "f_case"),
     "like": (2, 2, "f_like"),
-    "ilike": (2, 2, "f_like"),
     "concat": (1, _MANY, "f_concat"),
 }
 

@@ -16,7 +16,7 @@ import math
 import operator
 from collections.abc import Callable, Hashable, Sequence
 from datetime import date, datetime, timedelta
-from decimal import Context, Decimal
+from decimal import Context, Decimal, DivisionByZero, Overflow
 from typing import Any, Final
 
 from shapes import pgtypes, where_like
@@ -26,8 +26,8 @@ from shapes.pgtypes import Infinity, Interval
 Env = Sequence[Any]
 Fn = Callable[[Env], Any]
 
-_NUMERIC_CONTEXT: Final = Context(prec=1000)
-_DIVISION_CONTEXT: Final = Context(prec=40)
+_NUMERIC_CONTEXT: Final = Context(prec=100_000, traps=[DivisionByZero, Overflow])
+"""Exact for every value a clause can meet; inf - inf and the like give NaN as in Postgres."""
 
 
 EvalError = EvaluationError
@@ -83,11 +83,8 @@ def strict2(func: Callable[[Any, Any], Any], left: Fn, right: Fn) -> Fn:
     """``func(left, right)``, NULL when either argument is NULL."""
 
     def run(env: Env) -> Any:
-        a = left(env)
-        if a is None:
-            return None
-        b = right(env)
-        if b is None:
+        a, b = left(env), right(env)  # Postgres evaluates every argument, then checks NULLs
+        if a is None or b is None:
             return None
         return func(a, b)
 
@@ -322,51 +319,117 @@ def like(ignore_case: bool, escape: str = "\\") -> Callable[[str, str], bool]:
 # Arithmetic
 
 
+def _division_by_zero() -> EvaluationError:
+    return EvaluationError("division by zero", "division_by_zero")
+
+
 def _int_div(a: int, b: int) -> int:
     if b == 0:
-        raise EvalError("division by zero")
+        raise _division_by_zero()
     quotient = abs(a) // abs(b)
     return quotient if (a < 0) == (b < 0) else -quotient
 
 
 def _int_mod(a: int, b: int) -> int:
     if b == 0:
-        raise EvalError("division by zero")
+        raise _division_by_zero()
     remainder = abs(a) % abs(b)
     return remainder if a >= 0 else -remainder
 
 
-def _float_div(a: float, b: float) -> float:
-    if b == 0:
-        raise EvalError("division by zero")
-    return a / b
+def _float_op(op: str, single: bool) -> Callable[[float, float], float]:
+    """Float ``+ - * /`` with Postgres's overflow, underflow and division-by-zero errors."""
+    narrow = pgtypes.to_float4 if single else float
+
+    def run(a: float, b: float) -> float:
+        inf_in = math.isinf(a) or math.isinf(b)
+        if op == "+":
+            return pgtypes.check_float(narrow(a + b), inf_in, True)
+        if op == "-":
+            return pgtypes.check_float(narrow(a - b), inf_in, True)
+        if op == "*":
+            return pgtypes.check_float(narrow(a * b), inf_in, a == 0.0 or b == 0.0)
+        if b == 0.0 and not math.isnan(a):
+            raise _division_by_zero()
+        if math.isnan(b) or math.isnan(a):
+            return math.nan
+        if math.isinf(b):
+            quotient = a / b if not math.isinf(a) else math.nan
+        else:
+            quotient = a / b
+        return pgtypes.check_float(narrow(quotient), math.isinf(a), a == 0.0 or math.isinf(b))
+
+    return run
+
+
+def _numeric_scale_parts(value: Decimal) -> tuple[int, int]:
+    """Weight (in base-10000 digits) and value of the first non-zero base-10000 digit."""
+    if value.is_zero():
+        return 0, 0
+    weight = value.adjusted() // 4
+    first = int(abs(value).scaleb(-4 * weight, _NUMERIC_CONTEXT)) % 10000
+    return weight, first
+
+
+def _dscale(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def _numeric_div(a: Decimal, b: Decimal) -> Decimal:
-    if b == 0:
-        raise EvalError("division by zero")
-    return _DIVISION_CONTEXT.divide(a, b)
+    """``numeric / numeric`` with the result scale Postgres chooses (``select_div_scale``)."""
+    if a.is_nan() or b.is_nan():
+        return Decimal("NaN")
+    if b.is_zero():
+        raise _division_by_zero()
+    if a.is_infinite():
+        return Decimal("NaN") if b.is_infinite() else (a if b > 0 else -a)
+    if b.is_infinite():
+        return Decimal(0)
+    weight1, first1 = _numeric_scale_parts(a)
+    weight2, first2 = _numeric_scale_parts(b)
+    quotient_weight = weight1 - weight2 - (1 if first1 <= first2 else 0)
+    scale = max(16 - quotient_weight * 4, _dscale(a), _dscale(b), 0)
+    scale = min(scale, 1000)
+    sign_a, digits_a, exp_a = a.as_tuple()
+    sign_b, digits_b, exp_b = b.as_tuple()
+    num = int("".join(map(str, digits_a)) or "0")
+    den = int("".join(map(str, digits_b)) or "0")
+    shift = int(exp_a) - int(exp_b) + scale
+    if shift >= 0:
+        num *= 10**shift
+    else:
+        den *= 10**-shift
+    quotient, remainder = divmod(num, den)
+    if 2 * remainder >= den:
+        quotient += 1
+    negative = bool(sign_a) != bool(sign_b) and quotient != 0
+    return Decimal((1 if negative else 0, tuple(int(d) for d in str(quotient)), -scale))
 
 
 def _numeric_mod(a: Decimal, b: Decimal) -> Decimal:
-    if b == 0:
-        raise EvalError("division by zero")
+    if a.is_nan() or b.is_nan():
+        return Decimal("NaN")
+    if b.is_zero():
+        raise _division_by_zero()
+    if a.is_infinite():
+        return Decimal("NaN")
+    if b.is_infinite():
+        return a
     return _NUMERIC_CONTEXT.remainder(a, b)
+
+
+def _numeric(func: Callable[[Decimal, Decimal], Decimal]) -> Callable[[Decimal, Decimal], Decimal]:
+    return lambda a, b: pgtypes.normal_numeric(func(a, b))
 
 
 def _checked(type_name: str, func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     if type_name in pgtypes.INTS:
 
         def checked(a: Any, b: Any) -> Any:
-            result = func(a, b)
-            try:
-                return pgtypes.check_int(type_name, result)
-            except ValueError:
-                raise EvalError(f"{type_name} out of range") from None
+            return pgtypes.check_int(type_name, func(a, b))
 
         return checked
-    if type_name == "float4":
-        return lambda a, b: pgtypes.to_float4(func(a, b))
     return func
 
 
@@ -382,22 +445,26 @@ def numeric_op(op: str, type_name: str) -> Callable[[Any, Any], Any] | None:
         }
     elif type_name == "numeric":
         table = {
-            "+": _NUMERIC_CONTEXT.add,
-            "-": _NUMERIC_CONTEXT.subtract,
-            "*": _NUMERIC_CONTEXT.multiply,
-            "/": _numeric_div,
-            "%": _numeric_mod,
+            "+": _numeric(_NUMERIC_CONTEXT.add),
+            "-": _numeric(_NUMERIC_CONTEXT.subtract),
+            "*": _numeric(_NUMERIC_CONTEXT.multiply),
+            "/": _numeric(_numeric_div),
+            "%": _numeric(_numeric_mod),
         }
+    elif op in "+-*/":
+        return _float_op(op, type_name == "float4")
     else:
-        table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _float_div}
+        return None
     func = table.get(op)
     return None if func is None else _checked(type_name, func)
 
 
 def negate_value(type_name: str) -> Callable[[Any], Any]:
-    """Unary minus."""
-    if type_name == "float4":
-        return lambda value: pgtypes.to_float4(-value)
+    """Unary minus (the integer minimum has no negation)."""
+    if type_name in pgtypes.INTS:
+        return lambda value: pgtypes.check_int(type_name, -value)
+    if type_name == "numeric":
+        return lambda value: pgtypes.normal_numeric(-value)
     return operator.neg
 
 

@@ -261,7 +261,6 @@ def test_param_cannot_inject_sql() -> None:
         ("name NOT ILIKE 'A%'", {"name": "abc"}, False),
         ("name LIKE '%.%'", {"name": "a\nb.c"}, True),
         ("like(name, 'a%')", {"name": "abc"}, True),
-        ("ilike(name, 'A%')", {"name": "abc"}, True),
         ("lower(name) = 'abc'", {"name": "ABC"}, True),
         ("upper(name) = 'ABC'", {"name": "abc"}, True),
         ("concat(name, id, flag, NULL) = 'x1t'", {"name": "x", "id": "1", "flag": "t"}, True),
@@ -544,8 +543,10 @@ def test_scalar_parsing() -> None:
     assert pgtypes.parse_bool("of") is False
     with pytest.raises(ValueError):
         pgtypes.parse_bool("o")
-    assert pgtypes.parse_text("int4", "0x1F") == 31
-    assert pgtypes.parse_text("int8", "1_000") == 1000
+    with pytest.raises(pgtypes.NewerSyntax):  # only Postgres 16+ reads these
+        pgtypes.parse_text("int4", "0x1F")
+    with pytest.raises(pgtypes.NewerSyntax):
+        pgtypes.parse_text("int8", "1_000")
     with pytest.raises(ValueError, match="invalid syntax for type int2: 40000"):
         pgtypes.parse_text("int2", "40000")
     assert pgtypes.parse_text("numeric", "1.50") == Decimal("1.50")
