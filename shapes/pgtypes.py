@@ -599,14 +599,33 @@ def parse_array(text: str, element: Callable[[str], Any]) -> tuple[Any, ...]:
     Elements are converted with ``element``; unquoted ``NULL`` becomes ``None``. Dimension
     decorations (``[1:2]={...}``) are not supported.
     """
+    bounds: tuple[int, ...] | None = None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        decoration, equals, rest = stripped.partition("=")
+        match = _DECORATION.fullmatch(decoration.rstrip())
+        if not equals or match is None:
+            raise ValueError("malformed array literal")
+        pairs = _BOUND_PAIR.findall(decoration)
+        bounds = tuple(int(low) for low, _ in pairs)
+        lengths = tuple(int(high) - int(low) + 1 for low, high in pairs)
+        text = rest
     reader = _ArrayReader(text, element)
     reader.skip_space()
     value = reader.read_array()
     reader.skip_space()
     if reader.pos != len(text):
-        raise ValueError(f"malformed array literal: {text}")
+        raise ValueError("malformed array literal")
     _check_rectangular(value)
-    return value
+    if bounds is None:
+        return value
+    if dimensions(value) != lengths:
+        raise ValueError("malformed array literal")
+    return with_bounds(value, bounds)
+
+
+_BOUND_PAIR: Final = re.compile(r"\[\s*([+-]?\d+)\s*:\s*([+-]?\d+)\s*\]")
+_DECORATION: Final = re.compile(r"(?:\[\s*[+-]?\d+\s*:\s*[+-]?\d+\s*\])+")
 
 
 class _ArrayReader:
@@ -716,6 +735,42 @@ def _shape(value: Any) -> tuple[int, ...]:
     return ()
 
 
+class BoundedArray(tuple[Any, ...]):
+    """An array whose lower bounds are not all 1 (``[2:3]={7,8}``); ``bounds`` per dimension."""
+
+    bounds: tuple[int, ...]
+
+    def __new__(cls, items: Any, bounds: tuple[int, ...]) -> BoundedArray:
+        array = super().__new__(cls, items)
+        array.bounds = bounds
+        return array
+
+
+def dimensions(value: tuple[Any, ...]) -> tuple[int, ...]:
+    """The length of each dimension (``()`` for an empty array)."""
+    return _shape(value) if value else ()
+
+
+def lower_bounds(value: tuple[Any, ...]) -> tuple[int, ...]:
+    """The lower bound of each dimension (1 unless written otherwise)."""
+    if isinstance(value, BoundedArray):
+        return value.bounds
+    return (1,) * len(dimensions(value))
+
+
+def with_bounds(items: tuple[Any, ...], bounds: tuple[int, ...]) -> tuple[Any, ...]:
+    """``items`` as an array with the given lower bounds."""
+    if all(bound == 1 for bound in bounds):
+        return tuple(items)
+    return BoundedArray(items, bounds)
+
+
+def array_shape(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What orders arrays with equal elements: dimension count, lengths, lower bounds."""
+    dims = dimensions(value)
+    return (len(dims), dims, lower_bounds(value))
+
+
 def flatten(value: tuple[Any, ...]) -> list[Any]:
     """The elements of a (possibly multidimensional) array in storage order."""
     out: list[Any] = []
@@ -728,7 +783,13 @@ def flatten(value: tuple[Any, ...]) -> list[Any]:
 
 
 def format_array(value: tuple[Any, ...], element: Callable[[Any], str]) -> str:
-    """Render an array as Postgres's ``array_out`` does."""
+    """Render an array as Postgres's ``array_out`` does (``[2:3]={7,8}`` for other bounds)."""
+    if isinstance(value, BoundedArray):
+        dims = dimensions(value)
+        decoration = "".join(
+            f"[{low}:{low + length - 1}]" for low, length in zip(value.bounds, dims, strict=True)
+        )
+        return decoration + "=" + format_array(tuple(value), element)
     parts: list[str] = []
     for item in value:
         if isinstance(item, tuple):

@@ -880,7 +880,6 @@ def _array_cat(left: ev.Fn, right: ev.Fn) -> ev.Fn:
 def _array_add(array: ev.Fn, element: ev.Fn, append: bool) -> ev.Fn:
     def run(env: ev.Env) -> Any:
         values, item = array(env), element(env)
-        values = values or ()
-        return (*values, item) if append else (item, *values)
+        return ev.array_add(values or (), item, append)
 
     return run

@@ -160,14 +160,6 @@ def _float_key(value: Any) -> Any:
     return (0, value)
 
 
-def _array_key(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_array_key(item) for item in value)
-    if value is None:
-        return (2,)
-    return _float_key(value)
-
-
 _COMPARATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "=": operator.eq,
     "<>": operator.ne,
@@ -180,11 +172,38 @@ _COMPARATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
 COMPARISON_OPS: Final = frozenset(_COMPARATORS)
 
 
+def _element_cmp(a: Any, b: Any) -> int:
+    """Three-way comparison of two array elements, NULL above everything (``array_cmp``)."""
+    if a is None or b is None:
+        return (a is None) - (b is None)
+    ka, kb = _float_key(a), _float_key(b)
+    return -1 if ka < kb else (1 if ka > kb else 0)
+
+
+def array_cmp(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+    """Postgres's array ordering: elements in storage order, then the element count, then the
+    number of dimensions, their lengths and lower bounds."""
+    left, right = pgtypes.flatten(a), pgtypes.flatten(b)
+    for x, y in zip(left, right, strict=False):
+        result = _element_cmp(x, y)
+        if result:
+            return result
+    if len(left) != len(right):
+        return -1 if len(left) < len(right) else 1
+    shape_a, shape_b = pgtypes.array_shape(a), pgtypes.array_shape(b)
+    return -1 if shape_a < shape_b else (1 if shape_a > shape_b else 0)
+
+
+def _array_compare(op: str) -> Callable[[Any, Any], bool]:
+    test = _COMPARATORS[op]
+    return lambda a, b: test(array_cmp(a, b), 0)
+
+
 def comparator(op: str, type_name: str) -> Callable[[Any, Any], bool]:
     """The non-NULL comparison function of ``op`` for values of ``type_name``."""
     base = _COMPARATORS[op]
     if pgtypes.is_array(type_name):
-        return lambda a, b: base(_array_key(a), _array_key(b))
+        return _array_compare(op)
     if type_name in ("float4", "float8", "numeric"):
         return lambda a, b: base(_float_key(a), _float_key(b))
     return base
@@ -297,9 +316,37 @@ def array_overlaps(left: tuple[Any, ...], right: tuple[Any, ...]) -> bool:
     return not _element_set(left).isdisjoint(_element_set(right))
 
 
+def _incompatible() -> EvaluationError:
+    return EvaluationError("cannot concatenate incompatible arrays", "array_subscript_error")
+
+
 def array_concat(left: tuple[Any, ...], right: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``anyarray || anyarray`` for arrays of the same dimensionality."""
-    return left + right
+    """``anyarray || anyarray`` (``array_cat``): same dimensions, or one dimension less."""
+    if not left:
+        return right
+    if not right:
+        return left
+    dims_left, dims_right = pgtypes.dimensions(left), pgtypes.dimensions(right)
+    bounds = pgtypes.lower_bounds(left)
+    if len(dims_left) == len(dims_right):
+        if dims_left[1:] != dims_right[1:]:
+            raise _incompatible()
+        return pgtypes.with_bounds(tuple(left) + tuple(right), bounds)
+    if len(dims_left) == len(dims_right) + 1 and dims_left[1:] == dims_right:
+        return pgtypes.with_bounds((*left, tuple(right)), bounds)
+    if len(dims_right) == len(dims_left) + 1 and dims_right[1:] == dims_left:
+        return pgtypes.with_bounds((tuple(left), *right), pgtypes.lower_bounds(right))
+    raise _incompatible()
+
+
+def array_add(array: tuple[Any, ...], item: Any, append: bool) -> tuple[Any, ...]:
+    """``array_append`` / ``array_prepend``: only for empty or one-dimensional arrays."""
+    if any(isinstance(element, tuple) for element in array):
+        raise EvaluationError("argument must be empty or one-dimensional array", "data_exception")
+    if not array:
+        return (item,)
+    bounds = pgtypes.lower_bounds(array)
+    return pgtypes.with_bounds((*array, item) if append else (item, *array), bounds)
 
 
 # ---------------------------------------------------------------------------------------------
