@@ -327,15 +327,19 @@ def array_concat(left: tuple[Any, ...], right: tuple[Any, ...]) -> tuple[Any, ..
     if not right:
         return left
     dims_left, dims_right = pgtypes.dimensions(left), pgtypes.dimensions(right)
-    bounds = pgtypes.lower_bounds(left)
+    bounds_left, bounds_right = pgtypes.lower_bounds(left), pgtypes.lower_bounds(right)
     if len(dims_left) == len(dims_right):
-        if dims_left[1:] != dims_right[1:]:
+        if dims_left[1:] != dims_right[1:] or bounds_left[1:] != bounds_right[1:]:
             raise _incompatible()
-        return pgtypes.with_bounds(tuple(left) + tuple(right), bounds)
-    if len(dims_left) == len(dims_right) + 1 and dims_left[1:] == dims_right:
-        return pgtypes.with_bounds((*left, tuple(right)), bounds)
-    if len(dims_right) == len(dims_left) + 1 and dims_right[1:] == dims_left:
-        return pgtypes.with_bounds((tuple(left), *right), pgtypes.lower_bounds(right))
+        return pgtypes.with_bounds(tuple(left) + tuple(right), bounds_left)
+    if len(dims_left) == len(dims_right) + 1:
+        if dims_left[1:] != dims_right or bounds_left[1:] != bounds_right:
+            raise _incompatible()
+        return pgtypes.with_bounds((*left, tuple(right)), bounds_left)
+    if len(dims_right) == len(dims_left) + 1:
+        if dims_right[1:] != dims_left or bounds_right[1:] != bounds_left:
+            raise _incompatible()
+        return pgtypes.with_bounds((tuple(left), *right), bounds_right)
     raise _incompatible()
 
 
