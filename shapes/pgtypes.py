@@ -6,7 +6,7 @@ for an untyped literal, or ``opaque:<name>`` for a column type outside the subse
 jsonb, ...), whose values stay the text Postgres sent.
 
 Python values: ``bool``, ``int``, ``float``, ``decimal.Decimal``, ``str``, ``uuid.UUID``,
-``datetime.date``/``time``/``datetime`` (``timestamptz`` values are aware and in UTC),
+integers for ``date``/``time``/``timestamp``/``timestamptz`` (:mod:`shapes.pgtime`),
 :class:`Interval`, :class:`Infinity` for ``±infinity`` dates and timestamps, and nested tuples
 for arrays (``None`` for SQL NULL everywhere). ``bpchar`` values are :class:`BpChar`: padded,
 compared without trailing spaces.
@@ -18,17 +18,16 @@ UTC: syncd runs its sessions with ``TimeZone=UTC``.
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
 import struct
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal, InvalidOperation
 from functools import total_ordering
 from typing import Any, Final
 
+from shapes import pgtime
 from shapes.errors import EvaluationError
 
 SCALARS: Final = frozenset(
@@ -310,46 +309,27 @@ def _special(text: str) -> Infinity | None:
     return None
 
 
-def parse_date(text: str) -> date | Infinity:
-    """Parse ``date`` input in ISO form, or ``±infinity``."""
+def parse_date(text: str) -> int | Infinity:
+    """Parse ``date`` input (ISO form, ``BC``, any year in range) or ``±infinity``."""
     special = _special(text)
-    if special is not None:
-        return special
-    return date.fromisoformat(text.strip())
+    return special if special is not None else pgtime.parse_date(text)
 
 
-def parse_time(text: str) -> time:
-    """Parse ``time`` input ``HH:MM[:SS[.ffffff]]``."""
-    value = time.fromisoformat(text.strip())
-    if value.tzinfo is not None:
-        raise ValueError(text)
-    return value
+def parse_time(text: str) -> int:
+    """Parse ``time`` input ``HH:MM[:SS[.ffffff]]`` (``24:00:00`` included)."""
+    return pgtime.parse_time(text)
 
 
-def _parse_datetime(text: str) -> datetime:
-    stripped = text.strip()
-    if stripped[-3:].upper() == "UTC":
-        stripped = stripped[:-3].rstrip() + "+00:00"
-    return datetime.fromisoformat(stripped)
-
-
-def parse_timestamp(text: str) -> datetime | Infinity:
+def parse_timestamp(text: str) -> int | Infinity:
     """Parse ``timestamp`` input; like Postgres, a time zone in the text is ignored."""
     special = _special(text)
-    if special is not None:
-        return special
-    return _parse_datetime(text).replace(tzinfo=None)
+    return special if special is not None else pgtime.parse_timestamp(text, with_zone=False)
 
 
-def parse_timestamptz(text: str) -> datetime | Infinity:
-    """Parse ``timestamptz`` input into an aware UTC datetime (no zone given: UTC)."""
+def parse_timestamptz(text: str) -> int | Infinity:
+    """Parse ``timestamptz`` input (no zone given: UTC, syncd's session time zone)."""
     special = _special(text)
-    if special is not None:
-        return special
-    value = _parse_datetime(text)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return special if special is not None else pgtime.parse_timestamp(text, with_zone=True)
 
 
 _INTERVAL_UNITS: Final = {
@@ -583,7 +563,7 @@ def parse_text(type_name: str, text: str) -> Any:
     """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse."""
     try:
         return parser_for(type_name)(text)
-    except NewerSyntax:
+    except (NewerSyntax, pgtime.OtherSpelling):
         raise
     except (ValueError, TypeError, ArithmeticError):
         raise ValueError(f"invalid syntax for type {type_name}: {text}") from None
@@ -861,21 +841,13 @@ def _format_fraction(micros: int) -> str:
     return f".{micros:06d}".rstrip("0") if micros else ""
 
 
-def format_time(value: time) -> str:
-    """Render a ``time`` as ``HH:MM:SS[.ffffff]`` with trailing zeros trimmed."""
-    return f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}" + _format_fraction(
-        value.microsecond
-    )
-
-
-def format_datetime(value: datetime | date | Infinity) -> str:
-    """Render a date, timestamp or timestamptz (always shown in UTC, as ``+00``)."""
+def format_datetime(type_name: str, value: int | Infinity) -> str:
+    """Render a date, timestamp or timestamptz (shown in UTC, as ``+00``)."""
     if isinstance(value, Infinity):
         return "infinity" if value.sign > 0 else "-infinity"
-    if not isinstance(value, datetime):
-        return value.isoformat()
-    text = f"{value.date().isoformat()} {format_time(value.time())}"
-    return text + "+00" if value.tzinfo is not None else text
+    if type_name == "date":
+        return pgtime.format_date(value)
+    return pgtime.format_timestamp(value, with_zone=type_name == "timestamptz")
 
 
 def format_interval(value: Interval) -> str:
@@ -944,9 +916,9 @@ def format_value(type_name: str, value: Any) -> str:
     if type_name == "numeric":
         return format_numeric(value)
     if type_name in TIMESTAMPS:
-        return format_datetime(value)
+        return format_datetime(type_name, value)
     if type_name == "time":
-        return format_time(value)
+        return pgtime.format_time(value)
     if type_name == "interval":
         return format_interval(value)
     return str(value)
@@ -1025,9 +997,9 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
     return None
 
 
-def _time_of(value: datetime | Infinity) -> time | None:
+def _time_of(value: int | Infinity) -> int | None:
     """``timestamp::time``: NULL for the infinities."""
-    return None if isinstance(value, Infinity) else value.time().replace(tzinfo=None)
+    return None if isinstance(value, Infinity) else value % pgtime.USEC_PER_DAY
 
 
 def _same(value: Any) -> Any:
@@ -1078,41 +1050,30 @@ def _timestamp_converter(source: str, target: str) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if isinstance(value, Infinity):
             return value
+        if source == "date":
+            if target == "date":
+                return value
+            micros = value * pgtime.USEC_PER_DAY
+            try:
+                return pgtime.check_timestamp(micros)
+            except EvaluationError:
+                raise pgtime.out_of_range("date") from None
         if target == "date":
-            return value.date() if isinstance(value, datetime) else value
-        if not isinstance(value, datetime):
-            value = datetime(value.year, value.month, value.day)
-        if target == "timestamptz":
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return value.replace(tzinfo=None)
+            return value // pgtime.USEC_PER_DAY
+        return value
 
     return convert
 
 
-def add_months(value: datetime, months: int) -> datetime:
-    """Add calendar months, clamping the day to the month's end as Postgres does."""
-    total = value.year * 12 + value.month - 1 + months
-    year, month = divmod(total, 12)
-    if not 1 <= year <= 9999:
-        raise ValueError("timestamp out of range")
-    day = min(value.day, calendar.monthrange(year, month + 1)[1])
-    return value.replace(year=year, month=month + 1, day=day)
-
-
-def add_interval(value: datetime | Infinity, interval: Interval) -> datetime | Infinity:
+def add_interval(value: int | Infinity, interval: Interval) -> int | Infinity:
     """``timestamp + interval``: months first, then days, then microseconds."""
     if isinstance(value, Infinity):
         return value
-    try:
-        moved = add_months(value, interval.months)
-        return moved + timedelta(days=interval.days, microseconds=interval.micros)
-    except OverflowError:
-        raise ValueError("timestamp out of range") from None
+    return pgtime.add_interval(value, interval.months, interval.days, interval.micros)
 
 
-def subtract_timestamps(left: datetime, right: datetime) -> Interval:
+def subtract_timestamps(left: int, right: int) -> Interval:
     """``timestamp - timestamp``: whole days plus the remaining time, as Postgres returns it."""
-    delta = left - right
-    micros = delta.days * _USEC_PER_DAY + delta.seconds * 1_000_000 + delta.microseconds
-    days = int(micros / _USEC_PER_DAY)
+    micros = left - right
+    days = abs(micros) // _USEC_PER_DAY * (1 if micros >= 0 else -1)
     return Interval(0, days, micros - days * _USEC_PER_DAY)

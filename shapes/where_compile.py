@@ -25,7 +25,7 @@ from pglast.enums import (
     NullTestType,
 )
 
-from shapes import pgtypes, where_like
+from shapes import pgtime, pgtypes, where_like
 from shapes import where_eval as ev
 from shapes.errors import RefusedClause, WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
@@ -201,7 +201,7 @@ class WhereCompiler:
         if value is not None:
             try:
                 value = pgtypes.parse_text(target, value)
-            except pgtypes.NewerSyntax as error:
+            except (pgtypes.NewerSyntax, pgtime.OtherSpelling) as error:
                 raise self.refuse(typed.location, str(error)) from None
             except ValueError as error:
                 raise self.error(typed.location, str(error)) from None

@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Hashable, Sequence
-from datetime import date, datetime, timedelta
 from decimal import Context, Decimal, DivisionByZero, Overflow
 from typing import Any, Final
 
-from shapes import pgtypes, where_like
+from shapes import pgtime, pgtypes, where_like
 from shapes.errors import EvaluationError
 from shapes.pgtypes import Infinity, Interval
 
@@ -519,33 +518,27 @@ def negate_value(type_name: str) -> Callable[[Any], Any]:
     return operator.neg
 
 
-def date_plus_days(value: date | Infinity, days: int) -> date | Infinity:
+def date_plus_days(value: int | Infinity, days: int) -> int | Infinity:
     """``date + int4``."""
     if isinstance(value, Infinity):
         return value
-    try:
-        return value + timedelta(days=days)
-    except OverflowError:
-        raise EvalError("date out of range") from None
+    return pgtime.check_date(value + days)
 
 
-def date_minus_date(left: date | Infinity, right: date | Infinity) -> int:
+def date_minus_date(left: int | Infinity, right: int | Infinity) -> int:
     """``date - date``: a number of days."""
     if isinstance(left, Infinity) or isinstance(right, Infinity):
-        raise EvalError("cannot subtract infinite dates")
-    return (left - right).days
+        raise EvaluationError("cannot subtract infinite dates", "datetime_value_out_of_range")
+    return left - right
 
 
-def timestamp_plus(value: datetime | Infinity, interval: Interval) -> datetime | Infinity:
+def timestamp_plus(value: int | Infinity, interval: Interval) -> int | Infinity:
     """``timestamp[tz] + interval``."""
-    try:
-        return pgtypes.add_interval(value, interval)
-    except ValueError as error:
-        raise EvalError(str(error)) from None
+    return pgtypes.add_interval(value, interval)
 
 
-def timestamp_minus(left: datetime | Infinity, right: datetime | Infinity) -> Interval:
+def timestamp_minus(left: int | Infinity, right: int | Infinity) -> Interval:
     """``timestamp[tz] - timestamp[tz]``."""
     if isinstance(left, Infinity) or isinstance(right, Infinity):
-        raise EvalError("cannot subtract infinite timestamps")
+        raise EvaluationError("cannot subtract infinite timestamps", "datetime_value_out_of_range")
     return pgtypes.subtract_timestamps(left, right)
