@@ -581,6 +581,11 @@ class WhereCompiler:
             common, args = self.unify([left, right], left.location)
             if common == "date":
                 return None
+            raise self.refuse(
+                left.location,
+                "the difference of two timestamps: Postgres 17 and later give an infinite"
+                " interval where older versions raise an error",
+            )
             return "interval", ev.timestamp_minus, args
         return None
 

@@ -107,6 +107,33 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ("strict_operator_evaluates_both_sides", "(n = 1) = (1 / i4 = 1)", {}, {"i4": "0"}),
     # timestamps
     ("infinite_timestamp_to_time", "(ts)::time IS NULL", {}, {"ts": "'infinity'"}),
+    # dates and timestamps over Postgres's whole range
+    ("date_bc", "d < '0001-01-01'", {}, {"d": "'0044-03-15 BC'"}),
+    ("date_bc_text", "(d)::text = '0044-03-15 BC'", {}, {"d": "'0044-03-15 BC'"}),
+    ("date_past_9999", "d > '9999-12-31'", {}, {"d": "'12000-01-01'"}),
+    ("date_past_9999_plus_days", "(d + i4) IN (d)", {}, {"d": "'12000-01-01'", "i4": "-1"}),
+    ("timestamp_bc", "ts < '0001-01-01 00:00'", {}, {"ts": "'0044-03-15 10:00 BC'"}),
+    (
+        "timestamp_bc_plus_interval",
+        "(ts + iv)::text LIKE '%BC'",
+        {},
+        {"ts": "'0044-03-15 10:00 BC'", "iv": "'1 mon'"},
+    ),
+    (
+        "timestamptz_bc_text",
+        "(tz)::text = '0044-03-15 10:00:00+00 BC'",
+        {},
+        {"tz": "'0044-03-15 10:00+00 BC'"},
+    ),
+    ("time_24_00", "tm > '23:59:59.999999'", {}, {"tm": "'24:00:00'"}),
+    ("time_24_00_literal", "'24:00:00'::time > tm", {}, {"tm": "'12:00'"}),
+    ("date_plus_int_out_of_range", "(d + 2147483647) > d", {}, {"d": "'2000-01-01'"}),
+    (
+        "timestamp_month_end_clamp",
+        "(ts + '1 mon'::interval)::text = '2000-02-29 08:00:00'",
+        {},
+        {"ts": "'2000-01-31 08:00'"},
+    ),
     # LIKE: a dangling escape raises only where Postgres's matcher reaches it
     ("like_dangling_escape_reached", "t LIKE 'a\\'", {}, {"t": "'ab'"}),
     ("like_dangling_escape_not_reached", "t LIKE 'a\\'", {}, {"t": "'b'"}),
@@ -149,3 +176,11 @@ def test_decides_as_postgres(
     report = fuzzer.Report()
     fuzzer.check_clause(fuzz_conn, clause, params, rows, report)
     assert report.mismatches == 0, report.summary()
+
+
+def test_timestamp_difference_is_refused() -> None:
+    from shapes.errors import RefusedClause
+    from shapes.where import parse_where
+
+    with pytest.raises(RefusedClause, match="Postgres 17"):
+        parse_where("(ts - tz) < iv", fuzzer.COLUMNS)
