@@ -27,7 +27,7 @@ from decimal import Context, Decimal, InvalidOperation
 from functools import total_ordering
 from typing import Any, Final
 
-from shapes import pgtime
+from shapes import pgjson, pgtime
 from shapes.errors import EvaluationError
 
 SCALARS: Final = frozenset(
@@ -55,6 +55,8 @@ NUMERIC_RANK: Final = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 
 TEXTS: Final = frozenset({"text", "varchar", "bpchar"})
 TIMESTAMPS: Final = frozenset({"date", "timestamp", "timestamptz"})
 UNKNOWN: Final = "unknown"
+JSONB: Final = "opaque:jsonb"
+"""``jsonb`` has no operators here: casts to it, ``IS NULL`` and ``::text`` only."""
 
 ALIASES: Final = {
     "int": "int4",
@@ -560,8 +562,13 @@ def parser_for(type_name: str) -> Callable[[str], Any]:
 
 
 def parse_text(type_name: str, text: str) -> Any:
-    """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse."""
+    """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse.
+
+    A ``jsonb`` literal is brought to the form Postgres outputs (column values already are).
+    """
     try:
+        if type_name == JSONB:
+            return pgjson.canonical_jsonb(text)
         return parser_for(type_name)(text)
     except (NewerSyntax, pgtime.OtherSpelling):
         raise
@@ -970,6 +977,8 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
     """
     if source == target:
         return _same
+    if target == JSONB and (source in TEXTS or source == UNKNOWN):
+        return pgjson.canonical_jsonb
     if source in TEXTS or source.startswith("opaque:") or source == UNKNOWN:
         if target in TEXTS:
             if target == "bpchar":

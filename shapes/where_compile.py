@@ -193,7 +193,7 @@ class WhereCompiler:
         return _Typed(target, fn, typed.location, column=column)
 
     def literal(self, typed: _Typed, target: str) -> _Typed:
-        if target.startswith("opaque:"):
+        if target.startswith("opaque:") and target != pgtypes.JSONB:
             raise self.error(typed.location, f"cannot compare with type {_shown(target)}")
         if typed.param is not None:
             self.param_types[id(typed.param)] = (typed.param, target)
@@ -332,6 +332,8 @@ class WhereCompiler:
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
         name = pgtypes.ALIASES.get(names[-1], names[-1]) if len(names) == 1 else ""
+        if name == "jsonb" and not (node.typmods or node.arrayBounds or node.setof):
+            return pgtypes.JSONB, None
         if name not in SCALARS or node.setof or node.pct_type:
             raise self.error(location, f"unsupported type {'.'.join(names)}")
         modifier = self.type_modifier(name, node.typmods, location)

@@ -134,6 +134,15 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
         {},
         {"ts": "'2000-01-31 08:00'"},
     ),
+    # the jsonb cast, rendered as jsonb prints
+    ("jsonb_cast_accepted", "j::jsonb IS NOT NULL", {}, {"j": "'{}'"}),
+    (
+        "jsonb_literal_canonical",
+        '(\'{"b": 1, "a": [1e2, -0], "b": 2}\'::jsonb)::text = (j)::text',
+        {},
+        {"j": '\'{"a": [100, 0], "b": 2}\''},
+    ),
+    ("jsonb_cast_of_text_error", "(t)::jsonb IS NULL", {}, {"t": "'not json'"}),
     # LIKE: a dangling escape raises only where Postgres's matcher reaches it
     ("like_dangling_escape_reached", "t LIKE 'a\\'", {}, {"t": "'ab'"}),
     ("like_dangling_escape_not_reached", "t LIKE 'a\\'", {}, {"t": "'b'"}),
