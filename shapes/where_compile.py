@@ -81,10 +81,18 @@ def _common2(left: str, right: str) -> str | None:
     return None
 
 
-def _common(types: Sequence[str]) -> str | None:
+def _common(types: Sequence[str], first_text_wins: bool = False) -> str | None:
+    """The type values are compared or combined in.
+
+    Operators prefer ``text`` when string types mix; ``first_text_wins`` follows
+    ``select_common_type`` instead (``COALESCE``, ``GREATEST``, ``ARRAY[...]``): the string types
+    cast to each other implicitly, so the first one is kept.
+    """
     known = [name for name in types if name != UNKNOWN]
     if not known:
         return "text"
+    if first_text_wins and known[0] in TEXTS and all(name in TEXTS for name in known):
+        return known[0]
     result: str | None = known[0]
     for name in known[1:]:
         if result is None:
@@ -207,8 +215,10 @@ class WhereCompiler:
                 raise self.error(typed.location, str(error)) from None
         return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
 
-    def unify(self, items: Sequence[_Typed], location: int) -> tuple[str, list[_Typed]]:
-        common = _common([item.type for item in items])
+    def unify(
+        self, items: Sequence[_Typed], location: int, first_text_wins: bool = False
+    ) -> tuple[str, list[_Typed]]:
+        common = _common([item.type for item in items], first_text_wins)
         if common is None:
             raise self.error(location, "Could not select an operator overload")
         return common, [self.coerce(item, common) for item in items]
@@ -691,6 +701,8 @@ class WhereCompiler:
     def between(self, node: Any, kind: A_Expr_Kind, location: int) -> _Typed:
         needle = self.compile(node.lexpr)
         low, high = (self.compile(bound) for bound in node.rexpr)
+        if needle.type == UNKNOWN:  # typed by the first comparison, x >= low, as Postgres does
+            needle = self.literal(needle, low.type if low.type != UNKNOWN else "text")
 
         def within(lower: _Typed, upper: _Typed) -> _Typed:
             first = self.compare("<=", lower, needle, location)
@@ -712,7 +724,7 @@ class WhereCompiler:
         elements = [self.compile(item) for item in node.elements or ()]
         if not elements:
             raise self.error(location, "cannot determine type of empty array")
-        common, elements = self.unify(elements, location)
+        common, elements = self.unify(elements, location, first_text_wins=True)
         type_name = common if pgtypes.is_array(common) else common + "[]"
         fns = [element.fn for element in elements]
 
@@ -793,11 +805,11 @@ class WhereCompiler:
         return self.fold("text", ev.strict1(render, typed.fn), typed.location, [typed])
 
     def f_coalesce(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        common, args = self.unify(args, location)
+        common, args = self.unify(args, location, first_text_wins=True)
         return self.fold(common, ev.coalesce([arg.fn for arg in args]), location, args)
 
     def f_greatest(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        common, args = self.unify(args, location)
+        common, args = self.unify(args, location, first_text_wins=True)
         compare = ev.comparator(">" if name == "greatest" else "<", common)
         return self.fold(common, ev.greatest(compare, [arg.fn for arg in args]), location, args)
 

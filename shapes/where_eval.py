@@ -228,6 +228,8 @@ def in_list(compare_eq: Callable[[Any, Any], bool], needle: Fn, items: Sequence[
     def run(env: Env) -> bool | None:
         value = needle(env)
         if value is None:
+            for item in items:  # Postgres still evaluates the list (it may raise)
+                item(env)
             return None
         saw_null = False
         for item in items:
@@ -245,13 +247,12 @@ def quantified(func: Callable[[Any, Any], bool | None], left: Fn, array: Fn, wan
     """``x op ANY(array)`` / ``x op ALL(array)`` with Postgres's NULL rules."""
 
     def run(env: Env) -> bool | None:
-        elements = array(env)
+        value, elements = left(env), array(env)  # both evaluated, as Postgres does
         if elements is None:
             return None
         elements = pgtypes.flatten(elements)
         if not elements:
             return want_all
-        value = left(env)
         if value is None:
             return None
         saw_null = False

@@ -105,6 +105,12 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ),
     # every argument of a strict operator is evaluated before NULL is returned
     ("strict_operator_evaluates_both_sides", "(n = 1) = (1 / i4 = 1)", {}, {"i4": "0"}),
+    (
+        "any_evaluates_left_of_empty_array",
+        "(i8 / i2) = ANY(ia)",
+        {},
+        {"i2": "0", "i8": "1", "ia": "'{}'"},
+    ),
     # timestamps
     ("infinite_timestamp_to_time", "(ts)::time IS NULL", {}, {"ts": "'infinity'"}),
     # dates and timestamps over Postgres's whole range
@@ -133,6 +139,14 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
         "(ts + '1 mon'::interval)::text = '2000-02-29 08:00:00'",
         {},
         {"ts": "'2000-01-31 08:00'"},
+    ),
+    # types chosen as Postgres chooses them
+    ("greatest_keeps_first_string_type", "greatest(c, t) = c", {}, {"c": "'ab'", "t": "'ab  '"}),
+    (
+        "between_parameter_typed_by_low_bound",
+        "$1 NOT BETWEEN u AND 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        {"1": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
+        {"u": "'00000000-0000-0000-0000-000000000000'"},
     ),
     # the jsonb cast, rendered as jsonb prints
     ("jsonb_cast_accepted", "j::jsonb IS NOT NULL", {}, {"j": "'{}'"}),
