@@ -701,7 +701,7 @@ class WhereCompiler:
     def between(self, node: Any, kind: A_Expr_Kind, location: int) -> _Typed:
         needle = self.compile(node.lexpr)
         low, high = (self.compile(bound) for bound in node.rexpr)
-        if needle.type == UNKNOWN:  # typed by the first comparison, x >= low, as Postgres does
+        if needle.type == UNKNOWN and needle.param is not None:  # typed by x >= low, as in Postgres
             needle = self.literal(needle, low.type if low.type != UNKNOWN else "text")
 
         def within(lower: _Typed, upper: _Typed) -> _Typed:

@@ -148,6 +148,12 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
         {"1": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
         {"u": "'00000000-0000-0000-0000-000000000000'"},
     ),
+    (
+        "between_literal_typed_per_comparison",
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' BETWEEN SYMMETRIC 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' AND u",
+        {},
+        {"u": "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"},
+    ),
     # the jsonb cast, rendered as jsonb prints
     ("jsonb_cast_accepted", "j::jsonb IS NOT NULL", {}, {"j": "'{}'"}),
     (
