@@ -72,7 +72,8 @@ def _common2(left: str, right: str) -> str | None:
     if left in NUMERIC_RANK and right in NUMERIC_RANK:
         return pgtypes.common_numeric(left, right)
     if left in TEXTS and right in TEXTS:
-        return "text"
+        # operator resolution: bpchar's operators take varchar exactly-once; text is preferred
+        return "bpchar" if {left, right} == {"varchar", "bpchar"} else "text"
     if left in TIMESTAMPS and right in TIMESTAMPS:
         return max(left, right, key=_TIMESTAMP_ORDER.index)
     if pgtypes.is_array(left) and pgtypes.is_array(right):

@@ -150,10 +150,13 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ),
     (
         "between_literal_typed_per_comparison",
-        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' BETWEEN SYMMETRIC 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' AND u",
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' BETWEEN SYMMETRIC"
+        " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11' AND u",
         {},
         {"u": "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"},
     ),
+    ("varchar_compared_as_bpchar", "vc = c", {}, {"vc": "'ab  '", "c": "'ab'"}),
+    ("text_compared_as_text", "t = c", {}, {"t": "'ab  '", "c": "'ab'"}),
     # the jsonb cast, rendered as jsonb prints
     ("jsonb_cast_accepted", "j::jsonb IS NOT NULL", {}, {"j": "'{}'"}),
     (
