@@ -32,7 +32,7 @@ from pglast.parser import ParseError
 
 from shapes import pgtypes, where_sql
 from shapes import where_eval as ev
-from shapes.errors import InvalidRequest, WhereClauseError
+from shapes.errors import EvaluationError, InvalidRequest, WhereClauseError
 from shapes.schema import Column
 from shapes.where_compile import PREFIX, IndexCondition, WhereCompiler, column_type
 
@@ -85,9 +85,10 @@ class Where:
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """Whether the row (column name -> Postgres text value, None for NULL) is in the shape.
 
-        NULL and false both mean "no". A missing column counts as NULL. Raises ``ValueError``
-        when a referenced value does not parse as its column's type, or when Postgres would fail
-        evaluating the clause (``EvalError``, e.g. division by zero).
+        NULL and false both mean "no". A missing column counts as NULL. Raises
+        :class:`~shapes.errors.EvaluationError` (a ``ValueError``) exactly where Postgres would
+        raise evaluating the clause on this row (division by zero, out of range, ...) and when
+        a referenced value does not parse as its column's type; messages never quote row data.
         """
         env: list[Any] = []
         for name, parse in self._slots:
@@ -97,8 +98,11 @@ class Where:
                 continue
             try:
                 env.append(parse(text))
-            except (ValueError, TypeError, ArithmeticError):
-                raise ValueError(f"column {name} has an unparseable value {text!r}") from None
+            except (ValueError, TypeError, ArithmeticError, RecursionError):
+                raise EvaluationError(
+                    f"column {name} has a value that does not parse as its type",
+                    "invalid_text_representation",
+                ) from None
         return self._fn(env) is True
 
     def index_conditions(self) -> tuple[IndexCondition, ...]:

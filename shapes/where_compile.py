@@ -62,6 +62,7 @@ class _Typed:
     column: str | None = None
     eqs: tuple[IndexCondition, ...] = ()
     param: Any = None
+    failed: Exception | None = None  # folding this constant expression raised
 
 
 def _common2(left: str, right: str) -> str | None:
@@ -164,17 +165,28 @@ class WhereCompiler:
         return RefusedClause(f"At location {max(offset, 0)}: refused: {why}")
 
     def fold(self, type_name: str, fn: ev.Fn, location: int, args: Sequence[_Typed]) -> _Typed:
+        """Constant arguments are evaluated now, as Postgres's planner does.
+
+        A constant expression that raises is kept as *failed*: Postgres raises when planning,
+        unless an ``AND``/``OR``/``COALESCE`` before it already decided (see ``short_circuit``).
+        A failed root refuses the clause.
+        """
+        for arg in args:
+            if arg.failed is not None:
+                return _failed(type_name, arg.failed, arg.location)
         if all(arg.const for arg in args):
             try:
                 value = fn(())
             except (ValueError, ArithmeticError) as error:
-                raise self.error(location, str(error)) from None
+                return _failed(type_name, error, location)
             return _Typed(type_name, ev.constant(value), location, const=True, value=value)
         return _Typed(type_name, fn, location)
 
     def coerce(self, typed: _Typed, target: str, explicit: bool = False) -> _Typed:
         if typed.type == target:
             return typed
+        if typed.failed is not None:
+            return _failed(target, typed.failed, typed.location)
         if typed.type == UNKNOWN:
             return self.literal(typed, target)
         source = typed.type
@@ -192,7 +204,7 @@ class WhereCompiler:
             try:
                 value = None if typed.value is None else convert(typed.value)
             except (ValueError, ArithmeticError) as error:
-                raise self.error(typed.location, str(error)) from None
+                return _failed(target, error, typed.location)
             return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
         identity = (source in INTS and target in INTS and not explicit) or (
             source in ("text", "varchar") and target in ("text", "varchar")
@@ -232,6 +244,8 @@ class WhereCompiler:
             root = self.literal(root, "bool")
         if root.type != "bool":
             raise self.error(root.location, "WHERE clause must return a boolean")
+        if root.failed is not None:  # Postgres raises this while planning the snapshot
+            raise self.error(root.location, str(root.failed))
         return root
 
     def substitute_params(self, node: Any) -> None:
@@ -403,6 +417,9 @@ class WhereCompiler:
         args = [self.to_bool(self.compile(arg), what) for arg in node.args]
         if what == "NOT":
             return self.fold("bool", ev.not_(args[0].fn), location, args)
+        decided = _short_circuit(args, what == "OR", location)
+        if decided is not None:
+            return decided
         fns = [arg.fn for arg in args]
         if what == "OR":
             return self.fold("bool", ev.or_(fns), location, args)
@@ -618,7 +635,9 @@ class WhereCompiler:
         if typed.type == "bpchar":
             return self.coerce(typed, "text")
         if typed.type in TEXTS or typed.type.startswith("opaque:"):
-            return _Typed("text", typed.fn, typed.location, typed.const, typed.value)
+            return _Typed(
+                "text", typed.fn, typed.location, typed.const, typed.value, failed=typed.failed
+            )
         if pgtypes.is_array(typed.type):
             raise self.error(location, "Could not select an operator overload")
         source = typed.type
@@ -807,7 +826,18 @@ class WhereCompiler:
 
     def f_coalesce(self, name: str, args: list[_Typed], location: int) -> _Typed:
         common, args = self.unify(args, location, first_text_wins=True)
-        return self.fold(common, ev.coalesce([arg.fn for arg in args]), location, args)
+        kept: list[_Typed] = []
+        for arg in args:  # the planner stops at the first non-NULL constant
+            if arg.failed is not None:
+                return _failed(common, arg.failed, arg.location)
+            if arg.const and arg.value is None:
+                continue
+            kept.append(arg)
+            if arg.const:
+                break
+        if not kept:
+            return self.const(common, None, location)
+        return self.fold(common, ev.coalesce([arg.fn for arg in kept]), location, kept)
 
     def f_greatest(self, name: str, args: list[_Typed], location: int) -> _Typed:
         common, args = self.unify(args, location, first_text_wins=True)
@@ -832,6 +862,26 @@ _FUNCTIONS: Final = {
 }
 
 
+def _failed(type_name: str, error: Exception, location: int) -> _Typed:
+    message = str(error)
+
+    def run(env: ev.Env) -> Any:
+        raise ev.EvalError(message)
+
+    return _Typed(type_name, run, location, failed=error)
+
+
+def _short_circuit(args: Sequence[_Typed], stop: bool, location: int) -> _Typed | None:
+    """``AND`` (``stop`` false) / ``OR`` (true) as the planner folds them, in order: a failed
+    constant raises, a constant ``stop`` decides and the arguments after it are never run."""
+    for arg in args:
+        if arg.failed is not None:
+            return _failed("bool", arg.failed, arg.location)
+        if arg.const and arg.value is stop:
+            return _Typed("bool", ev.constant(stop), location, const=True, value=stop)
+    return None
+
+
 def _eq_condition(column_side: _Typed, const_side: _Typed) -> IndexCondition | None:
     if column_side.column is None or not const_side.const:
         return None
@@ -848,8 +898,11 @@ def _guard(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return func(value)
         except ev.EvalError:
             raise
-        except (ValueError, ArithmeticError, OverflowError) as error:
-            raise ev.EvalError(str(error)) from None
+        except (ValueError, ArithmeticError, OverflowError, RecursionError):
+            # the input function's message may quote the row's value: never pass it on
+            raise ev.EvalError(
+                "invalid input syntax in a cast", "invalid_text_representation"
+            ) from None
 
     return run
 
