@@ -604,6 +604,8 @@ def parse_array(text: str, element: Callable[[str], Any]) -> tuple[Any, ...]:
     if reader.pos != len(text):
         raise ValueError("malformed array literal")
     _check_rectangular(value)
+    if len(dimensions(value)) > _MAX_DIMENSIONS:
+        raise ValueError("number of array dimensions exceeds the maximum allowed (6)")
     if bounds is None:
         return value
     if dimensions(value) != lengths:
@@ -611,6 +613,7 @@ def parse_array(text: str, element: Callable[[str], Any]) -> tuple[Any, ...]:
     return with_bounds(value, bounds)
 
 
+_MAX_DIMENSIONS: Final = 6
 _BOUND_PAIR: Final = re.compile(r"\[\s*([+-]?\d+)\s*:\s*([+-]?\d+)\s*\]")
 _DECORATION: Final = re.compile(r"(?:\[\s*[+-]?\d+\s*:\s*[+-]?\d+\s*\])+")
 

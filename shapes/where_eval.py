@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Hashable, Sequence
-from decimal import Context, Decimal, DivisionByZero, Overflow
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, DivisionByZero
 from typing import Any, Final
 
 from shapes import pgtime, pgtypes, where_like
@@ -25,8 +25,11 @@ from shapes.pgtypes import Infinity, Interval
 Env = Sequence[Any]
 Fn = Callable[[Env], Any]
 
-_NUMERIC_CONTEXT: Final = Context(prec=100_000, traps=[DivisionByZero, Overflow])
-"""Exact for every value a clause can meet; inf - inf and the like give NaN as in Postgres."""
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[DivisionByZero])
+"""Exact decimal arithmetic (``inf - inf`` and the like give NaN, as in Postgres)."""
+_NUMERIC_CONTEXT: Final = _EXACT
+_NUMERIC_WEIGHT_DIGITS: Final = 131_072  # digits before the point Postgres can store
+_NUMERIC_SCALE_MAX: Final = 16_383  # digits after the point
 
 
 EvalError = EvaluationError
@@ -442,20 +445,13 @@ def _numeric_div(a: Decimal, b: Decimal) -> Decimal:
     quotient_weight = weight1 - weight2 - (1 if first1 <= first2 else 0)
     scale = max(16 - quotient_weight * 4, _dscale(a), _dscale(b), 0)
     scale = min(scale, 1000)
-    sign_a, digits_a, exp_a = a.as_tuple()
-    sign_b, digits_b, exp_b = b.as_tuple()
-    num = int("".join(map(str, digits_a)) or "0")
-    den = int("".join(map(str, digits_b)) or "0")
-    shift = int(exp_a) - int(exp_b) + scale
-    if shift >= 0:
-        num *= 10**shift
-    else:
-        den *= 10**-shift
-    quotient, remainder = divmod(num, den)
-    if 2 * remainder >= den:
+    # exact: quotient = round_half_up(|a| / |b| * 10^scale), in integer Decimal arithmetic
+    num, den = abs(a).scaleb(scale, _EXACT), abs(b)
+    quotient, remainder = _EXACT.divmod(num, den)
+    if _EXACT.compare(remainder * 2, den) >= 0:
         quotient += 1
-    negative = bool(sign_a) != bool(sign_b) and quotient != 0
-    return Decimal((1 if negative else 0, tuple(int(d) for d in str(quotient)), -scale))
+    result = quotient.scaleb(-scale, _EXACT)
+    return -result if a.is_signed() != b.is_signed() and not result.is_zero() else result
 
 
 def _numeric_mod(a: Decimal, b: Decimal) -> Decimal:
@@ -471,7 +467,24 @@ def _numeric_mod(a: Decimal, b: Decimal) -> Decimal:
 
 
 def _numeric(func: Callable[[Decimal, Decimal], Decimal]) -> Callable[[Decimal, Decimal], Decimal]:
-    return lambda a, b: pgtypes.normal_numeric(func(a, b))
+    def run(a: Decimal, b: Decimal) -> Decimal:
+        if (
+            a.is_finite()
+            and b.is_finite()
+            and max(a.adjusted(), b.adjusted()) > 2 * (_NUMERIC_WEIGHT_DIGITS)
+        ):
+            raise _numeric_overflow()  # not a value Postgres can hold: never compute it
+        result = pgtypes.normal_numeric(func(a, b))
+        if result.is_finite() and not result.is_zero():
+            if result.adjusted() >= _NUMERIC_WEIGHT_DIGITS or _dscale(result) > _NUMERIC_SCALE_MAX:
+                raise _numeric_overflow()
+        return result
+
+    return run
+
+
+def _numeric_overflow() -> EvaluationError:
+    return EvaluationError("value overflows numeric format", "numeric_value_out_of_range")
 
 
 def _checked(type_name: str, func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

@@ -88,7 +88,11 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ("numeric_infinity_division", "n / n > 0", {}, {"n": "'Infinity'"}),
     ("numeric_nan_division_by_zero", "n / 0 > 0", {}, {"n": "'NaN'"}),
     ("numeric_exponent_literal_scale", "(n * 1e3)::text = '2000'", {}, {"n": "2"}),
+    ("numeric_huge_exact", "n + 1 > n", {}, {"n": "1e100000"}),
+    ("numeric_huge_division", "(n / 7)::text LIKE '142857142857%'", {}, {"n": "1e100000"}),
+    ("numeric_huge_overflow", "n * n > n", {}, {"n": "1e100000"}),
     # arrays
+    ("array_more_than_six_dimensions", "ia = '{{{{{{{1}}}}}}}'", {}, {"ia": "'{1}'"}),
     ("array_compare_other_dimensions", "ia < '{7}'", {}, {"ia": "'{{1,2},{3,4}}'"}),
     ("array_compare_nested_literal", "ia < '{{1}}'", {}, {"ia": "'{1,2}'"}),
     ("array_explicit_bounds_equal", "ia = '{7,8}'", {}, {"ia": "'[2:3]={7,8}'"}),
