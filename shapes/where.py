@@ -15,9 +15,9 @@ Errors are :class:`~shapes.errors.WhereClauseError` with the reference server's 
 errors carry the parser's position in the wrapped string (``At location 17: syntax error at or
 near "x"`` for ``1 x 1``), semantic errors the byte offset inside the clause itself.
 
-Deviations from Postgres, all conservative: text compares by code point (``C`` collation);
-``numeric`` is exact ``Decimal`` arithmetic (division to 40 significant digits);
-``timestamptz`` values and literals without a zone are read as UTC.
+Decisions are Postgres's (values read as syncd's sessions output them, ``C`` collation); what
+is refused rather than risk deciding differently is listed in :mod:`shapes.where_compile`.
+Evaluation raises :class:`~shapes.errors.EvaluationError` exactly where Postgres raises.
 """
 
 from __future__ import annotations

@@ -7,6 +7,29 @@ Layer: ``shapes`` (pure). :class:`WhereCompiler` walks the pglast tree of a clau
 parameters into the tree as typed literals, and builds :mod:`shapes.where_eval` closures over a
 row environment (one slot per referenced column). Top-level ``col = const`` conjuncts are
 collected as index conditions for the router.
+
+Every clause accepted here is decided exactly as Postgres decides it (the differential fuzzer in
+``tests/where_fuzz`` holds it to that), or refused with a 400 saying why. Refused although
+Postgres would run them (:class:`~shapes.errors.RefusedClause`), because the answer would depend
+on the server's version:
+
+* integer or numeric literals with a base prefix (``'0x1F'``) or underscores (``'1_000'``):
+  only Postgres 16 and later read them;
+* ``timestamp - timestamp``: Postgres 17 and later return an infinite interval where older
+  versions raise;
+* date, time and timestamp literals not written in ISO 8601 (``'Feb 29 2024'``): their
+  meaning depends on ``DateStyle`` and the parser's many spellings.
+
+Refused as Postgres refuses them: a constant part that raises while the snapshot is planned
+(``1 / 0 = x``; but ``false AND 1 / 0 = 1`` is accepted, as the planner never folds it),
+``ilike(a, b)``, ``::varchar(0)``, ``date + int8``, ``anyarray`` operators on arrays of
+different types. Assumed of the database: the ``C`` collation and ctype (text compares by code
+point; ``lower``/``upper``/``ILIKE`` change ASCII letters only) and, as syncd's sessions set,
+``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=iso_8601``. Not read in rows (the row's
+evaluation raises :class:`~shapes.errors.EvaluationError`): infinite intervals (Postgres 17+).
+Postgres may evaluate the top-level ``AND`` conditions of a snapshot's ``WHERE`` in another
+order than written; this evaluator goes left to right, as Postgres does for one expression, so
+on a row where a later condition raises the two may differ (raise or decide).
 """
 
 from __future__ import annotations
