@@ -11,7 +11,7 @@ from tests.where_fuzz.fuzzer import run
 
 
 def test_evaluator_and_snapshot_decide_as_postgres(pg_dsn: str) -> None:
-    clauses = int(os.environ.get("WHERE_FUZZ_CLAUSES", "300"))
+    clauses = int(os.environ.get("WHERE_FUZZ_CLAUSES", "500"))
     seed = int(os.environ.get("WHERE_FUZZ_SEED", "20261204"))
     report = run(pg_dsn, clauses, seed)
     assert report.mismatches == 0, report.summary()
