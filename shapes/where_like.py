@@ -45,6 +45,7 @@ _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklm
 _ASCII_UPPER: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _ANY: Final = None  # a ``_`` inside a segment
 _MASK_ALPHABET: Final = 250  # distinct characters per bit-mask pass (bytes 1..250)
+_CACHED_PATTERN_CHARS: Final = 1024
 
 Item = str | None
 """One position of a segment: a literal character, or None for ``_``."""
@@ -252,9 +253,23 @@ def _error_probe(items: list[list[Item]], ignore_case: bool) -> LikePattern:
     return LikePattern(_build([*head, []], ignore_case), ignore_case, False, None)
 
 
-@lru_cache(maxsize=4096)
 def compile_pattern(pattern: str, escape: str = "\\", ignore_case: bool = False) -> LikePattern:
-    """Compile a LIKE pattern; ``escape`` is one character or ``""`` for none."""
+    """Compile a LIKE pattern; ``escape`` is one character or ``""`` for none.
+
+    Short patterns (constants, mostly) are cached; long ones, which can only come from row
+    values, are not, so the cache's memory stays bounded.
+    """
+    if len(pattern) <= _CACHED_PATTERN_CHARS:
+        return _compile_cached(pattern, escape, ignore_case)
+    return _compile(pattern, escape, ignore_case)
+
+
+@lru_cache(maxsize=4096)
+def _compile_cached(pattern: str, escape: str, ignore_case: bool) -> LikePattern:
+    return _compile(pattern, escape, ignore_case)
+
+
+def _compile(pattern: str, escape: str, ignore_case: bool) -> LikePattern:
     items, dangling = _items(pattern, escape)
     if dangling:
         probe = _error_probe(items, ignore_case)
