@@ -279,7 +279,7 @@ def normal_numeric(value: Decimal) -> Decimal:
     if not value.is_finite():
         return value
     if value.is_zero() and value.is_signed():
-        value = -value
+        value = value.copy_negate()
     if value.as_tuple().exponent > 0:  # type: ignore[operator]
         value = value.quantize(Decimal(1), context=_WIDE)
     return value

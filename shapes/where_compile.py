@@ -125,6 +125,8 @@ def _common(types: Sequence[str], first_text_wins: bool = False) -> str | None:
         result = _common2(result, name)
     if result is not None and result.startswith("opaque:"):
         return None
+    if result == "varchar" and not first_text_wins:
+        return "text"  # varchar has no operators of its own: Postgres uses text's
     return result
 
 
@@ -700,13 +702,31 @@ class WhereCompiler:
         return self.fold("bool", fn, location, [left, right])
 
     def in_expr(self, node: Any, location: int) -> _Typed:
+        """``x IN (...)`` as Postgres builds it: the constant items (two or more) become one
+        ``x = ANY(ARRAY[...])`` typed together; every other item is its own ``x = item``, all
+        OR-ed in that order. ``NOT IN`` is its negation."""
         needle = self.compile(node.lexpr)
         items = [self.compile(item) for item in node.rexpr]
-        common, (needle, *items) = self.unify([needle, *items], location)
-        fn = ev.in_list(ev.comparator("=", common), needle.fn, [item.fn for item in items])
         negate = self.operator_name(node) == "<>"
-        result = self.fold("bool", ev.not_(fn) if negate else fn, location, [needle, *items])
-        if negate or result.const or needle.column is None or not all(i.const for i in items):
+        constants = [item for item in items if item.const or item.failed is not None]
+        parts: list[_Typed] = []
+        rest = items
+        if len(constants) > 1:
+            parts.append(self.constant_list(needle, constants, location))
+            rest = [item for item in items if not (item.const or item.failed is not None)]
+        parts += [self.compare("=", needle, item, location) for item in rest]
+        result = parts[0] if len(parts) == 1 else _short_circuit(parts, True, location)
+        if result is None:
+            result = self.fold("bool", ev.or_([part.fn for part in parts]), location, parts)
+        if negate:
+            return self.fold("bool", ev.not_(result.fn), location, [result])
+        return result
+
+    def constant_list(self, needle: _Typed, constants: list[_Typed], location: int) -> _Typed:
+        common, (needle, *items) = self.unify([needle, *constants], location, first_text_wins=True)
+        fn = ev.in_list(ev.comparator("=", common), needle.fn, [item.fn for item in items])
+        result = self.fold("bool", fn, location, [needle, *items])
+        if result.const or result.failed is not None or needle.column is None:
             return result
         values = frozenset(ev.hash_key(i.value) for i in items if i.value is not None)
         return _Typed("bool", result.fn, location, eqs=((needle.column, values),))
@@ -745,7 +765,7 @@ class WhereCompiler:
         needle = self.compile(node.lexpr)
         low, high = (self.compile(bound) for bound in node.rexpr)
         if needle.type == UNKNOWN and needle.param is not None:  # typed by x >= low, as in Postgres
-            needle = self.literal(needle, low.type if low.type != UNKNOWN else "text")
+            needle = self.literal(needle, _common([low.type]) or "text")
 
         def within(lower: _Typed, upper: _Typed) -> _Typed:
             first = self.compare("<=", lower, needle, location)
@@ -943,8 +963,8 @@ def _numeric_modifier(precision: int, scale: int) -> Callable[[Any], Any]:
     def apply(value: Decimal) -> Decimal:
         if not value.is_finite():
             return value
-        rounded = value.quantize(quantum, rounding="ROUND_HALF_UP")
-        if abs(rounded) >= limit:
+        rounded = value.quantize(quantum, rounding="ROUND_HALF_UP", context=ev.EXACT)
+        if rounded.copy_abs() >= limit:
             raise ev.EvalError("numeric field overflow")
         return rounded
 

@@ -25,9 +25,9 @@ from shapes.pgtypes import Infinity, Interval
 Env = Sequence[Any]
 Fn = Callable[[Env], Any]
 
-_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[DivisionByZero])
+EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[DivisionByZero])
 """Exact decimal arithmetic (``inf - inf`` and the like give NaN, as in Postgres)."""
-_NUMERIC_CONTEXT: Final = _EXACT
+_NUMERIC_CONTEXT: Final = EXACT
 _NUMERIC_WEIGHT_DIGITS: Final = 131_072  # digits before the point Postgres can store
 _NUMERIC_SCALE_MAX: Final = 16_383  # digits after the point
 
@@ -421,7 +421,7 @@ def _numeric_scale_parts(value: Decimal) -> tuple[int, int]:
     if value.is_zero():
         return 0, 0
     weight = value.adjusted() // 4
-    first = int(abs(value).scaleb(-4 * weight, _NUMERIC_CONTEXT)) % 10000
+    first = int(value.copy_abs().scaleb(-4 * weight, EXACT)) % 10000
     return weight, first
 
 
@@ -446,12 +446,13 @@ def _numeric_div(a: Decimal, b: Decimal) -> Decimal:
     scale = max(16 - quotient_weight * 4, _dscale(a), _dscale(b), 0)
     scale = min(scale, 1000)
     # exact: quotient = round_half_up(|a| / |b| * 10^scale), in integer Decimal arithmetic
-    num, den = abs(a).scaleb(scale, _EXACT), abs(b)
-    quotient, remainder = _EXACT.divmod(num, den)
-    if _EXACT.compare(remainder * 2, den) >= 0:
-        quotient += 1
-    result = quotient.scaleb(-scale, _EXACT)
-    return -result if a.is_signed() != b.is_signed() and not result.is_zero() else result
+    num, den = a.copy_abs().scaleb(scale, EXACT), b.copy_abs()
+    quotient, remainder = EXACT.divmod(num, den)
+    if EXACT.compare(EXACT.multiply(remainder, 2), den) >= 0:
+        quotient = EXACT.add(quotient, 1)
+    result = quotient.scaleb(-scale, EXACT)
+    negative = a.is_signed() != b.is_signed() and not result.is_zero()
+    return result.copy_negate() if negative else result
 
 
 def _numeric_mod(a: Decimal, b: Decimal) -> Decimal:
@@ -528,7 +529,7 @@ def negate_value(type_name: str) -> Callable[[Any], Any]:
     if type_name in pgtypes.INTS:
         return lambda value: pgtypes.check_int(type_name, -value)
     if type_name == "numeric":
-        return lambda value: pgtypes.normal_numeric(-value)
+        return lambda value: pgtypes.normal_numeric(value.copy_negate())
     return operator.neg
 
 

@@ -161,6 +161,19 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
     ),
     ("varchar_compared_as_bpchar", "vc = c", {}, {"vc": "'ab  '", "c": "'ab'"}),
     ("text_compared_as_text", "t = c", {}, {"t": "'ab  '", "c": "'ab'"}),
+    ("in_list_column_item_compared_alone", "'ab  ' IN (c, t)", {}, {"c": "'ab'", "t": "''"}),
+    (
+        "varchar_parameter_typed_text",
+        "NOT $1 NOT BETWEEN vc AND c",
+        {"1": "ab  "},
+        {"vc": "'AB'", "c": "'ab'"},
+    ),
+    (
+        "numeric_negation_exact",
+        "least(n, n) = -(-(n))",
+        {},
+        {"n": "123456789012345678901234567890.123"},
+    ),
     # the jsonb cast, rendered as jsonb prints
     ("jsonb_cast_accepted", "j::jsonb IS NOT NULL", {}, {"j": "'{}'"}),
     (
