@@ -15,8 +15,6 @@ on the server's version:
 
 * integer or numeric literals with a base prefix (``'0x1F'``) or underscores (``'1_000'``):
   only Postgres 16 and later read them;
-* ``timestamp - timestamp``: Postgres 17 and later return an infinite interval where older
-  versions raise;
 * date, time and timestamp literals not written in ISO 8601 (``'Feb 29 2024'``): their
   meaning depends on ``DateStyle`` and the parser's many spellings.
 
@@ -27,6 +25,8 @@ different types. Assumed of the database: the ``C`` collation and ctype (text co
 point; ``lower``/``upper``/``ILIKE`` change ASCII letters only) and, as syncd's sessions set,
 ``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=iso_8601``. Not read in rows (the row's
 evaluation raises :class:`~shapes.errors.EvaluationError`): infinite intervals (Postgres 17+).
+``timestamp - timestamp`` with an infinite side raises, as Postgres 16 and older do (17 and
+later return an infinite interval).
 Postgres may evaluate the top-level ``AND`` conditions of a snapshot's ``WHERE`` in another
 order than written; this evaluator goes left to right, as Postgres does for one expression, so
 on a row where a later condition raises the two may differ (raise or decide).
@@ -636,11 +636,6 @@ class WhereCompiler:
             common, args = self.unify([left, right], left.location)
             if common == "date":
                 return None
-            raise self.refuse(
-                left.location,
-                "the difference of two timestamps: Postgres 17 and later give an infinite"
-                " interval where older versions raise an error",
-            )
             return "interval", ev.timestamp_minus, args
         return None
 

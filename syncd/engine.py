@@ -7,9 +7,11 @@ Theory of operation
 ``ReplicationStream`` hands every decoded pgoutput message to :meth:`Engine.on_message`, in
 stream order, on the event loop. Row changes are routed to the shapes they may affect (an index
 over ``column = constant`` conditions, see ``shapes.router``), converted to log entries per shape
-and held until the transaction's ``Commit``. Offsets are ``(commit LSN, op index)`` with the op
-index stepping by 2 per change, so a replay of the same WAL after a crash produces the same
-offsets; a shape skips every transaction at or below its log's latest offset.
+and held until the transaction's ``Commit``. A shape whose where clause fails on a row is retired
+on its own (:meth:`Engine._retire_failed`); no row stops the stream. Offsets are
+``(commit LSN, op index)`` with the op index stepping by 2 per change, so a replay of the same
+WAL after a crash produces the same offsets; a shape skips every transaction at or below its
+log's latest offset.
 
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
@@ -69,7 +71,13 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from shapes import messages
-from shapes.convert import Entry, convert_delete, convert_update, insert_parts
+from shapes.convert import (
+    Entry,
+    WhereEvaluationFailed,
+    convert_delete,
+    convert_update,
+    insert_parts,
+)
 from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
@@ -757,14 +765,21 @@ class Engine:
         if shapes:
             op = self._txn_op
             entries = self._txn_entries
+            failed: list[tuple[ShapeState, Exception]] = []
             for shape in shapes:
-                parts = insert_parts(shape.view, row)
+                try:
+                    parts = insert_parts(shape.view, row)
+                except Exception as exc:  # contained in this shape: see _retire_failed
+                    failed.append((shape, exc))
+                    continue
                 if parts is not None:
                     buffer = entries.get(shape)
                     if buffer is None:
                         buffer = self._buffer(shape, relation.table)
                     buffer.entries.append(op, buffer.encoder.insert(parts[0], parts[1], op))
                     buffer.operation = "insert"
+            if failed:
+                self._retire_failed(failed)
         self._txn_op += 2
 
     def _on_update(self, msg: pg.Update) -> None:
@@ -776,21 +791,54 @@ class Engine:
         shapes = self.router.affected(relation.table, new)
         if old is not None:
             shapes = shapes | self.router.affected(relation.table, old)
+        failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
-            entries = convert_update(shape.view, old, new)
+            try:
+                entries = convert_update(shape.view, old, new)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
             if entries:
                 self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
         self._txn_op += 2
 
     def _on_delete(self, msg: pg.Delete) -> None:
         relation = self._relations[msg.oid]
         old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
+        failed: list[tuple[ShapeState, Exception]] = []
         for shape in self.router.affected(relation.table, old):
-            entries = convert_delete(shape.view, old, full)
+            try:
+                entries = convert_delete(shape.view, old, full)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
             if entries:
                 self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
         self._txn_op += 2
+
+    def _retire_failed(self, failed: list[tuple[ShapeState, Exception]]) -> None:
+        """Retire the shapes whose conversion of the current change raised.
+
+        The rule for rows a shape cannot decide (``shapes.convert``, "Evaluation failures"):
+        the shape alone is retired, so its clients get a 409 and ask again, and the new shape's
+        snapshot query decides as Postgres does (a 400 if Postgres rejects the row too). Every
+        other shape, and replication, carry on; a replay of the same transaction after a restart
+        finds the shape gone. Called after the loop over the routed shapes, because retiring a
+        shape changes the router's sets.
+        """
+        for shape, exc in failed:
+            cause = exc.cause if isinstance(exc, WhereEvaluationFailed) else exc
+            log.warning(
+                "shape %s (%s) retired: its where clause failed on a row (%s: %s)",
+                shape.handle,
+                _describe(shape.definition),
+                type(cause).__name__,
+                cause,
+            )
+            self.delete(shape, "its where clause failed on a row")
 
     def _on_commit(self, msg: pg.Commit) -> None:
         lsn, xid = self._txn_lsn, self._txn_xid

@@ -64,6 +64,8 @@ DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
 )
+_ROW_ERRORS = (psycopg.DataError, psycopg.errors.FeatureNotSupported)
+"""What a snapshot query raises when its where clause fails on a row (a client error)."""
 _POSITION_PARAMS = frozenset(
     {"handle", "offset", "live", "live_sse", "experimental_live_sse", "cursor"}
 )
@@ -349,9 +351,9 @@ class ShapeApi:
         if shape.failure is not None and shape.status == "gone":
             if isinstance(shape.failure, InvalidRequest):
                 return bad_request(shape.failure.errors())
-            if isinstance(shape.failure, psycopg.DataError) and shape.definition.where:
-                # the where clause fails on the table's data (division by zero, bad cast, ...):
-                # retrying cannot help, so this is the client's error
+            if isinstance(shape.failure, _ROW_ERRORS) and shape.definition.where:
+                # the where clause fails on the table's data (division by zero, bad cast, NaN
+                # to integer, ...): retrying cannot help, so this is the client's error
                 message = shape.failure.diag.message_primary or str(shape.failure)
                 return bad_request({"where": [message]})
             return unavailable("Failed to create shape, please retry", retry_after=1)

@@ -1,4 +1,5 @@
-"""Layers import one way: ``shapes`` imports nothing of ours, ``syncd`` only ``shapes``."""
+"""Layers import one way: ``shapes`` imports nothing of ours, ``syncd`` only ``shapes``, ``web``
+only ``shapes`` and ``syncd``; nothing imports ``web``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = {"shapes": {"shapes"}, "syncd": {"shapes", "syncd"}}
+ALLOWED = {
+    "shapes": {"shapes"},
+    "syncd": {"shapes", "syncd"},
+    "web": {"shapes", "syncd", "web"},
+}
 OURS = {"shapes", "syncd", "web", "agents", "tests", "bench"}
 
 
@@ -30,6 +35,16 @@ def test_package_imports_only_lower_layers(package: str) -> None:
         for path in sorted((ROOT / package).rglob("*.py"))
     }
     assert {name: bad for name, bad in crossings.items() if bad} == {}
+
+
+@pytest.mark.parametrize("top", ["shapes", "syncd", "bench", "examples"])
+def test_nothing_imports_web(top: str) -> None:
+    importers = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if "web" in imported_packages(path)
+    ]
+    assert importers == []
 
 
 IO_EXEMPT = ROOT / "shapes" / "client"

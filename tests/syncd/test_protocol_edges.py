@@ -131,10 +131,10 @@ def test_overload_answers_503_with_retry_after(syncd: SyncdProcess) -> None:
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.5)  # the held request is in flight well before the 3 s hold ends
     try:
         with httpx.Client(timeout=10) as client:
-            for _ in range(100):
+            # refused as soon as the held request is in flight (it is held for 3 s)
+            while holder.is_alive():
                 answer = client.get(syncd.shape_url, params=query)
                 if answer.status_code == 503:
                     break

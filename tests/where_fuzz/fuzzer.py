@@ -49,6 +49,7 @@ SESSION_SETTINGS: Final = {
 
 TABLE: Final = "where_fuzz"
 _T = TypeVar("_T")
+_INFINITE_DIFFERENCE: Final = "cannot subtract infinite timestamps"
 
 # name, SQL type, Column(type_name, dims), edge values as SQL literals
 _SPEC: Final[list[tuple[str, str, str, int, list[str]]]] = [
@@ -634,6 +635,7 @@ class Outcome:
 
     refused: str | None = None
     rows: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 def _pg_exec(conn: psycopg.Connection[Any], query: str, params: Sequence[str]) -> Any:
@@ -699,8 +701,9 @@ def syncd_decisions(
         row_id = int(row["id"] or 0)
         try:
             outcome.rows[row_id] = "include" if where.matches(row) else "exclude"
-        except ValueError:  # EvaluationError included
+        except ValueError as error:  # EvaluationError included
             outcome.rows[row_id] = "error"
+            outcome.errors[row_id] = str(error)
         except Exception as error:  # a crash
             outcome.rows[row_id] = "error"
             crash = f"matches: {type(error).__name__}: {error}"
@@ -780,6 +783,8 @@ def check_clause(
             continue
         if theirs == "error":
             kind = "missed_error"
+        elif mine == "error" and ours.errors.get(row_id) == _INFINITE_DIFFERENCE:
+            kind = "ok_version_dependent"  # Postgres 17+ gives an infinite interval, 16 raises
         elif mine == "error":
             kind = "spurious_error"
         else:

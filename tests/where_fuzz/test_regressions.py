@@ -225,11 +225,3 @@ def test_decides_as_postgres(
     report = fuzzer.Report()
     fuzzer.check_clause(fuzz_conn, clause, params, rows, report)
     assert report.mismatches == 0, report.summary()
-
-
-def test_timestamp_difference_is_refused() -> None:
-    from shapes.errors import RefusedClause
-    from shapes.where import parse_where
-
-    with pytest.raises(RefusedClause, match="Postgres 17"):
-        parse_where("(ts - tz) < iv", fuzzer.COLUMNS)
