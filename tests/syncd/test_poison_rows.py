@@ -1,10 +1,11 @@
 """No row can stop replication: a where clause that fails on a row retires only its own shape.
 
 Each case is a where clause and a row value on which evaluating it fails, in the live stream,
-as Postgres itself would (division by zero, overflow, NaN cast to integer, incompatible arrays). The rule
-(``shapes.convert``): the shape is retired (its clients get a 409), and the shape asked for again
-is decided by its snapshot query, as Postgres decides: the rows of the ``SELECT``, or a 400 when
-Postgres rejects the row too. The daemon keeps running, other shapes of the same and of another
+as Postgres itself would (division by zero, overflow, NaN cast to integer, incompatible arrays),
+or as Postgres 16 would (an infinite timestamp difference). The rule (``shapes.convert``): the
+shape is retired (its clients get a 409), and the shape asked for again is decided by its
+snapshot query, as Postgres decides: the rows of the ``SELECT``, or a 400 when Postgres rejects
+the row too. The daemon keeps running, other shapes of the same and of another
 table keep receiving changes, and so they do after a restart, graceful or ``kill -9``, that
 replays the failing transactions.
 """
