@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/e2e/node_modules/.installed
 
-.PHONY: dev test lint typecheck pytest bench install js clean mutation
+.PHONY: dev test lint typecheck pytest bench fuzz install js clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ mutation: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The where-clause differential fuzzer, long run (make test runs a few hundred clauses).
+fuzz: $(STAMP)
+	WHERE_FUZZ_CLAUSES=20000 $(PY) -m pytest tests/where_fuzz/test_where_fuzz.py -q
 
 clean:
 	rm -rf $(VENV) tests/e2e/node_modules .mypy_cache .ruff_cache .pytest_cache

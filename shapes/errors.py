@@ -31,3 +31,25 @@ class WhereClauseError(InvalidRequest):
 
     def __init__(self, message: str) -> None:
         super().__init__("where", message)
+
+
+class EvaluationError(ValueError):
+    """Postgres would raise an error evaluating a ``where`` clause on one row.
+
+    Not a :class:`ShapeError`: the request was valid, the row is what Postgres would refuse
+    (division by zero, a value out of range, ...). ``condition`` is the Postgres condition name
+    of the SQLSTATE Postgres raises (``division_by_zero``, ``numeric_value_out_of_range``, ...).
+    The message never quotes row data, so it can be logged and shown to clients.
+    """
+
+    def __init__(self, message: str, condition: str = "data_exception") -> None:
+        super().__init__(message)
+        self.message = message
+        self.condition = condition
+
+
+class RefusedClause(WhereClauseError):
+    """A clause Postgres would run, refused because syncd cannot decide it exactly as Postgres.
+
+    The message says why; the list of such refusals is in :mod:`shapes.where_compile`.
+    """

@@ -6,28 +6,29 @@ for an untyped literal, or ``opaque:<name>`` for a column type outside the subse
 jsonb, ...), whose values stay the text Postgres sent.
 
 Python values: ``bool``, ``int``, ``float``, ``decimal.Decimal``, ``str``, ``uuid.UUID``,
-``datetime.date``/``time``/``datetime`` (``timestamptz`` values are aware and in UTC),
+integers for ``date``/``time``/``timestamp``/``timestamptz`` (:mod:`shapes.pgtime`),
 :class:`Interval`, :class:`Infinity` for ``±infinity`` dates and timestamps, and nested tuples
-for arrays (``None`` for SQL NULL everywhere). ``bpchar`` values have their trailing spaces
-removed, as Postgres ignores them in comparisons.
+for arrays (``None`` for SQL NULL everywhere). ``bpchar`` values are :class:`BpChar`: padded,
+compared without trailing spaces.
 
-Text input follows what Postgres *outputs* (``DateStyle`` ISO, ``IntervalStyle`` postgres) plus
+Text input follows what Postgres *outputs* (``DateStyle`` ISO, ``IntervalStyle`` iso_8601) plus
 the common input spellings. A value without a time zone read as ``timestamptz`` is taken to be
 UTC: syncd runs its sessions with ``TimeZone=UTC``.
 """
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
 import struct
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from functools import total_ordering
 from typing import Any, Final
+
+from shapes import pgjson, pgtime
+from shapes.errors import EvaluationError
 
 SCALARS: Final = frozenset(
     {
@@ -54,6 +55,8 @@ NUMERIC_RANK: Final = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 
 TEXTS: Final = frozenset({"text", "varchar", "bpchar"})
 TIMESTAMPS: Final = frozenset({"date", "timestamp", "timestamptz"})
 UNKNOWN: Final = "unknown"
+JSONB: Final = "opaque:jsonb"
+"""``jsonb`` has no operators here: casts to it, ``IS NULL`` and ``::text`` only."""
 
 ALIASES: Final = {
     "int": "int4",
@@ -68,6 +71,7 @@ ALIASES: Final = {
     "character": "bpchar",
 }
 
+_INT_WORDS: Final = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 _INT_BASES: Final = {"0x": 16, "0o": 8, "0b": 2}
 _INT_RANGE: Final = {"int2": 1 << 15, "int4": 1 << 31, "int8": 1 << 63}
 _INT_RE: Final = re.compile(
@@ -85,6 +89,7 @@ _NUMERIC_RE: Final = re.compile(
 _TRUE: Final = frozenset({"t", "tr", "tru", "true", "y", "ye", "yes", "on", "1"})
 _FALSE: Final = frozenset({"f", "fa", "fal", "fals", "false", "n", "no", "of", "off", "0"})
 _USEC_PER_DAY: Final = 86_400_000_000
+_WIDE: Final = Context(prec=200_000)
 
 
 @total_ordering
@@ -196,24 +201,41 @@ def _int_parser(type_name: str) -> Callable[[str], int]:
         if match is None:
             raise ValueError(text)
         digits = match.group(2)
+        if "_" in digits or digits[:2].lower() in _INT_BASES:
+            raise NewerSyntax(
+                "integer input with a base prefix or underscores is read only by Postgres 16+"
+            )
         base = _INT_BASES.get(digits[:2].lower(), 10)
         value = int(digits[2:] if base != 10 else digits, base)
         if match.group(1) == "-":
             value = -value
         if not -limit <= value < limit:
-            raise ValueError(text)
+            raise _out_of_range(f"value is out of range for type {_INT_WORDS[type_name]}")
         return value
 
     return parse
 
 
+class NewerSyntax(ValueError):
+    """Input only some Postgres versions read: a clause with it is refused, not guessed."""
+
+
+_MANTISSA_DIGIT: Final = re.compile(r"^[^eE]*[1-9]")
+
+
+def _out_of_range(message: str) -> EvaluationError:
+    return EvaluationError(message, "numeric_value_out_of_range")
+
+
 def parse_float8(text: str) -> float:
-    """Parse ``float8`` input, including ``NaN`` and ``±Infinity``."""
+    """Parse ``float8`` input, including ``NaN`` and ``±Infinity`` (no overflow or underflow)."""
     if _FLOAT_RE.fullmatch(text) is None:
-        raise ValueError(text)
+        raise ValueError("invalid input syntax for type double precision")
     value = float(text)
     if math.isinf(value) and "inf" not in text.lower():
-        raise ValueError(text)
+        raise _out_of_range("value is out of range for type double precision")
+    if value == 0.0 and _MANTISSA_DIGIT.search(text):
+        raise _out_of_range("value is out of range for type double precision")
     return value
 
 
@@ -224,22 +246,55 @@ def to_float4(value: float) -> float:
     try:
         return float(struct.unpack("f", struct.pack("f", value))[0])
     except OverflowError:
-        raise ValueError(f"value out of range: {value}") from None
+        raise _out_of_range("value out of range: overflow") from None
+
+
+def float8_to_float4(value: float) -> float:
+    """``float8::float4``: overflow and underflow are errors."""
+    result = to_float4(value)
+    if result == 0.0 and value != 0.0:
+        raise _out_of_range("value out of range: underflow")
+    return result
 
 
 def parse_float4(text: str) -> float:
-    """Parse ``float4`` input."""
-    return to_float4(parse_float8(text))
+    """Parse ``float4`` input (no overflow or underflow)."""
+    try:
+        return float8_to_float4(parse_float8(text))
+    except EvaluationError:
+        raise _out_of_range("value is out of range for type real") from None
+
+
+def check_float(result: float, inf_ok: bool, zero_ok: bool) -> float:
+    """Postgres's check of a float operation's result: overflow to infinity, underflow to 0."""
+    if math.isinf(result) and not inf_ok:
+        raise _out_of_range("value out of range: overflow")
+    if result == 0.0 and not zero_ok:
+        raise _out_of_range("value out of range: underflow")
+    return result
+
+
+def normal_numeric(value: Decimal) -> Decimal:
+    """Postgres has no negative zero and no positive exponent in its numeric scale."""
+    if not value.is_finite():
+        return value
+    if value.is_zero() and value.is_signed():
+        value = value.copy_negate()
+    if value.as_tuple().exponent > 0:  # type: ignore[operator]
+        value = value.quantize(Decimal(1), context=_WIDE)
+    return value
 
 
 def parse_numeric(text: str) -> Decimal:
     """Parse ``numeric`` input (``NaN`` and ``±Infinity`` included)."""
     if _NUMERIC_RE.fullmatch(text) is None:
-        raise ValueError(text)
+        raise ValueError("invalid input syntax for type numeric")
+    if "_" in text:
+        raise NewerSyntax("underscores in numeric input are read only by Postgres 16 and later")
     try:
-        return Decimal(text.strip().replace("_", ""))
+        return normal_numeric(Decimal(text.strip()))
     except InvalidOperation:
-        raise ValueError(text) from None
+        raise ValueError("invalid input syntax for type numeric") from None
 
 
 def parse_uuid(text: str) -> uuid.UUID:
@@ -256,46 +311,27 @@ def _special(text: str) -> Infinity | None:
     return None
 
 
-def parse_date(text: str) -> date | Infinity:
-    """Parse ``date`` input in ISO form, or ``±infinity``."""
+def parse_date(text: str) -> int | Infinity:
+    """Parse ``date`` input (ISO form, ``BC``, any year in range) or ``±infinity``."""
     special = _special(text)
-    if special is not None:
-        return special
-    return date.fromisoformat(text.strip())
+    return special if special is not None else pgtime.parse_date(text)
 
 
-def parse_time(text: str) -> time:
-    """Parse ``time`` input ``HH:MM[:SS[.ffffff]]``."""
-    value = time.fromisoformat(text.strip())
-    if value.tzinfo is not None:
-        raise ValueError(text)
-    return value
+def parse_time(text: str) -> int:
+    """Parse ``time`` input ``HH:MM[:SS[.ffffff]]`` (``24:00:00`` included)."""
+    return pgtime.parse_time(text)
 
 
-def _parse_datetime(text: str) -> datetime:
-    stripped = text.strip()
-    if stripped[-3:].upper() == "UTC":
-        stripped = stripped[:-3].rstrip() + "+00:00"
-    return datetime.fromisoformat(stripped)
-
-
-def parse_timestamp(text: str) -> datetime | Infinity:
+def parse_timestamp(text: str) -> int | Infinity:
     """Parse ``timestamp`` input; like Postgres, a time zone in the text is ignored."""
     special = _special(text)
-    if special is not None:
-        return special
-    return _parse_datetime(text).replace(tzinfo=None)
+    return special if special is not None else pgtime.parse_timestamp(text, with_zone=False)
 
 
-def parse_timestamptz(text: str) -> datetime | Infinity:
-    """Parse ``timestamptz`` input into an aware UTC datetime (no zone given: UTC)."""
+def parse_timestamptz(text: str) -> int | Infinity:
+    """Parse ``timestamptz`` input (no zone given: UTC, syncd's session time zone)."""
     special = _special(text)
-    if special is not None:
-        return special
-    value = _parse_datetime(text)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return special if special is not None else pgtime.parse_timestamp(text, with_zone=True)
 
 
 _INTERVAL_UNITS: Final = {
@@ -344,12 +380,69 @@ _INTERVAL_TOKEN: Final = re.compile(
 )
 
 
-def parse_interval(text: str) -> Interval:
-    """Parse ``interval`` input in the Postgres style (``1 year 2 mons 3 days 04:05:06``).
+_ISO_FIELD: Final = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))([A-Z])")
+_ISO_DATE_UNITS: Final = {"Y": (12, 0, 0), "M": (1, 0, 0), "W": (0, 7, 0), "D": (0, 1, 0)}
+_ISO_TIME_UNITS: Final = {
+    "H": (0, 0, 3_600_000_000),
+    "M": (0, 0, 60_000_000),
+    "S": (0, 0, 1_000_000),
+}
 
-    Also accepts the verbose unit names (``2 hours``, ``3 weeks``), a leading ``@`` and a
-    trailing ``ago``. ISO 8601 ``P...`` forms are not supported.
+
+def parse_interval(text: str) -> Interval:
+    """Parse ``interval`` input: ISO 8601 designators (``P1Y2M-3DT4H5M6.5S``, the form syncd's
+    sessions output with ``IntervalStyle=iso_8601``) or the Postgres style
+    (``1 year 2 mons 3 days 04:05:06``, verbose units, a leading ``@``, a trailing ``ago``).
     """
+    stripped = text.strip()
+    if stripped[:1] in ("P", "p") and "-" not in stripped[1:5].strip("+-0123456789.YMWDTymwdt"):
+        return _parse_iso_interval(stripped.upper())
+    return _parse_postgres_interval(text)
+
+
+def _parse_iso_interval(text: str) -> Interval:
+    date_part, _, time_part = text[1:].partition("T")
+    if not date_part and not time_part:
+        raise ValueError(text)
+    total: list[Any] = [0, 0, Decimal(0)]
+    for part, units in ((date_part, _ISO_DATE_UNITS), (time_part, _ISO_TIME_UNITS)):
+        position = 0
+        while position < len(part):
+            match = _ISO_FIELD.match(part, position)
+            if match is None or match.group(2) not in units:
+                raise ValueError(text)
+            _add_amount(total, Decimal(match.group(1)), units[match.group(2)])
+            position = match.end()
+    months, days, micros = total
+    return Interval(int(months), int(days), _round_half_even(Decimal(micros)))
+
+
+def _add_amount(total: list[Any], amount: Decimal, unit: tuple[int, int, int]) -> None:
+    """Add ``amount`` of a unit, spilling fractions downwards as Postgres does."""
+    unit_months, unit_days, unit_micros = unit
+    if unit_months >= 12:  # fractional years round to whole months
+        total[0] += int(_round_half_even(amount * unit_months))
+        return
+    if unit_months:
+        whole = int(amount)
+        total[0] += whole
+        spill = (amount - whole) * 30
+        total[1] += int(spill)
+        total[2] += (spill - int(spill)) * _USEC_PER_DAY
+        return
+    if unit_days:
+        days = amount * unit_days
+        total[1] += int(days)
+        total[2] += (days - int(days)) * _USEC_PER_DAY
+        return
+    total[2] += amount * unit_micros
+
+
+def _round_half_even(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding="ROUND_HALF_EVEN"))
+
+
+def _parse_postgres_interval(text: str) -> Interval:
     body = text.strip().lower()
     if body.startswith("@"):
         body = body[1:]
@@ -373,16 +466,12 @@ def parse_interval(text: str) -> Interval:
             unit = "s"
         if unit not in _INTERVAL_UNITS:
             raise ValueError(text)
-        amount = Decimal(match.group("num"))
-        unit_months, unit_days, unit_micros = _INTERVAL_UNITS[unit]
-        whole_months = int(amount * unit_months)
-        months += whole_months
-        spill_days = (amount * unit_months - whole_months) * 30 + amount * unit_days
-        days += int(spill_days)
-        micros += (spill_days - int(spill_days)) * _USEC_PER_DAY + amount * unit_micros
+        total: list[Any] = [months, days, micros]
+        _add_amount(total, Decimal(match.group("num")), _INTERVAL_UNITS[unit])
+        months, days, micros = total
     if not found:
         raise ValueError(text)
-    result = Interval(months, days, int(micros.to_integral_value()))
+    result = Interval(months, days, _round_half_even(micros))
     return -result if negate else result
 
 
@@ -394,9 +483,50 @@ def _clock_micros(clock: str) -> Decimal:
     return sign * ((hours * 60 + minutes) * 60_000_000 + seconds * 1_000_000)
 
 
-def parse_bpchar(text: str) -> str:
-    """``bpchar`` values lose their trailing spaces (Postgres ignores them when comparing)."""
-    return text.rstrip(" ")
+class BpChar(str):
+    """A ``char(n)`` value as Postgres stores it, padding included.
+
+    Comparison and hashing ignore trailing spaces, as ``bpchar``'s operators do; ``LIKE``, the
+    output function (``concat``) and ``::char(n)`` see the padded text. Casting to ``text`` or
+    ``varchar`` (also implicitly, e.g. for ``||`` or ``lower``) drops the trailing spaces.
+    """
+
+    __slots__ = ()
+
+    def stripped(self) -> str:
+        """The value without trailing spaces (what ``::text`` gives)."""
+        return str(self).rstrip(" ")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.stripped() == other.rstrip(" ")
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.stripped())
+
+    def __lt__(self, other: str) -> bool:
+        return self.stripped() < other.rstrip(" ")
+
+    def __le__(self, other: str) -> bool:
+        return self.stripped() <= other.rstrip(" ")
+
+    def __gt__(self, other: str) -> bool:
+        return self.stripped() > other.rstrip(" ")
+
+    def __ge__(self, other: str) -> bool:
+        return self.stripped() >= other.rstrip(" ")
+
+
+def parse_bpchar(text: str) -> BpChar:
+    """A ``bpchar`` value, padding kept (see :class:`BpChar`)."""
+    return BpChar(text)
+
+
+def bpchar_to_text(value: str) -> str:
+    """``bpchar::text``: the trailing spaces go."""
+    return str(value).rstrip(" ")
 
 
 def _identity(text: str) -> str:
@@ -432,9 +562,16 @@ def parser_for(type_name: str) -> Callable[[str], Any]:
 
 
 def parse_text(type_name: str, text: str) -> Any:
-    """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse."""
+    """Parse ``text`` as a value of ``type_name``; raises ``ValueError`` when it does not parse.
+
+    A ``jsonb`` literal is brought to the form Postgres outputs (column values already are).
+    """
     try:
+        if type_name == JSONB:
+            return pgjson.canonical_jsonb(text)
         return parser_for(type_name)(text)
+    except (NewerSyntax, pgtime.OtherSpelling):
+        raise
     except (ValueError, TypeError, ArithmeticError):
         raise ValueError(f"invalid syntax for type {type_name}: {text}") from None
 
@@ -449,14 +586,36 @@ def parse_array(text: str, element: Callable[[str], Any]) -> tuple[Any, ...]:
     Elements are converted with ``element``; unquoted ``NULL`` becomes ``None``. Dimension
     decorations (``[1:2]={...}``) are not supported.
     """
+    bounds: tuple[int, ...] | None = None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        decoration, equals, rest = stripped.partition("=")
+        match = _DECORATION.fullmatch(decoration.rstrip())
+        if not equals or match is None:
+            raise ValueError("malformed array literal")
+        pairs = _BOUND_PAIR.findall(decoration)
+        bounds = tuple(int(low) for low, _ in pairs)
+        lengths = tuple(int(high) - int(low) + 1 for low, high in pairs)
+        text = rest
     reader = _ArrayReader(text, element)
     reader.skip_space()
     value = reader.read_array()
     reader.skip_space()
     if reader.pos != len(text):
-        raise ValueError(f"malformed array literal: {text}")
+        raise ValueError("malformed array literal")
     _check_rectangular(value)
-    return value
+    if len(dimensions(value)) > _MAX_DIMENSIONS:
+        raise ValueError("number of array dimensions exceeds the maximum allowed (6)")
+    if bounds is None:
+        return value
+    if dimensions(value) != lengths:
+        raise ValueError("malformed array literal")
+    return with_bounds(value, bounds)
+
+
+_MAX_DIMENSIONS: Final = 6
+_BOUND_PAIR: Final = re.compile(r"\[\s*([+-]?\d+)\s*:\s*([+-]?\d+)\s*\]")
+_DECORATION: Final = re.compile(r"(?:\[\s*[+-]?\d+\s*:\s*[+-]?\d+\s*\])+")
 
 
 class _ArrayReader:
@@ -566,6 +725,42 @@ def _shape(value: Any) -> tuple[int, ...]:
     return ()
 
 
+class BoundedArray(tuple[Any, ...]):
+    """An array whose lower bounds are not all 1 (``[2:3]={7,8}``); ``bounds`` per dimension."""
+
+    bounds: tuple[int, ...]
+
+    def __new__(cls, items: Any, bounds: tuple[int, ...]) -> BoundedArray:
+        array = super().__new__(cls, items)
+        array.bounds = bounds
+        return array
+
+
+def dimensions(value: tuple[Any, ...]) -> tuple[int, ...]:
+    """The length of each dimension (``()`` for an empty array)."""
+    return _shape(value) if value else ()
+
+
+def lower_bounds(value: tuple[Any, ...]) -> tuple[int, ...]:
+    """The lower bound of each dimension (1 unless written otherwise)."""
+    if isinstance(value, BoundedArray):
+        return value.bounds
+    return (1,) * len(dimensions(value))
+
+
+def with_bounds(items: tuple[Any, ...], bounds: tuple[int, ...]) -> tuple[Any, ...]:
+    """``items`` as an array with the given lower bounds."""
+    if all(bound == 1 for bound in bounds):
+        return tuple(items)
+    return BoundedArray(items, bounds)
+
+
+def array_shape(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What orders arrays with equal elements: dimension count, lengths, lower bounds."""
+    dims = dimensions(value)
+    return (len(dims), dims, lower_bounds(value))
+
+
 def flatten(value: tuple[Any, ...]) -> list[Any]:
     """The elements of a (possibly multidimensional) array in storage order."""
     out: list[Any] = []
@@ -578,7 +773,13 @@ def flatten(value: tuple[Any, ...]) -> list[Any]:
 
 
 def format_array(value: tuple[Any, ...], element: Callable[[Any], str]) -> str:
-    """Render an array as Postgres's ``array_out`` does."""
+    """Render an array as Postgres's ``array_out`` does (``[2:3]={7,8}`` for other bounds)."""
+    if isinstance(value, BoundedArray):
+        dims = dimensions(value)
+        decoration = "".join(
+            f"[{low}:{low + length - 1}]" for low, length in zip(value.bounds, dims, strict=True)
+        )
+        return decoration + "=" + format_array(tuple(value), element)
     parts: list[str] = []
     for item in value:
         if isinstance(item, tuple):
@@ -650,24 +851,48 @@ def _format_fraction(micros: int) -> str:
     return f".{micros:06d}".rstrip("0") if micros else ""
 
 
-def format_time(value: time) -> str:
-    """Render a ``time`` as ``HH:MM:SS[.ffffff]`` with trailing zeros trimmed."""
-    return f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}" + _format_fraction(
-        value.microsecond
-    )
-
-
-def format_datetime(value: datetime | date | Infinity) -> str:
-    """Render a date, timestamp or timestamptz (always shown in UTC, as ``+00``)."""
+def format_datetime(type_name: str, value: int | Infinity) -> str:
+    """Render a date, timestamp or timestamptz (shown in UTC, as ``+00``)."""
     if isinstance(value, Infinity):
         return "infinity" if value.sign > 0 else "-infinity"
-    if not isinstance(value, datetime):
-        return value.isoformat()
-    text = f"{value.date().isoformat()} {format_time(value.time())}"
-    return text + "+00" if value.tzinfo is not None else text
+    if type_name == "date":
+        return pgtime.format_date(value)
+    return pgtime.format_timestamp(value, with_zone=type_name == "timestamptz")
 
 
 def format_interval(value: Interval) -> str:
+    """Render an interval as syncd's sessions do (``IntervalStyle=iso_8601``).
+
+    Each field keeps its own sign: ``P1Y2M-3DT-4H-5M-6.5S``; zero is ``PT0S``.
+    """
+    years, months = _truncating_divmod(value.months, 12)
+    hours, rest = _truncating_divmod(value.micros, 3_600_000_000)
+    minutes, micros = _truncating_divmod(rest, 60_000_000)
+    seconds, fraction = _truncating_divmod(micros, 1_000_000)
+    if not (value.months or value.days or value.micros):
+        return "PT0S"
+    out = ["P"]
+    for amount, unit in ((years, "Y"), (months, "M"), (value.days, "D")):
+        if amount:
+            out.append(f"{amount}{unit}")
+    if value.micros:
+        out.append("T")
+        for amount, unit in ((hours, "H"), (minutes, "M")):
+            if amount:
+                out.append(f"{amount}{unit}")
+        if seconds or fraction:
+            sign = "-" if seconds < 0 or fraction < 0 else ""
+            out.append(f"{sign}{abs(seconds)}{_format_fraction(abs(fraction))}S")
+    return "".join(out)
+
+
+def _truncating_divmod(value: int, divisor: int) -> tuple[int, int]:
+    """C's ``/`` and ``%`` (rounding toward zero), as Postgres splits interval fields."""
+    quotient = abs(value) // divisor * (1 if value >= 0 else -1)
+    return quotient, value - quotient * divisor
+
+
+def format_interval_postgres(value: Interval) -> str:
     """Render an interval in the ``postgres`` IntervalStyle (``1 year 2 mons 3 days 04:05:06``)."""
     parts: list[str] = []
     years, months = int(value.months / 12), value.months - int(value.months / 12) * 12
@@ -701,9 +926,9 @@ def format_value(type_name: str, value: Any) -> str:
     if type_name == "numeric":
         return format_numeric(value)
     if type_name in TIMESTAMPS:
-        return format_datetime(value)
+        return format_datetime(type_name, value)
     if type_name == "time":
-        return format_time(value)
+        return pgtime.format_time(value)
     if type_name == "interval":
         return format_interval(value)
     return str(value)
@@ -724,21 +949,25 @@ def common_numeric(left: str, right: str) -> str:
 
 def _round_half_even_int(value: float) -> int:
     if math.isnan(value) or math.isinf(value):
-        raise ValueError("integer out of range")
+        raise _out_of_range("integer out of range")
     return round(value)
 
 
 def _decimal_to_int(value: Decimal) -> int:
+    if value.is_nan():
+        raise EvaluationError("cannot convert NaN to integer", "feature_not_supported")
     if not value.is_finite():
-        raise ValueError("integer out of range")
+        raise EvaluationError("cannot convert infinity to integer", "feature_not_supported")
+    if value.adjusted() > 20:
+        raise _out_of_range("integer out of range")
     return int(value.to_integral_value(rounding="ROUND_HALF_UP"))
 
 
 def check_int(target: str, value: int) -> int:
-    """``value`` if it fits ``target`` (an integer type), else ``ValueError``."""
+    """``value`` if it fits ``target`` (an integer type), else :class:`EvaluationError`."""
     limit = _INT_RANGE[target]
     if not -limit <= value < limit:
-        raise ValueError(f"{target} out of range")
+        raise _out_of_range(f"{_INT_WORDS[target]} out of range")
     return value
 
 
@@ -751,9 +980,13 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
     """
     if source == target:
         return _same
+    if target == JSONB and (source in TEXTS or source == UNKNOWN):
+        return pgjson.canonical_jsonb
     if source in TEXTS or source.startswith("opaque:") or source == UNKNOWN:
         if target in TEXTS:
-            return parse_bpchar if target == "bpchar" else _same
+            if target == "bpchar":
+                return parse_bpchar
+            return bpchar_to_text if source == "bpchar" else _same
         parse = parser_for(target)
         return lambda value: parse(value)
     if target in TEXTS:
@@ -767,13 +1000,18 @@ def converter(source: str, target: str) -> Callable[[Any], Any] | None:
     if source in TIMESTAMPS and target in TIMESTAMPS:
         return _timestamp_converter(source, target)
     if source in ("timestamp", "timestamptz") and target == "time":
-        return lambda value: value.time().replace(tzinfo=None)
+        return _time_of
     if is_array(source) and is_array(target):
         inner = converter(element_type(source), element_type(target))
         if inner is None:
             return None
         return lambda value: _map_array(value, inner)
     return None
+
+
+def _time_of(value: int | Infinity) -> int | None:
+    """``timestamp::time``: NULL for the infinities."""
+    return None if isinstance(value, Infinity) else value % pgtime.USEC_PER_DAY
 
 
 def _same(value: Any) -> Any:
@@ -798,54 +1036,56 @@ def _numeric_converter(source: str, target: str) -> Callable[[Any], Any]:
         return lambda value: check_int(target, _round_half_even_int(value))
     if target == "numeric":
         if source in ("float4", "float8"):
-            return lambda value: Decimal(format_value(source, value))
+            return lambda value: _float_to_numeric(value, 6 if source == "float4" else 15)
         return Decimal
     if target == "float4":
+        if source == "float8":
+            return float8_to_float4
+        if source == "numeric":
+            return lambda value: parse_float4(format_numeric(value))
         return lambda value: to_float4(float(value))
-    if source == "float4":
-        return float
+    if source == "numeric":
+        return lambda value: parse_float8(format_numeric(value))
     return float
+
+
+def _float_to_numeric(value: float, digits: int) -> Decimal:
+    """``float::numeric``: ``digits`` significant digits (15 for float8, 6 for float4)."""
+    if math.isnan(value):
+        return Decimal("NaN")
+    if math.isinf(value):
+        return Decimal("Infinity") if value > 0 else Decimal("-Infinity")
+    return normal_numeric(Decimal(f"{value:.{digits}g}"))
 
 
 def _timestamp_converter(source: str, target: str) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if isinstance(value, Infinity):
             return value
+        if source == "date":
+            if target == "date":
+                return value
+            micros = value * pgtime.USEC_PER_DAY
+            try:
+                return pgtime.check_timestamp(micros)
+            except EvaluationError:
+                raise pgtime.out_of_range("date") from None
         if target == "date":
-            return value.date() if isinstance(value, datetime) else value
-        if not isinstance(value, datetime):
-            value = datetime(value.year, value.month, value.day)
-        if target == "timestamptz":
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        return value.replace(tzinfo=None)
+            return value // pgtime.USEC_PER_DAY
+        return value
 
     return convert
 
 
-def add_months(value: datetime, months: int) -> datetime:
-    """Add calendar months, clamping the day to the month's end as Postgres does."""
-    total = value.year * 12 + value.month - 1 + months
-    year, month = divmod(total, 12)
-    if not 1 <= year <= 9999:
-        raise ValueError("timestamp out of range")
-    day = min(value.day, calendar.monthrange(year, month + 1)[1])
-    return value.replace(year=year, month=month + 1, day=day)
-
-
-def add_interval(value: datetime | Infinity, interval: Interval) -> datetime | Infinity:
+def add_interval(value: int | Infinity, interval: Interval) -> int | Infinity:
     """``timestamp + interval``: months first, then days, then microseconds."""
     if isinstance(value, Infinity):
         return value
-    try:
-        moved = add_months(value, interval.months)
-        return moved + timedelta(days=interval.days, microseconds=interval.micros)
-    except OverflowError:
-        raise ValueError("timestamp out of range") from None
+    return pgtime.add_interval(value, interval.months, interval.days, interval.micros)
 
 
-def subtract_timestamps(left: datetime, right: datetime) -> Interval:
+def subtract_timestamps(left: int, right: int) -> Interval:
     """``timestamp - timestamp``: whole days plus the remaining time, as Postgres returns it."""
-    delta = left - right
-    micros = delta.days * _USEC_PER_DAY + delta.seconds * 1_000_000 + delta.microseconds
-    days = int(micros / _USEC_PER_DAY)
+    micros = left - right
+    days = abs(micros) // _USEC_PER_DAY * (1 if micros >= 0 else -1)
     return Interval(0, days, micros - days * _USEC_PER_DAY)

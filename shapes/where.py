@@ -15,9 +15,9 @@ Errors are :class:`~shapes.errors.WhereClauseError` with the reference server's 
 errors carry the parser's position in the wrapped string (``At location 17: syntax error at or
 near "x"`` for ``1 x 1``), semantic errors the byte offset inside the clause itself.
 
-Deviations from Postgres, all conservative: text compares by code point (``C`` collation);
-``numeric`` is exact ``Decimal`` arithmetic (division to 40 significant digits);
-``timestamptz`` values and literals without a zone are read as UTC.
+Decisions are Postgres's (values read as syncd's sessions output them, ``C`` collation); what
+is refused rather than risk deciding differently is listed in :mod:`shapes.where_compile`.
+Evaluation raises :class:`~shapes.errors.EvaluationError` exactly where Postgres raises.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from typing import Any, Final
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
 from pglast.parser import ParseError, scan
-from pglast.stream import RawStream
 
-from shapes import pgtypes
+from shapes import pgtypes, where_sql
 from shapes import where_eval as ev
-from shapes.errors import InvalidRequest, WhereClauseError
+from shapes.errors import EvaluationError, InvalidRequest, WhereClauseError
 from shapes.schema import Column
 from shapes.where_compile import PREFIX, IndexCondition, WhereCompiler, column_type
 
@@ -88,9 +87,10 @@ class Where:
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """Whether the row (column name -> Postgres text value, None for NULL) is in the shape.
 
-        NULL and false both mean "no". A missing column counts as NULL. Raises ``ValueError``
-        when a referenced value does not parse as its column's type, or when Postgres would fail
-        evaluating the clause (``EvalError``, e.g. division by zero).
+        NULL and false both mean "no". A missing column counts as NULL. Raises
+        :class:`~shapes.errors.EvaluationError` (a ``ValueError``) exactly where Postgres would
+        raise evaluating the clause on this row (division by zero, out of range, ...) and when
+        a referenced value does not parse as its column's type; messages never quote row data.
         """
         env: list[Any] = []
         for name, parse in self._slots:
@@ -100,8 +100,11 @@ class Where:
                 continue
             try:
                 env.append(parse(text))
-            except (ValueError, TypeError, ArithmeticError):
-                raise ValueError(f"column {name} has an unparseable value {text!r}") from None
+            except (ValueError, TypeError, ArithmeticError, RecursionError):
+                raise EvaluationError(
+                    f"column {name} has a value that does not parse as its type",
+                    "invalid_text_representation",
+                ) from None
         return self._fn(env) is True
 
     def index_conditions(self) -> tuple[IndexCondition, ...]:
@@ -157,10 +160,8 @@ def parse_where(
         clause = _parse_clause(wrapped)
         compiler = WhereCompiler(columns, numbered, wrapped)
         root = compiler.compile_root(clause)
-        if isinstance(clause, ast.ParamRef):  # a bare ``$1``: the clause is the parameter
-            clause = compiler.param_literal(clause)
-        compiler.substitute_params(clause)
-        sql = RawStream()(clause)
+        clause = compiler.substitute_item(clause)
+        sql = where_sql.deparse(clause)
         _parse_clause(PREFIX + sql)  # the deparsed text must stand on its own
     except RecursionError:  # nested deeper than the compiler (and the evaluator) can go
         raise WhereClauseError("stack depth limit exceeded") from None

@@ -7,6 +7,29 @@ Layer: ``shapes`` (pure). :class:`WhereCompiler` walks the pglast tree of a clau
 parameters into the tree as typed literals, and builds :mod:`shapes.where_eval` closures over a
 row environment (one slot per referenced column). Top-level ``col = const`` conjuncts are
 collected as index conditions for the router.
+
+Every clause accepted here is decided exactly as Postgres decides it (the differential fuzzer in
+``tests/where_fuzz`` holds it to that), or refused with a 400 saying why. Refused although
+Postgres would run them (:class:`~shapes.errors.RefusedClause`), because the answer would depend
+on the server's version:
+
+* integer or numeric literals with a base prefix (``'0x1F'``) or underscores (``'1_000'``):
+  only Postgres 16 and later read them;
+* date, time and timestamp literals not written in ISO 8601 (``'Feb 29 2024'``): their
+  meaning depends on ``DateStyle`` and the parser's many spellings.
+
+Refused as Postgres refuses them: a constant part that raises while the snapshot is planned
+(``1 / 0 = x``; but ``false AND 1 / 0 = 1`` is accepted, as the planner never folds it),
+``ilike(a, b)``, ``::varchar(0)``, ``date + int8``, ``anyarray`` operators on arrays of
+different types. Assumed of the database: the ``C`` collation and ctype (text compares by code
+point; ``lower``/``upper``/``ILIKE`` change ASCII letters only) and, as syncd's sessions set,
+``TimeZone=UTC``, ``DateStyle=ISO``, ``IntervalStyle=iso_8601``. Not read in rows (the row's
+evaluation raises :class:`~shapes.errors.EvaluationError`): infinite intervals (Postgres 17+).
+``timestamp - timestamp`` with an infinite side raises, as Postgres 16 and older do (17 and
+later return an infinite interval).
+Postgres may evaluate the top-level ``AND`` conditions of a snapshot's ``WHERE`` in another
+order than written; this evaluator goes left to right, as Postgres does for one expression, so
+on a row where a later condition raises the two may differ (raise or decide).
 """
 
 from __future__ import annotations
@@ -25,11 +48,14 @@ from pglast.enums import (
     NullTestType,
 )
 
-from shapes import pgtypes
+from shapes import pgtime, pgtypes, where_like
 from shapes import where_eval as ev
-from shapes.errors import WhereClauseError
+from shapes.errors import RefusedClause, WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
 from shapes.schema import Column
+
+_MAX_INTEGER_LITERAL: Final = 64
+"""Longer integer literals are read as numeric text (Python's int() refuses thousands of digits)."""
 
 PREFIX: Final = "SELECT 1 WHERE "
 """What a clause is wrapped in for the parser; error offsets are counted without it."""
@@ -62,6 +88,7 @@ class _Typed:
     column: str | None = None
     eqs: tuple[IndexCondition, ...] = ()
     param: Any = None
+    failed: Exception | None = None  # folding this constant expression raised
 
 
 def _common2(left: str, right: str) -> str | None:
@@ -72,7 +99,8 @@ def _common2(left: str, right: str) -> str | None:
     if left in NUMERIC_RANK and right in NUMERIC_RANK:
         return pgtypes.common_numeric(left, right)
     if left in TEXTS and right in TEXTS:
-        return "text"
+        # operator resolution: bpchar's operators take varchar exactly-once; text is preferred
+        return "bpchar" if {left, right} == {"varchar", "bpchar"} else "text"
     if left in TIMESTAMPS and right in TIMESTAMPS:
         return max(left, right, key=_TIMESTAMP_ORDER.index)
     if pgtypes.is_array(left) and pgtypes.is_array(right):
@@ -81,10 +109,18 @@ def _common2(left: str, right: str) -> str | None:
     return None
 
 
-def _common(types: Sequence[str]) -> str | None:
+def _common(types: Sequence[str], first_text_wins: bool = False) -> str | None:
+    """The type values are compared or combined in.
+
+    Operators prefer ``text`` when string types mix; ``first_text_wins`` follows
+    ``select_common_type`` instead (``COALESCE``, ``GREATEST``, ``ARRAY[...]``): the string types
+    cast to each other implicitly, so the first one is kept.
+    """
     known = [name for name in types if name != UNKNOWN]
     if not known:
         return "text"
+    if first_text_wins and known[0] in TEXTS and all(name in TEXTS for name in known):
+        return known[0]
     result: str | None = known[0]
     for name in known[1:]:
         if result is None:
@@ -92,6 +128,8 @@ def _common(types: Sequence[str]) -> str | None:
         result = _common2(result, name)
     if result is not None and result.startswith("opaque:"):
         return None
+    if result == "varchar" and not first_text_wins:
+        return "text"  # varchar has no operators of its own: Postgres uses text's
     return result
 
 
@@ -149,18 +187,34 @@ class WhereCompiler:
         offset = len(self.wrapped[: max(location, 0)].encode("utf-8")) - len(PREFIX)
         return WhereClauseError(f"At location {max(offset, 0)}: {message}")
 
+    def refuse(self, location: int, why: str) -> RefusedClause:
+        """A clause Postgres would run that syncd refuses (listed in the module docstring)."""
+        offset = len(self.wrapped[: max(location, 0)].encode("utf-8")) - len(PREFIX)
+        return RefusedClause(f"At location {max(offset, 0)}: refused: {why}")
+
     def fold(self, type_name: str, fn: ev.Fn, location: int, args: Sequence[_Typed]) -> _Typed:
+        """Constant arguments are evaluated now, as Postgres's planner does.
+
+        A constant expression that raises is kept as *failed*: Postgres raises when planning,
+        unless an ``AND``/``OR``/``COALESCE`` before it already decided (see ``short_circuit``).
+        A failed root refuses the clause.
+        """
+        for arg in args:
+            if arg.failed is not None:
+                return _failed(type_name, arg.failed, arg.location)
         if all(arg.const for arg in args):
             try:
                 value = fn(())
             except (ValueError, ArithmeticError) as error:
-                raise self.error(location, str(error)) from None
+                return _failed(type_name, error, location)
             return _Typed(type_name, ev.constant(value), location, const=True, value=value)
         return _Typed(type_name, fn, location)
 
     def coerce(self, typed: _Typed, target: str, explicit: bool = False) -> _Typed:
         if typed.type == target:
             return typed
+        if typed.failed is not None:
+            return _failed(target, typed.failed, typed.location)
         if typed.type == UNKNOWN:
             return self.literal(typed, target)
         source = typed.type
@@ -178,17 +232,17 @@ class WhereCompiler:
             try:
                 value = None if typed.value is None else convert(typed.value)
             except (ValueError, ArithmeticError) as error:
-                raise self.error(typed.location, str(error)) from None
+                return _failed(target, error, typed.location)
             return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
         identity = (source in INTS and target in INTS and not explicit) or (
-            source in TEXTS and target in ("text", "varchar")
+            source in ("text", "varchar") and target in ("text", "varchar")
         )
         fn = typed.fn if identity else ev.strict1(_guard(convert), typed.fn)
         column = typed.column if _keeps_representation(source, target) else None
         return _Typed(target, fn, typed.location, column=column)
 
     def literal(self, typed: _Typed, target: str) -> _Typed:
-        if target.startswith("opaque:"):
+        if target.startswith("opaque:") and target != pgtypes.JSONB:
             raise self.error(typed.location, f"cannot compare with type {_shown(target)}")
         if typed.param is not None:
             self.param_types[id(typed.param)] = (typed.param, target)
@@ -196,12 +250,16 @@ class WhereCompiler:
         if value is not None:
             try:
                 value = pgtypes.parse_text(target, value)
+            except (pgtypes.NewerSyntax, pgtime.OtherSpelling) as error:
+                raise self.refuse(typed.location, str(error)) from None
             except ValueError as error:
                 raise self.error(typed.location, str(error)) from None
         return _Typed(target, ev.constant(value), typed.location, const=True, value=value)
 
-    def unify(self, items: Sequence[_Typed], location: int) -> tuple[str, list[_Typed]]:
-        common = _common([item.type for item in items])
+    def unify(
+        self, items: Sequence[_Typed], location: int, first_text_wins: bool = False
+    ) -> tuple[str, list[_Typed]]:
+        common = _common([item.type for item in items], first_text_wins)
         if common is None:
             raise self.error(location, "Could not select an operator overload")
         return common, [self.coerce(item, common) for item in items]
@@ -214,6 +272,8 @@ class WhereCompiler:
             root = self.literal(root, "bool")
         if root.type != "bool":
             raise self.error(root.location, "WHERE clause must return a boolean")
+        if root.failed is not None:  # Postgres raises this while planning the snapshot
+            raise self.error(root.location, str(root.failed))
         return root
 
     def substitute_params(self, node: Any) -> None:
@@ -263,10 +323,16 @@ class WhereCompiler:
         if isinstance(value, ast.Integer):
             return self.const("int4", value.ival, location)
         if isinstance(value, ast.Float):
-            text = str(value.fval)
-            if text.isdigit() and len(text) < 20:  # longer is numeric (and int() may refuse it)
+            text = str(value.fval).replace("_", "")
+            if text.lstrip("+-")[:2].lower() in ("0x", "0o", "0b"):
+                if len(text) > _MAX_INTEGER_LITERAL:  # str() of a huge int raises
+                    raise RefusedClause("a non-decimal integer literal this long is not supported")
+                text = str(int(text, 0))
+            if text.lstrip("+-").isdigit() and len(text) <= _MAX_INTEGER_LITERAL:
                 number = int(text)
-                if number < 1 << 63:
+                if -(1 << 31) <= number < 1 << 31:
+                    return self.const("int4", number, location)
+                if -(1 << 63) <= number < 1 << 63:
                     return self.const("int8", number, location)
             return self.const("numeric", pgtypes.parse_numeric(text), location)
         if isinstance(value, ast.Boolean):
@@ -312,6 +378,8 @@ class WhereCompiler:
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
         name = pgtypes.ALIASES.get(names[-1], names[-1]) if len(names) == 1 else ""
+        if name == "jsonb" and not (node.typmods or node.arrayBounds or node.setof):
+            return pgtypes.JSONB, None
         if name not in SCALARS or node.setof or node.pct_type:
             raise self.error(location, f"unsupported type {'.'.join(names)}")
         modifier = self.type_modifier(name, node.typmods, location)
@@ -330,7 +398,12 @@ class WhereCompiler:
             values.append(value)
         if name in ("varchar", "bpchar") and len(values) == 1:
             length = values[0]
-            return lambda text: text[:length].rstrip(" ") if name == "bpchar" else text[:length]
+            if length < 1:
+                word = "varchar" if name == "varchar" else "char"
+                raise self.error(location, f"length for type {word} must be at least 1")
+            if name == "bpchar":
+                return lambda text: pgtypes.BpChar(text[:length].ljust(length))
+            return lambda text: text[:length]
         if name == "numeric" and len(values) in (1, 2):
             return _numeric_modifier(values[0], values[1] if len(values) == 2 else 0)
         raise self.error(location, f"type modifiers are not supported for type {name}")
@@ -365,6 +438,9 @@ class WhereCompiler:
         args = [self.to_bool(self.compile(arg), what) for arg in node.args]
         if what == "NOT":
             return self.fold("bool", ev.not_(args[0].fn), location, args)
+        decided = _short_circuit(args, what == "OR", location)
+        if decided is not None:
+            return decided
         fns = [arg.fn for arg in args]
         if what == "OR":
             return self.fold("bool", ev.or_(fns), location, args)
@@ -447,7 +523,14 @@ class WhereCompiler:
             return self.array_op(op, left, right, location)
         raise self.error(location, f"unknown or unsupported operator {op}")
 
+    def same_arrays(self, left: _Typed, right: _Typed, location: int) -> None:
+        """``anyarray`` operators take two arrays of one type: Postgres casts neither."""
+        lt, rt = left.type, right.type
+        if pgtypes.is_array(lt) and pgtypes.is_array(rt) and lt != rt:
+            raise self.error(location, "Could not select an operator overload")
+
     def compare(self, op: str, left: _Typed, right: _Typed, location: int) -> _Typed:
+        self.same_arrays(left, right, location)
         common, (left, right) = self.unify([left, right], location)
         fn = ev.strict2(ev.comparator(op, common), left.fn, right.fn)
         result = self.fold("bool", fn, location, [left, right])
@@ -476,6 +559,8 @@ class WhereCompiler:
 
     def like(self, op: str, left: _Typed, right: _Typed, location: int, escape: str) -> _Typed:
         left, right = self.textual(left, location), self.textual(right, location)
+        if right.type == "bpchar":  # the pattern is text; only the matched side keeps padding
+            right = self.coerce(right, "text")
         ignore_case, negate = _LIKE_OPS_ALL[op]
         func = ev.like(ignore_case, escape)
         fn = ev.strict2(func, left.fn, right.fn)
@@ -524,10 +609,10 @@ class WhereCompiler:
         self, op: str, left: _Typed, right: _Typed
     ) -> tuple[str, Callable[[Any, Any], Any], list[_Typed]] | None:
         lt, rt = left.type, right.type
-        if lt == "date" and rt in INTS and op in "+-":
+        if lt == "date" and rt in ("int2", "int4") and op in "+-":
             sign = 1 if op == "+" else -1
             return "date", lambda d, n: ev.date_plus_days(d, sign * n), [left, right]
-        if lt in INTS and rt == "date" and op == "+":
+        if lt in ("int2", "int4") and rt == "date" and op == "+":
             return "date", lambda n, d: ev.date_plus_days(d, n), [left, right]
         if lt == "date" and rt == "date" and op == "-":
             return "int4", ev.date_minus_date, [left, right]
@@ -563,8 +648,12 @@ class WhereCompiler:
     def as_text(self, typed: _Typed, location: int) -> _Typed:
         if typed.type == UNKNOWN:
             return self.literal(typed, "text")
+        if typed.type == "bpchar":
+            return self.coerce(typed, "text")
         if typed.type in TEXTS or typed.type.startswith("opaque:"):
-            return _Typed("text", typed.fn, typed.location, typed.const, typed.value)
+            return _Typed(
+                "text", typed.fn, typed.location, typed.const, typed.value, failed=typed.failed
+            )
         if pgtypes.is_array(typed.type):
             raise self.error(location, "Could not select an operator overload")
         source = typed.type
@@ -591,6 +680,7 @@ class WhereCompiler:
     def array_op(self, op: str, left: _Typed, right: _Typed, location: int) -> _Typed:
         if not (pgtypes.is_array(left.type) or pgtypes.is_array(right.type)):
             raise self.error(location, "Could not select an operator overload")
+        self.same_arrays(left, right, location)
         common, (left, right) = self.unify([left, right], location)
         if not pgtypes.is_array(common):
             raise self.error(location, "Could not select an operator overload")
@@ -603,13 +693,31 @@ class WhereCompiler:
         return self.fold("bool", fn, location, [left, right])
 
     def in_expr(self, node: Any, location: int) -> _Typed:
+        """``x IN (...)`` as Postgres builds it: the constant items (two or more) become one
+        ``x = ANY(ARRAY[...])`` typed together; every other item is its own ``x = item``, all
+        OR-ed in that order. ``NOT IN`` is its negation."""
         needle = self.compile(node.lexpr)
         items = [self.compile(item) for item in node.rexpr]
-        common, (needle, *items) = self.unify([needle, *items], location)
-        fn = ev.in_list(ev.comparator("=", common), needle.fn, [item.fn for item in items])
         negate = self.operator_name(node) == "<>"
-        result = self.fold("bool", ev.not_(fn) if negate else fn, location, [needle, *items])
-        if negate or result.const or needle.column is None or not all(i.const for i in items):
+        constants = [item for item in items if item.const or item.failed is not None]
+        parts: list[_Typed] = []
+        rest = items
+        if len(constants) > 1:
+            parts.append(self.constant_list(needle, constants, location))
+            rest = [item for item in items if not (item.const or item.failed is not None)]
+        parts += [self.compare("=", needle, item, location) for item in rest]
+        result = parts[0] if len(parts) == 1 else _short_circuit(parts, True, location)
+        if result is None:
+            result = self.fold("bool", ev.or_([part.fn for part in parts]), location, parts)
+        if negate:
+            return self.fold("bool", ev.not_(result.fn), location, [result])
+        return result
+
+    def constant_list(self, needle: _Typed, constants: list[_Typed], location: int) -> _Typed:
+        common, (needle, *items) = self.unify([needle, *constants], location, first_text_wins=True)
+        fn = ev.in_list(ev.comparator("=", common), needle.fn, [item.fn for item in items])
+        result = self.fold("bool", fn, location, [needle, *items])
+        if result.const or result.failed is not None or needle.column is None:
             return result
         values = frozenset(ev.hash_key(i.value) for i in items if i.value is not None)
         return _Typed("bool", result.fn, location, eqs=((needle.column, values),))
@@ -647,6 +755,8 @@ class WhereCompiler:
     def between(self, node: Any, kind: A_Expr_Kind, location: int) -> _Typed:
         needle = self.compile(node.lexpr)
         low, high = (self.compile(bound) for bound in node.rexpr)
+        if needle.type == UNKNOWN and needle.param is not None:  # typed by x >= low, as in Postgres
+            needle = self.literal(needle, _common([low.type]) or "text")
 
         def within(lower: _Typed, upper: _Typed) -> _Typed:
             first = self.compare("<=", lower, needle, location)
@@ -668,7 +778,7 @@ class WhereCompiler:
         elements = [self.compile(item) for item in node.elements or ()]
         if not elements:
             raise self.error(location, "cannot determine type of empty array")
-        common, elements = self.unify(elements, location)
+        common, elements = self.unify(elements, location, first_text_wins=True)
         type_name = common if pgtypes.is_array(common) else common + "[]"
         fns = [element.fn for element in elements]
 
@@ -719,11 +829,13 @@ class WhereCompiler:
             message = f"Could not select a function overload for {name}({_shown(arg.type)})"
             raise self.error(location, message)
         arg = self.textual(arg, location)
-        func = str.lower if name == "lower" else str.upper
+        if arg.type == "bpchar":
+            arg = self.coerce(arg, "text")
+        func = where_like.fold_case if name == "lower" else where_like.upper_case
         return self.fold("text", ev.strict1(func, arg.fn), location, [arg])
 
     def f_like(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        return self.like("~~" if name == "like" else "~~*", args[0], args[1], location, "\\")
+        return self.like("~~", args[0], args[1], location, "\\")
 
     def f_concat(self, name: str, args: list[_Typed], location: int) -> _Typed:
         parts = [self.concat_part(arg) for arg in args]
@@ -747,11 +859,22 @@ class WhereCompiler:
         return self.fold("text", ev.strict1(render, typed.fn), typed.location, [typed])
 
     def f_coalesce(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        common, args = self.unify(args, location)
-        return self.fold(common, ev.coalesce([arg.fn for arg in args]), location, args)
+        common, args = self.unify(args, location, first_text_wins=True)
+        kept: list[_Typed] = []
+        for arg in args:  # the planner stops at the first non-NULL constant
+            if arg.failed is not None:
+                return _failed(common, arg.failed, arg.location)
+            if arg.const and arg.value is None:
+                continue
+            kept.append(arg)
+            if arg.const:
+                break
+        if not kept:
+            return self.const(common, None, location)
+        return self.fold(common, ev.coalesce([arg.fn for arg in kept]), location, kept)
 
     def f_greatest(self, name: str, args: list[_Typed], location: int) -> _Typed:
-        common, args = self.unify(args, location)
+        common, args = self.unify(args, location, first_text_wins=True)
         compare = ev.comparator(">" if name == "greatest" else "<", common)
         return self.fold(common, ev.greatest(compare, [arg.fn for arg in args]), location, args)
 
@@ -769,9 +892,28 @@ _FUNCTIONS: Final = {
     "lower": (1, 1, "f_case"),
     "upper": (1, 1, "f_case"),
     "like": (2, 2, "f_like"),
-    "ilike": (2, 2, "f_like"),
     "concat": (1, _MANY, "f_concat"),
 }
+
+
+def _failed(type_name: str, error: Exception, location: int) -> _Typed:
+    message = str(error)
+
+    def run(env: ev.Env) -> Any:
+        raise ev.EvalError(message)
+
+    return _Typed(type_name, run, location, failed=error)
+
+
+def _short_circuit(args: Sequence[_Typed], stop: bool, location: int) -> _Typed | None:
+    """``AND`` (``stop`` false) / ``OR`` (true) as the planner folds them, in order: a failed
+    constant raises, a constant ``stop`` decides and the arguments after it are never run."""
+    for arg in args:
+        if arg.failed is not None:
+            return _failed("bool", arg.failed, arg.location)
+        if arg.const and arg.value is stop:
+            return _Typed("bool", ev.constant(stop), location, const=True, value=stop)
+    return None
 
 
 def _eq_condition(column_side: _Typed, const_side: _Typed) -> IndexCondition | None:
@@ -790,8 +932,11 @@ def _guard(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return func(value)
         except ev.EvalError:
             raise
-        except (ValueError, ArithmeticError, OverflowError) as error:
-            raise ev.EvalError(str(error)) from None
+        except (ValueError, ArithmeticError, OverflowError, RecursionError):
+            # the input function's message may quote the row's value: never pass it on
+            raise ev.EvalError(
+                "invalid input syntax in a cast", "invalid_text_representation"
+            ) from None
 
     return run
 
@@ -809,8 +954,8 @@ def _numeric_modifier(precision: int, scale: int) -> Callable[[Any], Any]:
     def apply(value: Decimal) -> Decimal:
         if not value.is_finite():
             return value
-        rounded = value.quantize(quantum, rounding="ROUND_HALF_UP")
-        if abs(rounded) >= limit:
+        rounded = value.quantize(quantum, rounding="ROUND_HALF_UP", context=ev.EXACT)
+        if rounded.copy_abs() >= limit:
             raise ev.EvalError("numeric field overflow")
         return rounded
 
@@ -842,7 +987,6 @@ def _array_cat(left: ev.Fn, right: ev.Fn) -> ev.Fn:
 def _array_add(array: ev.Fn, element: ev.Fn, append: bool) -> ev.Fn:
     def run(env: ev.Env) -> Any:
         values, item = array(env), element(env)
-        values = values or ()
-        return (*values, item) if append else (item, *values)
+        return ev.array_add(values or (), item, append)
 
     return run

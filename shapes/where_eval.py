@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Callable, Hashable, Sequence
-from datetime import date, datetime, timedelta
-from decimal import Context, Decimal
-from functools import lru_cache
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, DivisionByZero
 from typing import Any, Final
 
-from shapes import pgtypes
+from shapes import pgtime, pgtypes, where_like
+from shapes.errors import EvaluationError
 from shapes.pgtypes import Infinity, Interval
 
 Env = Sequence[Any]
 Fn = Callable[[Env], Any]
 
-_NUMERIC_CONTEXT: Final = Context(prec=1000)
-_DIVISION_CONTEXT: Final = Context(prec=40)
+EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[DivisionByZero])
+"""Exact decimal arithmetic (``inf - inf`` and the like give NaN, as in Postgres)."""
+_NUMERIC_CONTEXT: Final = EXACT
+_NUMERIC_WEIGHT_DIGITS: Final = 131_072  # digits before the point Postgres can store
+_NUMERIC_SCALE_MAX: Final = 16_383  # digits after the point
 
 
-class EvalError(ValueError):
-    """Postgres would raise an error while evaluating the clause (e.g. division by zero)."""
+EvalError = EvaluationError
+"""Postgres would raise an error while evaluating the clause (e.g. division by zero)."""
 
 
 class _NaN:
@@ -84,11 +85,8 @@ def strict2(func: Callable[[Any, Any], Any], left: Fn, right: Fn) -> Fn:
     """``func(left, right)``, NULL when either argument is NULL."""
 
     def run(env: Env) -> Any:
-        a = left(env)
-        if a is None:
-            return None
-        b = right(env)
-        if b is None:
+        a, b = left(env), right(env)  # Postgres evaluates every argument, then checks NULLs
+        if a is None or b is None:
             return None
         return func(a, b)
 
@@ -164,14 +162,6 @@ def _float_key(value: Any) -> Any:
     return (0, value)
 
 
-def _array_key(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_array_key(item) for item in value)
-    if value is None:
-        return (2,)
-    return _float_key(value)
-
-
 _COMPARATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "=": operator.eq,
     "<>": operator.ne,
@@ -184,11 +174,38 @@ _COMPARATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
 COMPARISON_OPS: Final = frozenset(_COMPARATORS)
 
 
+def _element_cmp(a: Any, b: Any) -> int:
+    """Three-way comparison of two array elements, NULL above everything (``array_cmp``)."""
+    if a is None or b is None:
+        return (a is None) - (b is None)
+    ka, kb = _float_key(a), _float_key(b)
+    return -1 if ka < kb else (1 if ka > kb else 0)
+
+
+def array_cmp(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+    """Postgres's array ordering: elements in storage order, then the element count, then the
+    number of dimensions, their lengths and lower bounds."""
+    left, right = pgtypes.flatten(a), pgtypes.flatten(b)
+    for x, y in zip(left, right, strict=False):
+        result = _element_cmp(x, y)
+        if result:
+            return result
+    if len(left) != len(right):
+        return -1 if len(left) < len(right) else 1
+    shape_a, shape_b = pgtypes.array_shape(a), pgtypes.array_shape(b)
+    return -1 if shape_a < shape_b else (1 if shape_a > shape_b else 0)
+
+
+def _array_compare(op: str) -> Callable[[Any, Any], bool]:
+    test = _COMPARATORS[op]
+    return lambda a, b: test(array_cmp(a, b), 0)
+
+
 def comparator(op: str, type_name: str) -> Callable[[Any, Any], bool]:
     """The non-NULL comparison function of ``op`` for values of ``type_name``."""
     base = _COMPARATORS[op]
     if pgtypes.is_array(type_name):
-        return lambda a, b: base(_array_key(a), _array_key(b))
+        return _array_compare(op)
     if type_name in ("float4", "float8", "numeric"):
         return lambda a, b: base(_float_key(a), _float_key(b))
     return base
@@ -214,6 +231,8 @@ def in_list(compare_eq: Callable[[Any, Any], bool], needle: Fn, items: Sequence[
     def run(env: Env) -> bool | None:
         value = needle(env)
         if value is None:
+            for item in items:  # Postgres still evaluates the list (it may raise)
+                item(env)
             return None
         saw_null = False
         for item in items:
@@ -231,13 +250,12 @@ def quantified(func: Callable[[Any, Any], bool | None], left: Fn, array: Fn, wan
     """``x op ANY(array)`` / ``x op ALL(array)`` with Postgres's NULL rules."""
 
     def run(env: Env) -> bool | None:
-        elements = array(env)
+        value, elements = left(env), array(env)  # both evaluated, as Postgres does
         if elements is None:
             return None
         elements = pgtypes.flatten(elements)
         if not elements:
             return want_all
-        value = left(env)
         if value is None:
             return None
         saw_null = False
@@ -301,41 +319,52 @@ def array_overlaps(left: tuple[Any, ...], right: tuple[Any, ...]) -> bool:
     return not _element_set(left).isdisjoint(_element_set(right))
 
 
+def _incompatible() -> EvaluationError:
+    return EvaluationError("cannot concatenate incompatible arrays", "array_subscript_error")
+
+
 def array_concat(left: tuple[Any, ...], right: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``anyarray || anyarray`` for arrays of the same dimensionality."""
-    return left + right
+    """``anyarray || anyarray`` (``array_cat``): same dimensions, or one dimension less."""
+    if not left:
+        return right
+    if not right:
+        return left
+    dims_left, dims_right = pgtypes.dimensions(left), pgtypes.dimensions(right)
+    bounds_left, bounds_right = pgtypes.lower_bounds(left), pgtypes.lower_bounds(right)
+    if len(dims_left) == len(dims_right):
+        if dims_left[1:] != dims_right[1:] or bounds_left[1:] != bounds_right[1:]:
+            raise _incompatible()
+        return pgtypes.with_bounds(tuple(left) + tuple(right), bounds_left)
+    if len(dims_left) == len(dims_right) + 1:
+        if dims_left[1:] != dims_right or bounds_left[1:] != bounds_right:
+            raise _incompatible()
+        return pgtypes.with_bounds((*left, tuple(right)), bounds_left)
+    if len(dims_right) == len(dims_left) + 1:
+        if dims_right[1:] != dims_left or bounds_right[1:] != bounds_left:
+            raise _incompatible()
+        return pgtypes.with_bounds((tuple(left), *right), bounds_right)
+    raise _incompatible()
+
+
+def array_add(array: tuple[Any, ...], item: Any, append: bool) -> tuple[Any, ...]:
+    """``array_append`` / ``array_prepend``: only for empty or one-dimensional arrays."""
+    if any(isinstance(element, tuple) for element in array):
+        raise EvaluationError("argument must be empty or one-dimensional array", "data_exception")
+    if not array:
+        return (item,)
+    bounds = pgtypes.lower_bounds(array)
+    return pgtypes.with_bounds((*array, item) if append else (item, *array), bounds)
 
 
 # ---------------------------------------------------------------------------------------------
 # LIKE
 
 
-@lru_cache(maxsize=4096)
-def like_regex(pattern: str, escape: str, ignore_case: bool) -> re.Pattern[str]:
-    """Translate a LIKE pattern (``%``, ``_``, ``escape``) into a compiled regular expression."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for char in chars:
-        if escape and char == escape:
-            following = next(chars, None)
-            if following is None:
-                raise EvalError("LIKE pattern must not end with escape character")
-            out.append(re.escape(following))
-        elif char == "%":
-            out.append(".*")
-        elif char == "_":
-            out.append(".")
-        else:
-            out.append(re.escape(char))
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile("".join(out), flags)
-
-
 def like(ignore_case: bool, escape: str = "\\") -> Callable[[str, str], bool]:
-    """The non-NULL ``LIKE``/``ILIKE`` function."""
+    """The non-NULL ``LIKE``/``ILIKE`` function (linear time, see :mod:`shapes.where_like`)."""
 
     def run(text: str, pattern: str) -> bool:
-        return like_regex(pattern, escape, ignore_case).fullmatch(text) is not None
+        return where_like.compile_pattern(pattern, escape, ignore_case).match(text)
 
     return run
 
@@ -344,51 +373,128 @@ def like(ignore_case: bool, escape: str = "\\") -> Callable[[str, str], bool]:
 # Arithmetic
 
 
+def _division_by_zero() -> EvaluationError:
+    return EvaluationError("division by zero", "division_by_zero")
+
+
 def _int_div(a: int, b: int) -> int:
     if b == 0:
-        raise EvalError("division by zero")
+        raise _division_by_zero()
     quotient = abs(a) // abs(b)
     return quotient if (a < 0) == (b < 0) else -quotient
 
 
 def _int_mod(a: int, b: int) -> int:
     if b == 0:
-        raise EvalError("division by zero")
+        raise _division_by_zero()
     remainder = abs(a) % abs(b)
     return remainder if a >= 0 else -remainder
 
 
-def _float_div(a: float, b: float) -> float:
-    if b == 0:
-        raise EvalError("division by zero")
-    return a / b
+def _float_op(op: str, single: bool) -> Callable[[float, float], float]:
+    """Float ``+ - * /`` with Postgres's overflow, underflow and division-by-zero errors."""
+    narrow = pgtypes.to_float4 if single else float
+
+    def run(a: float, b: float) -> float:
+        inf_in = math.isinf(a) or math.isinf(b)
+        if op == "+":
+            return pgtypes.check_float(narrow(a + b), inf_in, True)
+        if op == "-":
+            return pgtypes.check_float(narrow(a - b), inf_in, True)
+        if op == "*":
+            return pgtypes.check_float(narrow(a * b), inf_in, a == 0.0 or b == 0.0)
+        if b == 0.0 and not math.isnan(a):
+            raise _division_by_zero()
+        if math.isnan(b) or math.isnan(a):
+            return math.nan
+        if math.isinf(b):
+            quotient = a / b if not math.isinf(a) else math.nan
+        else:
+            quotient = a / b
+        return pgtypes.check_float(narrow(quotient), math.isinf(a), a == 0.0 or math.isinf(b))
+
+    return run
+
+
+def _numeric_scale_parts(value: Decimal) -> tuple[int, int]:
+    """Weight (in base-10000 digits) and value of the first non-zero base-10000 digit."""
+    if value.is_zero():
+        return 0, 0
+    weight = value.adjusted() // 4
+    first = int(value.copy_abs().scaleb(-4 * weight, EXACT)) % 10000
+    return weight, first
+
+
+def _dscale(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def _numeric_div(a: Decimal, b: Decimal) -> Decimal:
-    if b == 0:
-        raise EvalError("division by zero")
-    return _DIVISION_CONTEXT.divide(a, b)
+    """``numeric / numeric`` with the result scale Postgres chooses (``select_div_scale``)."""
+    if a.is_nan() or b.is_nan():
+        return Decimal("NaN")
+    if b.is_zero():
+        raise _division_by_zero()
+    if a.is_infinite():
+        return Decimal("NaN") if b.is_infinite() else (a if b > 0 else -a)
+    if b.is_infinite():
+        return Decimal(0)
+    weight1, first1 = _numeric_scale_parts(a)
+    weight2, first2 = _numeric_scale_parts(b)
+    quotient_weight = weight1 - weight2 - (1 if first1 <= first2 else 0)
+    scale = max(16 - quotient_weight * 4, _dscale(a), _dscale(b), 0)
+    scale = min(scale, 1000)
+    # exact: quotient = round_half_up(|a| / |b| * 10^scale), in integer Decimal arithmetic
+    num, den = a.copy_abs().scaleb(scale, EXACT), b.copy_abs()
+    quotient, remainder = EXACT.divmod(num, den)
+    if EXACT.compare(EXACT.multiply(remainder, 2), den) >= 0:
+        quotient = EXACT.add(quotient, 1)
+    result = quotient.scaleb(-scale, EXACT)
+    negative = a.is_signed() != b.is_signed() and not result.is_zero()
+    return result.copy_negate() if negative else result
 
 
 def _numeric_mod(a: Decimal, b: Decimal) -> Decimal:
-    if b == 0:
-        raise EvalError("division by zero")
+    if a.is_nan() or b.is_nan():
+        return Decimal("NaN")
+    if b.is_zero():
+        raise _division_by_zero()
+    if a.is_infinite():
+        return Decimal("NaN")
+    if b.is_infinite():
+        return a
     return _NUMERIC_CONTEXT.remainder(a, b)
+
+
+def _numeric(func: Callable[[Decimal, Decimal], Decimal]) -> Callable[[Decimal, Decimal], Decimal]:
+    def run(a: Decimal, b: Decimal) -> Decimal:
+        if (
+            a.is_finite()
+            and b.is_finite()
+            and max(a.adjusted(), b.adjusted()) > 2 * (_NUMERIC_WEIGHT_DIGITS)
+        ):
+            raise _numeric_overflow()  # not a value Postgres can hold: never compute it
+        result = pgtypes.normal_numeric(func(a, b))
+        if result.is_finite() and not result.is_zero():
+            if result.adjusted() >= _NUMERIC_WEIGHT_DIGITS or _dscale(result) > _NUMERIC_SCALE_MAX:
+                raise _numeric_overflow()
+        return result
+
+    return run
+
+
+def _numeric_overflow() -> EvaluationError:
+    return EvaluationError("value overflows numeric format", "numeric_value_out_of_range")
 
 
 def _checked(type_name: str, func: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     if type_name in pgtypes.INTS:
 
         def checked(a: Any, b: Any) -> Any:
-            result = func(a, b)
-            try:
-                return pgtypes.check_int(type_name, result)
-            except ValueError:
-                raise EvalError(f"{type_name} out of range") from None
+            return pgtypes.check_int(type_name, func(a, b))
 
         return checked
-    if type_name == "float4":
-        return lambda a, b: pgtypes.to_float4(func(a, b))
     return func
 
 
@@ -404,52 +510,50 @@ def numeric_op(op: str, type_name: str) -> Callable[[Any, Any], Any] | None:
         }
     elif type_name == "numeric":
         table = {
-            "+": _NUMERIC_CONTEXT.add,
-            "-": _NUMERIC_CONTEXT.subtract,
-            "*": _NUMERIC_CONTEXT.multiply,
-            "/": _numeric_div,
-            "%": _numeric_mod,
+            "+": _numeric(_NUMERIC_CONTEXT.add),
+            "-": _numeric(_NUMERIC_CONTEXT.subtract),
+            "*": _numeric(_NUMERIC_CONTEXT.multiply),
+            "/": _numeric(_numeric_div),
+            "%": _numeric(_numeric_mod),
         }
+    elif op in "+-*/":
+        return _float_op(op, type_name == "float4")
     else:
-        table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _float_div}
+        return None
     func = table.get(op)
     return None if func is None else _checked(type_name, func)
 
 
 def negate_value(type_name: str) -> Callable[[Any], Any]:
-    """Unary minus."""
-    if type_name == "float4":
-        return lambda value: pgtypes.to_float4(-value)
+    """Unary minus (the integer minimum has no negation)."""
+    if type_name in pgtypes.INTS:
+        return lambda value: pgtypes.check_int(type_name, -value)
+    if type_name == "numeric":
+        return lambda value: pgtypes.normal_numeric(value.copy_negate())
     return operator.neg
 
 
-def date_plus_days(value: date | Infinity, days: int) -> date | Infinity:
+def date_plus_days(value: int | Infinity, days: int) -> int | Infinity:
     """``date + int4``."""
     if isinstance(value, Infinity):
         return value
-    try:
-        return value + timedelta(days=days)
-    except OverflowError:
-        raise EvalError("date out of range") from None
+    return pgtime.check_date(value + days)
 
 
-def date_minus_date(left: date | Infinity, right: date | Infinity) -> int:
+def date_minus_date(left: int | Infinity, right: int | Infinity) -> int:
     """``date - date``: a number of days."""
     if isinstance(left, Infinity) or isinstance(right, Infinity):
-        raise EvalError("cannot subtract infinite dates")
-    return (left - right).days
+        raise EvaluationError("cannot subtract infinite dates", "datetime_value_out_of_range")
+    return left - right
 
 
-def timestamp_plus(value: datetime | Infinity, interval: Interval) -> datetime | Infinity:
+def timestamp_plus(value: int | Infinity, interval: Interval) -> int | Infinity:
     """``timestamp[tz] + interval``."""
-    try:
-        return pgtypes.add_interval(value, interval)
-    except ValueError as error:
-        raise EvalError(str(error)) from None
+    return pgtypes.add_interval(value, interval)
 
 
-def timestamp_minus(left: datetime | Infinity, right: datetime | Infinity) -> Interval:
+def timestamp_minus(left: int | Infinity, right: int | Infinity) -> Interval:
     """``timestamp[tz] - timestamp[tz]``."""
     if isinstance(left, Infinity) or isinstance(right, Infinity):
-        raise EvalError("cannot subtract infinite timestamps")
+        raise EvaluationError("cannot subtract infinite timestamps", "datetime_value_out_of_range")
     return pgtypes.subtract_timestamps(left, right)

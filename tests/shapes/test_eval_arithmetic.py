@@ -164,7 +164,7 @@ def test_date_and_timestamp_arithmetic() -> None:
     assert holds("d - 1 = '2023-12-31'", d="2024-01-01")
     assert fails("d - e > 0", d="infinity", e="2024-01-01") == "cannot subtract infinite dates"
     assert fails("d - e > 0", d="2024-01-01", e="-infinity") == "cannot subtract infinite dates"
-    assert fails("d + 1 > '2000-01-01'", d="9999-12-31") == "date out of range"
+    assert fails("d + 1 > '2000-01-01'", d="5874897-12-31") == "date out of range"
     assert holds("d + 1 = 'infinity'", d="infinity")
     assert holds("ts - ts2 = '1 day 01:00:00'", ts="2024-01-02 01:00", ts2="2024-01-01")
     assert holds("ts + '1 hour' = '2024-01-01 01:00'", ts="2024-01-01")
@@ -172,7 +172,7 @@ def test_date_and_timestamp_arithmetic() -> None:
     infinite = "cannot subtract infinite timestamps"
     assert fails("ts - ts2 > '0 days'", ts="infinity", ts2="2024-01-01") == infinite
     assert fails("ts - ts2 > '0 days'", ts="2024-01-01", ts2="-infinity") == infinite
-    too_far = "ts + '100000 years' > '2000-01-01'"
+    too_far = "ts + '300000 years' > '2000-01-01'"
     assert fails(too_far, ts="2000-01-01") == "timestamp out of range"
 
 

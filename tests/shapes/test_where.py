@@ -131,13 +131,13 @@ def test_clause_length_limit() -> None:
 
 def test_sql_is_deparsed_not_copied() -> None:
     w = where("  id   =  1   and   /* c */ lower(name) like 'a%'  ")
-    assert w.sql == "id = 1 AND lower(name) LIKE 'a%'"
+    assert w.sql == "((id = (1)) AND (pg_catalog.lower(name) LIKE 'a%'))"
     assert w.columns == frozenset({"id", "name"})
 
 
 def test_sql_quotes_identifiers_and_strings() -> None:
     w = where("\"Col Name\" = 'it''s'")
-    assert w.sql == "\"Col Name\" = 'it''s'"
+    assert w.sql == "(\"Col Name\" = 'it''s')"
     assert w.matches({"Col Name": "it's"})
 
 
@@ -151,14 +151,14 @@ def test_equal_clauses_are_equal() -> None:
 
 def test_params_substituted_as_typed_literals() -> None:
     w = where("id = $1 AND name = $2", {"1": "5", "2": "o'k"})
-    assert w.sql == "id = CAST('5' AS int4) AND name = CAST('o''k' AS text)"
+    assert w.sql == "((id = CAST('5' AS int4)) AND (name = CAST('o''k' AS text)))"
     assert w.matches({"id": "5", "name": "o'k"})
     assert not w.matches({"id": "6", "name": "o'k"})
 
 
 def test_param_any_takes_array_type() -> None:
     w = where("id = ANY($1)", {"1": "{1,2}"})
-    assert w.sql == "id = ANY(CAST('{1,2}' AS int4[]))"
+    assert w.sql == "(id = ANY (CAST('{1,2}' AS int4[])))"
     assert w.matches({"id": "2"})
     assert not w.matches({"id": "3"})
     quoted = where("name = ANY($1)", {"1": '{"a b",c}'})
@@ -191,7 +191,7 @@ def test_param_key_rules(params: dict[str, str], message: str) -> None:
 
 def test_param_cannot_inject_sql() -> None:
     w = where("name = $1", {"1": "x'; DROP TABLE users; --"})
-    assert w.sql == "name = CAST('x''; DROP TABLE users; --' AS text)"
+    assert w.sql == "(name = CAST('x''; DROP TABLE users; --' AS text))"
     assert w.matches({"name": "x'; DROP TABLE users; --"})
 
 
@@ -261,7 +261,6 @@ def test_param_cannot_inject_sql() -> None:
         ("name NOT ILIKE 'A%'", {"name": "abc"}, False),
         ("name LIKE '%.%'", {"name": "a\nb.c"}, True),
         ("like(name, 'a%')", {"name": "abc"}, True),
-        ("ilike(name, 'A%')", {"name": "abc"}, True),
         ("lower(name) = 'abc'", {"name": "ABC"}, True),
         ("upper(name) = 'ABC'", {"name": "abc"}, True),
         ("concat(name, id, flag, NULL) = 'x1t'", {"name": "x", "id": "1", "flag": "t"}, True),
@@ -303,7 +302,7 @@ def test_param_cannot_inject_sql() -> None:
         ("ts = '2024-01-01 10:00:00'", {"ts": "2024-01-01 10:00:00"}, True),
         ("ts + interval '1 day' > '2024-01-02'", {"ts": "2024-01-01 10:00:00"}, True),
         ("ts + '1 mon' = '2024-02-29 10:00'", {"ts": "2024-01-31 10:00:00"}, True),
-        ("ts - '2024-01-01' = '10:00:00'", {"ts": "2024-01-01 10:00:00"}, True),
+        ("ts - '10:00:00'::interval = '2024-01-01'", {"ts": "2024-01-01 10:00:00"}, True),
         ("tz = '2024-01-01 12:00:00+02'", {"tz": "2024-01-01 10:00:00+00"}, True),
         ("tz > '2024-01-01'", {"tz": "2024-01-01 00:00:00.000001+00"}, True),
         ("iv = '1 day'", {"iv": "24:00:00"}, True),
@@ -369,11 +368,18 @@ def test_division_by_zero_is_an_evaluation_error() -> None:
     with pytest.raises(EvalError):
         w.matches({"id": "1", "big": "0"})
     assert error("1 / 0 = 1") == "At location 2: division by zero"
+    # the planner never folds what an AND, OR or COALESCE has already decided
+    assert where("false AND 1 / 0 = 1").matches({}) is False
+    assert where("true OR 1 / 0 = 1").matches({}) is True
+    assert where("coalesce(1, 1 / 0) = 1").matches({}) is True
+    assert where("id = 0 AND false AND 1 / 0 = 1").matches({"id": "1"}) is False
+    assert error("1 / 0 = 1 AND false") == "At location 2: division by zero"
 
 
 def test_unparseable_row_value_raises_value_error() -> None:
-    with pytest.raises(ValueError, match="id"):
-        where("id = 1").matches({"id": "x"})
+    with pytest.raises(ValueError, match="id") as info:
+        where("id = 1").matches({"id": "x-secret"})
+    assert "secret" not in str(info.value)  # row data never reaches the message
 
 
 def test_matches_parses_each_referenced_column_once() -> None:
@@ -544,15 +550,24 @@ def test_scalar_parsing() -> None:
     assert pgtypes.parse_bool("of") is False
     with pytest.raises(ValueError):
         pgtypes.parse_bool("o")
-    assert pgtypes.parse_text("int4", "0x1F") == 31
-    assert pgtypes.parse_text("int8", "1_000") == 1000
+    with pytest.raises(pgtypes.NewerSyntax):  # only Postgres 16+ reads these
+        pgtypes.parse_text("int4", "0x1F")
+    with pytest.raises(pgtypes.NewerSyntax):
+        pgtypes.parse_text("int8", "1_000")
     with pytest.raises(ValueError, match="invalid syntax for type int2: 40000"):
         pgtypes.parse_text("int2", "40000")
     assert pgtypes.parse_text("numeric", "1.50") == Decimal("1.50")
-    assert pgtypes.parse_text("timestamptz", "2024-01-01 10:00:00+05:30") == dt.datetime(
-        2024, 1, 1, 4, 30, tzinfo=dt.UTC
+    assert pgtypes.parse_text("timestamptz", "2024-01-01 10:00:00+05:30") == pgtypes.parse_text(
+        "timestamptz", "2024-01-01 04:30:00"
     )
-    assert pgtypes.parse_text("timestamp", "2024-01-01 10:00:00+05") == dt.datetime(2024, 1, 1, 10)
+    assert pgtypes.parse_text("timestamp", "2024-01-01 10:00:00+05") == pgtypes.parse_text(
+        "timestamp", "2024-01-01 10:00:00"
+    )
+    epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    moment = dt.datetime(2024, 1, 1, 4, 30, tzinfo=dt.UTC)
+    assert pgtypes.parse_text("timestamptz", "2024-01-01 04:30:00+00") == (moment - epoch) // (
+        dt.timedelta(microseconds=1)
+    )
 
 
 # --- three-valued logic properties ------------------------------------------------------------
