@@ -71,7 +71,7 @@ def plain_number(text: str) -> str:
     if body[:2].lower() in ("0x", "0o", "0b"):
         body = str(int(body, 0))
     number = "-" + body if negative else body
-    if body.isdigit() and -(1 << 63) <= int(number) < (1 << 63):
+    if body.isdigit() and len(body) <= 20 and -(1 << 63) <= int(number) < (1 << 63):
         return str(int(number))
     return f"CAST('{number}' AS pg_catalog.numeric)"
 
