@@ -283,22 +283,29 @@ class ThreadView:
 
 def view_of(text: str) -> ThreadView:
     """Scan the rendered context for user ids and the last user message (best effort)."""
-    user_ids = tuple(dict.fromkeys(re.findall(rf"from: ({UUID_PATTERN})", text)))
     tags = re.findall(r"^<([a-z_]+)>$", text, re.MULTILINE)
     blocks = re.findall(r"<user_message>\n(.*?)\n</user_message>", text, re.DOTALL)
+    user_ids = tuple(dict.fromkeys(re.findall(rf"from: \"?({UUID_PATTERN})", "\n".join(blocks))))
     if not blocks:
         return ThreadView(user_ids, None, None, None, tags[-1] if tags else None)
     last = blocks[-1]
-    author = re.search(rf"from: ({UUID_PATTERN})", last)
-    event = re.search(rf"id: ({UUID_PATTERN})", last)
+    author = re.search(rf"from: \"?({UUID_PATTERN})", last)
+    event = re.search(rf"\bid: \"?({UUID_PATTERN})", last)
     said = re.search(r"text: (.*)", last)
     return ThreadView(
         user_ids,
         author.group(1) if author else None,
         event.group(1) if event else None,
-        said.group(1).strip().strip("'\"") if said else None,
+        unquote(said.group(1).strip()) if said else None,
         tags[-1] if tags else None,
     )
+
+
+def unquote(text: str) -> str:
+    if text.startswith('"'):
+        with contextlib.suppress(ValueError):
+            return str(json.loads(text))
+    return text
 
 
 def chosen_tool(body: JsonObject, persona: str | None, view: ThreadView) -> str | None:
