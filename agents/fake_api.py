@@ -51,7 +51,14 @@ from starlette.routing import Route
 JsonObject = dict[str, Any]
 
 FaultKind = Literal[
-    "rate_limit", "server_error", "overloaded", "delay", "malformed_tool_input", "bad_request"
+    "rate_limit",
+    "server_error",
+    "overloaded",
+    "delay",
+    "malformed_tool_input",
+    "bad_request",
+    "stream_error",
+    "truncated_stream",
 ]
 
 ERROR_STATUS: Mapping[str, tuple[int, str]] = {
@@ -73,7 +80,10 @@ class Fault(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     ``persona`` limits it to requests from that persona. ``retry_after`` (seconds) is sent as the
     ``retry-after`` header of an error; ``should_retry`` as ``x-should-retry``. ``seconds`` is how
-    long a ``delay`` holds the response before answering normally.
+    long a ``delay`` holds the response before answering normally. On a streaming request,
+    ``stream_error`` sends an ``overloaded_error`` event after the first delta and
+    ``truncated_stream`` ends the stream there without ``message_stop``; on a JSON request
+    both answer normally.
     """
 
     kind: FaultKind
@@ -476,9 +486,15 @@ def stream_events(message: JsonObject) -> Iterator[tuple[str, JsonObject]]:
     yield "message_stop", {"type": "message_stop"}
 
 
-async def sse_payloads(message: JsonObject) -> AsyncIterator[JsonObject]:
+async def sse_payloads(message: JsonObject, fault: Fault | None) -> AsyncIterator[JsonObject]:
+    cut = fault is not None and fault.kind in ("stream_error", "truncated_stream")
     for event, data in stream_events(message):
         yield {"event": event, "data": json.dumps(data)}
+        if cut and event == "content_block_delta":
+            break
+    if fault is not None and fault.kind == "stream_error":
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        yield {"event": "error", "data": json.dumps(error)}
 
 
 # --- the HTTP app -----------------------------------------------------------------------------
@@ -536,7 +552,7 @@ async def create_message(request: Request) -> Response:
             log.write(session_line(comparable(body), message) + "\n")
     headers = {"request-id": request_id}
     if body.get("stream"):
-        return EventSourceResponse(sse_payloads(message), headers=headers, ping=None)
+        return EventSourceResponse(sse_payloads(message, fault), headers=headers, ping=None)
     return JSONResponse(message, headers=headers)
 
 
