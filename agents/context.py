@@ -63,6 +63,8 @@ class EventRow:
     kind: str
     """``system``, ``text``, ``tool_use`` or ``tool_result``."""
     data: Mapping[str, Any]
+    at: float = 0.0
+    """``inserted_at`` as seconds since the epoch (used for debouncing, not rendered)."""
 
 
 @dataclass(frozen=True)
