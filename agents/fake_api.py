@@ -160,14 +160,20 @@ def session_line(request: JsonObject, response: JsonObject) -> str:
 
 
 def error_response(
-    status: int, error_type: str, message: str, request_id: str, headers: Mapping[str, str] = {}
+    status: int,
+    error_type: str,
+    message: str,
+    request_id: str,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = {
         "type": "error",
         "error": {"type": error_type, "message": message},
         "request_id": request_id,
     }
-    return JSONResponse(body, status_code=status, headers={"request-id": request_id, **headers})
+    return JSONResponse(
+        body, status_code=status, headers={"request-id": request_id, **(headers or {})}
+    )
 
 
 def fault_response(fault: Fault, request_id: str) -> JSONResponse:
@@ -597,6 +603,7 @@ def create_app(fake: FakeApi) -> Starlette:
 @contextlib.asynccontextmanager
 async def serve(fake: FakeApi, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Run the fake on the current event loop; yields its base URL (``http://host:port``)."""
+    fake._closing = asyncio.Event()
     config = uvicorn.Config(
         create_app(fake), host=host, port=port, log_level="warning", lifespan="off", ws="none"
     )

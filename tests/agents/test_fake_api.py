@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,16 @@ def test_command_line_serves_the_fake() -> None:
         process.wait(timeout=30)
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_a_fake_serves_again_after_a_restart() -> None:
+    fake = FakeApi()
+    async with serve(fake) as url:
+        await client(url).messages.create(**request())
+    fake.inject(Fault("delay", seconds=0.2))
+    async with serve(fake) as url:
+        started = time.monotonic()
+        message = await client(url).messages.create(**request())
+        waited = time.monotonic() - started
+    assert message.stop_reason == "tool_use" and len(fake.requests) == 2
+    assert waited >= 0.2, "the delay of the second run was honoured, not cut short"
