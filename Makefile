@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/e2e/node_modules/.installed
 
-.PHONY: dev test lint typecheck pytest bench install js clean
+.PHONY: dev test lint typecheck pytest bench install js clean mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ pytest: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
 
 test: lint typecheck pytest
+
+# Mutation testing of the pure core (settings in pyproject.toml, [tool.mutmut]): mutants of
+# where_eval, convert, offset and xid against the fast tests, then the score per file, with the
+# mutants judged equivalent (tests/mutation/equivalent.md) left out. Not part of `make test`.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(PY) -m tests.mutation.score
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -4,6 +4,13 @@ Layer: ``shapes`` (pure). Implements the protocol's rules (``protocol.md`` §7.5
 judged against ``where`` with both the old and the new row (old in + new out is a delete, old out
 + new in an insert), a primary-key change becomes a delete and an insert, and ``replica`` decides
 whether updates and deletes carry whole rows or only the key and the changed columns.
+
+Evaluation failures. A ``where`` clause that cannot be evaluated on a row (Postgres would raise,
+such as division by zero or a failing cast, or the evaluator itself fails) makes the conversion
+raise :class:`WhereEvaluationFailed`, whatever the evaluator raised. The row is neither included
+nor excluded: the caller retires the shape (its clients refetch), and the shape's new snapshot
+query then decides as Postgres does, which fails with a 400 if Postgres rejects the row too.
+That keeps a live shape equal to its ``SELECT`` or refused, and one row never stops replication.
 """
 
 from __future__ import annotations
@@ -19,6 +26,21 @@ class Predicate(Protocol):
     """What conversion needs of a compiled ``where`` clause."""
 
     def matches(self, row: Row) -> bool: ...
+
+
+class WhereEvaluationFailed(Exception):
+    """The shape's ``where`` clause could not be evaluated on a row.
+
+    The message names the relation and the kind of failure, never the row's values.
+    """
+
+    def __init__(self, relation: tuple[str, str], cause: BaseException) -> None:
+        super().__init__(
+            f"the where clause failed on a row of {relation[0]}.{relation[1]}: "
+            f"{type(cause).__name__}"
+        )
+        self.relation = relation
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +81,8 @@ def _matches(view: ShapeView, row: Row) -> bool:
         return True
     try:
         return view.where.matches(row)
-    except ValueError:
-        # Postgres would raise for this row (division by zero, a failing cast): the row is not
-        # in the shape, as in the reference server, and one bad row never stops replication.
-        return False
+    except Exception as exc:  # any failure, the evaluator's own bugs included: see the docstring
+        raise WhereEvaluationFailed(view.relation, exc) from exc
 
 
 def _key_only(view: ShapeView, row: Row) -> dict[str, str | None]:
@@ -70,7 +90,7 @@ def _key_only(view: ShapeView, row: Row) -> dict[str, str | None]:
 
 
 def convert_insert(view: ShapeView, new: Row) -> list[Entry]:
-    """Entries for an inserted row."""
+    """Entries for an inserted row (raises :class:`WhereEvaluationFailed`, as all of these)."""
     parts = insert_parts(view, new)
     if parts is None:
         return []

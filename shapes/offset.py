@@ -15,6 +15,8 @@ from shapes.errors import InvalidRequest
 INF: Final = 1 << 64
 """The ``inf`` op offset; larger than any real op offset."""
 
+_MAX_OFFSET_CHARS: Final = 64
+"""Longer offsets are refused before any digits are converted (``int()`` refuses thousands)."""
 _OFFSET_RE: Final = re.compile(r"(0|[1-9][0-9]*|0[0-9]+)_(inf|[0-9]+)")
 
 
@@ -53,7 +55,7 @@ def parse_offset(text: str) -> LogOffset:
     """
     if text in ("-1", "-1_0"):
         return BEFORE_ALL
-    match = _OFFSET_RE.fullmatch(text)
+    match = _OFFSET_RE.fullmatch(text) if len(text) <= _MAX_OFFSET_CHARS else None
     if match is None:
         raise InvalidRequest("offset", "has invalid format")
     tx = int(match.group(1))

@@ -105,7 +105,7 @@ def subset_from_body(body: Mapping[str, Any]) -> SubsetRequest | None:
 def _params_from_json(text: str) -> dict[str, str]:
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise SubsetError("params", "must be a JSON object") from None
     if not isinstance(data, dict):
         raise SubsetError("params", "must be a JSON object")

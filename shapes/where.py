@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
-from pglast.parser import ParseError
+from pglast.parser import ParseError, scan
 from pglast.stream import RawStream
 
 from shapes import pgtypes
@@ -38,9 +38,11 @@ from shapes.schema import Column
 from shapes.where_compile import PREFIX, IndexCondition, WhereCompiler, column_type
 
 __all__ = [
+    "ColumnReference",
     "IndexCondition",
     "MAX_WHERE_BYTES",
     "Where",
+    "column_references",
     "column_type",
     "normalise_value",
     "parse_where",
@@ -119,17 +121,22 @@ def normalise_value(column: Column, text: str) -> Hashable:
     return ev.hash_key(pgtypes.parse_text(column_type(column), text))
 
 
+_NOT_SEQUENTIAL = "Parameters must be numbered sequentially, starting from 1"
+
+
 def validate_params(params: Mapping[str, str] | None) -> dict[int, str]:
     """Check the ``params`` keys (integers numbered 1..n) and key the values by number."""
     if not params:
         return {}
     numbered: dict[int, str] = {}
     for key, value in params.items():
-        if not (key.isascii() and key.isdigit()):
+        if not (key.isascii() and key.isdigit()) or key.startswith("0") and key != "0":
             raise InvalidRequest("params", "Parameters can only use numbers as keys")
+        if len(key) > 18:  # never 1..n; and int() refuses thousands of digits
+            raise InvalidRequest("params", _NOT_SEQUENTIAL)
         numbered[int(key)] = value
     if sorted(numbered) != list(range(1, len(numbered) + 1)):
-        raise InvalidRequest("params", "Parameters must be numbered sequentially, starting from 1")
+        raise InvalidRequest("params", _NOT_SEQUENTIAL)
     return numbered
 
 
@@ -150,6 +157,8 @@ def parse_where(
         clause = _parse_clause(wrapped)
         compiler = WhereCompiler(columns, numbered, wrapped)
         root = compiler.compile_root(clause)
+        if isinstance(clause, ast.ParamRef):  # a bare ``$1``: the clause is the parameter
+            clause = compiler.param_literal(clause)
         compiler.substitute_params(clause)
         sql = RawStream()(clause)
         _parse_clause(PREFIX + sql)  # the deparsed text must stand on its own
@@ -176,3 +185,76 @@ def _parse_clause(wrapped: str) -> Any:
     if extra or statement.op != SetOperation.SETOP_NONE or statement.whereClause is None:
         raise WhereClauseError("malformed query ending with SQL clauses")
     return statement.whereClause
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnReference:
+    """A column reference in a clause: ``name`` is the column it names (the last part of a
+    qualified reference, ``*`` for a star) and ``text`` the reference as written."""
+
+    name: str
+    text: str
+
+
+_ORDER_BY_PREFIX: Final = "SELECT 1 ORDER BY "
+
+
+def column_references(text: str, *, order_by: bool = False) -> tuple[ColumnReference, ...]:
+    """Every column reference in a ``where`` clause (or, with ``order_by``, an ORDER BY list),
+    in the order written. Needs no table: it only parses.
+
+    Raises:
+        WhereClauseError: the text is not one clause (or ORDER BY list).
+    """
+    if len(text.encode("utf-8")) > MAX_WHERE_BYTES:
+        raise WhereClauseError(f"WHERE clause is too long (limit {MAX_WHERE_BYTES} bytes)")
+    wrapped = (_ORDER_BY_PREFIX if order_by else PREFIX) + text
+    try:
+        root = _parse_order_by(wrapped) if order_by else _parse_clause(wrapped)
+        refs: list[Any] = []
+        _collect_column_refs(root, refs)
+    except RecursionError:
+        raise WhereClauseError("stack depth limit exceeded") from None
+    if not refs:
+        return ()
+    # parser locations and token positions are both character offsets into ``wrapped``
+    tokens = scan(wrapped)
+    starts = {token.start: index for index, token in enumerate(tokens)}
+    return tuple(_reference(ref, wrapped, tokens, starts) for ref in refs)
+
+
+def _parse_order_by(wrapped: str) -> Any:
+    try:
+        statements = parse_sql(wrapped)
+    except ParseError as error:
+        location = error.args[1] if error.args[1] is not None else len(wrapped)
+        raise WhereClauseError(f"At location {location}: {error.args[0]}") from None
+    statement = statements[0].stmt if len(statements) == 1 else None
+    if not isinstance(statement, ast.SelectStmt) or statement.sortClause is None:
+        raise WhereClauseError("malformed ORDER BY list")
+    extra = any(getattr(statement, name, None) for name in _SELECT_CLAUSES if name != "sortClause")
+    if extra or statement.whereClause is not None or statement.op != SetOperation.SETOP_NONE:
+        raise WhereClauseError("malformed query ending with SQL clauses")
+    return statement.sortClause
+
+
+def _collect_column_refs(node: Any, out: list[Any]) -> None:
+    if isinstance(node, tuple):
+        for item in node:
+            _collect_column_refs(item, out)
+    elif isinstance(node, ast.ColumnRef):
+        out.append(node)
+    elif isinstance(node, ast.Node):
+        for name in node:
+            _collect_column_refs(getattr(node, name, None), out)
+
+
+def _reference(ref: Any, wrapped: str, tokens: Any, starts: Mapping[int, int]) -> ColumnReference:
+    fields = ref.fields or ()
+    last = fields[-1] if fields else None
+    name = last.sval if isinstance(last, ast.String) and last.sval is not None else "*"
+    first = starts.get(ref.location if ref.location is not None else -1)
+    if first is None or first + 2 * len(fields) - 2 >= len(tokens):
+        return ColumnReference(name, ".".join(getattr(f, "sval", None) or "*" for f in fields))
+    end = tokens[first + 2 * len(fields) - 2].end  # name . name . name: 2n - 1 tokens
+    return ColumnReference(name, wrapped[tokens[first].start : end + 1])

@@ -264,7 +264,7 @@ class WhereCompiler:
             return self.const("int4", value.ival, location)
         if isinstance(value, ast.Float):
             text = str(value.fval)
-            if text.isdigit():
+            if text.isdigit() and len(text) < 20:  # longer is numeric (and int() may refuse it)
                 number = int(text)
                 if number < 1 << 63:
                     return self.const("int8", number, location)

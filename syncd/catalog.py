@@ -101,6 +101,9 @@ class PublicationManager:
     def __init__(self, publication: str) -> None:
         self.publication = publication
         self._published: set[tuple[str, str]] = set()
+        self._full_identity: set[tuple[str, str]] = set()
+        """Tables this process set to ``REPLICA IDENTITY FULL`` (their cached description
+        still says otherwise); each new shape would otherwise take the exclusive lock again."""
 
     async def ensure_publication(self, conn: AsyncConn) -> bool:
         """Create the (initially empty) publication if needed; True when it was created."""
@@ -136,8 +139,10 @@ class PublicationManager:
         try:
             if (table.schema, table.name) not in self._published:
                 await self._publish(conn, table, ident)
-            if table.replica_identity != "f":
+            key = (table.schema, table.name)
+            if table.replica_identity != "f" and key not in self._full_identity:
                 await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+                self._full_identity.add(key)
                 log.info("set REPLICA IDENTITY FULL on %s.%s", table.schema, table.name)
         except psycopg.errors.InsufficientPrivilege as exc:
             message = (
@@ -166,3 +171,4 @@ class PublicationManager:
     def forget(self, schema: str, name: str) -> None:
         """Forget that a table is published (after it was dropped)."""
         self._published.discard((schema, name))
+        self._full_identity.discard((schema, name))

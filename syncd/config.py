@@ -28,6 +28,10 @@ class Settings:
     schema_check_interval: float = 30.0
     max_initial_requests: int = 300
     max_existing_requests: int = 10_000
+    cache_max_age: int = 60
+    """``max-age`` of catch-up responses (seconds)."""
+    cache_stale_age: int = 300
+    """``stale-while-revalidate`` of catch-up responses (seconds)."""
     replication_options: str | None = None
     """Extra ``-c name=value`` settings for the replication (walsender) connection."""
     secret: str | None = field(default=None, repr=False)
@@ -67,6 +71,18 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "SYNCD_MAX_EXISTING_REQUESTS",
         int,
         "other concurrent shape requests before 503 (10000)",
+    ),
+    (
+        "cache_max_age",
+        "SYNCD_CACHE_MAX_AGE",
+        int,
+        "max-age of catch-up responses, seconds (60)",
+    ),
+    (
+        "cache_stale_age",
+        "SYNCD_CACHE_STALE_AGE",
+        int,
+        "stale-while-revalidate of catch-up responses, seconds (300)",
     ),
     (
         "replication_options",
@@ -162,6 +178,8 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
     if settings.chunk_bytes < 1024:
         raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
+    if settings.cache_max_age < 0 or settings.cache_stale_age < 0:
+        raise ConfigError("SYNCD_CACHE_MAX_AGE and SYNCD_CACHE_STALE_AGE must not be negative")
     if settings.event_loop not in EVENT_LOOPS:
         raise ConfigError("SYNCD_EVENT_LOOP must be one of " + ", ".join(EVENT_LOOPS))
     if settings.database_url is None and not settings.dev:

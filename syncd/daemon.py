@@ -67,6 +67,8 @@ class Syncd:
             allow_shape_deletion=settings.allow_shape_deletion,
             max_initial_requests=settings.max_initial_requests,
             max_existing_requests=settings.max_existing_requests,
+            max_age=settings.cache_max_age,
+            stale_age=settings.cache_stale_age,
         )
         self.api = ShapeApi(self.engine, api_settings, self.health)
         self.app: Starlette = create_app(self.api)

@@ -7,9 +7,11 @@ Theory of operation
 ``ReplicationStream`` hands every decoded pgoutput message to :meth:`Engine.on_message`, in
 stream order, on the event loop. Row changes are routed to the shapes they may affect (an index
 over ``column = constant`` conditions, see ``shapes.router``), converted to log entries per shape
-and held until the transaction's ``Commit``. Offsets are ``(commit LSN, op index)`` with the op
-index stepping by 2 per change, so a replay of the same WAL after a crash produces the same
-offsets; a shape skips every transaction at or below its log's latest offset.
+and held until the transaction's ``Commit``. A shape whose where clause fails on a row is retired
+on its own (:meth:`Engine._retire_failed`); no row stops the stream. Offsets are
+``(commit LSN, op index)`` with the op index stepping by 2 per change, so a replay of the same
+WAL after a crash produces the same offsets; a shape skips every transaction at or below its
+log's latest offset.
 
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
@@ -42,6 +44,17 @@ held in memory until their Commit as before, which bounds them by that setting (
 expansion and the number of shapes a change reaches); shapes still taking their snapshot hold
 even a streamed transaction in memory.
 
+Slot history. The shapes are only right while the replication slot continues the history they
+were built from: a slot that was dropped and created again, moved ahead, or invalidated after
+its WAL was removed has skipped transactions for good. ``<storage_dir>/slot.json``
+(``syncd.slot_record``) names the slot and cluster and holds the highest position confirmed on
+it; :meth:`Engine.on_idle` writes it durably before it lets the stream confirm a position, so a
+continuing slot is never ahead of it. :meth:`Engine.open` and every replication session
+(:meth:`Engine.on_slot`) compare the slot with the record (``syncd.replication.history_gap``);
+on a break the engine logs an ERROR, retires every shape (clients get a 409 and take a new
+snapshot, which is consistent with the new slot since it is taken after the slot was created)
+and starts a new record at the new slot's position, from which the stream then reads.
+
 Flush rules for streamed transactions. The confirmed LSN is the end of the last *applied*
 commit; while any spool exists, keepalive positions are not confirmed either. So it never
 passes the commit of a streamed transaction that has not been committed and applied, and pieces
@@ -60,7 +73,7 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,22 +82,40 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from shapes import messages
-from shapes.convert import Entry, convert_delete, convert_update, insert_parts
+from shapes.convert import (
+    Entry,
+    WhereEvaluationFailed,
+    convert_delete,
+    convert_update,
+    insert_parts,
+)
 from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.schema_change import diff_columns, is_affected
 from shapes.shape import CanonicalShape
+from shapes.subset import Subset
 from shapes.where import Where, parse_where
 from shapes.xid import Snapshot
 from syncd.catalog import PublicationManager, load_table
-from syncd.errors import DatabaseUnavailable, SlotConflict
+from syncd.errors import (
+    DatabaseUnavailable,
+    QueryFailed,
+    RowsRejected,
+    SchemaChanged,
+    SlotConflict,
+    row_query_errors,
+)
 from syncd.pgoutput import messages as pg
+from syncd.pgoutput import parse_lsn
 from syncd.pgoutput.decoder import PgoutputDecoder
+from syncd.replication import SlotFound, history_gap
 from syncd.shape_state import ShapeState, snapshot_from_meta
+from syncd.slot_record import SlotRecord
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
 from syncd.spool import TransactionSpool
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
+from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.engine")
 
@@ -95,6 +126,8 @@ _PIECE_BYTES = 8 * 1024 * 1024
 """While a streamed transaction is replayed, aim at pieces of about this many bytes of entries."""
 _PIECE_CHANGES = (16, 256, 8192)
 """Changes between pieces (and event-loop yields) of a replay: minimum, first, maximum."""
+_SLOT_RECORD_INTERVAL = 0.2
+"""Write the slot record (see ``syncd.slot_record``) at most this often while changes flow."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +207,9 @@ class Engine:
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._group_sync: GroupSync | None = None
+        # the slot history the shapes follow (see syncd.slot_record)
+        self._slot_record: SlotRecord | None = None
+        self._slot_record_saved = 0.0
         # streamed transactions
         self._spools: dict[int, TransactionSpool] = {}
         self._spool: TransactionSpool | None = None
@@ -236,35 +272,116 @@ class Engine:
         await self.pool.open(wait=True, timeout=30)
         async with self.pool.connection() as conn:
             created_publication = await self.publications.ensure_publication(conn)
-            created_slot = await self._ensure_slot(conn)
-        if created_publication or created_slot:
+            slot = await self._ensure_slot(conn)
+        self._slot_record = SlotRecord.load(self.settings.storage_dir)
+        if created_publication or (slot.created and self._slot_record is None):
             self._purge_all_shapes("a new replication slot or publication was created")
+        if not self._check_slot(slot):
+            self._save_slot_record(self._slot_record or SlotRecord(slot.name, slot.confirmed_lsn))
         await self._restore_shapes()
         self._spawn(self._reconcile_forever())
 
-    async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
+    async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> SlotFound:
+        """The slot (created if missing) as found; refuses another database's slot."""
+        name = self.settings.slot
+        wal_status = "wal_status" if conn.info.server_version >= 130000 else "NULL"
         query = (
-            "SELECT confirmed_flush_lsn::text, database::text, plugin::text"
+            "SELECT confirmed_flush_lsn::text, restart_lsn::text, database::text, plugin::text,"
+            " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            f" ELSE pg_current_wal_lsn() END)::text, {wal_status}::text"
             " FROM pg_replication_slots WHERE slot_name = %s"
         )
-        cur = await conn.execute(query, (self.settings.slot,))
-        row = await cur.fetchone()
-        if row is not None:
-            confirmed, database, plugin = row
-            if database != conn.info.dbname or plugin != "pgoutput":
-                raise SlotConflict(
-                    f"replication slot {self.settings.slot} belongs to database {database} "
-                    f"(plugin {plugin}); give this syncd its own slot name (SYNCD_SLOT)"
-                )
-            log.info(
-                "replication slot %s exists, confirmed up to %s", self.settings.slot, confirmed
+        row = await (await conn.execute(query, (name,))).fetchone()
+        created = row is None
+        if row is None:
+            await conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+            log.info("created replication slot %s", name)
+            row = await (await conn.execute(query, (name,))).fetchone()
+            assert row is not None
+        confirmed, restart, database, plugin, wal_end, status = row
+        if database != conn.info.dbname or plugin != "pgoutput":
+            raise SlotConflict(
+                f"replication slot {name} belongs to database {database} "
+                f"(plugin {plugin}); give this syncd its own slot name (SYNCD_SLOT)"
             )
-            return False
-        await conn.execute(
-            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
+        if not created:
+            log.info("replication slot %s exists, confirmed up to %s", name, confirmed)
+        return SlotFound(
+            name=name,
+            confirmed_lsn=parse_lsn(confirmed) if confirmed else 0,
+            restart_lsn=parse_lsn(restart) if restart else None,
+            wal_status=status,
+            wal_end=parse_lsn(wal_end),
+            created=created,
+            # The stream drops and recreates a lost slot; its shapes can go now.
+            lost="wal_status is 'lost': the WAL it needed was removed"
+            if status == "lost"
+            else None,
         )
-        log.info("created replication slot %s", self.settings.slot)
+
+    # -- slot history --------------------------------------------------------------------------
+
+    def on_slot(self, slot: SlotFound) -> bool:
+        """The replication stream found ``slot`` at a session start; ``True`` when its history
+        is broken and every shape has been invalidated (the stream then starts over)."""
+        return self._check_slot(slot)
+
+    def _check_slot(self, slot: SlotFound) -> bool:
+        """Compare ``slot`` with the stored record; on a broken history invalidate every shape
+        and start a new record at the slot's position. ``True`` when it was broken."""
+        record = self._slot_record
+        gap = history_gap(
+            slot,
+            record.confirmed_lsn if record is not None else None,
+            system_id=record.system_id if record is not None else None,
+            slot_name=record.slot if record is not None else None,
+        )
+        if gap is None:
+            if record is not None and record.system_id is None and slot.system_id is not None:
+                self._save_slot_record(replace(record, system_id=slot.system_id))
+            return False
+        log.error(
+            "replication slot %s: its history is broken, changes committed in between were "
+            "lost: %s; invalidating all %d shapes (clients must refetch)",
+            slot.name,
+            gap,
+            sum(1 for _ in self.shapes_dir.iterdir()),
+        )
+        self._invalidate_all_shapes(f"the replication slot's history is broken: {gap}")
+        self._durable_lsn = self._last_commit_end = slot.confirmed_lsn
+        self.last_seen_lsn = slot.confirmed_lsn
+        self._save_slot_record(SlotRecord(slot.name, slot.confirmed_lsn, slot.system_id))
         return True
+
+    def _invalidate_all_shapes(self, reason: str) -> None:
+        """Retire every shape (clients get a 409 and take a new snapshot) and drop whatever
+        the engine holds of the open transaction and spooled ones."""
+        self.on_session_start()
+        for shape in list(self.shapes.values()):
+            self.delete(shape, reason)
+        self._purge_all_shapes(reason)
+        self._dirty.clear()
+        self._tables.clear()
+
+    def _save_slot_record(self, record: SlotRecord) -> None:
+        record.save(self.settings.storage_dir)
+        self._slot_record = record
+        self._slot_record_saved = time.monotonic()
+
+    def _confirmable(self, lsn: int) -> int:
+        """``lsn``, once the slot record says so durably; until then the record's position.
+
+        The record is written (and fsynced, on the event loop: it is a few bytes, and another
+        history must never be able to overwrite it) at most every ``_SLOT_RECORD_INTERVAL``;
+        the stream asks again within its ``idle_interval``.
+        """
+        record = self._slot_record
+        if record is None or lsn <= record.confirmed_lsn:
+            return lsn
+        if time.monotonic() - self._slot_record_saved < _SLOT_RECORD_INTERVAL:
+            return record.confirmed_lsn
+        self._save_slot_record(record.advanced(lsn))
+        return lsn
 
     async def close(self) -> None:
         """Flush logs and close connections; shapes stay on disk."""
@@ -364,7 +481,7 @@ class Engine:
 
     async def _create(self, definition: CanonicalShape) -> ShapeState:
         table, where, selected = await self._compile(definition)
-        async with self.connection() as conn:
+        async with self.reading(definition.relation) as conn:
             await self.publications.add_table(conn, table)
         handle = self._new_handle(definition)
         shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
@@ -409,6 +526,46 @@ class Engine:
         except (psycopg.OperationalError, TimeoutError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
+    @contextlib.asynccontextmanager
+    async def reading(self, relation: TableKey) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """A pooled connection for queries over ``relation`` (publishing it, snapshots,
+        subsets), their failures translated by :func:`syncd.errors.row_query_errors`.
+
+        When the schema changed under the query, the table is compared with the catalog
+        before the error goes on: its shapes are invalidated as the change requires and its
+        cached description is dropped, so the client's next request sees the new schema.
+
+        Raises:
+            SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable: see
+                ``row_query_errors``.
+        """
+        try:
+            async with self.connection() as conn:
+                with row_query_errors():
+                    yield conn
+        except SchemaChanged as exc:
+            log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
+            await self.recheck_table(relation)
+            raise
+
+    async def recheck_table(self, relation: TableKey) -> None:
+        """Compare ``relation`` with the catalog now and forget its cached description."""
+        try:
+            await self._reconcile_table(relation)
+        except DatabaseUnavailable as exc:
+            log.warning("schema check of %s.%s skipped: %s", *relation, exc)
+        finally:
+            self._tables.pop(relation, None)
+
+    async def subset(self, shape: ShapeState, subset: Subset) -> bytes:
+        """The body of a subset snapshot of ``shape`` (see :func:`syncd.subset.run_subset`).
+
+        Raises:
+            SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable: see :meth:`reading`.
+        """
+        async with self.reading(shape.definition.relation) as conn:
+            return await run_subset(conn, shape, subset)
+
     def _new_handle(self, definition: CanonicalShape) -> str:
         now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
         self._last_handle_us = now_us
@@ -452,13 +609,18 @@ class Engine:
 
     async def _take_snapshot(self, shape: ShapeState) -> None:
         try:
-            async with self.connection() as conn:
+            async with self.reading(shape.definition.relation) as conn:
                 info, wal_lsn = await begin_snapshot(conn)
                 if shape.definition.log == "full":
                     await self._copy_rows(conn, shape)
                 await conn.execute("COMMIT")
         except asyncio.CancelledError:
             raise
+        except (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable) as exc:
+            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+            shape.fail(exc)
+            self.delete(shape, "snapshot failed")
+            return
         except Exception as exc:
             log.exception("snapshot of shape %s failed", shape.handle)
             shape.fail(exc)
@@ -701,18 +863,30 @@ class Engine:
     async def reconcile_schemas(self) -> None:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""
         tables = {shape.definition.relation for shape in self.shapes.values()}
-        for schema, name in sorted(tables):
-            try:
-                async with self.connection() as conn:
-                    table = await load_table(conn, schema, name)
-            except InvalidRequest:
-                self._check_schema((schema, name), None)
-                continue
-            known = self._tables.get((schema, name))
-            if known is not None and known.oid != table.oid:
-                self._check_schema((schema, name), None)
-                continue
-            self._check_schema((schema, name), _column_types(table))
+        for relation in sorted(tables):
+            await self._reconcile_table(relation)
+
+    async def _reconcile_table(self, relation: TableKey) -> None:
+        try:
+            async with self.connection() as conn:
+                table: Table | None = await load_table(conn, *relation)
+        except InvalidRequest:
+            table = None
+        if table is None or self._replaced(relation, table):
+            self._check_schema(relation, None)
+            self._tables.pop(relation, None)
+            # a table created again under the name must be published again
+            self.publications.forget(*relation)
+            return
+        self._check_schema(relation, _column_types(table))
+
+    def _replaced(self, relation: TableKey, table: Table) -> bool:
+        """Whether ``table`` is another table than the one known under its name."""
+        known = [shape.table for shape in self.router.shapes_for_table(relation)]
+        cached = self._tables.get(relation)
+        if cached is not None:
+            known.append(cached)
+        return any(old.oid not in (0, table.oid) for old in known)
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -757,14 +931,21 @@ class Engine:
         if shapes:
             op = self._txn_op
             entries = self._txn_entries
+            failed: list[tuple[ShapeState, Exception]] = []
             for shape in shapes:
-                parts = insert_parts(shape.view, row)
+                try:
+                    parts = insert_parts(shape.view, row)
+                except Exception as exc:  # contained in this shape: see _retire_failed
+                    failed.append((shape, exc))
+                    continue
                 if parts is not None:
                     buffer = entries.get(shape)
                     if buffer is None:
                         buffer = self._buffer(shape, relation.table)
                     buffer.entries.append(op, buffer.encoder.insert(parts[0], parts[1], op))
                     buffer.operation = "insert"
+            if failed:
+                self._retire_failed(failed)
         self._txn_op += 2
 
     def _on_update(self, msg: pg.Update) -> None:
@@ -776,21 +957,54 @@ class Engine:
         shapes = self.router.affected(relation.table, new)
         if old is not None:
             shapes = shapes | self.router.affected(relation.table, old)
+        failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
-            entries = convert_update(shape.view, old, new)
+            try:
+                entries = convert_update(shape.view, old, new)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
             if entries:
                 self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
         self._txn_op += 2
 
     def _on_delete(self, msg: pg.Delete) -> None:
         relation = self._relations[msg.oid]
         old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
+        failed: list[tuple[ShapeState, Exception]] = []
         for shape in self.router.affected(relation.table, old):
-            entries = convert_delete(shape.view, old, full)
+            try:
+                entries = convert_delete(shape.view, old, full)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
             if entries:
                 self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
         self._txn_op += 2
+
+    def _retire_failed(self, failed: list[tuple[ShapeState, Exception]]) -> None:
+        """Retire the shapes whose conversion of the current change raised.
+
+        The rule for rows a shape cannot decide (``shapes.convert``, "Evaluation failures"):
+        the shape alone is retired, so its clients get a 409 and ask again, and the new shape's
+        snapshot query decides as Postgres does (a 400 if Postgres rejects the row too). Every
+        other shape, and replication, carry on; a replay of the same transaction after a restart
+        finds the shape gone. Called after the loop over the routed shapes, because retiring a
+        shape changes the router's sets.
+        """
+        for shape, exc in failed:
+            cause = exc.cause if isinstance(exc, WhereEvaluationFailed) else exc
+            log.warning(
+                "shape %s (%s) retired: its where clause failed on a row (%s: %s)",
+                shape.handle,
+                _describe(shape.definition),
+                type(cause).__name__,
+                cause,
+            )
+            self.delete(shape, "its where clause failed on a row")
 
     def _on_commit(self, msg: pg.Commit) -> None:
         lsn, xid = self._txn_lsn, self._txn_xid
@@ -831,12 +1045,12 @@ class Engine:
                 loop = asyncio.get_running_loop()
                 self._flush_timer = loop.call_later(wait, self._timed_flush)
         if self._dirty:
-            return self._pinned(self._durable_lsn)
+            return self._confirmable(self._pinned(self._durable_lsn))
         durable = self._last_commit_end
         if between:
             durable = max(durable, received_lsn)
         self._durable_lsn = max(self._durable_lsn, self._pinned(durable))
-        return self._durable_lsn
+        return self._confirmable(self._durable_lsn)
 
     def _timed_flush(self) -> None:
         self._flush_timer = None

@@ -3,6 +3,10 @@
 Layer: ``syncd``. Endpoints parse the request, ask the engine for the shape, read its log and
 render the protocol's headers and bodies (``protocol.md`` §3-§6): the initial and catch-up
 requests, live long-polls held until the log grows, and live Server-Sent Events.
+
+Every failure a request may meet becomes a status and a JSON body in one place,
+:func:`error_response` (for the request's own errors and for a shape whose snapshot failed);
+Starlette's own refusals (404, 405) and a bug's 500 are JSON too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import importlib.resources
 import json
 import logging
@@ -22,9 +27,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,10 +47,15 @@ from shapes.subset import (
     subset_from_query,
     validate_subset,
 )
+from shapes.where_eval import EvalError
 from syncd.engine import Engine
-from syncd.errors import DatabaseUnavailable
+from syncd.errors import (
+    DatabaseUnavailable,
+    QueryFailed,
+    RowsRejected,
+    SchemaChanged,
+)
 from syncd.shape_state import ShapeState, wait_briefly
-from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.http")
 
@@ -60,6 +70,8 @@ CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
 SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+DRAIN_BYTES = 64 * 1024 * 1024
+"""How much of a body over ``MAX_BODY_BYTES`` is read (and dropped) before the 413."""
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
@@ -187,11 +199,11 @@ class ShapeApi:
         denied = self._check_secret(request)
         if denied is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await read_body(request, MAX_BODY_BYTES)
+        if body is None:
             return json_response({"error": "Request body too large"}, 413, cache="no-cache")
         try:
-            data = json.loads(body, parse_constant=_reject_constant) if body.strip() else {}
+            data = parse_json_body(body)
         except ValueError as exc:
             error = {"error": "Invalid JSON in request body", "details": str(exc)}
             return json_response(error, 400, cache="no-cache")
@@ -220,11 +232,11 @@ class ShapeApi:
             if subset is not None:
                 return await self._serve_subset(shape_request, subset)
             return await self._serve(request, shape_request)
-        except InvalidRequest as exc:
-            return bad_request(exc.errors())
-        except DatabaseUnavailable:
-            message = "Cannot connect to the database to verify the shape. Please try again later."
-            return unavailable(message, retry_after=1)
+        except Exception as exc:
+            response = error_response(exc)
+            if response is None:
+                raise
+            return response
 
     async def delete_shape(self, request: Request) -> Response:
         """``DELETE /v1/shape`` by definition or by handle."""
@@ -270,10 +282,11 @@ class ShapeApi:
         if secret is None:
             return None
         given = request.query_params.get("secret") or request.query_params.get("api_secret")
-        if given == secret:
+        if given is not None and hmac.compare_digest(given.encode(), secret.encode()):
             return None
         body = json.dumps({"message": "Unauthorized - Invalid API secret"})
-        return Response(body, status_code=401, headers={"electric-server": SERVER_HEADER})
+        headers = {"electric-server": SERVER_HEADER}
+        return Response(body, 401, headers=headers, media_type="application/json")
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -316,12 +329,10 @@ class ShapeApi:
             end = shape.log.latest_offset
         else:
             _items, end = await read_log(shape, req.offset)
-        async with self.engine.connection() as conn:
-            try:
-                body = await run_subset(conn, shape, subset)
-            except psycopg.errors.DataError as exc:
-                await conn.execute("ROLLBACK")
-                raise SubsetError("where", exc.diag.message_primary or str(exc)) from exc
+        try:
+            body = await self.engine.subset(shape, subset)
+        except RowsRejected as exc:
+            raise SubsetError("where", exc.description) from exc
         headers = self._headers(shape, "no-cache")
         headers["electric-snapshot"] = "true"
         headers["electric-offset"] = str(end)
@@ -347,13 +358,9 @@ class ShapeApi:
 
     def _after_loss(self, shape: ShapeState) -> Response:
         if shape.failure is not None and shape.status == "gone":
-            if isinstance(shape.failure, InvalidRequest):
-                return bad_request(shape.failure.errors())
-            if isinstance(shape.failure, psycopg.DataError) and shape.definition.where:
-                # the where clause fails on the table's data (division by zero, bad cast, ...):
-                # retrying cannot help, so this is the client's error
-                message = shape.failure.diag.message_primary or str(shape.failure)
-                return bad_request({"where": [message]})
+            answer = error_response(shape.failure)
+            if answer is not None:
+                return answer
             return unavailable("Failed to create shape, please retry", retry_after=1)
         if not shape.ready.is_set():
             return unavailable("Snapshot is taking too long, please retry", retry_after=5)
@@ -573,6 +580,23 @@ def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:
     return parse_shape_request([*kept, ("offset", "-1")]).definition
 
 
+def parse_json_body(body: bytes) -> Any:
+    """The JSON value of a request body (``{}`` when blank).
+
+    Raises:
+        ValueError: when it is not JSON, nests too deeply, holds ``NaN``/``Infinity`` or a
+            string that is no Unicode text (a lone surrogate, ``"\\ud800"``).
+    """
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+        json.dumps(data, ensure_ascii=False).encode()
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return data
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -632,6 +656,56 @@ def bad_request(errors: dict[str, list[str]]) -> Response:
     return response
 
 
+def error_response(exc: BaseException) -> Response | None:
+    """The protocol's answer to a request that failed with ``exc``, or to a shape whose
+    snapshot did; ``None`` for anything else (a bug, left to the server's 500).
+
+    This is where every failure a request may meet becomes a status and a JSON body. Bodies
+    quote the request at most, never Postgres's message, which may quote a row.
+    """
+    if isinstance(exc, InvalidRequest):
+        return bad_request(exc.errors())
+    if isinstance(exc, RowsRejected):
+        # the where clause fails on the table's data (division by zero, bad cast, ...):
+        # retrying cannot help, so this is the client's error
+        return bad_request({"where": [exc.description]})
+    if isinstance(exc, EvalError):
+        return bad_request({"where": ["evaluating it on the table's rows failed"]})
+    if isinstance(exc, SchemaChanged):
+        return must_refetch(None)
+    if isinstance(exc, DatabaseUnavailable):
+        message = "Cannot connect to the database to verify the shape. Please try again later."
+        return unavailable(message, retry_after=1)
+    if isinstance(exc, QueryFailed):
+        return unavailable(f"The query for the shape failed ({exc}), please retry", retry_after=1)
+    return None
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or ``None`` when it is longer than ``limit`` bytes.
+
+    A body over the limit is read on and dropped, up to ``DRAIN_BYTES`` in all, so that the
+    client, still sending, reads the 413 instead of a reset connection; past that (or when the
+    declared length is past it) the rest is left unread and the connection closes. Either way
+    it costs no memory.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and len(declared) < 20 and int(declared) > DRAIN_BYTES:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > DRAIN_BYTES:
+                return None
+            if size <= limit:
+                parts.append(part)
+    except ClientDisconnect:
+        pass
+    return None if size > limit else b"".join(parts)
+
+
 def must_refetch(handle: str | None) -> Response:
     """A 409 that sends the client back to ``offset=-1`` (with the current handle if known)."""
     cache = (
@@ -651,8 +725,19 @@ def unavailable(message: str, *, retry_after: int) -> Response:
     return response
 
 
-async def _not_found(request: Request) -> Response:
-    return Response("Not found", status_code=404, media_type="text/plain")
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (unknown path: 404, method: 405) as JSON error bodies."""
+    assert isinstance(exc, HTTPException)
+    messages_by_status = {404: "Not found", 405: "Method not allowed"}
+    message = messages_by_status.get(exc.status_code, exc.detail)
+    response = json_response({"message": message}, exc.status_code, cache="no-store")
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug's answer: a JSON 500 that says nothing of the failure (the log has it)."""
+    return json_response({"message": "Internal server error"}, 500, cache="no-store")
 
 
 async def _root(request: Request) -> Response:
@@ -685,7 +770,8 @@ def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None
         Route("/", _root, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_exception_handler(404, _handle_404)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(NormalisePath, shape_get=api.shape_request)
     return app
 
@@ -722,7 +808,3 @@ def normalise_path(path: str) -> str:
     if len(collapsed) > 1 and collapsed.endswith("/"):
         collapsed = collapsed[:-1]
     return collapsed
-
-
-async def _handle_404(request: Request, exc: Exception) -> Response:
-    return await _not_found(request)

@@ -18,13 +18,34 @@ kept and win.
 Setup, on every (re)connect:
 
 1. ``SHOW wal_sender_timeout``: the status interval is capped at a third of it.
-2. ``CREATE_REPLICATION_SLOT "<slot>" LOGICAL pgoutput NOEXPORT_SNAPSHOT``; "already exists" is
-   fine. The publication is *not* created here: the engine owns it (and must create it before
-   the slot, or the slot's decoding cannot see it).
-3. The slot's ``confirmed_flush_lsn`` seeds :attr:`ReplicationStream.confirmed_lsn`.
+   ``IDENTIFY_SYSTEM`` gives the cluster's system identifier and its WAL flush position.
+2. The slot is looked up in ``pg_replication_slots``. A slot that can no longer be read
+   (``wal_status = 'lost'``, or the previous session ended with the "requested WAL segment has
+   already been removed" / "can no longer get changes from replication slot" class of error) is
+   dropped. A missing (or just dropped) slot is created with ``CREATE_REPLICATION_SLOT "<slot>"
+   LOGICAL pgoutput NOEXPORT_SNAPSHOT``. The publication is *not* created here: the engine owns
+   it (and must create it before the slot, or the slot's decoding cannot see it).
+3. Slot history (see below): the slot as found (:class:`SlotFound`) is checked against what the
+   stream and its handler have confirmed before.
 4. ``START_REPLICATION SLOT "<slot>" LOGICAL <lsn> (proto_version ..., publication_names ...)``
-   from the confirmed LSN (``0/0`` for a new slot: the server starts at the slot's
-   confirmed position). The result is ``COPY_BOTH``.
+   from the confirmed LSN (the slot's own position for a new slot). The result is ``COPY_BOTH``.
+
+Slot history. Postgres keeps a slot at the flush position the client confirmed and sends every
+transaction that commits after it; a slot therefore continues a client's history only if it
+was never dropped, recreated or invalidated, and if it is not ahead of the last position the
+client confirmed (a slot may lag behind it: after a crash of Postgres it resumes from its last
+checkpointed position and sends transactions again, which a handler skips). When a slot
+history is broken, every transaction between the old slot's position and the new slot's start
+is gone for good; :func:`history_gap` names the cases (slot dropped and created afresh, WAL
+removed, slot ahead of the confirmed position, server WAL behind it, another cluster). A
+handler with an ``on_slot(slot)`` method decides with what it has made durable (it may know
+more than this process, e.g. after a restart): it returns ``True`` when it has dropped
+everything that depended on the old history, and the stream then starts over from the new
+slot's own position, so that nothing is ever confirmed across the gap as if it continued the
+old history. A handler without ``on_slot`` cannot do that: when the stream finds its slot
+lost, or, having streamed in an earlier session, finds the history broken,
+:meth:`ReplicationStream.run` ends with :class:`SlotHistoryLost`. Either way the break is
+logged at ERROR.
 
 Read loop. ``get_copy_data(1)`` never blocks. Each XLogData (``w``) message is copied to
 ``bytes`` once and decoded in place at offset 25 by :class:`~syncd.pgoutput.PgoutputDecoder`;
@@ -127,8 +148,12 @@ __all__ = [
     "ReplicationHandler",
     "ReplicationSettings",
     "ReplicationStream",
+    "SlotFound",
+    "SlotHandler",
+    "SlotHistoryLost",
     "SpoolingHandler",
     "drop_slot",
+    "history_gap",
     "replication_conninfo",
 ]
 
@@ -146,6 +171,15 @@ _DURATION_RE: Final = re.compile(r"\s*(\d+)\s*(us|ms|s|min|h|d)?\s*")
 _DURATION_UNITS: Final = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 _DUPLICATE_OBJECT: Final = "42710"
+_UNDEFINED_FILE: Final = "58P01"
+"""``requested WAL segment ... has already been removed``."""
+_NOT_IN_PREREQUISITE_STATE: Final = "55000"
+_SLOT_UNUSABLE_TEXTS: Final = (
+    "has already been removed",
+    "can no longer get changes from replication slot",
+    "can no longer access replication slot",
+    "has been invalidated",
+)
 
 _BEGIN: Final = ord("B")
 _COMMIT: Final = ord("C")
@@ -178,6 +212,79 @@ class SpoolingHandler(ReplicationHandler, Protocol):
     def on_session_start(self) -> None:
         """A new session starts: uncommitted transactions will be sent again from the start."""
         ...
+
+
+class SlotHandler(ReplicationHandler, Protocol):
+    """A handler that checks the slot's history itself (optional, see the module docstring)."""
+
+    def on_slot(self, slot: SlotFound) -> bool:
+        """The slot as found at session start, before streaming.
+
+        Return ``True`` when the slot's history is broken and everything that depended on the
+        old history has been dropped: the stream then starts from the slot's own position.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class SlotFound:
+    """The replication slot as a session found it, before it started streaming."""
+
+    name: str
+    confirmed_lsn: int
+    """The slot's ``confirmed_flush_lsn``: where the server resumes sending."""
+    restart_lsn: int | None
+    wal_status: str | None
+    """``pg_replication_slots.wal_status`` (``None`` before Postgres 13)."""
+    wal_end: int
+    """The server's WAL position when the slot was looked at."""
+    system_id: str | None = None
+    """The cluster's system identifier (``IDENTIFY_SYSTEM``), when known."""
+    created: bool = False
+    """The slot did not exist (or was unusable and dropped) and has been created now."""
+    lost: str | None = None
+    """Why an existing slot could not be used and was dropped (then ``created`` is true)."""
+
+
+def history_gap(
+    slot: SlotFound,
+    confirmed_lsn: int | None,
+    *,
+    system_id: str | None = None,
+    slot_name: str | None = None,
+) -> str | None:
+    """Why ``slot`` does not continue a history confirmed up to ``confirmed_lsn``, or ``None``.
+
+    ``confirmed_lsn`` is the last flush position the client confirmed on the slot (``None``
+    when it has no history: then only a lost slot is a break). ``system_id`` and ``slot_name``
+    are those of the client's history, when it knows them.
+    """
+    if slot.lost is not None:
+        return f"the slot could no longer be read ({slot.lost}): a new slot starts a new history"
+    if confirmed_lsn is None:
+        return None
+    if slot_name is not None and slot_name != slot.name:
+        return f"the history belongs to slot {slot_name}, not {slot.name}"
+    if system_id is not None and slot.system_id is not None and system_id != slot.system_id:
+        return (
+            f"the server is another cluster (system identifier {slot.system_id}, "
+            f"the history's is {system_id})"
+        )
+    if slot.created:
+        return "the slot was gone and has been created afresh"
+    if slot.confirmed_lsn > confirmed_lsn:
+        return (
+            f"the slot is at {format_lsn(slot.confirmed_lsn)}, ahead of the "
+            f"{format_lsn(confirmed_lsn)} confirmed on it: it was dropped and created afresh "
+            "or moved on by another client"
+        )
+    if slot.wal_end < confirmed_lsn:
+        return (
+            f"the server's WAL ends at {format_lsn(slot.wal_end)}, before the "
+            f"{format_lsn(confirmed_lsn)} confirmed on the slot: the server was restored "
+            "from a backup or is another server"
+        )
+    return None
 
 
 @dataclass
@@ -262,6 +369,22 @@ class ReplicationError(Exception):
         self.sqlstate = sqlstate
 
 
+class SlotHistoryLost(Exception):
+    """The slot's history broke (see :func:`history_gap`) and the handler cannot start over."""
+
+
+def _slot_unusable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the slot's WAL is gone (the slot can never be read again)."""
+    if not isinstance(exc, ReplicationError):
+        return False
+    text = str(exc)
+    if exc.sqlstate == _UNDEFINED_FILE:
+        return True
+    return exc.sqlstate in (_NOT_IN_PREREQUISITE_STATE, None) and any(
+        part in text for part in _SLOT_UNUSABLE_TEXTS
+    )
+
+
 class _ServerEndedCopy(Exception):
     """The server ended the COPY BOTH stream without an error."""
 
@@ -325,6 +448,14 @@ class ReplicationStream:
         """How many times a session failed and the stream reconnected."""
         self.last_error: BaseException | None = None
         """The error that ended the latest connection attempt or session, if any."""
+        self.slot: SlotFound | None = None
+        """The slot as the latest session found it."""
+        self.history_breaks = 0
+        """How many times a session found the slot's history broken."""
+        self._unusable: str | None = None
+        """Why the slot cannot be read any more (its WAL is gone): drop it at the next setup."""
+        self._has_history = False
+        """A session has streamed: :attr:`confirmed_lsn` is a position of this slot's history."""
 
     # --- public state -------------------------------------------------------------------
 
@@ -370,6 +501,15 @@ class ReplicationStream:
                     self.last_error = exc
                     if self._stop_requested:
                         break
+                    if _slot_unusable(exc):
+                        self._unusable = _describe(exc)
+                        logger.error(
+                            "replication slot %s: its WAL is gone, every change since %s is "
+                            "lost: %s",
+                            settings.slot,
+                            format_lsn(self._confirmed_lsn),
+                            self._unusable,
+                        )
                     streamed_since = self._streaming_since
                     if streamed_since is not None and time.monotonic() - streamed_since >= 1.0:
                         delay = settings.backoff_initial  # it worked for a while: start over
@@ -416,6 +556,7 @@ class ReplicationStream:
         if not results or results[-1].status != pq.ExecStatus.COPY_BOTH:
             raise ReplicationError("START_REPLICATION did not enter COPY BOTH mode")
         self._connected = True
+        self._has_history = True
         self._streaming_since = time.monotonic()
         self._reset_stream_state()
         on_session_start = getattr(self._handler, "on_session_start", None)
@@ -461,24 +602,100 @@ class ReplicationStream:
             interval = min(interval, timeout / 3)
         self._status_interval = interval
 
-        create = (
-            f"CREATE_REPLICATION_SLOT {_quote_ident(settings.slot)} LOGICAL pgoutput "
-            "NOEXPORT_SNAPSHOT"
-        ).encode()
-        try:
-            await self._command(pgconn, create)
-            logger.info("replication slot %s: created", settings.slot)
-        except ReplicationError as exc:
-            if exc.sqlstate != _DUPLICATE_OBJECT:
-                raise
+        (ident,) = await self._command(pgconn, b"IDENTIFY_SYSTEM")
+        system_id = _text(ident, 0, 0)
+        slot = await self._find_slot(pgconn, system_id)
+        self.slot = slot
+        self._unusable = None
+        self._check_history(slot)
 
+    async def _find_slot(self, pgconn: PGconn, system_id: str | None) -> SlotFound:
+        """Look the slot up; drop it if unusable, create it if missing."""
+        name = self._settings.slot
+        found = await self._slot_row(pgconn)
+        lost = self._unusable
+        if found is not None and found[2] == "lost" and lost is None:
+            lost = "wal_status is 'lost': the WAL it needed was removed"
+        if found is not None and lost is not None:
+            drop = f"DROP_REPLICATION_SLOT {_quote_ident(name)} WAIT".encode()
+            await self._command(pgconn, drop)
+            logger.error("replication slot %s: dropped, it can no longer be read: %s", name, lost)
+            found = None
+        created = False
+        if found is None:
+            create = (
+                f"CREATE_REPLICATION_SLOT {_quote_ident(name)} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
+            ).encode()
+            try:
+                await self._command(pgconn, create)
+                created = True
+                logger.info("replication slot %s: created", name)
+            except ReplicationError as exc:
+                if exc.sqlstate != _DUPLICATE_OBJECT:
+                    raise
+            found = await self._slot_row(pgconn)
+            if found is None:
+                raise ReplicationError(f"replication slot {name} vanished while being set up")
+        confirmed, restart, wal_status, wal_end = found
+        return SlotFound(
+            name=name,
+            confirmed_lsn=confirmed,
+            restart_lsn=restart,
+            wal_status=wal_status,
+            wal_end=wal_end,
+            system_id=system_id,
+            created=created,
+            lost=lost,
+        )
+
+    async def _slot_row(self, pgconn: PGconn) -> tuple[int, int | None, str | None, int] | None:
+        """``(confirmed_flush_lsn, restart_lsn, wal_status, server WAL position)`` or None."""
+        wal_status = "wal_status" if pgconn.server_version >= 130000 else "NULL"
+        wal_end = (
+            "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            " ELSE pg_current_wal_lsn() END"
+        )
         query = (
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-            f"WHERE slot_name = {_quote_literal(settings.slot)}"
+            f"SELECT confirmed_flush_lsn::text, restart_lsn::text, {wal_status}::text, "
+            f"({wal_end})::text FROM pg_replication_slots "
+            f"WHERE slot_name = {_quote_literal(self._settings.slot)}"
         ).encode()
         (res,) = await self._command(pgconn, query)
-        if res.ntuples == 1 and (text := _text(res, 0, 0)):
-            self._confirmed_lsn = max(self._confirmed_lsn, parse_lsn(text))
+        if res.ntuples != 1:
+            return None
+        confirmed = _text(res, 0, 0)
+        restart = _text(res, 0, 1)
+        end = _text(res, 0, 3)
+        return (
+            parse_lsn(confirmed) if confirmed else 0,
+            parse_lsn(restart) if restart else None,
+            _text(res, 0, 2),
+            parse_lsn(end) if end else 0,
+        )
+
+    def _check_history(self, slot: SlotFound) -> None:
+        """Continue the slot's history, or start over from its position (or raise)."""
+        on_slot = getattr(self._handler, "on_slot", None)
+        if on_slot is not None:
+            starts_over = bool(on_slot(slot))
+        else:
+            known = self._confirmed_lsn if self._has_history else None
+            gap = history_gap(slot, known)
+            if gap is not None:
+                self.history_breaks += 1
+                logger.error(
+                    "replication slot %s: its history is broken, changes were lost: %s",
+                    slot.name,
+                    gap,
+                )
+                raise SlotHistoryLost(f"replication slot {slot.name}: {gap}")
+            starts_over = False
+        if starts_over:
+            self.history_breaks += 1
+            self._confirmed_lsn = slot.confirmed_lsn
+            self._received_lsn = slot.confirmed_lsn
+        else:
+            self._confirmed_lsn = max(self._confirmed_lsn, slot.confirmed_lsn)
 
     def _reset_stream_state(self) -> None:
         self._in_txn = False

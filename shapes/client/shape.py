@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +17,17 @@ from shapes.xid import XID_SPACE, Snapshot
 
 Callback = Callable[[Batch], None]
 _END = object()
+logger = logging.getLogger(__name__)
 
 
 class Shape:
     """Rows of a shape kept current by a background task that reads one stream.
 
     ``rows`` maps each protocol key to its row (typed values). Subscribers get every batch,
-    must-refetch batches included, *after* it has been applied to ``rows``.
+    must-refetch batches included, *after* it has been applied to ``rows``. A subscriber that
+    raises is logged with its exception; the other subscribers still get the batch and the
+    shape keeps following the stream. The shape stops (``error`` set) only when the stream
+    fails, ends or the shape is closed.
     """
 
     def __init__(self, stream: ShapeStream) -> None:
@@ -37,6 +42,7 @@ class Shape:
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._release: Callable[[], bool] | None = None
+        self._on_finish: Callable[[], None] | None = None
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -52,6 +58,11 @@ class Shape:
     def error(self) -> BaseException | None:
         """The exception that stopped the stream, if any."""
         return self._error
+
+    @property
+    def is_running(self) -> bool:
+        """True while the shape follows its stream (or has not been started yet)."""
+        return self._error is None and (self._task is None or not self._task.done())
 
     def start(self) -> Shape:
         """Start reading the stream (idempotent); needs a running event loop."""
@@ -133,9 +144,13 @@ class Shape:
             async for batch in self.stream:
                 self._apply(batch)
         except asyncio.CancelledError:
+            self._finish(_Closed("shape task cancelled"))
             raise
         except Exception as error:
+            logger.warning("shape %s stopped: %r", self.stream.definition.table, error)
             self._finish(error)
+        else:
+            self._finish(_Closed("stream ended"))
 
     def _apply(self, batch: Batch) -> None:
         for message in batch:
@@ -144,7 +159,10 @@ class Shape:
         if self.stream.offset != "-1":
             self._position = max(self._position, parse_offset(self.stream.offset))
         for callback in list(self._callbacks):
-            callback(batch)
+            try:
+                callback(batch)
+            except Exception:
+                logger.exception("shape subscriber %r raised; the shape goes on", callback)
         for queue in self._queues:
             queue.put_nowait(batch)
         for condition, future in list(self._waiters):
@@ -169,6 +187,8 @@ class Shape:
     def _finish(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
+        if self._on_finish is not None:
+            self._on_finish()
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(error)
@@ -222,6 +242,9 @@ class ShapeRegistry:
 
     Headers are part of the key because they usually carry the caller's credentials: two
     callers who authenticate differently may be allowed different rows, so they never share.
+    A shape that has stopped (its stream failed or ended, or it was closed) is dropped at once:
+    the next :meth:`get` starts a fresh one, and closing a reference to the stopped shape never
+    counts against its successor.
     """
 
     def __init__(self) -> None:
@@ -244,20 +267,31 @@ class ShapeRegistry:
         key: _RegistryKey = (url, definition, live_mode, header_items, client)
         if key in self._shapes:
             shape, count = self._shapes[key]
-            self._shapes[key] = (shape, count + 1)
-            return shape
+            if shape.is_running:
+                self._shapes[key] = (shape, count + 1)
+                return shape
+            del self._shapes[key]
         stream = ShapeStream(url, definition, live_mode=live_mode, headers=headers, client=client)
         shape = Shape(stream)
 
         def release() -> bool:
-            current, count = self._shapes[key]
-            if count > 1:
-                self._shapes[key] = (current, count - 1)
+            """Drop one reference; True when it was the last (or the shape was dropped)."""
+            entry = self._shapes.get(key)
+            if entry is None or entry[0] is not shape:
+                return True
+            if entry[1] > 1:
+                self._shapes[key] = (shape, entry[1] - 1)
                 return False
             del self._shapes[key]
             return True
 
+        def forget() -> None:
+            entry = self._shapes.get(key)
+            if entry is not None and entry[0] is shape:
+                del self._shapes[key]
+
         shape._release = release
+        shape._on_finish = forget
         self._shapes[key] = (shape, 1)
         return shape.start()
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -16,6 +17,8 @@ import httpx
 import msgspec
 
 from shapes.client.sse import SseDecoder
+from shapes.errors import InvalidRequest
+from shapes.offset import LogOffset, parse_offset
 from shapes.values import parse_row, parse_schema
 
 Message = dict[str, Any]
@@ -30,6 +33,7 @@ BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 10.0
 SHORT_SSE_SECONDS: Final = 1.0
 MAX_SHORT_SSE: Final = 3
+MAX_STALE_COPIES: Final = 3
 
 
 class ShapeRequestError(Exception):
@@ -123,12 +127,37 @@ def backoff_delay(attempt: int, minimum: float = 0.0) -> float:
     return max(minimum, random.uniform(0.0, ceiling))
 
 
-def _position(message: Message) -> tuple[int, int] | None:
+def _position(message: Message) -> LogOffset | None:
     headers = message.get("headers", {})
     lsn = headers.get("lsn")
     if lsn is None or "operation" not in headers:
         return None
-    return int(lsn), int(headers.get("op_position", 0))
+    return LogOffset(int(lsn), int(headers.get("op_position", 0)))
+
+
+def _parsed(offset: str) -> LogOffset | None:
+    """``offset`` as a comparable position; ``None`` for a text that is not one."""
+    try:
+        return parse_offset(offset)
+    except InvalidRequest:
+        return None
+
+
+def resume_offset(offset: str, last_change: LogOffset | None) -> str:
+    """The exact position after a batch: ``offset`` (what the server said), or the position of
+    the last change delivered when that is further on.
+
+    Theory of operation: a resumed request gets the changes strictly after its offset. A
+    long-poll ``electric-offset`` is the end of the chunk served, so it is at or after the last
+    change in it. In SSE the only position the server sends is the ``up-to-date`` event's
+    ``global_last_seen_lsn``, a transaction's LSN without the operation: ``<lsn>_0`` would
+    have the server send that transaction's later operations again. The last change's own
+    ``<lsn>_<op_position>`` is exact: its transaction's earlier operations came before it.
+    """
+    current = _parsed(offset)
+    if last_change is None or (current is not None and current >= last_change):
+        return offset
+    return str(last_change)
 
 
 class ShapeStream:
@@ -136,12 +165,15 @@ class ShapeStream:
 
     Every batch but a must-refetch one ends with an ``up-to-date`` message. After a 409 the
     stream yields ``[{"headers": {"control": "must-refetch"}}]`` on its own: callers must clear
-    what they have and expect the shape to be sent again from the start. ``handle`` and
-    ``offset`` always describe the position right after the last yielded batch; pass them back
-    as ``handle=``/``offset=`` to resume a later stream there. Values of ``value`` and
-    ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False`` turns that
-    off). Change messages already delivered (same ``lsn``/``op_position``) are never delivered
-    again by the same stream.
+    what they have and expect the shape to be sent again from the start (the position is then
+    the new handle and ``-1``; the expired handle is never accepted again, even from a cache).
+    ``handle`` and ``offset`` always describe the position right after the last yielded batch;
+    pass them back as ``handle=``/``offset=`` to resume a later stream there: the resumed
+    stream delivers exactly the changes not yet delivered, in both live modes (the offset is
+    the last change's ``<lsn>_<op_position>`` when the server's own is less precise). Values of
+    ``value`` and ``old_value`` are converted with :mod:`shapes.values` (``parse_values=False``
+    turns that off). Change messages at or before the position already delivered (the
+    stream's own, or a real ``offset`` it was given) are never delivered again.
     """
 
     def __init__(
@@ -172,10 +204,16 @@ class ShapeStream:
         )
         self._cursor = ""
         self._up_to_date = False
-        self._last_change: tuple[int, int] | None = None
+        self._last_change = _resumed_change(offset)
+        """The last change accepted, delivered or still pending: later ones only are new."""
+        self._delivered = self._last_change
+        """The last change of the batches yielded so far."""
         self._attempt = 0
         self._short_sse = 0
         self._closed = False
+        self._expired_handles: set[str] = set()
+        self._cache_buster: str | None = None
+        self._stale_copies = 0
 
     def __aiter__(self) -> AsyncIterator[Batch]:
         return self.batches()
@@ -198,7 +236,21 @@ class ShapeStream:
         return self._up_to_date
 
     async def batches(self) -> AsyncIterator[Batch]:
-        """Yield batches until the stream is closed (or up to date, with ``live=False``)."""
+        """Yield batches until the stream is closed (or up to date, with ``live=False``).
+
+        Interrupting it (an error, a cancelled ``anext``) keeps the stream's position at the
+        last yielded batch; a new iteration goes on from there and delivers what the
+        interrupted batch had read, since that was never delivered.
+        """
+        try:
+            async with contextlib.aclosing(self._batches()) as batches:
+                async for batch in batches:
+                    self._delivered = self._last_change
+                    yield batch
+        finally:
+            self._last_change = self._delivered
+
+    async def _batches(self) -> AsyncGenerator[Batch, None]:
         pending: Batch = []
         offset = self.offset
         handle = self.handle
@@ -215,10 +267,13 @@ class ShapeStream:
                 query["cursor"] = self._cursor
                 if use_sse:
                     query["live_sse"] = "true"
+            elif self._cache_buster is not None:
+                query["cache-buster"] = self._cache_buster
             try:
                 if use_sse:
-                    async for batch in self._sse(query):
-                        yield batch
+                    async with contextlib.aclosing(self._sse(query)) as sse_batches:
+                        async for batch in sse_batches:
+                            yield batch
                     handle, offset = self.handle, self.offset
                     continue
                 response = await self._client.get(self.url, params=query, headers=self._headers)
@@ -226,18 +281,18 @@ class ShapeStream:
                 await self._back_off(0.0)
                 continue
             except _Refetch as refetch:
-                handle, offset, pending = refetch.handle, "-1", []
-                self.handle, self.offset = handle, offset
+                handle, offset, pending = self._refetch(handle, refetch), "-1", []
                 yield [dict(MUST_REFETCH_MESSAGE)]
                 continue
             try:
                 messages = await self._check(response)
             except _Refetch as refetch:
-                handle, offset, pending = refetch.handle, "-1", []
-                self.handle, self.offset = handle, offset
+                handle, offset, pending = self._refetch(handle, refetch), "-1", []
                 yield [dict(MUST_REFETCH_MESSAGE)]
                 continue
             if messages is None:
+                continue
+            if await self._is_stale_copy(response):
                 continue
             handle = response.headers.get("electric-handle", handle)
             offset = response.headers.get("electric-offset", offset)
@@ -246,9 +301,42 @@ class ShapeStream:
             pending.extend(self._accept(messages))
             if _ends_up_to_date(messages):
                 batch, pending = pending, []
+                offset = resume_offset(offset, self._last_change)
                 self.handle, self.offset = handle, offset
                 self._up_to_date = True
+                self._cache_buster = None
                 yield batch
+
+    def _refetch(self, expired: str | None, refetch: _Refetch) -> str | None:
+        """Start again after a 409: the handle to use (the new one, if the server said it).
+
+        The expired handle is never accepted again, and requests until the next up-to-date
+        carry a fresh ``cache-buster``, so that a cache in front of the server cannot answer
+        them with a copy from before the 409.
+        """
+        if expired is not None:
+            self._expired_handles.add(expired)
+        self._cache_buster = _cache_buster()
+        self._stale_copies = 0
+        self.handle, self.offset = refetch.handle, "-1"
+        return refetch.handle
+
+    async def _is_stale_copy(self, response: httpx.Response) -> bool:
+        """True (after backing off, with a new ``cache-buster``) for a 200 carrying an expired
+        handle: a cached copy from before a 409.
+
+        Raises:
+            ShapeRequestError: a 502 after ``MAX_STALE_COPIES`` such answers in a row.
+        """
+        if response.headers.get("electric-handle") not in self._expired_handles:
+            return False
+        self._stale_copies += 1
+        if self._stale_copies > MAX_STALE_COPIES:
+            body = {"message": "only stale cached responses with an expired handle"}
+            raise ShapeRequestError(502, body, str(response.url))
+        self._cache_buster = _cache_buster()
+        await self._back_off(0.0)
+        return True
 
     async def _back_off(self, minimum: float) -> None:
         await asyncio.sleep(backoff_delay(self._attempt, minimum))
@@ -278,7 +366,7 @@ class ShapeStream:
     def _reset(self) -> None:
         self.schema = {}
         self._up_to_date = False
-        self._last_change = None
+        self._last_change = self._delivered = None
         self._short_sse = 0
         self._cursor = ""
 
@@ -298,7 +386,7 @@ class ShapeStream:
             accepted.append(message)
         return accepted
 
-    async def _sse(self, query: dict[str, str]) -> AsyncIterator[Batch]:
+    async def _sse(self, query: dict[str, str]) -> AsyncGenerator[Batch, None]:
         """One SSE connection: yield each batch up to an ``up-to-date``, then return."""
         started = time.monotonic()
         headers = dict(self._headers, accept="text/event-stream")
@@ -313,24 +401,40 @@ class ShapeStream:
             self.handle = response.headers.get("electric-handle", self.handle)
             pending: list[Message] = []
             decoder = SseDecoder()
-            async for chunk in response.aiter_bytes():
-                for data in decoder.feed(chunk):
-                    try:
-                        message = _decode_json(data)
-                    except ValueError:
-                        raise ShapeRequestError(200, data, str(response.url)) from None
-                    pending.extend(self._accept([message]))
-                    control = message.get("headers", {}).get("control")
-                    if control == "up-to-date":
-                        lsn = message["headers"].get("global_last_seen_lsn", "0")
-                        self.offset = f"{lsn}_0"
-                        batch, pending = pending, []
-                        yield batch
+            try:
+                async for chunk in response.aiter_bytes():
+                    for data in decoder.feed(chunk):
+                        try:
+                            message = _decode_json(data)
+                        except ValueError:
+                            raise ShapeRequestError(200, data, str(response.url)) from None
+                        pending.extend(self._accept([message]))
+                        if message.get("headers", {}).get("control") == "up-to-date":
+                            self.offset = resume_offset(self.offset, self._last_change)
+                            self._delivered = self._last_change
+                            batch, pending = pending, []
+                            yield batch
+            finally:
+                # Changes of a batch cut off before its up-to-date were never delivered: the
+                # next request (from ``self.offset``) must not drop them as duplicates.
+                self._last_change = self._delivered
         if time.monotonic() - started < SHORT_SSE_SECONDS:
             self._short_sse += 1
             await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
         else:
             self._short_sse = 0
+
+
+def _resumed_change(offset: str) -> LogOffset | None:
+    """The last change a stream resumed at ``offset`` has delivered (a real log offset)."""
+    position = _parsed(offset)
+    if position is None or position.tx <= 0:
+        return None
+    return position
+
+
+def _cache_buster() -> str:
+    return f"{time.time_ns() // 1_000_000}-{random.getrandbits(32):08x}"
 
 
 class _Refetch(Exception):

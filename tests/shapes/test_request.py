@@ -6,7 +6,7 @@ import pytest
 
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, INF, SNAPSHOT_END, LogOffset, parse_offset
-from shapes.request import parse_shape_request
+from shapes.request import parse_shape_request, read_query
 from shapes.shape import parse_columns, parse_table
 
 
@@ -172,3 +172,40 @@ def test_quoted_columns_keep_commas_and_quotes() -> None:
         'has"quote',
         "plain",
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ([("live", "true"), ("live", "false")], "live"),
+        ([("live_sse", "true"), ("live_sse", "false")], "live_sse"),
+        ([("where", "a"), ("where", "b")], "where"),
+        ([("subset__where", "a"), ("subset[where]", "b")], "subset[where]"),
+        ([("params[1]", "a"), ("params[1]", "b")], "params[1]"),
+        ([("params[01]", "a")], "params"),
+        ([("params[+1]", "a")], "params"),
+        ([("params[1]]", "a")], "params"),
+    ],
+)
+def test_one_reading_refuses_repeats_and_odd_param_keys(
+    query: list[tuple[str, str]], field: str
+) -> None:
+    errors = errors_of([("table", "t"), ("offset", "-1"), *query])
+    assert list(errors) == [field]
+
+
+def test_one_reading_collects_each_parameter_once() -> None:
+    query = read_query(
+        [
+            ("table", "t"),
+            ("params[2]", "b"),
+            ("params[1]", "a"),
+            ("subset[where]", "x > 1"),
+            ("subset__limit", "2"),
+            ("custom", "1"),
+            ("custom", "2"),
+        ]
+    )
+    assert query.values == {"table": "t"}
+    assert query.where_params == {"1": "a", "2": "b"}
+    assert query.subset == {"where": "x > 1", "limit": "2"}

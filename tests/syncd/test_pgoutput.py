@@ -363,48 +363,82 @@ def test_every_truncation_of_captured_messages_raises() -> None:
             decoder.decode(payload)
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=64), st.booleans())
-def test_random_bytes_only_raise_pgoutput_error(data: bytes, in_stream: bool) -> None:
-    decoder = PgoutputDecoder()
-    if in_stream:
-        decoder.decode(b"S\x00\x00\x00\x07\x00")
-    try:
-        decoder.decode(data)
-    except PgoutputError:
-        pass
+class Outcomes:
+    """How a fuzz test's inputs fared: a fuzz test that only ever sees rejections tests nothing.
+
+    Each test asserts that some inputs decoded and some were rejected (with ``PgoutputError``,
+    the only exception allowed), so a decoder that rejected everything would fail it.
+    """
+
+    def __init__(self) -> None:
+        self.decoded = 0
+        self.rejected = 0
+
+    def decode(self, decoder: PgoutputDecoder, data: bytes) -> None:
+        try:
+            decoder.decode(data)
+        except PgoutputError:
+            self.rejected += 1
+        else:
+            self.decoded += 1
+
+    def check(self) -> None:
+        assert self.decoded > 0, "no generated input decoded"
+        assert self.rejected > 0, "no generated input was rejected"
 
 
-@settings(max_examples=1000, deadline=None)
-@given(
-    st.sampled_from(b"BCORYIUDTMSEcA"),
-    st.binary(max_size=80),
-    st.booleans(),
-)
-def test_random_bodies_after_valid_tags(tag: int, body: bytes, in_stream: bool) -> None:
-    decoder = PgoutputDecoder()
-    if in_stream:
-        decoder.decode(b"S\x00\x00\x00\x07\x00")
-    try:
-        decoder.decode(bytes([tag]) + body)
-    except PgoutputError:
-        pass
+_VALID = [p for payloads in RECORDS.values() for p in payloads]
+
+
+def test_random_bytes_only_raise_pgoutput_error() -> None:
+    outcomes = Outcomes()
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(st.binary(max_size=64), st.sampled_from(_VALID)), st.booleans())
+    def run(data: bytes, in_stream: bool) -> None:
+        decoder = PgoutputDecoder()
+        if in_stream:
+            decoder.decode(b"S\x00\x00\x00\x07\x00")
+        outcomes.decode(decoder, data)
+
+    run()
+    outcomes.check()
+
+
+def test_random_bodies_after_valid_tags() -> None:
+    outcomes = Outcomes()
+
+    bodies = st.one_of(st.binary(max_size=80), st.sampled_from([p[1:] for p in _VALID]))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.sampled_from(b"BCORYIUDTMSEcA"), bodies, st.booleans())
+    def run(tag: int, body: bytes, in_stream: bool) -> None:
+        decoder = PgoutputDecoder()
+        if in_stream:
+            decoder.decode(b"S\x00\x00\x00\x07\x00")
+        outcomes.decode(decoder, bytes([tag]) + body)
+
+    run()
+    outcomes.check()
 
 
 _SAMPLE = [p for name in ("proto1", "origin", "binary") for p in RECORDS[name]]
 
 
-@settings(max_examples=1000, deadline=None)
-@given(st.sampled_from(_SAMPLE), st.data())
-def test_mutated_captured_messages(payload: bytes, data: st.DataObject) -> None:
-    mutated = bytearray(payload)
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(mutated) - 1))
-        mutated[i] = data.draw(st.integers(0, 255))
-    try:
-        PgoutputDecoder().decode(bytes(mutated))
-    except PgoutputError:
-        pass
+def test_mutated_captured_messages() -> None:
+    outcomes = Outcomes()
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.sampled_from(_SAMPLE), st.data())
+    def run(payload: bytes, data: st.DataObject) -> None:
+        mutated = bytearray(payload)
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(mutated) - 1))
+            mutated[i] = data.draw(st.integers(0, 255))
+        outcomes.decode(PgoutputDecoder(), bytes(mutated))
+
+    run()
+    outcomes.check()
 
 
 # --- CopyBoth framing -------------------------------------------------------------------------

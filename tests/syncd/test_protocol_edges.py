@@ -44,6 +44,7 @@ def test_secret_is_required_except_for_preflight(syncd: SyncdProcess) -> None:
         denied = client.get(syncd.shape_url, params={"table": "items", "offset": "-1"})
         assert denied.status_code == 401
         assert denied.json() == {"message": "Unauthorized - Invalid API secret"}
+        assert denied.headers["content-type"] == "application/json"
         wrong = client.get(
             syncd.shape_url, params={"table": "items", "offset": "-1", "secret": "x"}
         )
@@ -131,11 +132,13 @@ def test_overload_answers_503_with_retry_after(syncd: SyncdProcess) -> None:
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.5)  # the held request is in flight well before the 3 s hold ends
     try:
         with httpx.Client(timeout=10) as client:
-            for _ in range(100):
-                answer = client.get(syncd.shape_url, params=query)
+            # refused as soon as the held request is in flight (it is held for 3 s); the probe
+            # is not live, so it is never held itself and never takes the holder's place
+            probe = {key: value for key, value in query.items() if key != "live"}
+            while holder.is_alive():
+                answer = client.get(syncd.shape_url, params=probe)
                 if answer.status_code == 503:
                     break
             assert answer.status_code == 503

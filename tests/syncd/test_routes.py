@@ -21,7 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shapes.messages import relation_key_prefix, row_key
-from syncd.routes import Mutation, ShapeRoutes, ShapeScope, apply_mutations, upstream_query
+from syncd.routes import (
+    Mutation,
+    ShapeRoutes,
+    ShapeScope,
+    apply_mutations,
+    renumber_where,
+    upstream_query,
+)
 from tests.e2e.jsclient import ShapeFollower
 from tests.e2e.node_process import Rows
 from tests.e2e.support import needs_js_client, syncd_fixture
@@ -118,11 +125,23 @@ async def catch_up(client: httpx.AsyncClient, url: str, user: str) -> tuple[str,
 
 def test_client_where_is_renumbered_and_wrapped() -> None:
     scope = ShapeScope(where="owner = $1", params=["bob"])
-    items = [("where", "title <> '$1' OR id = $1"), ("params[1]", "5"), ("table", "other")]
+    items = [
+        ("where", "title <> '$1' OR id = $1"),
+        ("params[1]", "5"),
+        ("table", "other"),
+        ("offset", "-1"),
+    ]
     query = dict(upstream_query(items, "items", scope))
     assert query["table"] == "items"
     assert query["where"] == "(owner = $1)\nAND (title <> '$1' OR id = $2\n)"
     assert (query["params[1]"], query["params[2]"]) == ("bob", "5")
+
+
+def test_renumbering_counts_characters_not_bytes() -> None:
+    assert renumber_where("title = 'éé' OR id = $1 OR n = $2", 1) == (
+        "title = 'éé' OR id = $2 OR n = $3"
+    )
+    assert renumber_where('"𝒳" = $1', 2) == '"𝒳" = $3'
 
 
 async def test_anonymous_is_refused(app: App) -> None:
@@ -150,7 +169,18 @@ async def test_user_sees_only_own_rows(app: App, where: str | None) -> None:
     assert {r["owner"] for r in rows} == {"alice"}
 
 
-@pytest.mark.parametrize("where", ["true) OR (true", "owner = 'x')", "'unterminated", "1 /*"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "true) OR (true",
+        "owner = 'x')",
+        "'unterminated",
+        "1 /*",
+        "id IN (SELECT id FROM items)",
+        "title = 'a' OR EXISTS (VALUES (1))",
+        "title = 'é' OR 1=1) OR (1=1",
+    ],
+)
 async def test_escaping_the_and_is_rejected(app: App, where: str) -> None:
     async with httpx.AsyncClient() as client:
         answer = await client.get(

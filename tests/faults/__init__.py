@@ -1,0 +1,1 @@
+"""Fault tests: syncd under broken replication, stalled readers and hostile clients."""
