@@ -1,5 +1,5 @@
 """Layers import one way: ``shapes`` imports nothing of ours, ``syncd`` only ``shapes``, ``web``
-only ``shapes`` and ``syncd``; nothing imports ``web``."""
+and ``agents`` only ``shapes`` and ``syncd``; nothing imports ``web`` or ``agents``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ ALLOWED = {
     "shapes": {"shapes"},
     "syncd": {"shapes", "syncd"},
     "web": {"shapes", "syncd", "web"},
+    "agents": {"shapes", "syncd", "agents"},
 }
 OURS = {"shapes", "syncd", "web", "agents", "tests", "bench"}
 
@@ -43,6 +44,16 @@ def test_nothing_imports_web(top: str) -> None:
         str(path.relative_to(ROOT))
         for path in sorted((ROOT / top).rglob("*.py"))
         if "web" in imported_packages(path)
+    ]
+    assert importers == []
+
+
+@pytest.mark.parametrize("top", ["shapes", "syncd", "web", "bench", "examples"])
+def test_nothing_imports_agents(top: str) -> None:
+    importers = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if "agents" in imported_packages(path)
     ]
     assert importers == []
 
