@@ -18,7 +18,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shapes import messages
 from shapes.errors import InvalidRequest
-from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
+from shapes.offset import LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
 from shapes.shape import CanonicalShape
 from shapes.subset import (
@@ -45,6 +45,7 @@ from shapes.subset import (
 from syncd.engine import Engine
 from syncd.errors import DatabaseUnavailable
 from syncd.shape_state import ShapeState, wait_briefly
+from syncd.storage import ReadPlan
 from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.http")
@@ -58,6 +59,9 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
+PIECE_BYTES = 64 * 1024
+"""Log bytes read and handed to the transport at a time: a reader that stops reading holds at
+most one piece (plus the transport's 64 KiB write buffer) until the send deadline closes it."""
 SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFINITION_MISMATCH = (
@@ -76,6 +80,9 @@ class ApiSettings:
     long_poll_timeout: float = 20.0
     sse_timeout: float = 60.0
     sse_keepalive: float = 21.0
+    send_timeout: float = 30.0
+    """Seconds a response may wait for its reader to drain what was sent before it is closed."""
+    piece_bytes: int = PIECE_BYTES
     max_age: int = 60
     stale_age: int = 300
     secret: str | None = None
@@ -291,18 +298,18 @@ class ShapeApi:
         if not offset.is_snapshot and offset > latest:
             if not await self._wait_for(shape, offset, self.settings.long_poll_timeout / 2):
                 return bad_request({"offset": ["out of bounds for this shape"]})
-        items, end = await read_log(shape, offset)
-        if req.live_sse and not items:
+        plan = shape.log.plan_read(offset)
+        if req.live_sse and plan.empty:
             return self._sse(request, req, shape, offset)
-        if req.live and not items:
-            items, end = await self._hold(request, shape, offset)
+        if req.live and plan.empty:
+            plan = await self._hold(request, shape, offset)
             if shape.status == "gone":
                 return self._after_loss(shape)
-            if not items:
+            if plan.empty:
                 return self._live_timeout(req, shape, offset)
         if req.live_sse:
-            return self._sse_catch_up(req, shape, items, end)
-        return self._log_response(request, req, shape, items, end)
+            return await self._sse_catch_up(req, shape, plan)
+        return await self._log_response(request, req, shape, plan)
 
     async def _serve_subset(self, req: ShapeRequest, request: SubsetRequest) -> Response:
         shape, refetch = await self._resolve(req)
@@ -315,7 +322,7 @@ class ShapeApi:
         if req.offset is None:
             end = shape.log.latest_offset
         else:
-            _items, end = await read_log(shape, req.offset)
+            end = shape.log.plan_read(req.offset).end
         async with self.engine.connection() as conn:
             try:
                 body = await run_subset(conn, shape, subset)
@@ -369,20 +376,18 @@ class ShapeApi:
             await wait_briefly((shape.notifier.wait(), self._closing()), remaining)
         return shape.status == "ready"
 
-    async def _hold(
-        self, request: Request, shape: ShapeState, offset: LogOffset
-    ) -> tuple[list[bytes], LogOffset]:
-        """Wait for entries after ``offset`` up to the long-poll timeout; ``[]`` when none came,
-        the client went away or the server is shutting down."""
+    async def _hold(self, request: Request, shape: ShapeState, offset: LogOffset) -> ReadPlan:
+        """Wait for entries after ``offset`` up to the long-poll timeout; an empty plan when
+        none came, the client went away or the server is shutting down."""
         deadline = time.monotonic() + self.settings.long_poll_timeout
         gone = asyncio.ensure_future(disconnected(request))
         closing = self._closing()
         try:
             while shape.status == "ready" and not gone.done() and not closing.done():
                 waiter = shape.notifier.wait()
-                items, end = await read_log(shape, offset)
-                if items:
-                    return items, end
+                plan = shape.log.plan_read(offset)
+                if not plan.empty:
+                    return plan
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -391,7 +396,7 @@ class ShapeApi:
             if gone.done() and not gone.cancelled():
                 gone.exception()  # a receive() that failed also ends the wait; don't log it
             gone.cancel()
-        return [], offset
+        return ReadPlan(None, offset, offset)
 
     def _closing(self) -> asyncio.Future[None]:
         """Resolved by :meth:`release_live_requests`."""
@@ -420,31 +425,63 @@ class ShapeApi:
             return CACHE_LIVE
         return self._cache_for_catch_up()
 
-    def _log_response(
-        self,
-        request: Request,
-        req: ShapeRequest,
-        shape: ShapeState,
-        items: list[bytes],
-        end: LogOffset,
+    async def _log_response(
+        self, request: Request, req: ShapeRequest, shape: ShapeState, plan: ReadPlan
     ) -> Response:
         assert req.offset is not None
+        end = plan.end
         headers = self._headers(shape, self._cache_for(req))
         headers["electric-offset"] = str(end)
         headers["electric-has-data"] = "true"
         headers["etag"] = f'"{shape.handle}:{req.offset}:{end}"'
         if req.live:
             headers["electric-cursor"] = self.next_cursor(req.cursor)
-        up_to_date = not req.is_initial and end >= shape.log.latest_offset
-        if up_to_date:
+        tail: list[bytes] = []
+        if not req.is_initial and end >= shape.log.latest_offset:
             headers["electric-up-to-date"] = ""
             lsn = end.tx if req.live else max(self.engine.last_seen_lsn, end.tx)
-            items = [*items, messages.up_to_date(lsn)]
+            tail.append(messages.up_to_date(lsn))
         if _etag_matches(request, headers["etag"]):
             return Response(status_code=304, headers=headers)
         if not req.live:
             headers["electric-schema"] = shape.schema_header
-        return json_bytes_response(messages.json_array(items), headers)
+        pieces = self._pieces(shape, plan, tail)
+        first = await anext(pieces)
+        if first[1]:  # the whole body in one piece
+            await pieces.aclose()
+            return json_bytes_response(messages.json_array(first[0]), headers)
+        return BoundedStreamingResponse(
+            _json_array_body(first[0], pieces),
+            self.settings.send_timeout,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    async def _pieces(
+        self, shape: ShapeState, plan: ReadPlan, tail: list[bytes]
+    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+        """The entries ``plan`` names in pieces of about ``piece_bytes``, ``tail`` after the
+        last one; each with whether it is the last."""
+        size = self.settings.piece_bytes
+        log = shape.log
+        chunk = plan.snapshot_chunk
+        if chunk is not None:
+            position = 0
+            while True:
+                lines, position, done = await asyncio.to_thread(
+                    log.read_snapshot_piece, chunk, position, size
+                )
+                yield ([*lines, *tail] if done else lines), done
+                if done:
+                    return
+        offset, place = plan.after, None
+        while True:
+            piece = log.read_piece(offset, size, place, until=plan.end)
+            offset, place = piece.end, piece.position
+            done = offset >= plan.end or not piece.items
+            yield ([*piece.items, *tail] if done else piece.items), done
+            if done:
+                return
 
     def _now_response(self, shape: ShapeState) -> Response:
         headers = self._headers(shape, self._cache_for_catch_up())
@@ -485,14 +522,20 @@ class ShapeApi:
         headers["etag"] = f'"{shape.handle}:{offset}:{offset}"'
         return headers
 
-    def _sse_catch_up(
-        self, req: ShapeRequest, shape: ShapeState, items: list[bytes], end: LogOffset
-    ) -> Response:
+    async def _sse_catch_up(self, req: ShapeRequest, shape: ShapeState, plan: ReadPlan) -> Response:
         assert req.offset is not None
         headers = self._sse_headers(req, shape, req.offset)
-        events = [*items, messages.up_to_date(end.tx)]
-        body = b"".join(b"data: " + item + b"\n\n" for item in events)
-        return Response(body, headers=headers, media_type="text/event-stream")
+        pieces = self._pieces(shape, plan, [messages.up_to_date(plan.end.tx)])
+        first = await anext(pieces)
+        if first[1]:
+            await pieces.aclose()
+            return Response(sse_data(first[0]), headers=headers, media_type="text/event-stream")
+        return BoundedStreamingResponse(
+            _sse_body(first[0], pieces),
+            self.settings.send_timeout,
+            headers=headers,
+            media_type="text/event-stream",
+        )
 
     def _sse(
         self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
@@ -503,25 +546,33 @@ class ShapeApi:
         # A stream that is never iterated (the client left before the body) never reaches its
         # ``finally``; the finaliser releases its count then.
         weakref.finalize(stream, release)
-        return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
+        return BoundedStreamingResponse(
+            stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
+        )
 
     async def _sse_events(
         self, shape: ShapeState, offset: LogOffset, release: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
+        """The live stream: the log after ``offset`` in pieces of at most ``piece_bytes`` as it
+        grows, ``up-to-date`` whenever a piece reaches the log's end, keep-alives meanwhile.
+
+        Each piece is sent before the next is read, so a reader that stops reading holds one
+        piece, never the backlog (see :mod:`syncd.send_deadline`)."""
         closing = self._closing()
+        position: int | None = None
+        piece_bytes = self.settings.piece_bytes
         try:
             deadline = time.monotonic() + self.settings.sse_timeout
             last_sent = time.monotonic()
             while shape.status == "ready" and not closing.done():
                 waiter = shape.notifier.wait()
-                items, end = await read_log(shape, offset)
-                if items:
-                    while end < shape.log.latest_offset:
-                        more, end = await read_log(shape, end)
-                        items.extend(more)
-                    offset = end
-                    events = [*items, messages.up_to_date(end.tx)]
-                    yield b"".join(b"data: " + item + b"\n\n" for item in events)
+                piece = shape.log.read_piece(offset, piece_bytes, position)
+                if piece.items:
+                    offset, position = piece.end, piece.position
+                    events = piece.items
+                    if offset >= shape.log.latest_offset:
+                        events.append(messages.up_to_date(offset.tx))
+                    yield sse_data(events)
                     last_sent = time.monotonic()
                     continue
                 now = time.monotonic()
@@ -551,6 +602,73 @@ class ShapeApi:
         return str(before + random.randint(1, 3600))
 
 
+class BoundedStreamingResponse(StreamingResponse):
+    """A streamed body whose every piece must be taken by the transport within
+    ``send_timeout`` seconds; a reader that does not drain in time ends the response.
+
+    Under ``python -m syncd`` the connection is aborted by :mod:`syncd.send_deadline` first;
+    this bound keeps the handler from waiting forever under any other ASGI server.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        send_timeout: float,
+        headers: dict[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(content, headers=headers, media_type=media_type)
+        self.pieces = content
+        self.send_timeout = send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        try:
+            async for piece in self.pieces:
+                async with asyncio.timeout(self.send_timeout):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except TimeoutError:
+            log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
+            return
+        finally:
+            await self.pieces.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _json_array_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """A JSON array of every piece's items, written piece by piece."""
+    try:
+        yield b"[" + b",".join(first)
+        separator = b"," if first else b""
+        async for items, _last in rest:
+            if items:
+                yield separator + b",".join(items)
+                separator = b","
+        yield b"]"
+    finally:
+        await rest.aclose()
+
+
+async def _sse_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """Every piece's items as Server-Sent Events, piece by piece."""
+    try:
+        yield sse_data(first)
+        async for items, _last in rest:
+            yield sse_data(items)
+    finally:
+        await rest.aclose()
+
+
+def sse_data(items: list[bytes]) -> bytes:
+    """Server-Sent Events, one ``data:`` event per message."""
+    return b"".join(b"data: " + item + b"\n\n" for item in items)
+
+
 async def disconnected(request: Request) -> None:
     """Return once the client has gone (the ASGI server sends ``http.disconnect``).
 
@@ -558,13 +676,6 @@ async def disconnected(request: Request) -> None:
     """
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-    """Read the chunk after ``offset``; large reads run in a worker thread."""
-    if offset == BEFORE_ALL or offset.is_snapshot and offset < SNAPSHOT_END:
-        return await asyncio.to_thread(shape.log.read, offset)
-    return shape.log.read(offset)
 
 
 def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:
