@@ -59,9 +59,10 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
-PIECE_BYTES = 64 * 1024
+PIECE_BYTES = 16 * 1024
 """Log bytes read and handed to the transport at a time: a reader that stops reading holds at
-most one piece (plus the transport's 64 KiB write buffer) until the send deadline closes it."""
+most one piece (plus the small buffers of :mod:`syncd.send_deadline`) until the send deadline
+closes it."""
 SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFINITION_MISMATCH = (
@@ -572,7 +573,10 @@ class ShapeApi:
                     events = piece.items
                     if offset >= shape.log.latest_offset:
                         events.append(messages.up_to_date(offset.tx))
-                    yield sse_data(events)
+                    data = sse_data(events)
+                    del piece, events  # not held while the reader drains ``data``
+                    yield data
+                    del data
                     last_sent = time.monotonic()
                     continue
                 now = time.monotonic()
@@ -628,6 +632,10 @@ class BoundedStreamingResponse(StreamingResponse):
             async for piece in self.pieces:
                 async with asyncio.timeout(self.send_timeout):
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
+                # A send that did not wait (a fast reader, or one that is gone: uvicorn drops
+                # what is sent after a disconnect) must still let other connections run and
+                # the disconnect listener end this response.
+                await asyncio.sleep(0)
         except TimeoutError:
             log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
             return

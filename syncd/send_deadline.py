@@ -1,34 +1,93 @@
-"""The send deadline: a connection whose reader stops draining is closed after a time limit.
+"""Bounded sending: per-connection buffer limits and the send deadline.
 
 Layer: ``syncd``. Theory of operation: uvicorn writes each response piece to the connection's
 transport and, before the next one, waits while the transport's write buffer is above its
-high-water mark (64 KiB). A reader that stops reading therefore holds at most one piece plus
-that buffer, and its response handler waits in ``send``. The asyncio transport tells its
-protocol when the buffer crosses the mark (``pause_writing``) and when it has drained below
-the low-water mark (``resume_writing``). :func:`with_send_deadline` arms one timer at each
-pause and disarms it at the resume: if the buffer has not drained within the deadline, the
-connection is aborted. Aborting (unlike closing) drops the unsent bytes at once, and the
-protocol's ``connection_lost`` wakes the waiting handler, which then sees a disconnect.
+high-water mark. A reader that stops reading therefore holds what the kernel's send buffer
+takes, one piece, and the transport's buffer up to that mark; its response handler waits in
+``send``. :func:`with_send_deadline` makes both buffers small (:data:`SEND_BUFFER_BYTES` for
+the kernel, which otherwise grows to megabytes per connection, :data:`WRITE_HIGH_WATER` for
+the transport) and arms one timer each time the transport pauses writing (buffer above the
+mark), disarmed when it resumes (drained below the low-water mark): if the buffer has not
+drained within the deadline, the connection is aborted. Aborting (unlike closing) drops the
+unsent bytes at once, and the protocol's ``connection_lost`` wakes the waiting handler, which
+then sees a disconnect.
+
+Memory freed by many such connections at once is scattered over the C heap, which the
+allocator does not hand back to the system by itself: after a connection that had paused
+ends, :class:`HeapTrim` asks it to (``malloc_trim``, glibc only), at most once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
-from typing import Any
+import socket
+from collections.abc import Callable
+from typing import Any, Final
 
 log = logging.getLogger("syncd.http")
 
+SEND_BUFFER_BYTES: Final = 256 * 1024
+"""The kernel send buffer of each connection (Linux doubles it): enough for full speed on
+loopback and fast links, while a stalled reader's socket holds at most about 512 KiB."""
+WRITE_HIGH_WATER: Final = 16 * 1024
+"""The transport's write-buffer high-water mark (asyncio's default is 64 KiB)."""
+TRIM_DELAY: Final = 1.0
+
+
+class HeapTrim:
+    """Returns free C heap memory to the system, at most once per :data:`TRIM_DELAY`."""
+
+    def __init__(self) -> None:
+        self._trim = _load_malloc_trim()
+        self._pending: asyncio.TimerHandle | None = None
+
+    def soon(self) -> None:
+        """Trim once, :data:`TRIM_DELAY` from now (a no-op if one is already due)."""
+        if self._trim is not None and self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(TRIM_DELAY, self._run)
+
+    def _run(self) -> None:
+        self._pending = None
+        if self._trim is not None:
+            self._trim(0)
+
+
+def _load_malloc_trim() -> Callable[[int], Any] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], Any] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
 
 def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol]:
-    """A subclass of the uvicorn HTTP protocol ``base`` that aborts a connection whose write
-    buffer stays above the high-water mark for ``seconds``."""
+    """A subclass of the uvicorn HTTP protocol ``base`` with small per-connection buffers that
+    aborts a connection whose write buffer stays above the high-water mark for ``seconds``."""
+    heap_trim = HeapTrim()
 
     class DeadlineProtocol(base):  # type: ignore[misc]
         _send_timer: asyncio.TimerHandle | None = None
+        _paused_once = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+            super().connection_made(transport)
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            self._paused_once = True
             if self._send_timer is None:
                 loop = asyncio.get_running_loop()
                 self._send_timer = loop.call_later(seconds, self._send_deadline_passed)
@@ -40,6 +99,8 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_send_timer()
             super().connection_lost(exc)
+            if self._paused_once:
+                heap_trim.soon()
 
         def _disarm_send_timer(self) -> None:
             if self._send_timer is not None:
