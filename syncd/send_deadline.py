@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ loopback and fast links, while a stalled reader's socket holds at most about 512
 WRITE_HIGH_WATER: Final = 16 * 1024
 """The transport's write-buffer high-water mark (asyncio's default is 64 KiB)."""
 TRIM_DELAY: Final = 1.0
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
 
 
 class HeapTrim:
@@ -117,6 +119,11 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
                 seconds,
                 _peer(transport),
             )
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # closing with unsent data would wait on the peer; a zero linger resets
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             transport.abort()
 
     DeadlineProtocol.__name__ = DeadlineProtocol.__qualname__ = f"Deadline{base.__name__}"
