@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stalled-megabytes", type=int, default=200, help="MB written by stalled-readers-rss"
     )
+    parser.add_argument(
+        "--stalled-write-rate", type=float, default=5.0, help="MB/s of stalled-readers-rss"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -93,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     if "stalled-readers-rss" in benches:
-        run_stalled_readers(args.stalled_readers, args.stalled_megabytes, keep=args.keep)
+        run_stalled_readers(
+            args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep
+        )
     return 0
 
 

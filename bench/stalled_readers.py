@@ -7,7 +7,10 @@ another client sees. The benchmark measures syncd's resident memory (``VmRSS``) 
 latency while idle, then opens ``--stalled-readers`` (1,000) raw sockets that each send a live
 SSE request for ``stalled_items``, read the response head and never read again (with a small
 receive buffer), and writes ``--stalled-megabytes`` (200 MB) of rows into ``stalled_items`` in
-1 MB transactions while the pings go on. The send deadline is raised for the run so that no
+1 MB transactions, ``--stalled-write-rate`` (5) MB per second, while the pings go on: a rate
+syncd ingests on a small machine even with no reader at all, so that the other client's delay
+measures what the stalled readers cost rather than a replication backlog every change waits
+behind. The send deadline is raised for the run so that no
 stalled reader is disconnected: the figure is the cost of holding them all.
 
 It prints the peak RSS above idle, the RSS above idle after the sockets are closed, the pings'
@@ -26,7 +29,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -215,20 +217,28 @@ def ping_until(pinger: Pinger, done: threading.Event, ids: list[int]) -> None:
         ids.append(pinger.ping())
 
 
-def write_rows(dsn: str, megabytes: int) -> int:
-    """Insert about ``megabytes`` MB into :data:`TABLE`, 1 MB per transaction; rows written."""
+def write_rows(dsn: str, megabytes: int, rate: float) -> int:
+    """Insert about ``megabytes`` MB into :data:`TABLE`, 1 MB per transaction, at ``rate`` MB
+    per second; the rows written."""
     per_row = ROW_TEXT_BYTES // 32
     insert = sql.SQL(
         "INSERT INTO {} (body) SELECT repeat(md5(random()::text), %s) FROM generate_series(1, %s)"
     ).format(sql.Identifier(TABLE))
-    transactions = max(1, megabytes * 1_000_000 // (ROW_TEXT_BYTES * ROWS_PER_TRANSACTION))
+    transaction_mb = ROW_TEXT_BYTES * ROWS_PER_TRANSACTION / 1_000_000
+    transactions = max(1, round(megabytes / transaction_mb))
+    started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(transactions):
+        for k in range(transactions):
             conn.execute(insert, (per_row, ROWS_PER_TRANSACTION))
+            ahead = started + (k + 1) * transaction_mb / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
     return transactions * ROWS_PER_TRANSACTION
 
 
-def run_stalled_readers(readers: int, megabytes: int, *, keep: bool = False) -> float:
+def run_stalled_readers(
+    readers: int, megabytes: int, rate: float = 5.0, *, keep: bool = False
+) -> float:
     """Run the benchmark and print its lines; returns the peak MB above idle."""
     with bench_database("stalled", keep=keep) as db:
         with psycopg.connect(db.dsn, autocommit=True) as conn:
@@ -239,12 +249,12 @@ def run_stalled_readers(readers: int, megabytes: int, *, keep: bool = False) -> 
         daemon.env["SYNCD_SEND_TIMEOUT"] = "3600"
         daemon.start(60)
         try:
-            return _measure(daemon, db.dsn, readers, megabytes, db.base)
+            return _measure(daemon, db.dsn, readers, megabytes, rate)
         finally:
             daemon.stop()
 
 
-def _measure(daemon: _Daemon, dsn: str, readers: int, megabytes: int, base: Path) -> float:
+def _measure(daemon: _Daemon, dsn: str, readers: int, megabytes: int, rate: float) -> float:
     shape_url = daemon.url + "/v1/shape"
     handle, offset = live_position(daemon.url, TABLE)
     consumer = PingConsumer(shape_url)
@@ -274,7 +284,7 @@ def _measure(daemon: _Daemon, dsn: str, readers: int, megabytes: int, base: Path
             pinging.start()
             started = time.monotonic()
             try:
-                rows = write_rows(dsn, megabytes)
+                rows = write_rows(dsn, megabytes, rate)
                 written = time.monotonic() - started
                 # pings committed after the last write arrive after it: syncd has it all
                 loaded_ids.append(pinger.ping())
