@@ -475,6 +475,7 @@ class ShapeApi:
                 yield ([*lines, *tail] if done else lines), done
                 if done:
                     return
+                await yield_to_others()
         offset, place = plan.after, None
         while True:
             piece = log.read_piece(offset, size, place, until=plan.end)
@@ -483,6 +484,7 @@ class ShapeApi:
             yield ([*piece.items, *tail] if done else piece.items), done
             if done:
                 return
+            await yield_to_others()
 
     def _now_response(self, shape: ShapeState) -> Response:
         headers = self._headers(shape, self._cache_for_catch_up())
@@ -574,10 +576,13 @@ class ShapeApi:
                     if offset >= shape.log.latest_offset:
                         events.append(messages.up_to_date(offset.tx))
                     data = sse_data(events)
+                    caught_up = offset >= shape.log.latest_offset
                     del piece, events  # not held while the reader drains ``data``
                     yield data
                     del data
                     last_sent = time.monotonic()
+                    if not caught_up:
+                        await yield_to_others()
                     continue
                 now = time.monotonic()
                 if now >= deadline:
@@ -632,10 +637,6 @@ class BoundedStreamingResponse(StreamingResponse):
             async for piece in self.pieces:
                 async with asyncio.timeout(self.send_timeout):
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
-                # A send that did not wait (a fast reader, or one that is gone: uvicorn drops
-                # what is sent after a disconnect) must still let other connections run and
-                # the disconnect listener end this response.
-                await asyncio.sleep(0)
         except TimeoutError:
             log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
             return
@@ -670,6 +671,15 @@ async def _sse_body(
             yield sse_data(items)
     finally:
         await rest.aclose()
+
+
+async def yield_to_others() -> None:
+    """Let the event loop run other work between two pieces of one body.
+
+    A send that does not wait (a fast reader, or one that is gone: uvicorn drops what is sent
+    after a disconnect) would otherwise let one response read a whole backlog in one go, and
+    the disconnect listener never get to end it."""
+    await asyncio.sleep(0)
 
 
 def sse_data(items: list[bytes]) -> bytes:

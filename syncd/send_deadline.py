@@ -1,16 +1,16 @@
-"""Bounded sending: per-connection buffer limits and the send deadline.
+"""Bounded sending: a small transport buffer per connection, and the send deadline.
 
 Layer: ``syncd``. Theory of operation: uvicorn writes each response piece to the connection's
 transport and, before the next one, waits while the transport's write buffer is above its
 high-water mark. A reader that stops reading therefore holds what the kernel's send buffer
 takes, one piece, and the transport's buffer up to that mark; its response handler waits in
-``send``. :func:`with_send_deadline` makes both buffers small (:data:`SEND_BUFFER_BYTES` for
-the kernel, which otherwise grows to megabytes per connection, :data:`WRITE_HIGH_WATER` for
-the transport) and arms one timer each time the transport pauses writing (buffer above the
-mark), disarmed when it resumes (drained below the low-water mark): if the buffer has not
-drained within the deadline, the connection is aborted. Aborting (unlike closing) drops the
-unsent bytes at once, and the protocol's ``connection_lost`` wakes the waiting handler, which
-then sees a disconnect.
+``send``. :func:`with_send_deadline` lowers the mark (:data:`WRITE_HIGH_WATER`) and arms one
+timer each time the transport pauses writing (buffer above the mark), disarmed when it resumes
+(drained below the low-water mark): if the buffer has not drained within the deadline, the
+connection is reset, that is aborted with a zero linger, so that the transport's and the
+kernel's unsent bytes are dropped at once (a plain close would keep them until the peer
+reads), and the protocol's ``connection_lost`` wakes the waiting handler, which then sees a
+disconnect.
 
 Memory freed by many such connections at once is scattered over the C heap, which the
 allocator does not hand back to the system by itself: after a connection that had paused
@@ -31,9 +31,6 @@ from typing import Any, Final
 
 log = logging.getLogger("syncd.http")
 
-SEND_BUFFER_BYTES: Final = 256 * 1024
-"""The kernel send buffer of each connection (Linux doubles it): enough for full speed on
-loopback and fast links, while a stalled reader's socket holds at most about 512 KiB."""
 WRITE_HIGH_WATER: Final = 16 * 1024
 """The transport's write-buffer high-water mark (asyncio's default is 64 KiB)."""
 TRIM_DELAY: Final = 1.0
@@ -71,8 +68,8 @@ def _load_malloc_trim() -> Callable[[int], Any] | None:
 
 
 def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol]:
-    """A subclass of the uvicorn HTTP protocol ``base`` with small per-connection buffers that
-    aborts a connection whose write buffer stays above the high-water mark for ``seconds``."""
+    """A subclass of the uvicorn HTTP protocol ``base`` with a small transport buffer that resets
+    a connection whose write buffer stays above the high-water mark for ``seconds``."""
     heap_trim = HeapTrim()
 
     class DeadlineProtocol(base):  # type: ignore[misc]
@@ -80,10 +77,6 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
         _paused_once = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             super().connection_made(transport)
 

@@ -95,18 +95,20 @@ def live_position(daemon: SyncdProcess) -> tuple[str, str]:
             return params["handle"], params["offset"]
 
 
+def sse_query(handle: str, offset: str) -> dict[str, str]:
+    return {"table": TABLE, "handle": handle, "offset": offset, "live": "true", "live_sse": "true"}
+
+
 @contextmanager
 def stalled_readers(
-    daemon: SyncdProcess, handle: str, offset: str
+    daemon: SyncdProcess, query: dict[str, str], count: int = STALLED_READERS
 ) -> Iterator[list[socket.socket]]:
-    """Sockets that asked for the live SSE stream, read its head, and read nothing more."""
-    query = urlencode(
-        {"table": TABLE, "handle": handle, "offset": offset, "live": "true", "live_sse": "true"}
-    )
-    request = f"GET /v1/shape?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    """Sockets that sent a request for ``query``, read the response head, and read nothing
+    more."""
+    request = f"GET /v1/shape?{urlencode(query)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     sockets: list[socket.socket] = []
     try:
-        for _ in range(STALLED_READERS):
+        for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -131,15 +133,15 @@ def tcp_state(sock: socket.socket) -> int:
     return int(struct.unpack_from("B", info)[0])
 
 
-def write_rows(dsn: str) -> int:
+def write_rows(dsn: str, transactions: int = TRANSACTIONS) -> int:
     insert = (
         f"INSERT INTO {TABLE} (body) SELECT repeat(md5(random()::text), %s) "
         "FROM generate_series(1, %s)"
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(TRANSACTIONS):
+        for _ in range(transactions):
             conn.execute(insert, (ROW_TEXT_BYTES // 32, ROWS_PER_TRANSACTION))
-    return TRANSACTIONS * ROWS_PER_TRANSACTION
+    return transactions * ROWS_PER_TRANSACTION
 
 
 async def wait_until(condition: object, what: str) -> None:
@@ -173,7 +175,7 @@ async def test_stalled_sse_readers_cost_bounded_memory_and_nobody_else_delivery(
     try:
         await asyncio.wait_for(live.wait(), 60)
         idle = rss_mb(pid)
-        with stalled_readers(syncd, handle, offset) as sockets:
+        with stalled_readers(syncd, sse_query(handle, offset)) as sockets:
             sampler = PeakRss(pid)
             sampler.start()
             try:
@@ -202,3 +204,39 @@ async def test_stalled_sse_readers_cost_bounded_memory_and_nobody_else_delivery(
     finally:
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def test_stalled_readers_of_a_large_catch_up_body_cost_bounded_memory(
+    syncd: SyncdProcess, pg_dsn: str
+) -> None:
+    """A catch-up response is one log chunk (up to 10 MiB and more): it is written from the log
+    in pieces, not built whole per request and left in the transport of a reader that stalls."""
+    assert syncd.process is not None
+    pid = syncd.process.pid
+    handle, offset = live_position(syncd)
+    rows = await asyncio.to_thread(write_rows, pg_dsn, 8)  # about 9 MB: one log chunk
+    catch_up = {"table": TABLE, "handle": handle, "offset": offset}
+    async with httpx.AsyncClient(timeout=60) as client:
+        while True:  # until syncd has every row (then up-to-date ends the body)
+            whole = await client.get(syncd.shape_url, params=catch_up)
+            assert whole.status_code == 200
+            if len(whole.json()) == rows + 1:
+                break
+            await asyncio.sleep(0.1)
+    assert len(whole.content) > 8_000_000
+    idle = rss_mb(pid)
+    sampler = PeakRss(pid)
+    sampler.start()
+    try:
+        with stalled_readers(syncd, catch_up, count=60) as sockets:
+            await wait_until(
+                lambda: all(tcp_state(sock) != TCP_ESTABLISHED for sock in sockets),
+                "the stalled readers to be disconnected",
+            )
+    finally:
+        peak = sampler.stop()
+    # unbounded: 60 copies of the body (600 MB); bounded: a piece and small buffers each
+    assert peak - idle < LOADED_BOUND_MB, f"RSS {peak:.0f} MB, idle {idle:.0f} MB"
+    async with httpx.AsyncClient(timeout=60) as client:
+        again = await client.get(syncd.shape_url, params=catch_up)
+    assert again.content == whole.content

@@ -43,7 +43,7 @@ def build(directory: Path, chunk_bytes: int, sizes: list[list[int]]) -> list[Log
 def pieces_after(
     log: ShapeLog, offset: LogOffset, max_bytes: int, until: LogOffset | None = None
 ) -> list[list[bytes]]:
-    out = []
+    out: list[list[bytes]] = []
     position = None
     while True:
         piece = log.read_piece(offset, max_bytes, position, until=until)
