@@ -239,4 +239,5 @@ async def test_stalled_readers_of_a_large_catch_up_body_cost_bounded_memory(
     assert peak - idle < LOADED_BOUND_MB, f"RSS {peak:.0f} MB, idle {idle:.0f} MB"
     async with httpx.AsyncClient(timeout=60) as client:
         again = await client.get(syncd.shape_url, params=catch_up)
-    assert again.content == whole.content
+    # the same changes (the closing up-to-date carries the server's latest LSN, which moves)
+    assert again.json()[:-1] == whole.json()[:-1]
