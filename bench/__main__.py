@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
+from bench.stalled_readers import run_stalled_readers
 
 BENCHES = (
     "ingest",
@@ -18,6 +19,7 @@ BENCHES = (
     "fanout-python-long-poll",
     "fanout-js",
     "fanout-js-long-poll",
+    "stalled-readers-rss",
 )
 
 
@@ -52,6 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--large-row-bytes", type=int, default=1_000, help="text bytes per large-txn row"
     )
+    parser.add_argument(
+        "--stalled-readers",
+        type=int,
+        default=1_000,
+        help="readers of stalled-readers-rss",
+    )
+    parser.add_argument(
+        "--stalled-megabytes", type=int, default=200, help="MB written by stalled-readers-rss"
+    )
+    parser.add_argument(
+        "--stalled-write-rate", type=float, default=5.0, help="MB/s of stalled-readers-rss"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -81,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for client in ("python", "python-long-poll", "js", "js-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
+    if "stalled-readers-rss" in benches:
+        run_stalled_readers(
+            args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep
+        )
     return 0
 
 

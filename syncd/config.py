@@ -24,6 +24,7 @@ class Settings:
     slot: str = "syncd_slot"
     publication: str = "syncd_publication"
     long_poll_timeout: float = 20.0
+    send_timeout: float = 30.0
     chunk_bytes: int = 10 * 1024 * 1024
     schema_check_interval: float = 30.0
     max_initial_requests: int = 300
@@ -53,6 +54,7 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("slot", "SYNCD_SLOT", str, "logical replication slot name (default syncd_slot)"),
     ("publication", "SYNCD_PUBLICATION", str, "publication name (default syncd_publication)"),
     ("long_poll_timeout", "SYNCD_LONG_POLL_TIMEOUT", float, "live request hold, seconds (20)"),
+    ("send_timeout", "SYNCD_SEND_TIMEOUT", float, "seconds a reader may take to drain (30)"),
     ("chunk_bytes", "SYNCD_CHUNK_BYTES", int, "log chunk size threshold in bytes (10 MiB)"),
     (
         "schema_check_interval",
@@ -172,6 +174,8 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(f"port out of range: {settings.port}")
     if settings.long_poll_timeout <= 0 or settings.long_poll_timeout > 40:
         raise ConfigError("SYNCD_LONG_POLL_TIMEOUT must be in (0, 40] seconds")
+    if settings.send_timeout <= 0:
+        raise ConfigError("SYNCD_SEND_TIMEOUT must be positive")
     if settings.max_initial_requests < 1 or settings.max_existing_requests < 1:
         raise ConfigError("request limits must be at least 1")
     if settings.schema_check_interval <= 0:

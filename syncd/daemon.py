@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import uvicorn
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from starlette.applications import Starlette
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.http import ApiSettings, ShapeApi, create_app
 from syncd.replication import ReplicationSettings, ReplicationStream
+from syncd.send_deadline import with_send_deadline
 
 log = logging.getLogger("syncd")
 
@@ -63,6 +65,7 @@ class Syncd:
         )
         api_settings = ApiSettings(
             long_poll_timeout=settings.long_poll_timeout,
+            send_timeout=settings.send_timeout,
             secret=settings.secret,
             allow_shape_deletion=settings.allow_shape_deletion,
             max_initial_requests=settings.max_initial_requests,
@@ -114,6 +117,7 @@ class Syncd:
             lifespan="off",
             timeout_graceful_shutdown=1,
             server_header=False,
+            http=with_send_deadline(AutoHTTPProtocol, self.settings.send_timeout),
         )
         server = _Server(config, self.api)
         loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shapes import messages
 from shapes.errors import InvalidRequest
-from shapes.offset import BEFORE_ALL, SNAPSHOT_END, LogOffset
+from shapes.offset import LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
 from shapes.shape import CanonicalShape
 from shapes.subset import (
@@ -56,6 +56,7 @@ from syncd.errors import (
     SchemaChanged,
 )
 from syncd.shape_state import ShapeState, wait_briefly
+from syncd.storage import ReadPlan
 
 log = logging.getLogger("syncd.http")
 
@@ -68,6 +69,10 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
 SSE_KEEPALIVE = b": keep-alive\n\n"
+PIECE_BYTES = 16 * 1024
+"""Log bytes read and handed to the transport at a time: a reader that stops reading holds at
+most one piece (plus the small buffers of :mod:`syncd.send_deadline`) until the send deadline
+closes it."""
 SHAPE_PATH = "/v1/shape"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DRAIN_BYTES = 64 * 1024 * 1024
@@ -88,6 +93,9 @@ class ApiSettings:
     long_poll_timeout: float = 20.0
     sse_timeout: float = 60.0
     sse_keepalive: float = 21.0
+    send_timeout: float = 30.0
+    """Seconds a response may wait for its reader to drain what was sent before it is closed."""
+    piece_bytes: int = PIECE_BYTES
     max_age: int = 60
     stale_age: int = 300
     secret: str | None = None
@@ -304,18 +312,18 @@ class ShapeApi:
         if not offset.is_snapshot and offset > latest:
             if not await self._wait_for(shape, offset, self.settings.long_poll_timeout / 2):
                 return bad_request({"offset": ["out of bounds for this shape"]})
-        items, end = await read_log(shape, offset)
-        if req.live_sse and not items:
+        plan = shape.log.plan_read(offset)
+        if req.live_sse and plan.empty:
             return self._sse(request, req, shape, offset)
-        if req.live and not items:
-            items, end = await self._hold(request, shape, offset)
+        if req.live and plan.empty:
+            plan = await self._hold(request, shape, offset)
             if shape.status == "gone":
                 return self._after_loss(shape)
-            if not items:
+            if plan.empty:
                 return self._live_timeout(req, shape, offset)
         if req.live_sse:
-            return self._sse_catch_up(req, shape, items, end)
-        return self._log_response(request, req, shape, items, end)
+            return await self._sse_catch_up(req, shape, plan)
+        return await self._log_response(request, req, shape, plan)
 
     async def _serve_subset(self, req: ShapeRequest, request: SubsetRequest) -> Response:
         shape, refetch = await self._resolve(req)
@@ -328,7 +336,7 @@ class ShapeApi:
         if req.offset is None:
             end = shape.log.latest_offset
         else:
-            _items, end = await read_log(shape, req.offset)
+            end = shape.log.plan_read(req.offset).end
         try:
             body = await self.engine.subset(shape, subset)
         except RowsRejected as exc:
@@ -376,20 +384,18 @@ class ShapeApi:
             await wait_briefly((shape.notifier.wait(), self._closing()), remaining)
         return shape.status == "ready"
 
-    async def _hold(
-        self, request: Request, shape: ShapeState, offset: LogOffset
-    ) -> tuple[list[bytes], LogOffset]:
-        """Wait for entries after ``offset`` up to the long-poll timeout; ``[]`` when none came,
-        the client went away or the server is shutting down."""
+    async def _hold(self, request: Request, shape: ShapeState, offset: LogOffset) -> ReadPlan:
+        """Wait for entries after ``offset`` up to the long-poll timeout; an empty plan when
+        none came, the client went away or the server is shutting down."""
         deadline = time.monotonic() + self.settings.long_poll_timeout
         gone = asyncio.ensure_future(disconnected(request))
         closing = self._closing()
         try:
             while shape.status == "ready" and not gone.done() and not closing.done():
                 waiter = shape.notifier.wait()
-                items, end = await read_log(shape, offset)
-                if items:
-                    return items, end
+                plan = shape.log.plan_read(offset)
+                if not plan.empty:
+                    return plan
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -398,7 +404,7 @@ class ShapeApi:
             if gone.done() and not gone.cancelled():
                 gone.exception()  # a receive() that failed also ends the wait; don't log it
             gone.cancel()
-        return [], offset
+        return ReadPlan(None, offset, offset)
 
     def _closing(self) -> asyncio.Future[None]:
         """Resolved by :meth:`release_live_requests`."""
@@ -427,31 +433,65 @@ class ShapeApi:
             return CACHE_LIVE
         return self._cache_for_catch_up()
 
-    def _log_response(
-        self,
-        request: Request,
-        req: ShapeRequest,
-        shape: ShapeState,
-        items: list[bytes],
-        end: LogOffset,
+    async def _log_response(
+        self, request: Request, req: ShapeRequest, shape: ShapeState, plan: ReadPlan
     ) -> Response:
         assert req.offset is not None
+        end = plan.end
         headers = self._headers(shape, self._cache_for(req))
         headers["electric-offset"] = str(end)
         headers["electric-has-data"] = "true"
         headers["etag"] = f'"{shape.handle}:{req.offset}:{end}"'
         if req.live:
             headers["electric-cursor"] = self.next_cursor(req.cursor)
-        up_to_date = not req.is_initial and end >= shape.log.latest_offset
-        if up_to_date:
+        tail: list[bytes] = []
+        if not req.is_initial and end >= shape.log.latest_offset:
             headers["electric-up-to-date"] = ""
             lsn = end.tx if req.live else max(self.engine.last_seen_lsn, end.tx)
-            items = [*items, messages.up_to_date(lsn)]
+            tail.append(messages.up_to_date(lsn))
         if _etag_matches(request, headers["etag"]):
             return Response(status_code=304, headers=headers)
         if not req.live:
             headers["electric-schema"] = shape.schema_header
-        return json_bytes_response(messages.json_array(items), headers)
+        pieces = self._pieces(shape, plan, tail)
+        first = await anext(pieces)
+        if first[1]:  # the whole body in one piece
+            await pieces.aclose()
+            return json_bytes_response(messages.json_array(first[0]), headers)
+        return BoundedStreamingResponse(
+            _json_array_body(first[0], pieces),
+            self.settings.send_timeout,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    async def _pieces(
+        self, shape: ShapeState, plan: ReadPlan, tail: list[bytes]
+    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+        """The entries ``plan`` names in pieces of about ``piece_bytes``, ``tail`` after the
+        last one; each with whether it is the last."""
+        size = self.settings.piece_bytes
+        log = shape.log
+        chunk = plan.snapshot_chunk
+        if chunk is not None:
+            position = 0
+            while True:
+                lines, position, done = await asyncio.to_thread(
+                    log.read_snapshot_piece, chunk, position, size
+                )
+                yield ([*lines, *tail] if done else lines), done
+                if done:
+                    return
+                await yield_to_others()
+        offset, place = plan.after, None
+        while True:
+            piece = log.read_piece(offset, size, place, until=plan.end)
+            offset, place = piece.end, piece.position
+            done = offset >= plan.end or not piece.items
+            yield ([*piece.items, *tail] if done else piece.items), done
+            if done:
+                return
+            await yield_to_others()
 
     def _now_response(self, shape: ShapeState) -> Response:
         headers = self._headers(shape, self._cache_for_catch_up())
@@ -492,14 +532,20 @@ class ShapeApi:
         headers["etag"] = f'"{shape.handle}:{offset}:{offset}"'
         return headers
 
-    def _sse_catch_up(
-        self, req: ShapeRequest, shape: ShapeState, items: list[bytes], end: LogOffset
-    ) -> Response:
+    async def _sse_catch_up(self, req: ShapeRequest, shape: ShapeState, plan: ReadPlan) -> Response:
         assert req.offset is not None
         headers = self._sse_headers(req, shape, req.offset)
-        events = [*items, messages.up_to_date(end.tx)]
-        body = b"".join(b"data: " + item + b"\n\n" for item in events)
-        return Response(body, headers=headers, media_type="text/event-stream")
+        pieces = self._pieces(shape, plan, [messages.up_to_date(plan.end.tx)])
+        first = await anext(pieces)
+        if first[1]:
+            await pieces.aclose()
+            return Response(sse_data(first[0]), headers=headers, media_type="text/event-stream")
+        return BoundedStreamingResponse(
+            _sse_body(first[0], pieces),
+            self.settings.send_timeout,
+            headers=headers,
+            media_type="text/event-stream",
+        )
 
     def _sse(
         self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
@@ -510,26 +556,40 @@ class ShapeApi:
         # A stream that is never iterated (the client left before the body) never reaches its
         # ``finally``; the finaliser releases its count then.
         weakref.finalize(stream, release)
-        return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
+        return BoundedStreamingResponse(
+            stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
+        )
 
     async def _sse_events(
         self, shape: ShapeState, offset: LogOffset, release: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
+        """The live stream: the log after ``offset`` in pieces of at most ``piece_bytes`` as it
+        grows, ``up-to-date`` whenever a piece reaches the log's end, keep-alives meanwhile.
+
+        Each piece is sent before the next is read, so a reader that stops reading holds one
+        piece, never the backlog (see :mod:`syncd.send_deadline`)."""
         closing = self._closing()
+        position: int | None = None
+        piece_bytes = self.settings.piece_bytes
         try:
             deadline = time.monotonic() + self.settings.sse_timeout
             last_sent = time.monotonic()
             while shape.status == "ready" and not closing.done():
                 waiter = shape.notifier.wait()
-                items, end = await read_log(shape, offset)
-                if items:
-                    while end < shape.log.latest_offset:
-                        more, end = await read_log(shape, end)
-                        items.extend(more)
-                    offset = end
-                    events = [*items, messages.up_to_date(end.tx)]
-                    yield b"".join(b"data: " + item + b"\n\n" for item in events)
+                piece = shape.log.read_piece(offset, piece_bytes, position)
+                if piece.items:
+                    offset, position = piece.end, piece.position
+                    events = piece.items
+                    if offset >= shape.log.latest_offset:
+                        events.append(messages.up_to_date(offset.tx))
+                    data = sse_data(events)
+                    caught_up = offset >= shape.log.latest_offset
+                    del piece, events  # not held while the reader drains ``data``
+                    yield data
+                    del data
                     last_sent = time.monotonic()
+                    if not caught_up:
+                        await yield_to_others()
                     continue
                 now = time.monotonic()
                 if now >= deadline:
@@ -558,6 +618,82 @@ class ShapeApi:
         return str(before + random.randint(1, 3600))
 
 
+class BoundedStreamingResponse(StreamingResponse):
+    """A streamed body whose every piece must be taken by the transport within
+    ``send_timeout`` seconds; a reader that does not drain in time ends the response.
+
+    Under ``python -m syncd`` the connection is aborted by :mod:`syncd.send_deadline` first;
+    this bound keeps the handler from waiting forever under any other ASGI server.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        send_timeout: float,
+        headers: dict[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(content, headers=headers, media_type=media_type)
+        self.pieces = content
+        self.send_timeout = send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        try:
+            async for piece in self.pieces:
+                async with asyncio.timeout(self.send_timeout):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except TimeoutError:
+            log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
+            return
+        finally:
+            await self.pieces.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _json_array_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """A JSON array of every piece's items, written piece by piece."""
+    try:
+        yield b"[" + b",".join(first)
+        separator = b"," if first else b""
+        async for items, _last in rest:
+            if items:
+                yield separator + b",".join(items)
+                separator = b","
+        yield b"]"
+    finally:
+        await rest.aclose()
+
+
+async def _sse_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """Every piece's items as Server-Sent Events, piece by piece."""
+    try:
+        yield sse_data(first)
+        async for items, _last in rest:
+            yield sse_data(items)
+    finally:
+        await rest.aclose()
+
+
+async def yield_to_others() -> None:
+    """Let the event loop run other work between two pieces of one body.
+
+    A send that does not wait (a fast reader, or one that is gone: uvicorn drops what is sent
+    after a disconnect) would otherwise let one response read a whole backlog in one go, and
+    the disconnect listener never get to end it."""
+    await asyncio.sleep(0)
+
+
+def sse_data(items: list[bytes]) -> bytes:
+    """Server-Sent Events, one ``data:`` event per message."""
+    return b"".join(b"data: " + item + b"\n\n" for item in items)
+
+
 async def disconnected(request: Request) -> None:
     """Return once the client has gone (the ASGI server sends ``http.disconnect``).
 
@@ -565,13 +701,6 @@ async def disconnected(request: Request) -> None:
     """
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def read_log(shape: ShapeState, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-    """Read the chunk after ``offset``; large reads run in a worker thread."""
-    if offset == BEFORE_ALL or offset.is_snapshot and offset < SNAPSHOT_END:
-        return await asyncio.to_thread(shape.log.read, offset)
-    return shape.log.read(offset)
 
 
 def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:

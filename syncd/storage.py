@@ -123,7 +123,15 @@ import msgspec
 
 from shapes.offset import INF, SNAPSHOT_END, LogOffset
 
-__all__ = ["GroupSync", "ShapeLog", "SnapshotIncomplete", "StorageError", "TransactionEntries"]
+__all__ = [
+    "GroupSync",
+    "LogPiece",
+    "ReadPlan",
+    "ShapeLog",
+    "SnapshotIncomplete",
+    "StorageError",
+    "TransactionEntries",
+]
 
 META_FILE: Final = "meta.json"
 LOG_FILE: Final = "log.bin"
@@ -145,6 +153,8 @@ _INDEX_CRC: Final = struct.Struct(">I")
 _INDEX_RECORD_SIZE: Final = _INDEX_BODY.size + _INDEX_CRC.size  # 40
 
 _RECENT_BOUNDARIES: Final = 4
+_SCAN_BLOCK: Final = 256 * 1024
+"""Bytes read at a time while looking for an offset's position inside a chunk."""
 _U64_LIMIT: Final = 1 << 64
 
 _raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
@@ -222,6 +232,32 @@ class _ScanResult(NamedTuple):
     """Boundaries at or before ``committed``."""
 
 
+class LogPiece(NamedTuple):
+    """A bounded run of change-log entries (see :meth:`ShapeLog.read_piece`)."""
+
+    items: list[bytes]
+    """The entries' JSON, in order."""
+    end: LogOffset
+    """Offset of the last entry returned (the offset asked for when there is none)."""
+    position: int | None
+    """Log position just after that entry: pass it with ``end`` to read the next piece without
+    searching (``None`` when unknown)."""
+
+
+class ReadPlan(NamedTuple):
+    """What :meth:`ShapeLog.read` would return, without reading it (see
+    :meth:`ShapeLog.plan_read`): a snapshot chunk, or change-log entries after ``after``."""
+
+    snapshot_chunk: int | None
+    after: LogOffset
+    end: LogOffset
+
+    @property
+    def empty(self) -> bool:
+        """Whether the read returns nothing."""
+        return self.snapshot_chunk is None and self.end == self.after
+
+
 class TransactionEntries(Sequence[tuple[int, bytes]]):
     """A transaction's entries ``(op, json)`` kept as two lists, ``ops`` and ``datas``.
 
@@ -283,6 +319,8 @@ class ShapeLog:
         self._last_read: tuple[_LogView, LogOffset, tuple[bytes, ...], LogOffset] | None = None
         """The latest small change-log read: every live reader woken by one commit asks for the
         same offset of the same view, so all but the first are answered from here."""
+        self._last_piece: tuple[_LogView, tuple[LogOffset, int, LogOffset], LogPiece] | None = None
+        """The same for :meth:`read_piece`."""
         self._acc = acc
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
         self._open_txn: _OpenTransaction | None = None
@@ -695,6 +733,153 @@ class ShapeLog:
                 raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
             return self._read_log(SNAPSHOT_END)
         return self._read_log(offset)
+
+    def plan_read(self, offset: LogOffset) -> ReadPlan:
+        """Where :meth:`read` of ``offset`` would read and the end offset it would return.
+
+        Raises:
+            SnapshotIncomplete: as :meth:`read`.
+        """
+        if offset.tx < 0:
+            self._check_snapshot_chunk(0)
+            return ReadPlan(0, offset, LogOffset(0, 0))
+        if offset.tx == 0 and offset.op != INF:
+            snap = self._snap
+            next_chunk = offset.op + 1
+            if next_chunk < snap.closed:
+                return ReadPlan(next_chunk, offset, LogOffset(0, next_chunk))
+            if not snap.complete:
+                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
+            offset = SNAPSHOT_END
+        view = self._view
+        if view.latest == SNAPSHOT_END or offset >= view.latest:
+            return ReadPlan(None, offset, offset)
+        return ReadPlan(None, offset, self._chunk_end(view, offset))
+
+    def _chunk_end(self, view: _LogView, offset: LogOffset) -> LogOffset:
+        """Offset of the last entry of the chunk holding the first entry after ``offset``."""
+        recent = view.recent
+        first_cached = view.chunks - len(recent)
+        with _IndexReader(self._index_path, recent, first_cached) as index:
+            lo, hi = (
+                (first_cached, view.chunks)
+                if recent and offset >= recent[0].end
+                else (0, first_cached)
+            )
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if index.boundary(mid).end > offset:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return view.latest if lo == view.chunks else index.boundary(lo).end
+
+    def read_snapshot_piece(
+        self, k: int, position: int, max_bytes: int
+    ) -> tuple[list[bytes], int, bool]:
+        """The lines of snapshot chunk ``k`` from byte ``position`` (a line start): as many as
+        fit in ``max_bytes`` (at least one), the position after them, and whether that is the
+        chunk's end."""
+        self._check_snapshot_chunk(k)
+        with open(self._snapshot_path(k), "rb") as f:
+            f.seek(position)
+            data = f.read(max_bytes)
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and data:  # one line longer than the piece
+                data += f.readline()
+                cut = len(data)
+            done = position + cut >= os.fstat(f.fileno()).st_size
+        lines = data[:cut].split(b"\n")
+        lines.pop()
+        return lines, position + cut, done
+
+    def _check_snapshot_chunk(self, k: int) -> None:
+        if k >= self._snap.closed:
+            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
+
+    def read_piece(
+        self,
+        offset: LogOffset,
+        max_bytes: int,
+        position: int | None = None,
+        until: LogOffset | None = None,
+    ) -> LogPiece:
+        """Committed change-log entries strictly after ``offset``: as many as fit in
+        ``max_bytes`` of JSON (always at least one), across chunk boundaries, none after
+        ``until``. ``offset`` is a change-log offset (a snapshot offset means the log's start).
+
+        ``position`` is the one a previous piece returned with ``offset`` as its ``end``; without
+        it the start is found from the chunk index (reading at most one chunk's headers, in
+        blocks). Unlike :meth:`read`, memory is bounded by ``max_bytes`` (or one larger entry).
+        Safe to call from another thread while the owner appends.
+        """
+        if offset.tx <= 0:
+            offset, position = SNAPSHOT_END, 0
+        view = self._view
+        limit = view.latest if until is None else min(until, view.latest)
+        if view.latest == SNAPSHOT_END or offset >= limit:
+            return LogPiece([], offset, position)
+        memo = self._last_piece
+        key = (offset, max_bytes, limit)
+        if memo is not None and memo[0] is view and memo[1] == key:
+            piece = memo[2]
+            return LogPiece(list(piece.items), piece.end, piece.position)
+        if position is None:
+            position = self._position_after(view, offset)
+        piece = self._read_piece_at(position, view.size, max_bytes, limit, offset)
+        self._last_piece = (view, key, piece)
+        return LogPiece(list(piece.items), piece.end, piece.position)
+
+    def _position_after(self, view: _LogView, offset: LogOffset) -> int:
+        """Log position of the first entry after ``offset`` (``view.size`` if none)."""
+        start, end = self._chunk_range(view, offset)
+        position = max(start, min(self._start_of(offset.tx), end))
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while position < end:
+                block = _pread_all(fd, min(_SCAN_BLOCK, end - position), position)
+                p = 0
+                while p + _HEADER_SIZE <= len(block):
+                    tx, op, _flags, size = _RECORD.unpack_from(block, p)
+                    if tx > offset.tx or (tx == offset.tx and op > offset.op):
+                        return position + p
+                    p += _HEADER_SIZE + size
+                if p == 0:  # a header cut by the block's end: cannot happen below _SCAN_BLOCK
+                    raise StorageError(f"unreadable record at {position} in {self._dir}")
+                position += p
+        finally:
+            os.close(fd)
+        return end
+
+    def _read_piece_at(
+        self, position: int, size: int, max_bytes: int, limit: LogOffset, offset: LogOffset
+    ) -> LogPiece:
+        """Entries from ``position`` (the start of one) up to ``max_bytes`` and ``limit``."""
+        items: list[bytes] = []
+        end = offset
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            block = _pread_all(fd, min(size - position, max_bytes + _HEADER_SIZE), position)
+            p = taken = 0
+            while p + _HEADER_SIZE <= len(block):
+                tx, op, _flags, length = _RECORD.unpack_from(block, p)
+                if LogOffset(tx, op) > limit:
+                    break
+                stop = p + _HEADER_SIZE + length
+                if stop <= len(block):
+                    items.append(block[p + _HEADER_SIZE : stop])
+                elif not items:  # one entry larger than the piece: it goes alone
+                    items.append(_pread_all(fd, length, position + p + _HEADER_SIZE))
+                else:
+                    break
+                end = LogOffset(tx, op)
+                taken += length
+                p = stop
+                if taken >= max_bytes:
+                    break
+        finally:
+            os.close(fd)
+        return LogPiece(items, end, position + p)
 
     def _read_snapshot_chunk(self, k: int) -> list[bytes]:
         if k >= self._snap.closed:
