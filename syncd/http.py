@@ -1,38 +1,36 @@
 """The HTTP API: Electric's shape protocol over Starlette.
 
-Layer: ``syncd``. Endpoints parse the request, ask the engine for the shape, read its log and
-render the protocol's headers and bodies (``protocol.md`` §3-§6): the initial and catch-up
-requests, live long-polls held until the log grows, and live Server-Sent Events.
+Layer: ``syncd``. :class:`ShapeApi` coordinates a request: it parses it, asks the engine for the
+shape, waits for its snapshot or for the log to grow, and answers with the protocol's headers
+and bodies (``protocol.md`` §3-§6): the initial and catch-up requests, live long-polls held until
+the log grows, and live Server-Sent Events. Its collaborators own the rest:
 
-Every failure a request may meet becomes a status and a JSON body in one place,
-:func:`error_response` (for the request's own errors and for a shape whose snapshot failed);
-Starlette's own refusals (404, 405) and a bug's 500 are JSON too.
+* :mod:`syncd.admission`: how many requests may be in flight (503 over the limit);
+* :mod:`syncd.responses`: protocol headers, JSON bodies and :func:`error_response`, the one
+  place where every failure a request may meet (its own errors, a shape whose snapshot failed)
+  becomes a status and a JSON body;
+* :mod:`syncd.bodies`: bodies streamed in bounded pieces, SSE framing;
+* :mod:`syncd.cache_headers`: ``cache-control``, the cursor, ETag revalidation;
+* :mod:`syncd.request_body`: reading a POST body;
+* :mod:`syncd.asgi_app`: the Starlette app (routes, path normalisation, OpenAPI; Starlette's
+  own refusals, 404 and 405, and a bug's 500 are JSON too).
+
+The names of those modules that other code imports from here are re-exported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
-import importlib.resources
 import json
-import logging
-import math
-import random
-import re
 import time
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
 
 from shapes import messages
 from shapes.errors import InvalidRequest
@@ -47,36 +45,80 @@ from shapes.subset import (
     subset_from_query,
     validate_subset,
 )
-from shapes.where_eval import EvalError
+from syncd.admission import Admission
+from syncd.asgi_app import SHAPE_PATH, NormalisePath, create_app, normalise_path
+from syncd.bodies import (
+    PIECE_BYTES,
+    SSE_KEEPALIVE,
+    BoundedStreamingResponse,
+    disconnected,
+    json_array_body,
+    log_pieces,
+    sse_body,
+    sse_data,
+    yield_to_others,
+)
+from syncd.cache_headers import (
+    CACHE_INITIAL,
+    CACHE_LIVE,
+    CURSOR_EPOCH,
+    cache_for,
+    catch_up_cache,
+    etag_matches,
+    next_cursor,
+)
 from syncd.engine import Engine
-from syncd.errors import (
-    DatabaseUnavailable,
-    QueryFailed,
-    RowsRejected,
-    SchemaChanged,
+from syncd.errors import RowsRejected
+from syncd.request_body import DRAIN_BYTES, MAX_BODY_BYTES, parse_json_body, read_body
+from syncd.responses import (
+    EXPOSED_HEADERS,
+    SERVER_HEADER,
+    bad_request,
+    base_headers,
+    error_response,
+    json_bytes_response,
+    json_response,
+    must_refetch,
+    preflight,
+    unavailable,
 )
 from syncd.shape_state import ShapeState, wait_briefly
 from syncd.storage import ReadPlan
 
-log = logging.getLogger("syncd.http")
+__all__ = [
+    "CACHE_INITIAL",
+    "CACHE_LIVE",
+    "CURSOR_EPOCH",
+    "DEFINITION_MISMATCH",
+    "DRAIN_BYTES",
+    "EXPOSED_HEADERS",
+    "MAX_BODY_BYTES",
+    "PIECE_BYTES",
+    "SERVER_HEADER",
+    "SHAPE_PATH",
+    "SSE_KEEPALIVE",
+    "Admission",
+    "ApiSettings",
+    "BoundedStreamingResponse",
+    "NormalisePath",
+    "ShapeApi",
+    "bad_request",
+    "base_headers",
+    "create_app",
+    "disconnected",
+    "error_response",
+    "json_bytes_response",
+    "json_response",
+    "must_refetch",
+    "normalise_path",
+    "parse_json_body",
+    "preflight",
+    "read_body",
+    "sse_data",
+    "unavailable",
+    "yield_to_others",
+]
 
-SERVER_HEADER = "syncd/0.1"
-EXPOSED_HEADERS = (
-    "electric-cursor,electric-handle,electric-has-data,electric-offset,electric-schema,"
-    "electric-up-to-date,electric-internal-known-error,retry-after"
-)
-CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
-CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
-CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
-SSE_KEEPALIVE = b": keep-alive\n\n"
-PIECE_BYTES = 16 * 1024
-"""Log bytes read and handed to the transport at a time: a reader that stops reading holds at
-most one piece (plus the small buffers of :mod:`syncd.send_deadline`) until the send deadline
-closes it."""
-SHAPE_PATH = "/v1/shape"
-MAX_BODY_BYTES = 8 * 1024 * 1024
-DRAIN_BYTES = 64 * 1024 * 1024
-"""How much of a body over ``MAX_BODY_BYTES`` is read (and dropped) before the 413."""
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
@@ -103,56 +145,6 @@ class ApiSettings:
     snapshot_wait: float = 45.0
     max_initial_requests: int = 300
     max_existing_requests: int = 10_000
-
-
-class Admission:
-    """Counts requests in flight per kind and refuses those over the limit (503)."""
-
-    def __init__(self, limits: dict[str, int]) -> None:
-        self.limits = limits
-        self.active = dict.fromkeys(limits, 0)
-
-    @contextlib.contextmanager
-    def admit(self, kind: str) -> Iterator[bool]:
-        """Yields whether the request may proceed; counts it while it does."""
-        if self.active[kind] >= self.limits[kind]:
-            yield False
-            return
-        release = self.occupy(kind)
-        try:
-            yield True
-        finally:
-            release()
-
-    def occupy(self, kind: str) -> Callable[[], None]:
-        """Count a response that outlives its handler (an SSE stream) until the returned
-        function is called; calling it again does nothing.
-
-        Taken while the handler still holds its own count, so the request is never uncounted.
-        """
-        self.active[kind] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.active[kind] -= 1
-
-        return release
-
-    def refusal(self, kind: str) -> Response:
-        """The protocol's overload answer."""
-        limit = self.limits[kind]
-        body = {
-            "code": "concurrent_request_limit_exceeded",
-            "message": f"Concurrent {kind} request limit exceeded (limit: {limit}), please retry",
-        }
-        response = json_response(body, 503, cache="no-store")
-        response.headers["surrogate-control"] = "no-store"
-        response.headers["retry-after"] = str(random.randint(6, 10))
-        response.headers["electric-internal-known-error"] = "true"
-        return response
 
 
 class ShapeApi:
@@ -427,11 +419,7 @@ class ShapeApi:
         return headers
 
     def _cache_for(self, req: ShapeRequest) -> str:
-        if req.is_initial:
-            return CACHE_INITIAL
-        if req.live:
-            return CACHE_LIVE
-        return self._cache_for_catch_up()
+        return cache_for(req, self.settings.max_age, self.settings.stale_age)
 
     async def _log_response(
         self, request: Request, req: ShapeRequest, shape: ShapeState, plan: ReadPlan
@@ -449,49 +437,21 @@ class ShapeApi:
             headers["electric-up-to-date"] = ""
             lsn = end.tx if req.live else max(self.engine.last_seen_lsn, end.tx)
             tail.append(messages.up_to_date(lsn))
-        if _etag_matches(request, headers["etag"]):
+        if etag_matches(request, headers["etag"]):
             return Response(status_code=304, headers=headers)
         if not req.live:
             headers["electric-schema"] = shape.schema_header
-        pieces = self._pieces(shape, plan, tail)
+        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
         first = await anext(pieces)
         if first[1]:  # the whole body in one piece
             await pieces.aclose()
             return json_bytes_response(messages.json_array(first[0]), headers)
         return BoundedStreamingResponse(
-            _json_array_body(first[0], pieces),
+            json_array_body(first[0], pieces),
             self.settings.send_timeout,
             headers=headers,
             media_type="application/json",
         )
-
-    async def _pieces(
-        self, shape: ShapeState, plan: ReadPlan, tail: list[bytes]
-    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
-        """The entries ``plan`` names in pieces of about ``piece_bytes``, ``tail`` after the
-        last one; each with whether it is the last."""
-        size = self.settings.piece_bytes
-        log = shape.log
-        chunk = plan.snapshot_chunk
-        if chunk is not None:
-            position = 0
-            while True:
-                lines, position, done = await asyncio.to_thread(
-                    log.read_snapshot_piece, chunk, position, size
-                )
-                yield ([*lines, *tail] if done else lines), done
-                if done:
-                    return
-                await yield_to_others()
-        offset, place = plan.after, None
-        while True:
-            piece = log.read_piece(offset, size, place, until=plan.end)
-            offset, place = piece.end, piece.position
-            done = offset >= plan.end or not piece.items
-            yield ([*piece.items, *tail] if done else piece.items), done
-            if done:
-                return
-            await yield_to_others()
 
     def _now_response(self, shape: ShapeState) -> Response:
         headers = self._headers(shape, self._cache_for_catch_up())
@@ -506,8 +466,7 @@ class ShapeApi:
         return json_bytes_response(body, headers)
 
     def _cache_for_catch_up(self) -> str:
-        settings = self.settings
-        return f"public, max-age={settings.max_age}, stale-while-revalidate={settings.stale_age}"
+        return catch_up_cache(self.settings.max_age, self.settings.stale_age)
 
     def _live_timeout(self, req: ShapeRequest, shape: ShapeState, offset: LogOffset) -> Response:
         headers = self._headers(shape, CACHE_LIVE)
@@ -535,13 +494,14 @@ class ShapeApi:
     async def _sse_catch_up(self, req: ShapeRequest, shape: ShapeState, plan: ReadPlan) -> Response:
         assert req.offset is not None
         headers = self._sse_headers(req, shape, req.offset)
-        pieces = self._pieces(shape, plan, [messages.up_to_date(plan.end.tx)])
+        tail = [messages.up_to_date(plan.end.tx)]
+        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
         first = await anext(pieces)
         if first[1]:
             await pieces.aclose()
             return Response(sse_data(first[0]), headers=headers, media_type="text/event-stream")
         return BoundedStreamingResponse(
-            _sse_body(first[0], pieces),
+            sse_body(first[0], pieces),
             self.settings.send_timeout,
             headers=headers,
             media_type="text/event-stream",
@@ -604,336 +564,10 @@ class ShapeApi:
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
-        interval = int(self.settings.long_poll_timeout)
-        if interval <= 0:
-            return "0"
-        elapsed = time.time() - CURSOR_EPOCH
-        upcoming = math.ceil(elapsed / interval) * interval
-        try:
-            before = int(previous or "0")
-        except ValueError:
-            before = 0
-        if upcoming > before:
-            return str(upcoming)
-        return str(before + random.randint(1, 3600))
-
-
-class BoundedStreamingResponse(StreamingResponse):
-    """A streamed body whose every piece must be taken by the transport within
-    ``send_timeout`` seconds; a reader that does not drain in time ends the response.
-
-    Under ``python -m syncd`` the connection is aborted by :mod:`syncd.send_deadline` first;
-    this bound keeps the handler from waiting forever under any other ASGI server.
-    """
-
-    def __init__(
-        self,
-        content: AsyncGenerator[bytes, None],
-        send_timeout: float,
-        headers: dict[str, str],
-        media_type: str,
-    ) -> None:
-        super().__init__(content, headers=headers, media_type=media_type)
-        self.pieces = content
-        self.send_timeout = send_timeout
-
-    async def stream_response(self, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        try:
-            async for piece in self.pieces:
-                async with asyncio.timeout(self.send_timeout):
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except TimeoutError:
-            log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
-            return
-        finally:
-            await self.pieces.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _json_array_body(
-    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
-) -> AsyncGenerator[bytes, None]:
-    """A JSON array of every piece's items, written piece by piece."""
-    try:
-        yield b"[" + b",".join(first)
-        separator = b"," if first else b""
-        async for items, _last in rest:
-            if items:
-                yield separator + b",".join(items)
-                separator = b","
-        yield b"]"
-    finally:
-        await rest.aclose()
-
-
-async def _sse_body(
-    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
-) -> AsyncGenerator[bytes, None]:
-    """Every piece's items as Server-Sent Events, piece by piece."""
-    try:
-        yield sse_data(first)
-        async for items, _last in rest:
-            yield sse_data(items)
-    finally:
-        await rest.aclose()
-
-
-async def yield_to_others() -> None:
-    """Let the event loop run other work between two pieces of one body.
-
-    A send that does not wait (a fast reader, or one that is gone: uvicorn drops what is sent
-    after a disconnect) would otherwise let one response read a whole backlog in one go, and
-    the disconnect listener never get to end it."""
-    await asyncio.sleep(0)
-
-
-def sse_data(items: list[bytes]) -> bytes:
-    """Server-Sent Events, one ``data:`` event per message."""
-    return b"".join(b"data: " + item + b"\n\n" for item in items)
-
-
-async def disconnected(request: Request) -> None:
-    """Return once the client has gone (the ASGI server sends ``http.disconnect``).
-
-    For requests whose body has been read or is empty (GET): what comes before is dropped.
-    """
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+        return next_cursor(previous, self.settings.long_poll_timeout)
 
 
 def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:
     """The shape definition a ``DELETE`` names; request-position parameters are ignored."""
     kept = [(name, value) for name, value in items if name not in _POSITION_PARAMS]
     return parse_shape_request([*kept, ("offset", "-1")]).definition
-
-
-def parse_json_body(body: bytes) -> Any:
-    """The JSON value of a request body (``{}`` when blank).
-
-    Raises:
-        ValueError: when it is not JSON, nests too deeply, holds ``NaN``/``Infinity`` or a
-            string that is no Unicode text (a lone surrogate, ``"\\ud800"``).
-    """
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-        json.dumps(data, ensure_ascii=False).encode()
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _etag_matches(request: Request, etag: str) -> bool:
-    given = request.headers.get("if-none-match")
-    if not given:
-        return False
-    wanted = etag.strip('"')
-    return any(part.strip().strip('"') == wanted for part in given.split(","))
-
-
-def preflight(request: Request) -> Response:
-    """The CORS preflight answer: 204, allowing the headers the browser asks for."""
-    headers = base_headers(None)
-    headers["access-control-max-age"] = "86400"
-    asked = request.headers.get("access-control-request-headers", "")
-    allowed = [h.strip() for h in asked.lower().split(",") if h.strip()]
-    if allowed:
-        headers["access-control-allow-headers"] = ", ".join(allowed)
-    origin = request.headers.get("origin")
-    if origin:
-        headers["access-control-allow-origin"] = origin
-    return Response(status_code=204, headers=headers)
-
-
-def base_headers(cache: str | None) -> dict[str, str]:
-    """Headers every ``/v1/shape`` response carries."""
-    headers = {
-        "electric-server": SERVER_HEADER,
-        "access-control-allow-origin": "*",
-        "access-control-expose-headers": EXPOSED_HEADERS,
-        "access-control-allow-methods": "GET, POST, HEAD, DELETE, OPTIONS",
-    }
-    if cache is not None:
-        headers["cache-control"] = cache
-    return headers
-
-
-def json_bytes_response(body: bytes, headers: dict[str, str], status: int = 200) -> Response:
-    """A JSON response from ready-made bytes."""
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def json_response(data: Any, status: int, *, cache: str | None) -> Response:
-    """A JSON response from a value."""
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return json_bytes_response(body, base_headers(cache), status)
-
-
-def bad_request(errors: dict[str, list[str]]) -> Response:
-    """The protocol's 400 body."""
-    response = json_response(
-        {"message": "Invalid request", "errors": errors}, 400, cache="no-store"
-    )
-    response.headers["surrogate-control"] = "no-store"
-    return response
-
-
-def error_response(exc: BaseException) -> Response | None:
-    """The protocol's answer to a request that failed with ``exc``, or to a shape whose
-    snapshot did; ``None`` for anything else (a bug, left to the server's 500).
-
-    This is where every failure a request may meet becomes a status and a JSON body. Bodies
-    quote the request at most, never Postgres's message, which may quote a row.
-    """
-    if isinstance(exc, InvalidRequest):
-        return bad_request(exc.errors())
-    if isinstance(exc, RowsRejected):
-        # the where clause fails on the table's data (division by zero, bad cast, ...):
-        # retrying cannot help, so this is the client's error
-        return bad_request({"where": [exc.description]})
-    if isinstance(exc, EvalError):
-        return bad_request({"where": ["evaluating it on the table's rows failed"]})
-    if isinstance(exc, SchemaChanged):
-        return must_refetch(None)
-    if isinstance(exc, DatabaseUnavailable):
-        message = "Cannot connect to the database to verify the shape. Please try again later."
-        return unavailable(message, retry_after=1)
-    if isinstance(exc, QueryFailed):
-        return unavailable(f"The query for the shape failed ({exc}), please retry", retry_after=1)
-    return None
-
-
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or ``None`` when it is longer than ``limit`` bytes.
-
-    A body over the limit is read on and dropped, up to ``DRAIN_BYTES`` in all, so that the
-    client, still sending, reads the 413 instead of a reset connection; past that (or when the
-    declared length is past it) the rest is left unread and the connection closes. Either way
-    it costs no memory.
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and len(declared) < 20 and int(declared) > DRAIN_BYTES:
-        return None
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for part in request.stream():
-            size += len(part)
-            if size > DRAIN_BYTES:
-                return None
-            if size <= limit:
-                parts.append(part)
-    except ClientDisconnect:
-        pass
-    return None if size > limit else b"".join(parts)
-
-
-def must_refetch(handle: str | None) -> Response:
-    """A 409 that sends the client back to ``offset=-1`` (with the current handle if known)."""
-    cache = (
-        "public, max-age=60, must-revalidate" if handle else "public, max-age=1, must-revalidate"
-    )
-    headers = base_headers(cache)
-    if handle:
-        headers["electric-handle"] = handle
-        headers["etag"] = f'"{handle}::"'
-    return json_bytes_response(messages.MUST_REFETCH, headers, 409)
-
-
-def unavailable(message: str, *, retry_after: int) -> Response:
-    """A 503 with ``retry-after``."""
-    response = json_response({"message": message}, 503, cache="no-store")
-    response.headers["retry-after"] = str(retry_after)
-    return response
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own refusals (unknown path: 404, method: 405) as JSON error bodies."""
-    assert isinstance(exc, HTTPException)
-    messages_by_status = {404: "Not found", 405: "Method not allowed"}
-    message = messages_by_status.get(exc.status_code, exc.detail)
-    response = json_response({"message": message}, exc.status_code, cache="no-store")
-    response.headers.update(exc.headers or {})
-    return response
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    """A bug's answer: a JSON 500 that says nothing of the failure (the log has it)."""
-    return json_response({"message": "Internal server error"}, 500, cache="no-store")
-
-
-async def _root(request: Request) -> Response:
-    return Response(b"", status_code=200)
-
-
-@functools.cache
-def _openapi_document() -> bytes:
-    return importlib.resources.files("syncd").joinpath("openapi.json").read_bytes()
-
-
-async def _openapi(request: Request) -> Response:
-    """``GET /v1/openapi.json``: the OpenAPI description of this API."""
-    headers = {"cache-control": "public, max-age=3600"}
-    return Response(_openapi_document(), headers=headers, media_type="application/json")
-
-
-def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
-    """The Starlette application serving the shape API."""
-
-    async def shape_endpoint(request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return await api.options(request)
-        return await api.shape_request(request)
-
-    routes = [
-        Route(SHAPE_PATH, shape_endpoint, methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"]),
-        Route("/v1/health", api.health_check, methods=["GET", "HEAD"]),
-        Route("/v1/openapi.json", _openapi, methods=["GET"]),
-        Route("/", _root, methods=["GET", "HEAD"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(NormalisePath, shape_get=api.shape_request)
-    return app
-
-
-class NormalisePath:
-    """Routes ``/v1/shape/``, ``/v1//shape`` (and, via ASGI's decoding, ``/v1/%73hape``) as
-    ``/v1/shape``, so a proxy's path-based rules and syncd always agree on the endpoint.
-
-    ``GET /v1/shape``, the request every live client repeats, goes to ``shape_get`` directly
-    instead of through the router (about a fifth of the server's time per live request).
-    """
-
-    def __init__(
-        self, app: ASGIApp, shape_get: Callable[[Request], Awaitable[Response]] | None = None
-    ) -> None:
-        self.app = app
-        self.shape_get = shape_get
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = normalise_path(scope["path"])
-            if path != scope["path"]:
-                scope = dict(scope, path=path, raw_path=path.encode())
-            if path == SHAPE_PATH and scope["method"] == "GET" and self.shape_get is not None:
-                response = await self.shape_get(Request(scope, receive))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def normalise_path(path: str) -> str:
-    """Collapse repeated slashes and drop a trailing one."""
-    collapsed = re.sub(r"/{2,}", "/", path)
-    if len(collapsed) > 1 and collapsed.endswith("/"):
-        collapsed = collapsed[:-1]
-    return collapsed

@@ -1,0 +1,65 @@
+"""Admission control: how many requests of each kind may be in flight at once.
+
+Layer: ``syncd``. Initial requests (``offset=-1``) and existing ones are counted apart; a request
+over its kind's limit gets the protocol's overload answer (503 with ``retry-after``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+
+from starlette.responses import Response
+
+from syncd.responses import json_response
+
+
+class Admission:
+    """Counts requests in flight per kind and refuses those over the limit (503)."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = limits
+        self.active = dict.fromkeys(limits, 0)
+
+    @contextlib.contextmanager
+    def admit(self, kind: str) -> Iterator[bool]:
+        """Yields whether the request may proceed; counts it while it does."""
+        if self.active[kind] >= self.limits[kind]:
+            yield False
+            return
+        release = self.occupy(kind)
+        try:
+            yield True
+        finally:
+            release()
+
+    def occupy(self, kind: str) -> Callable[[], None]:
+        """Count a response that outlives its handler (an SSE stream) until the returned
+        function is called; calling it again does nothing.
+
+        Taken while the handler still holds its own count, so the request is never uncounted.
+        """
+        self.active[kind] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active[kind] -= 1
+
+        return release
+
+    def refusal(self, kind: str) -> Response:
+        """The protocol's overload answer."""
+        limit = self.limits[kind]
+        body = {
+            "code": "concurrent_request_limit_exceeded",
+            "message": f"Concurrent {kind} request limit exceeded (limit: {limit}), please retry",
+        }
+        response = json_response(body, 503, cache="no-store")
+        response.headers["surrogate-control"] = "no-store"
+        response.headers["retry-after"] = str(random.randint(6, 10))
+        response.headers["electric-internal-known-error"] = "true"
+        return response

@@ -1,0 +1,139 @@
+"""Response bodies written in bounded pieces: JSON arrays and Server-Sent Events.
+
+Layer: ``syncd``. A log is read and handed to the transport one piece (about
+:data:`PIECE_BYTES`) at a time, each piece sent before the next is read, and every send bounded
+by a deadline (:class:`BoundedStreamingResponse`): a reader that stops reading holds one piece,
+never the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
+from syncd.storage import ReadPlan, ShapeLog
+
+log = logging.getLogger("syncd.http")
+
+SSE_KEEPALIVE = b": keep-alive\n\n"
+PIECE_BYTES = 16 * 1024
+"""Log bytes read and handed to the transport at a time: a reader that stops reading holds at
+most one piece (plus the small buffers of :mod:`syncd.send_deadline`) until the send deadline
+closes it."""
+
+
+class BoundedStreamingResponse(StreamingResponse):
+    """A streamed body whose every piece must be taken by the transport within
+    ``send_timeout`` seconds; a reader that does not drain in time ends the response.
+
+    Under ``python -m syncd`` the connection is aborted by :mod:`syncd.send_deadline` first;
+    this bound keeps the handler from waiting forever under any other ASGI server.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        send_timeout: float,
+        headers: dict[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(content, headers=headers, media_type=media_type)
+        self.pieces = content
+        self.send_timeout = send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        try:
+            async for piece in self.pieces:
+                async with asyncio.timeout(self.send_timeout):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except TimeoutError:
+            log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
+            return
+        finally:
+            await self.pieces.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def json_array_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """A JSON array of every piece's items, written piece by piece."""
+    try:
+        yield b"[" + b",".join(first)
+        separator = b"," if first else b""
+        async for items, _last in rest:
+            if items:
+                yield separator + b",".join(items)
+                separator = b","
+        yield b"]"
+    finally:
+        await rest.aclose()
+
+
+async def sse_body(
+    first: list[bytes], rest: AsyncGenerator[tuple[list[bytes], bool], None]
+) -> AsyncGenerator[bytes, None]:
+    """Every piece's items as Server-Sent Events, piece by piece."""
+    try:
+        yield sse_data(first)
+        async for items, _last in rest:
+            yield sse_data(items)
+    finally:
+        await rest.aclose()
+
+
+async def yield_to_others() -> None:
+    """Let the event loop run other work between two pieces of one body.
+
+    A send that does not wait (a fast reader, or one that is gone: uvicorn drops what is sent
+    after a disconnect) would otherwise let one response read a whole backlog in one go, and
+    the disconnect listener never get to end it."""
+    await asyncio.sleep(0)
+
+
+def sse_data(items: list[bytes]) -> bytes:
+    """Server-Sent Events, one ``data:`` event per message."""
+    return b"".join(b"data: " + item + b"\n\n" for item in items)
+
+
+async def disconnected(request: Request) -> None:
+    """Return once the client has gone (the ASGI server sends ``http.disconnect``).
+
+    For requests whose body has been read or is empty (GET): what comes before is dropped.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def log_pieces(
+    log: ShapeLog, plan: ReadPlan, tail: list[bytes], size: int
+) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+    """The entries ``plan`` names in pieces of about ``size`` bytes, ``tail`` after the last
+    one; each with whether it is the last."""
+    chunk = plan.snapshot_chunk
+    if chunk is not None:
+        position = 0
+        while True:
+            lines, position, done = await asyncio.to_thread(
+                log.read_snapshot_piece, chunk, position, size
+            )
+            yield ([*lines, *tail] if done else lines), done
+            if done:
+                return
+            await yield_to_others()
+    offset, place = plan.after, None
+    while True:
+        piece = log.read_piece(offset, size, place, until=plan.end)
+        offset, place = piece.end, piece.position
+        done = offset >= plan.end or not piece.items
+        yield ([*piece.items, *tail] if done else piece.items), done
+        if done:
+            return
+        await yield_to_others()
