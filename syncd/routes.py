@@ -53,427 +53,83 @@ tracked under :attr:`ShapeScope.key`. Cutting a key off ends them at once:
 * a response already streaming (an SSE stream) simply ends; the client reconnects, is
   re-authorized, and, because its narrowed ``where`` differs, gets a 409 from the upstream
   (definition mismatch) and refetches.
+
+:class:`ShapeRoutes` coordinates one request; its collaborators own the parts:
+:mod:`syncd.route_scope` (the scope, narrowing and the checks of the client's expressions),
+:mod:`syncd.route_relay` (the upstream request, the relay and the cut-off registry),
+:mod:`syncd.route_headers` (private caching, scope-bound ETags, CORS) and :mod:`syncd.mutations`
+(writes). The names other code imports from here are re-exported.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import itertools
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import psycopg
-from pglast.parser import ParseError, scan
-from psycopg import sql
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from shapes import messages
-from shapes.client.stream import shared_tls_context
 from shapes.errors import InvalidRequest
-from shapes.request import QueryParams, ShapeRequest, read_query, shape_request, validate_params
-from shapes.shape import parse_columns, parse_table
-from shapes.subset import (
-    SUBSET_KEYS,
-    SubsetError,
-    SubsetRequest,
-    subset_from_body,
-    subset_from_query,
-)
-from shapes.where import column_references
+from shapes.shape import parse_table
 from syncd.embed import EMBEDDED_BASE_URL, EmbeddedSyncd
-from syncd.http import (
-    EXPOSED_HEADERS,
-    MAX_BODY_BYTES,
-    bad_request,
-    base_headers,
-    disconnected,
-    json_bytes_response,
-    json_response,
+from syncd.mutations import Mutation, apply_mutations
+from syncd.responses import bad_request, json_response
+from syncd.route_headers import (
+    DEFAULT_ALLOWED_HEADERS,
+    DEFAULT_VARY,
+    ETAG_SEPARATOR,
+    Cors,
+    bound_etag,
+    private_cache_control,
+    scope_tag,
+    unbound_if_none_match,
+)
+from syncd.route_relay import (
+    FORWARDED_REQUEST_HEADERS,
+    HOP_BY_HOP,
+    UPSTREAM_CLIENTS,
+    Tracker,
+    cut_off_response,
+    first_response,
+    relay,
+    upstream_clients,
+    upstream_headers,
+)
+from syncd.route_scope import (
+    Authorize,
+    BadBody,
+    Narrowed,
+    ShapeScope,
+    narrow,
+    read_body_subset,
+    renumber_where,
+    upstream_query,
 )
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        # recomputed by this server
-        "content-length",
-        "content-encoding",
-        "date",
-        "server",
-    }
-)
-FORWARDED_REQUEST_HEADERS = ("if-none-match", "accept", "x-request-id")
-
-
-@dataclass(frozen=True)
-class ShapeScope:
-    """What the signed-in caller may see of the route's table.
-
-    ``where`` uses ``$1..$n`` for ``params``; ``None`` means every row. ``columns`` ``None``
-    means every column. ``key`` groups the caller's live requests for :meth:`ShapeRoutes.cut_off`
-    (``None``: not tracked).
-    """
-
-    where: str | None = None
-    params: Sequence[str] = ()
-    columns: Sequence[str] | None = None
-    key: str | None = None
-
-
-Authorize = Callable[[Request], Awaitable[ShapeScope | Response]]
-
-
-_QUERY_KEYWORDS = frozenset({"SELECT", "VALUES", "TABLE"})
-"""Keywords that start a query (``WITH`` is followed by a ``SELECT``, and also appears in
-``timestamp with time zone``): a client's clause may not read other rows or tables."""
-
-
-def renumber_where(where: str, shift: int) -> str:
-    """``where`` with every ``$n`` placeholder turned into ``$(n + shift)``.
-
-    Raises:
-        InvalidRequest: (``where``) if the text is not lexically complete, its parentheses
-            are unbalanced or it holds a subquery.
-    """
-    try:
-        tokens = scan(where)
-    except ParseError as exc:
-        raise InvalidRequest("where", str(exc)) from exc
-    depth = 0
-    out: list[str] = []
-    position = 0
-    for token in tokens:  # positions are character offsets, ``end`` inclusive
-        if token.name == "ASCII_40":
-            depth += 1
-        elif token.name == "ASCII_41":
-            depth -= 1
-            if depth < 0:
-                raise InvalidRequest("where", "unbalanced parentheses")
-        elif token.name in _QUERY_KEYWORDS:
-            raise InvalidRequest("where", "subqueries are not allowed")
-        elif token.name == "PARAM":
-            text = where[token.start : token.end + 1]
-            if not (text.startswith("$") and text[1:].isascii() and text[1:].isdigit()):
-                raise InvalidRequest("where", f"invalid parameter {text}")
-            out.append(where[position : token.start])
-            out.append(f"${int(text[1:]) + shift}")
-            position = token.end + 1
-    if depth != 0:
-        raise InvalidRequest("where", "unbalanced parentheses")
-    out.append(where[position:])
-    return "".join(out)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class Narrowed:
-    """A client's request as checked and narrowed to a scope: ``query`` is what goes upstream
-    (rebuilt from the checked values, never the client's text passed on), ``live`` whether it
-    is a live request."""
-
-    query: list[tuple[str, str]]
-    live: bool
-
-
-def upstream_query(
-    items: Iterable[tuple[str, str]],
-    table: str,
-    scope: ShapeScope,
-    subset: SubsetRequest | None = None,
-) -> list[tuple[str, str]]:
-    """The query to send upstream: the client's request narrowed to ``scope`` on ``table``.
-
-    Raises:
-        InvalidRequest: on a client ``where``, ``params``, ``columns`` or subset it may not send,
-            or a protocol parameter given twice.
-    """
-    return narrow(items, table, scope, subset).query
-
-
-def narrow(
-    items: Iterable[tuple[str, str]],
-    table: str,
-    scope: ShapeScope,
-    body_subset: SubsetRequest | None = None,
-) -> Narrowed:
-    """Read the client's query once (:func:`shapes.request.read_query`), check it and build the
-    upstream query from the values checked. ``body_subset`` is a subset from a POST body.
-
-    Raises:
-        InvalidRequest: on a client ``where``, ``params``, ``columns`` or subset it may not send,
-            or a protocol parameter given twice.
-    """
-    client = read_query(items)
-    values = client.values
-    position = {k: v for k, v in values.items() if k not in _DEFINITION_PARAMS}
-    # offset, handle, live, live_sse, replica and log exactly as the upstream will read them
-    checked = shape_request(QueryParams({**position, "table": table}))
-    definition = checked.definition
-    query: list[tuple[str, str]] = [("table", table), ("offset", _offset_text(checked))]
-    if checked.handle is not None:
-        query.append(("handle", checked.handle))
-    if checked.live:
-        query.append(("live", "true"))
-    if checked.live_sse:
-        query.append(("live_sse", "true"))
-    if checked.cursor is not None:
-        query.append(("cursor", checked.cursor))
-    query += [("replica", definition.replica), ("log", definition.log)]
-    query += [(name, values[name]) for name in _OPAQUE_PARAMS if name in values]
-    query += _narrowed_where(values.get("where") or None, client.where_params, scope)
-    columns = _columns(values.get("columns"), scope.columns)
-    if columns is not None:
-        query.append(("columns", ",".join(_quote(c) for c in columns)))
-    if body_subset is not None and client.subset:
-        raise SubsetError("where", "a subset goes in the query or in the body, not both")
-    subset = body_subset if body_subset is not None else _query_subset(client.subset)
-    if subset is not None:
-        query += _subset_query(subset, scope.columns)
-    return Narrowed(query, checked.live)
-
-
-_DEFINITION_PARAMS = frozenset({"where", "columns", "table", "secret", "api_secret"})
-_OPAQUE_PARAMS = ("expired_handle", "cache-buster")
-"""Passed on as given: the client's cache keys, read by no server."""
-
-
-def _offset_text(checked: ShapeRequest) -> str:
-    return "now" if checked.offset is None else str(checked.offset)
-
-
-def _narrowed_where(
-    client_where: str | None, client_params: dict[str, str], scope: ShapeScope
-) -> list[tuple[str, str]]:
-    """``where`` and ``params[n]``: the scope's, AND-ed with the client's (renumbered)."""
-    validate_params(client_params)
-    app_params = list(scope.params)
-    where = scope.where
-    if client_where is not None:
-        shifted = renumber_where(client_where, len(app_params))
-        _check_references(client_where, scope.columns, InvalidRequest, "where")
-        where = shifted if where is None else f"({where})\nAND ({shifted}\n)"
-        app_params += [client_params[str(i)] for i in range(1, len(client_params) + 1)]
-    if where is None:
-        return []
-    numbered = [(f"params[{i}]", value) for i, value in enumerate(app_params, start=1)]
-    return [("where", where), *numbered]
-
-
-def _check_references(
-    text: str,
-    allowed: Sequence[str] | None,
-    error: type[InvalidRequest],
-    field: str,
-    *,
-    order_by: bool = False,
-) -> None:
-    """Refuse a clause (or ORDER BY list) that does not parse on its own, or that names a
-    column outside ``allowed`` (``None``: all are allowed); the 400 names each such column as
-    the client wrote it.
-
-    Raises:
-        InvalidRequest: ``error(field, ...)``.
-    """
-    try:
-        references = column_references(text, order_by=order_by)
-    except InvalidRequest as exc:
-        raise error(field, exc.message) from None
-    if allowed is None:
-        return
-    refused = list(dict.fromkeys(r.text for r in references if r.name not in allowed))
-    if refused:
-        raise error(field, "The following columns are not allowed: " + ", ".join(refused))
-
-
-def _query_subset(fields: dict[str, str]) -> SubsetRequest | None:
-    if not fields:
-        return None
-    subset = subset_from_query({f"subset__{key}": value for key, value in fields.items()})
-    return subset if subset is not None else SubsetRequest()
-
-
-def _subset_query(subset: SubsetRequest, allowed: Sequence[str] | None) -> list[tuple[str, str]]:
-    """The ``subset__*`` parameters of a checked subset (a subset without a ``where`` is sent
-    as ``subset__where=true``, so that it still is one)."""
-    if subset.params is not None:
-        try:
-            validate_params(dict(subset.params))
-        except InvalidRequest as exc:
-            raise SubsetError("params", exc.message) from None
-    query = [("subset__where", subset.where or "true")]
-    if subset.where is not None:
-        _check_references(subset.where, allowed, SubsetError, "where")
-    if subset.params:
-        query.append(("subset__params", json.dumps(dict(subset.params))))
-    if subset.order_by is not None:
-        _check_references(subset.order_by, allowed, SubsetError, "order_by", order_by=True)
-        query.append(("subset__order_by", subset.order_by))
-    if subset.limit is not None:
-        query.append(("subset__limit", str(subset.limit)))
-    if subset.offset is not None:
-        query.append(("subset__offset", str(subset.offset)))
-    return query
-
-
-def _columns(client: str | None, allowed: Sequence[str] | None) -> Sequence[str] | None:
-    if client is None:
-        return allowed
-    asked = parse_columns(client)
-    if allowed is not None:
-        refused = [c for c in asked if c not in allowed]
-        if refused:
-            raise InvalidRequest(
-                "columns", "The following columns are not allowed: " + ", ".join(refused)
-            )
-    return asked
-
-
-def _cut_off_response() -> Response:
-    headers = base_headers("no-store")
-    return json_bytes_response(messages.MUST_REFETCH, headers, 409)
-
-
-def private_cache_control(value: str | None) -> str:
-    """``Cache-Control`` for one caller's eyes: ``public`` becomes ``private`` and ``s-maxage``
-    (a shared cache's lifetime) goes; the other directives (``max-age``, ...) stay, so the
-    caller's own cache behaves as the protocol expects. No value gives ``private, no-store``."""
-    if not value:
-        return "private, no-store"
-    kept = [
-        directive
-        for part in value.split(",")
-        if (directive := part.strip())
-        and directive.lower() not in ("public", "private")
-        and not directive.lower().startswith("s-maxage")
-    ]
-    return ", ".join(["private", *kept])
-
-
-ETAG_SEPARATOR: Final = "~"
-
-
-def scope_tag(scope: ShapeScope) -> str:
-    """A short digest of ``scope``, appended to every ETag the routes hand out, so that a
-    validator given to one caller never revalidates (304) a response for another."""
-    columns = None if scope.columns is None else list(scope.columns)
-    identity = json.dumps([scope.key, scope.where, list(scope.params), columns])
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
-
-
-def _bound_etag(etag: str, tag: str) -> str | None:
-    """The upstream's strong ETag ``"X"`` as ``"X~tag"`` (``None`` for anything else)."""
-    if len(etag) < 2 or not (etag.startswith('"') and etag.endswith('"')):
-        return None
-    return f'"{etag[1:-1]}{ETAG_SEPARATOR}{tag}"'
-
-
-def _unbound_if_none_match(value: str, tag: str) -> str | None:
-    """The validators of ``If-None-Match`` that were handed to this scope, as the upstream
-    issued them; ``None`` when there are none."""
-    suffix = ETAG_SEPARATOR + tag
-    kept = [
-        f'"{part[: -len(suffix)]}"'
-        for raw in value.split(",")
-        if (part := raw.strip().strip('"')).endswith(suffix)
-    ]
-    return ", ".join(kept) or None
-
-
-class _Tracker:
-    """The live requests in flight, per key."""
-
-    def __init__(self) -> None:
-        self.live: dict[str, set[asyncio.Event]] = {}
-
-    def register(self, key: str | None) -> asyncio.Event:
-        event = asyncio.Event()
-        if key is not None:
-            self.live.setdefault(key, set()).add(event)
-        return event
-
-    def unregister(self, key: str | None, event: asyncio.Event) -> None:
-        events = self.live.get(key) if key is not None else None
-        if events is not None:
-            events.discard(event)
-            if not events:
-                del self.live[key]  # type: ignore[arg-type]
-
-
-UPSTREAM_CLIENTS: Final = 8
-"""HTTP clients a :class:`ShapeRoutes` spreads its upstream requests over: each live request
-holds a connection, and httpx looks at every connection of its pool on each request, so a
-thousand held requests in one pool would make each new one slow."""
-
-
-def _upstream_clients() -> list[httpx.AsyncClient]:
-    timeout = httpx.Timeout(10.0, read=120.0)
-    # No connection limit: a held live request must never wait for another to end.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    tls = shared_tls_context()
-    return [
-        httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls)
-        for _ in range(UPSTREAM_CLIENTS)
-    ]
-
-
-DEFAULT_ALLOWED_HEADERS: Final = ("authorization", "content-type")
-DEFAULT_VARY: Final = ("authorization", "cookie")
-
-
-@dataclass(frozen=True)
-class _Cors:
-    """Who may call the routes from another origin (browsers' CORS)."""
-
-    origins: frozenset[str]
-    headers: tuple[str, ...]
-    credentials: bool
-
-    def allow_origin(self, request: Request) -> str | None:
-        """The ``Access-Control-Allow-Origin`` for ``request`` (``None``: no CORS headers)."""
-        origin = request.headers.get("origin")
-        if "*" in self.origins:
-            return "*"
-        return origin if origin is not None and origin in self.origins else None
-
-    def headers_for(self, request: Request) -> dict[str, str]:
-        allowed = self.allow_origin(request)
-        if allowed is None:
-            return {}
-        headers = {
-            "access-control-allow-origin": allowed,
-            "access-control-expose-headers": EXPOSED_HEADERS,
-        }
-        if self.credentials and allowed != "*":
-            headers["access-control-allow-credentials"] = "true"
-        return headers
-
-    def preflight(self, request: Request) -> Response:
-        """204; allows this origin (when listed) the routes' methods and the listed headers,
-        never whatever the browser asks for."""
-        headers = {"vary": "Origin", **self.headers_for(request)}
-        if "access-control-allow-origin" in headers:
-            headers["access-control-allow-methods"] = "GET, HEAD, POST, OPTIONS"
-            headers["access-control-allow-headers"] = ", ".join(self.headers)
-            headers["access-control-max-age"] = "86400"
-        return Response(status_code=204, headers=headers)
+__all__ = [
+    "DEFAULT_ALLOWED_HEADERS",
+    "DEFAULT_VARY",
+    "ETAG_SEPARATOR",
+    "FORWARDED_REQUEST_HEADERS",
+    "HOP_BY_HOP",
+    "UPSTREAM_CLIENTS",
+    "Authorize",
+    "Mutation",
+    "Narrowed",
+    "ShapeRoutes",
+    "ShapeScope",
+    "apply_mutations",
+    "narrow",
+    "private_cache_control",
+    "renumber_where",
+    "scope_tag",
+    "shape_route",
+    "upstream_query",
+]
 
 
 class ShapeRoutes:
@@ -504,11 +160,11 @@ class ShapeRoutes:
     ) -> None:
         self.shape_url = upstream.rstrip("/") + "/v1/shape"
         self.secret = secret
-        self._clients = [client] if client is not None else _upstream_clients()
+        self._clients = [client] if client is not None else upstream_clients()
         self._turn = itertools.cycle(self._clients)
-        self._tracker = _Tracker()
+        self._tracker = Tracker()
         origins = frozenset(allowed_origins)
-        self._cors = _Cors(origins, tuple(h.lower() for h in allowed_headers), allow_credentials)
+        self._cors = Cors(origins, tuple(h.lower() for h in allowed_headers), allow_credentials)
         varies = [*(h.lower() for h in vary), *(["origin"] if origins else [])]
         self._vary = ", ".join(dict.fromkeys(varies))
 
@@ -556,11 +212,11 @@ class ShapeRoutes:
             return scope
         tag = scope_tag(scope)
         try:
-            body_subset = await _body_subset(request) if request.method == "POST" else None
+            body_subset = await read_body_subset(request) if request.method == "POST" else None
             narrowed = narrow(request.query_params.multi_items(), table, scope, body_subset)
         except InvalidRequest as exc:
             return self._finish(request, bad_request(exc.errors()), tag)
-        except _BadBody as exc:
+        except BadBody as exc:
             return self._finish(request, json_response(exc.body, 400, cache="no-store"), tag)
         upstream = await self._forward(request, narrowed, scope, tag)
         if isinstance(upstream, Response):
@@ -576,7 +232,7 @@ class ShapeRoutes:
             query = [*query, ("secret", self.secret)]
         headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
         if "if-none-match" in headers:
-            validators = _unbound_if_none_match(headers.pop("if-none-match"), tag)
+            validators = unbound_if_none_match(headers.pop("if-none-match"), tag)
             if validators is not None:
                 headers["if-none-match"] = validators
         headers["accept-encoding"] = "identity"
@@ -589,15 +245,15 @@ class ShapeRoutes:
         cut = self._tracker.register(key)
         try:
             sending = client.send(upstream_request, stream=True)
-            upstream = await _first(sending, cut, request)
+            upstream = await first_response(sending, cut, request)
         except BaseException:
             self._tracker.unregister(key, cut)
             raise
         if upstream is None:
             self._tracker.unregister(key, cut)
-            return _cut_off_response()
-        body = _relay(upstream, cut, lambda: self._tracker.unregister(key, cut))
-        headers = _upstream_headers(upstream)
+            return cut_off_response()
+        body = relay(upstream, cut, lambda: self._tracker.unregister(key, cut))
+        headers = upstream_headers(upstream)
         if request.method == "POST":
             headers["cache-control"] = "no-cache"
         return {"status_code": upstream.status_code, "headers": headers}, body
@@ -614,132 +270,11 @@ class ShapeRoutes:
         etag = headers.get("etag")
         if etag is not None:
             del headers["etag"]
-            bound = _bound_etag(etag, tag)
+            bound = bound_etag(etag, tag)
             if bound is not None:
                 headers["etag"] = bound
         headers.update(self._cors.headers_for(request))
         return response
-
-
-class _BadBody(Exception):
-    """A POST body the routes do not take; ``body`` is the 400's JSON."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(body)
-        self.body = body
-
-
-_BODY_KEYS = frozenset({*SUBSET_KEYS, "subset"})
-
-
-async def _body_subset(request: Request) -> SubsetRequest | None:
-    """The subset a POST body describes (``None`` for an empty body or ``{}``).
-
-    Only the subset keys are taken: a body may not override the query (``table``, ``where``,
-    ``live``, ...), since the routes decide those.
-
-    Raises:
-        _BadBody: the body is too large, not JSON, not an object, or has other keys.
-        InvalidRequest: a subset key is invalid.
-    """
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _BadBody({"error": "Request body too large"})
-    try:
-        data = json.loads(body, parse_constant=_reject_constant) if body.strip() else {}
-    except (ValueError, RecursionError):
-        raise _BadBody({"error": "Invalid JSON in request body"}) from None
-    if not isinstance(data, dict):
-        raise _BadBody({"error": "Request body must be a JSON object"})
-    others = sorted(key for key in data if key not in _BODY_KEYS)
-    if others:
-        raise _BadBody(
-            {
-                "message": "Invalid request",
-                "errors": dict.fromkeys(others, ["is not allowed in the body"]),
-            }
-        )
-    return subset_from_body(data)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _upstream_headers(upstream: httpx.Response) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in upstream.headers.multi_items():
-        lowered = name.lower()
-        if lowered not in HOP_BY_HOP:
-            headers[lowered] = value
-    return headers
-
-
-async def _first(
-    sending: Awaitable[httpx.Response], cut: asyncio.Event, request: Request
-) -> httpx.Response | None:
-    """The upstream response, or ``None`` if ``cut`` was set or the client left first."""
-    send_task = asyncio.ensure_future(sending)
-    stop_tasks = [asyncio.ensure_future(cut.wait()), asyncio.ensure_future(disconnected(request))]
-    try:
-        await asyncio.wait({send_task, *stop_tasks}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        send_task.cancel()
-        send_task.add_done_callback(_retrieve)
-        raise
-    finally:
-        for task in stop_tasks:
-            task.cancel()
-            task.add_done_callback(_retrieve)
-    if send_task.done():
-        return send_task.result()
-    send_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await send_task
-    return None
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a finished helper task's outcome as seen: an error of a task whose answer is no
-    longer wanted (the upstream closed during shutdown, the client left) is not news."""
-    if not task.cancelled():
-        task.exception()
-
-
-async def _relay(
-    upstream: httpx.Response, cut: asyncio.Event, done: Callable[[], None]
-) -> AsyncIterator[bytes]:
-    """The upstream body chunk by chunk, until it ends, ``cut`` is set or the client leaves.
-
-    An upstream that breaks off mid-body (it shuts down, the connection drops) ends the body
-    here too: the client sees a truncated response and reconnects.
-    """
-    chunks = upstream.aiter_raw()
-    cut_task = asyncio.ensure_future(cut.wait())
-    next_task: asyncio.Future[bytes] | None = None
-    try:
-        while True:
-            next_task = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait({next_task, cut_task}, return_when=asyncio.FIRST_COMPLETED)
-            if not next_task.done():
-                return
-            try:
-                chunk = next_task.result()
-            except (StopAsyncIteration, httpx.HTTPError):
-                return
-            yield chunk
-    finally:
-        cut_task.cancel()
-        try:
-            if next_task is not None:  # a read still running (cut, client gone, shutdown)
-                next_task.cancel()
-                next_task.add_done_callback(_retrieve)
-                await asyncio.wait({next_task})
-        finally:
-            done()
-            await upstream.aclose()
 
 
 def shape_route(
@@ -751,66 +286,3 @@ def shape_route(
 
 
 # -- writes ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mutation:
-    """One write: ``insert`` uses ``values``; ``update`` sets ``values`` where ``key`` matches;
-    ``delete`` removes the rows matching ``key``. ``table`` is ``tbl`` or ``schema.tbl``."""
-
-    type: Literal["insert", "update", "delete"]
-    table: str
-    values: Mapping[str, Any] = field(default_factory=dict)
-    key: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _mutation_sql(mutation: Mutation) -> tuple[sql.Composed, list[Any]]:
-    schema, table = parse_table(mutation.table)
-    target = sql.Identifier(schema, table)
-
-    def matching(key: Mapping[str, Any]) -> sql.Composed:
-        if not key:
-            raise ValueError(f"{mutation.type} on {mutation.table} needs a key")
-        return sql.SQL(" AND ").join(
-            sql.SQL("{} = %s").format(sql.Identifier(name)) for name in key
-        )
-
-    if mutation.type == "insert":
-        names = list(mutation.values)
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            target,
-            sql.SQL(", ").join(map(sql.Identifier, names)),
-            sql.SQL(", ").join(sql.Placeholder() * len(names)),
-        )
-        return statement, list(mutation.values.values())
-    if mutation.type == "update":
-        if not mutation.values:
-            raise ValueError(f"update on {mutation.table} needs values")
-        assignments = sql.SQL(", ").join(
-            sql.SQL("{} = %s").format(sql.Identifier(name)) for name in mutation.values
-        )
-        statement = sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            target, assignments, matching(mutation.key)
-        )
-        return statement, [*mutation.values.values(), *mutation.key.values()]
-    if mutation.type == "delete":
-        statement = sql.SQL("DELETE FROM {} WHERE {}").format(target, matching(mutation.key))
-        return statement, list(mutation.key.values())
-    raise ValueError(f"unknown mutation type: {mutation.type!r}")
-
-
-async def apply_mutations(conn: psycopg.AsyncConnection[Any], mutations: Iterable[Mutation]) -> int:
-    """Apply ``mutations`` in one transaction; returns its txid (for ``awaitTxId``).
-
-    The txid is ``pg_current_xact_id()::xid``, the number the shape log puts in a change's
-    ``txids``. Use a connection with no transaction open (autocommit or idle): inside an outer
-    transaction this only makes a savepoint, and the changes appear when that one commits.
-    """
-    async with conn.transaction():
-        for mutation in mutations:
-            statement, values = _mutation_sql(mutation)
-            await conn.execute(statement, values)
-        cursor = await conn.execute("SELECT pg_current_xact_id()::xid::text")
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])

@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from syncd import routes as routes_module
+from syncd import route_relay
 from syncd.embed import EmbeddedSyncd
 from syncd.routes import ShapeRoutes, ShapeScope
 from tests.syncd_process import SyncdProcess, free_port
@@ -733,7 +733,9 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
             raise httpx.ConnectError("upstream closed")
 
         request = Request({"type": "http", "method": "GET", "headers": []}, _idle_receive)
-        waiting = asyncio.ensure_future(routes_module._first(sending(), asyncio.Event(), request))
+        waiting = asyncio.ensure_future(
+            route_relay.first_response(sending(), asyncio.Event(), request)
+        )
         await asyncio.sleep(0.01)
         closed.set()
         waiting.cancel()
@@ -744,7 +746,7 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
 
         closed = asyncio.Event()
         upstream = httpx.Response(200, stream=_ClosingUpstream(closed))
-        relay = routes_module._relay(upstream, asyncio.Event(), lambda: None)
+        relay = route_relay.relay(upstream, asyncio.Event(), lambda: None)
         reading = asyncio.ensure_future(anext(relay))
         await asyncio.sleep(0.01)
         closed.set()
