@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from shapes import messages
+from shapes.offset import LogOffset
+from syncd.shape_state import ShapeState, wait_briefly
 from syncd.storage import ReadPlan, ShapeLog
 
 log = logging.getLogger("syncd.http")
@@ -137,3 +141,53 @@ async def log_pieces(
         if done:
             return
         await yield_to_others()
+
+
+async def live_sse_events(
+    shape: ShapeState,
+    offset: LogOffset,
+    release: Callable[[], None],
+    closing: asyncio.Future[None],
+    *,
+    piece_bytes: int,
+    duration: float,
+    keepalive: float,
+) -> AsyncGenerator[bytes, None]:
+    """The live stream: the log after ``offset`` in pieces of at most ``piece_bytes`` as it
+    grows, ``up-to-date`` whenever a piece reaches the log's end, keep-alives meanwhile.
+
+    Each piece is sent before the next is read, so a reader that stops reading holds one
+    piece, never the backlog (see :mod:`syncd.send_deadline`). The stream ends after ``duration``
+    seconds, when the shape is no longer ready or when ``closing`` resolves; ``release`` is
+    called at its end."""
+    position: int | None = None
+    try:
+        deadline = time.monotonic() + duration
+        last_sent = time.monotonic()
+        while shape.status == "ready" and not closing.done():
+            waiter = shape.notifier.wait()
+            piece = shape.log.read_piece(offset, piece_bytes, position)
+            if piece.items:
+                offset, position = piece.end, piece.position
+                events = piece.items
+                if offset >= shape.log.latest_offset:
+                    events.append(messages.up_to_date(offset.tx))
+                data = sse_data(events)
+                caught_up = offset >= shape.log.latest_offset
+                del piece, events  # not held while the reader drains ``data``
+                yield data
+                del data
+                last_sent = time.monotonic()
+                if not caught_up:
+                    await yield_to_others()
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now - last_sent >= keepalive:
+                yield SSE_KEEPALIVE
+                last_sent = now
+            wait = min(deadline, last_sent + keepalive) - now
+            await wait_briefly((waiter, closing), wait)
+    finally:
+        release()

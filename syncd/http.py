@@ -26,7 +26,7 @@ import hmac
 import json
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -53,6 +53,7 @@ from syncd.bodies import (
     BoundedStreamingResponse,
     disconnected,
     json_array_body,
+    live_sse_events,
     log_pieces,
     sse_body,
     sse_data,
@@ -512,55 +513,22 @@ class ShapeApi:
     ) -> Response:
         headers = self._sse_headers(req, shape, offset)
         release = self.admission.occupy("existing")
-        stream = self._sse_events(shape, offset, release)
+        settings = self.settings
+        stream = live_sse_events(
+            shape,
+            offset,
+            release,
+            self._closing(),
+            piece_bytes=settings.piece_bytes,
+            duration=settings.sse_timeout,
+            keepalive=settings.sse_keepalive,
+        )
         # A stream that is never iterated (the client left before the body) never reaches its
         # ``finally``; the finaliser releases its count then.
         weakref.finalize(stream, release)
         return BoundedStreamingResponse(
             stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
         )
-
-    async def _sse_events(
-        self, shape: ShapeState, offset: LogOffset, release: Callable[[], None]
-    ) -> AsyncGenerator[bytes, None]:
-        """The live stream: the log after ``offset`` in pieces of at most ``piece_bytes`` as it
-        grows, ``up-to-date`` whenever a piece reaches the log's end, keep-alives meanwhile.
-
-        Each piece is sent before the next is read, so a reader that stops reading holds one
-        piece, never the backlog (see :mod:`syncd.send_deadline`)."""
-        closing = self._closing()
-        position: int | None = None
-        piece_bytes = self.settings.piece_bytes
-        try:
-            deadline = time.monotonic() + self.settings.sse_timeout
-            last_sent = time.monotonic()
-            while shape.status == "ready" and not closing.done():
-                waiter = shape.notifier.wait()
-                piece = shape.log.read_piece(offset, piece_bytes, position)
-                if piece.items:
-                    offset, position = piece.end, piece.position
-                    events = piece.items
-                    if offset >= shape.log.latest_offset:
-                        events.append(messages.up_to_date(offset.tx))
-                    data = sse_data(events)
-                    caught_up = offset >= shape.log.latest_offset
-                    del piece, events  # not held while the reader drains ``data``
-                    yield data
-                    del data
-                    last_sent = time.monotonic()
-                    if not caught_up:
-                        await yield_to_others()
-                    continue
-                now = time.monotonic()
-                if now >= deadline:
-                    return
-                if now - last_sent >= self.settings.sse_keepalive:
-                    yield SSE_KEEPALIVE
-                    last_sent = now
-                timeout = min(deadline, last_sent + self.settings.sse_keepalive) - now
-                await wait_briefly((waiter, closing), timeout)
-        finally:
-            release()
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
