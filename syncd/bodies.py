@@ -3,7 +3,8 @@
 Layer: ``syncd``. A log is read and handed to the transport one piece (about
 :data:`PIECE_BYTES`) at a time, each piece sent before the next is read, and every send bounded
 by a deadline (:class:`BoundedStreamingResponse`): a reader that stops reading holds one piece,
-never the backlog.
+never the backlog. :func:`live_sse_events` is the live SSE stream: the log as it grows,
+``up-to-date`` at its end, keep-alives meanwhile.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the log grows, and live Server-Sent Events. Its collaborators own the rest:
 * :mod:`syncd.responses`: protocol headers, JSON bodies and :func:`error_response`, the one
   place where every failure a request may meet (its own errors, a shape whose snapshot failed)
   becomes a status and a JSON body;
-* :mod:`syncd.bodies`: bodies streamed in bounded pieces, SSE framing;
+* :mod:`syncd.bodies`: bodies streamed in bounded pieces, SSE framing and the live SSE stream;
 * :mod:`syncd.cache_headers`: ``cache-control``, the cursor, ETag revalidation;
 * :mod:`syncd.request_body`: reading a POST body;
 * :mod:`syncd.asgi_app`: the Starlette app (routes, path normalisation, OpenAPI; Starlette's
