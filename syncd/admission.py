@@ -14,6 +14,9 @@ from starlette.responses import Response
 
 from syncd.responses import json_response
 
+_RANDOM = random.Random()
+"""This module's own generator: the process-wide one belongs to the embedding program."""
+
 
 class Admission:
     """Counts requests in flight per kind and refuses those over the limit (503)."""
@@ -60,6 +63,6 @@ class Admission:
         }
         response = json_response(body, 503, cache="no-store")
         response.headers["surrogate-control"] = "no-store"
-        response.headers["retry-after"] = str(random.randint(6, 10))
+        response.headers["retry-after"] = str(_RANDOM.randint(6, 10))
         response.headers["electric-internal-known-error"] = "true"
         return response

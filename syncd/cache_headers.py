@@ -15,6 +15,9 @@ from starlette.requests import Request
 
 from shapes.request import ShapeRequest
 
+_RANDOM = random.Random()
+"""This module's own generator: the process-wide one belongs to the embedding program."""
+
 CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z
 CACHE_INITIAL = "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
 CACHE_LIVE = "public, max-age=5, stale-while-revalidate=5"
@@ -47,7 +50,7 @@ def next_cursor(previous: str | None, long_poll_timeout: float) -> str:
         before = 0
     if upcoming > before:
         return str(upcoming)
-    return str(before + random.randint(1, 3600))
+    return str(before + _RANDOM.randint(1, 3600))
 
 
 def etag_matches(request: Request, etag: str) -> bool:

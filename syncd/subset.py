@@ -20,6 +20,9 @@ from shapes.subset import Subset
 from syncd.shape_state import ShapeState
 from syncd.snapshot import begin_snapshot, stream_rows
 
+_RANDOM = random.Random()
+"""This module's own generator: the process-wide one belongs to the embedding program."""
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -27,7 +30,7 @@ async def run_subset(
     conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState, subset: Subset
 ) -> bytes:
     """The response body ``{"metadata": ..., "data": [...]}`` for a subset of ``shape``."""
-    mark = random.randrange(1 << 31)
+    mark = _RANDOM.randrange(1 << 31)
     info, lsn = await begin_snapshot(conn)
     try:
         rows = await _rows(conn, shape, subset, mark)

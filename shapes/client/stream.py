@@ -21,6 +21,9 @@ from shapes.errors import InvalidRequest
 from shapes.offset import LogOffset, parse_offset
 from shapes.values import parse_row, parse_schema
 
+_RANDOM = random.Random()
+"""This module's own generator: the process-wide one belongs to the embedding program."""
+
 Message = dict[str, Any]
 Batch = list[Message]
 LiveMode = Literal["long-poll", "sse"]
@@ -124,7 +127,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
 def backoff_delay(attempt: int, minimum: float = 0.0) -> float:
     """Full-jitter exponential backoff (0.1 s doubling to a 10 s cap), at least ``minimum``."""
     ceiling = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**attempt)
-    return max(minimum, random.uniform(0.0, ceiling))
+    return max(minimum, _RANDOM.uniform(0.0, ceiling))
 
 
 def _position(message: Message) -> LogOffset | None:
@@ -420,7 +423,7 @@ class ShapeStream:
                 self._last_change = self._delivered
         if time.monotonic() - started < SHORT_SSE_SECONDS:
             self._short_sse += 1
-            await asyncio.sleep(random.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
+            await asyncio.sleep(_RANDOM.uniform(0, min(5.0, 0.1 * 2**self._short_sse)))
         else:
             self._short_sse = 0
 
@@ -434,7 +437,7 @@ def _resumed_change(offset: str) -> LogOffset | None:
 
 
 def _cache_buster() -> str:
-    return f"{time.time_ns() // 1_000_000}-{random.getrandbits(32):08x}"
+    return f"{time.time_ns() // 1_000_000}-{_RANDOM.getrandbits(32):08x}"
 
 
 class _Refetch(Exception):
