@@ -15,10 +15,11 @@ stream order, on the event loop. The engine dispatches it to its collaborators:
 * ``syncd.schema_reconcile``: Relation and Truncate messages, the cached table descriptions and
   the periodic comparison with the catalog;
 * ``syncd.flush_tracker``: which logs are dirty, the durable LSN, what may be confirmed to
-  Postgres (:meth:`Engine.on_idle`).
+  Postgres (:meth:`Engine.on_idle`);
+* ``syncd.shape_registry``: the live shapes (create, restore, delete, route).
 
-The engine itself owns the connection pool, the shape registry (create, restore, delete, route)
-and the snapshots, and checks the slot's history.
+The engine itself owns the connection pool, the queries over a table (snapshots, subsets) and
+the check of the slot's history, and keeps the interface the daemon and the HTTP layer use.
 
 Slot history. The shapes are only right while the replication slot continues the history they
 were built from: a slot that was dropped and created again, moved ahead, or invalidated after
@@ -38,7 +39,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,15 +49,12 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from shapes import messages
-from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.shape import CanonicalShape
 from shapes.subset import Subset
-from shapes.where import Where, parse_where
-from shapes.xid import Snapshot
 from syncd.catalog import PublicationManager
-from syncd.change_applier import ChangeApplier, TableKey, describe, route
+from syncd.change_applier import ChangeApplier, TableKey
 from syncd.errors import (
     DatabaseUnavailable,
     QueryFailed,
@@ -71,10 +68,11 @@ from syncd.pgoutput import messages as pg
 from syncd.pgoutput import parse_lsn
 from syncd.replication import SlotFound, history_gap
 from syncd.schema_reconcile import SchemaReconciler
-from syncd.shape_state import ShapeState, snapshot_from_meta
+from syncd.shape_registry import ShapeRegistry
+from syncd.shape_state import ShapeState
 from syncd.slot_record import SlotRecord
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
-from syncd.storage import GroupSync, ShapeLog
+from syncd.storage import GroupSync
 from syncd.stream_replay import StreamReplayer
 from syncd.subset import run_subset
 
@@ -103,13 +101,22 @@ class Engine:
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] | None = None
         self.publications = PublicationManager(settings.publication)
         self.router: Router[ShapeState] = Router()
-        self.shapes: dict[str, ShapeState] = {}
-        self.by_definition: dict[CanonicalShape, ShapeState] = {}
-        self._creating: dict[CanonicalShape, asyncio.Future[ShapeState]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_handle_us = 0
         self.flush = FlushTracker(settings.storage_dir, settings.flush_interval)
         self.applier = ChangeApplier(self.router, self.flush, self.delete)
+        self.registry = ShapeRegistry(
+            shapes_dir=self.shapes_dir,
+            chunk_bytes=settings.chunk_bytes,
+            router=self.router,
+            flush=self.flush,
+            applier=self.applier,
+            describe_table=self.describe_table,
+            publish=self._publish,
+            start_snapshot=self._start_snapshot,
+        )
+        self.shapes = self.registry.shapes
+        """Every registered shape by handle."""
+        self.by_definition = self.registry.by_definition
         self.schema = SchemaReconciler(
             applier=self.applier,
             router=self.router,
@@ -117,7 +124,7 @@ class Engine:
             publications=self.publications,
             connection=self.connection,
             retire=self.delete,
-            restart_after_truncate=self._restart_after_truncate,
+            restart_after_truncate=self.registry.restart_after_truncate,
         )
         # Handlers by message type: row and schema changes (also replayed from spools), and the
         # transaction and stream boundaries that only arrive live.
@@ -187,11 +194,11 @@ class Engine:
             slot = await self._ensure_slot(conn)
         self.flush.slot_record = SlotRecord.load(self.settings.storage_dir)
         if created_publication or (slot.created and self.flush.slot_record is None):
-            self._purge_all_shapes("a new replication slot or publication was created")
+            self.registry.purge_all("a new replication slot or publication was created")
         if not self._check_slot(slot):
             record = self.flush.slot_record or SlotRecord(slot.name, slot.confirmed_lsn)
             self.flush.save_slot_record(record)
-        await self._restore_shapes()
+        await self.registry.restore_all()
         self._spawn(self.schema.reconcile_forever(self.settings.schema_check_interval))
 
     async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> SlotFound:
@@ -271,7 +278,7 @@ class Engine:
         self.on_session_start()
         for shape in list(self.shapes.values()):
             self.delete(shape, reason)
-        self._purge_all_shapes(reason)
+        self.registry.purge_all(reason)
         self.flush.dirty.clear()
         self.schema.tables.clear()
 
@@ -288,57 +295,15 @@ class Engine:
         if self.pool is not None:
             await self.pool.close()
 
-    def _purge_all_shapes(self, reason: str) -> None:
-        entries = list(self.shapes_dir.iterdir())
-        if entries:
-            log.warning("discarding %d stored shapes: %s", len(entries), reason)
-        for entry in entries:
-            shutil.rmtree(entry, ignore_errors=True)
-
-    async def _restore_shapes(self) -> None:
-        restored = 0
-        for directory in sorted(self.shapes_dir.iterdir()):
-            shape = await self._restore_shape(directory)
-            if shape is None:
-                shutil.rmtree(directory, ignore_errors=True)
-                continue
-            self._register(shape)
-            restored += 1
-        log.info("restored %d shapes from %s", restored, self.shapes_dir)
-
-    async def _restore_shape(self, directory: Path) -> ShapeState | None:
-        try:
-            shape_log = ShapeLog.open(directory, self.settings.chunk_bytes)
-            meta = shape_log.read_meta()
-        except Exception:  # a damaged directory is discarded, never fatal
-            log.exception("cannot open stored shape %s; discarding it", directory.name)
-            return None
-        if meta is None or meta.get("status") != "ready" or not shape_log.snapshot_complete:
-            return None
-        definition = CanonicalShape.from_json(meta["definition"])
-        try:
-            table, where, selected = await self._compile(definition)
-        except InvalidRequest as exc:
-            log.warning("stored shape %s no longer valid (%s)", directory.name, exc)
-            return None
-        shape = ShapeState(meta["handle"], definition, table, where, selected, shape_log)
-        shape.status = "ready"
-        shape.snapshot = snapshot_from_meta(meta)
-        shape.filtering = bool(meta.get("filtering", True))
-        shape.ready.set()
-        return shape
-
     # -- registry ------------------------------------------------------------------------------
 
     def get(self, handle: str) -> ShapeState | None:
         """The live shape with this handle, if any."""
-        shape = self.shapes.get(handle)
-        return shape if shape is not None and shape.status != "gone" else None
+        return self.registry.get(handle)
 
     def find(self, definition: CanonicalShape) -> ShapeState | None:
         """The live shape for this definition, if any."""
-        shape = self.by_definition.get(definition)
-        return shape if shape is not None and shape.status != "gone" else None
+        return self.registry.find(definition)
 
     async def get_or_create(self, definition: CanonicalShape) -> ShapeState:
         """The shape for ``definition``, creating it (and starting its snapshot) if needed.
@@ -349,48 +314,18 @@ class Engine:
             InvalidRequest: when the table, columns or where clause are invalid.
             DatabaseUnavailable: when Postgres cannot be reached.
         """
-        existing = self.find(definition)
-        if existing is not None:
-            return existing
-        pending = self._creating.get(definition)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ShapeState] = asyncio.get_running_loop().create_future()
-        self._creating[definition] = future
-        try:
-            shape = await self._create(definition)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: concurrent waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(shape)
-            return shape
-        finally:
-            del self._creating[definition]
+        return await self.registry.get_or_create(definition)
 
-    async def _create(self, definition: CanonicalShape) -> ShapeState:
-        table, where, selected = await self._compile(definition)
+    def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
+        """Retire a shape for good and remove its files."""
+        self.registry.delete(shape, reason)
+
+    async def _publish(self, definition: CanonicalShape, table: Table) -> None:
         async with self.reading(definition.relation) as conn:
             await self.publications.add_table(conn, table)
-        handle = self._new_handle(definition)
-        shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
-        shape = ShapeState(handle, definition, table, where, selected, shape_log)
-        shape.save_meta()
-        self._register(shape)
-        log.info("created shape %s for %s", handle, describe(definition))
-        self._spawn(self._take_snapshot(shape))
-        return shape
 
-    async def _compile(
-        self, definition: CanonicalShape
-    ) -> tuple[Table, Where | None, tuple[str, ...]]:
-        table = await self.describe_table(definition.schema, definition.table)
-        selected = _selected_columns(table, definition.columns)
-        where = None
-        if definition.where is not None:
-            where = parse_where(definition.where, table.by_name, definition.params_map)
-        return table, where, selected
+    def _start_snapshot(self, shape: ShapeState) -> None:
+        self._spawn(self._take_snapshot(shape))
 
     async def describe_table(self, schema: str, name: str) -> Table:
         """The table's description, cached until a relation message says it changed."""
@@ -444,35 +379,6 @@ class Engine:
         """
         async with self.reading(shape.definition.relation) as conn:
             return await run_subset(conn, shape, subset)
-
-    def _new_handle(self, definition: CanonicalShape) -> str:
-        now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
-        self._last_handle_us = now_us
-        return f"{definition.digest()}-{now_us}"
-
-    def _register(self, shape: ShapeState) -> None:
-        if shape.status == "snapshotting":
-            self.flush.snapshotting.add(shape)
-        self.shapes[shape.handle] = shape
-        self.by_definition[shape.definition] = shape
-        self.applier.join(shape)
-
-    def _route(self, shape: ShapeState) -> None:
-        route(self.router, shape)
-
-    def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
-        """Retire a shape for good and remove its files."""
-        if shape.status == "gone" and shape.handle not in self.shapes:
-            return
-        log.info("removing shape %s (%s)", shape.handle, reason)
-        self.router.remove(shape)
-        self.shapes.pop(shape.handle, None)
-        if self.by_definition.get(shape.definition) is shape:
-            del self.by_definition[shape.definition]
-        self.flush.dirty.discard(shape)
-        self.applier.forget(shape)
-        shape.go_away()
-        shape.log.delete()
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -554,28 +460,6 @@ class Engine:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""
         await self.schema.reconcile_schemas()
 
-    def _restart_after_truncate(self, shape: ShapeState) -> None:
-        """Replace ``shape`` by one whose snapshot is the empty table, as of this transaction.
-
-        The new shape is routed at once, so the truncating transaction's later changes and every
-        later transaction reach it; clients of the old handle get a 409 that points to it.
-        """
-        definition = shape.definition
-        txn_xid = self.applier.txn_xid
-        handle = self._new_handle(definition)
-        shape_log = ShapeLog.create(self.shapes_dir / handle, self.settings.chunk_bytes)
-        fresh = ShapeState(handle, definition, shape.table, shape.where, shape.selected, shape_log)
-        xid = shape.snapshot.widen(txn_xid) if shape.snapshot else txn_xid
-        info = Snapshot(xid + 1, xid + 1, ())
-        shape_log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
-        fresh.filtering = False
-        fresh.finish_snapshot(info)
-        self.delete(shape, "the table was truncated")
-        self.shapes[handle] = fresh
-        self.by_definition[definition] = fresh
-        self._route(fresh)
-        log.info("shape %s restarts as %s after a truncate", shape.handle, handle)
-
 
 def _configure_connection(conn: psycopg.AsyncConnection[TupleRow]) -> Any:
     async def configure() -> None:
@@ -583,20 +467,3 @@ def _configure_connection(conn: psycopg.AsyncConnection[TupleRow]) -> Any:
             await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
 
     return configure()
-
-
-def _selected_columns(table: Table, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-    if requested is None:
-        return tuple(sorted(c.name for c in table.columns))
-    unknown = [name for name in requested if name not in table.by_name]
-    if unknown:
-        message = f"The following columns are not found on the table: {', '.join(unknown)}"
-        raise InvalidRequest("columns", message)
-    pk = [c.name for c in table.columns if c.pk_index is not None]
-    missing = [name for name in pk if name not in requested]
-    if missing:
-        message = "The list of columns must include all primary key columns, missing: " + ", ".join(
-            missing
-        )
-        raise InvalidRequest("columns", message)
-    return tuple(sorted(set(requested)))
