@@ -396,15 +396,11 @@ class Engine:
                 await conn.execute("COMMIT")
         except asyncio.CancelledError:
             raise
-        except (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable) as exc:
-            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
-            shape.fail(exc)
-            self.delete(shape, "snapshot failed")
-            return
         except Exception as exc:
-            log.exception("snapshot of shape %s failed", shape.handle)
-            shape.fail(exc)
-            self.delete(shape, "snapshot failed")
+            if shape.status == "gone":  # retired meanwhile: its files are gone, nothing failed
+                log.debug("snapshot of removed shape %s stopped: %r", shape.handle, exc)
+                return
+            self._snapshot_failed(shape, exc)
             return
         if shape.status == "gone":
             return
@@ -412,6 +408,15 @@ class Engine:
         shape.finish_snapshot(info)
         self.flush.dirty.add(shape)
         log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
+
+    def _snapshot_failed(self, shape: ShapeState, exc: Exception) -> None:
+        """The snapshot of a live shape failed: its waiters see ``exc`` and the shape goes."""
+        if isinstance(exc, (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable)):
+            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+        else:
+            log.error("snapshot of shape %s failed", shape.handle, exc_info=exc)
+        shape.fail(exc)
+        self.delete(shape, "snapshot failed")
 
     async def _copy_rows(self, conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState) -> None:
         table, view = shape.table, shape.view
