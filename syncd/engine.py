@@ -327,9 +327,10 @@ class Engine:
     def _start_snapshot(self, shape: ShapeState) -> None:
         self._spawn(self._take_snapshot(shape))
 
-    async def describe_table(self, schema: str, name: str) -> Table:
-        """The table's description, cached until a relation message says it changed."""
-        return await self.schema.describe_table(schema, name)
+    async def describe_table(self, schema: str, name: str, *, fresh: bool = False) -> Table:
+        """The table's description, cached until a relation message says it changed
+        (``fresh``: read from the catalog in any case)."""
+        return await self.schema.describe_table(schema, name, fresh=fresh)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:

@@ -63,9 +63,14 @@ class SchemaReconciler:
         self.tables: dict[TableKey, Table] = {}
         """Table descriptions by ``(schema, name)``."""
 
-    async def describe_table(self, schema: str, name: str) -> Table:
-        """The table's description, cached until a relation message says it changed."""
-        cached = self.tables.get((schema, name))
+    async def describe_table(self, schema: str, name: str, *, fresh: bool = False) -> Table:
+        """The table's description, cached until a relation message says it changed.
+
+        ``fresh``: read it from the catalog even when cached. The cache is only kept current
+        while shapes of the table are routed (relation messages, :meth:`reconcile_schemas`);
+        a table's first shape asks for a fresh description.
+        """
+        cached = None if fresh else self.tables.get((schema, name))
         if cached is not None:
             return cached
         async with self._connection() as conn:

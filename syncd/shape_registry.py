@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from shapes import messages
 from shapes.errors import InvalidRequest
@@ -33,6 +34,12 @@ from syncd.storage import ShapeLog
 log = logging.getLogger("syncd.engine")
 
 
+class DescribeTable(Protocol):
+    """A table's description by schema and name (``fresh``: not from a cache)."""
+
+    def __call__(self, schema: str, name: str, *, fresh: bool = False) -> Awaitable[Table]: ...
+
+
 class ShapeRegistry:
     """Owns the live shapes: creation, restore, routing and retirement."""
 
@@ -44,7 +51,7 @@ class ShapeRegistry:
         router: Router[ShapeState],
         flush: FlushTracker,
         applier: ChangeApplier,
-        describe_table: Callable[[str, str], Awaitable[Table]],
+        describe_table: DescribeTable,
         publish: Callable[[CanonicalShape, Table], Awaitable[None]],
         start_snapshot: Callable[[ShapeState], None],
     ) -> None:
@@ -144,7 +151,11 @@ class ShapeRegistry:
             del self._creating[definition]
 
     async def _create(self, definition: CanonicalShape) -> ShapeState:
-        table, where, selected = await self._compile(definition)
+        # The cached description of a table stays current only while shapes of it are routed
+        # (relation messages, schema reconciliation): a table's first shape reads it again, so
+        # a table renamed or dropped after its last shape went is not taken for existing.
+        fresh = not self._router.shapes_for_table(definition.relation)
+        table, where, selected = await self._compile(definition, fresh=fresh)
         await self._publish(definition, table)
         handle = self.new_handle(definition)
         shape_log = ShapeLog.create(self.shapes_dir / handle, self._chunk_bytes)
@@ -156,9 +167,9 @@ class ShapeRegistry:
         return shape
 
     async def _compile(
-        self, definition: CanonicalShape
+        self, definition: CanonicalShape, *, fresh: bool = False
     ) -> tuple[Table, Where | None, tuple[str, ...]]:
-        table = await self._describe_table(definition.schema, definition.table)
+        table = await self._describe_table(definition.schema, definition.table, fresh=fresh)
         selected = _selected_columns(table, definition.columns)
         where = None
         if definition.where is not None:
