@@ -1,0 +1,314 @@
+"""The open transaction: row changes routed to shapes, converted, buffered and committed.
+
+Layer: ``syncd``.
+
+Theory of operation
+-------------------
+Row changes are routed to the shapes they may affect (an index over ``column = constant``
+conditions, see ``shapes.router``), converted to log entries per shape and held until the
+transaction's ``Commit``. A shape whose where clause fails on a row is retired on its own
+(:meth:`ChangeApplier._retire_failed`); no row stops the stream. Offsets are
+``(commit LSN, op index)`` with the op index stepping by 2 per change, so a replay of the same
+WAL after a crash produces the same offsets; a shape skips every transaction at or below its
+log's latest offset.
+
+Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
+at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
+transaction to its log (written to the OS at once, so readers and waiting clients see it
+immediately); the shape then counts as dirty for ``syncd.flush_tracker``. Shapes registered
+while a transaction is open join the router at the next transaction boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from shapes import messages
+from shapes.convert import (
+    Entry,
+    WhereEvaluationFailed,
+    convert_delete,
+    convert_update,
+    insert_parts,
+)
+from shapes.router import Router
+from shapes.shape import CanonicalShape
+from syncd.flush_tracker import FlushTracker
+from syncd.pgoutput import messages as pg
+from syncd.shape_state import ShapeState
+from syncd.storage import TransactionEntries
+
+log = logging.getLogger("syncd.engine")
+
+TableKey = tuple[str, str]
+TextRow = dict[str, str | None]
+
+
+@dataclass(slots=True)
+class Relation:
+    """A relation as the last Relation message described it."""
+
+    table: TableKey
+    names: tuple[str, ...]
+    types: tuple[tuple[int, int], ...]
+
+    def column_types(self) -> dict[str, tuple[int, int]]:
+        return dict(zip(self.names, self.types, strict=True))
+
+
+class _TxnBuffer:
+    """One shape's entries of the open transaction, serialised as they arrive.
+
+    The last one is still without ``"last":true``: :meth:`finish` adds it.
+    """
+
+    __slots__ = ("encoder", "entries", "operation")
+
+    def __init__(self, encoder: messages.ChangeEncoder) -> None:
+        self.encoder = encoder
+        self.entries = TransactionEntries()
+        self.operation: messages.Operation = "insert"
+        """The operation of the last entry."""
+
+    def finish(self) -> TransactionEntries:
+        entries = self.entries
+        datas = entries.datas
+        datas[-1] = self.encoder.mark_last(datas[-1], self.operation, entries.ops[-1])
+        return entries
+
+
+def route(router: Router[ShapeState], shape: ShapeState) -> None:
+    """Make ``shape`` reachable by the changes of its table."""
+    router.add(shape, shape.definition.relation, shape.where, shape.table.by_name)
+
+
+class ChangeApplier:
+    """Applies Begin, Insert, Update, Delete and Commit to the shapes of the router."""
+
+    def __init__(
+        self,
+        router: Router[ShapeState],
+        flush: FlushTracker,
+        retire: Callable[[ShapeState, str], None],
+    ) -> None:
+        self._router = router
+        self._flush = flush
+        self._retire = retire
+        """Retires a shape for good (the engine's ``delete``)."""
+        self.relations: dict[int, Relation] = {}
+        self.pending: list[ShapeState] = []
+        """Shapes registered during the open transaction; routed at its end."""
+        self.in_txn = False
+        self.txn_lsn = 0
+        self.txn_xid = 0
+        self._txn_op = 0
+        self._txn_entries: dict[ShapeState, _TxnBuffer] = {}
+        self._txn_encoders: dict[TableKey, messages.ChangeEncoder] = {}
+
+    def join(self, shape: ShapeState) -> None:
+        """Route a new shape, at the next transaction boundary if one is open."""
+        if self.in_txn:
+            self.pending.append(shape)  # joins at the next transaction boundary
+        else:
+            route(self._router, shape)
+
+    def forget(self, shape: ShapeState) -> None:
+        """Drop what the open transaction holds for a retired shape."""
+        self._txn_entries.pop(shape, None)
+        if shape in self.pending:
+            self.pending.remove(shape)
+
+    def cut_off(self) -> None:
+        """The open transaction was cut off by a disconnect: it will be sent again."""
+        if self.in_txn:
+            self.in_txn = False
+            self._txn_entries = {}
+            self._txn_encoders = {}
+            self._route_pending()
+
+    def _route_pending(self) -> None:
+        for shape in self.pending:
+            if shape.status != "gone":
+                route(self._router, shape)
+        self.pending = []
+
+    def on_begin(self, msg: pg.Begin) -> None:
+        self.in_txn = True
+        self.txn_lsn = msg.final_lsn
+        self.txn_xid = msg.xid
+        self._txn_op = 0
+        self._txn_entries = {}
+        self._txn_encoders = {}
+
+    def _encoder(self, table: TableKey) -> messages.ChangeEncoder:
+        encoder = self._txn_encoders.get(table)
+        if encoder is None:
+            encoder = messages.ChangeEncoder(list(table), self.txn_lsn, self.txn_xid)
+            self._txn_encoders[table] = encoder
+        return encoder
+
+    def _buffer(self, shape: ShapeState, table: TableKey) -> _TxnBuffer:
+        buffer = self._txn_entries.get(shape)
+        if buffer is None:
+            buffer = self._txn_entries[shape] = _TxnBuffer(self._encoder(table))
+        return buffer
+
+    def _add_entries(self, shape: ShapeState, table: TableKey, entries: list[Entry]) -> None:
+        buffer = self._buffer(shape, table)
+        encode = buffer.encoder.encode
+        append = buffer.entries.append
+        op = self._txn_op
+        for e in entries:
+            at = op + e.split
+            append(at, encode(e.operation, e.key, e.value, at, e.old_value, e.headers))
+            buffer.operation = e.operation
+
+    def on_insert(self, msg: pg.Insert) -> None:
+        relation = self.relations[msg.oid]
+        names, values = relation.names, msg.new
+        if len(values) != len(names):
+            raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
+        # Text-mode pgoutput only sends str or None for inserts. (The length check above is
+        # cheaper than zip(..., strict=True).)
+        row: TextRow = dict(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
+        shapes = self._router.affected(relation.table, row)
+        if shapes:
+            op = self._txn_op
+            entries = self._txn_entries
+            failed: list[tuple[ShapeState, Exception]] = []
+            for shape in shapes:
+                try:
+                    parts = insert_parts(shape.view, row)
+                except Exception as exc:  # contained in this shape: see _retire_failed
+                    failed.append((shape, exc))
+                    continue
+                if parts is not None:
+                    buffer = entries.get(shape)
+                    if buffer is None:
+                        buffer = self._buffer(shape, relation.table)
+                    buffer.entries.append(op, buffer.encoder.insert(parts[0], parts[1], op))
+                    buffer.operation = "insert"
+            if failed:
+                self._retire_failed(failed)
+        self._txn_op += 2
+
+    def on_update(self, msg: pg.Update) -> None:
+        relation = self.relations[msg.oid]
+        old = None
+        if msg.old_kind == "O" and msg.old is not None:
+            old = _text_row(relation.names, msg.old)
+        new = _fill_unchanged(relation.names, msg.new, old)
+        shapes = self._router.affected(relation.table, new)
+        if old is not None:
+            shapes = shapes | self._router.affected(relation.table, old)
+        failed: list[tuple[ShapeState, Exception]] = []
+        for shape in shapes:
+            try:
+                entries = convert_update(shape.view, old, new)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
+            if entries:
+                self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
+        self._txn_op += 2
+
+    def on_delete(self, msg: pg.Delete) -> None:
+        relation = self.relations[msg.oid]
+        old = _text_row(relation.names, msg.old)
+        full = msg.old_kind == "O"
+        failed: list[tuple[ShapeState, Exception]] = []
+        for shape in self._router.affected(relation.table, old):
+            try:
+                entries = convert_delete(shape.view, old, full)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
+            if entries:
+                self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
+        self._txn_op += 2
+
+    def _retire_failed(self, failed: list[tuple[ShapeState, Exception]]) -> None:
+        """Retire the shapes whose conversion of the current change raised.
+
+        The rule for rows a shape cannot decide (``shapes.convert``, "Evaluation failures"):
+        the shape alone is retired, so its clients get a 409 and ask again, and the new shape's
+        snapshot query decides as Postgres does (a 400 if Postgres rejects the row too). Every
+        other shape, and replication, carry on; a replay of the same transaction after a restart
+        finds the shape gone. Called after the loop over the routed shapes, because retiring a
+        shape changes the router's sets.
+        """
+        for shape, exc in failed:
+            cause = exc.cause if isinstance(exc, WhereEvaluationFailed) else exc
+            log.warning(
+                "shape %s (%s) retired: its where clause failed on a row (%s: %s)",
+                shape.handle,
+                describe(shape.definition),
+                type(cause).__name__,
+                cause,
+            )
+            self._retire(shape, "its where clause failed on a row")
+
+    def on_commit(self, msg: pg.Commit) -> None:
+        lsn, xid = self.txn_lsn, self.txn_xid
+        dirty = self._flush.dirty
+        for shape, buffer in self._txn_entries.items():
+            if shape.status == "gone":
+                continue
+            if shape.commit(lsn, xid, buffer.finish()):
+                dirty.add(shape)
+        self._txn_entries = {}
+        self._txn_encoders = {}
+        self.in_txn = False
+        self._flush.committed(lsn, msg.end_lsn)
+        self._route_pending()
+
+    def write_pieces(self) -> int:
+        """Append each shape's entries of the open transaction but its latest, as a piece."""
+        lsn, xid = self.txn_lsn, self.txn_xid
+        written = 0
+        for shape, buffer in self._txn_entries.items():
+            if len(buffer.entries) < 2 or shape.status == "gone":
+                continue
+            piece = buffer.entries.pop_all_but_last()
+            shape.commit(lsn, xid, piece, final=False)
+            written += sum(map(len, piece.datas))
+        return written
+
+    def abandon_pieces(self) -> None:
+        """The open transaction will not be completed: drop the pieces written of it."""
+        for shape in self._txn_entries:
+            shape.abandon_pieces()
+        self._txn_entries = {}
+        self._txn_encoders = {}
+        self.in_txn = False
+
+
+def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
+    # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
+    if len(values) != len(names):
+        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
+    return cast(TextRow, dict(zip(names, values)))  # noqa: B905 (checked above)
+
+
+def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
+    row: TextRow = {}
+    for name, value in zip(names, values, strict=True):
+        if value is pg.UNCHANGED_TOAST:
+            if old is not None:
+                row[name] = old.get(name)
+        else:
+            row[name] = value  # type: ignore[assignment]
+    return row
+
+
+def describe(definition: CanonicalShape) -> str:
+    """``schema.table where ...``, for log lines."""
+    text = f"{definition.schema}.{definition.table}"
+    if definition.where:
+        text += f" where {definition.where}"
+    return text

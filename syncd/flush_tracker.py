@@ -1,0 +1,151 @@
+"""Flush and acknowledgement bookkeeping: which logs are dirty, what is durable, what to confirm.
+
+Layer: ``syncd``.
+
+Theory of operation
+-------------------
+Each committed transaction is written to its shapes' logs at once (readers see it immediately);
+durability is batched. When the stream has drained its socket, :meth:`FlushTracker.on_idle`
+fsyncs the logs written since the last flush (at most every ``flush_interval``; a timer does it
+once the interval has passed, so a burst's tail does not wait for the next idle call) and only
+then reports the last commit's end LSN as flushed to Postgres. Many dirty logs are made durable
+with one ``syncfs()`` (``storage.GroupSync``). Shapes still taking their snapshot hold their
+transactions in memory; the confirmed LSN never passes the oldest of those (:meth:`pinned`), so
+a crash can only lose what Postgres will send again.
+
+The slot record (``syncd.slot_record``) is written durably before the stream may confirm a
+position (:meth:`confirmable`), so a continuing slot is never ahead of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from syncd.shape_state import ShapeState
+from syncd.slot_record import SlotRecord
+from syncd.storage import GroupSync
+
+_SLOT_RECORD_INTERVAL = 0.2
+"""Write the slot record (see ``syncd.slot_record``) at most this often while changes flow."""
+
+
+class FlushTracker:
+    """The dirty logs, the durable and confirmed positions, and the slot record."""
+
+    def __init__(self, storage_dir: Path, flush_interval: float) -> None:
+        self._storage_dir = storage_dir
+        self._flush_interval = flush_interval
+        self.dirty: set[ShapeState] = set()
+        """Shapes whose logs were written since the last flush."""
+        self.snapshotting: set[ShapeState] = set()
+        """Shapes that may still buffer transactions (see :meth:`pinned`)."""
+        self.last_seen_lsn = 0
+        self.last_commit_end = 0
+        self.durable_lsn = 0
+        self._last_flush = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self.group_sync: GroupSync | None = None
+        # the slot history the shapes follow (see syncd.slot_record)
+        self.slot_record: SlotRecord | None = None
+        self._slot_record_saved = 0.0
+
+    def committed(self, lsn: int, end_lsn: int) -> None:
+        """A transaction at ``lsn`` ending at ``end_lsn`` was written to its shapes' logs."""
+        self.last_commit_end = end_lsn
+        self.last_seen_lsn = max(self.last_seen_lsn, lsn)
+
+    def restart_at(self, lsn: int) -> None:
+        """Every position starts over at ``lsn`` (a new slot history)."""
+        self.durable_lsn = self.last_commit_end = lsn
+        self.last_seen_lsn = lsn
+
+    def on_idle(self, received_lsn: int, between: bool) -> int:
+        """Make written logs durable and return the LSN Postgres may forget up to.
+
+        ``between``: the stream is between transactions (none open, none spooled), so
+        ``received_lsn`` itself is past every transaction.
+
+        Logs are fsynced at most every ``flush_interval``; when that interval has not passed
+        yet, a timer flushes them once it has (the next idle call then reports it), so that a
+        burst's tail does not wait for the stream's next idle call to become durable.
+        """
+        if between:
+            self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
+        if self.dirty:
+            wait = self._last_flush + self._flush_interval - time.monotonic()
+            if wait <= 0:
+                self.flush_dirty()
+            elif self._flush_timer is None:
+                loop = asyncio.get_running_loop()
+                self._flush_timer = loop.call_later(wait, self._timed_flush)
+        if self.dirty:
+            return self.confirmable(self.pinned(self.durable_lsn))
+        durable = self.last_commit_end
+        if between:
+            durable = max(durable, received_lsn)
+        self.durable_lsn = max(self.durable_lsn, self.pinned(durable))
+        return self.confirmable(self.durable_lsn)
+
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        if self.dirty:
+            self.flush_dirty()
+
+    def flush_dirty(self) -> None:
+        """fsync every log written since the last flush; then all commits so far are durable.
+
+        Many dirty logs on the storage filesystem are made durable by one ``syncfs()``
+        (``GroupSync``) instead of one ``fdatasync()`` each.
+        """
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        covered = self.last_commit_end
+        logs = [shape.log for shape in self.dirty if shape.status != "gone"]
+        if self.group_sync is not None:
+            self.group_sync.sync(logs)
+        else:
+            for shape_log in logs:
+                shape_log.sync()
+        self.dirty.clear()
+        self._last_flush = time.monotonic()
+        self.durable_lsn = max(self.durable_lsn, self.pinned(covered))
+
+    def close_group_sync(self) -> None:
+        if self.group_sync is not None:
+            self.group_sync.close()
+            self.group_sync = None
+
+    def pinned(self, lsn: int) -> int:
+        """``lsn``, or the first transaction a snapshotting shape buffers if that is older."""
+        # Only snapshotting shapes buffer transactions; the others leave the set here.
+        for shape in list(self.snapshotting):
+            if shape.status != "snapshotting":
+                self.snapshotting.discard(shape)
+                continue
+            first = shape.first_buffered_lsn
+            if first is not None and first <= lsn:
+                lsn = first
+        return lsn
+
+    def save_slot_record(self, record: SlotRecord) -> None:
+        record.save(self._storage_dir)
+        self.slot_record = record
+        self._slot_record_saved = time.monotonic()
+
+    def confirmable(self, lsn: int) -> int:
+        """``lsn``, once the slot record says so durably; until then the record's position.
+
+        The record is written (and fsynced, on the event loop: it is a few bytes, and another
+        history must never be able to overwrite it) at most every ``_SLOT_RECORD_INTERVAL``;
+        the stream asks again within its ``idle_interval``.
+        """
+        record = self.slot_record
+        if record is None or lsn <= record.confirmed_lsn:
+            return lsn
+        if time.monotonic() - self._slot_record_saved < _SLOT_RECORD_INTERVAL:
+            return record.confirmed_lsn
+        self.save_slot_record(record.advanced(lsn))
+        return lsn
