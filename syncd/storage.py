@@ -81,8 +81,7 @@ from syncd.log_files import (
     _pwritev_all,
     _write_new_file,
 )
-from syncd.log_flush import GROUP_SYNC_MIN as GROUP_SYNC_MIN
-from syncd.log_flush import GroupSync
+from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
 from syncd.log_format import (
     _HEADER_SIZE,
     _INDEX_MAGIC,
@@ -120,6 +119,12 @@ from syncd.log_recovery import (
 )
 
 __all__ = [
+    "GROUP_SYNC_MIN",
+    "INDEX_FILE",
+    "LOG_FILE",
+    "META_FILE",
+    "READ_MEMO_BYTES",
+    "SNAPSHOT_DONE_FILE",
     "GroupSync",
     "LogPiece",
     "ReadPlan",
