@@ -29,9 +29,11 @@ together with the log bytes of the same transaction, and fsynced by :meth:`Shape
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final, NamedTuple, overload
 
 from shapes.offset import LogOffset
@@ -216,3 +218,8 @@ def _check_ops(tx: int, ops: Sequence[int], prev_op: int = -1) -> None:
 def _check_chunk_bytes(chunk_bytes: int) -> None:
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be positive")
+
+
+def _snapshot_path(directory: Path, k: int) -> str:
+    """The file of snapshot chunk ``k``."""
+    return os.fspath(directory / f"{_SNAPSHOT_PREFIX}{k:08d}{_SNAPSHOT_SUFFIX}")
