@@ -30,22 +30,10 @@ Setup, on every (re)connect:
 4. ``START_REPLICATION SLOT "<slot>" LOGICAL <lsn> (proto_version ..., publication_names ...)``
    from the confirmed LSN (the slot's own position for a new slot). The result is ``COPY_BOTH``.
 
-Slot history. Postgres keeps a slot at the flush position the client confirmed and sends every
-transaction that commits after it; a slot therefore continues a client's history only if it
-was never dropped, recreated or invalidated, and if it is not ahead of the last position the
-client confirmed (a slot may lag behind it: after a crash of Postgres it resumes from its last
-checkpointed position and sends transactions again, which a handler skips). When a slot
-history is broken, every transaction between the old slot's position and the new slot's start
-is gone for good; :func:`history_gap` names the cases (slot dropped and created afresh, WAL
-removed, slot ahead of the confirmed position, server WAL behind it, another cluster). A
-handler with an ``on_slot(slot)`` method decides with what it has made durable (it may know
-more than this process, e.g. after a restart): it returns ``True`` when it has dropped
-everything that depended on the old history, and the stream then starts over from the new
-slot's own position, so that nothing is ever confirmed across the gap as if it continued the
-old history. A handler without ``on_slot`` cannot do that: when the stream finds its slot
-lost, or, having streamed in an earlier session, finds the history broken,
-:meth:`ReplicationStream.run` ends with :class:`SlotHistoryLost`. Either way the break is
-logged at ERROR.
+Slot history: :mod:`syncd.slot_history` (the theory is there): a slot continues a client's
+history only if it was never dropped, recreated or invalidated and is not ahead of the last
+position the client confirmed. A handler with an ``on_slot(slot)`` method decides; without
+one, a broken history ends :meth:`ReplicationStream.run` with :class:`SlotHistoryLost`.
 
 Read loop. ``get_copy_data(1)`` never blocks. Each XLogData (``w``) message is copied to
 ``bytes`` once and decoded in place at offset 25 by :class:`~syncd.pgoutput.PgoutputDecoder`;
@@ -112,15 +100,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import time
-from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import Any, Final, Protocol
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq.abc import PGconn, PGresult
 
 from syncd.pgoutput import (
@@ -132,7 +117,6 @@ from syncd.pgoutput import (
     StreamStart,
     build_standby_status,
     format_lsn,
-    parse_lsn,
 )
 from syncd.pgoutput.copyboth import (
     KEEPALIVE,
@@ -141,6 +125,17 @@ from syncd.pgoutput.copyboth import (
     XLOGDATA_HEADER,
     XLOGDATA_PAYLOAD_OFFSET,
 )
+from syncd.replication_conn import (
+    SESSION_OPTIONS,
+    ReplicationError,
+    ReplicationSettings,
+    _describe,
+    _parse_duration,
+    _text,
+    replication_conninfo,
+)
+from syncd.replication_slots import _slot_unusable, drop_slot, find_slot
+from syncd.slot_history import SlotFound, SlotHistoryLost, history_gap
 
 __all__ = [
     "SESSION_OPTIONS",
@@ -158,28 +153,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("syncd.replication")
-
-SESSION_OPTIONS: Final = (
-    "-c DateStyle=ISO,DMY -c TimeZone=UTC -c extra_float_digits=1"
-    " -c IntervalStyle=iso_8601 -c bytea_output=hex"
-)
-"""Session settings of the replication connection (canonical text output of values)."""
-
-_SLOT_NAME_RE: Final = re.compile(r"[a-z0-9_]{1,63}")
-_OPTION_NAME_RE: Final = re.compile(r"[a-z_][a-z0-9_]*")
-_DURATION_RE: Final = re.compile(r"\s*(\d+)\s*(us|ms|s|min|h|d)?\s*")
-_DURATION_UNITS: Final = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-_DUPLICATE_OBJECT: Final = "42710"
-_UNDEFINED_FILE: Final = "58P01"
-"""``requested WAL segment ... has already been removed``."""
-_NOT_IN_PREREQUISITE_STATE: Final = "55000"
-_SLOT_UNUSABLE_TEXTS: Final = (
-    "has already been removed",
-    "can no longer get changes from replication slot",
-    "can no longer access replication slot",
-    "has been invalidated",
-)
 
 _BEGIN: Final = ord("B")
 _COMMIT: Final = ord("C")
@@ -226,165 +199,6 @@ class SlotHandler(ReplicationHandler, Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SlotFound:
-    """The replication slot as a session found it, before it started streaming."""
-
-    name: str
-    confirmed_lsn: int
-    """The slot's ``confirmed_flush_lsn``: where the server resumes sending."""
-    restart_lsn: int | None
-    wal_status: str | None
-    """``pg_replication_slots.wal_status`` (``None`` before Postgres 13)."""
-    wal_end: int
-    """The server's WAL position when the slot was looked at."""
-    system_id: str | None = None
-    """The cluster's system identifier (``IDENTIFY_SYSTEM``), when known."""
-    created: bool = False
-    """The slot did not exist (or was unusable and dropped) and has been created now."""
-    lost: str | None = None
-    """Why an existing slot could not be used and was dropped (then ``created`` is true)."""
-
-
-def history_gap(
-    slot: SlotFound,
-    confirmed_lsn: int | None,
-    *,
-    system_id: str | None = None,
-    slot_name: str | None = None,
-) -> str | None:
-    """Why ``slot`` does not continue a history confirmed up to ``confirmed_lsn``, or ``None``.
-
-    ``confirmed_lsn`` is the last flush position the client confirmed on the slot (``None``
-    when it has no history: then only a lost slot is a break). ``system_id`` and ``slot_name``
-    are those of the client's history, when it knows them.
-    """
-    if slot.lost is not None:
-        return f"the slot could no longer be read ({slot.lost}): a new slot starts a new history"
-    if confirmed_lsn is None:
-        return None
-    if slot_name is not None and slot_name != slot.name:
-        return f"the history belongs to slot {slot_name}, not {slot.name}"
-    if system_id is not None and slot.system_id is not None and system_id != slot.system_id:
-        return (
-            f"the server is another cluster (system identifier {slot.system_id}, "
-            f"the history's is {system_id})"
-        )
-    if slot.created:
-        return "the slot was gone and has been created afresh"
-    if slot.confirmed_lsn > confirmed_lsn:
-        return (
-            f"the slot is at {format_lsn(slot.confirmed_lsn)}, ahead of the "
-            f"{format_lsn(confirmed_lsn)} confirmed on it: it was dropped and created afresh "
-            "or moved on by another client"
-        )
-    if slot.wal_end < confirmed_lsn:
-        return (
-            f"the server's WAL ends at {format_lsn(slot.wal_end)}, before the "
-            f"{format_lsn(confirmed_lsn)} confirmed on the slot: the server was restored "
-            "from a backup or is another server"
-        )
-    return None
-
-
-@dataclass
-class ReplicationSettings:
-    """What to replicate and how. Times are in seconds."""
-
-    conninfo: str
-    """A normal (non-replication) conninfo; replication parameters are added to it."""
-    slot: str
-    publication: str
-    proto_version: int = 1
-    status_interval: float = 10.0
-    """Maximum time between standby status updates."""
-    cap_status_interval: bool = True
-    """Also send a status at least every ``wal_sender_timeout / 3`` (as read from the server),
-    so the connection survives even if a reply to a keepalive comes late."""
-    streaming: bool | str = False
-    """pgoutput ``streaming``: ``True`` for ``'on'``, or a value such as ``'parallel'``."""
-    messages: bool = False
-    """pgoutput ``messages``: also receive ``pg_logical_emit_message`` messages."""
-    binary: bool = False
-    """pgoutput ``binary``: values as binary ``bytes`` instead of text."""
-    extra_options: Mapping[str, str] = field(default_factory=dict)
-    """Further pgoutput options, passed verbatim (e.g. ``{"origin": "none"}`` on PG16+)."""
-    yield_every: int = 1000
-    """Yield to the event loop after this many messages in a row."""
-    idle_interval: float = 1.0
-    """Call ``on_idle`` at least this often while messages keep coming."""
-    idle_every: int = 10_000
-    """... and at least every this many messages."""
-    min_status_interval: float = 0.2
-    """Delay a status update after the confirmed LSN advanced by at most this much."""
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
-    connect_timeout: float = 30.0
-    stop_timeout: float = 5.0
-    """How long :meth:`ReplicationStream.stop` waits for the server to end COPY cleanly."""
-
-    def __post_init__(self) -> None:
-        if not _SLOT_NAME_RE.fullmatch(self.slot):
-            raise ValueError(f"invalid replication slot name {self.slot!r}: want [a-z0-9_]{{1,63}}")
-        if not self.publication:
-            raise ValueError("publication name must not be empty")
-        for name in self.extra_options:
-            if not _OPTION_NAME_RE.fullmatch(name):
-                raise ValueError(f"invalid pgoutput option name {name!r}")
-
-    def start_command(self, start_lsn: int, server_version: int | None = None) -> bytes:
-        """The ``START_REPLICATION`` command for ``start_lsn``.
-
-        With a ``server_version`` below 14 (``140000``), streaming is left out and the protocol
-        version capped at 1.
-        """
-        streaming = self.streaming
-        proto_version = self.proto_version
-        if server_version is not None and server_version < _MIN_STREAMING_SERVER:
-            streaming = False
-            proto_version = min(proto_version, 1)
-        options: dict[str, str] = {
-            "proto_version": str(proto_version),
-            "publication_names": _quote_ident(self.publication),
-        }
-        if streaming:
-            options["streaming"] = "on" if streaming is True else str(streaming)
-        if self.messages:
-            options["messages"] = "true"
-        if self.binary:
-            options["binary"] = "true"
-        options.update(self.extra_options)
-        rendered = ", ".join(f"{name} {_quote_literal(value)}" for name, value in options.items())
-        return (
-            f"START_REPLICATION SLOT {_quote_ident(self.slot)} LOGICAL "
-            f"{format_lsn(start_lsn)} ({rendered})"
-        ).encode()
-
-
-class ReplicationError(Exception):
-    """The server reported an error on the replication connection."""
-
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-class SlotHistoryLost(Exception):
-    """The slot's history broke (see :func:`history_gap`) and the handler cannot start over."""
-
-
-def _slot_unusable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the slot's WAL is gone (the slot can never be read again)."""
-    if not isinstance(exc, ReplicationError):
-        return False
-    text = str(exc)
-    if exc.sqlstate == _UNDEFINED_FILE:
-        return True
-    return exc.sqlstate in (_NOT_IN_PREREQUISITE_STATE, None) and any(
-        part in text for part in _SLOT_UNUSABLE_TEXTS
-    )
-
-
 class _ServerEndedCopy(Exception):
     """The server ended the COPY BOTH stream without an error."""
 
@@ -400,21 +214,6 @@ _RETRYABLE: Final = (
     OSError,
     TimeoutError,
 )
-
-
-def replication_conninfo(conninfo: str) -> str:
-    """``conninfo`` plus ``replication=database`` and the canonical session settings."""
-    params = conninfo_to_dict(conninfo)
-    existing = params.get("options")
-    extra: dict[str, str] = {
-        "replication": "database",
-        "options": f"{SESSION_OPTIONS} {existing}" if existing else SESSION_OPTIONS,
-    }
-    if "client_encoding" not in params:
-        extra["client_encoding"] = "UTF8"
-    if "application_name" not in params:
-        extra["application_name"] = "syncd-replication"
-    return make_conninfo(conninfo, **extra)
 
 
 class ReplicationStream:
@@ -604,74 +403,10 @@ class ReplicationStream:
 
         (ident,) = await self._command(pgconn, b"IDENTIFY_SYSTEM")
         system_id = _text(ident, 0, 0)
-        slot = await self._find_slot(pgconn, system_id)
+        slot = await find_slot(self._command, pgconn, settings.slot, system_id, self._unusable)
         self.slot = slot
         self._unusable = None
         self._check_history(slot)
-
-    async def _find_slot(self, pgconn: PGconn, system_id: str | None) -> SlotFound:
-        """Look the slot up; drop it if unusable, create it if missing."""
-        name = self._settings.slot
-        found = await self._slot_row(pgconn)
-        lost = self._unusable
-        if found is not None and found[2] == "lost" and lost is None:
-            lost = "wal_status is 'lost': the WAL it needed was removed"
-        if found is not None and lost is not None:
-            drop = f"DROP_REPLICATION_SLOT {_quote_ident(name)} WAIT".encode()
-            await self._command(pgconn, drop)
-            logger.error("replication slot %s: dropped, it can no longer be read: %s", name, lost)
-            found = None
-        created = False
-        if found is None:
-            create = (
-                f"CREATE_REPLICATION_SLOT {_quote_ident(name)} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
-            ).encode()
-            try:
-                await self._command(pgconn, create)
-                created = True
-                logger.info("replication slot %s: created", name)
-            except ReplicationError as exc:
-                if exc.sqlstate != _DUPLICATE_OBJECT:
-                    raise
-            found = await self._slot_row(pgconn)
-            if found is None:
-                raise ReplicationError(f"replication slot {name} vanished while being set up")
-        confirmed, restart, wal_status, wal_end = found
-        return SlotFound(
-            name=name,
-            confirmed_lsn=confirmed,
-            restart_lsn=restart,
-            wal_status=wal_status,
-            wal_end=wal_end,
-            system_id=system_id,
-            created=created,
-            lost=lost,
-        )
-
-    async def _slot_row(self, pgconn: PGconn) -> tuple[int, int | None, str | None, int] | None:
-        """``(confirmed_flush_lsn, restart_lsn, wal_status, server WAL position)`` or None."""
-        wal_status = "wal_status" if pgconn.server_version >= 130000 else "NULL"
-        wal_end = (
-            "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-            " ELSE pg_current_wal_lsn() END"
-        )
-        query = (
-            f"SELECT confirmed_flush_lsn::text, restart_lsn::text, {wal_status}::text, "
-            f"({wal_end})::text FROM pg_replication_slots "
-            f"WHERE slot_name = {_quote_literal(self._settings.slot)}"
-        ).encode()
-        (res,) = await self._command(pgconn, query)
-        if res.ntuples != 1:
-            return None
-        confirmed = _text(res, 0, 0)
-        restart = _text(res, 0, 1)
-        end = _text(res, 0, 3)
-        return (
-            parse_lsn(confirmed) if confirmed else 0,
-            parse_lsn(restart) if restart else None,
-            _text(res, 0, 2),
-            parse_lsn(end) if end else 0,
-        )
 
     def _check_history(self, slot: SlotFound) -> None:
         """Continue the slot's history, or start over from its position (or raise)."""
@@ -1002,64 +737,3 @@ class ReplicationStream:
         pgconn, self._pgconn = self._pgconn, None
         if pgconn is not None:
             pgconn.finish()
-
-
-async def drop_slot(
-    conninfo: str, slot: str, *, terminate: bool = False, wait: float = 10.0
-) -> bool:
-    """Drop replication slot ``slot`` if it exists; return whether it was dropped.
-
-    A slot still held by an exiting walsender is retried for ``wait`` seconds; with
-    ``terminate=True`` the walsender holding it is terminated first.
-    """
-    deadline = time.monotonic() + wait
-    params = conninfo_to_dict(conninfo)
-    params.pop("replication", None)
-    admin = make_conninfo("", **params)
-    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
-        while True:
-            if terminate:
-                await conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                    " WHERE slot_name = %s AND active_pid IS NOT NULL",
-                    (slot,),
-                )
-            try:
-                cur = await conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                    " WHERE slot_name = %s",
-                    (slot,),
-                )
-                return len(await cur.fetchall()) > 0
-            except psycopg.errors.ObjectInUse:
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(0.05)
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _text(res: PGresult, row: int, col: int) -> str | None:
-    value = res.get_value(row, col)
-    return None if value is None else bytes(value).decode()
-
-
-def _parse_duration(text: str | None) -> float:
-    """Parse a GUC duration as ``SHOW`` prints it (``60s``, ``2min``, ``0``) into seconds."""
-    if not text:
-        return 0.0
-    match = _DURATION_RE.fullmatch(text)
-    if match is None:
-        return 0.0
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2) or "ms"]
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

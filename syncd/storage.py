@@ -27,16 +27,6 @@ only that line). It then fsyncs every chunk file and the directory and finally w
 engine must discard the shape. Closed chunks never change, so they can be served before the
 snapshot is complete.
 
-Change log record, big-endian, 21 bytes of header then the JSON::
-
-    tx:u64  op:u64  flags:u8  length:u32  json[length]
-
-``tx`` is the commit LSN, ``op`` the operation's position in its transaction, flag bit 0 marks
-the last record of a transaction; the other flag bits are zero. Each JSON is one object
-(``{...}``); recovery relies on that to tell a record from garbage. A transaction is encoded
-into one buffer and written with one ``pwrite`` at the committed length, so an earlier failed
-write is overwritten rather than followed.
-
 Transactions in pieces. A transaction too large to hold in memory is appended in several calls
 (``append_transaction(..., final=False)`` for all but the last): each piece is written right
 after the previous one, its boundaries go to the index as usual, but the committed state that
@@ -48,50 +38,14 @@ sure Postgres sends that transaction again. Appends reach the OS page cache at o
 it acknowledges the transactions to Postgres; a crash can therefore lose only transactions that
 Postgres will replay, and recovery reproduces exactly the same offsets and chunks for them.
 
-Change-log chunks. The entry whose JSON makes the chunk's JSON byte count reach or exceed
-``chunk_bytes`` is the last entry of its chunk, even in the middle of a transaction. Each closed
-chunk gets one 40-byte record in ``chunks.idx`` (after an 8-byte magic header)::
+Change-log records and chunk index records: :mod:`syncd.log_format`.
 
-    end_tx:u64  end_op:u64  end_pos:u64  entry_pos:u64  flags:u8  pad[3]  crc32:u32
+Reading: :mod:`syncd.log_reader` (a :class:`~syncd.log_reader.LogReader` held by each log, to
+which the log publishes its committed state after each complete write).
 
-``end_tx``/``end_op`` is the offset of the chunk's last entry, ``end_pos`` the log position
-just after it, ``entry_pos`` the position where that entry starts, flag bit 0 whether it ends
-its transaction, and the CRC covers the 36 bytes before it. A chunk is ``(previous end, end]``;
-the first starts at position 0, the last one is open (no record yet). Index records are written
-together with the log bytes of the same transaction, and fsynced by :meth:`ShapeLog.sync`.
-
-Reading. :meth:`ShapeLog.read` captures the committed state (an immutable tuple swapped in
-after each complete write) once, and never reads past the committed log length or index count it
-captured, so a concurrent append cannot be seen half-written. The chunk holding an offset is
-found from the last four boundaries kept in memory, else by binary search over ``chunks.idx``
-with ``pread``; the reader then reads that one chunk (one ``pread``) and scans it from its start.
-
-Recovery (:meth:`ShapeLog.open`). Files may end in a partial record, in records of a
-transaction whose end never got written, or (after an OS crash) in garbage or zeros, and the index
-may be ahead of or behind the log. Recovery:
-
-1. keeps the longest prefix of index records whose CRCs hold and whose offsets and positions
-   increase (none if the header is damaged: the index is then rebuilt from the log; a header
-   of another format version raises :class:`StorageError`);
-2. drops records from the end until the last one's boundary entry is really in the log
-   (header at ``entry_pos`` matches it, ends at ``end_pos``, JSON well-formed);
-3. scans the log from that boundary: every record must have a sane header (flags, length within
-   the file, ``tx`` continuing the current transaction with a larger ``op`` or starting a new
-   one with a larger ``tx``) and well-formed JSON; the log is cut after the last record flagged
-   last-of-transaction. If the boundary was inside a transaction and that transaction never
-   ends, the boundary is dropped as well, with every other boundary of that transaction, and the
-   scan restarts at the boundary before them;
-4. recomputes the boundaries of the scanned part exactly as the writer does, truncates the log
-   to the cut and rewrites the index tail, and fsyncs both.
-
-Because boundaries depend only on the entries and ``chunk_bytes``, re-appending the lost
-transactions gives the same chunks as a writer that never crashed.
-
-Opening therefore reads about one chunk (the open one) and validates its JSON. Limit: records
-carry no checksum (the format is fixed), so after an OS crash a record cut in the middle of its
-JSON whose remaining bytes were replaced by garbage that happens to complete a valid JSON object
-of the same length would be kept. A ``kill -9`` cannot produce that (the page cache keeps every
-byte that ``pwrite`` returned for), and zero-filled blocks never pass the header checks.
+Recovery (:meth:`ShapeLog.open`): :mod:`syncd.log_recovery` repairs whatever a crash left
+behind, so that re-appending the lost transactions gives the same chunks as a writer that never
+crashed.
 
 Metadata. :meth:`ShapeLog.write_meta` writes ``meta.json.tmp``, fsyncs it, renames it over
 ``meta.json`` and fsyncs the directory, so a reader sees the old or the new dict, never a mix.
@@ -103,27 +57,68 @@ log (and of the index, once a chunk closes), which live from the first append af
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import ctypes
-import ctypes.util
 import json
-import mmap
 import operator
 import os
 import shutil
 import struct
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, islice, repeat
 from pathlib import Path
-from typing import Any, Final, NamedTuple, overload
+from typing import Any, Final
 
-import msgspec
-
-from shapes.offset import INF, SNAPSHOT_END, LogOffset
+from shapes.offset import SNAPSHOT_END, LogOffset
+from syncd.log_files import (
+    _atomic_write,
+    _fsync_dir,
+    _pwrite_all,
+    _pwritev_all,
+    _write_new_file,
+)
+from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
+from syncd.log_format import (
+    _HEADER_SIZE,
+    _INDEX_MAGIC,
+    _INDEX_RECORD_SIZE,
+    _LAST_FLAG,
+    _RECENT_BOUNDARIES,
+    _RECORD,
+    _SNAPSHOT_PREFIX,
+    _U64_LIMIT,
+    INDEX_FILE,
+    LOG_FILE,
+    META_FILE,
+    READ_MEMO_BYTES,
+    SNAPSHOT_DONE_FILE,
+    LogPiece,
+    ReadPlan,
+    SnapshotIncomplete,
+    StorageError,
+    TransactionEntries,
+    _Boundary,
+    _check_chunk_bytes,
+    _check_ops,
+    _LogView,
+    _OpenTransaction,
+    _snapshot_path,
+    _SnapshotView,
+)
+from syncd.log_reader import LogReader
+from syncd.log_recovery import (
+    _load_boundaries,
+    _load_snapshot_state,
+    _recover_log,
+    _rewrite_index,
+)
 
 __all__ = [
+    "GROUP_SYNC_MIN",
+    "INDEX_FILE",
+    "LOG_FILE",
+    "META_FILE",
+    "READ_MEMO_BYTES",
+    "SNAPSHOT_DONE_FILE",
     "GroupSync",
     "LogPiece",
     "ReadPlan",
@@ -132,170 +127,6 @@ __all__ = [
     "StorageError",
     "TransactionEntries",
 ]
-
-META_FILE: Final = "meta.json"
-LOG_FILE: Final = "log.bin"
-READ_MEMO_BYTES: Final = 64 * 1024
-"""Reads up to this size are kept for the readers that ask for the same offset next (the live
-tail after a commit); bigger ones would make every idle log hold a chunk in memory."""
-INDEX_FILE: Final = "chunks.idx"
-SNAPSHOT_DONE_FILE: Final = "snapshot.done"
-_SNAPSHOT_PREFIX: Final = "snapshot-"
-_SNAPSHOT_SUFFIX: Final = ".jsonl"
-
-_RECORD: Final = struct.Struct(">QQBI")
-_HEADER_SIZE: Final = _RECORD.size  # 21
-_LAST_FLAG: Final = 1
-
-_INDEX_MAGIC: Final = b"SYNCDIX\x01"
-_INDEX_BODY: Final = struct.Struct(">QQQQB3x")
-_INDEX_CRC: Final = struct.Struct(">I")
-_INDEX_RECORD_SIZE: Final = _INDEX_BODY.size + _INDEX_CRC.size  # 40
-
-_RECENT_BOUNDARIES: Final = 4
-_SCAN_BLOCK: Final = 256 * 1024
-"""Bytes read at a time while looking for an offset's position inside a chunk."""
-_U64_LIMIT: Final = 1 << 64
-
-_raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
-
-
-class StorageError(Exception):
-    """The directory does not hold a usable shape log; the engine should discard the shape."""
-
-
-class SnapshotIncomplete(RuntimeError):
-    """The requested snapshot chunk (or what follows it) is not written yet."""
-
-
-class _Boundary(NamedTuple):
-    """The end of one closed change-log chunk."""
-
-    end: LogOffset
-    """Offset of the chunk's last entry."""
-    pos: int
-    """Log position just after that entry (where the next chunk starts)."""
-    entry_pos: int
-    """Log position where that entry starts."""
-    last: bool
-    """Whether that entry is the last of its transaction."""
-
-    def encode(self) -> bytes:
-        body = _INDEX_BODY.pack(self.end.tx, self.end.op, self.pos, self.entry_pos, self.last)
-        return body + _INDEX_CRC.pack(zlib.crc32(body))
-
-
-def _decode_boundary(data: bytes | bytearray, at: int) -> _Boundary:
-    end_tx, end_op, pos, entry_pos, flags = _INDEX_BODY.unpack_from(data, at)
-    return _Boundary(LogOffset(end_tx, end_op), pos, entry_pos, bool(flags & _LAST_FLAG))
-
-
-class _LogView(NamedTuple):
-    """Committed change-log state; replaced as a whole, so readers in threads see one version."""
-
-    size: int
-    """Committed length of ``log.bin`` (always at a transaction end)."""
-    latest: LogOffset
-    """Offset of the last committed entry, or ``SNAPSHOT_END`` for an empty log."""
-    chunks: int
-    """Number of closed chunks (records in ``chunks.idx``)."""
-    recent: tuple[_Boundary, ...]
-    """The last (up to four) boundaries, oldest first."""
-
-
-class _OpenTransaction(NamedTuple):
-    """A transaction written in pieces whose last piece is still to come (not committed)."""
-
-    tx: int
-    pos: int
-    """Log position just after its last written piece."""
-    last_op: int
-    acc: int
-    """JSON bytes of the open chunk at ``pos``."""
-    boundaries: tuple[_Boundary, ...]
-    """Boundaries inside it, written to ``chunks.idx`` after the committed ones."""
-
-
-class _SnapshotView(NamedTuple):
-    closed: int
-    """Number of closed snapshot chunks (all of them once complete)."""
-    complete: bool
-
-
-class _ScanResult(NamedTuple):
-    committed: int | None
-    """Position after the last record flagged last-of-transaction, None if there is none."""
-    latest: LogOffset | None
-    acc: int
-    """JSON bytes of the open chunk at ``committed``."""
-    boundaries: list[_Boundary]
-    """Boundaries at or before ``committed``."""
-
-
-class LogPiece(NamedTuple):
-    """A bounded run of change-log entries (see :meth:`ShapeLog.read_piece`)."""
-
-    items: list[bytes]
-    """The entries' JSON, in order."""
-    end: LogOffset
-    """Offset of the last entry returned (the offset asked for when there is none)."""
-    position: int | None
-    """Log position just after that entry: pass it with ``end`` to read the next piece without
-    searching (``None`` when unknown)."""
-
-
-class ReadPlan(NamedTuple):
-    """What :meth:`ShapeLog.read` would return, without reading it (see
-    :meth:`ShapeLog.plan_read`): a snapshot chunk, or change-log entries after ``after``."""
-
-    snapshot_chunk: int | None
-    after: LogOffset
-    end: LogOffset
-
-    @property
-    def empty(self) -> bool:
-        """Whether the read returns nothing."""
-        return self.snapshot_chunk is None and self.end == self.after
-
-
-class TransactionEntries(Sequence[tuple[int, bytes]]):
-    """A transaction's entries ``(op, json)`` kept as two lists, ``ops`` and ``datas``.
-
-    Cheaper to build one entry at a time than a list of tuples (no tuple per entry), and
-    :meth:`ShapeLog.append_transaction` takes the lists as they are.
-    """
-
-    __slots__ = ("datas", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[int] = []
-        self.datas: list[bytes] = []
-
-    def append(self, op: int, data: bytes) -> None:
-        """Add the next entry."""
-        self.ops.append(op)
-        self.datas.append(data)
-
-    def __len__(self) -> int:
-        return len(self.ops)
-
-    def pop_all_but_last(self) -> TransactionEntries:
-        """Remove and return every entry but the last (a piece of a transaction)."""
-        head = TransactionEntries()
-        head.ops, self.ops = self.ops[:-1], self.ops[-1:]
-        head.datas, self.datas = self.datas[:-1], self.datas[-1:]
-        return head
-
-    @overload
-    def __getitem__(self, index: int) -> tuple[int, bytes]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[tuple[int, bytes]]: ...
-
-    def __getitem__(self, index: int | slice) -> tuple[int, bytes] | list[tuple[int, bytes]]:
-        if isinstance(index, slice):
-            return list(zip(self.ops[index], self.datas[index], strict=True))
-        return self.ops[index], self.datas[index]
 
 
 class ShapeLog:
@@ -315,21 +146,14 @@ class ShapeLog:
         self._chunk_bytes = chunk_bytes
         self._log_path = os.fspath(directory / LOG_FILE)
         self._index_path = os.fspath(directory / INDEX_FILE)
-        self._view = view
-        self._last_read: tuple[_LogView, LogOffset, tuple[bytes, ...], LogOffset] | None = None
-        """The latest small change-log read: every live reader woken by one commit asks for the
-        same offset of the same view, so all but the first are answered from here."""
-        self._last_piece: tuple[_LogView, tuple[LogOffset, int, LogOffset], LogPiece] | None = None
-        """The same for :meth:`read_piece`."""
+        self._reader = LogReader(directory, view, snapshot)
+        """Reads, over the committed state published to it (``view``, ``snapshot``,
+        ``tx_starts``)."""
         self._acc = acc
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
         self._open_txn: _OpenTransaction | None = None
-        self._tx_starts: list[tuple[int, int]] = []
-        """``(tx, position)`` of recently committed transactions, so that a read near the end
-        of a long open chunk starts at its transaction instead of the chunk's first record."""
         self._log_fd: int | None = None
         self._index_fd: int | None = None
-        self._snap = snapshot
         self._snap_chunks = snapshot_chunks
         self._snap_acc = 0
         self._snap_unsynced: set[int] = set()
@@ -403,12 +227,12 @@ class ShapeLog:
     @property
     def latest_offset(self) -> LogOffset:
         """Offset of the last committed change, ``SNAPSHOT_END`` if there is none."""
-        return self._view.latest
+        return self._reader.view.latest
 
     @property
     def snapshot_complete(self) -> bool:
         """True once :meth:`finish_snapshot` has made the snapshot durable."""
-        return self._snap.complete
+        return self._reader.snapshot.complete
 
     @property
     def snapshot_chunk_count(self) -> int:
@@ -429,7 +253,7 @@ class ShapeLog:
 
     def has_entries_after(self, offset: LogOffset) -> bool:
         """True if the change log holds an entry strictly after ``offset``."""
-        latest = self._view.latest
+        latest = self._reader.view.latest
         return latest != SNAPSHOT_END and latest > offset
 
     # ------------------------------------------------------------------ metadata
@@ -511,11 +335,11 @@ class ShapeLog:
         self._check_snapshot_writable()
         if b"\n" in end_line:
             raise ValueError("a snapshot line must not contain a newline")
-        closed = self._snap.closed
+        closed = self._reader.snapshot.closed
         self._write_snapshot_chunk([end_line], close=False)
         count = closed + 1
         for k in sorted(self._snap_unsynced):
-            fd = os.open(self._snapshot_path(k), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(_snapshot_path(self._dir, k), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
@@ -525,25 +349,22 @@ class ShapeLog:
         _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
         self._snap_writable = False
         self._snap_chunks = count
-        self._snap = _SnapshotView(count, True)
+        self._reader.snapshot = _SnapshotView(count, True)
 
     def _check_snapshot_writable(self) -> None:
         if not self._snap_writable:
-            state = "finished" if self._snap.complete else "interrupted or broken"
+            state = "finished" if self._reader.snapshot.complete else "interrupted or broken"
             raise RuntimeError(f"the snapshot of {self._dir} was {state}")
 
     def _write_snapshot_chunk(self, lines: list[bytes], *, close: bool) -> None:
-        k = self._snap.closed
+        k = self._reader.snapshot.closed
         lines.append(b"")
-        with open(self._snapshot_path(k), "ab") as f:
+        with open(_snapshot_path(self._dir, k), "ab") as f:
             f.write(b"\n".join(lines))
         self._snap_unsynced.add(k)
         self._snap_chunks = k + 1
         if close:
-            self._snap = _SnapshotView(k + 1, False)
-
-    def _snapshot_path(self, k: int) -> str:
-        return os.fspath(self._dir / f"{_SNAPSHOT_PREFIX}{k:08d}{_SNAPSHOT_SUFFIX}")
+            self._reader.snapshot = _SnapshotView(k + 1, False)
 
     # ------------------------------------------------------------------ change log
 
@@ -568,7 +389,7 @@ class ShapeLog:
         """
         if not entries:
             raise ValueError("a transaction needs at least one entry")
-        view = self._view
+        view = self._reader.view
         open_txn = self._open_txn
         earlier: tuple[_Boundary, ...]
         if open_txn is None:
@@ -642,20 +463,16 @@ class ShapeLog:
         self._acc = acc
         self._last_tx = tx
         self._remember_start(tx, view.size)
-        self._view = _LogView(pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent)
+        self._reader.view = _LogView(
+            pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent
+        )
 
     def _remember_start(self, tx: int, position: int) -> None:
-        starts = self._tx_starts
+        starts = self._reader.tx_starts
         if len(starts) >= 2 * _RECENT_STARTS:
             # A new list: readers in other threads keep iterating the one they captured.
-            starts = self._tx_starts = starts[-_RECENT_STARTS:]
+            starts = self._reader.tx_starts = starts[-_RECENT_STARTS:]
         starts.append((tx, position))
-
-    def _start_of(self, tx: int) -> int:
-        """A record position at or before the first record of ``tx``'s successors (0: unknown)."""
-        starts = self._tx_starts
-        i = bisect.bisect_right(starts, (tx, _U64_LIMIT)) - 1
-        return starts[i][1] if i >= 0 else 0
 
     @property
     def open_transaction(self) -> int | None:
@@ -670,7 +487,7 @@ class ShapeLog:
     def _truncate_to_committed(self) -> None:
         """Cut the log and the index back to the committed state (best effort)."""
         self._open_txn = None
-        view = self._view
+        view = self._reader.view
         with contextlib.suppress(OSError):
             fd = self._log_fd
             if fd is None:
@@ -708,94 +525,21 @@ class ShapeLog:
                 os.close(fd)
         self._log_fd = self._index_fd = None
 
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ reading (LogReader)
 
     def read(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-        """The JSON lines of the chunk after ``offset`` and that chunk's end offset.
-
-        ``-1``: snapshot chunk 0, end ``0_0``. ``0_k`` below the last snapshot chunk: chunk
-        ``k+1``, end ``0_(k+1)``. Otherwise the change-log entries strictly after ``offset`` up to
-        the end of the chunk holding it (the latest entry if that chunk is open), and the offset
-        of the last one returned; with nothing to return, ``offset`` itself (``0_inf`` for a
-        snapshot offset). Safe to call from another thread while the owner appends.
-
-        Raises:
-            SnapshotIncomplete: a snapshot offset whose answer depends on chunks not yet closed.
-        """
-        if offset.tx < 0:
-            return self._read_snapshot_chunk(0), LogOffset(0, 0)
-        if offset.tx == 0 and offset.op != INF:
-            snap = self._snap
-            next_chunk = offset.op + 1
-            if next_chunk < snap.closed:
-                return self._read_snapshot_chunk(next_chunk), LogOffset(0, next_chunk)
-            if not snap.complete:
-                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
-            return self._read_log(SNAPSHOT_END)
-        return self._read_log(offset)
+        """See :meth:`LogReader.read`. Safe to call from another thread while the owner appends."""
+        return self._reader.read(offset)
 
     def plan_read(self, offset: LogOffset) -> ReadPlan:
-        """Where :meth:`read` of ``offset`` would read and the end offset it would return.
-
-        Raises:
-            SnapshotIncomplete: as :meth:`read`.
-        """
-        if offset.tx < 0:
-            self._check_snapshot_chunk(0)
-            return ReadPlan(0, offset, LogOffset(0, 0))
-        if offset.tx == 0 and offset.op != INF:
-            snap = self._snap
-            next_chunk = offset.op + 1
-            if next_chunk < snap.closed:
-                return ReadPlan(next_chunk, offset, LogOffset(0, next_chunk))
-            if not snap.complete:
-                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
-            offset = SNAPSHOT_END
-        view = self._view
-        if view.latest == SNAPSHOT_END or offset >= view.latest:
-            return ReadPlan(None, offset, offset)
-        return ReadPlan(None, offset, self._chunk_end(view, offset))
-
-    def _chunk_end(self, view: _LogView, offset: LogOffset) -> LogOffset:
-        """Offset of the last entry of the chunk holding the first entry after ``offset``."""
-        recent = view.recent
-        first_cached = view.chunks - len(recent)
-        with _IndexReader(self._index_path, recent, first_cached) as index:
-            lo, hi = (
-                (first_cached, view.chunks)
-                if recent and offset >= recent[0].end
-                else (0, first_cached)
-            )
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if index.boundary(mid).end > offset:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return view.latest if lo == view.chunks else index.boundary(lo).end
+        """See :meth:`LogReader.plan_read`."""
+        return self._reader.plan_read(offset)
 
     def read_snapshot_piece(
         self, k: int, position: int, max_bytes: int
     ) -> tuple[list[bytes], int, bool]:
-        """The lines of snapshot chunk ``k`` from byte ``position`` (a line start): as many as
-        fit in ``max_bytes`` (at least one), the position after them, and whether that is the
-        chunk's end."""
-        self._check_snapshot_chunk(k)
-        with open(self._snapshot_path(k), "rb") as f:
-            f.seek(position)
-            data = f.read(max_bytes)
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and data:  # one line longer than the piece
-                data += f.readline()
-                cut = len(data)
-            done = position + cut >= os.fstat(f.fileno()).st_size
-        lines = data[:cut].split(b"\n")
-        lines.pop()
-        return lines, position + cut, done
-
-    def _check_snapshot_chunk(self, k: int) -> None:
-        if k >= self._snap.closed:
-            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
+        """See :meth:`LogReader.read_snapshot_piece`."""
+        return self._reader.read_snapshot_piece(k, position, max_bytes)
 
     def read_piece(
         self,
@@ -804,531 +548,9 @@ class ShapeLog:
         position: int | None = None,
         until: LogOffset | None = None,
     ) -> LogPiece:
-        """Committed change-log entries strictly after ``offset``: as many as fit in
-        ``max_bytes`` of JSON (always at least one), across chunk boundaries, none after
-        ``until``. ``offset`` is a change-log offset (a snapshot offset means the log's start).
-
-        ``position`` is the one a previous piece returned with ``offset`` as its ``end``; without
-        it the start is found from the chunk index (reading at most one chunk's headers, in
-        blocks). Unlike :meth:`read`, memory is bounded by ``max_bytes`` (or one larger entry).
-        Safe to call from another thread while the owner appends.
-        """
-        if offset.tx <= 0:
-            offset, position = SNAPSHOT_END, 0
-        view = self._view
-        limit = view.latest if until is None else min(until, view.latest)
-        if view.latest == SNAPSHOT_END or offset >= limit:
-            return LogPiece([], offset, position)
-        memo = self._last_piece
-        key = (offset, max_bytes, limit)
-        if memo is not None and memo[0] is view and memo[1] == key:
-            piece = memo[2]
-            return LogPiece(list(piece.items), piece.end, piece.position)
-        if position is None:
-            position = self._position_after(view, offset)
-        piece = self._read_piece_at(position, view.size, max_bytes, limit, offset)
-        self._last_piece = (view, key, piece)
-        return LogPiece(list(piece.items), piece.end, piece.position)
-
-    def _position_after(self, view: _LogView, offset: LogOffset) -> int:
-        """Log position of the first entry after ``offset`` (``view.size`` if none)."""
-        start, end = self._chunk_range(view, offset)
-        position = max(start, min(self._start_of(offset.tx), end))
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            while position < end:
-                block = _pread_all(fd, min(_SCAN_BLOCK, end - position), position)
-                p = 0
-                while p + _HEADER_SIZE <= len(block):
-                    tx, op, _flags, size = _RECORD.unpack_from(block, p)
-                    if tx > offset.tx or (tx == offset.tx and op > offset.op):
-                        return position + p
-                    p += _HEADER_SIZE + size
-                if p == 0:  # a header cut by the block's end: cannot happen below _SCAN_BLOCK
-                    raise StorageError(f"unreadable record at {position} in {self._dir}")
-                position += p
-        finally:
-            os.close(fd)
-        return end
-
-    def _read_piece_at(
-        self, position: int, size: int, max_bytes: int, limit: LogOffset, offset: LogOffset
-    ) -> LogPiece:
-        """Entries from ``position`` (the start of one) up to ``max_bytes`` and ``limit``."""
-        items: list[bytes] = []
-        end = offset
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            block = _pread_all(fd, min(size - position, max_bytes + _HEADER_SIZE), position)
-            p = taken = 0
-            while p + _HEADER_SIZE <= len(block):
-                tx, op, _flags, length = _RECORD.unpack_from(block, p)
-                if LogOffset(tx, op) > limit:
-                    break
-                stop = p + _HEADER_SIZE + length
-                if stop <= len(block):
-                    items.append(block[p + _HEADER_SIZE : stop])
-                elif not items:  # one entry larger than the piece: it goes alone
-                    items.append(_pread_all(fd, length, position + p + _HEADER_SIZE))
-                else:
-                    break
-                end = LogOffset(tx, op)
-                taken += length
-                p = stop
-                if taken >= max_bytes:
-                    break
-        finally:
-            os.close(fd)
-        return LogPiece(items, end, position + p)
-
-    def _read_snapshot_chunk(self, k: int) -> list[bytes]:
-        if k >= self._snap.closed:
-            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
-        with open(self._snapshot_path(k), "rb") as f:
-            data = f.read()
-        lines = data.split(b"\n")
-        lines.pop()  # the empty piece after the final newline
-        return lines
-
-    def _read_log(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-        view = self._view
-        if view.latest == SNAPSHOT_END or offset >= view.latest:
-            return [], offset
-        last = self._last_read
-        if last is not None and last[0] is view and last[1] == offset:
-            return list(last[2]), last[3]
-        items, end_offset = self._read_log_file(view, offset)
-        if sum(map(len, items)) <= READ_MEMO_BYTES:
-            self._last_read = (view, offset, tuple(items), end_offset)
-        return items, end_offset
-
-    def _read_log_file(self, view: _LogView, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-        start, end = self._chunk_range(view, offset)
-        start = max(start, min(self._start_of(offset.tx), end))
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = _pread_all(fd, end - start, start)
-        finally:
-            os.close(fd)
-        return _collect_after(data, offset)
-
-    def _chunk_range(self, view: _LogView, offset: LogOffset) -> tuple[int, int]:
-        """File positions ``[start, end)`` of the chunk holding ``offset``."""
-        recent = view.recent
-        first_cached = view.chunks - len(recent)
-        with _IndexReader(self._index_path, recent, first_cached) as index:
-            # Chunk i holds (end of i-1, end of i]; find the first i whose end is above offset.
-            if recent and offset >= recent[0].end:
-                lo, hi = first_cached + 1, view.chunks
-            else:
-                lo, hi = 0, first_cached
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if index.boundary(mid).end > offset:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            start = index.boundary(lo - 1).pos if lo > 0 else 0
-            end = view.size if lo == view.chunks else index.boundary(lo).pos
-        return start, end
+        """See :meth:`LogReader.read_piece`. Safe to call from another thread."""
+        return self._reader.read_piece(offset, max_bytes, position, until)
 
 
 _RECENT_STARTS: Final = 256
 """How many recent transaction start positions a log keeps (up to twice as many)."""
-
-GROUP_SYNC_MIN: Final = 8
-"""From this many dirty logs on one filesystem, :class:`GroupSync` uses one ``syncfs()``."""
-
-
-class GroupSync:
-    """Makes many logs durable at once: one ``syncfs()`` instead of one ``fdatasync()`` each.
-
-    ``syncfs()`` (Linux) writes back every dirty page and inode of one filesystem, waits for
-    them and flushes the device, and reports any writeback error on that filesystem since the
-    previous call on the same descriptor (Linux 5.8+). So after it returns, every byte appended
-    to a log on that filesystem before the call is on disk, and the log's descriptors are closed
-    exactly as :meth:`ShapeLog.sync` would. The descriptor is a directory opened once (the
-    engine's shapes directory), so no error between two group syncs goes unreported. Logs on
-    other filesystems, few logs, or no ``syncfs()`` at all: :meth:`ShapeLog.sync` each.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self._fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._device = os.fstat(self._fd).st_dev
-
-    def sync(self, logs: Iterable[ShapeLog]) -> None:
-        """fsync the appends of every log in ``logs`` (as ``sync()`` on each would)."""
-        together: list[ShapeLog] = []
-        alone: list[ShapeLog] = []
-        for log in logs:
-            if log.dirty:
-                (together if log.device == self._device else alone).append(log)
-        if len(together) < GROUP_SYNC_MIN or self._fd is None or _syncfs is None:
-            alone += together
-            together = []
-        for log in alone:
-            log.sync()
-        if together:
-            assert self._fd is not None
-            try:
-                self._syncfs()
-            finally:
-                for log in together:
-                    log._close_fds()
-            # Deferred metadata: its data is durable now; rename it, then make the renames so.
-            renamed = False
-            for log in together:
-                if log._meta_pending:
-                    log._install_meta()
-                    renamed = True
-            if renamed:
-                self._syncfs()
-
-    def _syncfs(self) -> None:
-        assert self._fd is not None and _syncfs is not None
-        if _syncfs(self._fd) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"syncfs: {os.strerror(errno)}")
-
-    def close(self) -> None:
-        """Close the directory descriptor (later calls sync each log on its own)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-def _load_syncfs() -> Any:
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_syncfs: Final = _load_syncfs()
-
-
-class _IndexReader:
-    """Boundary ``i`` from the in-memory cache or, for older ones, from ``chunks.idx``."""
-
-    def __init__(self, path: str, recent: tuple[_Boundary, ...], first_cached: int) -> None:
-        self._path = path
-        self._recent = recent
-        self._first_cached = first_cached
-        self._fd: int | None = None
-
-    def __enter__(self) -> _IndexReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def boundary(self, i: int) -> _Boundary:
-        if i >= self._first_cached:
-            return self._recent[i - self._first_cached]
-        if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        at = len(_INDEX_MAGIC) + i * _INDEX_RECORD_SIZE
-        return _decode_boundary(_pread_all(self._fd, _INDEX_RECORD_SIZE, at), 0)
-
-
-def _collect_after(data: bytes, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-    """The JSON of the records in ``data`` strictly after ``offset``, and the last one's offset."""
-    unpack = _RECORD.unpack_from
-    out: list[bytes] = []
-    o_tx, o_op = offset
-    n = len(data)
-    p = 0
-    tx = op = 0
-    while p < n:  # skip entries at or before the offset
-        tx, op, _flags, size = unpack(data, p)
-        if tx > o_tx or (tx == o_tx and op > o_op):
-            break
-        p += _HEADER_SIZE + size
-    else:
-        return [], offset
-    while p < n:
-        tx, op, _flags, size = unpack(data, p)
-        p += _HEADER_SIZE
-        out.append(data[p : p + size])
-        p += size
-    return out, LogOffset(tx, op)
-
-
-# ---------------------------------------------------------------------- recovery
-
-
-def _load_boundaries(index_data: bytes) -> list[_Boundary]:
-    """The longest prefix of index records that are intact and increasing."""
-    out: list[_Boundary] = []
-    if not index_data.startswith(_INDEX_MAGIC):
-        return out
-    prev_end = SNAPSHOT_END
-    prev_pos = 0
-    at = len(_INDEX_MAGIC)
-    while at + _INDEX_RECORD_SIZE <= len(index_data):
-        body_end = at + _INDEX_BODY.size
-        (crc,) = _INDEX_CRC.unpack_from(index_data, body_end)
-        if zlib.crc32(index_data[at:body_end]) != crc:
-            break
-        b = _decode_boundary(index_data, at)
-        if not (b.end > prev_end and prev_pos <= b.entry_pos and b.pos > b.entry_pos):
-            break
-        out.append(b)
-        prev_end, prev_pos = b.end, b.pos
-        at += _INDEX_RECORD_SIZE
-    return out
-
-
-def _recover_log(
-    path: Path, log_size: int, stored: list[_Boundary], chunk_bytes: int
-) -> tuple[_LogView, int, list[_Boundary]]:
-    """Cut the log after its last complete transaction; drops unusable ``stored`` boundaries.
-
-    Returns the committed view, the open chunk's JSON byte count, and the boundaries found after
-    the last kept stored one. ``stored`` is shortened in place to the kept boundaries.
-    """
-    with open(path / LOG_FILE, "r+b") as f:
-        if log_size == 0:
-            stored.clear()
-            result = _ScanResult(0, None, 0, [])
-        else:
-            with mmap.mmap(f.fileno(), log_size, access=mmap.ACCESS_READ) as mm:
-                result = _find_committed(mm, stored, chunk_bytes)
-        committed = result.committed
-        assert committed is not None
-        if committed != log_size:
-            f.truncate(committed)
-            f.flush()
-            os.fsync(f.fileno())
-    boundaries = stored + result.boundaries
-    if result.latest is not None:
-        latest = result.latest
-    elif stored:
-        latest = stored[-1].end
-    else:
-        latest = SNAPSHOT_END
-    recent = tuple(boundaries[-_RECENT_BOUNDARIES:])
-    return _LogView(committed, latest, len(boundaries), recent), result.acc, result.boundaries
-
-
-def _find_committed(mm: mmap.mmap, stored: list[_Boundary], chunk_bytes: int) -> _ScanResult:
-    while stored:
-        b = stored[-1]
-        if _boundary_in_log(mm, b):
-            result = _scan(mm, b.pos, b.end, not b.last, chunk_bytes)
-            if result.committed is not None:
-                return result
-            if b.last:
-                return _ScanResult(b.pos, None, 0, [])
-            # The transaction around b never ends: none of its boundaries is usable. Dropping
-            # them all at once keeps a long unfinished transaction (written in pieces) from
-            # being rescanned once per chunk.
-            while stored and stored[-1].end.tx == b.end.tx and not stored[-1].last:
-                stored.pop()
-            continue
-        stored.pop()
-    result = _scan(mm, 0, LogOffset(0, 0), False, chunk_bytes)
-    if result.committed is None:
-        return _ScanResult(0, None, 0, [])
-    return result
-
-
-def _boundary_in_log(mm: mmap.mmap, b: _Boundary) -> bool:
-    if b.pos > len(mm) or b.entry_pos + _HEADER_SIZE > b.pos:
-        return False
-    tx, op, flags, size = _RECORD.unpack_from(mm, b.entry_pos)
-    start = b.entry_pos + _HEADER_SIZE
-    return (
-        LogOffset(tx, op) == b.end
-        and flags == (_LAST_FLAG if b.last else 0)
-        and start + size == b.pos
-        and _is_json_object(mm[start : b.pos])
-    )
-
-
-def _scan(mm: mmap.mmap, start: int, prev: LogOffset, in_tx: bool, chunk_bytes: int) -> _ScanResult:
-    """Parse records from ``start`` (a chunk boundary) while they are sane.
-
-    ``prev`` is the offset of the record before ``start`` and ``in_tx`` whether its
-    transaction continues. Boundaries are recomputed as the writer cuts them.
-    """
-    n = len(mm)
-    p = start
-    prev_tx, prev_op = prev
-    acc = 0
-    committed: int | None = None
-    committed_acc = 0
-    latest: LogOffset | None = None
-    boundaries: list[_Boundary] = []
-    committed_boundaries = 0
-    while p + _HEADER_SIZE <= n:
-        tx, op, flags, size = _RECORD.unpack_from(mm, p)
-        body = p + _HEADER_SIZE
-        end = body + size
-        if flags & ~_LAST_FLAG or end > n:
-            break
-        if in_tx:
-            if tx != prev_tx or op <= prev_op:
-                break
-        elif tx <= prev_tx:
-            break
-        if not _is_json_object(mm[body:end]):
-            break
-        last = bool(flags & _LAST_FLAG)
-        acc += size
-        if acc >= chunk_bytes:
-            boundaries.append(_Boundary(LogOffset(tx, op), end, p, last))
-            acc = 0
-        if last:
-            committed = end
-            committed_acc = acc
-            latest = LogOffset(tx, op)
-            committed_boundaries = len(boundaries)
-        prev_tx, prev_op, in_tx = tx, op, not last
-        p = end
-    del boundaries[committed_boundaries:]
-    return _ScanResult(committed, latest, committed_acc, boundaries)
-
-
-def _is_json_object(data: bytes) -> bool:
-    if not data.startswith(b"{"):
-        return False
-    try:
-        _raw_decoder.decode(data)
-    except msgspec.DecodeError:
-        return False
-    return True
-
-
-def _rewrite_index(
-    path: Path, index_data: bytes, kept: list[_Boundary], new: list[_Boundary]
-) -> None:
-    """Make ``chunks.idx`` hold exactly ``kept`` followed by ``new``."""
-    keep_size = len(_INDEX_MAGIC) + len(kept) * _INDEX_RECORD_SIZE
-    if not index_data.startswith(_INDEX_MAGIC):
-        _atomic_write(path, INDEX_FILE, _INDEX_MAGIC + b"".join(b.encode() for b in new))
-        return
-    if not new and len(index_data) == keep_size:
-        return
-    with open(path / INDEX_FILE, "r+b") as f:
-        f.truncate(keep_size)
-        f.seek(keep_size)
-        f.write(b"".join(b.encode() for b in new))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _load_snapshot_state(path: Path) -> tuple[_SnapshotView, int]:
-    try:
-        done = json.loads((path / SNAPSHOT_DONE_FILE).read_bytes())
-    except FileNotFoundError:
-        chunks = sum(
-            1
-            for name in os.listdir(path)
-            if name.startswith(_SNAPSHOT_PREFIX) and name.endswith(_SNAPSHOT_SUFFIX)
-        )
-        return _SnapshotView(0, False), chunks
-    count = done["chunks"] if isinstance(done, dict) else None
-    if not isinstance(count, int) or count < 1:
-        raise StorageError(f"{path / SNAPSHOT_DONE_FILE}: malformed")
-    return _SnapshotView(count, True), count
-
-
-# ---------------------------------------------------------------------- file helpers
-
-
-def _check_ops(tx: int, ops: Sequence[int], prev_op: int = -1) -> None:
-    """Raise the error that ``ops`` (not increasing from ``prev_op + 1``, or out of range)
-    deserves."""
-    try:
-        for op in ops:
-            if op <= prev_op:
-                raise ValueError(f"ops must increase within a transaction: {op} after {prev_op}")
-            prev_op = op
-            _RECORD.pack(tx, op, 0, 0)
-    except struct.error as exc:
-        raise ValueError(f"op out of range in transaction {tx}: {exc}") from exc
-    raise ValueError(f"invalid ops in transaction {tx}")
-
-
-def _check_chunk_bytes(chunk_bytes: int) -> None:
-    if chunk_bytes < 1:
-        raise ValueError("chunk_bytes must be positive")
-
-
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, at)
-        view = view[written:]
-        at += written
-
-
-_IOV_MAX: Final = 1024
-
-
-def _pwritev_all(fd: int, parts: list[bytes], at: int) -> None:
-    """Write ``parts`` one after the other at ``at`` (``pwritev``, without joining them)."""
-    if not hasattr(os, "pwritev"):
-        _pwrite_all(fd, b"".join(parts), at)
-        return
-    for start in range(0, len(parts), _IOV_MAX):
-        batch = parts[start : start + _IOV_MAX]
-        size = sum(map(len, batch))
-        written = os.pwritev(fd, batch, at)
-        if written < size:  # a short write: the rest the slow way
-            _pwrite_all(fd, b"".join(batch)[written:], at + written)
-        at += size
-
-
-def _pread_all(fd: int, size: int, at: int) -> bytes:
-    data = os.pread(fd, size, at)
-    if len(data) == size:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = os.pread(fd, size - got, at + got)
-        if not more:
-            raise StorageError(f"short read at {at + got}: the file shrank under the reader")
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(directory: Path, name: str, data: bytes) -> None:
-    """Replace ``directory/name`` with ``data``: tmp file, fsync, rename, fsync directory."""
-    tmp = directory / f"{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / name)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

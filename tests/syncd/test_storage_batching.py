@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shapes.offset import SNAPSHOT_END
-from syncd import storage
+from syncd import log_flush, storage
 from syncd.storage import GroupSync, ShapeLog, TransactionEntries
 from tests.syncd.logs import read_all_changes
 
@@ -124,13 +124,13 @@ def test_group_sync(tmp_path: Path, count: int) -> None:
 
 
 def test_group_sync_reports_syncfs_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if storage._syncfs is None:
+    if log_flush._syncfs is None:
         pytest.skip("no syncfs")
     logs = [ShapeLog.create(tmp_path / f"s{i}", 64) for i in range(storage.GROUP_SYNC_MIN)]
     for log in logs:
         log.append_transaction(10, [(0, row(0))])
     group = GroupSync(tmp_path)
-    monkeypatch.setattr(storage, "_syncfs", lambda fd: -1)
+    monkeypatch.setattr(log_flush, "_syncfs", lambda fd: -1)
     try:
         with pytest.raises(OSError):
             group.sync(logs)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shapes.offset import SNAPSHOT_END, LogOffset
-from syncd import storage
+from syncd import log_format, storage
 from syncd.storage import ShapeLog
 from tests.syncd.logs import read_all_changes
 
@@ -38,9 +38,9 @@ def last_flags(directory: Path) -> list[tuple[int, int, bool]]:
     out = []
     at = 0
     while at < len(data):
-        tx, op, flags, size = storage._RECORD.unpack_from(data, at)
+        tx, op, flags, size = log_format._RECORD.unpack_from(data, at)
         out.append((tx, op, bool(flags & 1)))
-        at += storage._HEADER_SIZE + size
+        at += log_format._HEADER_SIZE + size
     return out
 
 
@@ -163,7 +163,7 @@ def test_recovery_drops_an_unfinished_transaction(
         crashed.sync()
         log_path = Path(tmp) / "crashed" / storage.LOG_FILE
         # The crash may also have cut the log anywhere in the unfinished transaction.
-        committed = sum(storage._HEADER_SIZE + len(e) for _, es in earlier for _, e in es)
+        committed = sum(log_format._HEADER_SIZE + len(e) for _, es in earlier for _, e in es)
         with open(log_path, "r+b") as f:
             f.truncate(max(committed, log_path.stat().st_size - cut))
 

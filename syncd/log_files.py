@@ -1,0 +1,83 @@
+"""Low-level file I/O of a shape log: whole writes and reads at a position, new files, atomic
+replacement and directory fsync.
+
+Layer: ``syncd`` (synchronous file I/O, no knowledge of the log format).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from syncd.log_format import StorageError
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, at)
+        view = view[written:]
+        at += written
+
+
+_IOV_MAX: Final = 1024
+
+
+def _pwritev_all(fd: int, parts: list[bytes], at: int) -> None:
+    """Write ``parts`` one after the other at ``at`` (``pwritev``, without joining them)."""
+    if not hasattr(os, "pwritev"):
+        _pwrite_all(fd, b"".join(parts), at)
+        return
+    for start in range(0, len(parts), _IOV_MAX):
+        batch = parts[start : start + _IOV_MAX]
+        size = sum(map(len, batch))
+        written = os.pwritev(fd, batch, at)
+        if written < size:  # a short write: the rest the slow way
+            _pwrite_all(fd, b"".join(batch)[written:], at + written)
+        at += size
+
+
+def _pread_all(fd: int, size: int, at: int) -> bytes:
+    data = os.pread(fd, size, at)
+    if len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, at + got)
+        if not more:
+            raise StorageError(f"short read at {at + got}: the file shrank under the reader")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data``: tmp file, fsync, rename, fsync directory."""
+    tmp = directory / f"{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / name)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,346 @@
+"""Reading a shape log: whole chunks (:meth:`LogReader.read`), read plans, bounded pieces of
+the change log and of snapshot chunks, and the memo of the latest small read.
+
+Layer: ``syncd`` (synchronous file I/O; safe in worker threads while the owner appends).
+
+Theory of operation
+===================
+
+The owner (:class:`~syncd.storage.ShapeLog`) publishes its committed state here: ``view`` (an
+immutable :class:`~syncd.log_format._LogView` swapped in after each complete write),
+``snapshot`` and ``tx_starts``. A read captures ``view`` once, and never reads past the
+committed log length or index count it captured, so a concurrent append cannot be seen
+half-written. The chunk holding an offset is found from the last four boundaries kept in memory,
+else by binary search over ``chunks.idx`` with ``pread``; the reader then reads that one chunk
+(one ``pread``) and scans it from its start (or from the recent start of the offset's
+transaction, when known). Reads open and close their own descriptors.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+
+from shapes.offset import INF, SNAPSHOT_END, LogOffset
+from syncd.log_files import _pread_all
+from syncd.log_format import (
+    _HEADER_SIZE,
+    _INDEX_MAGIC,
+    _INDEX_RECORD_SIZE,
+    _RECORD,
+    _SCAN_BLOCK,
+    _U64_LIMIT,
+    INDEX_FILE,
+    LOG_FILE,
+    READ_MEMO_BYTES,
+    LogPiece,
+    ReadPlan,
+    SnapshotIncomplete,
+    StorageError,
+    _Boundary,
+    _decode_boundary,
+    _LogView,
+    _snapshot_path,
+    _SnapshotView,
+)
+
+__all__ = ["LogReader"]
+
+
+class LogReader:
+    """The read side of one shape log, over the committed state its owner publishes."""
+
+    def __init__(self, directory: Path, view: _LogView, snapshot: _SnapshotView) -> None:
+        self._dir = directory
+        self._log_path = os.fspath(directory / LOG_FILE)
+        self._index_path = os.fspath(directory / INDEX_FILE)
+        self.view = view
+        """The committed change-log state (replaced as a whole by the owner)."""
+        self.snapshot = snapshot
+        """The closed snapshot chunks and whether the snapshot is complete."""
+        self.tx_starts: list[tuple[int, int]] = []
+        """``(tx, position)`` of recently committed transactions, so that a read near the end
+        of a long open chunk starts at its transaction instead of the chunk's first record."""
+        self._last_read: tuple[_LogView, LogOffset, tuple[bytes, ...], LogOffset] | None = None
+        """The latest small change-log read: every live reader woken by one commit asks for the
+        same offset of the same view, so all but the first are answered from here."""
+        self._last_piece: tuple[_LogView, tuple[LogOffset, int, LogOffset], LogPiece] | None = None
+        """The same for :meth:`read_piece`."""
+
+    def _start_of(self, tx: int) -> int:
+        """A record position at or before the first record of ``tx``'s successors (0: unknown)."""
+        starts = self.tx_starts
+        i = bisect.bisect_right(starts, (tx, _U64_LIMIT)) - 1
+        return starts[i][1] if i >= 0 else 0
+
+    def read(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        """The JSON lines of the chunk after ``offset`` and that chunk's end offset.
+
+        ``-1``: snapshot chunk 0, end ``0_0``. ``0_k`` below the last snapshot chunk: chunk
+        ``k+1``, end ``0_(k+1)``. Otherwise the change-log entries strictly after ``offset`` up to
+        the end of the chunk holding it (the latest entry if that chunk is open), and the offset
+        of the last one returned; with nothing to return, ``offset`` itself (``0_inf`` for a
+        snapshot offset). Safe to call from another thread while the owner appends.
+
+        Raises:
+            SnapshotIncomplete: a snapshot offset whose answer depends on chunks not yet closed.
+        """
+        if offset.tx < 0:
+            return self._read_snapshot_chunk(0), LogOffset(0, 0)
+        if offset.tx == 0 and offset.op != INF:
+            snap = self.snapshot
+            next_chunk = offset.op + 1
+            if next_chunk < snap.closed:
+                return self._read_snapshot_chunk(next_chunk), LogOffset(0, next_chunk)
+            if not snap.complete:
+                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
+            return self._read_log(SNAPSHOT_END)
+        return self._read_log(offset)
+
+    def plan_read(self, offset: LogOffset) -> ReadPlan:
+        """Where :meth:`read` of ``offset`` would read and the end offset it would return.
+
+        Raises:
+            SnapshotIncomplete: as :meth:`read`.
+        """
+        if offset.tx < 0:
+            self._check_snapshot_chunk(0)
+            return ReadPlan(0, offset, LogOffset(0, 0))
+        if offset.tx == 0 and offset.op != INF:
+            snap = self.snapshot
+            next_chunk = offset.op + 1
+            if next_chunk < snap.closed:
+                return ReadPlan(next_chunk, offset, LogOffset(0, next_chunk))
+            if not snap.complete:
+                raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
+            offset = SNAPSHOT_END
+        view = self.view
+        if view.latest == SNAPSHOT_END or offset >= view.latest:
+            return ReadPlan(None, offset, offset)
+        return ReadPlan(None, offset, self._chunk_end(view, offset))
+
+    def _chunk_end(self, view: _LogView, offset: LogOffset) -> LogOffset:
+        """Offset of the last entry of the chunk holding the first entry after ``offset``."""
+        recent = view.recent
+        first_cached = view.chunks - len(recent)
+        with _IndexReader(self._index_path, recent, first_cached) as index:
+            lo, hi = (
+                (first_cached, view.chunks)
+                if recent and offset >= recent[0].end
+                else (0, first_cached)
+            )
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if index.boundary(mid).end > offset:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return view.latest if lo == view.chunks else index.boundary(lo).end
+
+    def read_snapshot_piece(
+        self, k: int, position: int, max_bytes: int
+    ) -> tuple[list[bytes], int, bool]:
+        """The lines of snapshot chunk ``k`` from byte ``position`` (a line start): as many as
+        fit in ``max_bytes`` (at least one), the position after them, and whether that is the
+        chunk's end."""
+        self._check_snapshot_chunk(k)
+        with open(_snapshot_path(self._dir, k), "rb") as f:
+            f.seek(position)
+            data = f.read(max_bytes)
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and data:  # one line longer than the piece
+                data += f.readline()
+                cut = len(data)
+            done = position + cut >= os.fstat(f.fileno()).st_size
+        lines = data[:cut].split(b"\n")
+        lines.pop()
+        return lines, position + cut, done
+
+    def _check_snapshot_chunk(self, k: int) -> None:
+        if k >= self.snapshot.closed:
+            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
+
+    def read_piece(
+        self,
+        offset: LogOffset,
+        max_bytes: int,
+        position: int | None = None,
+        until: LogOffset | None = None,
+    ) -> LogPiece:
+        """Committed change-log entries strictly after ``offset``: as many as fit in
+        ``max_bytes`` of JSON (always at least one), across chunk boundaries, none after
+        ``until``. ``offset`` is a change-log offset (a snapshot offset means the log's start).
+
+        ``position`` is the one a previous piece returned with ``offset`` as its ``end``; without
+        it the start is found from the chunk index (reading at most one chunk's headers, in
+        blocks). Unlike :meth:`read`, memory is bounded by ``max_bytes`` (or one larger entry).
+        Safe to call from another thread while the owner appends.
+        """
+        if offset.tx <= 0:
+            offset, position = SNAPSHOT_END, 0
+        view = self.view
+        limit = view.latest if until is None else min(until, view.latest)
+        if view.latest == SNAPSHOT_END or offset >= limit:
+            return LogPiece([], offset, position)
+        memo = self._last_piece
+        key = (offset, max_bytes, limit)
+        if memo is not None and memo[0] is view and memo[1] == key:
+            piece = memo[2]
+            return LogPiece(list(piece.items), piece.end, piece.position)
+        if position is None:
+            position = self._position_after(view, offset)
+        piece = self._read_piece_at(position, view.size, max_bytes, limit, offset)
+        self._last_piece = (view, key, piece)
+        return LogPiece(list(piece.items), piece.end, piece.position)
+
+    def _position_after(self, view: _LogView, offset: LogOffset) -> int:
+        """Log position of the first entry after ``offset`` (``view.size`` if none)."""
+        start, end = self._chunk_range(view, offset)
+        position = max(start, min(self._start_of(offset.tx), end))
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while position < end:
+                block = _pread_all(fd, min(_SCAN_BLOCK, end - position), position)
+                p = 0
+                while p + _HEADER_SIZE <= len(block):
+                    tx, op, _flags, size = _RECORD.unpack_from(block, p)
+                    if tx > offset.tx or (tx == offset.tx and op > offset.op):
+                        return position + p
+                    p += _HEADER_SIZE + size
+                if p == 0:  # a header cut by the block's end: cannot happen below _SCAN_BLOCK
+                    raise StorageError(f"unreadable record at {position} in {self._dir}")
+                position += p
+        finally:
+            os.close(fd)
+        return end
+
+    def _read_piece_at(
+        self, position: int, size: int, max_bytes: int, limit: LogOffset, offset: LogOffset
+    ) -> LogPiece:
+        """Entries from ``position`` (the start of one) up to ``max_bytes`` and ``limit``."""
+        items: list[bytes] = []
+        end = offset
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            block = _pread_all(fd, min(size - position, max_bytes + _HEADER_SIZE), position)
+            p = taken = 0
+            while p + _HEADER_SIZE <= len(block):
+                tx, op, _flags, length = _RECORD.unpack_from(block, p)
+                if LogOffset(tx, op) > limit:
+                    break
+                stop = p + _HEADER_SIZE + length
+                if stop <= len(block):
+                    items.append(block[p + _HEADER_SIZE : stop])
+                elif not items:  # one entry larger than the piece: it goes alone
+                    items.append(_pread_all(fd, length, position + p + _HEADER_SIZE))
+                else:
+                    break
+                end = LogOffset(tx, op)
+                taken += length
+                p = stop
+                if taken >= max_bytes:
+                    break
+        finally:
+            os.close(fd)
+        return LogPiece(items, end, position + p)
+
+    def _read_snapshot_chunk(self, k: int) -> list[bytes]:
+        if k >= self.snapshot.closed:
+            raise SnapshotIncomplete(f"snapshot chunk {k} of {self._dir} is not ready")
+        with open(_snapshot_path(self._dir, k), "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        lines.pop()  # the empty piece after the final newline
+        return lines
+
+    def _read_log(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        view = self.view
+        if view.latest == SNAPSHOT_END or offset >= view.latest:
+            return [], offset
+        last = self._last_read
+        if last is not None and last[0] is view and last[1] == offset:
+            return list(last[2]), last[3]
+        items, end_offset = self._read_log_file(view, offset)
+        if sum(map(len, items)) <= READ_MEMO_BYTES:
+            self._last_read = (view, offset, tuple(items), end_offset)
+        return items, end_offset
+
+    def _read_log_file(self, view: _LogView, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        start, end = self._chunk_range(view, offset)
+        start = max(start, min(self._start_of(offset.tx), end))
+        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = _pread_all(fd, end - start, start)
+        finally:
+            os.close(fd)
+        return _collect_after(data, offset)
+
+    def _chunk_range(self, view: _LogView, offset: LogOffset) -> tuple[int, int]:
+        """File positions ``[start, end)`` of the chunk holding ``offset``."""
+        recent = view.recent
+        first_cached = view.chunks - len(recent)
+        with _IndexReader(self._index_path, recent, first_cached) as index:
+            # Chunk i holds (end of i-1, end of i]; find the first i whose end is above offset.
+            if recent and offset >= recent[0].end:
+                lo, hi = first_cached + 1, view.chunks
+            else:
+                lo, hi = 0, first_cached
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if index.boundary(mid).end > offset:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            start = index.boundary(lo - 1).pos if lo > 0 else 0
+            end = view.size if lo == view.chunks else index.boundary(lo).pos
+        return start, end
+
+
+class _IndexReader:
+    """Boundary ``i`` from the in-memory cache or, for older ones, from ``chunks.idx``."""
+
+    def __init__(self, path: str, recent: tuple[_Boundary, ...], first_cached: int) -> None:
+        self._path = path
+        self._recent = recent
+        self._first_cached = first_cached
+        self._fd: int | None = None
+
+    def __enter__(self) -> _IndexReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def boundary(self, i: int) -> _Boundary:
+        if i >= self._first_cached:
+            return self._recent[i - self._first_cached]
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        at = len(_INDEX_MAGIC) + i * _INDEX_RECORD_SIZE
+        return _decode_boundary(_pread_all(self._fd, _INDEX_RECORD_SIZE, at), 0)
+
+
+def _collect_after(data: bytes, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+    """The JSON of the records in ``data`` strictly after ``offset``, and the last one's offset."""
+    unpack = _RECORD.unpack_from
+    out: list[bytes] = []
+    o_tx, o_op = offset
+    n = len(data)
+    p = 0
+    tx = op = 0
+    while p < n:  # skip entries at or before the offset
+        tx, op, _flags, size = unpack(data, p)
+        if tx > o_tx or (tx == o_tx and op > o_op):
+            break
+        p += _HEADER_SIZE + size
+    else:
+        return [], offset
+    while p < n:
+        tx, op, _flags, size = unpack(data, p)
+        p += _HEADER_SIZE
+        out.append(data[p : p + size])
+        p += size
+    return out, LogOffset(tx, op)
