@@ -137,6 +137,9 @@ from syncd.replication_conn import (
 from syncd.replication_slots import _slot_unusable, drop_slot, find_slot
 from syncd.slot_history import SlotFound, SlotHistoryLost, history_gap
 
+_RANDOM = random.Random()
+"""This module's own generator: the process-wide one belongs to the embedding program."""
+
 __all__ = [
     "SESSION_OPTIONS",
     "ReplicationError",
@@ -312,7 +315,7 @@ class ReplicationStream:
                     streamed_since = self._streaming_since
                     if streamed_since is not None and time.monotonic() - streamed_since >= 1.0:
                         delay = settings.backoff_initial  # it worked for a while: start over
-                    pause = min(delay * random.uniform(0.75, 1.25), settings.backoff_max)
+                    pause = min(delay * _RANDOM.uniform(0.75, 1.25), settings.backoff_max)
                     logger.warning(
                         "replication slot %s: %s: %s; reconnecting in %.2fs",
                         settings.slot,
