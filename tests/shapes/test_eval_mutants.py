@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from shapes import pgtypes
-from shapes.errors import EvaluationError
-from shapes.where_eval import array_concat, numeric_op
+from shapes.errors import EvaluationError, InvalidRequest
+from shapes.offset import LogOffset, parse_offset
+from shapes.where_eval import array_add, array_cmp, array_concat, negate_value, numeric_op
 
 
 def numeric_div(a: str, b: str) -> Decimal:
@@ -183,3 +184,117 @@ def test_array_concat_keeps_the_left_lower_bound() -> None:
 def test_array_concat_incompatible(left: Any, right: Any) -> None:
     with pytest.raises(EvaluationError, match="cannot concatenate incompatible arrays"):
         array_concat(left, right)
+
+
+def test_concatenation_error_is_postgres_s() -> None:
+    with pytest.raises(EvaluationError) as info:
+        array_concat(((1, 2),), (3,))
+    assert info.value.message == "cannot concatenate incompatible arrays"
+    assert info.value.condition == "array_subscript_error"
+
+
+def test_append_to_a_multidimensional_array_fails() -> None:
+    with pytest.raises(EvaluationError) as info:
+        array_add(((1, 2),), 3, append=True)
+    assert info.value.message == "argument must be empty or one-dimensional array"
+    assert info.value.condition == "data_exception"
+
+
+@pytest.mark.parametrize("append", [True, False])
+def test_append_keeps_the_lower_bound(append: bool) -> None:
+    # array_append('[0:1]={1,2}', 3) = '[0:2]={1,2,3}'; array_prepend keeps the bound too
+    result = array_add(bounded((1, 2), 0), 3, append)
+    assert result == ((1, 2, 3) if append else (3, 1, 2))
+    assert pgtypes.lower_bounds(result) == (0,)
+
+
+@pytest.mark.parametrize(("type_name", "a"), [("int4", 1), ("numeric", Decimal(1))])
+def test_division_by_zero_condition(type_name: str, a: Any) -> None:
+    for op in "/%":
+        func = numeric_op(op, type_name)
+        assert func is not None
+        with pytest.raises(EvaluationError) as info:
+            func(a, a - a)
+        assert info.value.message == "division by zero"
+        assert info.value.condition == "division_by_zero"
+
+
+def numeric(op: str, a: str, b: str) -> Decimal:
+    func = numeric_op(op, "numeric")
+    assert func is not None
+    result: Decimal = func(Decimal(a), Decimal(b))
+    return result
+
+
+def test_numeric_overflow() -> None:
+    with pytest.raises(EvaluationError) as info:
+        numeric("*", "1e131071", "10")
+    assert info.value.message == "value overflows numeric format"
+    assert info.value.condition == "numeric_value_out_of_range"
+
+
+def test_numeric_limits_are_reachable() -> None:
+    assert numeric("*", "1e131070", "10") == Decimal("1e131071")
+    assert numeric("+", "1e-16383", "0") == Decimal("1e-16383")
+    assert format(numeric("+", "0.5", "-0.5"), "f") == "0.0"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "text"),
+    [
+        ("NaN", "1", "NaN"),
+        ("1", "NaN", "NaN"),
+        ("Infinity", "2", "NaN"),
+        ("-Infinity", "2", "NaN"),
+        ("5", "Infinity", "5"),
+        ("-5.5", "-Infinity", "-5.5"),
+        ("7.5", "2", "1.5"),
+        ("-7.5", "2", "-1.5"),
+    ],
+)
+def test_numeric_modulo(a: str, b: str, text: str) -> None:
+    assert str(numeric("%", a, b)) == text
+
+
+def test_numeric_negation() -> None:
+    negate = negate_value("numeric")
+    assert str(negate(Decimal("0"))) == "0"
+    long = "12345678901234567890123456789012345"
+    assert str(negate(Decimal(long))) == "-" + long
+
+
+def test_no_such_operator() -> None:
+    assert numeric_op("^", "int4") is None
+    assert numeric_op("^", "numeric") is None
+    assert numeric_op("%", "float8") is None
+    assert numeric_op("X", "float8") is None
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ((1,), (2,), -1),
+        ((2,), (1,), 1),
+        ((1, 2), (1, 2), 0),
+        ((1,), (1, 2), -1),
+        ((1, 2), (1,), 1),
+        ((1, None), (1, 2), 1),
+        ((1, 2), (1, None), -1),
+        ((math.nan,), (1.0,), 1),
+        ((1.0,), (math.nan,), -1),
+        ((1, 2), ((1, 2),), -1),
+        (((1, 2),), (1, 2), 1),
+        (bounded((1,), 0), (1,), -1),
+        ((1,), bounded((1,), 0), 1),
+    ],
+)
+def test_array_cmp(left: Any, right: Any, expected: int) -> None:
+    assert array_cmp(left, right) == expected
+
+
+def test_offset_length_limit() -> None:
+    longest = "0_" + "0" * 61 + "5"
+    assert len(longest) == 64
+    assert parse_offset(longest) == LogOffset(0, 5)
+    with pytest.raises(InvalidRequest):
+        parse_offset("0_" + "0" * 62 + "5")
