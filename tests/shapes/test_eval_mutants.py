@@ -16,7 +16,18 @@ import pytest
 from shapes import pgtypes
 from shapes.errors import EvaluationError, InvalidRequest
 from shapes.offset import LogOffset, parse_offset
-from shapes.where_eval import array_add, array_cmp, array_concat, negate_value, numeric_op
+from shapes.pgtypes import Infinity
+from shapes.schema import Column
+from shapes.where import parse_where
+from shapes.where_eval import (
+    array_add,
+    array_cmp,
+    array_concat,
+    date_minus_date,
+    negate_value,
+    numeric_op,
+    timestamp_minus,
+)
 
 
 def numeric_div(a: str, b: str) -> Decimal:
@@ -298,3 +309,35 @@ def test_offset_length_limit() -> None:
     assert parse_offset(longest) == LogOffset(0, 5)
     with pytest.raises(InvalidRequest):
         parse_offset("0_" + "0" * 62 + "5")
+
+
+def test_numeric_division_scale_reads_the_exact_leading_digit() -> None:
+    # 29 nines: the leading base-10000 digit is 9, not the 10 a 28-digit rounding would give
+    assert format(numeric_div("9" * 29, "9e40"), "f") == "0." + "0" * 11 + "1" * 21
+
+
+def test_nan_operand_wins_over_a_zero_divisor() -> None:
+    assert numeric_div("NaN", "0").is_nan()
+    assert numeric("%", "NaN", "0").is_nan()
+
+
+@pytest.mark.parametrize(
+    ("func", "message"),
+    [
+        (date_minus_date, "cannot subtract infinite dates"),
+        (timestamp_minus, "cannot subtract infinite timestamps"),
+    ],
+)
+def test_subtracting_infinity_is_out_of_range(func: Any, message: str) -> None:
+    for left, right in [(Infinity(1), 0), (0, Infinity(-1))]:
+        with pytest.raises(EvaluationError) as info:
+            func(left, right)
+        assert info.value.message == message
+        assert info.value.condition == "datetime_value_out_of_range"
+
+
+def test_null_in_list_of_columns_is_null() -> None:
+    columns = {"a": Column("a", "int4", pk_index=0), "b": Column("b", "int4")}
+    where = parse_where("a IN (b, 2)", columns)
+    assert where.matches({"a": None, "b": "1"}) is False
+    assert parse_where("a NOT IN (b, 2)", columns).matches({"a": None, "b": "1"}) is False
