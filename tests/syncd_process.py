@@ -24,6 +24,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child process gracefully: SIGTERM, then SIGKILL after 10 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class SyncdProcess:
     """One syncd daemon on a loopback port; restartable, killable with SIGKILL."""
 
@@ -103,12 +113,7 @@ class SyncdProcess:
         """Stop the daemon gracefully (SIGTERM, then SIGKILL after 10 s)."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_child(self.process)
         self.process = None
 
     def restart(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.syncd_process import ROOT, free_port
+from tests.syncd_process import ROOT, free_port, stop_child
 
 
 class WebProcess:
@@ -63,12 +62,7 @@ class WebProcess:
         """SIGTERM, then SIGKILL after 10 s."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_child(self.process)
         self.process = None
 
     def log_tail(self, lines: int = 60) -> str:
