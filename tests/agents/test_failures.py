@@ -56,7 +56,7 @@ async def test_failures_back_off_and_recover(runtime: Runtime, fake: FakeApi) ->
 
     async def extracted() -> bool:
         rows = await fetch(runtime.pool, "SELECT count(*) FROM facts WHERE thread_id = %s", thread)
-        return rows[0][0] == 1
+        return bool(rows[0][0] == 1)
 
     await wait_until(extracted)
     calls = await sarah_calls(runtime, thread)
