@@ -428,6 +428,16 @@ async def halt(pool: Pool, lease: Lease, state: str, reason: str) -> None:
         await _set_status(conn, lease, state, reason)
 
 
+async def clear_streaming(pool: Pool, lease: Lease) -> None:
+    """Remove the half-streamed replies a previous holder left (a retry streams again)."""
+    async with pool.connection() as conn, conn.transaction():
+        await fence(conn, lease)
+        await conn.execute(
+            "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
+            _key(lease),
+        )
+
+
 async def recorded_turns(pool: Pool, lease: Lease) -> list[tuple[uuid.UUID, int, int, Any]]:
     """Turns of this agent whose reply was recorded but not applied (a crash in between)."""
     async with pool.connection() as conn:
