@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bench.agents import run_agent_reaction
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
@@ -20,6 +21,7 @@ BENCHES = (
     "fanout-js",
     "fanout-js-long-poll",
     "stalled-readers-rss",
+    "agent-reaction",
 )
 
 
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stalled-write-rate", type=float, default=5.0, help="MB/s of stalled-readers-rss"
     )
+    parser.add_argument(
+        "--agent-messages", type=int, default=200, help="messages of agent-reaction"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -99,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_stalled_readers(
             args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep
         )
+    if "agent-reaction" in benches:
+        run_agent_reaction(args.agent_messages, keep=args.keep)
     return 0
 
 

@@ -53,6 +53,7 @@ async def spawn(
             "AGENTS_DEBOUNCE_SECONDS": 0.05,
             "AGENTS_TIMEOUT_SECONDS": 20,
             "AGENTS_CALLS_PER_MINUTE": 10_000,
+            "AGENTS_TOKEN_BUDGET": 10**12,
             **env,
         }
         worker = WorkerProcess(name, burn_dsn, syncd.url, base_url, tmp_path, **settings)
@@ -91,8 +92,11 @@ async def settled(pool: Pool) -> bool:
         pool,
         "SELECT (SELECT count(*) FROM agents.leases l WHERE l.status = 'active' AND l.position <"
         "   (SELECT max(seq) FROM events e WHERE e.thread_id = l.thread_id AND e.status = 'final'))"
-        " + (SELECT count(*) FROM agents.turns WHERE status = 'replied')"
-        " + (SELECT count(*) FROM events WHERE status = 'streaming')",
+        " + (SELECT count(*) FROM agents.turns t JOIN agents.leases l USING (thread_id, agent_id)"
+        "    WHERE t.status = 'replied' AND l.status = 'active')"
+        " + (SELECT count(*) FROM events e JOIN agents.leases l"
+        "    ON l.thread_id = e.thread_id AND l.agent_id = e.user_id"
+        "    WHERE e.status = 'streaming' AND l.status = 'active')",
     )
     return bool(rows[0][0] == 0)
 
@@ -165,7 +169,7 @@ async def test_kill_9_at_points_of_the_cycle(pool: Pool, fake: FakeApi, spawn: S
         thread, owner = threads[message % len(threads)]
         message += 1
         await post(pool, thread, owner, f"Fact number {message}: I own {message} kettles.")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         for index, worker in enumerate(workers):
             if worker.exited():
                 assert worker.process is not None
@@ -199,6 +203,8 @@ async def test_kill_9_at_points_of_the_cycle(pool: Pool, fake: FakeApi, spawn: S
         sorted(round(t, 1) for t in takeovers),
     )
     await check_exactly_once(pool, fake)
+    quarantined = await fetch(pool, "SELECT count(*) FROM agents.leases WHERE status <> 'active'")
+    assert quarantined == [(0,)]
     assert max(takeovers) <= TAKEOVER_LIMIT, takeovers
 
 
