@@ -156,6 +156,11 @@ async def claim(
     turn = turn_id(lease.key.agent_id, trigger_event_id)
     async with pool.connection() as conn, conn.transaction():
         await fence(conn, lease)
+        # a half-streamed reply of an earlier, unfinished attempt is stale now
+        await conn.execute(
+            "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
+            _key(lease),
+        )
         cursor = await conn.execute(
             "INSERT INTO agents.turns (id, thread_id, agent_id, trigger_event_id, trigger_seq,"
             " input_lsn, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s)"

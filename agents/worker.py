@@ -110,7 +110,7 @@ class Worker:
         while True:
             try:
                 await supervisor.run()
-            except (psycopg.Error, OSError) as error:
+            except Exception as error:  # a shape or database failure: start it again
                 logger.warning("supervisor failed (restarting): %r", error)
             await asyncio.sleep(self.settings.scan_interval)
 

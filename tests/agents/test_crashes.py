@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 import uuid
@@ -26,7 +27,7 @@ from tests.syncd_process import SyncdProcess
 Pool = AsyncConnectionPool[Any]
 TTL = 2.5
 TAKEOVER_LIMIT = 5.0
-KILLS = 20
+KILLS = int(os.environ.get("AGENTS_TEST_KILLS") or 20)
 Spawn = Callable[..., WorkerProcess]
 
 
@@ -137,8 +138,9 @@ async def check_exactly_once(pool: Pool, fake: FakeApi) -> None:
 @pytest.mark.timeout(800)
 async def test_kill_9_at_points_of_the_cycle(pool: Pool, fake: FakeApi, spawn: Spawn) -> None:
     """Three workers die (SIGKILL, from inside) at random points of the cycle and are replaced
-    at once; the others take over the dead one's agents."""
+    at once; a fourth, which never dies, and the others take over the dead one's agents."""
     threads = [await make_thread(pool) for _ in range(3)]
+    spawn("standby")
     armed = iter(range(1000))
 
     def spawn_armed() -> WorkerProcess:
@@ -193,6 +195,12 @@ async def test_kill_9_at_points_of_the_cycle(pool: Pool, fake: FakeApi, spawn: S
             "SELECT l.agent_id, l.status, l.worker, l.position, l.failures, s.state, s.reason,"
             " (SELECT max(seq) FROM events e WHERE e.thread_id = l.thread_id)"
             " FROM agents.leases l LEFT JOIN agent_status s USING (thread_id, agent_id)",
+        )
+        dump += await fetch(
+            pool,
+            "SELECT 'turn', agent_id, trigger_seq, status, attempts FROM agents.turns"
+            " WHERE status = 'replied' UNION ALL SELECT 'event', user_id, seq, status, 0"
+            " FROM events WHERE status = 'streaming'",
         )
         raise AssertionError(str(dump)) from None
     logging.getLogger(__name__).warning(
