@@ -22,7 +22,7 @@ def running(worker: Worker) -> set[AgentKey]:
 async def test_two_workers_share_the_agents_without_overlap(runtime: Runtime) -> None:
     for _ in range(THREADS):
         await make_thread(runtime.pool)
-    rows = await fetch(runtime.pool, "SELECT thread_id, agent_id FROM memberships m"
+    rows = await fetch(runtime.pool, "SELECT thread_id, user_id FROM memberships m"
                        " JOIN users u ON u.id = m.user_id WHERE u.kind = 'agent'")  # fmt: skip
     everyone = {AgentKey(t, a) for t, a in rows}
     assert len(everyone) == 3 * THREADS
