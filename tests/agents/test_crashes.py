@@ -263,8 +263,13 @@ async def test_a_paused_worker_writes_nothing(pool: Pool, fake: FakeApi, spawn: 
     turn = await fetch(
         pool, "SELECT epoch, status FROM agents.turns WHERE trigger_event_id = %s", said
     )
-    lease = await fetch(pool, "SELECT epoch FROM agents.leases WHERE agent_id = %s", SARAH_ID)
-    assert turn == [(lease[0][0], "done")]
+    epochs = await fetch(
+        pool,
+        "SELECT worker, epoch FROM agents.llm_calls WHERE caused_by = %s ORDER BY started_at",
+        said,
+    )
+    assert epochs[0][0] == "paused" and epochs[-1][0] == "taker"
+    assert turn == [(epochs[-1][1], "done")] and epochs[-1][1] > epochs[0][1]
     rows = await fetch(
         pool,
         "SELECT (SELECT count(*) FROM events WHERE user_id = %s),"
