@@ -124,7 +124,7 @@ async def settle(conn: psycopg.AsyncConnection[tuple[object, ...]], thread: str)
     while True:
         cursor = await conn.execute(
             "SELECT (SELECT position FROM agents.leases WHERE thread_id = %s AND agent_id = %s)"
-            " >= (SELECT max(seq) FROM events WHERE thread_id = %s)",
+            " >= (SELECT coalesce(max(seq), 0) FROM events WHERE thread_id = %s)",
             (thread, SARAH, thread),
         )
         row = await cursor.fetchone()
