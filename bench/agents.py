@@ -142,33 +142,44 @@ def run_agent_reaction(messages: int, *, keep: bool = False) -> None:
         api_port = free_port()
         api_url = f"http://127.0.0.1:{api_port}"
         fake = child(["-m", "agents", "fake-api", "--port", str(api_port)], env, db.base / "f.log")
-        thread, person = make_thread(db.dsn)
-        worker_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTS_", "ANTHROPIC_"))},
-            "AGENTS_DATABASE_URL": db.dsn,
-            "AGENTS_SYNCD_URL": syncd.url,
-            "ANTHROPIC_BASE_URL": api_url,
-            "AGENTS_DEBOUNCE_SECONDS": "0",
-            "AGENTS_STREAM": "false",
-            "AGENTS_MAX_RETRIES": "0",
-            "AGENTS_CALLS_PER_MINUTE": "100000",
-            "AGENTS_TOKEN_BUDGET": str(10**12),
-            "AGENTS_LOG_LEVEL": "WARNING",
-        }
-        worker = child(["-m", "agents", "run"], worker_env, db.base / "worker.log")
         try:
-            reactions, deliveries = asyncio.run(
-                measure(db.dsn, syncd.url + "/v1/shape", api_url, thread, person, messages)
-            )
+            reactions, deliveries = run_worker(db.dsn, db.base, syncd.url, api_url, messages)
         finally:
-            stop(worker)
             stop(fake)
             syncd.stop()
-        p50, baseline = statistics.median(reactions), statistics.median(deliveries)
-        print(
-            f"agent-reaction: {messages} messages; reaction p50 {p50:.1f} ms,"
-            f" p99 {percentile(reactions, 0.99):.1f} ms (target p50 <= {TARGET_P50_MS:.0f} ms);"
-            f" plain subscriber p50 {baseline:.1f} ms, p99 {percentile(deliveries, 0.99):.1f} ms",
-            flush=True,
-        )
-        print(summary("agent-reaction", p50, "ms", baseline, baseline / p50), flush=True)
+        report(messages, reactions, deliveries)
+
+
+def run_worker(
+    dsn: str, base: Path, syncd_url: str, api_url: str, messages: int
+) -> tuple[list[float], list[float]]:
+    """Make the thread, run one worker and measure (the worker is stopped afterwards)."""
+    thread, person = make_thread(dsn)
+    worker_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTS_", "ANTHROPIC_"))},
+        "AGENTS_DATABASE_URL": dsn,
+        "AGENTS_SYNCD_URL": syncd_url,
+        "ANTHROPIC_BASE_URL": api_url,
+        "AGENTS_DEBOUNCE_SECONDS": "0",
+        "AGENTS_STREAM": "false",
+        "AGENTS_MAX_RETRIES": "0",
+        "AGENTS_CALLS_PER_MINUTE": "100000",
+        "AGENTS_TOKEN_BUDGET": str(10**12),
+        "AGENTS_LOG_LEVEL": "WARNING",
+    }
+    worker = child(["-m", "agents", "run"], worker_env, base / "worker.log")
+    try:
+        return asyncio.run(measure(dsn, syncd_url + "/v1/shape", api_url, thread, person, messages))
+    finally:
+        stop(worker)
+
+
+def report(messages: int, reactions: list[float], deliveries: list[float]) -> None:
+    p50, baseline = statistics.median(reactions), statistics.median(deliveries)
+    print(
+        f"agent-reaction: {messages} messages; reaction p50 {p50:.1f} ms,"
+        f" p99 {percentile(reactions, 0.99):.1f} ms (target p50 <= {TARGET_P50_MS:.0f} ms);"
+        f" plain subscriber p50 {baseline:.1f} ms, p99 {percentile(deliveries, 0.99):.1f} ms",
+        flush=True,
+    )
+    print(summary("agent-reaction", p50, "ms", baseline, baseline / p50), flush=True)
