@@ -212,7 +212,7 @@ class SublinkCompiler(WhereCompiler):
         fields = getattr(value, "fields", None) or ()
         plain = isinstance(value, ast.ColumnRef) and 1 <= len(fields) <= 2
         if not plain or not all(isinstance(part, ast.String) for part in fields):
-            raise WhereClauseError(f"At location {location_of(value)}: {PLAIN_COLUMN}")
+            raise WhereClauseError(f"At location {location_of(target)}: {PLAIN_COLUMN}")
         return value
 
     def single_table(self, sources: Any) -> Any:
