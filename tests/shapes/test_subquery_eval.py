@@ -281,4 +281,4 @@ def test_tags_and_patterns_agree_across_type_pairs(
                 member = where.outer_value(0, record) in views[0]
                 assert (where.tags(record, "prefix")[0] in patterns) == member, record
             for key in views[0]:
-                assert where.key_from_texts(0, where.key_texts(0, key)) == key
+                assert where.value_from_texts(0, where.value_texts(0, key)) == key
