@@ -249,9 +249,9 @@ def _key_of(keys: Sequence[KeyColumn], texts: Sequence[str | None]) -> ValueKey 
 
 
 def membership(left: Sequence[ev.Fn], keys: Sequence[KeyColumn], view_slot: int) -> ev.Fn:
-    """``left IN (view)`` with SQL's rules: TRUE when found; NULL when the left side is (or
-    has a part that is) NULL, or when no row matches but some row's comparison is NULL;
-    FALSE otherwise."""
+    """``left IN (view)`` with SQL's rules: FALSE for an empty view; otherwise TRUE when found,
+    NULL when the left side is (or has a part that is) NULL or no row matches but some row's
+    comparison is NULL, FALSE otherwise."""
     if len(left) == 1:
         return _single_membership(left[0], keys[0], view_slot)
     return _row_membership(tuple(left), tuple(keys), view_slot)
@@ -260,9 +260,9 @@ def membership(left: Sequence[ev.Fn], keys: Sequence[KeyColumn], view_slot: int)
 def _single_membership(left: ev.Fn, key: KeyColumn, view_slot: int) -> ev.Fn:
     def run(env: ev.Env) -> bool | None:
         value = left(env)
-        if value is None:
-            return None
         view: AbstractSet[Hashable] = env[view_slot]
+        if value is None:
+            return None if view else False  # nothing to compare with: FALSE
         if key.from_value(value) in view:
             return True
         return None if None in view else False
