@@ -56,9 +56,10 @@ class SublinkLeaf:
             f"%({prefix}{self.dependency}_{i})s::pg_catalog.{key.key}[]"
             for i, key in enumerate(self.outer_keys)
         ]
+        left = self._left().replace("%", "%%")  # a quoted name may hold a percent sign
         if len(params) == 1:
-            return f"({self.quoted[0]} = ANY({params[0]}))"
-        return f"({self._left()} IN (SELECT * FROM unnest({', '.join(params)})))"
+            return f"({left} = ANY({params[0]}))"
+        return f"({left} IN (SELECT * FROM unnest({', '.join(params)})))"
 
     def _left(self) -> str:
         return self.quoted[0] if len(self.quoted) == 1 else "(" + ", ".join(self.quoted) + ")"

@@ -470,3 +470,28 @@ def test_count_limit() -> None:
             "OR id IN (SELECT id FROM grand)",
             limits=SubqueryLimits(max_subqueries=2),
         )
+
+
+def test_percent_in_a_quoted_column_name_is_escaped_in_views_sql() -> None:
+    columns = {"a%b": Column("a%b", "int4")}
+    where = parse_where('"a%b" IN (SELECT id FROM parent)', columns, tables=TABLES)
+    assert where.views_sql("p") == '("a%%b" = ANY(%(p0_0)s::pg_catalog.int8[]))'
+    assert where.position_sql == (
+        'COALESCE((("a%b" IN (SELECT id FROM public.parent)))::boolean, false)',
+    )
+
+
+def test_one_dependency_compared_in_two_key_types_is_refused() -> None:
+    columns = {"i": Column("i", "int4"), "n": Column("n", "numeric")}
+    text = "i IN (SELECT id FROM parent) OR n IN (SELECT id FROM parent)"
+    with pytest.raises(WhereClauseError, match="refused: one subquery compared in different types"):
+        parse_where(text, columns, tables=TABLES)
+    same = "i IN (SELECT id FROM parent) AND n IN (SELECT value FROM parent)"
+    assert len(parse_where(same, columns, tables=TABLES).dependencies) == 2
+
+
+def test_unsupported_value_types_are_refused() -> None:
+    columns = {"arr": Column("arr", "int4", dims=1)}
+    inner = {("public", "t"): {"arr": Column("arr", "int4", dims=1)}}
+    with pytest.raises(WhereClauseError, match="refused"):
+        parse_where("arr IN (SELECT arr FROM t)", columns, tables=inner)
