@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from shapes.errors import InvalidRequest, WhereClauseError
+from shapes.errors import EvaluationError, InvalidRequest, WhereClauseError
 from shapes.schema import Column
 from shapes.subquery import Dependency, Position, SubqueryLimits
 from shapes.subset import SubsetError, SubsetRequest, validate_subset
@@ -495,3 +495,41 @@ def test_unsupported_value_types_are_refused() -> None:
     inner = {("public", "t"): {"arr": Column("arr", "int4", dims=1)}}
     with pytest.raises(WhereClauseError, match="refused"):
         parse_where("arr IN (SELECT arr FROM t)", columns, tables=inner)
+
+
+def test_evaluate_raises_where_postgres_raises_and_on_unparsable_values() -> None:
+    where = parse("(10 / value > 1) OR parent_id IN (SELECT id FROM parent)")
+    views = [{1}]
+    assert where.evaluate({"value": "5", "parent_id": "1"}, views) == (True, (True, True))
+    with pytest.raises(EvaluationError, match="division by zero"):
+        where.evaluate({"value": "0", "parent_id": "1"}, views)
+    with pytest.raises(EvaluationError, match="does not parse"):
+        where.evaluate({"value": "1", "parent_id": "x"}, views)
+
+
+def test_outer_and_dependency_values_normalise_and_refuse_unparsable_text() -> None:
+    where = parse("(user_id, team_id) IN (SELECT user_id, team_id FROM members) AND u IS NULL")
+    assert where.outer_value(0, {"user_id": "2", "team_id": None}) == (2, None)
+    assert where.dependency_value(0, {"user_id": "2", "team_id": "3"}) == (2, 3)
+    with pytest.raises(ValueError):
+        where.outer_value(0, {"user_id": "two", "team_id": "1"})
+    single = parse("name IN (SELECT label FROM parent)")
+    assert single.dependency_value(0, {"label": None}) is None
+    assert single.outer_value(0, {"name": "x"}) == "x"
+    assert single.value_texts(0, "x") == ("x",)
+    with pytest.raises(IndexError):
+        parse("id = 1").outer_value(0, {"id": "1"})
+
+
+def test_sql_three_valued_membership() -> None:
+    where = parse("parent_id NOT IN (SELECT id FROM parent)")
+    row = {"parent_id": "1"}
+    assert where.evaluate(row, [{2, None}]) == (False, (False,))  # NOT NULL is NULL
+    assert where.evaluate(row, [{2}]) == (True, (True,))
+    assert where.evaluate({"parent_id": None}, [set()]) == (True, (True,))  # NULL IN () is FALSE
+    assert where.evaluate({"parent_id": None}, [{2}]) == (False, (False,))
+    pair = parse("(user_id, team_id) NOT IN (SELECT user_id, team_id FROM members)")
+    assert pair.evaluate({"user_id": "1", "team_id": "2"}, [{(1, None)}]).included is False
+    assert pair.evaluate({"user_id": "1", "team_id": "2"}, [{(3, None)}]).included is True
+    assert pair.evaluate({"user_id": "1", "team_id": None}, [{(3, 2)}]).included is True
+    assert pair.evaluate({"user_id": "1", "team_id": None}, [{(1, 5)}]).included is False
