@@ -134,7 +134,7 @@ class SublinkCompiler(WhereCompiler):
 
     def c_SubLink(self, node: Any) -> Typed:
         self.count_sublink()
-        inner = self.inner_select(node.subselect)
+        inner = self.inner_select(node.subselect, location_of(node))
         if node.subLinkType != SubLinkType.ANY_SUBLINK or node.operName:
             raise WhereClauseError(SUBLINK_KIND)
         refs = self.left_side(node.testexpr)
@@ -184,13 +184,15 @@ class SublinkCompiler(WhereCompiler):
 
     # -- the inner SELECT -----------------------------------------------------------------------
 
-    def inner_select(self, select: Any) -> _Inner:
+    def inner_select(self, select: Any, location: int) -> _Inner:
         if not isinstance(select, ast.SelectStmt):
             raise WhereClauseError(NO_CLAUSES)
         extra = any(getattr(select, name, None) for name in _INNER_CLAUSES)
         if extra or select.op != SetOperation.SETOP_NONE:
             raise WhereClauseError(NO_CLAUSES)
         targets = [self.target_column(target) for target in select.targetList or ()]
+        if not targets:
+            raise WhereClauseError(f"At location {location}: {PLAIN_COLUMN}")
         source = self.single_table(select.fromClause)
         schema, table = source.schemaname or "public", source.relname
         columns = self.context.tables.get((schema, table))
@@ -219,9 +221,11 @@ class SublinkCompiler(WhereCompiler):
         sources = sources or ()
         if len(sources) != 1 or not isinstance(sources[0], ast.RangeVar):
             raise WhereClauseError(SINGLE_TABLE)
-        if sources[0].catalogname:
+        source = sources[0]
+        renamed = source.alias is not None and source.alias.colnames
+        if source.catalogname or renamed or not source.inh:  # ONLY would change the rows
             raise WhereClauseError(SINGLE_TABLE)
-        return sources[0]
+        return source
 
     def projected(self, targets: list[Any], source: Any) -> tuple[str, ...]:
         alias = source.alias.aliasname if source.alias is not None else source.relname

@@ -353,6 +353,8 @@ def test_inner_select_must_have_no_clauses(inner: str) -> None:
         "SELECT * FROM parent",
         "SELECT lower(label) FROM parent",
         "SELECT x.id FROM parent",
+        "SELECT id::int4 FROM parent",
+        "SELECT FROM parent",
     ],
 )
 def test_inner_select_items_must_be_plain_columns(inner: str) -> None:
@@ -368,6 +370,10 @@ def test_inner_select_items_must_be_plain_columns(inner: str) -> None:
         "SELECT id FROM parent JOIN grand USING (id)",
         "SELECT id FROM (SELECT id FROM parent) s",
         "SELECT id",
+        "SELECT id FROM ONLY parent",
+        "SELECT id FROM parent AS p(a)",
+        "SELECT id FROM db.public.parent",
+        "SELECT id FROM parent TABLESAMPLE SYSTEM (1)",
     ],
 )
 def test_inner_from_must_be_one_table(inner: str) -> None:
