@@ -98,11 +98,11 @@ class _Level:
     leaves: list[SublinkLeaf] = field(default_factory=list)
     by_node: dict[int, int] = field(default_factory=dict)  # id(SubLink) -> leaf index
 
-    def add_dependency(self, dependency: Dependency, values: DependencyValues) -> int | None:
-        """The dependency's index (deduplicated); None if it exists with other key types."""
+    def add_dependency(self, dependency: Dependency, values: DependencyValues) -> int:
+        """The dependency's index (equal dependencies are one)."""
         for index, known in enumerate(self.dependencies):
             if known == dependency:
-                return index if self.values[index].key_types == values.key_types else None
+                return index
         self.dependencies.append(dependency)
         self.values.append(values)
         return len(self.dependencies) - 1
@@ -143,10 +143,8 @@ class SublinkCompiler(WhereCompiler):
         values = DependencyValues(
             tuple(KeyColumn.of(t, k) for t, k in zip(inner.types, keys, strict=True))
         )
-        dependency = Dependency(inner.schema, inner.table, inner.columns, inner.where)
+        dependency = Dependency(inner.schema, inner.table, inner.columns, inner.where, keys)
         index = self.level.add_dependency(dependency, values)
-        if index is None:
-            raise self.refuse(location_of(node), "one subquery compared in different types")
         names = tuple(str(typed.column) for typed in left)
         leaf = SublinkLeaf(
             dependency=index,
