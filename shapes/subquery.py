@@ -36,13 +36,18 @@ class Dependency:
     """One distinct inner ``SELECT``: equal table, columns and ``where`` are one dependency.
 
     ``where`` is the inner clause as canonical SQL with parameters substituted (it may itself
-    hold sublinks), ``None`` when the inner ``SELECT`` has no ``WHERE``.
+    hold sublinks), ``None`` when the inner ``SELECT`` has no ``WHERE``. ``key_types`` are the
+    types the values are compared and normalised in (one per column, from the outer and inner
+    column types: ``int8`` for every integer pair, ``text``, ``numeric``, ...): equal
+    dependencies give equal :data:`ValueKey` s for equal inner rows, so their value sets can be
+    shared; the same ``SELECT`` compared in other types is another dependency.
     """
 
     schema: str
     table: str
     columns: tuple[str, ...]
     where: str | None
+    key_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

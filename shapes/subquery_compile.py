@@ -98,11 +98,11 @@ class _Level:
     leaves: list[SublinkLeaf] = field(default_factory=list)
     by_node: dict[int, int] = field(default_factory=dict)  # id(SubLink) -> leaf index
 
-    def add_dependency(self, dependency: Dependency, values: DependencyValues) -> int | None:
-        """The dependency's index (deduplicated); None if it exists with other key types."""
+    def add_dependency(self, dependency: Dependency, values: DependencyValues) -> int:
+        """The dependency's index (equal dependencies are one)."""
         for index, known in enumerate(self.dependencies):
             if known == dependency:
-                return index if self.values[index].key_types == values.key_types else None
+                return index
         self.dependencies.append(dependency)
         self.values.append(values)
         return len(self.dependencies) - 1
@@ -134,7 +134,7 @@ class SublinkCompiler(WhereCompiler):
 
     def c_SubLink(self, node: Any) -> Typed:
         self.count_sublink()
-        inner = self.inner_select(node.subselect)
+        inner = self.inner_select(node.subselect, location_of(node))
         if node.subLinkType != SubLinkType.ANY_SUBLINK or node.operName:
             raise WhereClauseError(SUBLINK_KIND)
         refs = self.left_side(node.testexpr)
@@ -143,10 +143,8 @@ class SublinkCompiler(WhereCompiler):
         values = DependencyValues(
             tuple(KeyColumn.of(t, k) for t, k in zip(inner.types, keys, strict=True))
         )
-        dependency = Dependency(inner.schema, inner.table, inner.columns, inner.where)
+        dependency = Dependency(inner.schema, inner.table, inner.columns, inner.where, keys)
         index = self.level.add_dependency(dependency, values)
-        if index is None:
-            raise self.refuse(location_of(node), "one subquery compared in different types")
         names = tuple(str(typed.column) for typed in left)
         leaf = SublinkLeaf(
             dependency=index,
@@ -184,13 +182,15 @@ class SublinkCompiler(WhereCompiler):
 
     # -- the inner SELECT -----------------------------------------------------------------------
 
-    def inner_select(self, select: Any) -> _Inner:
+    def inner_select(self, select: Any, location: int) -> _Inner:
         if not isinstance(select, ast.SelectStmt):
             raise WhereClauseError(NO_CLAUSES)
         extra = any(getattr(select, name, None) for name in _INNER_CLAUSES)
         if extra or select.op != SetOperation.SETOP_NONE:
             raise WhereClauseError(NO_CLAUSES)
         targets = [self.target_column(target) for target in select.targetList or ()]
+        if not targets:
+            raise WhereClauseError(f"At location {location}: {PLAIN_COLUMN}")
         source = self.single_table(select.fromClause)
         schema, table = source.schemaname or "public", source.relname
         columns = self.context.tables.get((schema, table))
@@ -212,16 +212,18 @@ class SublinkCompiler(WhereCompiler):
         fields = getattr(value, "fields", None) or ()
         plain = isinstance(value, ast.ColumnRef) and 1 <= len(fields) <= 2
         if not plain or not all(isinstance(part, ast.String) for part in fields):
-            raise WhereClauseError(f"At location {location_of(value)}: {PLAIN_COLUMN}")
+            raise WhereClauseError(f"At location {location_of(target)}: {PLAIN_COLUMN}")
         return value
 
     def single_table(self, sources: Any) -> Any:
         sources = sources or ()
         if len(sources) != 1 or not isinstance(sources[0], ast.RangeVar):
             raise WhereClauseError(SINGLE_TABLE)
-        if sources[0].catalogname:
+        source = sources[0]
+        renamed = source.alias is not None and source.alias.colnames
+        if source.catalogname or renamed or not source.inh:  # ONLY would change the rows
             raise WhereClauseError(SINGLE_TABLE)
-        return sources[0]
+        return source
 
     def projected(self, targets: list[Any], source: Any) -> tuple[str, ...]:
         alias = source.alias.aliasname if source.alias is not None else source.relname

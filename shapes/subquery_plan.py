@@ -56,9 +56,10 @@ class SublinkLeaf:
             f"%({prefix}{self.dependency}_{i})s::pg_catalog.{key.key}[]"
             for i, key in enumerate(self.outer_keys)
         ]
+        left = self._left().replace("%", "%%")  # a quoted name may hold a percent sign
         if len(params) == 1:
-            return f"({self.quoted[0]} = ANY({params[0]}))"
-        return f"({self._left()} IN (SELECT * FROM unnest({', '.join(params)})))"
+            return f"({left} = ANY({params[0]}))"
+        return f"({left} IN (SELECT * FROM unnest({', '.join(params)})))"
 
     def _left(self) -> str:
         return self.quoted[0] if len(self.quoted) == 1 else "(" + ", ".join(self.quoted) + ")"
@@ -249,9 +250,9 @@ def _key_of(keys: Sequence[KeyColumn], texts: Sequence[str | None]) -> ValueKey 
 
 
 def membership(left: Sequence[ev.Fn], keys: Sequence[KeyColumn], view_slot: int) -> ev.Fn:
-    """``left IN (view)`` with SQL's rules: TRUE when found; NULL when the left side is (or
-    has a part that is) NULL, or when no row matches but some row's comparison is NULL;
-    FALSE otherwise."""
+    """``left IN (view)`` with SQL's rules: FALSE for an empty view; otherwise TRUE when found,
+    NULL when the left side is (or has a part that is) NULL or no row matches but some row's
+    comparison is NULL, FALSE otherwise."""
     if len(left) == 1:
         return _single_membership(left[0], keys[0], view_slot)
     return _row_membership(tuple(left), tuple(keys), view_slot)
@@ -260,9 +261,9 @@ def membership(left: Sequence[ev.Fn], keys: Sequence[KeyColumn], view_slot: int)
 def _single_membership(left: ev.Fn, key: KeyColumn, view_slot: int) -> ev.Fn:
     def run(env: ev.Env) -> bool | None:
         value = left(env)
-        if value is None:
-            return None
         view: AbstractSet[Hashable] = env[view_slot]
+        if value is None:
+            return None if view else False  # nothing to compare with: FALSE
         if key.from_value(value) in view:
             return True
         return None if None in view else False
