@@ -218,9 +218,10 @@ class ChangeApplier:
         if msg.old_kind == "O" and msg.old is not None:
             old = _text_row(relation.names, msg.old)
         new = _fill_unchanged(relation.names, msg.new, old)
-        change = RawChange("update", old, new, old is not None, self._txn_op)
+        change = None
         subqueries = self.subqueries
         if subqueries is not None and subqueries.router.has_table(relation.table):
+            change = RawChange("update", old, new, old is not None, self._txn_op)
             subqueries.on_change(relation.table, change)
         shapes = self._router.affected(relation.table, new)
         if old is not None:
@@ -228,6 +229,8 @@ class ChangeApplier:
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
             if shape.subquery:
+                if change is None:
+                    change = RawChange("update", old, new, old is not None, self._txn_op)
                 self._record(shape, change)
                 continue
             try:
@@ -244,13 +247,16 @@ class ChangeApplier:
         relation = self.relations[msg.oid]
         old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
-        change = RawChange("delete", old, None, full, self._txn_op)
+        change = None
         subqueries = self.subqueries
         if subqueries is not None and subqueries.router.has_table(relation.table):
+            change = RawChange("delete", old, None, full, self._txn_op)
             subqueries.on_change(relation.table, change)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in self._router.affected(relation.table, old):
             if shape.subquery:
+                if change is None:
+                    change = RawChange("delete", old, None, full, self._txn_op)
                 self._record(shape, change)
                 continue
             try:
