@@ -47,7 +47,7 @@ export function Chat(props: {
   return (
     <>
       <div className="chat" data-testid="chat" aria-live="polite" aria-busy={!events.isReady}>
-        {!events.isReady ? (
+        {!events.isReady && ordered.length === 0 ? (
           <p className="muted center" data-testid="chat-loading">Loading messages…</p>
         ) : ordered.length === 0 ? (
           <p className="muted center">No messages yet. Say hello!</p>
