@@ -150,7 +150,7 @@ class BurnStack:
 
     def execute(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cursor = conn.execute(query, params)  # type: ignore[arg-type]
+            cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
 
 

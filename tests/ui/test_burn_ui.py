@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Route, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.ui.browser import (
     message,
@@ -93,6 +93,14 @@ def test_two_users_meet_in_a_thread_and_chat_live(
         bob_ctx.close()
 
 
+def at_least_facts(page: Page, count: int) -> None:
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-testid=fact]').length >= n",
+        arg=count,
+        timeout=LIVE,
+    )
+
+
 def test_agents_ask_extract_facts_and_roast(
     burn: BurnStack, browser: Browser, screenshots: Path
 ) -> None:
@@ -107,8 +115,16 @@ def test_agents_ask_extract_facts_and_roast(
         asks = page.locator('[data-testid="message"][data-kind="ask_user_about_themselves"]')
         expect(asks.first).to_be_visible(timeout=LIVE)
         expect(asks.first).to_contain_text(f"@{name}")
-        send(page, "I also run marathons badly and sing karaoke every Friday")
-        expect(page.get_by_test_id("fact").first).to_be_visible(timeout=LIVE)
+        # each answer gives Sarah facts; the comedians start once someone has a few
+        answers = [
+            "I also run marathons badly and sing karaoke every Friday",
+            "As a child I wanted to be an astronaut; now I fix teeth",
+            "I talk to my rubber ducks when I debug my spreadsheets",
+        ]
+        for facts_before, answer in enumerate(answers, start=1):
+            at_least_facts(page, facts_before)
+            send(page, answer)
+        at_least_facts(page, len(answers) + 1)
         expect(page.get_by_test_id("facts-extracted").first).to_contain_text("extracted")
         roasts = page.locator('[data-testid="message"][data-kind="roast_user"]')
         expect(roasts.first).to_be_visible(timeout=LIVE)
@@ -140,13 +156,22 @@ def test_rows_written_in_postgres_appear_and_a_streamed_reply_grows(
         event = uuid.uuid4()
 
         def stream(roast: str, status: str) -> None:
-            data = json.dumps({"id": "toolu_1", "name": "roast_user",
-                               "input": {"subject": str(user_id), "roast": roast}})
+            data = json.dumps(
+                {
+                    "id": "toolu_1",
+                    "name": "roast_user",
+                    "input": {"subject": str(user_id), "roast": roast},
+                }
+            )
             burn.execute(
                 "INSERT INTO events (id, thread_id, user_id, kind, data, status)"
                 " VALUES (%s, %s, %s, 'tool_use', %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET data = excluded.data, status = excluded.status",
-                event, thread_id, JERRY, data, status,
+                event,
+                thread_id,
+                JERRY,
+                data,
+                status,
             )
 
         stream("You floss", "streaming")
@@ -166,10 +191,16 @@ def test_rows_written_in_postgres_appear_and_a_streamed_reply_grows(
             "INSERT INTO facts (id, thread_id, subject_id, source_event_id, tool_use_event_id,"
             " predicate, object, category, confidence)"
             " VALUES (%s, %s, %s, %s, %s, 'is afraid of', 'pigeons', 'fears', 0.9)",
-            uuid.uuid4(), thread_id, user_id, source, event,
+            uuid.uuid4(),
+            thread_id,
+            user_id,
+            source,
+            event,
         )
         expect(page.get_by_test_id("fact").filter(has_text="pigeons")).to_be_visible(timeout=LIVE)
-        expect(page.get_by_test_id("context-event").filter(has_text="tool_use")).not_to_have_count(0)
+        expect(page.get_by_test_id("context-event").filter(has_text="tool_use")).not_to_have_count(
+            0
+        )
     finally:
         context.close()
 
