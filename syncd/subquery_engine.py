@@ -384,6 +384,18 @@ class SubqueryEngine:
     def last_seen_lsn(self) -> int:
         return max(self._last_seen_lsn(), self.stream_position)
 
+    def schema_dependents(
+        self, table: TableKey, columns: dict[str, tuple[int, int]] | None
+    ) -> list[ShapeState]:
+        """The shapes whose subqueries read a column of ``table`` that is gone or has another
+        type now (``columns``: the table's columns and types, ``None`` when it was dropped)."""
+        found: list[ShapeState] = []
+        for mat in self.router.shapes_for_table(table):
+            known = {c.name: (c.type_oid, c.type_mod) for c in mat.table.columns}
+            if columns is None or any(columns.get(c) != known.get(c) for c in mat.columns):
+                found.extend(sq.shape for sq in self._dependents(mat))
+        return found
+
     def dependents_of_table(self, table: TableKey) -> list[ShapeState]:
         """Every shape that depends on a materialiser of ``table`` (truncates, schema changes)."""
         found: list[ShapeState] = []
