@@ -121,6 +121,8 @@ clauses = st.recursive(
         st.tuples(inner, inner).map(lambda pair: f"({pair[0]} AND {pair[1]})"),
         st.tuples(inner, inner).map(lambda pair: f"({pair[0]} OR {pair[1]})"),
         inner.map(lambda clause: f"NOT ({clause})"),
+        st.lists(inner, min_size=3, max_size=4).map(lambda items: " AND ".join(items)),
+        st.lists(inner, min_size=3, max_size=4).map(lambda items: " OR ".join(items)),
     ),
     max_leaves=5,
 )
