@@ -11,6 +11,13 @@ The resulting :class:`Where` carries
 * ``matches(row)``: evaluation of a replicated row with Postgres semantics;
 * ``index_conditions()``: the ``col = const`` style conjuncts the router indexes on.
 
+A clause may hold ``col IN (SELECT c FROM t WHERE ...)`` sublinks when the caller describes the
+inner tables: :func:`subquery_tables` names them (a pure parse), ``parse_where(...,
+tables=...)`` then checks and compiles the whole clause (:mod:`shapes.subquery_compile`). Such a
+``Where`` is evaluated with ``evaluate(row, views)`` against the current value set of each of
+its ``dependencies`` and carries DNF positions, tags, move patterns and SQL over the views
+(:mod:`shapes.subquery_plan`); for a clause without sublinks nothing changes.
+
 Errors are :class:`~shapes.errors.WhereClauseError` with the reference server's texts: syntax
 errors carry the parser's position in the wrapped string (``At location 17: syntax error at or
 near "x"`` for ``1 x 1``), semantic errors the byte offset inside the clause itself.
