@@ -183,7 +183,7 @@ class SubqueryPlan:
     def patterns(
         self, dependency: int, values: Iterable[ValueKey], prefix: str
     ) -> list[dict[str, object]]:
-        moved = list(values)
+        moved = [value for value in values if not _has_null(value)]
         patterns: list[dict[str, object]] = []
         for index, leaf_index in enumerate(self.position_leaves):
             if leaf_index is None or self.leaves[leaf_index].dependency != dependency:
@@ -230,6 +230,11 @@ class SubqueryPlan:
             if leaf.dependency == dependency:
                 return index
         raise IndexError(f"no dependency {dependency}")
+
+
+def _has_null(value: ValueKey | None) -> bool:
+    """A value with a NULL part never equals a left side: no row's condition hangs on it."""
+    return value is None or isinstance(value, tuple) and None in value
 
 
 def _active(fn: ev.Fn, negated: bool, env: Sequence[Any]) -> bool:

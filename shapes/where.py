@@ -213,7 +213,9 @@ class Where:
         self, dependency: int, values: Iterable[ValueKey], prefix: str
     ) -> list[dict[str, object]]:
         """``{"pos", "value"}`` for each position of the dependency and each value: equal to
-        the tag slot of an outer row holding that value."""
+        the tag slot of an outer row holding that value. Values with a NULL part are left out:
+        ``x IN (...)`` is never true through them, so no row's condition follows them (but a
+        NULL entering a negated dependency's view makes ``NOT IN`` NULL for every row)."""
         return self._require_plan().patterns(dependency, values, prefix)
 
     def views_sql(self, prefix: str) -> str:

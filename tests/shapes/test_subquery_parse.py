@@ -560,3 +560,14 @@ def test_predicates_beside_sublinks_are_one_leaf_per_operator() -> None:
     row = {"value": "2", "parent_id": "3", "flag": "f"}
     assert either.evaluate(row, [{4}]) == (True, (True, True))
     assert either.evaluate({**row, "flag": None}, [{4}]) == (False, (False, True))
+
+
+def test_patterns_leave_out_values_with_null_parts() -> None:
+    single = parse(
+        "parent_id IN (SELECT id FROM parent) OR parent_id IN (SELECT value FROM parent)"
+    )
+    h = hashlib.md5(b"pv:1").hexdigest()
+    assert single.patterns(0, [1, None], "p") == [{"pos": 0, "value": h}]
+    pair = parse("(user_id, team_id) IN (SELECT user_id, team_id FROM members)")
+    assert pair.patterns(0, [(1, None), (None, None)], "p") == []
+    assert len(pair.patterns(0, [(1, 2)], "p")) == 1
