@@ -195,6 +195,20 @@ class SubqueryPlan:
                 patterns.append({"pos": index, "value": digest})
         return patterns
 
+    def null_patterns(
+        self, dependency: int, values: Iterable[ValueKey], prefix: str
+    ) -> list[dict[str, object]]:
+        slots: dict[tuple[int, str], None] = {}  # ordered and without repeats
+        for index, leaf_index in enumerate(self.position_leaves):
+            if leaf_index is None or self.leaves[leaf_index].dependency != dependency:
+                continue
+            leaf = self.leaves[leaf_index]
+            types = tuple(key.key for key in leaf.outer_keys)
+            for value in values:
+                for masked in _null_masks(value, len(types)):
+                    slots[(index, tag_hash(prefix, _slot_text(masked, leaf.columns, types)))] = None
+        return [{"pos": index, "value": digest} for index, digest in slots]
+
     # -- SQL over views -----------------------------------------------------------------------
 
     def views_sql(self, prefix: str) -> str:
@@ -230,6 +244,20 @@ class SubqueryPlan:
             if leaf.dependency == dependency:
                 return index
         raise IndexError(f"no dependency {dependency}")
+
+
+def _null_masks(value: ValueKey | None, width: int) -> list[ValueKey | None]:
+    """The left sides whose comparison with ``value`` is NULL, not FALSE: ``value`` with one
+    or more of its parts NULL (``None`` alone for a single column)."""
+    if _has_null(value):
+        return []
+    if width == 1:
+        return [None]
+    parts: tuple[Any, ...] = value  # type: ignore[assignment]
+    return [
+        tuple(None if mask >> i & 1 else part for i, part in enumerate(parts))
+        for mask in range(1, 1 << width)
+    ]
 
 
 def _has_null(value: ValueKey | None) -> bool:

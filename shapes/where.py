@@ -218,6 +218,16 @@ class Where:
         NULL entering a negated dependency's view makes ``NOT IN`` NULL for every row)."""
         return self._require_plan().patterns(dependency, values, prefix)
 
+    def null_patterns(
+        self, dependency: int, values: Iterable[ValueKey], prefix: str
+    ) -> list[dict[str, object]]:
+        """The patterns of rows whose left side has NULL parts and compares NULL (not FALSE)
+        with one of the values: ``NULL`` (single column), or the value with some parts NULL
+        (row form). When such a value enters a ``NOT IN`` dependency's view, these rows' position
+        stops being true along with the rows of :meth:`patterns` (``x NOT IN (...)`` is NULL).
+        Values with a NULL part give none."""
+        return self._require_plan().null_patterns(dependency, values, prefix)
+
     def views_sql(self, prefix: str) -> str:
         """The clause with each sublink tested against array parameters ``%(<prefix><k>_<i>)s``
         (other ``%`` doubled), for psycopg with :meth:`view_params`."""
