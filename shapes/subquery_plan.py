@@ -8,7 +8,9 @@ the plan
 * evaluates a row: the compiled clause (sublinks test membership in the views, with SQL's
   NULL rules) decides ``included``; each DNF position gives one active condition;
 * hashes tags and move patterns from the same canonical value text, so a row's tag slot and the
-  pattern of its value are always equal;
+  pattern of its value are always equal (values with a NULL part make no position true and
+  get no patterns; :meth:`SubqueryPlan.null_patterns` names the rows whose comparison with a
+  value is NULL, which a value entering a ``NOT IN`` view turns off);
 * writes SQL in which each sublink is a real subquery, or a test against array parameters that
   carry the views (``col = ANY(%(p0_0)s::pg_catalog.int8[])``).
 
