@@ -1,18 +1,24 @@
-"""Command line: ``python -m agents fake-api`` runs the offline Messages API."""
+"""Command line: ``python -m agents run`` runs a worker (settings in :mod:`agents.run`);
+``python -m agents fake-api`` runs the offline Messages API."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 from pathlib import Path
 
 import uvicorn
 
 from agents.fake_api import FakeApi, create_app
+from agents.run import run_worker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m agents")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run a worker (configured from the environment)")
     fake = commands.add_parser("fake-api", help="serve the offline Messages API")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8765)
@@ -36,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "fake-api":
         run_fake_api(args)
+    elif args.command == "run":
+        logging.basicConfig(
+            level=os.environ.get("AGENTS_LOG_LEVEL", "INFO"),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        asyncio.run(run_worker())
 
 
 if __name__ == "__main__":

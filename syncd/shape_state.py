@@ -90,7 +90,11 @@ class ShapeState:
     buffer: list[tuple[int, int, LogEntries]] = field(default_factory=list)
     failure: BaseException | None = None
     notifier: Notifier = field(default_factory=Notifier)
+    inner_tables: dict[tuple[str, str], Table] = field(default_factory=dict)
+    """The tables the ``where`` clause's subqueries read, as they were described."""
     view: ShapeView = field(init=False)
+    subquery: bool = field(init=False)
+    """The ``where`` has subqueries: the shape is judged by ``syncd.subquery_shape``."""
     schema_header: str = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _open_lsn: int | None = field(default=None, init=False, repr=False)
@@ -113,6 +117,7 @@ class ShapeState:
             replica_full=self.definition.replica == "full",
         )
         self.schema_header = self._render_schema()
+        self.subquery = self.where is not None and self.where.has_subqueries
 
     def _render_schema(self) -> str:
         by_name = self.table.by_name

@@ -21,7 +21,7 @@ from web.migrate import LOCK_KEY, MigrationError, migrate
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MIGRATIONS = Settings().migrations_dir
-TABLES = {"users", "threads", "memberships", "events", "facts"}
+TABLES = {"users", "threads", "memberships", "events", "facts", "agent_status"}
 SARAH = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 

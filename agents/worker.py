@@ -1,0 +1,219 @@
+"""A worker process: runs the supervisor, takes leases on agents and runs those agents.
+
+Theory of operation. Three loops share one event loop:
+
+- the supervisor (:mod:`agents.supervisor`) keeps the lease rows in step with the memberships;
+- the *scan* registers the worker as live and acquires claimable agents up to its fair share,
+  every ``scan_interval`` seconds, starting one task per agent it gets;
+- the *heartbeat* renews every held lease each ``ttl / 3`` seconds. A lease it fails to renew
+  (taken over, stopped, quarantined) has its agent cancelled. The local deadline of a lease is
+  the time the renewal was *sent* plus ``ttl`` minus a margin: the agent starts no call or
+  write after it, and its writes are fenced in the database in any case.
+
+An agent task that fails (anything but losing its lease or halting itself) counts a failure on
+its lease row, gives the lease back with ``next_attempt_at`` set after an exponential backoff
+(so any worker restarts it later), and after ``max_failures`` in a row quarantines it. One
+agent's failure never touches another's task.
+
+A dead worker's leases expire after ``ttl``; a live worker's next scan takes them, so its agents
+move within ``ttl + scan_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from agents import leases, turns
+from agents.agent import Agent, AgentHalted, AgentSettings, backoff_seconds
+from agents.leases import AgentKey, Lease, LeaseLost, Pool
+from agents.llm import LlmClient
+from agents.personas import PERSONAS
+from agents.supervisor import Supervisor
+from agents.view import ThreadView, TrackedShape
+from shapes.client import ShapeDefinition, ShapeRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    lease_ttl: float = 3.0
+    scan_interval: float = 0.5
+    max_agents: int = 100_000
+    lease_margin: float = 0.5
+    """Seconds before the lease's end at which the worker stops starting calls and writes."""
+    agent: AgentSettings = field(default_factory=AgentSettings)
+
+
+@dataclass
+class Running:
+    lease: Lease
+    task: asyncio.Task[None]
+    valid_until: float
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: Pool,
+        shape_url: str,
+        client: httpx.AsyncClient,
+        llm: LlmClient,
+        settings: WorkerSettings,
+    ) -> None:
+        self.pool = pool
+        self.shape_url = shape_url
+        self.client = client
+        self.llm = llm
+        self.settings = settings
+        self.registry = ShapeRegistry()
+        self.running: dict[AgentKey, Running] = {}
+        self.views: dict[uuid.UUID, tuple[ThreadView, int]] = {}
+        self.users: TrackedShape | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    async def run(self) -> None:
+        """Run until cancelled; then stop the agents and give their leases back."""
+        users = self.registry.get(self.shape_url, ShapeDefinition.of("users"), client=self.client)
+        self.users = TrackedShape(users)
+        supervisor = Supervisor(self.pool, self.shape_url, self.client, self.registry)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(supervisor.run())
+                group.create_task(self._scan())
+                group.create_task(self._heartbeat())
+        finally:
+            await self._shutdown()
+            self.users.close()
+            await users.close()
+
+    async def _shutdown(self) -> None:
+        running = list(self.running.values())
+        for entry in running:
+            entry.task.cancel()
+        for entry in running:
+            with contextlib.suppress(BaseException):
+                await entry.task
+        with contextlib.suppress(Exception):
+            for entry in running:
+                await leases.release(self.pool, entry.lease)
+            await leases.unregister_worker(self.pool, self.worker_id)
+
+    async def _scan(self) -> None:
+        ttl = self.settings.lease_ttl
+        while True:
+            await leases.register_worker(self.pool, self.worker_id, ttl)
+            share = min(await leases.fair_share(self.pool), self.settings.max_agents)
+            sent = time.monotonic()
+            for lease in await leases.acquire(
+                self.pool, self.worker_id, ttl, share - len(self.running)
+            ):
+                self._start(lease, sent + ttl - self.settings.lease_margin)
+            await asyncio.sleep(self.settings.scan_interval)
+
+    async def _heartbeat(self) -> None:
+        ttl = self.settings.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            held = [entry.lease for entry in self.running.values()]
+            sent = time.monotonic()
+            renewed = await leases.renew(self.pool, self.worker_id, held, ttl)
+            for lease in held:
+                entry = self.running.get(lease.key)
+                if entry is None or entry.lease is not lease:
+                    continue
+                if lease.key in renewed:
+                    entry.valid_until = sent + ttl - self.settings.lease_margin
+                else:
+                    logger.info("lost the lease of %s: stopping it", lease.key)
+                    entry.task.cancel()
+
+    def _start(self, lease: Lease, valid_until: float) -> None:
+        persona = PERSONAS.get(lease.key.agent_id)
+        if persona is None or lease.key in self.running:
+            return
+        view = self._view(lease.key.thread_id)
+
+        def lease_valid() -> bool:
+            entry = self.running.get(lease.key)
+            return entry is not None and time.monotonic() < entry.valid_until
+
+        agent = Agent(lease, persona, view, self.pool, self.llm, self.settings.agent, lease_valid)
+        task = asyncio.create_task(agent.run(), name=f"agent {lease.key}")
+        self.running[lease.key] = Running(lease, task, valid_until)
+        task.add_done_callback(lambda done: asyncio.ensure_future(self._finished(lease, done)))
+
+    def _view(self, thread_id: uuid.UUID) -> ThreadView:
+        assert self.users is not None
+        if thread_id in self.views:
+            view, count = self.views[thread_id]
+            self.views[thread_id] = (view, count + 1)
+            return view
+        view = ThreadView(thread_id, self.shape_url, self.client, self.registry, self.users)
+        self.views[thread_id] = (view, 1)
+        return view
+
+    async def _drop_view(self, thread_id: uuid.UUID) -> None:
+        view, count = self.views[thread_id]
+        if count > 1:
+            self.views[thread_id] = (view, count - 1)
+            return
+        del self.views[thread_id]
+        await view.close()
+
+    async def _finished(self, lease: Lease, task: asyncio.Task[None]) -> None:
+        entry = self.running.get(lease.key)
+        if entry is not None and entry.lease is lease:
+            del self.running[lease.key]
+        await self._drop_view(lease.key.thread_id)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None or isinstance(error, LeaseLost | AgentHalted):
+            if error is not None:
+                logger.info("agent %s stopped: %s", lease.key, error)
+            return
+        logger.error("agent %s crashed: %r", lease.key, error, exc_info=error)
+        with contextlib.suppress(Exception):
+            await self._crashed(lease, error)
+
+    async def _crashed(self, lease: Lease, error: BaseException) -> None:
+        """Count the crash, back off and give the lease back (quarantine after too many)."""
+        settings = self.settings.agent
+        async with self.pool.connection() as conn, conn.transaction():
+            await leases.fence(conn, lease)
+            cursor = await conn.execute(
+                "UPDATE agents.leases SET failures = failures + 1"
+                " WHERE thread_id = %s AND agent_id = %s RETURNING failures",
+                (lease.key.thread_id, lease.key.agent_id),
+            )
+            row = await cursor.fetchone()
+        failures = int(row[0]) if row else 1
+        reason = f"crashed: {error!r}"[:500]
+        if failures >= settings.max_failures:
+            await turns.halt(self.pool, lease, "quarantined", reason)
+            return
+        delay = backoff_seconds(failures, None, settings.backoff_base, settings.backoff_cap)
+        await turns.backoff_agent(self.pool, lease, delay, reason)
+        await leases.release(self.pool, lease)
+
+
+def open_pool(database_url: str, size: int = 10) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
+        database_url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True}
+    )

@@ -1,0 +1,91 @@
+"""Leases with epoch fencing, on real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from agents import leases
+from agents.leases import AgentKey, LeaseLost
+from agents.personas import JERRY_ID, SARAH_ID
+from tests.agents.conftest import make_thread
+
+Pool = AsyncConnectionPool[Any]
+
+
+async def expire_all(pool: Pool) -> None:
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE agents.leases SET expires_at = now() - interval '1 second'")
+
+
+async def test_a_lease_goes_to_one_worker_and_fences_the_old_holder(pool: Pool) -> None:
+    thread, _ = await make_thread(pool)
+    key = AgentKey(thread, SARAH_ID)
+    await leases.ensure_agents(pool, [key])
+    [first] = await leases.acquire(pool, "w1", ttl=30, limit=10)
+    assert first.key == key and first.epoch == 1
+    assert await leases.acquire(pool, "w2", ttl=30, limit=10) == []
+
+    await expire_all(pool)
+    [second] = await leases.acquire(pool, "w2", ttl=30, limit=10)
+    assert second.epoch == 2 and second.worker == "w2"
+
+    # the old holder can neither renew nor write
+    assert await leases.renew(pool, "w1", [first], ttl=30) == set()
+    async with pool.connection() as conn:
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await leases.fence(conn, first)
+                await leases.advance(conn, first, 99, 99)
+        async with conn.transaction():
+            await leases.fence(conn, second)
+            await leases.advance(conn, second, 5, 7)
+        cursor = await conn.execute("SELECT position, position_lsn FROM agents.leases")
+        assert await cursor.fetchall() == [(5, 7)]
+    assert await leases.renew(pool, "w2", [second], ttl=30) == {key}
+
+
+async def test_a_stopped_agent_cannot_be_renewed_or_fenced(pool: Pool) -> None:
+    thread, _ = await make_thread(pool)
+    key = AgentKey(thread, JERRY_ID)
+    await leases.ensure_agents(pool, [key])
+    [lease] = await leases.acquire(pool, "w1", ttl=30, limit=1)
+    await leases.stop_agents(pool, [key], "membership deleted")
+    assert await leases.renew(pool, "w1", [lease], ttl=30) == set()
+    async with pool.connection() as conn:
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await leases.fence(conn, lease)
+        cursor = await conn.execute("SELECT state FROM agent_status")
+        assert await cursor.fetchall() == [("stopped",)]
+    assert await leases.acquire(pool, "w2", ttl=30, limit=1) == []
+    await leases.ensure_agents(pool, [key])  # the membership came back
+    [again] = await leases.acquire(pool, "w2", ttl=30, limit=1)
+    assert again.epoch == lease.epoch + 1
+
+
+async def test_racing_workers_split_agents_without_overlap(pool: Pool) -> None:
+    keys = []
+    for _ in range(40):
+        thread, _ = await make_thread(pool, agents=False)
+        keys.append(AgentKey(thread, SARAH_ID))
+    await leases.ensure_agents(pool, keys)
+    got = await asyncio.gather(*(leases.acquire(pool, f"w{n}", ttl=30, limit=40) for n in range(4)))
+    held = [lease.key for batch in got for lease in batch]
+    assert sorted(held, key=str) == sorted(keys, key=str)
+
+
+async def test_fair_share_counts_live_workers(pool: Pool) -> None:
+    keys = [AgentKey((await make_thread(pool, agents=False))[0], SARAH_ID) for _ in range(5)]
+    await leases.ensure_agents(pool, keys)
+    await leases.register_worker(pool, "w1", ttl=30)
+    assert await leases.fair_share(pool) == 5
+    await leases.register_worker(pool, "w2", ttl=30)
+    assert await leases.fair_share(pool) == 3
+    await leases.unregister_worker(pool, "w2")
+    assert await leases.fair_share(pool) == 5
+    assert uuid.UUID(int=0) not in {k.thread_id for k in keys}
