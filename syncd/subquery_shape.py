@@ -130,6 +130,11 @@ def _apply(views: Views, moves: dict[int, Move]) -> None:
         target.update(entered)
 
 
+def _has_null(value: ValueKey) -> bool:
+    """A value that is NULL or, in the row form, has a NULL part."""
+    return value is None or (isinstance(value, tuple) and None in value)
+
+
 def _is_true(value: object) -> bool:
     return value is True or value in ("t", "true")
 
@@ -583,7 +588,7 @@ class SubqueryShape:
         """A NULL entered or left the set of a ``NOT IN`` subquery: that changes every row
         (``x NOT IN (..., NULL)`` is never true), which patterns cannot say."""
         return any(
-            k in self._negated and (None in entered or None in left)
+            k in self._negated and any(_has_null(v) for v in (*entered, *left))
             for k, (entered, left) in moves.items()
         )
 
