@@ -59,6 +59,7 @@ from psycopg.rows import TupleRow
 from shapes import messages
 from shapes.convert import Entry
 from shapes.convert_subquery import (
+    CachedTags,
     SubqueryView,
     convert_delete,
     convert_insert,
@@ -153,7 +154,10 @@ class SubqueryShape:
         self.where = where
         self.dependencies = dependencies
         self.host = host
-        self.view = SubqueryView(shape.view, where, STACK_ID + shape.handle)
+        left_columns = sorted({c for p in where.positions for c in p.columns})
+        self.view = SubqueryView(
+            shape.view, CachedTags(where, left_columns), STACK_ID + shape.handle
+        )
         self.views: Views = [set() for _ in dependencies]
         self.shared = False
         self.held: list[HeldTransaction] = []
@@ -420,7 +424,7 @@ class SubqueryShape:
             key = messages.row_key(view.key_prefix, row, view.key_columns)
             value = row if view.selected is None else {c: row[c] for c in self.shape.selected}
             headers: dict[str, object] = {
-                "tags": self.where.tags(row, self.view.tag_prefix),
+                "tags": self.view.where.tags(row, self.view.tag_prefix),
                 "active_conditions": [_is_true(v) for v in values[n:]],
             }
             if is_move_in:
