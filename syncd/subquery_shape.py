@@ -413,6 +413,7 @@ class SubqueryShape:
                 await conn.execute("SELECT pg_logical_emit_message(false, 'syncd', '')")
             await conn.execute("COMMIT")
         query.snapshot, query.wal_lsn, query.rows = snapshot, wal_lsn, rows
+        log.debug("shape %s: query done, %d rows", shape.handle, len(rows))
 
     def _rows(self, batch: list[TupleRow], *, is_move_in: bool) -> list[bytes]:
         view = self.shape.view
