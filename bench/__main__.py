@@ -12,6 +12,7 @@ from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
+from bench.ui import run_first_paint, run_live
 
 BENCHES = (
     "ingest",
@@ -23,6 +24,8 @@ BENCHES = (
     "stalled-readers-rss",
     "subquery-move-in",
     "subquery-shapes-ingest",
+    "ui-first-paint",
+    "ui-live",
 )
 
 
@@ -81,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--subquery-rows", type=int, default=100_000, help="events of subquery-shapes-ingest"
     )
+    parser.add_argument("--ui-events", type=int, default=1_000, help="events of ui-first-paint")
+    parser.add_argument("--ui-rounds", type=int, default=3, help="rounds of ui-first-paint")
+    parser.add_argument("--ui-messages", type=int, default=20, help="messages of ui-live")
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -120,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_move_in(args.move_in_rounds, args.move_in_rows, keep=args.keep)
     if "subquery-shapes-ingest" in benches:
         run_shapes_ingest(args.subquery_rows, args.subquery_shapes, keep=args.keep)
+    if "ui-first-paint" in benches:
+        run_first_paint(args.ui_events, args.ui_rounds, keep=args.keep)
+    if "ui-live" in benches:
+        run_live(args.ui_messages, keep=args.keep)
     return 0
 
 
