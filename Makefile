@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/e2e/node_modules/.installed
 
-.PHONY: dev syncd-dev test lint typecheck pytest bench fuzz install js ui chromium clean mutation
+.PHONY: dev syncd-dev test test-ui lint typecheck pytest bench fuzz install js ui chromium clean mutation
 UI_DIR := web/ui
 UI_STAMP := $(UI_DIR)/node_modules/.installed
 UI_BUILT := $(UI_DIR)/dist/index.html
@@ -55,6 +55,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# The browser tests alone; they save screenshots (welcome, chat, sidebar, phone width) in
+# .tmp/ui-screenshots (or $$UI_SCREENSHOTS).
+test-ui: $(STAMP) ui chromium
+	$(PY) -m pytest tests/ui -q
 
 pytest: $(STAMP) $(NODE_STAMP) ui chromium
 	$(PY) -m pytest

@@ -219,6 +219,7 @@ def run_dev(data_dir: Path, port: int, syncd_port: int) -> int:
 
     say("burn: starting Postgres…")
     server = provide_postgres(data_dir / "postgres")
+    (data_dir / "dsn").write_text(server.dsn + "\n")
     try:
         try:
             migrate(server.dsn, ROOT / "sql")
