@@ -23,7 +23,6 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,8 +31,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from web import bodies, writes
 from web.accounts import Accounts, Limits, NewSession, Principal
@@ -290,28 +288,6 @@ ROUTES = [
 ]
 
 
-# -- the built browser app ------------------------------------------------------------------------
-
-UI_DIST = Path(__file__).resolve().parent / "ui" / "dist"
-"""Where ``make ui`` builds the browser app (``web/ui``)."""
-
-
-def ui_routes(dist: Path) -> list[BaseRoute]:
-    """The built app: its hashed assets, and its HTML shell for every other non-API path
-    (read per request, so a rebuild is picked up without a restart)."""
-    shell = dist / "index.html"
-
-    async def index(request: Request) -> Response:
-        if request.url.path.startswith("/api/"):
-            raise not_found("route")
-        return Response(shell.read_bytes(), media_type="text/html", headers=NO_STORE)
-
-    return [
-        Mount("/assets", app=StaticFiles(directory=dist / "assets"), name="assets"),
-        Route("/{path:path}", index, methods=["GET", "HEAD"]),
-    ]
-
-
 def open_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     """A (not yet opened) pool of autocommit connections for ``settings``."""
     assert settings.database_url is not None
@@ -329,14 +305,11 @@ def create_app(
     *,
     pool: AsyncConnectionPool[Any] | None = None,
     on_sign_out: Sequence[SignOutHook] = (),
-    extra_routes: Sequence[BaseRoute] = (),
-    ui_dist: Path | None = UI_DIST,
+    extra_routes: Sequence[Route] = (),
 ) -> Starlette:
-    """The app. Without ``pool`` it opens (and closes) its own from ``settings``. The browser
-    app is served from ``ui_dist`` when it has been built there."""
+    """The app. Without ``pool`` it opens (and closes) its own from ``settings``."""
     owned = pool is None
     the_pool = open_pool(settings) if pool is None else pool
-    ui = ui_routes(ui_dist) if ui_dist is not None and (ui_dist / "index.html").exists() else []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -349,7 +322,7 @@ def create_app(
                 await the_pool.close()
 
     app = Starlette(
-        routes=[*ROUTES, *extra_routes, *ui],
+        routes=[*ROUTES, *extra_routes],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,

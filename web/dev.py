@@ -12,6 +12,7 @@ then Postgres. ``python -m web.dev web`` is the web-app child itself.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 10.0
@@ -46,7 +47,7 @@ SYNC_SCOPES: dict[str, str] = {
 USER_COLUMNS = ("id", "name", "kind", "avatar_url", "inserted_at", "updated_at")
 
 
-def sync_routes(syncd_url: str) -> list[BaseRoute]:
+def sync_routes(syncd_url: str) -> list[Route]:
     """``/api/sync/<table>`` routes scoped to the signed-in user (upstream clients live as
     long as the process).
 
@@ -79,10 +80,8 @@ def sync_routes(syncd_url: str) -> list[BaseRoute]:
 
 
 def serves_sync_routes() -> bool:
-    """Whether the web app already mounts ``/api/sync/*`` itself."""
-    from web import app
-
-    return any(getattr(route, "path", "") == "/api/sync/threads" for route in app.ROUTES)
+    """Whether the web app mounts ``/api/sync/*`` itself (its ``web.sync`` module)."""
+    return importlib.util.find_spec("web.sync") is not None
 
 
 def run_web() -> int:
@@ -95,10 +94,12 @@ def run_web() -> int:
 
     from web.app import create_app
     from web.config import load_settings
+    from web.ui_static import mount_ui
 
     settings = load_settings([])
     extra = sync_routes(os.environ.get("BURN_SYNCD_URL", "http://127.0.0.1:3000"))
     app = create_app(settings, extra_routes=extra)
+    mount_ui(app)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 
