@@ -236,6 +236,18 @@ def test_leaving_removes_the_thread_and_phone_layout(
         phone_ctx.set_offline(False)
         expect(phone.get_by_test_id("offline")).to_be_hidden(timeout=LIVE)
 
+        # a write the server refuses is said, and its optimistic message goes away
+        phone.route(
+            "**/api/threads/*/messages",
+            lambda route: route.fulfill(
+                status=403, json={"message": "You are not in this thread", "errors": {}}
+            ),
+        )
+        send(phone, "this one is refused")
+        expect(phone.get_by_test_id("notice")).to_contain_text("You are not in this thread")
+        expect(message(phone, "this one is refused")).to_have_count(0)
+        phone.unroute("**/api/threads/*/messages")
+
         # leaving: the thread leaves the list, and the owner sees the guest leave
         phone.get_by_role("button", name="Leave").click()
         phone.get_by_role("button", name="Show threads").click()
