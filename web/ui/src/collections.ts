@@ -143,7 +143,10 @@ export function createCollections() {
       getKey: (row) => `${row.thread_id}/${row.agent_id}`,
     }),
   )
-  return { users, threads, memberships, events, facts, agentStatus }
+  const all = { users, threads, memberships, events, facts, agentStatus }
+  // start every shape at once rather than as screens mount (no request waterfall)
+  for (const collection of Object.values(all)) void collection.preload()
+  return all
 }
 
 export type Collections = ReturnType<typeof createCollections>
