@@ -194,6 +194,17 @@ class SubqueryShape:
         still reloading for (the confirmed LSN must not pass it; readers are told the shape has
         not seen it yet)."""
         first = next((txn.lsn for txn in self.held if txn.real), None)
+        return self._with_reloads(first)
+
+    @property
+    def seen_cap(self) -> int | None:
+        """The position readers may be told the shape has reached, if it is behind: below its
+        first held transaction, a move between transactions included (at the commit before
+        it), or a nested reload."""
+        first = self._with_reloads(self.held[0].lsn if self.held else None)
+        return None if first is None else max(first - 1, 0)
+
+    def _with_reloads(self, first: int | None) -> int | None:
         for mat in self.dependencies:
             pending = mat.pending_lsn()
             if pending is not None and (first is None or pending < first):
@@ -244,14 +255,27 @@ class SubqueryShape:
         """A committed transaction that touched the shape or moved one of its sets."""
         if self.mode == "gone":
             return
-        if txn.real and self.mode != "loading" and txn.lsn <= self.shape.log.latest_offset.tx:
-            return  # replayed after a restart: the log has it already
+        if txn.real and self.mode != "loading" and self._replayed(txn):
+            return
         if self.mode == "steady":
             self._process(txn)
             return
         self.held.append(txn)
         if len(self.held) > self.host.max_held:
             self.host.retire(self.shape, "too many transactions held during a move-in")
+
+    def _replayed(self, txn: HeldTransaction) -> bool:
+        """A transaction the log or the snapshot already has (a replay after a restart)."""
+        shape = self.shape
+        if txn.lsn <= shape.log.latest_offset.tx:
+            return True
+        if shape.filtering and shape.snapshot is not None:
+            if shape.snapshot.is_visible(txn.xid):
+                return True
+            if shape.snapshot.is_after(txn.xid):
+                shape.filtering = False
+                shape.save_meta(defer=True)
+        return False
 
     def after_commit(self) -> None:
         """Called once the materialisers have published the commit's moves: issue a query that
@@ -412,8 +436,25 @@ class SubqueryShape:
             with contextlib.suppress(psycopg.Error):
                 await conn.execute("SELECT pg_logical_emit_message(false, 'syncd', '')")
             await conn.execute("COMMIT")
+        if query.initial:
+            await self._make_initial_durable(query, snapshot)
         query.snapshot, query.wal_lsn, query.rows = snapshot, wal_lsn, rows
         log.debug("shape %s: query done, %d rows", shape.handle, len(rows))
+
+    async def _make_initial_durable(self, query: _Query, snapshot: Snapshot) -> None:
+        """Finish the snapshot files and store the metadata of a ready shape, off the event
+        loop (their fsyncs would stop replication). Until :meth:`try_splice` the shape is not
+        ready in memory; a restart in between restores it with its snapshot's filter on."""
+        shape = self.shape
+        if shape.status == "gone":
+            return
+        end = messages.snapshot_end(snapshot.xmin, snapshot.xmax, snapshot.xip)
+        await asyncio.to_thread(shape.log.finish_snapshot, end)
+        shape.snapshot = snapshot
+        shape.filtering = True
+        shape.initial_views = self._texts(query.after)
+        meta = {**shape.meta(), "status": "ready"}
+        await asyncio.to_thread(shape.log.write_meta, meta)
 
     def _rows(self, batch: list[TupleRow], *, is_move_in: bool) -> list[bytes]:
         view = self.shape.view
@@ -481,12 +522,7 @@ class SubqueryShape:
         shape = self.shape
         if shape.status == "gone":
             return
-        self.journal.record(LogOffset(0, 0), self._texts(query.after))
-        shape.log.finish_snapshot(messages.snapshot_end(snapshot.xmin, snapshot.xmax, snapshot.xip))
-        shape.finish_snapshot(snapshot)
-        shape.filtering = False
-        shape.save_meta()
-        self.host.written(shape)
+        shape.mark_ready(snapshot)  # its files and metadata are durable (_make_initial_durable)
         log.info("snapshot of subquery shape %s done (xmin %d)", shape.handle, snapshot.xmin)
 
     def _splice(self, query: _Query, snapshot: Snapshot, pre: list[HeldTransaction]) -> bool:
