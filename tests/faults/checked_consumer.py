@@ -357,12 +357,13 @@ def select_rows(
 ) -> dict[str, Row]:
     """``SELECT`` every column as text (``None`` for NULL), keyed like the shape protocol."""
     with psycopg.connect(dsn) as conn:
+        relation = sql.Identifier(schema, table).as_string(conn)
         columns = [
             name
             for (name,) in conn.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
                 " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (f"{schema}.{table}",),
+                (relation,),
             )
         ]
         key_columns = [
@@ -371,7 +372,7 @@ def select_rows(
                 "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
                 " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary"
                 " ORDER BY array_position(i.indkey, a.attnum)",
-                (f"{schema}.{table}",),
+                (relation,),
             )
         ]
         query = sql.SQL("SELECT {} FROM {}").format(
