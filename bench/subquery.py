@@ -73,6 +73,7 @@ class Reader:
     last_seen_lsn: int = 0
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    requests: int = 0
 
     async def request(self, client: httpx.AsyncClient, *, live: bool) -> None:
         query = dict(self.params, offset=self.offset)
@@ -81,6 +82,7 @@ class Reader:
         if live:
             query["live"] = "true"
         answer = await client.get(self.url, params=query, timeout=POLL_TIMEOUT)
+        self.requests += 1
         if answer.status_code != 200:
             raise ShapeFailed(f"{answer.status_code} for {self.params}: {answer.text[:300]}")
         self.handle = answer.headers["electric-handle"]
@@ -169,6 +171,7 @@ async def _move_in_rounds(
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("SET synchronous_commit = on")
                 for thread in range(1, rounds + 1):
+                    requests_before = subquery.requests
                     committed = await asyncio.to_thread(
                         _commit, conn, "INSERT INTO memberships VALUES (1, %s)", (thread,)
                     )
@@ -183,7 +186,8 @@ async def _move_in_rounds(
                     arrived = await plain.wait_until(functools.partial(_holds_key, plain, key))
                     plain_ms.append((arrived - committed) * 1000)
                     log(
-                        f"  round {thread}: move-in of {rows:,} rows {move_in_ms[-1]:8.1f} ms,"
+                        f"  round {thread}: move-in of {rows:,} rows {move_in_ms[-1]:8.1f} ms"
+                        f" ({subquery.requests - requests_before} requests),"
                         f" plain insert {plain_ms[-1]:6.1f} ms"
                     )
         finally:
