@@ -263,13 +263,15 @@ async def _create_shapes(url: str, readers: list[Reader]) -> None:
     for reader in readers:
         queue.put_nowait(reader)
 
-    total, started = len(readers), time.monotonic()
+    started = time.monotonic()
+    done = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done
         while not queue.empty():
             reader = queue.get_nowait()
             await reader.request(client, live=False)  # answered once the snapshot is done
-            done = total - queue.qsize()
+            done += 1
             if done % 1_000 == 0:
                 log(f"    {done:,} shapes created ({time.monotonic() - started:.0f}s)")
 
