@@ -734,3 +734,77 @@ def test_truncate_of_the_inner_table_restarts_the_shape(own_syncd: SyncdProcess)
             assert_matches_select(consumer, own_syncd.dsn, tables.events, tables.members_of("1"))
             assert consumer.refetches >= 1
             assert consumer.handle != first_handle
+
+
+# -- limits (a daemon with small caps) ------------------------------------------------------------
+
+
+@pytest.fixture
+def capped_syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
+    daemon = SyncdProcess(
+        pg_dsn,
+        tmp_path / "storage",
+        long_poll_timeout=1.0,
+        max_subquery_depth=2,
+        max_subquery_values=5,
+    )
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def first_answer(syncd: SyncdProcess, table: str, where: str) -> httpx.Response:
+    with httpx.Client(timeout=30) as client:
+        return client.get(syncd.shape_url, params={"table": table, "where": where, "offset": "-1"})
+
+
+def test_depth_cap_is_a_400_naming_it(capped_syncd: SyncdProcess) -> None:
+    with psycopg.connect(capped_syncd.dsn, autocommit=True) as db:
+        tables = make_tables(db)
+    two = (
+        f"thread_id IN (SELECT thread_id FROM {tables.memberships} WHERE user_id IN"
+        f" (SELECT id FROM {tables.users} WHERE org = 1))"
+    )
+    assert first_answer(capped_syncd, tables.events, two).status_code == 200
+    three = (
+        f"thread_id IN (SELECT thread_id FROM {tables.memberships} WHERE user_id IN"
+        f" (SELECT id FROM {tables.users} WHERE org IN (SELECT org FROM {tables.users}"
+        " WHERE id = 1)))"
+    )
+    body = invalid(first_answer(capped_syncd, tables.events, three))
+    assert "max_subquery_depth" in json.dumps(body), body
+
+
+def test_value_set_cap_is_a_400_naming_it_and_nothing_stalls(
+    capped_syncd: SyncdProcess,
+) -> None:
+    with psycopg.connect(capped_syncd.dsn, autocommit=True) as db:
+        tables = make_tables(db, threads=8)
+        everyone = f"thread_id IN (SELECT thread_id FROM {tables.memberships})"
+        commit(db, f"INSERT INTO {tables.memberships} SELECT 1, g FROM generate_series(1, 6) g")
+        body = invalid(first_answer(capped_syncd, tables.events, everyone))
+        assert "max_subquery_values" in json.dumps(body), body
+        # A shape within the cap, whose value set then grows past it.
+        commit(db, f"DELETE FROM {tables.memberships} WHERE thread_id > 3")
+        with (
+            consumer_for(capped_syncd, tables.events, everyone) as growing,
+            CheckedConsumer(capped_syncd.shape_url, {"table": tables.threads}) as plain,
+        ):
+            growing.catch_up()
+            plain.catch_up()
+            assert len(growing.rows) == 9
+            commit(db, f"INSERT INTO {tables.memberships} SELECT 2, g FROM generate_series(1, 8) g")
+            commit(db, f"UPDATE {tables.threads} SET title = 'after' WHERE id = 1")
+            # The daemon goes on: other shapes follow, and the grown shape is answered (its
+            # clients sent back to a snapshot that is then refused, or kept within the cap).
+            assert_matches_select(plain, capped_syncd.dsn, tables.threads, "true")
+            with httpx.Client(timeout=30) as client:
+                again = client.get(
+                    capped_syncd.shape_url,
+                    params={**growing.params, "offset": "-1"},
+                )
+            assert again.status_code in (200, 400), again.text[:300]
+            if again.status_code == 400:
+                assert "max_subquery_values" in again.text, again.text
+            else:
+                assert_matches_select(growing, capped_syncd.dsn, tables.events, everyone)
