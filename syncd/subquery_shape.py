@@ -181,11 +181,15 @@ class SubqueryShape:
 
     @property
     def first_held_lsn(self) -> int | None:
-        """The oldest held real transaction (the confirmed LSN must not pass it)."""
-        for txn in self.held:
-            if txn.real:
-                return txn.lsn
-        return None
+        """The oldest held real transaction, or the commit whose move a nested materialiser is
+        still reloading for (the confirmed LSN must not pass it; readers are told the shape has
+        not seen it yet)."""
+        first = next((txn.lsn for txn in self.held if txn.real), None)
+        for mat in self.dependencies:
+            pending = mat.pending_lsn()
+            if pending is not None and (first is None or pending < first):
+                first = pending
+        return first
 
     @property
     def deps_ready(self) -> bool:
@@ -278,7 +282,8 @@ class SubqueryShape:
         entries = self._encode_changes(txn, self.views, renumber=None)
         if outer_out:
             op = txn.end_op
-            entries.append((op, self._move_out_event(outer_out, [txn.xid] if txn.real else [])))
+            txids = [txn.xid] if txn.real else []
+            entries.append((op, self._move_out_event(outer_out, txids, self.views)))
             after = _copy(self.views) if not self.shared else None
             if after is not None:
                 _apply(after, txn.moves)
@@ -493,7 +498,7 @@ class SubqueryShape:
             return False
         outer_in, outer_out = self._outer_moves(moves)
         if outer_out:
-            entries.append(self._move_out_event(outer_out, txids))
+            entries.append(self._move_out_event(outer_out, txids, query.before))
         if outer_in:
             patterns = self._patterns(outer_in)
             entries.append(messages.move_event("move-in", patterns, txids))
@@ -582,8 +587,19 @@ class SubqueryShape:
             for k, (entered, left) in moves.items()
         )
 
-    def _move_out_event(self, left: dict[int, frozenset[ValueKey]], txids: list[int]) -> bytes:
-        return messages.move_event("move-out", self._patterns(left), txids)
+    def _move_out_event(
+        self, left: dict[int, frozenset[ValueKey]], txids: list[int], before: Views
+    ) -> bytes:
+        """The ``move-out`` event for values that take rows out. For a ``NOT IN`` subquery these
+        are values that entered its set; when the set was empty before, rows whose left side is
+        NULL go too (``NULL NOT IN (<empty>)`` is true, ``NULL NOT IN (<v>)`` is not)."""
+        patterns = self._patterns(left)
+        for k, moved in sorted(left.items()):
+            if k in self._negated and not before[k]:
+                ordered = sorted(moved, key=repr)
+                patterns.extend(self.where.null_patterns(k, ordered, self.view.tag_prefix))
+        unique = {(p["pos"], p["value"]): p for p in patterns}
+        return messages.move_event("move-out", list(unique.values()), txids)
 
     def _texts(self, views: Views) -> Texts:
         texts: Texts = []
