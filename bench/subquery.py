@@ -15,8 +15,10 @@
     The rate at which syncd takes ``--ingest-rows`` events (transactions of 1,000 rows,
     committed as fast as one connection can) with one plain shape over the table, against the
     rate with ``--subquery-shapes`` (10,000) shapes
-    ``thread_id IN (SELECT thread_id FROM memberships WHERE user_id = $1)``, one per user, every
-    user a member of one of ``--ingest-rows / 100`` threads; both in the same run and daemon.
+    ``thread_id IN (SELECT thread_id FROM memberships WHERE user_id = $1)``, one per user, user
+    ``k`` the one member of thread ``k`` and the events spread evenly over the threads, so that
+    each event belongs to exactly one shape (as each row does in ``ingest-10k-shapes``); both in
+    the same run and daemon.
     A run's time goes from the first commit until the daemon reports (``global_last_seen_lsn``
     of an up-to-date answer) that it has processed the WAL up to the last commit. Summary::
 
@@ -226,12 +228,12 @@ def run_move_in(rounds: int = 10, rows: int = 1_000, *, keep: bool = False) -> s
 # -- subquery-shapes-ingest ----------------------------------------------------------------------
 
 
-def _setup_ingest(dsn: str, users: int, threads: int) -> None:
+def _setup_ingest(dsn: str, users: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(MEMBERSHIPS_DDL)
         conn.execute(
-            "INSERT INTO memberships SELECT u, 1 + u %% %s FROM generate_series(1, %s::int) u",
-            (threads, users),
+            "INSERT INTO memberships SELECT u, u FROM generate_series(1, %s::int) u",
+            (users,),
         )
         for table in ("events_plain", "events_sq"):
             conn.execute(
@@ -308,9 +310,9 @@ async def _ingest(url: str, dsn: str, rows: int, shapes: int, threads: int) -> t
 
 def run_shapes_ingest(rows: int = 100_000, shapes: int = 10_000, *, keep: bool = False) -> str:
     """Run ``subquery-shapes-ingest``; return (and print) its summary line."""
-    threads = max(1, rows // 100)
+    threads = shapes  # user k is the one member of thread k
     with bench_database("subquery_ingest", keep=keep) as db:
-        _setup_ingest(db.dsn, shapes, threads)
+        _setup_ingest(db.dsn, shapes)
         daemon = _Daemon(
             db.dsn, db.base / "storage", "bench_subquery_ingest", None, db.base / "syncd.log"
         )
