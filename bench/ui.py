@@ -220,6 +220,12 @@ def run_first_paint(events: int = 1_000, rounds: int = 3, *, keep: bool = False)
                     timeout=120_000,
                 )
                 paints.append(float(handle.json_value()))
+                arrived = page.evaluate(
+                    "() => Math.max(...performance.getEntriesByType('resource')"
+                    ".filter(e => e.name.includes('/api/sync/events')"
+                    " && !e.name.includes('live=true')).map(e => e.responseEnd))"
+                )
+                log(f"  rendered at {paints[-1]:.0f} ms; events' data arrived by {arrived:.0f} ms")
                 page.context.close()
         finally:
             browser.close()

@@ -1,10 +1,10 @@
 // The chat of a thread: its events in order, rendered by kind, and the composer. A message
 // appears at once (an optimistic row) and is confirmed when its write's txid has synced back.
 
-import { eq, useLiveQuery } from '@tanstack/react-db'
 import { useEffect, useMemo, useRef, useState, type KeyboardEvent } from 'react'
 import * as api from './api'
 import type { BurnEvent, Collections, Fact, User } from './collections'
+import type { ThreadRows } from './threadRows'
 import { Avatar, failure, formatTime, useMinute } from './ui'
 
 export function sortEvents(events: BurnEvent[]): BurnEvent[] {
@@ -20,22 +20,15 @@ export function Chat(props: {
   me: api.Me
   threadId: string
   users: Map<string, User>
+  rows: ThreadRows
 }) {
-  const { c, me, threadId, users } = props
-  const events = useLiveQuery(
-    (q) => q.from({ e: c.events }).where(({ e }) => eq(e.thread_id, threadId)),
-    [threadId],
-  )
-  const facts = useLiveQuery(
-    (q) => q.from({ f: c.facts }).where(({ f }) => eq(f.thread_id, threadId)),
-    [threadId],
-  )
-  const ordered = useMemo(() => sortEvents(events.data), [events.data])
+  const { c, me, threadId, users, rows } = props
+  const ordered = useMemo(() => sortEvents(rows.events), [rows.events])
   const factsByToolUse = useMemo(() => {
     const map = new Map<string, Fact[]>()
-    for (const f of facts.data) map.set(f.tool_use_event_id, [...(map.get(f.tool_use_event_id) ?? []), f])
+    for (const f of rows.facts) map.set(f.tool_use_event_id, [...(map.get(f.tool_use_event_id) ?? []), f])
     return map
-  }, [facts.data])
+  }, [rows.facts])
   const now = useMinute()
   const bottom = useRef<HTMLDivElement>(null)
   const lastData = ordered.length ? JSON.stringify(ordered[ordered.length - 1].data).length : 0
@@ -46,8 +39,8 @@ export function Chat(props: {
   const asked = new Set<string>()
   return (
     <>
-      <div className="chat" data-testid="chat" aria-live="polite" aria-busy={!events.isReady}>
-        {!events.isReady && ordered.length === 0 ? (
+      <div className="chat" data-testid="chat" aria-live="polite" aria-busy={!rows.eventsReady}>
+        {!rows.eventsReady && ordered.length === 0 ? (
           <p className="muted center" data-testid="chat-loading">Loading messages…</p>
         ) : ordered.length === 0 ? (
           <p className="muted center">No messages yet. Say hello!</p>

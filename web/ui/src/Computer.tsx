@@ -1,10 +1,10 @@
 // The "Computer" sidebar: what the agents know (Memory: the facts) and see (Context: the
 // events), each live and filterable.
 
-import { eq, useLiveQuery } from '@tanstack/react-db'
 import { useMemo, useState } from 'react'
 import { sortEvents } from './Chat'
-import type { Collections, User } from './collections'
+import type { User } from './collections'
+import type { ThreadRows } from './threadRows'
 
 function confidenceLevel(confidence: number): 'High' | 'Medium' | 'Low' {
   return confidence >= 0.8 ? 'High' : confidence >= 0.5 ? 'Medium' : 'Low'
@@ -18,20 +18,13 @@ const TYPE_WORDS: Record<string, string> = {
 }
 
 export function Computer(props: {
-  c: Collections
-  threadId: string
+  rows: ThreadRows
   users: Map<string, User>
   onClose: () => void
 }) {
-  const { c, threadId, users, onClose } = props
-  const facts = useLiveQuery(
-    (q) => q.from({ f: c.facts }).where(({ f }) => eq(f.thread_id, threadId)),
-    [threadId],
-  )
-  const events = useLiveQuery(
-    (q) => q.from({ e: c.events }).where(({ e }) => eq(e.thread_id, threadId)),
-    [threadId],
-  )
+  const { rows, users, onClose } = props
+  const facts = { data: rows.facts, isReady: rows.factsReady }
+  const events = { data: rows.events, isReady: rows.eventsReady }
   const [factFilter, setFactFilter] = useState('')
   const [eventFilter, setEventFilter] = useState('')
 

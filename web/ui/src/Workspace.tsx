@@ -8,6 +8,7 @@ import { Chat } from './Chat'
 import type { Collections, Thread, User } from './collections'
 import { Computer } from './Computer'
 import { connection } from './connection'
+import { useThreadRows, type ThreadRows } from './threadRows'
 import { Avatar, failure, navigate, notify, usePath } from './ui'
 
 function useConnection() {
@@ -18,6 +19,12 @@ function useConnection() {
 
 /** Threads created in this tab: listed before their membership has synced. */
 const createdHere = new Set<string>()
+/** Threads joined in this tab: not "unknown" while their rows sync in. */
+const joinedHere = new Set<string>()
+/** Joins in flight (an effect may run again before the first answers). */
+const joining = new Set<string>()
+/** Threads this tab has listed: once gone from the list, the user has left them. */
+const listedHere = new Set<string>()
 
 /** The signed-in user's threads, newest first, from the memberships and threads collections. */
 function useMyThreads(c: Collections, me: api.Me) {
@@ -47,6 +54,7 @@ export function Workspace({ c, me }: { c: Collections; me: api.Me }) {
   const threadMatch = /^\/threads\/([0-9a-f-]{36})$/i.exec(path)
   const threadId = threadMatch?.[1] ?? null
   const current = threadId ? list.find((t) => t.id === threadId) : undefined
+  const rows = useThreadRows(c, current?.id ?? null)
 
   useEffect(() => {
     if (!joinMatch) return
@@ -54,8 +62,13 @@ export function Workspace({ c, me }: { c: Collections; me: api.Me }) {
     const already = memberships.some((m) => m.thread_id === id)
     if (!ready) return
     if (already) return navigate(`/threads/${id}`, true)
-    api.joinThread(id).then(
-      () => navigate(`/threads/${id}`, true),
+    if (joinedHere.has(id) || joining.has(id)) return
+    joining.add(id)
+    api.joinThread(id).finally(() => joining.delete(id)).then(
+      () => {
+        joinedHere.add(id)
+        navigate(`/threads/${id}`, true)
+      },
       (error) => {
         failure('Could not join the thread')(error)
         navigate('/', true)
@@ -63,11 +76,13 @@ export function Workspace({ c, me }: { c: Collections; me: api.Me }) {
     )
   }, [joinMatch?.[1], ready])
 
-  // "/" opens the newest thread; a thread the user is no longer in sends them back to "/"
+  // "/" opens the newest thread; a thread the user is not (or no longer) in sends them to "/"
   useEffect(() => {
     if (!ready) return
+    for (const t of list) listedHere.add(t.id)
     if (path === '/' && list.length > 0) navigate(`/threads/${list[0].id}`, true)
-    if (threadId && !current) navigate('/', true)
+    const expected = threadId && (joinedHere.has(threadId) || createdHere.has(threadId))
+    if (threadId && !current && (listedHere.has(threadId) || !expected)) navigate('/', true)
   }, [ready, path, list, threadId, current])
   useEffect(() => {
     setPanel('none')
@@ -153,7 +168,7 @@ export function Workspace({ c, me }: { c: Collections; me: api.Me }) {
       <main className="middle" aria-label="Thread">
         {current ? (
           <ThreadView key={current.id} c={c} me={me} thread={current} users={usersById}
-            setPanel={setPanel} />
+            rows={rows} setPanel={setPanel} />
         ) : (
           <div className="empty">
             <MobileToggles setPanel={setPanel} />
@@ -174,7 +189,7 @@ export function Workspace({ c, me }: { c: Collections; me: api.Me }) {
         )}
       </main>
       {current && (
-        <Computer c={c} threadId={current.id} users={usersById} onClose={() => setPanel('none')} />
+        <Computer rows={rows} users={usersById} onClose={() => setPanel('none')} />
       )}
       {panel !== 'none' && (
         <button
@@ -202,9 +217,10 @@ function ThreadView(props: {
   me: api.Me
   thread: Thread
   users: Map<string, User>
+  rows: ThreadRows
   setPanel: (p: 'threads' | 'computer') => void
 }) {
-  const { c, me, thread, users, setPanel } = props
+  const { c, me, thread, users, rows, setPanel } = props
   const members = useLiveQuery(
     (q) => q.from({ m: c.memberships }).where(({ m }) => eq(m.thread_id, thread.id)),
     [thread.id],
@@ -307,7 +323,7 @@ function ThreadView(props: {
           {s.reason ? `: ${s.reason}` : ''}
         </div>
       ))}
-      <Chat c={c} me={me} threadId={thread.id} users={users} />
+      <Chat c={c} me={me} threadId={thread.id} users={users} rows={rows} />
     </>
   )
 }
