@@ -11,6 +11,7 @@ from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
 from bench.stalled_readers import run_stalled_readers
+from bench.subquery import run_move_in, run_shapes_ingest
 
 BENCHES = (
     "ingest",
@@ -20,6 +21,8 @@ BENCHES = (
     "fanout-js",
     "fanout-js-long-poll",
     "stalled-readers-rss",
+    "subquery-move-in",
+    "subquery-shapes-ingest",
 )
 
 
@@ -66,6 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stalled-write-rate", type=float, default=5.0, help="MB/s of stalled-readers-rss"
     )
+    parser.add_argument(
+        "--move-in-rounds", type=int, default=10, help="membership inserts of subquery-move-in"
+    )
+    parser.add_argument(
+        "--move-in-rows", type=int, default=1_000, help="events per thread of subquery-move-in"
+    )
+    parser.add_argument(
+        "--subquery-shapes", type=int, default=10_000, help="shapes of subquery-shapes-ingest"
+    )
+    parser.add_argument(
+        "--subquery-rows", type=int, default=100_000, help="events of subquery-shapes-ingest"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -74,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fanout-subscribers and --fanout-commits must be positive")
     if args.large_rows < 1 or args.large_row_bytes < 0:
         parser.error("--large-rows must be positive and --large-row-bytes not negative")
+    if min(args.move_in_rounds, args.move_in_rows, args.subquery_shapes, args.subquery_rows) < 1:
+        parser.error("the subquery bench sizes must be positive")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -99,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_stalled_readers(
             args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep
         )
+    if "subquery-move-in" in benches:
+        run_move_in(args.move_in_rounds, args.move_in_rows, keep=args.keep)
+    if "subquery-shapes-ingest" in benches:
+        run_shapes_ingest(args.subquery_rows, args.subquery_shapes, keep=args.keep)
     return 0
 
 

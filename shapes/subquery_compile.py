@@ -11,8 +11,11 @@ the inner tables. It
    nested sublinks included), and the sublink becomes a membership test of the left side in a
    *view* (the dependency's value set, read from a reserved environment slot);
 2. puts the clause in disjunctive normal form (NOT pushed to the leaves, AND distributed over
-   OR). Sub-trees without a sublink stay one leaf, so only sublinks multiply disjuncts. Leaves
-   are numbered disjunct by disjunct into :class:`~shapes.subquery.Position` s;
+   OR). A sub-tree without a sublink stays one leaf, and so do the sublink-free arguments of
+   one AND or OR taken together, so only sublinks multiply disjuncts and positions (the
+   reference server expands every predicate; tags are opaque to clients, so only their
+   agreement with move patterns matters). Leaves are numbered disjunct by disjunct into
+   :class:`~shapes.subquery.Position` s;
 3. deparses the SQL variants from the checked tree (:mod:`shapes.subquery_plan`).
 
 Parameters are numbered across the whole text and substituted at every level, so each inner
@@ -298,10 +301,14 @@ def compile_level(
     if not compiler.level.leaves:
         clause = compiler.substitute_item(clause)
         return CompiledLevel(where_sql.deparse(clause), root, compiler, None)
-    disjuncts = _normal_form(clause, compiler)
+    disjuncts = _NormalForm(clause).disjuncts(compiler)
     clause = compiler.substitute_item(clause)
     plan = _plan(clause, root, compiler, disjuncts)
-    return CompiledLevel(_real_sql(clause, compiler), root, compiler, plan)
+    sql = "".join(
+        piece if isinstance(piece, str) else plan.leaves[piece].real_sql()
+        for piece in plan.clause_pieces
+    )
+    return CompiledLevel(sql, root, compiler, plan)
 
 
 def compile_subquery_where(
@@ -320,72 +327,99 @@ def compile_subquery_where(
 _Leaf = tuple[Any, bool]  # (node, negated)
 
 
-def _has_sublink(node: Any) -> bool:
-    if isinstance(node, ast.SubLink):
-        return True
-    if isinstance(node, tuple):
-        return any(_has_sublink(item) for item in node)
-    if isinstance(node, ast.Node):
-        return any(_has_sublink(getattr(node, name, None)) for name in node)
-    return False
+class _NormalForm:
+    """The clause's DNF: NOT pushed to the leaves, AND distributed over OR. A sub-tree holding
+    no sublink is one leaf (only sublinks multiply disjuncts)."""
 
+    def __init__(self, clause: Any) -> None:
+        self.clause = clause
+        self.holders: set[int] = set()  # id() of every node with a sublink beneath it
+        self.groups: dict[int, list[Any]] = {}
+        self._mark(clause)
 
-def _is_structure(node: Any) -> bool:
-    return isinstance(node, ast.BoolExpr) and _has_sublink(node)
+    def _mark(self, node: Any) -> bool:
+        if isinstance(node, ast.SubLink):
+            held = True
+        elif isinstance(node, tuple):
+            held = any([self._mark(item) for item in node])  # noqa: C419 (mark every item)
+        elif isinstance(node, ast.Node):
+            held = any([self._mark(getattr(node, name, None)) for name in node])  # noqa: C419
+        else:
+            return False
+        if held:
+            self.holders.add(id(node))
+        return held
+
+    def structure(self, node: Any) -> bool:
+        return isinstance(node, ast.BoolExpr) and id(node) in self.holders
+
+    def operands(self, node: Any) -> list[Any]:
+        """The node's arguments, those without a sublink joined into one leaf by the node's
+        own operator (where the first of them stood): ``a AND b AND x IN (...)`` has two."""
+        known = self.groups.get(id(node))
+        if known is not None:
+            return known
+        plain = [arg for arg in node.args if id(arg) not in self.holders]
+        operands = list(node.args)
+        if len(plain) > 1:
+            group = ast.BoolExpr(boolop=node.boolop, args=tuple(plain))
+            first = operands.index(plain[0])
+            operands = [arg for arg in operands if id(arg) in self.holders]
+            operands.insert(first, group)
+        self.groups[id(node)] = operands
+        return operands
+
+    def count(self, node: Any, negated: bool) -> int:
+        if not self.structure(node):
+            return 1
+        if node.boolop == BoolExprType.NOT_EXPR:
+            return self.count(node.args[0], not negated)
+        counts = [self.count(arg, negated) for arg in self.operands(node)]
+        if _conjunctive(node, negated):
+            product = 1
+            for count in counts:
+                product *= count
+            return product
+        return sum(counts)
+
+    def expand(self, node: Any, negated: bool) -> list[list[_Leaf]]:
+        if not self.structure(node):
+            return [[(node, negated)]]
+        if node.boolop == BoolExprType.NOT_EXPR:
+            return self.expand(node.args[0], not negated)
+        parts = [self.expand(arg, negated) for arg in self.operands(node)]
+        if not _conjunctive(node, negated):
+            return [disjunct for part in parts for disjunct in part]
+        result: list[list[_Leaf]] = [[]]
+        for part in parts:
+            result = [left + right for left in result for right in part]
+        return result
+
+    def disjuncts(self, compiler: SublinkCompiler) -> list[list[_Leaf]]:
+        """The disjuncts; refuses too many, sublinks under other operators, mixed polarity."""
+        count = self.count(self.clause, False)
+        if count > MAX_DISJUNCTS:
+            raise WhereClauseError(
+                f"WHERE clause too complex for DNF decomposition ({count} disjuncts exceeds "
+                f"limit of {MAX_DISJUNCTS})"
+            )
+        disjuncts = self.expand(self.clause, False)
+        polarity: dict[int, bool] = {}
+        for disjunct in disjuncts:
+            for node, negated in disjunct:
+                if not isinstance(node, ast.SubLink):
+                    if id(node) in self.holders:
+                        raise compiler.error(location_of(node), BOOLEAN_ONLY)
+                    continue
+                dependency = compiler.level.leaves[compiler.level.by_node[id(node)]].dependency
+                if polarity.setdefault(dependency, negated) != negated:
+                    raise WhereClauseError(POLARITY)
+        return disjuncts
 
 
 def _conjunctive(node: Any, negated: bool) -> bool:
     conjunction: bool = node.boolop == BoolExprType.AND_EXPR
     return conjunction != negated
-
-
-def _count(node: Any, negated: bool) -> int:
-    if not _is_structure(node):
-        return 1
-    if node.boolop == BoolExprType.NOT_EXPR:
-        return _count(node.args[0], not negated)
-    counts = [_count(arg, negated) for arg in node.args]
-    if _conjunctive(node, negated):
-        product = 1
-        for count in counts:
-            product *= count
-        return product
-    return sum(counts)
-
-
-def _disjuncts(node: Any, negated: bool) -> list[list[_Leaf]]:
-    if not _is_structure(node):
-        return [[(node, negated)]]
-    if node.boolop == BoolExprType.NOT_EXPR:
-        return _disjuncts(node.args[0], not negated)
-    parts = [_disjuncts(arg, negated) for arg in node.args]
-    if not _conjunctive(node, negated):
-        return [disjunct for part in parts for disjunct in part]
-    result: list[list[_Leaf]] = [[]]
-    for part in parts:
-        result = [left + right for left in result for right in part]
-    return result
-
-
-def _normal_form(clause: Any, compiler: SublinkCompiler) -> list[list[_Leaf]]:
-    count = _count(clause, False)
-    if count > MAX_DISJUNCTS:
-        raise WhereClauseError(
-            f"WHERE clause too complex for DNF decomposition ({count} disjuncts exceeds limit "
-            f"of {MAX_DISJUNCTS})"
-        )
-    disjuncts = _disjuncts(clause, False)
-    polarity: dict[int, bool] = {}
-    for disjunct in disjuncts:
-        for node, negated in disjunct:
-            if not isinstance(node, ast.SubLink):
-                if _has_sublink(node):
-                    raise compiler.error(location_of(node), BOOLEAN_ONLY)
-                continue
-            dependency = compiler.level.leaves[compiler.level.by_node[id(node)]].dependency
-            if polarity.setdefault(dependency, negated) != negated:
-                raise WhereClauseError(POLARITY)
-    return disjuncts
 
 
 def _plan(
@@ -397,6 +431,7 @@ def _plan(
     fns: list[ev.Fn] = []
     real: list[str] = []
     pieces: list[Pieces] = []
+    texts: dict[int, str] = {}  # a predicate leaf may sit in several disjuncts
     for number, disjunct in enumerate(disjuncts):
         for node, negated in disjunct:
             leaf_index = level.by_node.get(id(node)) if isinstance(node, ast.SubLink) else None
@@ -406,11 +441,12 @@ def _plan(
             positions.append(Position(number, dependency, negated, columns))
             position_leaves.append(leaf_index)
             fns.append(_leaf_fn(node, compiler))
-            text = (
-                leaf.real_sql()
-                if leaf is not None
-                else where_sql.deparse(compiler.substitute_item(node))
-            )
+            if leaf is not None:
+                text = leaf.real_sql()
+            elif id(node) in texts:
+                text = texts[id(node)]
+            else:
+                text = texts[id(node)] = where_sql.deparse(compiler.substitute_item(node))
             real.append(_active_sql(text, negated))
             body: Pieces = (text,) if leaf_index is None else (leaf_index,)
             pieces.append(_active_pieces(body, negated))
@@ -438,7 +474,7 @@ def _plan(
 
 def _leaf_fn(node: Any, compiler: SublinkCompiler) -> ev.Fn:
     typed = compiler.compiled.get(id(node))
-    if typed is None:  # a parameter leaf ($1 standing alone): compile it now
+    if typed is None:  # a leaf joining several predicates: compile it now
         typed = compiler.compile(node)
     return compiler.to_bool(typed, "AND").fn
 
@@ -451,11 +487,6 @@ def _active_sql(text: str, negated: bool) -> str:
 def _active_pieces(body: Pieces, negated: bool) -> Pieces:
     opening = "COALESCE((NOT " if negated else "COALESCE(("
     return (opening, *body, ")::boolean, false)")
-
-
-def _real_sql(clause: Any, compiler: SublinkCompiler) -> str:
-    level = compiler.level
-    return where_sql.deparse(clause, lambda node: level.leaves[level.by_node[id(node)]].real_sql())
 
 
 def _clause_pieces(clause: Any, compiler: SublinkCompiler) -> Pieces:

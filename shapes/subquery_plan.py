@@ -8,7 +8,9 @@ the plan
 * evaluates a row: the compiled clause (sublinks test membership in the views, with SQL's
   NULL rules) decides ``included``; each DNF position gives one active condition;
 * hashes tags and move patterns from the same canonical value text, so a row's tag slot and the
-  pattern of its value are always equal;
+  pattern of its value are always equal (values with a NULL part make no position true and
+  get no patterns; :meth:`SubqueryPlan.null_patterns` names the rows whose comparison with a
+  value is NULL, which a value entering a ``NOT IN`` view turns off);
 * writes SQL in which each sublink is a real subquery, or a test against array parameters that
   carry the views (``col = ANY(%(p0_0)s::pg_catalog.int8[])``).
 
@@ -183,7 +185,7 @@ class SubqueryPlan:
     def patterns(
         self, dependency: int, values: Iterable[ValueKey], prefix: str
     ) -> list[dict[str, object]]:
-        moved = list(values)
+        moved = [value for value in values if not _has_null(value)]
         patterns: list[dict[str, object]] = []
         for index, leaf_index in enumerate(self.position_leaves):
             if leaf_index is None or self.leaves[leaf_index].dependency != dependency:
@@ -194,6 +196,20 @@ class SubqueryPlan:
                 digest = tag_hash(prefix, _slot_text(value, leaf.columns, types))
                 patterns.append({"pos": index, "value": digest})
         return patterns
+
+    def null_patterns(
+        self, dependency: int, values: Iterable[ValueKey], prefix: str
+    ) -> list[dict[str, object]]:
+        slots: dict[tuple[int, str], None] = {}  # ordered and without repeats
+        for index, leaf_index in enumerate(self.position_leaves):
+            if leaf_index is None or self.leaves[leaf_index].dependency != dependency:
+                continue
+            leaf = self.leaves[leaf_index]
+            types = tuple(key.key for key in leaf.outer_keys)
+            for value in values:
+                for masked in _null_masks(value, len(types)):
+                    slots[(index, tag_hash(prefix, _slot_text(masked, leaf.columns, types)))] = None
+        return [{"pos": index, "value": digest} for index, digest in slots]
 
     # -- SQL over views -----------------------------------------------------------------------
 
@@ -230,6 +246,25 @@ class SubqueryPlan:
             if leaf.dependency == dependency:
                 return index
         raise IndexError(f"no dependency {dependency}")
+
+
+def _null_masks(value: ValueKey | None, width: int) -> list[ValueKey | None]:
+    """The left sides whose comparison with ``value`` is NULL, not FALSE: ``value`` with one
+    or more of its parts NULL (``None`` alone for a single column)."""
+    if _has_null(value):
+        return []
+    if width == 1:
+        return [None]
+    parts: tuple[Any, ...] = value  # type: ignore[assignment]
+    return [
+        tuple(None if mask >> i & 1 else part for i, part in enumerate(parts))
+        for mask in range(1, 1 << width)
+    ]
+
+
+def _has_null(value: ValueKey | None) -> bool:
+    """A value with a NULL part never equals a left side: no row's condition hangs on it."""
+    return value is None or isinstance(value, tuple) and None in value
 
 
 def _active(fn: ev.Fn, negated: bool, env: Sequence[Any]) -> bool:

@@ -11,6 +11,13 @@ The resulting :class:`Where` carries
 * ``matches(row)``: evaluation of a replicated row with Postgres semantics;
 * ``index_conditions()``: the ``col = const`` style conjuncts the router indexes on.
 
+A clause may hold ``col IN (SELECT c FROM t WHERE ...)`` sublinks when the caller describes the
+inner tables: :func:`subquery_tables` names them (a pure parse), ``parse_where(...,
+tables=...)`` then checks and compiles the whole clause (:mod:`shapes.subquery_compile`). Such a
+``Where`` is evaluated with ``evaluate(row, views)`` against the current value set of each of
+its ``dependencies`` and carries DNF positions, tags, move patterns and SQL over the views
+(:mod:`shapes.subquery_plan`); for a clause without sublinks nothing changes.
+
 Errors are :class:`~shapes.errors.WhereClauseError` with the reference server's texts: syntax
 errors carry the parser's position in the wrapped string (``At location 17: syntax error at or
 near "x"`` for ``1 x 1``), semantic errors the byte offset inside the clause itself.
@@ -206,8 +213,20 @@ class Where:
         self, dependency: int, values: Iterable[ValueKey], prefix: str
     ) -> list[dict[str, object]]:
         """``{"pos", "value"}`` for each position of the dependency and each value: equal to
-        the tag slot of an outer row holding that value."""
+        the tag slot of an outer row holding that value. Values with a NULL part are left out:
+        ``x IN (...)`` is never true through them, so no row's condition follows them (but a
+        NULL entering a negated dependency's view makes ``NOT IN`` NULL for every row)."""
         return self._require_plan().patterns(dependency, values, prefix)
+
+    def null_patterns(
+        self, dependency: int, values: Iterable[ValueKey], prefix: str
+    ) -> list[dict[str, object]]:
+        """The patterns of rows whose left side has NULL parts and compares NULL (not FALSE)
+        with one of the values: ``NULL`` (single column), or the value with some parts NULL
+        (row form). When such a value enters a ``NOT IN`` dependency's view, these rows' position
+        stops being true along with the rows of :meth:`patterns` (``x NOT IN (...)`` is NULL).
+        Values with a NULL part give none."""
+        return self._require_plan().null_patterns(dependency, values, prefix)
 
     def views_sql(self, prefix: str) -> str:
         """The clause with each sublink tested against array parameters ``%(<prefix><k>_<i>)s``

@@ -149,6 +149,7 @@ class Engine:
             retire=self.delete,
             restart_after_truncate=self.registry.restart_after_truncate,
             dependents=self.subqueries.dependents_of_table,
+            schema_dependents=self.subqueries.schema_dependents,
         )
         # Handlers by message type: row and schema changes (also replayed from spools), and the
         # transaction and stream boundaries that only arrive live.

@@ -53,6 +53,9 @@ class SchemaReconciler:
         retire: Callable[[ShapeState, str], None],
         restart_after_truncate: Callable[[ShapeState], None],
         dependents: Callable[[TableKey], list[ShapeState]] = lambda table: [],
+        schema_dependents: Callable[
+            [TableKey, dict[str, tuple[int, int]] | None], list[ShapeState]
+        ] = lambda table, columns: [],
     ) -> None:
         self._applier = applier
         self._router = router
@@ -62,6 +65,8 @@ class SchemaReconciler:
         self._retire = retire
         self._restart_after_truncate = restart_after_truncate
         self._dependents = dependents
+        self._schema_dependents = schema_dependents
+        """The shapes whose subqueries read columns of a table that changed (None: dropped)."""
         """The shapes whose subqueries read a table."""
         self.tables: dict[TableKey, Table] = {}
         """Table descriptions by ``(schema, name)``."""
@@ -97,10 +102,8 @@ class SchemaReconciler:
     def _check_schema(self, table: TableKey, columns: dict[str, tuple[int, int]] | None) -> None:
         """Invalidate the shapes of ``table`` that its new columns (None: dropped) affect."""
         changed = False
-        for shape in self._dependents(table):
-            inner = self._inner_columns(shape, table)
-            if columns is None or inner is None or inner != columns:
-                self._retire(shape, "the schema of a table its subqueries read changed")
+        for shape in self._schema_dependents(table, columns):
+            self._retire(shape, "the schema of a table its subqueries read changed")
         for shape in list(self._router.shapes_for_table(table)):
             if columns is None:
                 self._retire(shape, "the table was dropped")
@@ -124,13 +127,6 @@ class SchemaReconciler:
                 self._retire(shape, "a table its subqueries read was truncated")
             for shape in list(self._router.shapes_for_table(relation.table)):
                 self._restart_after_truncate(shape)
-
-    def _inner_columns(
-        self, shape: ShapeState, table: TableKey
-    ) -> dict[str, tuple[int, int]] | None:
-        """The columns ``shape``'s subqueries were compiled against for ``table``."""
-        described = shape.inner_tables.get(table)
-        return None if described is None else column_types(described)
 
     async def reconcile_schemas(self) -> None:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -85,6 +85,8 @@ class SubqueryEngine:
         self.materializers: dict[Dependency, Materializer] = {}
         self.router: Router[Materializer] = Router()
         self.shapes: dict[ShapeState, SubqueryShape] = {}
+        self.unsteady: set[SubqueryShape] = set()
+        """Shapes not in the steady state: only these hold transactions or wait to splice."""
         self.last_commit_lsn = 0
         self.stream_position = 0
         """The highest position up to which every committed transaction has been received."""
@@ -110,16 +112,19 @@ class SubqueryEngine:
     def set_residual(self, shape: ShapeState, residual: bool) -> None:
         self._set_residual(shape, residual)
 
+    def mode_changed(self, sq: SubqueryShape) -> None:
+        """Keep :attr:`unsteady` (the shapes that may hold transactions or wait to splice)."""
+        if sq.mode in ("steady", "gone"):
+            self.unsteady.discard(sq)
+        else:
+            self.unsteady.add(sq)
+
     # -- shapes ---------------------------------------------------------------------------------
 
-    @property
-    def holding(self) -> Iterable[SubqueryShape]:
-        """Shapes that hold transactions (the confirmed LSN must not pass them)."""
-        return (sq for sq in self.shapes.values() if sq.held)
-
     def first_held_lsn(self) -> int | None:
+        """The oldest transaction a shape holds (the confirmed LSN must not pass it)."""
         first: int | None = None
-        for sq in self.shapes.values():
+        for sq in self.unsteady:
             lsn = sq.first_held_lsn
             if lsn is not None and (first is None or lsn < first):
                 first = lsn
@@ -149,6 +154,7 @@ class SubqueryEngine:
         if sq is None:
             return
         sq.close()
+        self.unsteady.discard(sq)
         self._txn_shapes.pop(sq, None)
         for mat in sq.dependencies:
             self._unsubscribe(mat, sq)
@@ -377,12 +383,24 @@ class SubqueryEngine:
         if lsn <= self.stream_position:
             return
         self.stream_position = lsn
-        for sq in list(self.shapes.values()):
+        for sq in list(self.unsteady):
             if sq.query is not None and sq.query.task_done and sq.mode != "gone":
                 sq.try_splice()
 
     def last_seen_lsn(self) -> int:
         return max(self._last_seen_lsn(), self.stream_position)
+
+    def schema_dependents(
+        self, table: TableKey, columns: dict[str, tuple[int, int]] | None
+    ) -> list[ShapeState]:
+        """The shapes whose subqueries read a column of ``table`` that is gone or has another
+        type now (``columns``: the table's columns and types, ``None`` when it was dropped)."""
+        found: list[ShapeState] = []
+        for mat in self.router.shapes_for_table(table):
+            known = {c.name: (c.type_oid, c.type_mod) for c in mat.table.columns}
+            if columns is None or any(columns.get(c) != known.get(c) for c in mat.columns):
+                found.extend(sq.shape for sq in self._dependents(mat))
+        return found
 
     def dependents_of_table(self, table: TableKey) -> list[ShapeState]:
         """Every shape that depends on a materialiser of ``table`` (truncates, schema changes)."""

@@ -100,6 +100,8 @@ class SubqueryHost(Protocol):
 
     def set_residual(self, shape: ShapeState, residual: bool) -> None: ...
 
+    def mode_changed(self, shape: SubqueryShape) -> None: ...
+
 
 @dataclass
 class _Query:
@@ -150,7 +152,8 @@ class SubqueryShape:
         self.views: Views = [set() for _ in dependencies]
         self.shared = False
         self.held: list[HeldTransaction] = []
-        self.mode: Mode = "loading"
+        self._mode: Mode = "loading"
+        host.mode_changed(self)
         self.query: _Query | None = None
         self.journal = ViewJournal(shape.log.directory)
         self._negated = frozenset(
@@ -161,6 +164,18 @@ class SubqueryShape:
 
     def __repr__(self) -> str:
         return f"<SubqueryShape {self.shape.handle} {self.mode}>"
+
+    @property
+    def mode(self) -> Mode:
+        """``loading`` (first query), ``waiting`` (restored, materialisers loading),
+        ``steady``, ``buffering`` (a move-in query in flight) or ``gone``."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: Mode) -> None:
+        if mode != self._mode:
+            self._mode = mode
+            self.host.mode_changed(self)
 
     # -- state --------------------------------------------------------------------------------
 

@@ -544,3 +544,30 @@ def test_sql_three_valued_membership() -> None:
     assert pair.evaluate({"user_id": "1", "team_id": "2"}, [{(3, None)}]).included is True
     assert pair.evaluate({"user_id": "1", "team_id": None}, [{(3, 2)}]).included is True
     assert pair.evaluate({"user_id": "1", "team_id": None}, [{(1, 5)}]).included is False
+
+
+def test_predicates_beside_sublinks_are_one_leaf_per_operator() -> None:
+    where = parse("value = 1 AND parent_id IN (SELECT id FROM parent) AND flag AND name = 'x'")
+    assert [p.dependency for p in where.positions] == [None, 0]
+    assert where.position_sql[0] == (
+        "COALESCE((((value = (1)) AND flag AND (name = 'x')))::boolean, false)"
+    )
+    either = parse("NOT (value = 1 OR parent_id IN (SELECT id FROM parent) OR flag)")
+    assert [(p.disjunct, p.dependency, p.negated) for p in either.positions] == [
+        (0, None, True),
+        (0, 0, True),
+    ]
+    row = {"value": "2", "parent_id": "3", "flag": "f"}
+    assert either.evaluate(row, [{4}]) == (True, (True, True))
+    assert either.evaluate({**row, "flag": None}, [{4}]) == (False, (False, True))
+
+
+def test_patterns_leave_out_values_with_null_parts() -> None:
+    single = parse(
+        "parent_id IN (SELECT id FROM parent) OR parent_id IN (SELECT value FROM parent)"
+    )
+    h = hashlib.md5(b"pv:1").hexdigest()
+    assert single.patterns(0, [1, None], "p") == [{"pos": 0, "value": h}]
+    pair = parse("(user_id, team_id) IN (SELECT user_id, team_id FROM members)")
+    assert pair.patterns(0, [(1, None), (None, None)], "p") == []
+    assert len(pair.patterns(0, [(1, 2)], "p")) == 1

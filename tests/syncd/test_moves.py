@@ -233,3 +233,21 @@ def test_a_value_set_past_its_limit_is_refused(pg_dsn: str, tmp_path: Path) -> N
             assert "max_subquery_values=2" in answer.text
     finally:
         daemon.stop()
+
+
+def test_a_schema_change_of_an_inner_table_resets_only_what_it_touches(
+    syncd: SyncdProcess, pg_dsn: str
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        cursor = cursor_for(MINE, "1")
+        follow(client, syncd, cursor)
+        run(pg_dsn, "ALTER TABLE memberships ADD COLUMN note text")
+        lsn = run(pg_dsn, "INSERT INTO memberships VALUES (1, 20, 'hi')")
+        follow(client, syncd, cursor, lsn)
+        assert cursor.refetches == 0  # a column the subquery does not read
+        assert set(cursor.rows) == expected(pg_dsn, MINE, (1,))
+        run(pg_dsn, "ALTER TABLE memberships ALTER COLUMN thread_id TYPE bigint")
+        lsn = run(pg_dsn, "INSERT INTO memberships VALUES (1, 30, 'x')")
+        follow(client, syncd, cursor, lsn)
+        assert cursor.refetches == 1
+        assert set(cursor.rows) == expected(pg_dsn, MINE, (1,))
