@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,6 +32,8 @@ from .sync_stack import (
 LiveMode = str
 MODES = ["long-poll", "sse"]
 WAIT = 60.0
+SSE_TIMEOUT = 60
+"""How long syncd holds an SSE stream (its default) when nothing ends it."""
 
 
 @pytest.fixture(scope="module")
@@ -190,16 +193,19 @@ async def test_sign_out_ends_the_sessions_live_requests(
 ) -> None:
     alice = stack.sign_up()
     stack.create_thread(alice)
+    started = time.monotonic()
     going_live = asyncio.Event()
     request = asyncio.create_task(live_request(stack, alice, 0, sse, going_live))
     await asyncio.wait_for(going_live.wait(), WAIT)
     await asyncio.sleep(0.2)  # most likely in flight by now; one that is not is cut off later
     await asyncio.to_thread(stack.sign_out, alice, where)
-    answer = await asyncio.wait_for(request, WAIT)
+    answer = await asyncio.wait_for(request, 2 * WAIT)
     # a long-poll that ran out would be a 200 up-to-date or 204; a cut one is a 409 (or, if it
     # arrived after the sign-out, a 401); an SSE stream simply ends
     if not sse:
         assert answer.status_code in (401, 409), answer.text
+    else:  # syncd would have held the stream for SSE_TIMEOUT seconds
+        assert time.monotonic() - started < SSE_TIMEOUT - 5
     async with httpx.AsyncClient() as client:
         again = await client.get(
             stack.url("events"), params={"offset": "-1"}, headers=alice.headers
