@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
@@ -23,6 +24,7 @@ BENCHES = (
     "stalled-readers-rss",
     "subquery-move-in",
     "subquery-shapes-ingest",
+    "burn-users",
 )
 
 
@@ -81,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--subquery-rows", type=int, default=100_000, help="events of subquery-shapes-ingest"
     )
+    parser.add_argument(
+        "--users", type=int, default=1_000, help="signed-in users of burn-users (5 shapes each)"
+    )
+    parser.add_argument("--burn-threads", type=int, default=100, help="threads of burn-users")
+    parser.add_argument(
+        "--burn-rate", type=float, default=50.0, help="messages per second of burn-users"
+    )
+    parser.add_argument(
+        "--burn-seconds", type=float, default=20.0, help="seconds of messages of burn-users"
+    )
+    parser.add_argument(
+        "--burn-live-mode", choices=["sse", "long-poll"], default="sse", help="burn-users' clients"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -120,6 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_move_in(args.move_in_rounds, args.move_in_rows, keep=args.keep)
     if "subquery-shapes-ingest" in benches:
         run_shapes_ingest(args.subquery_rows, args.subquery_shapes, keep=args.keep)
+    if "burn-users" in benches:
+        run_burn_users(
+            BurnOptions(
+                users=args.users,
+                threads=args.burn_threads,
+                rate=args.burn_rate,
+                seconds=args.burn_seconds,
+                live_mode=args.burn_live_mode,
+                keep=args.keep,
+            )
+        )
     return 0
 
 
