@@ -56,6 +56,8 @@ USER_COLUMNS = ("id", "name", "kind", "avatar_url", "inserted_at", "updated_at")
 CUT_OFF_GRACE = (0.5, 2.0, 5.0)
 """Seconds after a sign-out at which its session's live requests are cut off again."""
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+LISTENER_NAME = "burn-sign-out-listener"
+"""The ``application_name`` of each process's LISTEN connection."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class SignOutListener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True
+                    self.database_url, autocommit=True, application_name=LISTENER_NAME
                 ) as conn:
                     await conn.execute(f"LISTEN {SIGN_OUT_CHANNEL}")
                     await self.sync.cut_off_revoked(conn)

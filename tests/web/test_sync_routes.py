@@ -17,6 +17,7 @@ import pytest
 from shapes.client import Shape, ShapeDefinition, ShapeStream
 from shapes.client.stream import ShapeRequestError
 from syncd.pgprovider import PostgresServer
+from web.sync import LISTENER_NAME
 
 from .sync_stack import (
     TABLES,
@@ -306,3 +307,22 @@ def test_session_keys_are_per_session(stack: Stack) -> None:
     ok = httpx.get(stack.url("threads"), params={"offset": "-1"}, headers=second.headers)
     assert ok.status_code == 200
     assert uuid.UUID(str(second.id)) == alice.id
+
+
+async def test_sign_out_cuts_off_after_the_listen_connection_was_dropped(stack: Stack) -> None:
+    """A sign-out announced while a process's LISTEN connection is down is not lost: after
+    reconnecting, the process checks its live sessions and cuts the revoked ones off."""
+    alice = stack.sign_up()
+    stack.create_thread(alice)
+    going_live = asyncio.Event()
+    request = asyncio.create_task(live_request(stack, alice, 0, False, going_live))
+    await asyncio.wait_for(going_live.wait(), WAIT)
+    await asyncio.sleep(0.2)
+    stack.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = %s AND datname = current_database()",
+        LISTENER_NAME,
+    )
+    await asyncio.to_thread(stack.sign_out, alice, 1)
+    answer = await asyncio.wait_for(request, 2 * WAIT)
+    assert answer.status_code in (401, 409), answer.text
