@@ -32,6 +32,34 @@ class SubqueryPredicate(Protocol):
     def tags(self, row: Row, prefix: str) -> list[str]: ...
 
 
+class CachedTags:
+    """A clause whose :meth:`tags` are remembered by the values of the columns they depend on
+    (the left sides of the subqueries): rows of one thread share their tags, and hashing them
+    again for every row would cost more than the rest of the conversion."""
+
+    __slots__ = ("_cache", "_columns", "_where")
+
+    LIMIT = 4096
+    """Entries kept (the cache starts over when it is full)."""
+
+    def __init__(self, where: SubqueryPredicate, columns: Sequence[str]) -> None:
+        self._where = where
+        self._columns = tuple(columns)
+        self._cache: dict[tuple[object, ...], list[str]] = {}
+
+    def evaluate(self, row: Row, views: Views) -> Meta:
+        return self._where.evaluate(row, views)
+
+    def tags(self, row: Row, prefix: str) -> list[str]:
+        key = (prefix, *(row.get(c) for c in self._columns))
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= self.LIMIT:
+                self._cache.clear()
+            found = self._cache[key] = self._where.tags(row, prefix)
+        return found
+
+
 @dataclass(frozen=True, slots=True)
 class SubqueryView:
     """A shape's conversion parts: the plain ones, its clause and its tag prefix."""

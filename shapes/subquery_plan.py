@@ -102,13 +102,32 @@ class SubqueryPlan:
     def evaluate(
         self, row: Mapping[str, str | None], views: Sequence[AbstractSet[ValueKey]]
     ) -> RowMeta:
+        # The positions are the clause's leaves in DNF, so without an error among them the
+        # clause is TRUE exactly when a disjunct has all its positions true. A leaf that raises
+        # may or may not be reached by the clause as Postgres evaluates it (short-circuits):
+        # then the compiled clause decides, raising where Postgres raises.
         env = self._env(row, views)
-        included = self.fn(env) is True
-        active = tuple(
-            _active(fn, position.negated, env)
-            for fn, position in zip(self.position_fns, self.positions, strict=True)
-        )
-        return RowMeta(included, active)
+        active: list[bool] = []
+        failed = False
+        for fn, position in zip(self.position_fns, self.positions, strict=True):
+            try:
+                value = fn(env)
+            except EvaluationError:
+                failed = True
+                value = None  # an error counts as not true
+            active.append(value is (False if position.negated else True))
+        if failed:
+            included = self.fn(env) is True
+        else:
+            included = self._any_disjunct(active)
+        return RowMeta(included, tuple(active))
+
+    def _any_disjunct(self, active: list[bool]) -> bool:
+        satisfied = [True] * self.disjunct_count
+        for ok, position in zip(active, self.positions, strict=True):
+            if not ok:
+                satisfied[position.disjunct] = False
+        return any(satisfied)
 
     def _env(
         self, row: Mapping[str, str | None], views: Sequence[AbstractSet[ValueKey]]
@@ -265,14 +284,6 @@ def _null_masks(value: ValueKey | None, width: int) -> list[ValueKey | None]:
 def _has_null(value: ValueKey | None) -> bool:
     """A value with a NULL part never equals a left side: no row's condition hangs on it."""
     return value is None or isinstance(value, tuple) and None in value
-
-
-def _active(fn: ev.Fn, negated: bool, env: Sequence[Any]) -> bool:
-    try:
-        value = fn(env)
-    except EvaluationError:
-        return False  # an error counts as not true
-    return value is (False if negated else True)
 
 
 def _key_of(keys: Sequence[KeyColumn], texts: Sequence[str | None]) -> ValueKey | None:

@@ -136,6 +136,17 @@ class Materializer:
         self._touched: set[ValueKey] = set()
         self.loaded = asyncio.Event()
         """Set once the first load is done."""
+        self.pending_since: int | None = None
+        """While a reload runs: the commit whose move started it (shapes wait for it)."""
+
+    def pending_lsn(self) -> int | None:
+        """The oldest commit whose effect on this set (or a nested one) is still reloading."""
+        found = self.pending_since
+        for inner in self.dependencies:
+            lsn = inner.pending_lsn()
+            if lsn is not None and (found is None or lsn < found):
+                found = lsn
+        return found
 
     @property
     def gone(self) -> bool:

@@ -57,13 +57,15 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
     The connection must be in autocommit mode and not in a transaction.
     """
     await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # One round trip: the snapshot (taken at this first statement) and the display settings.
+    settings = ", ".join("set_config(%s, %s, true)" for _ in DISPLAY_SETTINGS)
+    values = [item for pair in DISPLAY_SETTINGS.items() for item in pair]
     cur = await conn.execute(
-        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8"
+        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8, " + settings,
+        values,
     )
     row = await cur.fetchone()
     assert row is not None
-    for name, value in DISPLAY_SETTINGS.items():
-        await conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     return Snapshot.parse(row[0]), int(row[1])
 
 

@@ -85,6 +85,8 @@ class SubqueryEngine:
         self.materializers: dict[Dependency, Materializer] = {}
         self.router: Router[Materializer] = Router()
         self.shapes: dict[ShapeState, SubqueryShape] = {}
+        self.reloading: set[Materializer] = set()
+        """Nested materialisers reloading after one of their sets moved."""
         self.unsteady: set[SubqueryShape] = set()
         """Shapes not in the steady state: only these hold transactions or wait to splice."""
         self.last_commit_lsn = 0
@@ -124,7 +126,7 @@ class SubqueryEngine:
     def first_held_lsn(self) -> int | None:
         """The oldest transaction a shape holds (the confirmed LSN must not pass it)."""
         first: int | None = None
-        for sq in self.unsteady:
+        for sq in self.unsteady.union(self.reloading_dependents()):
             lsn = sq.first_held_lsn
             if lsn is not None and (first is None or lsn < first):
                 first = lsn
@@ -164,6 +166,7 @@ class SubqueryEngine:
         if mat.subscribers:
             return
         mat.status = "gone"
+        self.reloading.discard(mat)
         self.materializers.pop(mat.dependency, None)
         self.router.remove(mat)
         self._txn_mats.pop(mat, None)
@@ -240,6 +243,8 @@ class SubqueryEngine:
         move = mat.diff_published()
         if move is not None:
             self._publish_between(mat, move)
+        mat.pending_since = None
+        self.reloading.discard(mat)
         for sub in list(mat.subscribers):
             if isinstance(sub, SubqueryShape):
                 sub.deps_became_ready()
@@ -296,6 +301,9 @@ class SubqueryEngine:
                     self._route_move(sub.shape, move)
 
     def _reload(self, mat: Materializer) -> None:
+        if mat.pending_since is None:
+            mat.pending_since = self.last_commit_lsn
+            self.reloading.add(mat)
         if mat.status == "ready":
             mat.status = "loading"
             self._spawn(self._load(mat))
@@ -389,6 +397,13 @@ class SubqueryEngine:
 
     def last_seen_lsn(self) -> int:
         return max(self._last_seen_lsn(), self.stream_position)
+
+    def reloading_dependents(self) -> set[SubqueryShape]:
+        """The shapes some of whose (nested) materialisers are reloading."""
+        found: set[SubqueryShape] = set()
+        for mat in self.reloading:
+            found.update(self._dependents(mat))
+        return found
 
     def schema_dependents(
         self, table: TableKey, columns: dict[str, tuple[int, int]] | None

@@ -59,6 +59,7 @@ from psycopg.rows import TupleRow
 from shapes import messages
 from shapes.convert import Entry
 from shapes.convert_subquery import (
+    CachedTags,
     SubqueryView,
     convert_delete,
     convert_insert,
@@ -130,6 +131,11 @@ def _apply(views: Views, moves: dict[int, Move]) -> None:
         target.update(entered)
 
 
+def _has_null(value: ValueKey) -> bool:
+    """A value that is NULL or, in the row form, has a NULL part."""
+    return value is None or (isinstance(value, tuple) and None in value)
+
+
 def _is_true(value: object) -> bool:
     return value is True or value in ("t", "true")
 
@@ -148,7 +154,10 @@ class SubqueryShape:
         self.where = where
         self.dependencies = dependencies
         self.host = host
-        self.view = SubqueryView(shape.view, where, STACK_ID + shape.handle)
+        left_columns = sorted({c for p in where.positions for c in p.columns})
+        self.view = SubqueryView(
+            shape.view, CachedTags(where, left_columns), STACK_ID + shape.handle
+        )
         self.views: Views = [set() for _ in dependencies]
         self.shared = False
         self.held: list[HeldTransaction] = []
@@ -181,11 +190,15 @@ class SubqueryShape:
 
     @property
     def first_held_lsn(self) -> int | None:
-        """The oldest held real transaction (the confirmed LSN must not pass it)."""
-        for txn in self.held:
-            if txn.real:
-                return txn.lsn
-        return None
+        """The oldest held real transaction, or the commit whose move a nested materialiser is
+        still reloading for (the confirmed LSN must not pass it; readers are told the shape has
+        not seen it yet)."""
+        first = next((txn.lsn for txn in self.held if txn.real), None)
+        for mat in self.dependencies:
+            pending = mat.pending_lsn()
+            if pending is not None and (first is None or pending < first):
+                first = pending
+        return first
 
     @property
     def deps_ready(self) -> bool:
@@ -278,7 +291,8 @@ class SubqueryShape:
         entries = self._encode_changes(txn, self.views, renumber=None)
         if outer_out:
             op = txn.end_op
-            entries.append((op, self._move_out_event(outer_out, [txn.xid] if txn.real else [])))
+            txids = [txn.xid] if txn.real else []
+            entries.append((op, self._move_out_event(outer_out, txids, self.views)))
             after = _copy(self.views) if not self.shared else None
             if after is not None:
                 _apply(after, txn.moves)
@@ -399,6 +413,7 @@ class SubqueryShape:
                 await conn.execute("SELECT pg_logical_emit_message(false, 'syncd', '')")
             await conn.execute("COMMIT")
         query.snapshot, query.wal_lsn, query.rows = snapshot, wal_lsn, rows
+        log.debug("shape %s: query done, %d rows", shape.handle, len(rows))
 
     def _rows(self, batch: list[TupleRow], *, is_move_in: bool) -> list[bytes]:
         view = self.shape.view
@@ -410,7 +425,7 @@ class SubqueryShape:
             key = messages.row_key(view.key_prefix, row, view.key_columns)
             value = row if view.selected is None else {c: row[c] for c in self.shape.selected}
             headers: dict[str, object] = {
-                "tags": self.where.tags(row, self.view.tag_prefix),
+                "tags": self.view.where.tags(row, self.view.tag_prefix),
                 "active_conditions": [_is_true(v) for v in values[n:]],
             }
             if is_move_in:
@@ -493,7 +508,7 @@ class SubqueryShape:
             return False
         outer_in, outer_out = self._outer_moves(moves)
         if outer_out:
-            entries.append(self._move_out_event(outer_out, txids))
+            entries.append(self._move_out_event(outer_out, txids, query.before))
         if outer_in:
             patterns = self._patterns(outer_in)
             entries.append(messages.move_event("move-in", patterns, txids))
@@ -578,12 +593,23 @@ class SubqueryShape:
         """A NULL entered or left the set of a ``NOT IN`` subquery: that changes every row
         (``x NOT IN (..., NULL)`` is never true), which patterns cannot say."""
         return any(
-            k in self._negated and (None in entered or None in left)
+            k in self._negated and any(_has_null(v) for v in (*entered, *left))
             for k, (entered, left) in moves.items()
         )
 
-    def _move_out_event(self, left: dict[int, frozenset[ValueKey]], txids: list[int]) -> bytes:
-        return messages.move_event("move-out", self._patterns(left), txids)
+    def _move_out_event(
+        self, left: dict[int, frozenset[ValueKey]], txids: list[int], before: Views
+    ) -> bytes:
+        """The ``move-out`` event for values that take rows out. For a ``NOT IN`` subquery these
+        are values that entered its set; when the set was empty before, rows whose left side is
+        NULL go too (``NULL NOT IN (<empty>)`` is true, ``NULL NOT IN (<v>)`` is not)."""
+        patterns = self._patterns(left)
+        for k, moved in sorted(left.items()):
+            if k in self._negated and not before[k]:
+                ordered = sorted(moved, key=repr)
+                patterns.extend(self.where.null_patterns(k, ordered, self.view.tag_prefix))
+        unique = {(p["pos"], p["value"]): p for p in patterns}
+        return messages.move_event("move-out", list(unique.values()), txids)
 
     def _texts(self, views: Views) -> Texts:
         texts: Texts = []

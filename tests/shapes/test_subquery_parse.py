@@ -571,3 +571,11 @@ def test_patterns_leave_out_values_with_null_parts() -> None:
     pair = parse("(user_id, team_id) IN (SELECT user_id, team_id FROM members)")
     assert pair.patterns(0, [(1, None), (None, None)], "p") == []
     assert len(pair.patterns(0, [(1, 2)], "p")) == 1
+
+
+def test_a_raising_position_the_clause_never_reaches_is_just_not_true() -> None:
+    where = parse("parent_id IN (SELECT id FROM parent) OR 10 / value > 1")
+    row = {"value": "0", "parent_id": "1"}
+    assert where.evaluate(row, [{1}]) == (True, (True, False))  # OR stops at the sublink
+    with pytest.raises(EvaluationError, match="division by zero"):
+        where.evaluate(row, [{2}])

@@ -121,14 +121,9 @@ def event_key(tables: Tables, id_: int) -> str:
     return relation_key_prefix("public", tables.events) + f'/"{id_}"'
 
 
-def consumer_for(
-    syncd: SyncdProcess, table: str, where: str, *params: str, json_params: bool = False
-) -> CheckedConsumer:
+def consumer_for(syncd: SyncdProcess, table: str, where: str, *params: str) -> CheckedConsumer:
     query = {"table": table, "where": where}
-    if json_params:
-        query["params"] = json.dumps({str(i): p for i, p in enumerate(params, 1)})
-    else:
-        query |= {f"params[{i}]": p for i, p in enumerate(params, 1)}
+    query |= {f"params[{i}]": p for i, p in enumerate(params, 1)}
     return CheckedConsumer(syncd.shape_url, query, keep_messages=True)
 
 
@@ -217,20 +212,6 @@ def test_snapshot_holds_only_member_rows_with_tags(syncd: SyncdProcess, db: Any)
         assert_tagged(inserted[0])
         assert inserted[0]["headers"]["tags"] == [tag_of["1"]]
         assert_matches_select(consumer, syncd.dsn, tables.events, tables.members_of("1"))
-
-
-def test_params_in_json_form_give_the_same_shape(syncd: SyncdProcess, db: Any) -> None:
-    tables = make_tables(db)
-    commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 2, 'a')")
-    with (
-        consumer_for(syncd, tables.events, tables.members_of(), "1") as by_key,
-        consumer_for(syncd, tables.events, tables.members_of(), "1", json_params=True) as by_json,
-    ):
-        by_key.catch_up()
-        by_json.catch_up()
-        assert by_key.rows == by_json.rows
-        assert sorted(by_key.rows) == sorted(event_key(tables, i) for i in (21, 22, 23))
-        assert by_key.handle == by_json.handle
 
 
 def invalid(answer: httpx.Response) -> dict[str, Any]:
@@ -325,11 +306,9 @@ def test_move_in_brings_the_rows_then_snapshot_end(syncd: SyncdProcess, db: Any)
         read_new(consumer, syncd.dsn)
         xid = commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 2, 'a')")
         after = read_new(consumer, syncd.dsn)
-        order = kinds(after)
-        assert order[0] == "move-in", order
-        assert order[1:4] == ["insert*"] * 3, order
-        assert order[4] == "snapshot-end", order
-        assert order[-1] == "up-to-date", order
+        assert kinds(after)[-1] == "up-to-date"
+        order = [k for k in kinds(after) if k != "up-to-date"]  # polls while it runs
+        assert order == ["move-in", "insert*", "insert*", "insert*", "snapshot-end"], order
         (move_in,) = events(after)
         assert xid in move_in["headers"]["txids"]
         (pattern,) = move_in["headers"]["patterns"]
@@ -393,7 +372,7 @@ def test_not_in_swaps_move_in_and_move_out(syncd: SyncdProcess, db: Any) -> None
         assert move_out["headers"]["patterns"] == [{"pos": 0, "value": slot(tag_of["2"], 0)}]
         commit(db, f"DELETE FROM {tables.memberships} WHERE thread_id = 1")
         left = read_new(consumer, syncd.dsn)
-        order = kinds(left)
+        order = [k for k in kinds(left) if k != "up-to-date"]  # polls while it runs
         assert order[:5] == ["move-in", "insert*", "insert*", "insert*", "snapshot-end"], order
         assert {m["value"]["thread_id"] for m in changes(left)} == {"1"}
         assert_matches_select(consumer, syncd.dsn, tables.events, expected_where)
@@ -542,7 +521,14 @@ def test_burst_read_in_one_catch_up_keeps_commit_order(syncd: SyncdProcess, db: 
         commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 3, 'a')")
         burst = read_new(consumer, syncd.dsn)
         moves = [k for k in kinds(burst) if k in ("move-out", "move-in", "snapshot-end")]
-        assert moves == ["move-out", "move-in", "snapshot-end", "move-in", "snapshot-end"], burst
+        # Moves that arrive while a move-in query runs are batched into the next one (one
+        # event and one query), or come one after the other: both keep commit order.
+        assert moves in (
+            ["move-out", "move-in", "snapshot-end", "move-in", "snapshot-end"],
+            ["move-out", "move-in", "snapshot-end"],
+        ), burst
+        moved_in = [m for m in events(burst) if m["headers"]["event"] == "move-in"]
+        assert sum(len(m["headers"]["patterns"]) for m in moved_in) == 2
         assert kinds(burst)[-1] == "up-to-date"
         assert_matches_select(consumer, syncd.dsn, tables.events, tables.members_of("1"))
 
