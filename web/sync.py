@@ -56,6 +56,8 @@ USER_COLUMNS = ("id", "name", "kind", "avatar_url", "inserted_at", "updated_at")
 CUT_OFF_GRACE = (0.5, 2.0, 5.0)
 """Seconds after a sign-out at which its session's live requests are cut off again."""
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+PRUNE_AT = 1_000
+"""Remembered live sessions above which those without live requests are forgotten."""
 LISTENER_NAME = "burn-sign-out-listener"
 """The ``application_name`` of each process's LISTEN connection."""
 
@@ -108,6 +110,7 @@ class SyncRoutes:
         self.shape_routes = shape_routes
         self.authenticate = authenticate
         self._live_sessions: set[str] = set()
+        self._prune_at = PRUNE_AT
         self._pending: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[Route]:
@@ -121,10 +124,19 @@ class SyncRoutes:
                 return unauthorized().response()
             scope = scope_for(table, principal)
             if request.query_params.get("live") == "true" and scope.key is not None:
-                self._live_sessions.add(scope.key)
+                self._note_live(scope.key)
             return scope
 
         return self.shape_routes.route(table.path, table=table.table, authorize=authorize)
+
+    def _note_live(self, key: str) -> None:
+        """Remember a session with live requests (for :meth:`cut_off_revoked`); the sessions
+        without any are forgotten whenever the set has doubled."""
+        self._live_sessions.add(key)
+        if len(self._live_sessions) > self._prune_at:
+            live = self.shape_routes.live_requests
+            self._live_sessions = {k for k in self._live_sessions if k == key or live(k)}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._live_sessions))
 
     def cut_off(self, session_id: str) -> int:
         """End the session's live requests now, and again after each grace period."""
@@ -193,12 +205,14 @@ class SignOutListener:
                     failures = 0
                     async for notify in conn.notifies():
                         self.sync.cut_off(notify.payload)
+                problem = "the connection ended"
             except psycopg.Error as exc:
-                self.listening.clear()
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                failures += 1
-                log.warning("sign-out listener: %s; reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                problem = str(exc)
+            self.listening.clear()
+            delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+            failures += 1
+            log.warning("sign-out listener: %s; reconnecting in %.1f s", problem, delay)
+            await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
     async def running(self, ready_timeout: float = 10.0) -> AsyncIterator[None]:
