@@ -344,6 +344,17 @@ async def settle(deliveries: Deliveries, expected: int, posted: int) -> None:
             await asyncio.wait_for(deliveries.changed.wait(), 1.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(web: WebApp, syncd: _Daemon) -> tuple[float, float, float]:
+    return cpu_seconds(web.pid), cpu_seconds(syncd.pid), time.process_time()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -371,11 +382,21 @@ async def measure(web: WebApp, syncd: _Daemon, options: BurnOptions) -> None:
         )
         await asyncio.sleep(2.0)  # let both servers reach their steady state
         live_web, live_syncd = rss_mb(web.pid), rss_mb(syncd.pid)
+        cpu_before = cpu_now(web, syncd)
         try:
             posted, expected = await asyncio.to_thread(
                 post_messages, web, members, deliveries, options
             )
             await settle(deliveries, expected, posted)
+            used = [
+                after - before
+                for after, before in zip(cpu_now(web, syncd), cpu_before, strict=True)
+            ]
+            print(
+                "burn-users: CPU seconds while messages flowed: web {:.1f}, syncd {:.1f}, "
+                "clients {:.1f}".format(*used),
+                flush=True,
+            )
         finally:
             await asyncio.gather(*(shape.close() for shape in shapes), plain.close())
     delays = deliveries.delays_ms(deliveries.held)
