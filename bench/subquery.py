@@ -15,8 +15,10 @@
     The rate at which syncd takes ``--ingest-rows`` events (transactions of 1,000 rows,
     committed as fast as one connection can) with one plain shape over the table, against the
     rate with ``--subquery-shapes`` (10,000) shapes
-    ``thread_id IN (SELECT thread_id FROM memberships WHERE user_id = $1)``, one per user, every
-    user a member of one of ``--ingest-rows / 100`` threads; both in the same run and daemon.
+    ``thread_id IN (SELECT thread_id FROM memberships WHERE user_id = $1)``, one per user, user
+    ``k`` the one member of thread ``k`` and the events spread evenly over the threads, so that
+    each event belongs to exactly one shape (as each row does in ``ingest-10k-shapes``); both in
+    the same run and daemon.
     A run's time goes from the first commit until the daemon reports (``global_last_seen_lsn``
     of an up-to-date answer) that it has processed the WAL up to the last commit. Summary::
 
@@ -73,6 +75,7 @@ class Reader:
     last_seen_lsn: int = 0
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    requests: int = 0
 
     async def request(self, client: httpx.AsyncClient, *, live: bool) -> None:
         query = dict(self.params, offset=self.offset)
@@ -81,6 +84,7 @@ class Reader:
         if live:
             query["live"] = "true"
         answer = await client.get(self.url, params=query, timeout=POLL_TIMEOUT)
+        self.requests += 1
         if answer.status_code != 200:
             raise ShapeFailed(f"{answer.status_code} for {self.params}: {answer.text[:300]}")
         self.handle = answer.headers["electric-handle"]
@@ -169,6 +173,7 @@ async def _move_in_rounds(
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("SET synchronous_commit = on")
                 for thread in range(1, rounds + 1):
+                    requests_before = subquery.requests
                     committed = await asyncio.to_thread(
                         _commit, conn, "INSERT INTO memberships VALUES (1, %s)", (thread,)
                     )
@@ -183,7 +188,8 @@ async def _move_in_rounds(
                     arrived = await plain.wait_until(functools.partial(_holds_key, plain, key))
                     plain_ms.append((arrived - committed) * 1000)
                     log(
-                        f"  round {thread}: move-in of {rows:,} rows {move_in_ms[-1]:8.1f} ms,"
+                        f"  round {thread}: move-in of {rows:,} rows {move_in_ms[-1]:8.1f} ms"
+                        f" ({subquery.requests - requests_before} requests),"
                         f" plain insert {plain_ms[-1]:6.1f} ms"
                     )
         finally:
@@ -222,12 +228,12 @@ def run_move_in(rounds: int = 10, rows: int = 1_000, *, keep: bool = False) -> s
 # -- subquery-shapes-ingest ----------------------------------------------------------------------
 
 
-def _setup_ingest(dsn: str, users: int, threads: int) -> None:
+def _setup_ingest(dsn: str, users: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(MEMBERSHIPS_DDL)
         conn.execute(
-            "INSERT INTO memberships SELECT u, 1 + u %% %s FROM generate_series(1, %s::int) u",
-            (threads, users),
+            "INSERT INTO memberships SELECT u, u FROM generate_series(1, %s::int) u",
+            (users,),
         )
         for table in ("events_plain", "events_sq"):
             conn.execute(
@@ -259,13 +265,15 @@ async def _create_shapes(url: str, readers: list[Reader]) -> None:
     for reader in readers:
         queue.put_nowait(reader)
 
-    total, started = len(readers), time.monotonic()
+    started = time.monotonic()
+    done = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done
         while not queue.empty():
             reader = queue.get_nowait()
             await reader.request(client, live=False)  # answered once the snapshot is done
-            done = total - queue.qsize()
+            done += 1
             if done % 1_000 == 0:
                 log(f"    {done:,} shapes created ({time.monotonic() - started:.0f}s)")
 
@@ -302,9 +310,9 @@ async def _ingest(url: str, dsn: str, rows: int, shapes: int, threads: int) -> t
 
 def run_shapes_ingest(rows: int = 100_000, shapes: int = 10_000, *, keep: bool = False) -> str:
     """Run ``subquery-shapes-ingest``; return (and print) its summary line."""
-    threads = max(1, rows // 100)
+    threads = shapes  # user k is the one member of thread k
     with bench_database("subquery_ingest", keep=keep) as db:
-        _setup_ingest(db.dsn, shapes, threads)
+        _setup_ingest(db.dsn, shapes)
         daemon = _Daemon(
             db.dsn, db.base / "storage", "bench_subquery_ingest", None, db.base / "syncd.log"
         )

@@ -186,10 +186,10 @@ class Engine:
         but below the first transaction the shape still holds (a subquery shape during a
         move-in), so that a client that waits for a position waits for the move-in too."""
         sq = self.subqueries.shapes.get(shape)
-        held = sq.first_held_lsn if sq is not None else None
-        if held is None:
+        cap = sq.seen_cap if sq is not None else None
+        if cap is None:
             return self.flush.last_seen_lsn
-        return min(self.flush.last_seen_lsn, held - 1)
+        return min(self.flush.last_seen_lsn, cap)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -465,7 +465,17 @@ class Engine:
             return
         if shape.status == "gone":
             return
-        shape.log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
+        end = messages.snapshot_end(info.xmin, info.xmax, info.xip)
+        try:
+            # fsyncs off the event loop: many snapshots finishing at once share the disk's
+            # flushes instead of stopping replication one after the other
+            await asyncio.to_thread(shape.log.finish_snapshot, end)
+        except Exception as exc:
+            if not shape.gone:
+                self._snapshot_failed(shape, exc)
+            return
+        if shape.gone:
+            return
         shape.finish_snapshot(info)
         self.flush.dirty.add(shape)
         log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)

@@ -113,6 +113,7 @@ class ShapeRegistry:
             return None
         shape = ShapeState(meta["handle"], definition, table, where, selected, shape_log)
         shape.inner_tables = tables
+        shape.initial_views = meta.get("views")
         shape.status = "ready"
         shape.snapshot = snapshot_from_meta(meta)
         shape.filtering = bool(meta.get("filtering", True))
@@ -171,7 +172,9 @@ class ShapeRegistry:
         shape_log = ShapeLog.create(self.shapes_dir / handle, self._chunk_bytes)
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
         shape.inner_tables = tables
-        shape.save_meta()
+        # Durable with the snapshot (finish_snapshot saves it again): a shape lost before then
+        # is discarded at restart anyway.
+        shape.save_meta(defer=True)
         self.register(shape)
         log.info("created shape %s for %s", handle, describe(definition))
         if shape.subquery:

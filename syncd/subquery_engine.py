@@ -145,7 +145,8 @@ class SubqueryEngine:
         for mat in deps:
             mat.subscribers.add(sq)
         if restored:
-            sq.restore(ViewJournal(shape.log.directory).views_at(shape.log.latest_offset))
+            texts = ViewJournal(shape.log.directory).views_at(shape.log.latest_offset)
+            sq.restore(texts if texts is not None else shape.initial_views)
         if sq.deps_ready:
             sq.deps_became_ready()
         return sq

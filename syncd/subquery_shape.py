@@ -40,37 +40,35 @@ exactly), pre transactions are dropped (S contains them) and any move of a set s
 was issued is moved in or out right after. After a restart the views come from the shape's view
 journal (``syncd.view_journal``) and, once the materialisers are loaded again, the difference is
 moved in and out the same way: the shape keeps its handle and offsets.
+
+Collaborators: ``syncd.move_in_query`` runs the queries, ``syncd.move_encoding`` turns changes
+and moves into log entries and events, ``syncd.view_journal`` stores the views.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from shapes import messages
-from shapes.convert import Entry
 from shapes.convert_subquery import (
     CachedTags,
     SubqueryView,
-    convert_delete,
-    convert_insert,
-    convert_update,
 )
 from shapes.offset import LogOffset
 from shapes.where import Where
 from shapes.xid import Snapshot
-from syncd.materializer import HeldTransaction, Materializer, Move, RawChange, ValueKey
+from syncd.materializer import HeldTransaction, Materializer, Move, ValueKey
+from syncd.move_encoding import MoveEncoder
+from syncd.move_in_query import MoveInQuery, QueryRunner
 from syncd.shape_state import ShapeState
-from syncd.snapshot import begin_snapshot, stream_rows
 from syncd.view_journal import Texts, ViewJournal
 
 log = logging.getLogger("syncd.subquery")
@@ -104,21 +102,6 @@ class SubqueryHost(Protocol):
     def mode_changed(self, shape: SubqueryShape) -> None: ...
 
 
-@dataclass
-class _Query:
-    """A move-in (or initial) query in flight or done."""
-
-    before: Views
-    after: Views
-    issued_at: int
-    """How many held transactions there were when it was issued."""
-    initial: bool
-    snapshot: Snapshot | None = None
-    wal_lsn: int = 0
-    rows: list[bytes] | None = None
-    task_done: bool = False
-
-
 def _copy(views: Sequence[AbstractSet[ValueKey]]) -> Views:
     return [set(v) for v in views]
 
@@ -129,15 +112,6 @@ def _apply(views: Views, moves: dict[int, Move]) -> None:
         assert isinstance(target, set)
         target.difference_update(left)
         target.update(entered)
-
-
-def _has_null(value: ValueKey) -> bool:
-    """A value that is NULL or, in the row form, has a NULL part."""
-    return value is None or (isinstance(value, tuple) and None in value)
-
-
-def _is_true(value: object) -> bool:
-    return value is True or value in ("t", "true")
 
 
 class SubqueryShape:
@@ -163,13 +137,13 @@ class SubqueryShape:
         self.held: list[HeldTransaction] = []
         self._mode: Mode = "loading"
         host.mode_changed(self)
-        self.query: _Query | None = None
+        self.query: MoveInQuery | None = None
         self.journal = ViewJournal(shape.log.directory)
-        self._negated = frozenset(
-            p.dependency for p in where.positions if p.dependency is not None and p.negated
-        )
+        self.encoder = MoveEncoder(shape, where, self.view)
         columns = set(shape.selected) | set(shape.view.key_columns) | set(where.columns)
-        self.columns: tuple[str, ...] = tuple(sorted(columns))
+        self.runner = QueryRunner(
+            shape, where, self.view, self.encoder, sorted(columns), host.reading
+        )
 
     def __repr__(self) -> str:
         return f"<SubqueryShape {self.shape.handle} {self.mode}>"
@@ -194,6 +168,17 @@ class SubqueryShape:
         still reloading for (the confirmed LSN must not pass it; readers are told the shape has
         not seen it yet)."""
         first = next((txn.lsn for txn in self.held if txn.real), None)
+        return self._with_reloads(first)
+
+    @property
+    def seen_cap(self) -> int | None:
+        """The position readers may be told the shape has reached, if it is behind: below its
+        first held transaction, a move between transactions included (at the commit before
+        it), or a nested reload."""
+        first = self._with_reloads(self.held[0].lsn if self.held else None)
+        return None if first is None else max(first - 1, 0)
+
+    def _with_reloads(self, first: int | None) -> int | None:
         for mat in self.dependencies:
             pending = mat.pending_lsn()
             if pending is not None and (first is None or pending < first):
@@ -244,14 +229,27 @@ class SubqueryShape:
         """A committed transaction that touched the shape or moved one of its sets."""
         if self.mode == "gone":
             return
-        if txn.real and self.mode != "loading" and txn.lsn <= self.shape.log.latest_offset.tx:
-            return  # replayed after a restart: the log has it already
+        if txn.real and self.mode != "loading" and self._replayed(txn):
+            return
         if self.mode == "steady":
             self._process(txn)
             return
         self.held.append(txn)
         if len(self.held) > self.host.max_held:
             self.host.retire(self.shape, "too many transactions held during a move-in")
+
+    def _replayed(self, txn: HeldTransaction) -> bool:
+        """A transaction the log or the snapshot already has (a replay after a restart)."""
+        shape = self.shape
+        if txn.lsn <= shape.log.latest_offset.tx:
+            return True
+        if shape.filtering and shape.snapshot is not None:
+            if shape.snapshot.is_visible(txn.xid):
+                return True
+            if shape.snapshot.is_after(txn.xid):
+                shape.filtering = False
+                shape.save_meta(defer=True)
+        return False
 
     def after_commit(self) -> None:
         """Called once the materialisers have published the commit's moves: issue a query that
@@ -275,11 +273,11 @@ class SubqueryShape:
 
     def _process(self, txn: HeldTransaction) -> None:
         """Steady state: judge ``txn`` with the views and append it (see the docstring)."""
-        if self._null_flips(txn.moves):
+        if self.encoder.null_flips(txn.moves):
             self.host.retire(self.shape, "a NULL entered or left a NOT IN subquery's set")
             self.mode = "gone"
             return
-        outer_in, outer_out = self._outer_moves(txn.moves)
+        outer_in, outer_out = self.encoder.outer_moves(txn.moves)
         if outer_in:
             # The query is issued by after_commit (or right away outside a commit), once the
             # published sets include this transaction's moves.
@@ -288,15 +286,17 @@ class SubqueryShape:
             self.held = [txn]
             self.query = None
             return
-        entries = self._encode_changes(txn, self.views, renumber=None)
+        entries = self.encoder.encode_changes(txn, self.views)
         if outer_out:
             op = txn.end_op
             txids = [txn.xid] if txn.real else []
-            entries.append((op, self._move_out_event(outer_out, txids, self.views)))
+            entries.append((op, self.encoder.move_out_event(outer_out, txids, self.views)))
             after = _copy(self.views) if not self.shared else None
             if after is not None:
                 _apply(after, txn.moves)
-            texts = self._texts(after if after is not None else self._after_shared(txn.moves))
+            texts = self.encoder.texts(
+                after if after is not None else self._after_shared(txn.moves)
+            )
             self.journal.record(LogOffset(self._tx_for(txn), op), texts)
             if after is not None:
                 self.views = after
@@ -346,7 +346,7 @@ class SubqueryShape:
         """Start a query from ``before`` to the published sets (never called between a
         commit's changes and its publication, so the sets include every held move)."""
         after = _copy(self._published())
-        query = _Query(before=before, after=after, issued_at=len(self.held), initial=initial)
+        query = MoveInQuery(before=before, after=after, issued_at=len(self.held), initial=initial)
         log.debug(
             "shape %s: %s query issued with %d held",
             self.shape.handle,
@@ -357,9 +357,9 @@ class SubqueryShape:
         self.host.set_residual(self.shape, True)
         self.host.spawn(self._run(query))
 
-    async def _run(self, query: _Query) -> None:
+    async def _run(self, query: MoveInQuery) -> None:
         try:
-            await self._query(query)
+            await self.runner.run(query)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -375,63 +375,6 @@ class SubqueryShape:
         query.task_done = True
         if self.query is query and self.mode != "gone":
             self.try_splice()
-
-    async def _query(self, query: _Query) -> None:
-        shape, where = self.shape, self.where
-        after_params = where.view_params("a", query.after)
-        conditions = where.views_position_sql("a")
-        if query.initial:
-            where_sql = where.views_sql("a")
-            params: dict[str, object] = dict(after_params)
-        else:
-            # what the rows are judged with after the move-out event: the sets without the
-            # values that left (with the values that entered, for a NOT IN subquery)
-            base = [
-                set(b) | set(a) if k in self._negated else set(b) & set(a)
-                for k, (b, a) in enumerate(zip(query.before, query.after, strict=True))
-            ]
-            params = {**after_params, **where.view_params("b", base)}
-            where_sql = (
-                f"({where.views_sql('a')}) AND NOT COALESCE(({where.views_sql('b')}), false)"
-            )
-        rows: list[bytes] = []
-        async with self.host.reading(shape.definition.relation) as conn:
-            snapshot, wal_lsn = await begin_snapshot(conn)
-            async for batch in stream_rows(
-                conn, shape.table, self.columns, where_sql, params=params, extra=conditions
-            ):
-                lines = self._rows(batch, is_move_in=not query.initial)
-                if query.initial:
-                    shape.log.append_snapshot_rows(lines)
-                    if shape.status == "gone":
-                        return
-                else:
-                    rows.extend(lines)
-            # A mark in the WAL after S: once the stream receives it, every transaction S
-            # contains has been received too (try_splice's boundary).
-            with contextlib.suppress(psycopg.Error):
-                await conn.execute("SELECT pg_logical_emit_message(false, 'syncd', '')")
-            await conn.execute("COMMIT")
-        query.snapshot, query.wal_lsn, query.rows = snapshot, wal_lsn, rows
-        log.debug("shape %s: query done, %d rows", shape.handle, len(rows))
-
-    def _rows(self, batch: list[TupleRow], *, is_move_in: bool) -> list[bytes]:
-        view = self.shape.view
-        n = len(self.columns)
-        relation = self.shape.relation_list
-        lines = []
-        for values in batch:
-            row = dict(zip(self.columns, values[:n], strict=True))
-            key = messages.row_key(view.key_prefix, row, view.key_columns)
-            value = row if view.selected is None else {c: row[c] for c in self.shape.selected}
-            headers: dict[str, object] = {
-                "tags": self.view.where.tags(row, self.view.tag_prefix),
-                "active_conditions": [_is_true(v) for v in values[n:]],
-            }
-            if is_move_in:
-                headers["is_move_in"] = True
-            lines.append(messages.snapshot_row(relation, key, value, headers))
-        return lines
 
     def try_splice(self) -> None:
         """Splice the query's result into the log once S's boundary is known."""
@@ -477,40 +420,35 @@ class SubqueryShape:
         if self.mode == "steady":
             self._reconcile()
 
-    def _finish_initial(self, query: _Query, snapshot: Snapshot) -> None:
+    def _finish_initial(self, query: MoveInQuery, snapshot: Snapshot) -> None:
         shape = self.shape
         if shape.status == "gone":
             return
-        self.journal.record(LogOffset(0, 0), self._texts(query.after))
-        shape.log.finish_snapshot(messages.snapshot_end(snapshot.xmin, snapshot.xmax, snapshot.xip))
-        shape.finish_snapshot(snapshot)
-        shape.filtering = False
-        shape.save_meta()
-        self.host.written(shape)
+        shape.mark_ready(snapshot)  # its files and metadata are durable (_make_initial_durable)
         log.info("snapshot of subquery shape %s done (xmin %d)", shape.handle, snapshot.xmin)
 
-    def _splice(self, query: _Query, snapshot: Snapshot, pre: list[HeldTransaction]) -> bool:
+    def _splice(self, query: MoveInQuery, snapshot: Snapshot, pre: list[HeldTransaction]) -> bool:
         """Append the pre transactions and the move block as one log transaction; ``False``
         when the shape had to be retired instead."""
         entries: list[bytes] = []
         txids: list[int] = []
         for txn in pre:
-            entries.extend(data for _op, data in self._encode_changes(txn, query.before, None))
+            entries.extend(data for _op, data in self.encoder.encode_changes(txn, query.before))
             if txn.moves and txn.real:
                 txids.append(txn.xid)
         moves = {
             k: (frozenset(a - b), frozenset(b - a))
             for k, (b, a) in enumerate(zip(query.before, query.after, strict=True))
         }
-        if self._null_flips(moves):
+        if self.encoder.null_flips(moves):
             self.host.retire(self.shape, "a NULL entered or left a NOT IN subquery's set")
             self.mode = "gone"
             return False
-        outer_in, outer_out = self._outer_moves(moves)
+        outer_in, outer_out = self.encoder.outer_moves(moves)
         if outer_out:
-            entries.append(self._move_out_event(outer_out, txids, query.before))
+            entries.append(self.encoder.move_out_event(outer_out, txids, query.before))
         if outer_in:
-            patterns = self._patterns(outer_in)
+            patterns = self.encoder.patterns(outer_in)
             entries.append(messages.move_event("move-in", patterns, txids))
         rows = query.rows or []
         entries.extend(rows)
@@ -520,105 +458,11 @@ class SubqueryShape:
             return True
         tx = max([self.shape.log.latest_offset.tx + 1] + [self._tx_for(t) for t in pre])
         numbered = list(enumerate(entries))
-        self.journal.record(LogOffset(tx, len(entries) - 1), self._texts(query.after))
+        self.journal.record(LogOffset(tx, len(entries) - 1), self.encoder.texts(query.after))
         self._append(tx, numbered)
         return True
 
     # -- encoding ---------------------------------------------------------------------------
-
-    def _encode_changes(
-        self, txn: HeldTransaction, views: Views, renumber: int | None
-    ) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
-        if not txn.changes:
-            return out
-        encoder = messages.ChangeEncoder(self.shape.relation_list, txn.lsn, txn.xid)
-        last: tuple[int, messages.Operation, int] | None = None
-        for change in txn.changes:
-            for entry in self._convert(change, views):
-                at = change.op + entry.split
-                out.append(
-                    (
-                        at,
-                        encoder.encode(
-                            entry.operation,
-                            entry.key,
-                            entry.value,
-                            at,
-                            entry.old_value,
-                            entry.headers,
-                        ),
-                    )
-                )
-                last = (len(out) - 1, entry.operation, at)
-        if last is not None:
-            index, operation, at = last
-            out[index] = (out[index][0], encoder.mark_last(out[index][1], operation, at))
-        return out
-
-    def _convert(self, change: RawChange, views: Views) -> list[Entry]:
-        view = self.view
-        if change.kind == "insert":
-            assert change.new is not None
-            return convert_insert(view, change.new, views)
-        if change.kind == "delete":
-            assert change.old is not None
-            return convert_delete(view, change.old, change.old_full, views)
-        assert change.new is not None
-        return convert_update(view, change.old, change.new, views)
-
-    def _patterns(self, values: dict[int, frozenset[ValueKey]]) -> list[dict[str, object]]:
-        patterns: list[dict[str, object]] = []
-        for k, moved in sorted(values.items()):
-            patterns.extend(self.where.patterns(k, sorted(moved, key=repr), self.view.tag_prefix))
-        return patterns
-
-    def _outer_moves(
-        self, moves: dict[int, Move]
-    ) -> tuple[dict[int, frozenset[ValueKey]], dict[int, frozenset[ValueKey]]]:
-        """Which moved values bring rows into the shape and which take rows out: the values
-        that entered and left a set, swapped for a ``NOT IN`` subquery."""
-        outer_in: dict[int, frozenset[ValueKey]] = {}
-        outer_out: dict[int, frozenset[ValueKey]] = {}
-        for k, (entered, left) in moves.items():
-            if k in self._negated:
-                entered, left = left, entered
-            if entered:
-                outer_in[k] = entered
-            if left:
-                outer_out[k] = left
-        return outer_in, outer_out
-
-    def _null_flips(self, moves: dict[int, Move]) -> bool:
-        """A NULL entered or left the set of a ``NOT IN`` subquery: that changes every row
-        (``x NOT IN (..., NULL)`` is never true), which patterns cannot say."""
-        return any(
-            k in self._negated and any(_has_null(v) for v in (*entered, *left))
-            for k, (entered, left) in moves.items()
-        )
-
-    def _move_out_event(
-        self, left: dict[int, frozenset[ValueKey]], txids: list[int], before: Views
-    ) -> bytes:
-        """The ``move-out`` event for values that take rows out. For a ``NOT IN`` subquery these
-        are values that entered its set; when the set was empty before, rows whose left side is
-        NULL go too (``NULL NOT IN (<empty>)`` is true, ``NULL NOT IN (<v>)`` is not)."""
-        patterns = self._patterns(left)
-        for k, moved in sorted(left.items()):
-            if k in self._negated and not before[k]:
-                ordered = sorted(moved, key=repr)
-                patterns.extend(self.where.null_patterns(k, ordered, self.view.tag_prefix))
-        unique = {(p["pos"], p["value"]): p for p in patterns}
-        return messages.move_event("move-out", list(unique.values()), txids)
-
-    def _texts(self, views: Views) -> Texts:
-        texts: Texts = []
-        for k, values in enumerate(views):
-            items: list[Any] = [
-                None if v is None else list(self.where.value_texts(k, v)) for v in values
-            ]
-            texts.append(sorted(items, key=repr))
-        return texts
 
     def _append(self, tx: int, entries: list[tuple[int, bytes]]) -> None:
         shape = self.shape

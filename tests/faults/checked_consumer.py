@@ -356,14 +356,14 @@ def select_rows(
     dsn: str, table: str, where: str | None = None, *, schema: str = "public"
 ) -> dict[str, Row]:
     """``SELECT`` every column as text (``None`` for NULL), keyed like the shape protocol."""
-    regclass = '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
     with psycopg.connect(dsn) as conn:
+        relation = sql.Identifier(schema, table).as_string(conn)
         columns = [
             name
             for (name,) in conn.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
                 " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (regclass,),
+                (relation,),
             )
         ]
         key_columns = [
@@ -372,7 +372,7 @@ def select_rows(
                 "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
                 " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary"
                 " ORDER BY array_position(i.indkey, a.attnum)",
-                (regclass,),
+                (relation,),
             )
         ]
         query = sql.SQL("SELECT {} FROM {}").format(

@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
 USERS = 4
 THREADS = 5
-EVENTS = 24
+EVENTS = 40
 
 _suffixes = itertools.count()
 
@@ -133,26 +133,33 @@ threads = st.integers(1, THREADS)
 event_ids = st.integers(1, EVENTS)
 small = st.integers(0, 9)
 
-OPS = st.one_of(
+MEMBERSHIP_OPS = st.one_of(
     st.tuples(st.just("join"), users, threads, small),
     st.tuples(st.just("leave"), users, threads, small),
     st.tuples(st.just("member-thread"), users, threads, threads),
     st.tuples(st.just("member-user"), users, threads, users),
+)
+OUTER_OPS = st.one_of(
     st.tuples(st.just("event-upsert"), event_ids, threads, small),
     st.tuples(st.just("event-thread"), event_ids, threads, small),
     st.tuples(st.just("event-n"), event_ids, small, small),
     st.tuples(st.just("event-delete"), event_ids, small, small),
     st.tuples(st.just("thread-title"), threads, small, small),
 )
+OPS = st.one_of(MEMBERSHIP_OPS, OUTER_OPS)
 TRUNCATE = st.tuples(
     st.sampled_from(["truncate-memberships", "truncate-events"]), small, small, small
 )
 
 
-def transactions(*, truncates: bool) -> st.SearchStrategy[list[list[Op]]]:
-    op = st.one_of(OPS, TRUNCATE) if truncates else OPS
-    weighted = st.one_of(OPS, OPS, OPS, op)  # truncates stay rare
-    return st.lists(st.lists(weighted, min_size=1, max_size=4), min_size=10, max_size=30)
+@st.composite
+def transactions(draw: st.DrawFn, *, truncates: bool) -> list[list[Op]]:
+    """20-40 transactions of 1-4 operations; with ``truncates``, maybe one TRUNCATE among them
+    (more would leave little for the moves to work on)."""
+    txns = draw(st.lists(st.lists(OPS, min_size=1, max_size=4), min_size=20, max_size=40))
+    if truncates and draw(st.booleans()):
+        txns.insert(draw(st.integers(0, len(txns))), [draw(TRUNCATE)])
+    return txns
 
 
 def apply_op(conn: psycopg.Connection[tuple[object, ...]], schema: Schema, op: Op) -> None:
@@ -221,7 +228,7 @@ class Writers:
 
     def _run(self, dsn: str, schema: Schema, txns: Sequence[list[Op]]) -> None:
         try:
-            write(dsn, schema, txns, 0.03)
+            write(dsn, schema, txns, 0.05)
         except BaseException as exc:
             self.failures.append(exc)
 
@@ -291,8 +298,8 @@ def run_scenario(
     try:
         with Writers(dsn, schema, txns):
             for index, consumer in enumerate(consumers):
-                time.sleep(rng.random() * 0.1)
                 consumer.start()
+                time.sleep(rng.random() * 0.15)
                 if crash and index == len(consumers) // 2:
                     time.sleep(rng.random() * 0.2)
                     syncd.kill()
@@ -315,7 +322,7 @@ def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
 
 
 @settings(
-    max_examples=6,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from shapes.messages import relation_key_prefix
+from shapes.offset import parse_offset
 from syncd.pgprovider import PostgresServer, drop_database
 from tests.faults.checked_consumer import CheckedConsumer, current_wal_lsn, select_rows
 from tests.syncd_process import SyncdProcess
@@ -148,12 +150,18 @@ def controls(messages: list[Message], kind: str) -> list[Message]:
 
 
 def kinds(messages: list[Message]) -> list[str]:
-    """Each message as one word: the event, the control, or the operation (+``*`` move-in)."""
+    """Each message as one word: the event, the control, or the operation (+``*`` move-in).
+
+    The ``up-to-date`` messages are left out except the last message's: a catch-up may get
+    some before the server has reached the position it waits for."""
     out = []
-    for message in messages:
+    for index, message in enumerate(messages):
         headers = message["headers"]
         if "event" in headers:
             out.append(headers["event"])
+        elif headers.get("control") == "up-to-date":
+            if index == len(messages) - 1:
+                out.append("up-to-date")
         elif "control" in headers:
             out.append(headers["control"])
         else:
@@ -212,6 +220,28 @@ def test_snapshot_holds_only_member_rows_with_tags(syncd: SyncdProcess, db: Any)
         assert_tagged(inserted[0])
         assert inserted[0]["headers"]["tags"] == [tag_of["1"]]
         assert_matches_select(consumer, syncd.dsn, tables.events, tables.members_of("1"))
+
+
+def test_params_are_part_of_the_definition(syncd: SyncdProcess, db: Any) -> None:
+    tables = make_tables(db)
+    commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 2, 'a'), (2, 3, 'a')")
+    with (
+        consumer_for(syncd, tables.events, tables.members_of(), "1") as first,
+        consumer_for(syncd, tables.events, tables.members_of(), "1") as again,
+        consumer_for(syncd, tables.events, tables.members_of(), "2") as other,
+    ):
+        for consumer in (first, again, other):
+            consumer.catch_up()
+        assert first.handle == again.handle and first.rows == again.rows
+        assert sorted(first.rows) == sorted(event_key(tables, i) for i in (21, 22, 23))
+        assert other.handle != first.handle
+        assert sorted(other.rows) == sorted(event_key(tables, i) for i in (31, 32, 33))
+    with httpx.Client(timeout=15) as client:
+        missing = client.get(
+            syncd.shape_url,
+            params={"table": tables.events, "offset": "-1", "where": tables.members_of()},
+        )
+    assert "$1" in json.dumps(invalid(missing)["errors"])
 
 
 def invalid(answer: httpx.Response) -> dict[str, Any]:
@@ -306,9 +336,11 @@ def test_move_in_brings_the_rows_then_snapshot_end(syncd: SyncdProcess, db: Any)
         read_new(consumer, syncd.dsn)
         xid = commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 2, 'a')")
         after = read_new(consumer, syncd.dsn)
-        assert kinds(after)[-1] == "up-to-date"
-        order = [k for k in kinds(after) if k != "up-to-date"]  # polls while it runs
-        assert order == ["move-in", "insert*", "insert*", "insert*", "snapshot-end"], order
+        order = kinds(after)
+        assert order[0] == "move-in", order
+        assert order[1:4] == ["insert*"] * 3, order
+        assert order[4] == "snapshot-end", order
+        assert order[-1] == "up-to-date", order
         (move_in,) = events(after)
         assert xid in move_in["headers"]["txids"]
         (pattern,) = move_in["headers"]["patterns"]
@@ -372,7 +404,7 @@ def test_not_in_swaps_move_in_and_move_out(syncd: SyncdProcess, db: Any) -> None
         assert move_out["headers"]["patterns"] == [{"pos": 0, "value": slot(tag_of["2"], 0)}]
         commit(db, f"DELETE FROM {tables.memberships} WHERE thread_id = 1")
         left = read_new(consumer, syncd.dsn)
-        order = [k for k in kinds(left) if k != "up-to-date"]  # polls while it runs
+        order = kinds(left)
         assert order[:5] == ["move-in", "insert*", "insert*", "insert*", "snapshot-end"], order
         assert {m["value"]["thread_id"] for m in changes(left)} == {"1"}
         assert_matches_select(consumer, syncd.dsn, tables.events, expected_where)
@@ -520,16 +552,18 @@ def test_burst_read_in_one_catch_up_keeps_commit_order(syncd: SyncdProcess, db: 
         commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 2, 'a')")
         commit(db, f"INSERT INTO {tables.memberships} VALUES (1, 3, 'a')")
         burst = read_new(consumer, syncd.dsn)
-        moves = [k for k in kinds(burst) if k in ("move-out", "move-in", "snapshot-end")]
-        # Moves that arrive while a move-in query runs are batched into the next one (one
-        # event and one query), or come one after the other: both keep commit order.
-        assert moves in (
-            ["move-out", "move-in", "snapshot-end", "move-in", "snapshot-end"],
-            ["move-out", "move-in", "snapshot-end"],
-        ), burst
-        moved_in = [m for m in events(burst) if m["headers"]["event"] == "move-in"]
-        assert sum(len(m["headers"]["patterns"]) for m in moved_in) == 2
-        assert kinds(burst)[-1] == "up-to-date"
+        # The move-out first; the two move-ins may come as one batch (one event naming both
+        # values) or one after the other, each followed by its rows and a snapshot-end.
+        order = kinds(burst)
+        assert order[0] == "move-out" and order[-1] == "up-to-date", order
+        assert "move-out" not in order[1:], order
+        moved_in = order[1:-1]
+        assert moved_in in (
+            ["move-in", *["insert*"] * 6, "snapshot-end"],
+            ["move-in", *["insert*"] * 3, "snapshot-end"] * 2,
+        ), order
+        patterns = [p for e in events(burst, "move-in") for p in e["headers"]["patterns"]]
+        assert len({p["value"] for p in patterns}) == 2, patterns
         assert_matches_select(consumer, syncd.dsn, tables.events, tables.members_of("1"))
 
 
@@ -702,3 +736,85 @@ def test_truncate_of_the_inner_table_restarts_the_shape(own_syncd: SyncdProcess)
             assert_matches_select(consumer, own_syncd.dsn, tables.events, tables.members_of("1"))
             assert consumer.refetches >= 1
             assert consumer.handle != first_handle
+
+
+# -- limits (a daemon with small caps) ------------------------------------------------------------
+
+
+@pytest.fixture
+def capped_syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
+    daemon = SyncdProcess(
+        pg_dsn,
+        tmp_path / "storage",
+        long_poll_timeout=1.0,
+        max_subquery_depth=2,
+        max_subquery_values=5,
+    )
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def first_answer(syncd: SyncdProcess, table: str, where: str) -> httpx.Response:
+    with httpx.Client(timeout=30) as client:
+        return client.get(syncd.shape_url, params={"table": table, "where": where, "offset": "-1"})
+
+
+def test_depth_cap_is_a_400_naming_it(capped_syncd: SyncdProcess) -> None:
+    with psycopg.connect(capped_syncd.dsn, autocommit=True) as db:
+        tables = make_tables(db)
+    two = (
+        f"thread_id IN (SELECT thread_id FROM {tables.memberships} WHERE user_id IN"
+        f" (SELECT id FROM {tables.users} WHERE org = 1))"
+    )
+    assert first_answer(capped_syncd, tables.events, two).status_code == 200
+    three = (
+        f"thread_id IN (SELECT thread_id FROM {tables.memberships} WHERE user_id IN"
+        f" (SELECT id FROM {tables.users} WHERE org IN (SELECT org FROM {tables.users}"
+        " WHERE id = 1)))"
+    )
+    body = invalid(first_answer(capped_syncd, tables.events, three))
+    assert "max_subquery_depth" in json.dumps(body), body
+
+
+def test_value_set_cap_is_a_400_naming_it_and_nothing_stalls(
+    capped_syncd: SyncdProcess,
+) -> None:
+    with psycopg.connect(capped_syncd.dsn, autocommit=True) as db:
+        tables = make_tables(db, threads=8)
+        everyone = f"thread_id IN (SELECT thread_id FROM {tables.memberships})"
+        commit(db, f"INSERT INTO {tables.memberships} SELECT 1, g FROM generate_series(1, 6) g")
+        body = invalid(first_answer(capped_syncd, tables.events, everyone))
+        assert "max_subquery_values" in json.dumps(body), body
+        # A shape within the cap, whose value set then grows past it.
+        commit(db, f"DELETE FROM {tables.memberships} WHERE thread_id > 3")
+        with (
+            consumer_for(capped_syncd, tables.events, everyone) as growing,
+            CheckedConsumer(capped_syncd.shape_url, {"table": tables.threads}) as plain,
+        ):
+            growing.catch_up()
+            plain.catch_up()
+            assert len(growing.rows) == 9
+            commit(db, f"INSERT INTO {tables.memberships} SELECT 2, g FROM generate_series(1, 8) g")
+            commit(db, f"UPDATE {tables.threads} SET title = 'after' WHERE id = 1")
+            # The daemon goes on: other shapes follow; the grown shape's clients are sent
+            # back to a snapshot (409), which is then refused with the 400.
+            assert_matches_select(plain, capped_syncd.dsn, tables.threads, "true")
+            assert reset_seen(growing), "the grown shape was never reset"
+            body = invalid(first_answer(capped_syncd, tables.events, everyone))
+            assert "max_subquery_values" in json.dumps(body), body
+
+
+def reset_seen(consumer: CheckedConsumer, attempts: int = 600) -> bool:
+    """Follow ``consumer``'s shape (non-live) until a request is answered 409."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(attempts):
+            query = {**consumer.params, "offset": str(consumer.offset)}
+            query["handle"] = str(consumer.handle)
+            answer = client.get(consumer.url, params=query)
+            if answer.status_code == 409:
+                return True
+            assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+            consumer.offset = parse_offset(answer.headers["electric-offset"])
+            time.sleep(0.05)
+    return False
