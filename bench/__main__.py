@@ -86,7 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--users", type=int, default=1_000, help="signed-in users of burn-users (5 shapes each)"
     )
-    parser.add_argument("--burn-threads", type=int, default=100, help="threads of burn-users")
+    parser.add_argument(
+        "--burn-threads",
+        type=int,
+        default=None,
+        help="threads of burn-users (default: one per 10 users, 100 for 1,000)",
+    )
     parser.add_argument(
         "--burn-rate", type=float, default=50.0, help="messages per second of burn-users"
     )
@@ -139,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_burn_users(
             BurnOptions(
                 users=args.users,
-                threads=args.burn_threads,
+                threads=args.burn_threads or max(1, args.users // 10),
                 rate=args.burn_rate,
                 seconds=args.burn_seconds,
                 live_mode=args.burn_live_mode,
