@@ -108,8 +108,6 @@ class Engine:
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] | None = None
         self.publications = PublicationManager(settings.publication)
         self.router: Router[ShapeState] = Router()
-        self._dynamic: set[ShapeState] = set()
-        """Subquery shapes filed under the value set of one of their subqueries."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.flush = FlushTracker(settings.storage_dir, settings.flush_interval)
         self.subqueries = SubqueryEngine(
@@ -118,8 +116,8 @@ class Engine:
             last_seen_lsn=lambda: self.flush.last_seen_lsn,
             written=self.flush.dirty.add,
             retire=self.delete,
-            set_residual=self._set_residual,
-            route_move=self._route_move,
+            outer_router=self.router,
+            is_pending=lambda shape: shape in self.applier.pending,
             max_values=settings.max_subquery_values,
             max_held=settings.max_held_transactions,
             limits=settings.subquery_limits,
@@ -354,35 +352,11 @@ class Engine:
 
     def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
         """Retire a shape for good and remove its files."""
-        self._dynamic.discard(shape)
         self.registry.delete(shape, reason)
 
     async def _publish(self, definition: CanonicalShape, table: Table) -> None:
         async with self.reading(definition.relation) as conn:
             await self.publications.add_table(conn, table)
-
-    def _set_residual(self, shape: ShapeState, residual: bool) -> None:
-        """File a subquery shape as residual (every row of its table reaches it) while it holds
-        private views, or back under its ordinary index conditions."""
-        if shape.status == "gone" or shape in self.applier.pending:
-            return
-        relation, columns = shape.definition.relation, shape.table.by_name
-        self._dynamic.discard(shape)
-        if residual:
-            self.router.add(shape, relation, None, columns)
-            return
-        sq = self.subqueries.shapes.get(shape)
-        routing = shape.where.routing_dependency if shape.where is not None else None
-        dynamic = None
-        if sq is not None and routing is not None and routing[1] in columns:
-            dynamic = (routing[1], sq.views[routing[0]])
-            self._dynamic.add(shape)
-        self.router.add(shape, relation, shape.where, columns, dynamic)
-
-    def _route_move(self, shape: ShapeState, move: tuple[Any, Any]) -> None:
-        """A set a steady subquery shape is filed under moved: refile its values."""
-        if shape in self._dynamic:
-            self.router.move(shape, move[0], move[1])
 
     def _start_snapshot(self, shape: ShapeState) -> None:
         self._spawn(self._take_snapshot(shape))

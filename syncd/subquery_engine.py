@@ -66,8 +66,8 @@ class SubqueryEngine:
         last_seen_lsn: Callable[[], int],
         written: Callable[[ShapeState], None],
         retire: Callable[[ShapeState, str], None],
-        set_residual: Callable[[ShapeState, bool], None],
-        route_move: Callable[[ShapeState, Move], None] = lambda shape, move: None,
+        outer_router: Router[ShapeState],
+        is_pending: Callable[[ShapeState], bool] = lambda shape: False,
         max_values: int = 100_000,
         max_held: int = 1000,
         limits: SubqueryLimits | None = None,
@@ -77,8 +77,11 @@ class SubqueryEngine:
         self._last_seen_lsn = last_seen_lsn
         self._written = written
         self._retire = retire
-        self._set_residual = set_residual
-        self._route_move = route_move
+        self._outer_router = outer_router
+        self._is_pending = is_pending
+        """A shape registered during the open transaction, routed at its end."""
+        self._dynamic: set[ShapeState] = set()
+        """Subquery shapes filed under the value set of one of their subqueries."""
         self.max_values = max_values
         self.max_held = max_held
         self.limits = limits if limits is not None else SubqueryLimits()
@@ -112,7 +115,29 @@ class SubqueryEngine:
         self._retire(shape, reason)
 
     def set_residual(self, shape: ShapeState, residual: bool) -> None:
-        self._set_residual(shape, residual)
+        """File a subquery shape as residual in the outer router (every row of its table
+        reaches it) while it holds private views, or else under the value set of its routing
+        subquery (``Where.routing_dependency``) or its ordinary index conditions."""
+        if shape.gone or self._is_pending(shape):
+            return
+        router = self._outer_router
+        relation, columns = shape.definition.relation, shape.table.by_name
+        self._dynamic.discard(shape)
+        if residual:
+            router.add(shape, relation, None, columns)
+            return
+        sq = self.shapes.get(shape)
+        routing = shape.where.routing_dependency if shape.where is not None else None
+        dynamic = None
+        if sq is not None and routing is not None and routing[1] in columns:
+            dynamic = (routing[1], sq.views[routing[0]])
+            self._dynamic.add(shape)
+        router.add(shape, relation, shape.where, columns, dynamic)
+
+    def _route_move(self, shape: ShapeState, move: Move) -> None:
+        """A set a steady subquery shape is filed under moved: refile its values."""
+        if shape in self._dynamic:
+            self._outer_router.move(shape, move[0], move[1])
 
     def mode_changed(self, sq: SubqueryShape) -> None:
         """Keep :attr:`unsteady` (the shapes that may hold transactions or wait to splice)."""
@@ -158,6 +183,7 @@ class SubqueryEngine:
             return
         sq.close()
         self.unsteady.discard(sq)
+        self._dynamic.discard(shape)
         self._txn_shapes.pop(sq, None)
         for mat in sq.dependencies:
             self._unsubscribe(mat, sq)
