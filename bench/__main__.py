@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
@@ -26,6 +27,7 @@ BENCHES = (
     "subquery-shapes-ingest",
     "ui-first-paint",
     "ui-live",
+    "burn-users",
 )
 
 
@@ -87,6 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ui-events", type=int, default=1_000, help="events of ui-first-paint")
     parser.add_argument("--ui-rounds", type=int, default=3, help="rounds of ui-first-paint")
     parser.add_argument("--ui-messages", type=int, default=20, help="messages of ui-live")
+    parser.add_argument(
+        "--users", type=int, default=1_000, help="signed-in users of burn-users (5 shapes each)"
+    )
+    parser.add_argument(
+        "--burn-threads",
+        type=int,
+        default=None,
+        help="threads of burn-users (default: one per 10 users, 100 for 1,000)",
+    )
+    parser.add_argument(
+        "--burn-rate", type=float, default=50.0, help="messages per second of burn-users"
+    )
+    parser.add_argument(
+        "--burn-seconds", type=float, default=20.0, help="seconds of messages of burn-users"
+    )
+    parser.add_argument(
+        "--burn-live-mode", choices=["sse", "long-poll"], default="sse", help="burn-users' clients"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -130,6 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_first_paint(args.ui_events, args.ui_rounds, keep=args.keep)
     if "ui-live" in benches:
         run_live(args.ui_messages, keep=args.keep)
+    if "burn-users" in benches:
+        run_burn_users(
+            BurnOptions(
+                users=args.users,
+                threads=args.burn_threads or max(1, args.users // 10),
+                rate=args.burn_rate,
+                seconds=args.burn_seconds,
+                live_mode=args.burn_live_mode,
+                keep=args.keep,
+            )
+        )
     return 0
 
 

@@ -1,8 +1,8 @@
 """Browser benchmarks of the Burn app, in headless Debian Chromium (Playwright).
 
 The product runs as child processes on a throw-away Postgres: migrations (``python -m web
-migrate``), syncd, and the web app with its sync routes and the built UI (``python -m web.dev
-web``; ``make ui`` first). No agents run.
+migrate``), syncd, and the web app with its sync routes and the built UI (``python -m web
+serve``; ``make ui`` first). No agents run.
 
 ``ui-first-paint``
     One user's thread holds ``--ui-events`` (1,000) messages. Each round opens a new browser
@@ -124,7 +124,7 @@ def running_product(name: str, keep: bool) -> Iterator[Product]:
                     "BURN_SYNCD_URL": f"http://127.0.0.1:{syncd_port}",
                 }
                 web = subprocess.Popen(
-                    [sys.executable, "-m", "web.dev", "web"],
+                    [sys.executable, "-m", "web", "serve"],
                     cwd=ROOT, env=web_env, stdout=out, stderr=subprocess.STDOUT,
                 )  # fmt: skip
                 children.append(web)

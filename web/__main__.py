@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relayed request
     if command.command == "migrate":
         return _migrate(settings)
     return _serve(settings)

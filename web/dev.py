@@ -6,13 +6,12 @@ each as a child in its own session, syncd, the web app (API, per-user sync route
 browser app), the offline Messages API when ``ANTHROPIC_API_KEY`` is unset, and one agent
 worker. It prints the one URL to open and waits. Ctrl-C (SIGINT) or SIGTERM, or any child
 exiting, stops the children in reverse order (SIGTERM, then SIGKILL after a grace period) and
-then Postgres. ``python -m web.dev web`` is the web-app child itself.
+then Postgres.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import secrets
 import signal
@@ -21,87 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE_SECONDS = 10.0
-
-MEMBER_THREADS = "SELECT thread_id FROM memberships WHERE user_id = $1"
-SYNC_SCOPES: dict[str, str] = {
-    "threads": f"id IN ({MEMBER_THREADS})",
-    "memberships": f"thread_id IN ({MEMBER_THREADS})",
-    "events": f"thread_id IN ({MEMBER_THREADS})",
-    "facts": f"thread_id IN ({MEMBER_THREADS})",
-    "agent_status": f"thread_id IN ({MEMBER_THREADS})",
-    "users": f"id IN (SELECT user_id FROM memberships WHERE thread_id IN ({MEMBER_THREADS}))",
-}
-"""The per-user sync routes' scopes (the contract of ``/api/sync/<table>``)."""
-USER_COLUMNS = ("id", "name", "kind", "avatar_url", "inserted_at", "updated_at")
-
-
-def sync_routes(syncd_url: str) -> list[Route]:
-    """``/api/sync/<table>`` routes scoped to the signed-in user (upstream clients live as
-    long as the process).
-
-    Used only when the web app does not serve its own sync routes yet.
-    """
-    from syncd.routes import ShapeRoutes, ShapeScope
-    from web.app import current_user
-
-    routes = ShapeRoutes(syncd_url)
-
-    def authorize_for(table: str) -> Callable[[Request], Any]:
-        async def authorize(request: Request) -> ShapeScope | Response:
-            principal = await current_user(request)
-            if principal is None:
-                return Response(status_code=401)
-            return ShapeScope(
-                where=SYNC_SCOPES[table],
-                params=[str(principal.user_id)],
-                key=str(principal.user_id),
-                columns=USER_COLUMNS if table == "users" else None,
-            )
-
-        return authorize
-
-    served = [
-        routes.route(f"/api/sync/{table}", table=table, authorize=authorize_for(table))
-        for table in SYNC_SCOPES
-    ]
-    return list(served)
-
-
-def serves_sync_routes() -> bool:
-    """Whether the web app mounts ``/api/sync/*`` itself (its ``web.sync`` module)."""
-    return importlib.util.find_spec("web.sync") is not None
-
-
-def run_web() -> int:
-    """The web-app child: ``python -m web serve``, plus the sync routes when it lacks them."""
-    from web.__main__ import main as web_main
-
-    if serves_sync_routes():
-        return web_main(["serve"])
-    import uvicorn
-
-    from web.app import create_app
-    from web.config import load_settings
-    from web.ui_static import mount_ui
-
-    settings = load_settings([])
-    extra = sync_routes(os.environ.get("BURN_SYNCD_URL", "http://127.0.0.1:3000"))
-    app = create_app(settings, extra_routes=extra)
-    mount_ui(app)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
-    return 0
 
 
 def say(text: str, *, error: bool = False) -> None:
@@ -267,7 +193,7 @@ def _run_children(
         "WEB_PORT": str(port),
         "BURN_SYNCD_URL": syncd_url,
     }
-    web = supervisor.start("web", [python, "-m", "web.dev", "web"], web_env)
+    web = supervisor.start("web", [python, "-m", "web", "serve"], web_env)
 
     agents_env = _base_env() | {"AGENTS_DATABASE_URL": dsn, "AGENTS_SYNCD_URL": syncd_url}
     if not os.environ.get("ANTHROPIC_API_KEY"):
@@ -300,13 +226,10 @@ def _run_children(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m web.dev", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=["all", "web"], default="all")
     parser.add_argument("--data-dir", type=Path, default=Path(".dev"))
     parser.add_argument("--port", type=int, default=4000)
     parser.add_argument("--syncd-port", type=int, default=3000)
     args = parser.parse_args(argv)
-    if args.command == "web":
-        return run_web()
     return run_dev(args.data_dir.absolute(), args.port, args.syncd_port)
 
 

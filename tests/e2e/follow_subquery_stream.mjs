@@ -9,7 +9,8 @@
 // slots are all true is dropped; a move-in pattern sets the position to true.
 //
 // Usage: node follow_subquery_stream.mjs '<json config>'
-//   {"url": ..., "table": ..., "where": ..., "params": {"1": "x"}, "liveSse": false}
+//   {"url": ..., "table": ..., "where": ..., "params": {"1": "x"}, "liveSse": false,
+//    "headers": {"Authorization": "Bearer t"}}   (where and headers optional)
 //
 // Output lines:
 //   {"type":"hello","clientVersion":"1.5.x","config":{...}}
@@ -108,6 +109,7 @@ const stream = new ShapeStream({
   params: shapeParams(config),
   subscribe: true,
   liveSse: Boolean(config.liveSse),
+  ...(config.headers != null ? { headers: config.headers } : {}),
   signal: aborter.signal,
   fetchClient: observingFetch,
   onError: (err) => {

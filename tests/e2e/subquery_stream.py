@@ -28,15 +28,14 @@ class SubqueryStreamFollower(NodeFollower):
         url: str,
         table: str,
         *,
-        where: str,
+        where: str | None,
         params: dict[str, str] | None = None,
         live_sse: bool = False,
+        headers: dict[str, str] | None = None,
         node: str = "node",
     ) -> None:
-        super().__init__(
-            node_config(url=url, table=table, where=where, params=params, liveSse=live_sse),
-            node=node,
-        )
+        config = node_config(url=url, table=table, where=where, params=params, liveSse=live_sse)
+        super().__init__(config | node_config(headers=headers), node=node)
         self.move_events: list[dict[str, Any]] = []
         """The headers of every move-in/move-out event, in order."""
         self.changes: list[dict[str, Any]] = []

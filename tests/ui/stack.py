@@ -107,7 +107,7 @@ class BurnStack:
         self.syncd.start()
         web = Child(
             "web",
-            [sys.executable, "-m", "web.dev", "web"],
+            [sys.executable, "-m", "web", "serve"],
             self._env()
             | {
                 "WEB_DATABASE_URL": self.dsn,
