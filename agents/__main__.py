@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
             level=os.environ.get("AGENTS_LOG_LEVEL", "INFO"),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
         asyncio.run(run_worker())
 
 

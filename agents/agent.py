@@ -154,6 +154,8 @@ class Agent:
         self.settings = settings
         self.lease_valid = lease_valid
         self.position = lease.position
+        self.busy = False
+        """True during a turn (a worker sheds idle agents first)."""
 
     async def check_lease(self) -> None:
         """Start no call or write after the local lease deadline (the fence covers the rest)."""
@@ -192,7 +194,11 @@ class Agent:
             state = self.view.state()
             again = decide(self.persona, state, self.position, time.time(), self.settings.rules)
             if again == decision:
-                await self.turn(decision, state, frontier)
+                self.busy = True
+                try:
+                    await self.turn(decision, state, frontier)
+                finally:
+                    self.busy = False
 
     async def finish_recorded_turns(self) -> None:
         """Apply the replies a crash left recorded but not performed; never call them again."""

@@ -23,7 +23,7 @@ back in either form. The script's choices come from a generator seeded with the 
 of the request, so an identical request gets an identical reply however often the SDK retries it.
 
 Control from another process: ``POST /_fake/faults`` queues faults (a JSON list of ``Fault``),
-``GET /_fake/requests`` lists the recorded requests.
+``GET /_fake/requests[?since=N]`` lists the recorded requests.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ class RecordedRequest:
     headers: Mapping[str, str]
     body: JsonObject
     persona: str | None
+    received_wall: float = 0.0
+    """``time.time()`` at arrival (for latency measured by another process)."""
 
 
 class ReplayMismatch(Exception):
@@ -539,7 +541,7 @@ async def create_message(request: Request) -> Response:
         return error_response(400, "invalid_request_error", problem, request_id)
     persona = persona_of(body)
     recorded = RecordedRequest(
-        len(fake.requests), time.monotonic(), dict(request.headers), body, persona
+        len(fake.requests), time.monotonic(), dict(request.headers), body, persona, time.time()
     )
     fake.requests.append(recorded)
     fault = fake.take_fault(persona)
@@ -572,10 +574,21 @@ async def queue_faults(request: Request) -> Response:
     return JSONResponse({"queued": len(fake.faults)})
 
 
+def _since(request: Request) -> int:
+    """``?since=N``: the requests from index N on (all of them when absent or malformed)."""
+    try:
+        return max(int(request.query_params.get("since", "0")), 0)
+    except ValueError:
+        return 0
+
+
 async def list_requests(request: Request) -> Response:
     fake: FakeApi = request.app.state.fake
     return JSONResponse(
-        [{"index": r.index, "persona": r.persona, "body": r.body} for r in fake.requests]
+        [
+            {"index": r.index, "persona": r.persona, "received": r.received_wall, "body": r.body}
+            for r in fake.requests[_since(request) :]
+        ]
     )
 
 

@@ -77,38 +77,51 @@ async def unregister_worker(pool: Pool, worker: str) -> None:
 
 async def ensure_agents(pool: Pool, keys: Iterable[AgentKey]) -> None:
     """Make the agents of these memberships active (a re-added membership restarts its agent)."""
-    rows = [(k.thread_id, k.agent_id) for k in keys]
-    if not rows:
+    threads, agents = _columns(keys)
+    if not threads:
         return
-    async with pool.connection() as conn, conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO agents.leases (thread_id, agent_id) SELECT %s, %s"
-            " WHERE EXISTS (SELECT FROM threads WHERE id = %s)"
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO agents.leases (thread_id, agent_id)"
+            " SELECT k.thread_id, k.agent_id FROM unnest(%s::uuid[], %s::uuid[])"
+            "  AS k(thread_id, agent_id) JOIN threads t ON t.id = k.thread_id"
+            "  ORDER BY k.thread_id, k.agent_id"
             " ON CONFLICT (thread_id, agent_id) DO UPDATE SET status = 'active',"
             " failures = 0, next_attempt_at = NULL, updated_at = now()"
             " WHERE agents.leases.status = 'stopped'",
-            [(t, a, t) for t, a in rows],
+            (threads, agents),
         )
 
 
 async def stop_agents(pool: Pool, keys: Iterable[AgentKey], reason: str) -> None:
     """Stop the agents of deleted memberships: their holders' renewals and fences fail."""
-    rows = [(k.thread_id, k.agent_id) for k in keys]
-    if not rows:
+    threads, agents = _columns(keys)
+    if not threads:
         return
-    async with pool.connection() as conn, conn.cursor() as cursor:
-        await cursor.executemany(
-            "UPDATE agents.leases SET status = 'stopped', worker = NULL, expires_at = NULL,"
-            " updated_at = now() WHERE thread_id = %s AND agent_id = %s",
-            rows,
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(
+            "WITH doomed AS (SELECT l.thread_id, l.agent_id FROM agents.leases l"
+            "  JOIN unnest(%s::uuid[], %s::uuid[]) AS k(thread_id, agent_id)"
+            "  USING (thread_id, agent_id) ORDER BY l.thread_id, l.agent_id FOR UPDATE OF l)"
+            " UPDATE agents.leases l SET status = 'stopped', worker = NULL, expires_at = NULL,"
+            " updated_at = now() FROM doomed d"
+            " WHERE l.thread_id = d.thread_id AND l.agent_id = d.agent_id",
+            (threads, agents),
         )
-        await cursor.executemany(
-            "INSERT INTO agent_status (thread_id, agent_id, state, reason) "
-            " SELECT %s, %s, 'stopped', %s WHERE EXISTS (SELECT FROM threads WHERE id = %s)"
+        await conn.execute(
+            "INSERT INTO agent_status (thread_id, agent_id, state, reason)"
+            " SELECT k.thread_id, k.agent_id, 'stopped', %s FROM unnest(%s::uuid[], %s::uuid[])"
+            "  AS k(thread_id, agent_id) JOIN threads t ON t.id = k.thread_id"
+            "  ORDER BY k.thread_id, k.agent_id"
             " ON CONFLICT (thread_id, agent_id) DO UPDATE SET state = 'stopped',"
             " reason = excluded.reason, updated_at = now()",
-            [(t, a, reason[:500], t) for t, a in rows],
+            (reason[:500], threads, agents),
         )
+
+
+def _columns(keys: Iterable[AgentKey]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    ordered = sorted(set(keys), key=lambda k: (k.thread_id, k.agent_id))
+    return [k.thread_id for k in ordered], [k.agent_id for k in ordered]
 
 
 async def fair_share(pool: Pool) -> int:
@@ -157,13 +170,17 @@ async def renew(pool: Pool, worker: str, leases: Sequence[Lease], ttl: float) ->
     epochs = [lease.epoch for lease in leases]
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            "UPDATE agents.leases l SET heartbeat_at = now(),"
+            "WITH held AS (SELECT l.thread_id, l.agent_id FROM agents.leases l"
+            "  JOIN unnest(%s::uuid[], %s::uuid[], %s::bigint[]) AS mine(thread_id, agent_id, ep)"
+            "  ON l.thread_id = mine.thread_id AND l.agent_id = mine.agent_id"
+            "  AND l.epoch = mine.ep"
+            "  WHERE l.worker = %s AND l.status = 'active'"
+            "  ORDER BY l.thread_id, l.agent_id FOR UPDATE OF l)"
+            " UPDATE agents.leases l SET heartbeat_at = now(),"
             " expires_at = now() + make_interval(secs => %s)"
-            " FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) AS mine(thread_id, agent_id, epoch)"
-            " WHERE l.thread_id = mine.thread_id AND l.agent_id = mine.agent_id"
-            " AND l.epoch = mine.epoch AND l.worker = %s AND l.status = 'active'"
+            " FROM held WHERE l.thread_id = held.thread_id AND l.agent_id = held.agent_id"
             " RETURNING l.thread_id, l.agent_id",
-            (ttl, threads, agents, epochs, worker),
+            (threads, agents, epochs, worker, ttl),
         )
         rows = await cursor.fetchall()
     return {AgentKey(t, a) for t, a in rows}

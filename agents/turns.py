@@ -156,6 +156,11 @@ async def claim(
     turn = turn_id(lease.key.agent_id, trigger_event_id)
     async with pool.connection() as conn, conn.transaction():
         await fence(conn, lease)
+        # a half-streamed reply of an earlier, unfinished attempt is stale now
+        await conn.execute(
+            "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
+            _key(lease),
+        )
         cursor = await conn.execute(
             "INSERT INTO agents.turns (id, thread_id, agent_id, trigger_event_id, trigger_seq,"
             " input_lsn, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -426,6 +431,16 @@ async def halt(pool: Pool, lease: Lease, state: str, reason: str) -> None:
             _key(lease),
         )
         await _set_status(conn, lease, state, reason)
+
+
+async def clear_streaming(pool: Pool, lease: Lease) -> None:
+    """Remove the half-streamed replies a previous holder left (a retry streams again)."""
+    async with pool.connection() as conn, conn.transaction():
+        await fence(conn, lease)
+        await conn.execute(
+            "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
+            _key(lease),
+        )
 
 
 async def recorded_turns(pool: Pool, lease: Lease) -> list[tuple[uuid.UUID, int, int, Any]]:

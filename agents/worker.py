@@ -4,8 +4,9 @@ Theory of operation. Three loops share one event loop:
 
 - the supervisor (:mod:`agents.supervisor`) keeps the lease rows in step with the memberships;
 - the *scan* registers the worker as live and acquires claimable agents up to its fair share,
-  every ``scan_interval`` seconds, starting one task per agent it gets;
-- the *heartbeat* renews every held lease each ``ttl / 3`` seconds. A lease it fails to renew
+  every ``scan_interval`` seconds, starting one task per agent it gets; a worker above its
+  share (another worker started) gives back the excess, idle agents first;
+- the *heartbeat* renews every held lease each ``ttl / 4`` seconds. A lease it fails to renew
   (taken over, stopped, quarantined) has its agent cancelled. The local deadline of a lease is
   the time the renewal was *sent* plus ``ttl`` minus a margin: the agent starts no call or
   write after it, and its writes are fenced in the database in any case.
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from agents import leases, turns
@@ -60,6 +62,7 @@ class WorkerSettings:
 @dataclass
 class Running:
     lease: Lease
+    agent: Agent
     task: asyncio.Task[None]
     valid_until: float
 
@@ -94,13 +97,22 @@ class Worker:
         supervisor = Supervisor(self.pool, self.shape_url, self.client, self.registry)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(supervisor.run())
+                group.create_task(self._supervise(supervisor))
                 group.create_task(self._scan())
                 group.create_task(self._heartbeat())
         finally:
             await self._shutdown()
             self.users.close()
             await users.close()
+
+    async def _supervise(self, supervisor: Supervisor) -> None:
+        """Run the supervisor, restarting it after a failure (its writes are idempotent)."""
+        while True:
+            try:
+                await supervisor.run()
+            except Exception as error:  # a shape or database failure: start it again
+                logger.warning("supervisor failed (restarting): %r", error)
+            await asyncio.sleep(self.settings.scan_interval)
 
     async def _shutdown(self) -> None:
         running = list(self.running.values())
@@ -115,33 +127,57 @@ class Worker:
             await leases.unregister_worker(self.pool, self.worker_id)
 
     async def _scan(self) -> None:
-        ttl = self.settings.lease_ttl
         while True:
-            await leases.register_worker(self.pool, self.worker_id, ttl)
-            share = min(await leases.fair_share(self.pool), self.settings.max_agents)
-            sent = time.monotonic()
-            for lease in await leases.acquire(
-                self.pool, self.worker_id, ttl, share - len(self.running)
-            ):
-                self._start(lease, sent + ttl - self.settings.lease_margin)
+            try:
+                await self._scan_once()
+            except (psycopg.Error, OSError) as error:
+                logger.warning("scan failed (retrying): %r", error)
             await asyncio.sleep(self.settings.scan_interval)
 
-    async def _heartbeat(self) -> None:
+    async def _scan_once(self) -> None:
         ttl = self.settings.lease_ttl
+        await leases.register_worker(self.pool, self.worker_id, ttl)
+        share = min(await leases.fair_share(self.pool), self.settings.max_agents)
+        sent = time.monotonic()
+        wanted = share - len(self.running)
+        if wanted < 0:
+            await self._shed(-wanted)
+            return
+        for lease in await leases.acquire(self.pool, self.worker_id, ttl, wanted):
+            self._start(lease, sent + ttl - self.settings.lease_margin)
+
+    async def _shed(self, count: int) -> None:
+        """Give back ``count`` agents (idle ones first) when more workers share the load."""
+        entries = sorted(self.running.values(), key=lambda e: e.agent.busy)[:count]
+        for entry in entries:
+            entry.task.cancel()
+        for entry in entries:
+            with contextlib.suppress(BaseException):
+                await entry.task
+            await leases.release(self.pool, entry.lease)
+
+    async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(ttl / 3)
-            held = [entry.lease for entry in self.running.values()]
-            sent = time.monotonic()
-            renewed = await leases.renew(self.pool, self.worker_id, held, ttl)
-            for lease in held:
-                entry = self.running.get(lease.key)
-                if entry is None or entry.lease is not lease:
-                    continue
-                if lease.key in renewed:
-                    entry.valid_until = sent + ttl - self.settings.lease_margin
-                else:
-                    logger.info("lost the lease of %s: stopping it", lease.key)
-                    entry.task.cancel()
+            await asyncio.sleep(self.settings.lease_ttl / 4)
+            try:
+                await self._heartbeat_once()
+            except (psycopg.Error, OSError) as error:
+                logger.warning("heartbeat failed (retrying): %r", error)
+
+    async def _heartbeat_once(self) -> None:
+        ttl = self.settings.lease_ttl
+        held = [entry.lease for entry in self.running.values()]
+        sent = time.monotonic()
+        renewed = await leases.renew(self.pool, self.worker_id, held, ttl)
+        for lease in held:
+            entry = self.running.get(lease.key)
+            if entry is None or entry.lease is not lease:
+                continue
+            if lease.key in renewed:
+                entry.valid_until = sent + ttl - self.settings.lease_margin
+            else:
+                logger.info("lost the lease of %s: stopping it", lease.key)
+                entry.task.cancel()
 
     def _start(self, lease: Lease, valid_until: float) -> None:
         persona = PERSONAS.get(lease.key.agent_id)
@@ -155,7 +191,7 @@ class Worker:
 
         agent = Agent(lease, persona, view, self.pool, self.llm, self.settings.agent, lease_valid)
         task = asyncio.create_task(agent.run(), name=f"agent {lease.key}")
-        self.running[lease.key] = Running(lease, task, valid_until)
+        self.running[lease.key] = Running(lease, agent, task, valid_until)
         task.add_done_callback(lambda done: asyncio.ensure_future(self._finished(lease, done)))
 
     def _view(self, thread_id: uuid.UUID) -> ThreadView:
@@ -184,7 +220,13 @@ class Worker:
         if task.cancelled():
             return
         error = task.exception()
-        if error is None or isinstance(error, LeaseLost | AgentHalted):
+        if isinstance(error, LeaseLost):
+            # it ran out locally, or was taken over: give it back in case it is still ours
+            logger.info("agent %s stopped: %s", lease.key, error)
+            with contextlib.suppress(Exception):
+                await leases.release(self.pool, lease)
+            return
+        if error is None or isinstance(error, AgentHalted):
             if error is not None:
                 logger.info("agent %s stopped: %s", lease.key, error)
             return

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.burn_users import BurnOptions, run_burn_users
+from bench.agents import run_agent_reaction
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
@@ -28,6 +29,7 @@ BENCHES = (
     "ui-first-paint",
     "ui-live",
     "burn-users",
+    "agent-reaction",
 )
 
 
@@ -107,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--burn-live-mode", choices=["sse", "long-poll"], default="sse", help="burn-users' clients"
     )
+    parser.add_argument(
+        "--agent-messages", type=int, default=200, help="messages of agent-reaction"
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -161,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep=args.keep,
             )
         )
+    if "agent-reaction" in benches:
+        run_agent_reaction(args.agent_messages, keep=args.keep)
     return 0
 
 

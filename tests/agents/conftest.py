@@ -89,7 +89,7 @@ async def make_thread(
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], limit: float = 15.0, pause: float = 0.05
+    condition: Callable[[], Awaitable[bool]], limit: float = 60.0, pause: float = 0.05
 ) -> None:
     """Poll ``condition`` until it holds; fail after ``limit`` seconds (a hang, not a speed
     requirement)."""
