@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bench.burn_users import BurnOptions, run_burn_users
 from bench.agents import run_agent_reaction
+from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
