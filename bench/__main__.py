@@ -8,10 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from bench.agents import run_agent_reaction
+from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
 from bench.stalled_readers import run_stalled_readers
+from bench.subquery import run_move_in, run_shapes_ingest
+from bench.ui import run_first_paint, run_live
 
 BENCHES = (
     "ingest",
@@ -21,6 +24,11 @@ BENCHES = (
     "fanout-js",
     "fanout-js-long-poll",
     "stalled-readers-rss",
+    "subquery-move-in",
+    "subquery-shapes-ingest",
+    "ui-first-paint",
+    "ui-live",
+    "burn-users",
     "agent-reaction",
 )
 
@@ -69,6 +77,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--stalled-write-rate", type=float, default=5.0, help="MB/s of stalled-readers-rss"
     )
     parser.add_argument(
+        "--move-in-rounds", type=int, default=10, help="membership inserts of subquery-move-in"
+    )
+    parser.add_argument(
+        "--move-in-rows", type=int, default=1_000, help="events per thread of subquery-move-in"
+    )
+    parser.add_argument(
+        "--subquery-shapes", type=int, default=10_000, help="shapes of subquery-shapes-ingest"
+    )
+    parser.add_argument(
+        "--subquery-rows", type=int, default=100_000, help="events of subquery-shapes-ingest"
+    )
+    parser.add_argument("--ui-events", type=int, default=1_000, help="events of ui-first-paint")
+    parser.add_argument("--ui-rounds", type=int, default=3, help="rounds of ui-first-paint")
+    parser.add_argument("--ui-messages", type=int, default=20, help="messages of ui-live")
+    parser.add_argument(
+        "--users", type=int, default=1_000, help="signed-in users of burn-users (5 shapes each)"
+    )
+    parser.add_argument(
+        "--burn-threads",
+        type=int,
+        default=None,
+        help="threads of burn-users (default: one per 10 users, 100 for 1,000)",
+    )
+    parser.add_argument(
+        "--burn-rate", type=float, default=50.0, help="messages per second of burn-users"
+    )
+    parser.add_argument(
+        "--burn-seconds", type=float, default=20.0, help="seconds of messages of burn-users"
+    )
+    parser.add_argument(
+        "--burn-live-mode", choices=["sse", "long-poll"], default="sse", help="burn-users' clients"
+    )
+    parser.add_argument(
         "--agent-messages", type=int, default=200, help="messages of agent-reaction"
     )
     args = parser.parse_args(argv)
@@ -79,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fanout-subscribers and --fanout-commits must be positive")
     if args.large_rows < 1 or args.large_row_bytes < 0:
         parser.error("--large-rows must be positive and --large-row-bytes not negative")
+    if min(args.move_in_rounds, args.move_in_rows, args.subquery_shapes, args.subquery_rows) < 1:
+        parser.error("the subquery bench sizes must be positive")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -103,6 +146,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "stalled-readers-rss" in benches:
         run_stalled_readers(
             args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep
+        )
+    if "subquery-move-in" in benches:
+        run_move_in(args.move_in_rounds, args.move_in_rows, keep=args.keep)
+    if "subquery-shapes-ingest" in benches:
+        run_shapes_ingest(args.subquery_rows, args.subquery_shapes, keep=args.keep)
+    if "ui-first-paint" in benches:
+        run_first_paint(args.ui_events, args.ui_rounds, keep=args.keep)
+    if "ui-live" in benches:
+        run_live(args.ui_messages, keep=args.keep)
+    if "burn-users" in benches:
+        run_burn_users(
+            BurnOptions(
+                users=args.users,
+                threads=args.burn_threads or max(1, args.users // 10),
+                rate=args.burn_rate,
+                seconds=args.burn_seconds,
+                live_mode=args.burn_live_mode,
+                keep=args.keep,
+            )
         )
     if "agent-reaction" in benches:
         run_agent_reaction(args.agent_messages, keep=args.keep)

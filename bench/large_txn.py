@@ -207,7 +207,7 @@ class _Daemon:
             SYNCD_STORAGE_DIR=str(storage_dir),
             SYNCD_PORT=str(self.port),
             SYNCD_SLOT=slot,
-            SYNCD_LOG_LEVEL="INFO",
+            SYNCD_LOG_LEVEL=os.environ.get("BENCH_SYNCD_LOG_LEVEL", "INFO"),
         )
         if options:
             env["SYNCD_REPLICATION_OPTIONS"] = options

@@ -66,7 +66,7 @@ class Entry:
     key: str
     value: Row
     old_value: Row | None = None
-    headers: Mapping[str, str] | None = None
+    headers: Mapping[str, object] | None = None
     split: int = 0
 
 

@@ -13,6 +13,7 @@ import msgspec
 
 Operation = Literal["insert", "update", "delete"]
 Row = Mapping[str, str | None]
+Headers = Mapping[str, object]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -45,10 +46,24 @@ def row_key(prefix: str, row: Row, key_columns: Sequence[str]) -> str:
     return "".join(parts)
 
 
-def snapshot_row(relation: Sequence[str], key: str, value: Row) -> bytes:
-    """A snapshot row: an insert with only ``operation`` and ``relation`` headers."""
-    headers = {"operation": "insert", "relation": relation}
+def snapshot_row(
+    relation: Sequence[str], key: str, value: Row, extra_headers: Headers | None = None
+) -> bytes:
+    """A snapshot row: an insert with only ``operation`` and ``relation`` headers (and, for
+    shapes whose ``where`` has subqueries, ``tags``/``active_conditions``/``is_move_in``)."""
+    headers: dict[str, object] = {"operation": "insert", "relation": relation}
+    if extra_headers:
+        headers.update(extra_headers)
     return _encode({"key": key, "value": value, "headers": headers})
+
+
+def move_event(
+    kind: Literal["move-in", "move-out"], patterns: object, txids: Iterable[int]
+) -> bytes:
+    """A ``move-in``/``move-out`` event of a subquery shape: ``patterns`` are
+    ``[{"pos": p, "value": tag}]``, ``txids`` the sorted xids that caused the move."""
+    headers = {"event": kind, "patterns": patterns, "txids": sorted(set(txids))}
+    return _encode({"headers": headers})
 
 
 def change(
@@ -62,7 +77,7 @@ def change(
     xid: int,
     last: bool,
     old_value: Row | None = None,
-    extra_headers: Mapping[str, str] | None = None,
+    extra_headers: Headers | None = None,
 ) -> bytes:
     """A change message from the replication stream."""
     headers: dict[str, object] = {
@@ -124,7 +139,7 @@ class ChangeEncoder:
         value: Row,
         op_position: int,
         old_value: Row | None = None,
-        extra_headers: Mapping[str, str] | None = None,
+        extra_headers: Headers | None = None,
     ) -> bytes:
         """The message (``last`` false); see the class docstring."""
         start = self._head(operation) + b"%d" % op_position + self._txids

@@ -80,15 +80,27 @@ class Router(Generic[K]):
         return len(self._entries)
 
     def add(
-        self, shape_id: K, table: Hashable, where: Where | None, columns: Mapping[str, Column]
+        self,
+        shape_id: K,
+        table: Hashable,
+        where: Where | None,
+        columns: Mapping[str, Column],
+        dynamic: tuple[str, AbstractSet[Hashable]] | None = None,
     ) -> None:
-        """Register a shape (replacing an earlier registration under the same id)."""
+        """Register a shape (replacing an earlier registration under the same id).
+
+        ``dynamic`` files the shape under a column and the current value set of one of its
+        subqueries instead (every row of the shape has its value in that set); the caller keeps
+        the filing current with :meth:`move`.
+        """
         if shape_id in self._entries:
             self.remove(shape_id)
         index = self._tables.setdefault(table, _TableIndex())
         index.shapes.add(shape_id)
         conditions = where.index_conditions() if where is not None else ()
         condition = conditions[0] if conditions else None
+        if dynamic is not None:
+            condition = (dynamic[0], frozenset(v for v in dynamic[1] if v is not None))
         if condition is None or condition[0] not in columns:
             index.residual.add(shape_id)
             self._entries[shape_id] = _Entry(table, None, frozenset())
@@ -103,6 +115,27 @@ class Router(Generic[K]):
             buckets.setdefault(value, set()).add(shape_id)
         self._entries[shape_id] = _Entry(table, column, values)
 
+    def move(
+        self, shape_id: K, entered: AbstractSet[Hashable], left: AbstractSet[Hashable]
+    ) -> None:
+        """Values entered or left the set a shape is filed under (see ``dynamic`` of
+        :meth:`add`); a shape not filed under a column is left alone."""
+        entry = self._entries.get(shape_id)
+        if entry is None or entry.column is None:
+            return
+        buckets = self._tables[entry.table].by_column[entry.column]
+        for value in left:
+            bucket = buckets.get(value)
+            if bucket is not None:
+                bucket.discard(shape_id)
+                if not bucket:
+                    del buckets[value]
+        for value in entered:
+            if value is not None:
+                buckets.setdefault(value, set()).add(shape_id)
+        values = (entry.values - left) | {v for v in entered if v is not None}
+        self._entries[shape_id] = _Entry(entry.table, entry.column, frozenset(values))
+
     def remove(self, shape_id: K) -> None:
         """Forget a shape; unknown ids are ignored."""
         entry = self._entries.pop(shape_id, None)
@@ -116,7 +149,9 @@ class Router(Generic[K]):
         else:
             buckets = index.by_column[entry.column]
             for value in entry.values:
-                bucket = buckets[value]
+                bucket = buckets.get(value)
+                if bucket is None:
+                    continue
                 bucket.discard(shape_id)
                 if not bucket:
                     del buckets[value]
@@ -162,6 +197,10 @@ class Router(Generic[K]):
         """The shapes of ``table`` that every row is routed to (no index condition)."""
         index = self._tables.get(table)
         return frozenset(index.residual) if index is not None else frozenset()
+
+    def has_table(self, table: Hashable) -> bool:
+        """Whether any shape of ``table`` is registered (cheap)."""
+        return table in self._tables
 
     def shapes_for_table(self, table: Hashable) -> set[K]:
         """Every shape registered on ``table`` (for truncates and relation changes)."""

@@ -990,3 +990,9 @@ def _array_add(array: ev.Fn, element: ev.Fn, append: bool) -> ev.Fn:
         return ev.array_add(values or (), item, append)
 
     return run
+
+
+# Names the subquery compiler (:mod:`shapes.subquery_compile`) builds on.
+Typed = _Typed
+common_type = _common
+location_of = _loc

@@ -11,6 +11,8 @@ by pglast. Only the node types the compiler accepts can reach this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Final
 
 from pglast import ast
@@ -35,12 +37,36 @@ _BETWEEN: Final = {
 }
 
 
-def deparse(node: Any) -> str:
-    """The SQL text of an expression tree, fully parenthesised."""
+SublinkRenderer = Callable[[Any], str]
+_sublinks: ContextVar[SublinkRenderer | None] = ContextVar("sublinks", default=None)
+
+
+def deparse(node: Any, sublinks: SublinkRenderer | None = None) -> str:
+    """The SQL text of an expression tree, fully parenthesised.
+
+    ``sublinks`` renders each ``SubLink`` node (the subquery compiler checked them); without
+    it a clause holding one cannot be deparsed.
+    """
+    if sublinks is not None:
+        token = _sublinks.set(sublinks)
+        try:
+            return deparse(node)
+        finally:
+            _sublinks.reset(token)
+    if isinstance(node, ast.SubLink):
+        render = _sublinks.get()
+        if render is None:
+            raise ValueError("cannot deparse SubLink")
+        return render(node)
     handler = _HANDLERS.get(type(node).__name__)
     if handler is None:
         raise ValueError(f"cannot deparse {type(node).__name__}")
     return handler(node)
+
+
+def quote_name(*names: str) -> str:
+    """A (possibly schema-qualified) identifier, quoted where Postgres needs it."""
+    return _raw(ast.ColumnRef(fields=tuple(ast.String(sval=name) for name in names)))
 
 
 def _raw(node: Any) -> str:

@@ -15,6 +15,7 @@ from psycopg.rows import TupleRow
 
 from shapes.errors import InvalidRequest
 from shapes.schema import Column, Table
+from shapes.subquery import missing_table_message
 
 log = logging.getLogger("syncd.catalog")
 
@@ -48,14 +49,6 @@ LEFT JOIN pg_type bt ON coalesce(et.typtype, t.typtype) = 'd'
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
-
-
-def missing_table_message(schema: str, name: str) -> str:
-    """The reference server's text for a table that does not exist."""
-    return (
-        f'Table "{schema}"."{name}" does not exist. If the table name contains capitals or '
-        "special characters you must quote it."
-    )
 
 
 async def load_table(conn: AsyncConn, schema: str, name: str) -> Table:

@@ -37,9 +37,11 @@ from shapes.convert import (
 from shapes.router import Router
 from shapes.shape import CanonicalShape
 from syncd.flush_tracker import FlushTracker
+from syncd.materializer import RawChange
 from syncd.pgoutput import messages as pg
 from syncd.shape_state import ShapeState
 from syncd.storage import TransactionEntries
+from syncd.subquery_engine import SubqueryEngine
 
 log = logging.getLogger("syncd.engine")
 
@@ -93,8 +95,11 @@ class ChangeApplier:
         router: Router[ShapeState],
         flush: FlushTracker,
         retire: Callable[[ShapeState, str], None],
+        subqueries: SubqueryEngine | None = None,
     ) -> None:
         self._router = router
+        self.subqueries = subqueries
+        """Materialisers and subquery shapes: their changes are judged at the commit."""
         self._flush = flush
         self._retire = retire
         """Retires a shape for good (the engine's ``delete``)."""
@@ -123,6 +128,8 @@ class ChangeApplier:
 
     def cut_off(self) -> None:
         """The open transaction was cut off by a disconnect: it will be sent again."""
+        if self.subqueries is not None:
+            self.subqueries.cut_off()
         if self.in_txn:
             self.in_txn = False
             self._txn_entries = {}
@@ -174,12 +181,22 @@ class ChangeApplier:
         # Text-mode pgoutput only sends str or None for inserts. (The length check above is
         # cheaper than zip(..., strict=True).)
         row: TextRow = dict(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
+        subqueries = self.subqueries
+        change = None
+        if subqueries is not None and subqueries.router.has_table(relation.table):
+            change = RawChange("insert", None, row, True, self._txn_op)
+            subqueries.on_change(relation.table, change)
         shapes = self._router.affected(relation.table, row)
         if shapes:
             op = self._txn_op
             entries = self._txn_entries
             failed: list[tuple[ShapeState, Exception]] = []
             for shape in shapes:
+                if shape.subquery:
+                    if change is None:
+                        change = RawChange("insert", None, row, True, op)
+                    self._record(shape, change)
+                    continue
                 try:
                     parts = insert_parts(shape.view, row)
                 except Exception as exc:  # contained in this shape: see _retire_failed
@@ -201,11 +218,21 @@ class ChangeApplier:
         if msg.old_kind == "O" and msg.old is not None:
             old = _text_row(relation.names, msg.old)
         new = _fill_unchanged(relation.names, msg.new, old)
+        change = None
+        subqueries = self.subqueries
+        if subqueries is not None and subqueries.router.has_table(relation.table):
+            change = RawChange("update", old, new, old is not None, self._txn_op)
+            subqueries.on_change(relation.table, change)
         shapes = self._router.affected(relation.table, new)
         if old is not None:
             shapes = shapes | self._router.affected(relation.table, old)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
+            if shape.subquery:
+                if change is None:
+                    change = RawChange("update", old, new, old is not None, self._txn_op)
+                self._record(shape, change)
+                continue
             try:
                 entries = convert_update(shape.view, old, new)
             except Exception as exc:  # contained in this shape: see _retire_failed
@@ -220,8 +247,18 @@ class ChangeApplier:
         relation = self.relations[msg.oid]
         old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
+        change = None
+        subqueries = self.subqueries
+        if subqueries is not None and subqueries.router.has_table(relation.table):
+            change = RawChange("delete", old, None, full, self._txn_op)
+            subqueries.on_change(relation.table, change)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in self._router.affected(relation.table, old):
+            if shape.subquery:
+                if change is None:
+                    change = RawChange("delete", old, None, full, self._txn_op)
+                self._record(shape, change)
+                continue
             try:
                 entries = convert_delete(shape.view, old, full)
             except Exception as exc:  # contained in this shape: see _retire_failed
@@ -231,6 +268,10 @@ class ChangeApplier:
                 self._add_entries(shape, relation.table, entries)
         self._retire_failed(failed)
         self._txn_op += 2
+
+    def _record(self, shape: ShapeState, change: RawChange) -> None:
+        if self.subqueries is not None:
+            self.subqueries.record(shape, change)
 
     def _retire_failed(self, failed: list[tuple[ShapeState, Exception]]) -> None:
         """Retire the shapes whose conversion of the current change raised.
@@ -264,6 +305,8 @@ class ChangeApplier:
         self._txn_entries = {}
         self._txn_encoders = {}
         self.in_txn = False
+        if self.subqueries is not None:
+            self.subqueries.on_commit(lsn, xid, self._txn_op)
         self._flush.committed(lsn, msg.end_lsn)
         self._route_pending()
 
@@ -281,6 +324,8 @@ class ChangeApplier:
 
     def abandon_pieces(self) -> None:
         """The open transaction will not be completed: drop the pieces written of it."""
+        if self.subqueries is not None:
+            self.subqueries.cut_off()
         for shape in self._txn_entries:
             shape.abandon_pieces()
         self._txn_entries = {}

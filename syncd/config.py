@@ -27,6 +27,10 @@ class Settings:
     send_timeout: float = 30.0
     chunk_bytes: int = 10 * 1024 * 1024
     schema_check_interval: float = 30.0
+    max_subquery_values: int = 100_000
+    max_subquery_depth: int = 4
+    max_subqueries: int = 16
+    max_held_transactions: int = 1000
     max_initial_requests: int = 300
     max_existing_requests: int = 10_000
     cache_max_age: int = 60
@@ -61,6 +65,30 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "SYNCD_SCHEMA_CHECK_INTERVAL",
         float,
         "seconds between checks for dropped or altered tables (30)",
+    ),
+    (
+        "max_subquery_values",
+        "SYNCD_MAX_SUBQUERY_VALUES",
+        int,
+        "largest value set of one where-clause subquery; bigger ones get a 400 (100000)",
+    ),
+    (
+        "max_subquery_depth",
+        "SYNCD_MAX_SUBQUERY_DEPTH",
+        int,
+        "deepest nesting of IN (SELECT ...) subqueries in a where clause (4)",
+    ),
+    (
+        "max_subqueries",
+        "SYNCD_MAX_SUBQUERIES",
+        int,
+        "most IN (SELECT ...) subqueries in one where clause (16)",
+    ),
+    (
+        "max_held_transactions",
+        "SYNCD_MAX_HELD_TRANSACTIONS",
+        int,
+        "transactions a subquery shape may hold during a move-in before it is reset (1000)",
     ),
     (
         "max_initial_requests",
@@ -180,6 +208,19 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("request limits must be at least 1")
     if settings.schema_check_interval <= 0:
         raise ConfigError("SYNCD_SCHEMA_CHECK_INTERVAL must be positive")
+    if (
+        min(
+            settings.max_subquery_values,
+            settings.max_subquery_depth,
+            settings.max_subqueries,
+            settings.max_held_transactions,
+        )
+        < 1
+    ):
+        raise ConfigError(
+            "SYNCD_MAX_SUBQUERY_VALUES, SYNCD_MAX_SUBQUERY_DEPTH, SYNCD_MAX_SUBQUERIES and "
+            "SYNCD_MAX_HELD_TRANSACTIONS must be at least 1"
+        )
     if settings.chunk_bytes < 1024:
         raise ConfigError("SYNCD_CHUNK_BYTES must be at least 1024")
     if settings.cache_max_age < 0 or settings.cache_stale_age < 0:

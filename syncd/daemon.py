@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from starlette.applications import Starlette
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from shapes.subquery import SubqueryLimits
 from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.http import ApiSettings, ShapeApi, create_app
@@ -49,6 +50,12 @@ class Syncd:
                 publication=settings.publication,
                 chunk_bytes=settings.chunk_bytes,
                 schema_check_interval=settings.schema_check_interval,
+                max_subquery_values=settings.max_subquery_values,
+                max_held_transactions=settings.max_held_transactions,
+                subquery_limits=SubqueryLimits(
+                    max_depth=settings.max_subquery_depth,
+                    max_subqueries=settings.max_subqueries,
+                ),
             )
         )
         # Streaming (proto 2, PG 14+; the stream falls back to proto 1 on older servers): large
@@ -60,6 +67,9 @@ class Syncd:
                 publication=settings.publication,
                 proto_version=2,
                 streaming=True,
+                # position marks written after each subquery move-in query (see
+                # syncd.subquery_shape): the stream learns at once that it has passed them
+                messages=True,
             ),
             self.engine,
         )

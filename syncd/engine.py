@@ -40,7 +40,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from shapes import messages
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.shape import CanonicalShape
+from shapes.subquery import SubqueryLimits
 from shapes.subset import Subset
 from syncd.catalog import PublicationManager
 from syncd.change_applier import ChangeApplier, TableKey
@@ -74,6 +75,7 @@ from syncd.slot_record import SlotRecord
 from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
 from syncd.storage import GroupSync
 from syncd.stream_replay import StreamReplayer
+from syncd.subquery_engine import SubqueryEngine
 from syncd.subset import run_subset
 
 log = logging.getLogger("syncd.engine")
@@ -91,6 +93,11 @@ class EngineSettings:
     flush_interval: float = 0.05
     pool_size: int = 8
     schema_check_interval: float = 30.0
+    max_subquery_values: int = 100_000
+    """Largest value set of one subquery (a bigger one is refused with a 400)."""
+    max_held_transactions: int = 1000
+    """Transactions a subquery shape may hold during one move-in before it is retired."""
+    subquery_limits: SubqueryLimits = field(default_factory=SubqueryLimits)
 
 
 class Engine:
@@ -103,7 +110,20 @@ class Engine:
         self.router: Router[ShapeState] = Router()
         self._tasks: set[asyncio.Task[None]] = set()
         self.flush = FlushTracker(settings.storage_dir, settings.flush_interval)
-        self.applier = ChangeApplier(self.router, self.flush, self.delete)
+        self.subqueries = SubqueryEngine(
+            reading=self.reading,
+            spawn=self._spawn,
+            last_seen_lsn=lambda: self.flush.last_seen_lsn,
+            written=self.flush.dirty.add,
+            retire=self.delete,
+            outer_router=self.router,
+            is_pending=lambda shape: shape in self.applier.pending,
+            max_values=settings.max_subquery_values,
+            max_held=settings.max_held_transactions,
+            limits=settings.subquery_limits,
+        )
+        self.flush.holding = self.subqueries.first_held_lsn
+        self.applier = ChangeApplier(self.router, self.flush, self.delete, self.subqueries)
         self.registry = ShapeRegistry(
             shapes_dir=self.shapes_dir,
             chunk_bytes=settings.chunk_bytes,
@@ -113,6 +133,7 @@ class Engine:
             describe_table=self.describe_table,
             publish=self._publish,
             start_snapshot=self._start_snapshot,
+            subqueries=self.subqueries,
         )
         self.shapes = self.registry.shapes
         """Every registered shape by handle."""
@@ -125,6 +146,8 @@ class Engine:
             connection=self.connection,
             retire=self.delete,
             restart_after_truncate=self.registry.restart_after_truncate,
+            dependents=self.subqueries.dependents_of_table,
+            schema_dependents=self.subqueries.schema_dependents,
         )
         # Handlers by message type: row and schema changes (also replayed from spools), and the
         # transaction and stream boundaries that only arrive live.
@@ -144,6 +167,7 @@ class Engine:
             pg.StreamStop: self.streams.on_stream_stop,
             pg.StreamCommit: self.streams.on_stream_commit,
             pg.StreamAbort: self.streams.on_stream_abort,
+            pg.LogicalMessage: self._on_logical_message,
         }
 
     @property
@@ -154,6 +178,16 @@ class Engine:
     @last_seen_lsn.setter
     def last_seen_lsn(self, lsn: int) -> None:
         self.flush.last_seen_lsn = lsn
+
+    def seen_lsn_for(self, shape: ShapeState) -> int:
+        """The ``global_last_seen_lsn`` to tell readers of ``shape``: :attr:`last_seen_lsn`,
+        but below the first transaction the shape still holds (a subquery shape during a
+        move-in), so that a client that waits for a position waits for the move-in too."""
+        sq = self.subqueries.shapes.get(shape)
+        cap = sq.seen_cap if sq is not None else None
+        if cap is None:
+            return self.flush.last_seen_lsn
+        return min(self.flush.last_seen_lsn, cap)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -405,7 +439,17 @@ class Engine:
             return
         if shape.status == "gone":
             return
-        shape.log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
+        end = messages.snapshot_end(info.xmin, info.xmax, info.xip)
+        try:
+            # fsyncs off the event loop: many snapshots finishing at once share the disk's
+            # flushes instead of stopping replication one after the other
+            await asyncio.to_thread(shape.log.finish_snapshot, end)
+        except Exception as exc:
+            if not shape.gone:
+                self._snapshot_failed(shape, exc)
+            return
+        if shape.gone:
+            return
         shape.finish_snapshot(info)
         self.flush.dirty.add(shape)
         log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
@@ -445,6 +489,12 @@ class Engine:
         if handler is not None:
             handler(msg)
 
+    def _on_logical_message(self, msg: pg.LogicalMessage) -> None:
+        """A non-transactional ``pg_logical_emit_message``: every transaction that committed
+        before it has been received (subquery move-ins wait for such a mark)."""
+        if not msg.transactional:
+            self.subqueries.on_position(msg.lsn)
+
     def on_stream_change(self, msg: pg.Message, payload: memoryview) -> None:
         """Spool one message of a stream block (``payload``: its pgoutput bytes)."""
         self.streams.on_stream_change(msg, payload)
@@ -460,7 +510,10 @@ class Engine:
         if self.streams.commits_pending:
             await self.streams.apply_commits()
         between = not (in_transaction or self.applier.in_txn or self.streams.spooling)
-        return self.flush.on_idle(received_lsn, between)
+        confirmable = self.flush.on_idle(received_lsn, between)
+        if between:
+            self.subqueries.on_position(received_lsn)
+        return confirmable
 
     async def reconcile_schemas(self) -> None:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from syncd.shape_state import ShapeState
@@ -41,6 +42,8 @@ class FlushTracker:
         """Shapes whose logs were written since the last flush."""
         self.snapshotting: set[ShapeState] = set()
         """Shapes that may still buffer transactions (see :meth:`pinned`)."""
+        self.holding: Callable[[], int | None] = lambda: None
+        """The oldest transaction a subquery shape holds during a move-in, if any."""
         self.last_seen_lsn = 0
         self.last_commit_end = 0
         self.durable_lsn = 0
@@ -128,6 +131,9 @@ class FlushTracker:
             first = shape.first_buffered_lsn
             if first is not None and first <= lsn:
                 lsn = first
+        held = self.holding()
+        if held is not None and held <= lsn:
+            lsn = held
         return lsn
 
     def save_slot_record(self, record: SlotRecord) -> None:

@@ -436,7 +436,7 @@ class ShapeApi:
         tail: list[bytes] = []
         if not req.is_initial and end >= shape.log.latest_offset:
             headers["electric-up-to-date"] = ""
-            lsn = end.tx if req.live else max(self.engine.last_seen_lsn, end.tx)
+            lsn = end.tx if req.live else max(self.engine.seen_lsn_for(shape), end.tx)
             tail.append(messages.up_to_date(lsn))
         if etag_matches(request, headers["etag"]):
             return Response(status_code=304, headers=headers)
@@ -462,7 +462,7 @@ class ShapeApi:
         headers["electric-up-to-date"] = ""
         headers["electric-schema"] = shape.schema_header
         headers["etag"] = f'"{shape.handle}:now:{latest}:{time.monotonic_ns()}"'
-        lsn = self.engine.last_seen_lsn or latest.tx
+        lsn = self.engine.seen_lsn_for(shape) or latest.tx
         body = messages.json_array([messages.up_to_date(lsn)])
         return json_bytes_response(body, headers)
 
@@ -476,7 +476,7 @@ class ShapeApi:
         headers["electric-up-to-date"] = ""
         headers["electric-cursor"] = self.next_cursor(req.cursor)
         headers["etag"] = f'"{shape.handle}:{offset}:{offset}:{time.monotonic_ns()}"'
-        lsn = self.engine.last_seen_lsn or shape.log.latest_offset.tx
+        lsn = self.engine.seen_lsn_for(shape) or shape.log.latest_offset.tx
         return json_bytes_response(messages.json_array([messages.up_to_date(lsn)]), headers)
 
     def _sse_headers(

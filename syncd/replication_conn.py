@@ -84,8 +84,10 @@ class ReplicationSettings:
         """
         streaming = self.streaming
         proto_version = self.proto_version
+        messages = self.messages
         if server_version is not None and server_version < _MIN_STREAMING_SERVER:
             streaming = False
+            messages = False  # pgoutput's messages option is as new as streaming (14)
             proto_version = min(proto_version, 1)
         options: dict[str, str] = {
             "proto_version": str(proto_version),
@@ -93,7 +95,7 @@ class ReplicationSettings:
         }
         if streaming:
             options["streaming"] = "on" if streaming is True else str(streaming)
-        if self.messages:
+        if messages:
             options["messages"] = "true"
         if self.binary:
             options["binary"] = "true"

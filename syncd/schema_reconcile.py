@@ -52,6 +52,10 @@ class SchemaReconciler:
         connection: Connect,
         retire: Callable[[ShapeState, str], None],
         restart_after_truncate: Callable[[ShapeState], None],
+        dependents: Callable[[TableKey], list[ShapeState]] = lambda table: [],
+        schema_dependents: Callable[
+            [TableKey, dict[str, tuple[int, int]] | None], list[ShapeState]
+        ] = lambda table, columns: [],
     ) -> None:
         self._applier = applier
         self._router = router
@@ -60,6 +64,10 @@ class SchemaReconciler:
         self._connection = connection
         self._retire = retire
         self._restart_after_truncate = restart_after_truncate
+        self._dependents = dependents
+        self._schema_dependents = schema_dependents
+        """The shapes whose subqueries read columns of a table that changed (None: dropped)."""
+        """The shapes whose subqueries read a table."""
         self.tables: dict[TableKey, Table] = {}
         """Table descriptions by ``(schema, name)``."""
 
@@ -94,6 +102,8 @@ class SchemaReconciler:
     def _check_schema(self, table: TableKey, columns: dict[str, tuple[int, int]] | None) -> None:
         """Invalidate the shapes of ``table`` that its new columns (None: dropped) affect."""
         changed = False
+        for shape in self._schema_dependents(table, columns):
+            self._retire(shape, "the schema of a table its subqueries read changed")
         for shape in list(self._router.shapes_for_table(table)):
             if columns is None:
                 self._retire(shape, "the table was dropped")
@@ -113,12 +123,15 @@ class SchemaReconciler:
             relation = self._applier.relations.get(oid)
             if relation is None:
                 continue
+            for shape in self._dependents(relation.table):
+                self._retire(shape, "a table its subqueries read was truncated")
             for shape in list(self._router.shapes_for_table(relation.table)):
                 self._restart_after_truncate(shape)
 
     async def reconcile_schemas(self) -> None:
         """Compare every synced table with the catalog; catches DDL that sent no WAL (DROP)."""
         tables = {shape.definition.relation for shape in self._shapes()}
+        tables |= {inner for shape in self._shapes() for inner in shape.inner_tables}
         for relation in sorted(tables):
             await self._reconcile_table(relation)
 

@@ -24,12 +24,13 @@ from shapes.errors import InvalidRequest
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.shape import CanonicalShape
-from shapes.where import Where, parse_where
+from shapes.where import Where, parse_where, subquery_tables
 from shapes.xid import Snapshot
 from syncd.change_applier import ChangeApplier, describe, route
 from syncd.flush_tracker import FlushTracker
 from syncd.shape_state import ShapeState, snapshot_from_meta
 from syncd.storage import ShapeLog
+from syncd.subquery_engine import SubqueryEngine
 
 log = logging.getLogger("syncd.engine")
 
@@ -54,6 +55,7 @@ class ShapeRegistry:
         describe_table: DescribeTable,
         publish: Callable[[CanonicalShape, Table], Awaitable[None]],
         start_snapshot: Callable[[ShapeState], None],
+        subqueries: SubqueryEngine,
     ) -> None:
         self.shapes_dir = shapes_dir
         self._chunk_bytes = chunk_bytes
@@ -64,6 +66,7 @@ class ShapeRegistry:
         self._publish = publish
         """Adds a new shape's table to the publication."""
         self._start_snapshot = start_snapshot
+        self._subqueries = subqueries
         self.shapes: dict[str, ShapeState] = {}
         self.by_definition: dict[CanonicalShape, ShapeState] = {}
         self._creating: dict[CanonicalShape, asyncio.Future[ShapeState]] = {}
@@ -86,6 +89,8 @@ class ShapeRegistry:
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
             self.register(shape)
+            if shape.subquery:
+                self._subqueries.attach(shape, shape.inner_tables, restored=True)
             restored += 1
         log.info("restored %d shapes from %s", restored, self.shapes_dir)
 
@@ -100,11 +105,15 @@ class ShapeRegistry:
             return None
         definition = CanonicalShape.from_json(meta["definition"])
         try:
-            table, where, selected = await self._compile(definition)
+            table, where, selected, tables = await self._compile(definition)
+            if where is not None and where.has_subqueries:
+                await self._publish_inner(definition, tables)
         except InvalidRequest as exc:
             log.warning("stored shape %s no longer valid (%s)", directory.name, exc)
             return None
         shape = ShapeState(meta["handle"], definition, table, where, selected, shape_log)
+        shape.inner_tables = tables
+        shape.initial_views = meta.get("views")
         shape.status = "ready"
         shape.snapshot = snapshot_from_meta(meta)
         shape.filtering = bool(meta.get("filtering", True))
@@ -155,26 +164,51 @@ class ShapeRegistry:
         # (relation messages, schema reconciliation): a table's first shape reads it again, so
         # a table renamed or dropped after its last shape went is not taken for existing.
         fresh = not self._router.shapes_for_table(definition.relation)
-        table, where, selected = await self._compile(definition, fresh=fresh)
+        table, where, selected, tables = await self._compile(definition, fresh=fresh)
         await self._publish(definition, table)
+        if where is not None and where.has_subqueries:
+            await self._publish_inner(definition, tables)
         handle = self.new_handle(definition)
         shape_log = ShapeLog.create(self.shapes_dir / handle, self._chunk_bytes)
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
-        shape.save_meta()
+        shape.inner_tables = tables
+        # Durable with the snapshot (finish_snapshot saves it again): a shape lost before then
+        # is discarded at restart anyway.
+        shape.save_meta(defer=True)
         self.register(shape)
         log.info("created shape %s for %s", handle, describe(definition))
-        self._start_snapshot(shape)
+        if shape.subquery:
+            self._subqueries.attach(shape, tables, restored=False)
+        else:
+            self._start_snapshot(shape)
         return shape
+
+    async def _publish_inner(
+        self, definition: CanonicalShape, tables: dict[tuple[str, str], Table]
+    ) -> None:
+        """Add the tables of a shape's subqueries to the publication."""
+        for key, inner in sorted(tables.items()):
+            if key != definition.relation:
+                await self._publish(definition, inner)
 
     async def _compile(
         self, definition: CanonicalShape, *, fresh: bool = False
-    ) -> tuple[Table, Where | None, tuple[str, ...]]:
+    ) -> tuple[Table, Where | None, tuple[str, ...], dict[tuple[str, str], Table]]:
         table = await self._describe_table(definition.schema, definition.table, fresh=fresh)
         selected = _selected_columns(table, definition.columns)
         where = None
+        tables: dict[tuple[str, str], Table] = {}
         if definition.where is not None:
-            where = parse_where(definition.where, table.by_name, definition.params_map)
-        return table, where, selected
+            for schema, name in sorted(subquery_tables(definition.where)):
+                tables[(schema, name)] = await self._describe_table(schema, name, fresh=fresh)
+            where = parse_where(
+                definition.where,
+                table.by_name,
+                definition.params_map,
+                tables={key: inner.by_name for key, inner in tables.items()} if tables else None,
+                limits=self._subqueries.limits,
+            )
+        return table, where, selected, tables
 
     def new_handle(self, definition: CanonicalShape) -> str:
         now_us = max(time.time_ns() // 1000, self._last_handle_us + 1)
@@ -203,6 +237,7 @@ class ShapeRegistry:
             del self.by_definition[shape.definition]
         self._flush.dirty.discard(shape)
         self._applier.forget(shape)
+        self._subqueries.detach(shape)
         shape.go_away()
         shape.log.delete()
 
@@ -212,6 +247,9 @@ class ShapeRegistry:
         The new shape is routed at once, so the truncating transaction's later changes and every
         later transaction reach it; clients of the old handle get a 409 that points to it.
         """
+        if shape.subquery:  # its sets and moves start over with a new shape
+            self.delete(shape, "the table was truncated")
+            return
         definition = shape.definition
         txn_xid = self._applier.txn_xid
         handle = self.new_handle(definition)

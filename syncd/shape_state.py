@@ -90,7 +90,13 @@ class ShapeState:
     buffer: list[tuple[int, int, LogEntries]] = field(default_factory=list)
     failure: BaseException | None = None
     notifier: Notifier = field(default_factory=Notifier)
+    inner_tables: dict[tuple[str, str], Table] = field(default_factory=dict)
+    """The tables the ``where`` clause's subqueries read, as they were described."""
+    initial_views: list[Any] | None = None
+    """A subquery shape's value sets at its snapshot (later ones: ``syncd.view_journal``)."""
     view: ShapeView = field(init=False)
+    subquery: bool = field(init=False)
+    """The ``where`` has subqueries: the shape is judged by ``syncd.subquery_shape``."""
     schema_header: str = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _open_lsn: int | None = field(default=None, init=False, repr=False)
@@ -113,11 +119,17 @@ class ShapeState:
             replica_full=self.definition.replica == "full",
         )
         self.schema_header = self._render_schema()
+        self.subquery = self.where is not None and self.where.has_subqueries
 
     def _render_schema(self) -> str:
         by_name = self.table.by_name
         entries = {name: by_name[name].schema_entry() for name in self.selected}
         return json.dumps(entries, separators=(",", ":"))
+
+    @property
+    def gone(self) -> bool:
+        """Retired (deleted or invalidated)."""
+        return self.status == "gone"
 
     @property
     def relation_list(self) -> list[str]:
@@ -199,6 +211,13 @@ class ShapeState:
         self.ready.set()
         self.notifier.notify()
 
+    def mark_ready(self, info: Snapshot) -> None:
+        """Ready, with the snapshot's metadata already stored by the caller (no buffer)."""
+        self.snapshot = info
+        self.status = "ready"
+        self.ready.set()
+        self.notifier.notify()
+
     def fail(self, error: BaseException) -> None:
         """The snapshot could not be taken; waiters see ``failure``."""
         self.failure = error
@@ -223,6 +242,7 @@ class ShapeState:
             "snapshot": None
             if snapshot is None
             else {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)},
+            **({"views": self.initial_views} if self.initial_views is not None else {}),
         }
 
     def save_meta(self, *, defer: bool = False) -> None:

@@ -23,7 +23,7 @@ display settings, so a value looks the same in the snapshot and in later changes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -57,13 +57,15 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
     The connection must be in autocommit mode and not in a transaction.
     """
     await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # One round trip: the snapshot (taken at this first statement) and the display settings.
+    settings = ", ".join("set_config(%s, %s, true)" for _ in DISPLAY_SETTINGS)
+    values = [item for pair in DISPLAY_SETTINGS.items() for item in pair]
     cur = await conn.execute(
-        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8"
+        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8, " + settings,
+        values,
     )
     row = await cur.fetchone()
     assert row is not None
-    for name, value in DISPLAY_SETTINGS.items():
-        await conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     return Snapshot.parse(row[0]), int(row[1])
 
 
@@ -74,13 +76,23 @@ async def stream_rows(
     where_sql: str | None,
     batch: int = 2000,
     suffix: sql.Composed | None = None,
+    *,
+    params: Mapping[str, object] | None = None,
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[list[TupleRow]]:
     """Yield batches of rows (text values) of the shape, inside the open snapshot transaction.
 
     ``where_sql`` comes from a validated, deparsed clause; ``suffix`` (ORDER BY, LIMIT) is
-    appended as is.
+    appended as is. ``extra`` are more select items (validated SQL, such as the boolean
+    conditions of a subquery shape's positions) after the columns; ``params`` are bound to the
+    named placeholders of ``where_sql`` and ``extra``.
     """
     query = selected_sql(table, columns)
+    if extra:
+        items = sql.SQL(", ").join(
+            [sql.Identifier(c) for c in columns] + [sql.SQL(item) for item in extra]
+        )
+        query = sql.SQL("SELECT {} FROM {}").format(items, sql.Identifier(table.schema, table.name))
     if where_sql is not None:
         query = sql.Composed([query, sql.SQL(" WHERE "), sql.SQL(where_sql)])
     if suffix is not None:
@@ -89,7 +101,7 @@ async def stream_rows(
     for column in table.columns:
         cur.adapters.register_loader(column.type_oid, TextLoader)
     rows: list[TupleRow] = []
-    async for row in cur.stream(query, size=batch):
+    async for row in cur.stream(query, params, size=batch):
         rows.append(row)
         if len(rows) >= batch:
             yield rows

@@ -160,6 +160,8 @@ class ShapeLog:
         self._snap_writable = not snapshot.complete and snapshot_chunks == 0
         self._device: int | None = None
         self._meta_pending = False
+        self._creation_unsynced = False
+        """Made by :meth:`create` and not fsynced yet (see :meth:`_sync_creation`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,12 +176,29 @@ class ShapeLog:
                 _SNAPSHOT_PREFIX
             ):
                 raise FileExistsError(f"{path} already holds a shape log ({name})")
-        _write_new_file(path / INDEX_FILE, _INDEX_MAGIC)
-        _write_new_file(path / LOG_FILE, b"")
-        _fsync_dir(path)
-        _fsync_dir(path.parent)
+        # Not fsynced yet: a log that is lost before its snapshot is finished is discarded at
+        # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable.
+        _write_new_file(path / INDEX_FILE, _INDEX_MAGIC, sync=False)
+        _write_new_file(path / LOG_FILE, b"", sync=False)
         view = _LogView(0, SNAPSHOT_END, 0, ())
-        return cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0)
+        log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0)
+        log._creation_unsynced = True
+        return log
+
+    def _sync_creation(self) -> None:
+        """Make what :meth:`create` wrote durable: the index header before any record, the
+        files' names in the directory and the directory in its parent."""
+        if not self._creation_unsynced:
+            return
+        for name in (INDEX_FILE, LOG_FILE):
+            fd = os.open(self._dir / name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(self._dir)
+        _fsync_dir(self._dir.parent)
+        self._creation_unsynced = False
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -345,7 +364,10 @@ class ShapeLog:
             finally:
                 os.close(fd)
         self._snap_unsynced.clear()
-        _fsync_dir(self._dir)
+        if self._creation_unsynced:
+            self._sync_creation()  # the directory's fsync included
+        else:
+            _fsync_dir(self._dir)
         _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
         self._snap_writable = False
         self._snap_chunks = count
@@ -389,6 +411,8 @@ class ShapeLog:
         """
         if not entries:
             raise ValueError("a transaction needs at least one entry")
+        if self._creation_unsynced:
+            self._sync_creation()
         view = self._reader.view
         open_txn = self._open_txn
         earlier: tuple[_Boundary, ...]

@@ -19,6 +19,7 @@ from shapes import messages
 from shapes.subset import Subset
 from syncd.shape_state import ShapeState
 from syncd.snapshot import begin_snapshot, stream_rows
+from syncd.subquery_shape import STACK_ID
 
 _RANDOM = random.Random()
 """This module's own generator: the process-wide one belongs to the embedding program."""
@@ -50,7 +51,14 @@ async def _rows(
     conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState, subset: Subset, mark: int
 ) -> list[bytes]:
     view = shape.view
-    columns = sorted(set(shape.selected) | set(view.key_columns))
+    where = shape.where
+    subquery = where is not None and where.has_subqueries
+    needed = set(shape.selected) | set(view.key_columns)
+    if subquery:
+        assert where is not None
+        needed |= where.columns  # tags are computed from the subqueries' left-side columns
+    columns = sorted(needed)
+    extra = where.position_sql if subquery and where is not None else ()
     conditions = [w.sql for w in (shape.where, subset.where) if w is not None]
     where_sql = " AND ".join(f"({c})" for c in conditions) if conditions else None
     parts: list[sql.Composable] = []
@@ -64,10 +72,18 @@ async def _rows(
     relation = shape.relation_list
     headers = {"operation": "insert", "relation": relation, "snapshot_mark": mark}
     lines: list[bytes] = []
-    async for batch in stream_rows(conn, shape.table, columns, where_sql, suffix=tail):
+    n = len(columns)
+    async for batch in stream_rows(conn, shape.table, columns, where_sql, suffix=tail, extra=extra):
         for values in batch:
-            row = dict(zip(columns, values, strict=True))
+            row = dict(zip(columns, values[:n], strict=True))
             key = messages.row_key(view.key_prefix, row, view.key_columns)
-            value = row if view.selected is None else {c: row[c] for c in shape.selected}
-            lines.append(_encode({"key": key, "value": value, "headers": headers}))
+            value = {c: row[c] for c in shape.selected}
+            row_headers: dict[str, object] = headers
+            if subquery and where is not None:
+                row_headers = {
+                    **headers,
+                    "tags": where.tags(row, STACK_ID + shape.handle),
+                    "active_conditions": [v is True or v in ("t", "true") for v in values[n:]],
+                }
+            lines.append(_encode({"key": key, "value": value, "headers": row_headers}))
     return lines

@@ -64,7 +64,7 @@ class SyncdProcess:
             SYNCD_STORAGE_DIR=str(self.storage_dir),
             SYNCD_PORT=str(self.port),
             SYNCD_ALLOW_SHAPE_DELETION="true",
-            SYNCD_LOG_LEVEL="INFO",
+            SYNCD_LOG_LEVEL=os.environ.get("TEST_SYNCD_LOG_LEVEL", "INFO"),
         )
         env.update({f"SYNCD_{k.upper()}": str(v) for k, v in self.settings.items()})
         return env

@@ -30,12 +30,15 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from web.app import create_app
+    from web.ui_static import mount_ui
 
     if settings.secret is None:
         print("web: set WEB_SECRET (or --secret) to sign session tokens", file=sys.stderr)
         return 2
+    app = create_app(settings)
+    mount_ui(app)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -62,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per relayed request
     if command.command == "migrate":
         return _migrate(settings)
     return _serve(settings)

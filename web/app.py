@@ -7,6 +7,8 @@ Layer: ``web``. Routes (the OpenAPI document, ``GET /api/openapi.json``, describ
   the session; ``GET /api/auth/me`` answers who the session belongs to.
 * ``POST /api/threads`` and ``POST /api/threads/{thread_id}/{rename,delete,join,leave,messages}``:
   each answers ``{"txid": n}`` (see :mod:`web.writes`).
+* ``GET /api/sync/{threads,memberships,events,facts,users,agent_status}``: the signed-in user's
+  rows in Electric's shape protocol, relayed to syncd (see :mod:`web.sync`).
 
 A request is authenticated by ``Authorization: Bearer <token>`` or else by the cookie. Bodies
 must be ``application/json``: with ``SameSite=Lax`` cookies that keeps other sites from
@@ -25,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -33,11 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from syncd.routes import ShapeRoutes
 from web import bodies, writes
 from web.accounts import Accounts, Limits, NewSession, Principal
 from web.config import Settings
 from web.errors import NO_STORE, ApiError, api_error_handler, not_found, unauthorized
 from web.openapi import document
+from web.sync import SignOutListener, SyncRoutes
 
 log = logging.getLogger("web.app")
 
@@ -267,6 +272,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, exc.detail).response()
 
 
+async def _syncd_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("syncd unavailable: %r", exc)
+    return ApiError(503, "Sync is unavailable", headers={"retry-after": "1"}).response()
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
     return ApiError(503, "The database is unavailable", headers={"retry-after": "1"}).response()
@@ -306,30 +316,47 @@ def create_app(
     pool: AsyncConnectionPool[Any] | None = None,
     on_sign_out: Sequence[SignOutHook] = (),
     extra_routes: Sequence[Route] = (),
+    shape_routes: ShapeRoutes | None = None,
 ) -> Starlette:
-    """The app. Without ``pool`` it opens (and closes) its own from ``settings``."""
+    """The app. Without ``pool`` it opens (and closes) its own from ``settings``.
+
+    The sync routes relay to ``settings.syncd_url``, or through ``shape_routes`` when given
+    (e.g. :meth:`ShapeRoutes.in_process`). Its lifespan also LISTENs for sign-outs announced
+    by the other processes (see :mod:`web.sync`).
+    """
     owned = pool is None
     the_pool = open_pool(settings) if pool is None else pool
+    sync = SyncRoutes(
+        shape_routes or ShapeRoutes(settings.syncd_url, secret=settings.syncd_secret),
+        current_user,
+    )
+    assert settings.database_url is not None
+    listener = SignOutListener(settings.database_url, sync)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if owned:
             await the_pool.open(wait=True, timeout=30)
         try:
-            yield
+            async with listener.running():
+                yield
         finally:
+            await sync.aclose()
             if owned:
                 await the_pool.close()
 
     app = Starlette(
-        routes=[*ROUTES, *extra_routes],
+        routes=[*ROUTES, *sync.routes(), *extra_routes],
         lifespan=lifespan,
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: _http_error,
             psycopg.OperationalError: _database_unavailable,
             PoolTimeout: _database_unavailable,
+            httpx.TransportError: _syncd_unavailable,
         },
     )
-    app.state.backend = Backend(settings, the_pool, on_sign_out)
+    app.state.backend = Backend(settings, the_pool, [sync.on_sign_out, *on_sign_out])
+    app.state.sync = sync
+    app.state.sign_out_listener = listener
     return app

@@ -1,7 +1,8 @@
 """The web app's settings, read from the command line and the environment.
 
 Layer: ``web``. Every option has an environment variable (``WEB_*``; the database URL also falls
-back to ``DATABASE_URL``); command-line flags win over the environment.
+back to ``DATABASE_URL``, syncd's URL to ``BURN_SYNCD_URL``); command-line flags win over the
+environment.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 MIN_SECRET_LENGTH = 32
+FALLBACK_VARIABLES = {"database_url": "DATABASE_URL", "syncd_url": "BURN_SYNCD_URL"}
+"""Variables read when a setting's own ``WEB_*`` variable is not set."""
 
 
 class ConfigError(ValueError):
@@ -40,6 +43,10 @@ class Settings:
     trusted_proxies: str = "127.0.0.1"
     """Addresses whose ``X-Forwarded-For`` names the client (comma-separated, or ``*``)."""
     publication: str = "syncd_publication"
+    syncd_url: str = "http://127.0.0.1:3000"
+    """Where syncd serves shapes; the sync routes relay to it."""
+    syncd_secret: str | None = field(default=None, repr=False)
+    """syncd's ``--secret``, when it runs with one."""
     migrations_dir: Path = Path(__file__).resolve().parent.parent / "sql"
     log_level: str = "INFO"
 
@@ -59,6 +66,8 @@ HELP: dict[str, str] = {
     "max_threads_per_user": "threads a user may own (default 50)",
     "trusted_proxies": "proxies trusted to name the client in X-Forwarded-For (127.0.0.1)",
     "publication": "syncd's publication, where migrations publish the tables",
+    "syncd_url": "syncd's base URL, relayed to by /api/sync/* (also BURN_SYNCD_URL)",
+    "syncd_secret": "syncd's --secret, when it runs with one",
     "migrations_dir": "directory of the numbered SQL migrations (default: the repository's sql/)",
     "log_level": "logging level (default INFO)",
 }
@@ -101,8 +110,8 @@ def load_settings(
         text = getattr(flags, item.name)
         if text is None:
             text = env.get("WEB_" + item.name.upper())
-        if text is None and item.name == "database_url":
-            text = env.get("DATABASE_URL")
+        if text is None and item.name in FALLBACK_VARIABLES:
+            text = env.get(FALLBACK_VARIABLES[item.name])
         if text is not None:
             values[item.name] = _convert(item.name, item.type, text)
     settings = replace(Settings(), **values)

@@ -179,6 +179,8 @@ class Shape:
         elif control == "snapshot-end":
             xip = tuple(int(x) for x in headers.get("xip_list", ()))
             self._snapshot = Snapshot(int(headers["xmin"]), int(headers["xmax"]), xip)
+        elif "event" in headers:  # move-in / move-out of a subquery shape
+            self._txids.update(int(t) for t in headers.get("txids", ()))
         elif "lsn" in headers:
             self._txids.update(int(t) for t in headers.get("txids", ()))
             position = LogOffset(int(headers["lsn"]), int(headers.get("op_position", 0)))

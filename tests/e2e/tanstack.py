@@ -89,6 +89,8 @@ class CollectionFollower(NodeFollower):
         subset_method: Literal["GET", "POST"] | None = None,
         log_requests: bool = False,
         collection_id: str | None = None,
+        live_sse: bool = False,
+        headers: dict[str, str] | None = None,
         node: str = "node",
     ) -> None:
         direction = None if order_by is None else "desc" if descending else "asc"
@@ -96,6 +98,7 @@ class CollectionFollower(NodeFollower):
         config |= node_config(filter=[list(f) for f in filters] or None, orderBy=order_by)
         config |= node_config(orderDir=direction, limit=limit, subsetMethod=subset_method)
         config |= node_config(logRequests=log_requests or None, id=collection_id)
+        config |= node_config(liveSse=live_sse or None, headers=headers)
         super().__init__(config, node=node)
         self._requests: list[dict[str, Any]] = []
         self._txid_replies: dict[int, dict[str, Any]] = {}

@@ -9,6 +9,8 @@
 //    "filter": [["lt", "n", 50], ["eq", "flag", true]],   live query where, ANDed (optional)
 //    "orderBy": "id", "orderDir": "asc", "limit": 10,     live query order/limit (optional)
 //    "subsetMethod": "GET" | "POST",        how subset snapshots are requested (optional)
+//    "liveSse": false,                      live updates over SSE instead of long-polls
+//    "headers": {"Authorization": "Bearer t"},  request headers (optional)
 //    "logRequests": false, "id": "items"}
 //
 // Output lines (one JSON object each):
@@ -130,6 +132,8 @@ const source = createCollection(
       fetchClient: observingFetch,
       signal: aborter.signal,
       ...(config.subsetMethod != null ? { subsetMethod: config.subsetMethod } : {}),
+      ...(config.liveSse ? { liveSse: true } : {}),
+      ...(config.headers != null ? { headers: config.headers } : {}),
       onError: (err) => {
         if (isStopping() || isAbort(err)) return
         // HTTP errors are reported and retried; anything else stops the stream.

@@ -26,6 +26,15 @@ Typical use in a fault test::
     assert_rows_equal_select(consumer, dsn, "items", "grp = 1")
 
 ``consumer.refetches`` counts the 409s / must-refetch messages it went through.
+
+Subquery shapes: the consumer keeps each held row's ``tags`` and ``active_conditions`` (an
+update adds its ``tags`` and drops its ``removed_tags``; a non-empty ``active_conditions``
+replaces the stored one) and applies ``move-out``/``move-in`` events as the official clients
+do: a pattern ``{pos, value}`` flips position ``pos`` of every held row whose tag has ``value``
+in slot ``pos`` (false for move-out, true for move-in); a row stays while some tag (one per
+disjunct) has all its non-empty slots true, and is dropped otherwise. An ``is_move_in`` insert
+of a key already held is applied as an update (counted in ``move_in_overlaps``); any other
+insert of a held key is still a violation. ``events`` keeps the move events received.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import httpx
@@ -47,6 +57,7 @@ Row = dict[str, Any]
 
 __all__ = [
     "CheckedConsumer",
+    "RowTags",
     "ConsumerViolation",
     "assert_rows_equal_select",
     "current_wal_lsn",
@@ -54,6 +65,55 @@ __all__ = [
 ]
 
 _TRANSIENT = frozenset({429, 503})
+_MOVE_EVENTS = frozenset({"move-in", "move-out"})
+
+
+@dataclass
+class RowTags:
+    """The tag state of one held row of a subquery shape."""
+
+    tags: set[str] = field(default_factory=set)
+    active_conditions: list[bool] = field(default_factory=list)
+
+    def merge(self, headers: Mapping[str, Any]) -> None:
+        """Take a change message's ``tags``, ``removed_tags`` and ``active_conditions``."""
+        self.tags |= set(headers.get("tags") or ())
+        self.tags -= set(headers.get("removed_tags") or ())
+        conditions = headers.get("active_conditions")
+        if conditions:
+            self.active_conditions = [bool(c) for c in conditions]
+
+    def matches(self, position: int, value: str) -> bool:
+        """True if some tag holds ``value`` in slot ``position``."""
+        for tag in self.tags:
+            slots = tag.split("/")
+            if position < len(slots) and slots[position] == value:
+                return True
+        return False
+
+    def set_condition(self, position: int, value: bool) -> None:
+        if position < len(self.active_conditions):
+            self.active_conditions[position] = value
+
+    def drop_tags_matching(self, position: int, value: str) -> None:
+        """Without active_conditions (older servers): forget the tags that match."""
+        self.tags = {
+            tag
+            for tag in self.tags
+            if not (position < len(tag.split("/")) and tag.split("/")[position] == value)
+        }
+
+    def satisfied(self) -> bool:
+        """A row stays while one disjunct (tag) has all its participating positions true."""
+        if not self.active_conditions:
+            return bool(self.tags)
+        for tag in self.tags:
+            positions = [i for i, slot in enumerate(tag.split("/")) if slot != ""]
+            if all(
+                i < len(self.active_conditions) and self.active_conditions[i] for i in positions
+            ):
+                return True
+        return False
 
 
 class ConsumerViolation(AssertionError):
@@ -74,6 +134,7 @@ class CheckedConsumer:
         *,
         name: str | None = None,
         timeout: float = 60.0,
+        keep_messages: bool = False,
     ) -> None:
         self.url = url
         self.params = dict(params)
@@ -88,6 +149,20 @@ class CheckedConsumer:
         self.refetches = 0
         """How many times the server sent it back to ``offset=-1`` (409 or must-refetch)."""
         self.changes_applied = 0
+        self.row_tags: dict[str, RowTags] = {}
+        """Tags and active_conditions of the held rows that carried any (subquery shapes)."""
+        self.events: list[dict[str, Any]] = []
+        """Every ``move-in``/``move-out`` event received, in order."""
+        self.move_in_rows = 0
+        self.move_in_overlaps = 0
+        """``is_move_in`` inserts of keys already held (applied as updates)."""
+        self.moved_out = 0
+        """Rows dropped because a move-out left none of their disjuncts satisfied."""
+        self.snapshot_requests = 0
+        """Requests made with ``offset=-1``."""
+        self.keep_messages = keep_messages
+        self.received: list[dict[str, Any]] = []
+        """Every message of every 200 response, in order (with ``keep_messages``)."""
         self.failure: BaseException | None = None
         """What ended the follower thread, if anything."""
         self._position = (-1, -1)
@@ -104,6 +179,8 @@ class CheckedConsumer:
             query["handle"] = self.handle
         if live and self.up_to_date:
             query["live"] = "true"
+        if self.offset == BEFORE_ALL:
+            self.snapshot_requests += 1
         answer = self._client.get(self.url, params=query)
         if answer.status_code == 409:
             self._refetch(answer.headers.get("electric-handle"))
@@ -125,6 +202,8 @@ class CheckedConsumer:
             self._fail(f"offset went back from {self.offset} to {offset}")
         self.handle = handle
         for message in json.loads(answer.content):
+            if self.keep_messages:
+                self.received.append(message)
             if self._apply(message):
                 return  # must-refetch: everything after it belongs to the old handle
         self.offset = offset
@@ -144,6 +223,9 @@ class CheckedConsumer:
             return False
         if control is not None:
             return False
+        if headers.get("event") in _MOVE_EVENTS:
+            self._apply_move(headers)
+            return False
         if "lsn" in headers:
             position = (int(headers["lsn"]), int(headers["op_position"]))
             if position <= self._position:
@@ -153,25 +235,61 @@ class CheckedConsumer:
         operation = headers.get("operation")
         held = key in self.rows
         if operation == "insert":
-            if held:
+            move_in = bool(headers.get("is_move_in"))
+            self.move_in_rows += move_in
+            if held and not move_in:
                 self._fail(f"insert of key {key} it already holds: {message}")
-            self.rows[key] = dict(message["value"])
+            if held:
+                self.move_in_overlaps += 1
+                self.rows[key].update(message["value"])
+            else:
+                self.rows[key] = dict(message["value"])
+                self.row_tags.pop(key, None)
+            self._merge_tags(key, headers)
         elif operation == "update":
             if not held:
                 self._fail(f"update of key {key} it does not hold: {message}")
             self.rows[key].update(message["value"])
+            self._merge_tags(key, headers)
         elif operation == "delete":
             if not held:
                 self._fail(f"delete of key {key} it does not hold: {message}")
             del self.rows[key]
+            self.row_tags.pop(key, None)
         else:
             self._fail(f"unknown operation {operation!r}: {message}")
         self.changes_applied += 1
         return False
 
+    def _merge_tags(self, key: str, headers: Mapping[str, Any]) -> None:
+        if "tags" in headers or "active_conditions" in headers or key in self.row_tags:
+            self.row_tags.setdefault(key, RowTags()).merge(headers)
+
+    def _apply_move(self, headers: Mapping[str, Any]) -> None:
+        """A move-out drops the rows it leaves with no satisfied disjunct; a move-in only
+        sets the position on held rows (its new rows follow as inserts)."""
+        self.events.append(dict(headers))
+        moving_in = headers["event"] == "move-in"
+        if not isinstance(headers.get("txids"), list):
+            self._fail(f"move event without a txids list: {headers}")
+        for pattern in headers.get("patterns") or ():
+            position, value = int(pattern["pos"]), str(pattern["value"])
+            for key, state in list(self.row_tags.items()):
+                if not state.matches(position, value):
+                    continue
+                if not state.active_conditions and not moving_in:
+                    state.drop_tags_matching(position, value)
+                else:
+                    state.set_condition(position, moving_in)
+                if not moving_in and not state.satisfied():
+                    del self.rows[key]
+                    del self.row_tags[key]
+                    self.moved_out += 1
+
     def _refetch(self, handle: str | None) -> None:
         self.refetches += 1
         self.rows = {}
+        self.row_tags = {}
         self.handle = handle
         self.offset = BEFORE_ALL
         self.up_to_date = False
@@ -239,12 +357,13 @@ def select_rows(
 ) -> dict[str, Row]:
     """``SELECT`` every column as text (``None`` for NULL), keyed like the shape protocol."""
     with psycopg.connect(dsn) as conn:
+        relation = sql.Identifier(schema, table).as_string(conn)
         columns = [
             name
             for (name,) in conn.execute(
                 "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
                 " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                (f"{schema}.{table}",),
+                (relation,),
             )
         ]
         key_columns = [
@@ -253,7 +372,7 @@ def select_rows(
                 "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
                 " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary"
                 " ORDER BY array_position(i.indkey, a.attnum)",
-                (f"{schema}.{table}",),
+                (relation,),
             )
         ]
         query = sql.SQL("SELECT {} FROM {}").format(

@@ -497,7 +497,7 @@ def test_recovery_reproduces_the_uninterrupted_log(
         write_history(crashed_dir, chunk_bytes, txs)
         log_size = (crashed_dir / storage.LOG_FILE).stat().st_size
         damage(crashed_dir / storage.LOG_FILE, data, "log")
-        # The index header is written and fsynced by create(), before any record.
+        # The index header is fsynced before any record (by finish_snapshot or the first append).
         damage(crashed_dir / storage.INDEX_FILE, data, "index", durable=8)
         log_intact = (crashed_dir / storage.LOG_FILE).read_bytes()[:log_size] == (
             Path(tmp) / "reference" / storage.LOG_FILE

@@ -249,9 +249,7 @@ def test_crash_during_a_streamed_transaction(syncd: SyncdProcess, pg_dsn: str) -
 @pytest.mark.timeout(120)
 def test_large_transaction_memory_stays_bounded(pg_dsn: str, tmp_path: Path) -> None:
     """A 200 MB transaction (streamed past the default 64 MB work_mem) in well under 300 MB."""
-    started = time.monotonic()
     result = measure_large_txn(pg_dsn, tmp_path, rows=200_000, row_bytes=1000, timeout=90)
-    assert time.monotonic() - started < 60
     assert result.peak_rss_mb < 200, result
     assert result.log_mb > 200
 
