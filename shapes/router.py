@@ -40,6 +40,8 @@ class _TableIndex(Generic[K]):
     residual: set[K] = field(default_factory=set)
     by_column: dict[str, dict[Hashable, set[K]]] = field(default_factory=dict)
     columns: dict[str, Column] = field(default_factory=dict)
+    filed: dict[str, int] = field(default_factory=dict)
+    """How many shapes are filed under each column (a shape may hold no value at the moment)."""
     # What affected() reads per row, derived from the above; None when it must be rebuilt.
     derived: tuple[frozenset[K], tuple[_Lookup[K], ...]] | None = None
 
@@ -110,6 +112,7 @@ class Router(Generic[K]):
         if column not in index.by_column or index.columns[column] != columns[column]:
             index.derived = None
         index.columns[column] = columns[column]
+        index.filed[column] = index.filed.get(column, 0) + 1
         buckets = index.by_column.setdefault(column, {})
         for value in values:
             buckets.setdefault(value, set()).add(shape_id)
@@ -155,7 +158,9 @@ class Router(Generic[K]):
                 bucket.discard(shape_id)
                 if not bucket:
                     del buckets[value]
-            if not buckets:
+            index.filed[entry.column] -= 1
+            if not index.filed[entry.column]:  # the column's last shape
+                del index.filed[entry.column]
                 del index.by_column[entry.column]
                 del index.columns[entry.column]
                 index.derived = None

@@ -267,16 +267,16 @@ class SubqueryEngine:
         mat.filtering = True
         mat.status = "ready"
         mat.loaded.set()
-        move = mat.diff_published()
-        if move is not None:
-            self._publish_between(mat, move)
-        mat.pending_since = None
-        self.reloading.discard(mat)
+        try:
+            move = mat.diff_published()
+            if move is not None:
+                self._publish_between(mat, move)
+        finally:
+            mat.pending_since = None
+            self.reloading.discard(mat)
         for sub in list(mat.subscribers):
             if isinstance(sub, SubqueryShape):
-                sub.deps_became_ready()
-            elif isinstance(sub, Materializer) and sub.status == "loading" and not sub.held:
-                pass
+                self._guarded(sub, sub.deps_became_ready)
         log.info("subquery %s loaded: %d values", mat.describe(), len(mat.published))
 
     def _fail_dependents(self, mat: Materializer, exc: BaseException) -> None:
@@ -304,17 +304,26 @@ class SubqueryEngine:
     def _publish_between(self, mat: Materializer, move: Move) -> None:
         """A move outside any transaction (a load or reload): deliver, publish, follow up."""
         subscribers = list(mat.subscribers)
+        # the commit that started a reload, so that readers wait for its move
+        cause = mat.pending_since if mat.pending_since is not None else self.last_commit_lsn
         for sub in subscribers:
             if isinstance(sub, SubqueryShape) and sub.mode != "loading":
                 k = sub.dependencies.index(mat)
-                sub.on_transaction(
-                    HeldTransaction(self.last_commit_lsn, 0, [], {k: move}, real=False)
-                )
+                txn = HeldTransaction(cause, 0, [], {k: move}, real=False)
+                self._guarded(sub, sub.on_transaction, txn)
         mat.publish(move)
         self._follow_move(mat, move)
         for sub in subscribers:
             if isinstance(sub, SubqueryShape):
-                sub.after_commit()
+                self._guarded(sub, sub.after_commit)
+
+    def _guarded(self, sq: SubqueryShape, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of a shape's move; a failure retires that shape alone."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("subquery shape %s failed on a move", sq.shape.handle)
+            self._retire(sq.shape, "it failed on a move")
 
     def _follow_move(self, mat: Materializer, move: Move) -> None:
         """After a publication: refile the steady shapes routed by this set, reload the
@@ -400,17 +409,13 @@ class SubqueryEngine:
                     touched.setdefault(sub, {})[sub.dependencies.index(mat)] = move
         for sq, sq_moves in touched.items():
             txn = HeldTransaction(lsn, xid, txn_shapes.get(sq, []), sq_moves, end_op=end_op)
-            try:
-                sq.on_transaction(txn)
-            except Exception:
-                log.exception("subquery shape %s failed on a transaction", sq.shape.handle)
-                self._retire(sq.shape, "it failed on a transaction")
+            self._guarded(sq, sq.on_transaction, txn)
         for mat, move in moves.items():
             mat.publish(move)
             self._follow_move(mat, move)
         for sq in touched:
             if sq.mode != "gone":
-                sq.after_commit()
+                self._guarded(sq, sq.after_commit)
 
     def on_position(self, lsn: int) -> None:
         """The stream has received everything committed before ``lsn`` (a keepalive between

@@ -175,7 +175,7 @@ class SubqueryShape:
         """The position readers may be told the shape has reached, if it is behind: below its
         first held transaction, a move between transactions included (at the commit before
         it), or a nested reload."""
-        first = self._with_reloads(self.held[0].lsn if self.held else None)
+        first = self._with_reloads(min((t.lsn for t in self.held), default=None))
         return None if first is None else max(first - 1, 0)
 
     def _with_reloads(self, first: int | None) -> int | None:

@@ -128,3 +128,23 @@ def test_affected_is_a_superset_of_matches(
         for shape, where in enumerate(wheres):
             if where is None or where.matches(row):
                 assert shape in found
+
+
+def test_shapes_filed_under_a_value_set_follow_its_moves() -> None:
+    router: Router[str] = Router()
+    router.add("dynamic", "t", None, COLUMNS, dynamic=("id", set()))
+    add(router, "static", "id = 7")
+    assert router.affected("t", {"id": "7"}) == {"static"}
+    # the column's last bucket goes with "static": "dynamic" is still filed under it
+    router.remove("static")
+    assert router.affected("t", {"id": "7"}) == set()
+    router.move("dynamic", {7, 8}, set())
+    assert router.affected("t", {"id": "7"}) == {"dynamic"}
+    assert router.affected("t", {"id": "9"}) == set()
+    router.move("dynamic", set(), {7})
+    assert router.affected("t", {"id": "7"}) == set()
+    assert router.affected("t", {"id": "8"}) == {"dynamic"}
+    router.add("dynamic", "t", None, COLUMNS)  # refiled as residual
+    assert router.affected("t", {"id": "1"}) == {"dynamic"}
+    router.remove("dynamic")
+    assert len(router) == 0 and not router.has_table("t")
