@@ -34,6 +34,6 @@ def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
     finally:
         if follower.poll() is None:
             follower.kill()
-            follower.wait()
+            follower.communicate()  # reaps it and closes the pipes
     assert follower.returncode == 130
     assert errors == ""
