@@ -39,6 +39,7 @@ from shapes.subquery import Dependency, Position, SubqueryLimits, missing_table_
 from shapes.subquery_plan import DependencyValues, Pieces, SublinkLeaf, SubqueryPlan, membership
 from shapes.subquery_values import KeyColumn, key_type
 from shapes.where_compile import (
+    SELECT_CLAUSES,
     Typed,
     WhereCompiler,
     column_type,
@@ -64,21 +65,7 @@ BOOLEAN_ONLY: Final = "`IN (SELECT ...)` can only be combined with AND, OR and N
 MAX_DISJUNCTS: Final = 100
 VIEW_SLOT: Final = "\x00view"  # environment slot names no column can have
 
-_INNER_CLAUSES: Final = (
-    "distinctClause",
-    "intoClause",
-    "groupClause",
-    "havingClause",
-    "windowClause",
-    "valuesLists",
-    "sortClause",
-    "limitOffset",
-    "limitCount",
-    "lockingClause",
-    "withClause",
-    "larg",
-    "rarg",
-)
+_INNER_CLAUSES: Final = tuple(c for c in SELECT_CLAUSES if c != "fromClause")
 
 
 @dataclass

@@ -132,19 +132,7 @@ class SubqueryPlan:
     def _env(
         self, row: Mapping[str, str | None], views: Sequence[AbstractSet[ValueKey]]
     ) -> list[Any]:
-        env: list[Any] = []
-        for name, parse in self.slots:
-            text = row.get(name)
-            if text is None:
-                env.append(None)
-                continue
-            try:
-                env.append(parse(text))
-            except (ValueError, TypeError, ArithmeticError, RecursionError):
-                raise EvaluationError(
-                    f"column {name} has a value that does not parse as its type",
-                    "invalid_text_representation",
-                ) from None
+        env = ev.row_env(self.slots, row)
         for index, dependency in self.view_slots:
             env[index] = views[dependency]
         return env

@@ -40,12 +40,18 @@ from pglast.parser import ParseError, scan
 
 from shapes import pgtypes, where_sql
 from shapes import where_eval as ev
-from shapes.errors import EvaluationError, InvalidRequest, WhereClauseError
+from shapes.errors import InvalidRequest, WhereClauseError
 from shapes.schema import Column
 from shapes.subquery import Dependency, Position, RowMeta, SubqueryLimits, ValueKey
 from shapes.subquery_compile import Tables, compile_subquery_where
 from shapes.subquery_plan import SubqueryPlan
-from shapes.where_compile import PREFIX, IndexCondition, WhereCompiler, column_type
+from shapes.where_compile import (
+    PREFIX,
+    SELECT_CLAUSES,
+    IndexCondition,
+    WhereCompiler,
+    column_type,
+)
 
 __all__ = [
     "ColumnReference",
@@ -61,23 +67,6 @@ __all__ = [
 ]
 
 MAX_WHERE_BYTES: Final = 65536
-
-_SELECT_CLAUSES: Final = (
-    "distinctClause",
-    "intoClause",
-    "fromClause",
-    "groupClause",
-    "havingClause",
-    "windowClause",
-    "valuesLists",
-    "sortClause",
-    "limitOffset",
-    "limitCount",
-    "lockingClause",
-    "withClause",
-    "larg",
-    "rarg",
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,19 +103,7 @@ class Where:
         """
         if self._plan is not None:
             raise TypeError("a where clause with subqueries is evaluated with evaluate()")
-        env: list[Any] = []
-        for name, parse in self._slots:
-            text = row.get(name)
-            if text is None:
-                env.append(None)
-                continue
-            try:
-                env.append(parse(text))
-            except (ValueError, TypeError, ArithmeticError, RecursionError):
-                raise EvaluationError(
-                    f"column {name} has a value that does not parse as its type",
-                    "invalid_text_representation",
-                ) from None
+        env = ev.row_env(self._slots, row)
         return self._fn(env) is True
 
     def index_conditions(self) -> tuple[IndexCondition, ...]:
@@ -388,7 +365,7 @@ def _parse_clause(wrapped: str) -> Any:
     statement = statements[0].stmt
     if not isinstance(statement, ast.SelectStmt):
         raise WhereClauseError("malformed query ending with SQL clauses")
-    extra = any(getattr(statement, name, None) for name in _SELECT_CLAUSES)
+    extra = any(getattr(statement, name, None) for name in SELECT_CLAUSES)
     if extra or statement.op != SetOperation.SETOP_NONE or statement.whereClause is None:
         raise WhereClauseError("malformed query ending with SQL clauses")
     return statement.whereClause
@@ -439,7 +416,7 @@ def _parse_order_by(wrapped: str) -> Any:
     statement = statements[0].stmt if len(statements) == 1 else None
     if not isinstance(statement, ast.SelectStmt) or statement.sortClause is None:
         raise WhereClauseError("malformed ORDER BY list")
-    extra = any(getattr(statement, name, None) for name in _SELECT_CLAUSES if name != "sortClause")
+    extra = any(getattr(statement, name, None) for name in SELECT_CLAUSES if name != "sortClause")
     if extra or statement.whereClause is not None or statement.op != SetOperation.SETOP_NONE:
         raise WhereClauseError("malformed query ending with SQL clauses")
     return statement.sortClause

@@ -57,6 +57,24 @@ from shapes.schema import Column
 _MAX_INTEGER_LITERAL: Final = 64
 """Longer integer literals are read as numeric text (Python's int() refuses thousands of digits)."""
 
+SELECT_CLAUSES: Final = (
+    "distinctClause",
+    "intoClause",
+    "fromClause",
+    "groupClause",
+    "havingClause",
+    "windowClause",
+    "valuesLists",
+    "sortClause",
+    "limitOffset",
+    "limitCount",
+    "lockingClause",
+    "withClause",
+    "larg",
+    "rarg",
+)
+"""The parts of a ``SELECT`` that a wrapped clause (or a subquery's inner SELECT) must not have."""
+
 PREFIX: Final = "SELECT 1 WHERE "
 """What a clause is wrapped in for the parser; error offsets are counted without it."""
 

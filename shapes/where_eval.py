@@ -557,3 +557,27 @@ def timestamp_minus(left: int | Infinity, right: int | Infinity) -> Interval:
     if isinstance(left, Infinity) or isinstance(right, Infinity):
         raise EvaluationError("cannot subtract infinite timestamps", "datetime_value_out_of_range")
     return pgtypes.subtract_timestamps(left, right)
+
+
+def row_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: Any) -> list[Any]:
+    """The environment of a row: each slot's column text parsed (``None`` for NULL or a
+    missing column).
+
+    Raises:
+        EvaluationError: a value does not parse as its column's type (the message names the
+            column, never the value).
+    """
+    env: list[Any] = []
+    for name, parse in slots:
+        text = row.get(name)
+        if text is None:
+            env.append(None)
+            continue
+        try:
+            env.append(parse(text))
+        except (ValueError, TypeError, ArithmeticError, RecursionError):
+            raise EvaluationError(
+                f"column {name} has a value that does not parse as its type",
+                "invalid_text_representation",
+            ) from None
+    return env
