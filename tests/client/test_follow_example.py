@@ -14,6 +14,10 @@ from tests.syncd_process import ROOT, SyncdProcess
 pytestmark = [pytest.mark.timeout(120)]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
     follower = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "follow_items.py"), syncd.url],
@@ -21,6 +25,9 @@ def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as in a terminal: a runner started in the background may have SIGINT ignored,
+        # which the child would inherit (and then never see the Ctrl-C)
+        preexec_fn=_default_sigint,
     )
     try:
         assert follower.stdout is not None
