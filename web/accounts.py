@@ -7,6 +7,12 @@ read when forged or older than the session's lifetime, and refused after a read 
 revoked (signed out) or expired. Hashes and sessions live in ``burn_private``, which is never
 published: no shape can reach them.
 
+Sync tokens. Each session also has a *sync token*: the same session id signed under another
+salt, so it is never accepted as a session token. It only reads the session's own sync routes,
+and it dies with the session. The browser app sends it in a header on credential-less
+requests: browsers give those their own connection pool, so the six long-lived sync requests
+never hold back the app's writes on an HTTP/1.1 connection limit.
+
 Throttling (theory of operation). Sign-in attempts are rows in ``burn_private.attempts``, so the
 limit holds across every process of the app. Before a password is checked, one short
 transaction takes an advisory lock per account and per client address (always in that order,
@@ -35,6 +41,7 @@ from psycopg_pool import AsyncConnectionPool
 from web.errors import ApiError, conflict
 
 TOKEN_SALT = "burn-session"
+SYNC_TOKEN_SALT = "burn-sync"
 SIGN_OUT_CHANNEL = "burn_sign_out"
 """``LISTEN`` channel on which each signed-out session's id is announced."""
 _hasher = PasswordHasher()
@@ -57,6 +64,7 @@ class NewSession:
 
     principal: Principal
     token: str
+    sync_token: str
     expires_at: datetime
 
 
@@ -80,6 +88,7 @@ class Accounts:
         self.ttl = ttl
         self.limits = limits
         self._serializer = URLSafeTimedSerializer(secret, salt=TOKEN_SALT)
+        self._sync_serializer = URLSafeTimedSerializer(secret, salt=SYNC_TOKEN_SALT)
 
     # -- sign-up and sign-in -----------------------------------------------------------------
 
@@ -191,12 +200,24 @@ class Accounts:
         row = await cursor.fetchone()
         assert row is not None
         token = self._serializer.dumps(str(session_id))
-        return NewSession(Principal(user_id, name, session_id), token, row[0])
+        principal = Principal(user_id, name, session_id)
+        return NewSession(principal, token, self.sync_token(principal), row[0])
+
+    def sync_token(self, principal: Principal) -> str:
+        """The token that reads ``principal``'s sync routes, and nothing else."""
+        return str(self._sync_serializer.dumps(str(principal.session_id)))
 
     async def principal(self, token: str) -> Principal | None:
         """The user of a valid (signed, unexpired, unrevoked) session token, else None."""
+        return await self._session(self._serializer, token)
+
+    async def sync_principal(self, token: str) -> Principal | None:
+        """The user of a valid session or sync token, else None."""
+        return await self._session(self._sync_serializer, token) or await self.principal(token)
+
+    async def _session(self, serializer: URLSafeTimedSerializer, token: str) -> Principal | None:
         try:
-            payload = self._serializer.loads(token, max_age=math.ceil(self.ttl))
+            payload = serializer.loads(token, max_age=math.ceil(self.ttl))
             session_id = uuid.UUID(str(payload))
         except (BadData, ValueError):
             return None

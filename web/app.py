@@ -2,9 +2,10 @@
 
 Layer: ``web``. Routes (the OpenAPI document, ``GET /api/openapi.json``, describes each):
 
-* ``POST /api/auth/sign-up``, ``POST /api/auth/sign-in``: answer the user and a session token,
-  and set it as an ``HttpOnly``, ``SameSite=Lax`` cookie; ``POST /api/auth/sign-out`` revokes
-  the session; ``GET /api/auth/me`` answers who the session belongs to.
+* ``POST /api/auth/sign-up``, ``POST /api/auth/sign-in``: answer the user, a session token
+  (also set as an ``HttpOnly``, ``SameSite=Lax`` cookie) and a sync token (see
+  :mod:`web.accounts`); ``POST /api/auth/sign-out`` revokes the session; ``GET /api/auth/me``
+  answers who the session belongs to, with the session's sync token.
 * ``POST /api/threads`` and ``POST /api/threads/{thread_id}/{rename,delete,join,leave,messages}``:
   each answers ``{"txid": n}`` (see :mod:`web.writes`).
 * ``GET /api/sync/{threads,memberships,events,facts,users,agent_status}``: the signed-in user's
@@ -13,7 +14,8 @@ Layer: ``web``. Routes (the OpenAPI document, ``GET /api/openapi.json``, describ
 A request is authenticated by ``Authorization: Bearer <token>`` or else by the cookie. Bodies
 must be ``application/json``: with ``SameSite=Lax`` cookies that keeps other sites from
 writing on a user's behalf. :func:`current_user` is the seam for anything else mounted in this
-app (the future per-user sync routes): it answers the signed-in user of a request, or None.
+app: it answers the signed-in user of a request, or None. The sync routes also take the sync
+token (:func:`sync_user`).
 Sign-out calls the ``on_sign_out`` hooks, e.g. to cut off the session's live sync requests, and
 announces the session on the ``burn_sign_out`` channel for the other processes.
 """
@@ -90,6 +92,14 @@ async def current_user(request: Request) -> Principal | None:
     return await _backend(request).accounts.principal(token)
 
 
+async def sync_user(request: Request) -> Principal | None:
+    """The user of a sync request: by its sync token, its session token or its cookie."""
+    token = session_token(request)
+    if token is None:
+        return None
+    return await _backend(request).accounts.sync_principal(token)
+
+
 async def require_user(request: Request) -> Principal:
     """Like :func:`current_user`, but a missing or invalid session is a 401."""
     principal = await current_user(request)
@@ -115,6 +125,7 @@ def _session_response(request: Request, session: NewSession, status: int) -> Res
         {
             "user": {"id": str(principal.user_id), "name": principal.name},
             "token": session.token,
+            "sync_token": session.sync_token,
             "expires_at": session.expires_at.isoformat(),
         },
         status,
@@ -160,7 +171,8 @@ async def sign_out(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     principal = await require_user(request)
-    return _json({"id": str(principal.user_id), "name": principal.name})
+    sync_token = _backend(request).accounts.sync_token(principal)
+    return _json({"id": str(principal.user_id), "name": principal.name, "sync_token": sync_token})
 
 
 # -- writes -------------------------------------------------------------------------------------
@@ -328,7 +340,7 @@ def create_app(
     the_pool = open_pool(settings) if pool is None else pool
     sync = SyncRoutes(
         shape_routes or ShapeRoutes(settings.syncd_url, secret=settings.syncd_secret),
-        current_user,
+        sync_user,
     )
     assert settings.database_url is not None
     listener = SignOutListener(settings.database_url, sync)

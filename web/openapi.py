@@ -33,12 +33,17 @@ TXID = {
         }
     },
 }
+SYNC_TOKEN = {
+    "type": "string",
+    "description": "bearer token for the sync routes only, ended with the session",
+}
 SESSION = {
     "type": "object",
-    "required": ["user", "token", "expires_at"],
+    "required": ["user", "token", "sync_token", "expires_at"],
     "properties": {
         "user": {"$ref": "#/components/schemas/User"},
         "token": {"type": "string", "description": "bearer token (also set as a cookie)"},
+        "sync_token": SYNC_TOKEN,
         "expires_at": {"type": "string", "format": "date-time"},
     },
 }
@@ -46,6 +51,15 @@ USER = {
     "type": "object",
     "required": ["id", "name"],
     "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"}},
+}
+ME = {
+    "type": "object",
+    "required": ["id", "name", "sync_token"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "sync_token": SYNC_TOKEN,
+    },
 }
 REASONS = {
     "400": "malformed JSON",
@@ -129,7 +143,7 @@ def document() -> dict[str, Any]:
         bodies.PostMessage,
     ]
     _, schemas = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
-    schemas.update(Error=ERROR, Txid=TXID, Session=SESSION, User=USER)
+    schemas.update(Error=ERROR, Txid=TXID, Session=SESSION, User=USER, Me=ME)
     threads = "/api/threads/{thread_id}"
     return {
         "openapi": "3.1.0",
@@ -151,7 +165,7 @@ def document() -> dict[str, Any]:
                     "summary": "The signed-in user",
                     "operationId": "me",
                     "security": BEARER,
-                    "responses": {**_ok("200", "User", "the user"), **_errors(("401", "503"))},
+                    "responses": {**_ok("200", "Me", "the user"), **_errors(("401", "503"))},
                 }
             },
             "/api/threads": _write(bodies.CreateThread, "Create a thread", path_id=False),

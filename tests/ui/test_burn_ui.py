@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Route, expect
+from playwright.sync_api import Browser, Request, Route, expect
 
 from tests.ui.browser import (
     message,
@@ -39,6 +39,8 @@ def test_two_users_meet_in_a_thread_and_chat_live(
     alice_ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     bob_ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
+    finished: list[Request] = []
+    bob.on("requestfinished", lambda request: finished.append(request))
     try:
         alice.goto(burn.url)
         expect(alice.get_by_role("heading", name="Burn")).to_be_visible()
@@ -89,6 +91,15 @@ def test_two_users_meet_in_a_thread_and_chat_live(
 
         assert serious_violations(alice) == [], "chat screen"
         shoot(alice, screenshots, "chat")
+
+        # The sync requests go without cookies (the sync token in a header): the browser pools
+        # them apart from the writes, which its six connections per origin would otherwise hold
+        # back behind the six live long-polls.
+        syncs = [r.all_headers() for r in finished if "/api/sync/" in r.url]
+        writes = [r.all_headers() for r in finished if "/api/threads" in r.url]
+        assert syncs and writes
+        assert all("cookie" not in h and h["authorization"].startswith("Bearer ") for h in syncs)
+        assert all("burn_session=" in h.get("cookie", "") for h in writes)
     finally:
         alice_ctx.close()
         bob_ctx.close()

@@ -245,6 +245,37 @@ def test_requests_without_a_valid_session_are_401(stack: Stack) -> None:
     assert "private" in cookie.headers["cache-control"]
 
 
+def test_the_sync_token_reads_the_sync_routes_only_and_ends_with_the_session(
+    stack: Stack,
+) -> None:
+    answer = stack.http.post(
+        stack.web.url + "/api/auth/sign-up",
+        json={"name": "s" + uuid.uuid4().hex[:8], "password": "correct horse"},
+    )
+    stack.http.cookies.clear()
+    session = answer.json()
+    sync = {"authorization": f"Bearer {session['sync_token']}"}
+    me = stack.http.get(
+        stack.web.url + "/api/auth/me", headers={"authorization": f"Bearer {session['token']}"}
+    )
+    assert me.json()["sync_token"] == session["sync_token"]
+    for table in TABLES:
+        read = httpx.get(stack.url(table), params={"offset": "-1"}, headers=sync)
+        assert read.status_code == 200, (table, read.text)
+    # not a session token: no writes, no account
+    write = httpx.post(
+        stack.web.url + "/api/threads", json={"id": str(uuid.uuid4()), "name": "x"}, headers=sync
+    )
+    assert write.status_code == 401
+    assert httpx.get(stack.web.url + "/api/auth/me", headers=sync).status_code == 401
+    stack.http.post(
+        stack.web.url + "/api/auth/sign-out",
+        headers={"authorization": f"Bearer {session['token']}"},
+    )
+    after = httpx.get(stack.url("threads"), params={"offset": "-1"}, headers=sync)
+    assert after.status_code == 401
+
+
 HOSTILE_WHERES = [
     "true) OR (true",
     "id IS NOT NULL OR true",

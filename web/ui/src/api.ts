@@ -4,6 +4,8 @@
 export interface Me {
   id: string
   name: string
+  /** Reads this session's sync routes (and nothing else); see collections.ts. */
+  sync_token: string
 }
 
 export class ApiError extends Error {
@@ -59,8 +61,11 @@ export async function me(): Promise<Me | null> {
 }
 
 export async function signIn(mode: 'sign-up' | 'sign-in', name: string, password: string) {
-  const answer = await call<{ user: Me }>(`/api/auth/${mode}`, { name, password })
-  return answer.user
+  const answer = await call<{ user: Omit<Me, 'sync_token'>; sync_token: string }>(
+    `/api/auth/${mode}`,
+    { name, password },
+  )
+  return { ...answer.user, sync_token: answer.sync_token }
 }
 
 export const signOut = () => call<void>('/api/auth/sign-out', {})

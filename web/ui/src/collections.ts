@@ -60,9 +60,11 @@ export type AgentStatus = {
 
 const TXID_WAIT_MS = 30_000
 
-function shapeOptions(table: string) {
+function shapeOptions(table: string, syncToken: string) {
   return {
     url: `${window.location.origin}/api/sync/${table}`,
+    // the session's sync token, not its cookie: see trackingFetch
+    headers: { authorization: `Bearer ${syncToken}` },
     fetchClient: trackingFetch,
     // bigints as numbers (sequence numbers fit), everything else as the client parses it
     parser: { int8: (value: string) => Number(value) },
@@ -71,18 +73,18 @@ function shapeOptions(table: string) {
   }
 }
 
-export function createCollections() {
+export function createCollections(syncToken: string) {
   const users = createCollection(
     electricCollectionOptions<User>({
       id: 'users',
-      shapeOptions: shapeOptions('users'),
+      shapeOptions: shapeOptions('users', syncToken),
       getKey: (row) => row.id,
     }),
   )
   const threads = createCollection(
     electricCollectionOptions<Thread>({
       id: 'threads',
-      shapeOptions: shapeOptions('threads'),
+      shapeOptions: shapeOptions('threads', syncToken),
       getKey: (row) => row.id,
       onInsert: async ({ transaction }) => {
         const txids = await Promise.all(
@@ -101,7 +103,7 @@ export function createCollections() {
   const memberships = createCollection(
     electricCollectionOptions<Membership>({
       id: 'memberships',
-      shapeOptions: shapeOptions('memberships'),
+      shapeOptions: shapeOptions('memberships', syncToken),
       getKey: (row) => row.id,
       onDelete: async ({ transaction }) => {
         const txids = await Promise.all(
@@ -116,7 +118,7 @@ export function createCollections() {
   const events = createCollection(
     electricCollectionOptions<BurnEvent>({
       id: 'events',
-      shapeOptions: shapeOptions('events'),
+      shapeOptions: shapeOptions('events', syncToken),
       getKey: (row) => row.id,
       onInsert: async ({ transaction }) => {
         const txids = await Promise.all(
@@ -132,14 +134,14 @@ export function createCollections() {
   const facts = createCollection(
     electricCollectionOptions<Fact>({
       id: 'facts',
-      shapeOptions: shapeOptions('facts'),
+      shapeOptions: shapeOptions('facts', syncToken),
       getKey: (row) => row.id,
     }),
   )
   const agentStatus = createCollection(
     electricCollectionOptions<AgentStatus>({
       id: 'agent_status',
-      shapeOptions: shapeOptions('agent_status'),
+      shapeOptions: shapeOptions('agent_status', syncToken),
       getKey: (row) => `${row.thread_id}/${row.agent_id}`,
     }),
   )

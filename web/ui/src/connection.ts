@@ -31,10 +31,17 @@ if (typeof window !== 'undefined') {
   window.addEventListener('offline', () => set(false))
 }
 
-/** fetch for the shape streams: records reachability and a lost session. */
+/**
+ * fetch for the shape streams: records reachability and a lost session.
+ *
+ * The streams authenticate with the sync token in a header and send no cookies. Browsers keep
+ * credential-less requests in a connection pool of their own, and an HTTP/1.1 origin gets six
+ * connections per pool: the app's six live sync requests would otherwise take every one of
+ * them and hold each write back until a long-poll ends.
+ */
 export const trackingFetch: typeof fetch = async (input, init) => {
   try {
-    const response = await fetch(input, { ...init, credentials: 'same-origin' })
+    const response = await fetch(input, { ...init, credentials: 'omit' })
     set(response.status < 500 || response.status === 503 ? response.status !== 503 : false)
     if (response.status === 401) connection.markSignedOut()
     return response

@@ -12,7 +12,7 @@ import './styles.css'
 type Auth = { state: 'loading' } | { state: 'error'; message: string } | { state: 'out' } | { state: 'in'; me: api.Me }
 
 function SignedIn({ me }: { me: api.Me }) {
-  const collections = useMemo(() => createCollections(), [me.id])
+  const collections = useMemo(() => createCollections(me.sync_token), [me.sync_token])
   return <Workspace c={collections} me={me} />
 }
 
