@@ -40,22 +40,12 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bench.cluster import bench_database
 from bench.fanout import percentile
 from bench.stats import summary
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SECRET = "bench-ui-" + "x" * 40
 PASSWORD = "correct horse battery"
 
@@ -164,7 +154,7 @@ def _browser() -> Any:
     from playwright.sync_api import sync_playwright
 
     driver = sync_playwright().start()
-    return driver, driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    return driver, driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
 def _signed_in_page(browser: Any, url: str, token: str) -> Any:

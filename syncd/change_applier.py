@@ -37,7 +37,7 @@ from shapes.convert import (
 from shapes.router import Router
 from shapes.shape import CanonicalShape
 from syncd.flush_tracker import FlushTracker
-from syncd.materializer import RawChange
+from syncd.materializer import ChangeKind, RawChange
 from syncd.pgoutput import messages as pg
 from syncd.shape_state import ShapeState
 from syncd.storage import TransactionEntries
@@ -181,11 +181,7 @@ class ChangeApplier:
         # Text-mode pgoutput only sends str or None for inserts. (The length check above is
         # cheaper than zip(..., strict=True).)
         row: TextRow = dict(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
-        subqueries = self.subqueries
-        change = None
-        if subqueries is not None and subqueries.router.has_table(relation.table):
-            change = RawChange("insert", None, row, True, self._txn_op)
-            subqueries.on_change(relation.table, change)
+        change = self._to_materialisers(relation.table, "insert", None, row, True)
         shapes = self._router.affected(relation.table, row)
         if shapes:
             op = self._txn_op
@@ -193,9 +189,7 @@ class ChangeApplier:
             failed: list[tuple[ShapeState, Exception]] = []
             for shape in shapes:
                 if shape.subquery:
-                    if change is None:
-                        change = RawChange("insert", None, row, True, op)
-                    self._record(shape, change)
+                    change = self._record(shape, change, "insert", None, row, True)
                     continue
                 try:
                     parts = insert_parts(shape.view, row)
@@ -218,20 +212,14 @@ class ChangeApplier:
         if msg.old_kind == "O" and msg.old is not None:
             old = _text_row(relation.names, msg.old)
         new = _fill_unchanged(relation.names, msg.new, old)
-        change = None
-        subqueries = self.subqueries
-        if subqueries is not None and subqueries.router.has_table(relation.table):
-            change = RawChange("update", old, new, old is not None, self._txn_op)
-            subqueries.on_change(relation.table, change)
+        change = self._to_materialisers(relation.table, "update", old, new, old is not None)
         shapes = self._router.affected(relation.table, new)
         if old is not None:
             shapes = shapes | self._router.affected(relation.table, old)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
             if shape.subquery:
-                if change is None:
-                    change = RawChange("update", old, new, old is not None, self._txn_op)
-                self._record(shape, change)
+                change = self._record(shape, change, "update", old, new, old is not None)
                 continue
             try:
                 entries = convert_update(shape.view, old, new)
@@ -247,17 +235,11 @@ class ChangeApplier:
         relation = self.relations[msg.oid]
         old = _text_row(relation.names, msg.old)
         full = msg.old_kind == "O"
-        change = None
-        subqueries = self.subqueries
-        if subqueries is not None and subqueries.router.has_table(relation.table):
-            change = RawChange("delete", old, None, full, self._txn_op)
-            subqueries.on_change(relation.table, change)
+        change = self._to_materialisers(relation.table, "delete", old, None, full)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in self._router.affected(relation.table, old):
             if shape.subquery:
-                if change is None:
-                    change = RawChange("delete", old, None, full, self._txn_op)
-                self._record(shape, change)
+                change = self._record(shape, change, "delete", old, None, full)
                 continue
             try:
                 entries = convert_delete(shape.view, old, full)
@@ -269,9 +251,38 @@ class ChangeApplier:
         self._retire_failed(failed)
         self._txn_op += 2
 
-    def _record(self, shape: ShapeState, change: RawChange) -> None:
+    def _to_materialisers(
+        self,
+        table: TableKey,
+        kind: ChangeKind,
+        old: TextRow | None,
+        new: TextRow | None,
+        full: bool,
+    ) -> RawChange | None:
+        """Hand the change to the materialisers that read ``table``; None when none does (the
+        change is then only made if a subquery shape needs it: see :meth:`_record`)."""
+        subqueries = self.subqueries
+        if subqueries is None or not subqueries.router.has_table(table):
+            return None
+        change = RawChange(kind, old, new, full, self._txn_op)
+        subqueries.on_change(table, change)
+        return change
+
+    def _record(
+        self,
+        shape: ShapeState,
+        change: RawChange | None,
+        kind: ChangeKind,
+        old: TextRow | None,
+        new: TextRow | None,
+        full: bool,
+    ) -> RawChange:
+        """Give a subquery shape the change (made now if no materialiser needed it)."""
+        if change is None:
+            change = RawChange(kind, old, new, full, self._txn_op)
         if self.subqueries is not None:
             self.subqueries.record(shape, change)
+        return change
 
     def _retire_failed(self, failed: list[tuple[ShapeState, Exception]]) -> None:
         """Retire the shapes whose conversion of the current change raised.

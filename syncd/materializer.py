@@ -56,11 +56,14 @@ Move = tuple[frozenset[ValueKey], frozenset[ValueKey]]
 """``(values that entered, values that left)``."""
 
 
+ChangeKind = Literal["insert", "update", "delete"]
+
+
 @dataclass(slots=True)
 class RawChange:
     """One row change as the stream sent it (text values); ``op`` its position."""
 
-    kind: Literal["insert", "update", "delete"]
+    kind: ChangeKind
     old: TextRow | None
     new: TextRow | None
     old_full: bool

@@ -52,7 +52,10 @@ def selected_sql(table: Table, columns: Sequence[str]) -> sql.Composed:
 
 
 async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snapshot, int]:
-    """Open the snapshot transaction; returns its visibility info and the current WAL LSN.
+    """Open the snapshot transaction; returns its visibility info and the WAL insert position.
+
+    Every transaction the snapshot sees has its commit record below that position, even with
+    ``synchronous_commit = off`` (where a commit is visible before its WAL is written out).
 
     The connection must be in autocommit mode and not in a transaction.
     """
@@ -61,7 +64,8 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
     settings = ", ".join("set_config(%s, %s, true)" for _ in DISPLAY_SETTINGS)
     values = [item for pair in DISPLAY_SETTINGS.items() for item in pair]
     cur = await conn.execute(
-        "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::int8, " + settings,
+        "SELECT pg_current_snapshot()::text, (pg_current_wal_insert_lsn() - '0/0')::int8, "
+        + settings,
         values,
     )
     row = await cur.fetchone()

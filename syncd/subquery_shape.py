@@ -310,10 +310,13 @@ class SubqueryShape:
 
     def _tx_for(self, txn: HeldTransaction) -> int:
         """The log transaction of ``txn``: its commit LSN, or for a move between transactions
-        one above the last commit before it (the next commit's LSN is larger still)."""
-        if txn.real:
+        one above the last commit before it (the next commit's LSN is larger still). A
+        transaction that follows a splice holding a later commit (see :meth:`_split`) also
+        goes one above the log's last."""
+        latest = self.shape.log.latest_offset.tx
+        if txn.real and txn.lsn > latest:
             return txn.lsn
-        return max(self.shape.log.latest_offset.tx, txn.lsn) + 1
+        return max(latest, txn.lsn) + 1
 
     # -- move-in -------------------------------------------------------------------------------
 
@@ -383,20 +386,14 @@ class SubqueryShape:
             return
         snapshot = query.snapshot
         assert snapshot is not None
-        boundary = None
-        for i, txn in enumerate(self.held):
-            if txn.real and not snapshot.is_visible(txn.xid):
-                boundary = i
-                break
-        if boundary is None:
-            if self.host.last_seen_lsn() < query.wal_lsn:
-                return  # a transaction S contains may still be on its way
-            boundary = len(self.held)
-        moved_late = any(self.held[i].moves for i in range(query.issued_at, boundary))
+        if self.host.last_seen_lsn() < query.wal_lsn:
+            return  # a transaction S contains may still be on its way
+        pre_at, post = split_held(self.held, snapshot)
+        moved_late = any(self.held[i].moves for i in pre_at if i >= query.issued_at)
         if moved_late and not query.initial:
             self._issue(before=query.before, initial=False)
             return
-        pre, post = self.held[:boundary], self.held[boundary:]
+        pre = [self.held[i] for i in pre_at]
         log.debug(
             "shape %s: splice %d pre, %d post, %d rows",
             self.shape.handle,
@@ -471,3 +468,24 @@ class SubqueryShape:
         shape.log.append_transaction(tx, entries)
         shape.notifier.notify()
         self.host.written(shape)
+
+
+def split_held(
+    held: Sequence[HeldTransaction], snapshot: Snapshot
+) -> tuple[list[int], list[HeldTransaction]]:
+    """Where a query's snapshot S splits the held transactions: the indexes of those it
+    contains, and the others in order.
+
+    Mostly a prefix, but not always: Postgres may make a transaction visible before one that
+    committed earlier in the WAL, so S can contain a transaction that follows one it lacks. A
+    move between transactions (not ``real``) goes with what precedes it.
+    """
+    pre: list[int] = []
+    post: list[HeldTransaction] = []
+    for i, txn in enumerate(held):
+        contained = snapshot.is_visible(txn.xid) if txn.real else not post
+        if contained:
+            pre.append(i)
+        else:
+            post.append(txn)
+    return pre, post

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
+from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from syncd.pgprovider import PostgresServer
 from tests.syncd_process import ROOT
-from tests.ui.stack import CHROMIUM, CHROMIUM_ARGS, BurnStack, missing_prerequisites, running_stack
+from tests.ui.stack import BurnStack, missing_prerequisites, running_stack
 
 # a loaded 2-core machine is slow; each wait still ends as soon as its condition holds
 expect.set_options(timeout=15_000)

@@ -19,22 +19,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from bench.chromium import CHROMIUM
 from syncd.pgprovider import drop_database
 from tests.syncd_process import ROOT, SyncdProcess, free_port, stop_child
 from web.config import Settings
 from web.migrate import migrate
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 UI_DIST = ROOT / "web" / "ui" / "dist" / "index.html"
 AXE = ROOT / "web" / "ui" / "node_modules" / "axe-core" / "axe.min.js"
 SECRET = "ui-tests-" + "s" * 40
