@@ -26,12 +26,15 @@ while the text stays within ``max_chars``; the rest are counted in an "omitted" 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 HEADER = "Here's everything that happened so far:"
 FOOTER = "What's the next step?"
@@ -182,6 +185,31 @@ def event_block(event: EventRow, users: Mapping[uuid.UUID, UserRow]) -> str:
     return block(f"{name}_result", {**rest, "from": str(event.user_id)})
 
 
+def event_block_cached(event: EventRow, users: Mapping[uuid.UUID, UserRow]) -> str:
+    """:func:`event_block`, remembered: an agent renders its whole thread before every call,
+    and a thread's events do not change. The key is everything the block depends on: the
+    event, its data as sorted JSON and its author. Data that JSON does not carry exactly (not
+    the case for rows read from Postgres) is rendered afresh."""
+    try:
+        data = _encode_sorted(event.data)
+    except (TypeError, ValueError):
+        return event_block(event, users)
+    if msgspec.json.decode(data) != event.data:
+        return event_block(event, users)
+    return _event_block_of(event.id, event.user_id, event.kind, data, users.get(event.user_id))
+
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+
+
+@functools.lru_cache(maxsize=50_000)
+def _event_block_of(
+    event_id: uuid.UUID, user_id: uuid.UUID, kind: str, data: bytes, author: UserRow | None
+) -> str:
+    event = EventRow(event_id, 0, user_id, kind, msgspec.json.decode(data))
+    return event_block(event, {} if author is None else {user_id: author})
+
+
 def members_block(state: ThreadState) -> str:
     counts: dict[uuid.UUID, int] = {}
     for fact in state.facts:
@@ -226,7 +254,7 @@ def omitted_line(count: int) -> str:
 def render(state: ThreadState, budget: Budget = Budget()) -> RenderedContext:
     """The context for ``state``, within ``budget`` (see the module docstring)."""
     events = visible_events(state.events)
-    blocks = [event_block(e, state.users) for e in events]
+    blocks = [event_block_cached(e, state.users) for e in events]
     fixed = [HEADER, members_block(state)]
     facts = facts_block(state.facts, budget.max_facts)
     if facts is not None:

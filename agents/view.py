@@ -180,6 +180,7 @@ class ThreadView:
         users: TrackedShape,
     ) -> None:
         self.thread_id = thread_id
+        self._parsed_events: dict[str, tuple[tuple[Any, ...], EventRow]] = {}
         self.url = url
         self.client = client
         self.users = users
@@ -237,17 +238,29 @@ class ThreadView:
 
     def state(self) -> ThreadState:
         """The thread's rows now; final events only (a reply being streamed is not yet said)."""
-        events = [
-            event_row(row)
-            for row in self.shapes["events"].shape.rows.values()
-            if row.get("status", "final") == "final"
-        ]
+        events = self._final_events()
         memberships = [
             MembershipRow(_uuid(row["user_id"]), str(row["role"]))
             for row in self.shapes["memberships"].shape.rows.values()
         ]
         facts = [fact_row(row) for row in self.shapes["facts"].shape.rows.values()]
         return ThreadState(user_rows(self.users.shape.rows), memberships, events, facts)
+
+    def _final_events(self) -> list[EventRow]:
+        """The final events as :class:`EventRow` s, each parsed once while its row is unchanged
+        (the agent reads the whole thread on every decision)."""
+        parsed: dict[str, tuple[tuple[Any, ...], EventRow]] = {}
+        events: list[EventRow] = []
+        for key, row in self.shapes["events"].shape.rows.items():
+            if row.get("status", "final") != "final":
+                continue
+            values = tuple(row.values())  # the cache holds them: compared by identity first
+            known = self._parsed_events.get(key)
+            event = known[1] if known is not None and known[0] == values else event_row(row)
+            parsed[key] = (values, event)
+            events.append(event)
+        self._parsed_events = parsed
+        return events
 
     async def close(self) -> None:
         self._stop_users()

@@ -21,6 +21,8 @@ from agents.context import (
     MembershipRow,
     ThreadState,
     UserRow,
+    event_block,
+    event_block_cached,
     render,
 )
 from agents.fake_api import view_of
@@ -199,3 +201,34 @@ def test_user_text_cannot_forge_structure(state: ThreadState) -> None:
             literal = literal.replace("<", "\\u003c").replace(">", "\\u003e")
             assert f"  text: {literal}" in text
             assert json.loads(literal) == e.data["text"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_texts, inner, max_size=3),
+    max_leaves=8,
+)
+odd_values = st.one_of(
+    json_values,
+    st.uuids(),
+    st.tuples(st.integers()),
+    st.dictionaries(st.one_of(st.none(), st.booleans(), st.integers()), st.integers(), max_size=2),
+)
+
+
+@given(
+    kind=st.sampled_from(["text", "system", "tool_use", "tool_result"]),
+    data=st.dictionaries(hostile_texts, odd_values, max_size=4),
+    author=st.sampled_from([ALICE, SARAH_ROW, None]),
+    renamed=st.booleans(),
+)
+def test_remembered_blocks_equal_fresh_ones(
+    kind: str, data: dict[str, Any], author: UserRow | None, renamed: bool
+) -> None:
+    user = author or ALICE
+    users = {} if author is None else {user.id: user}
+    row = event(1, user, kind, data)
+    assert event_block_cached(row, users) == event_block(row, users)
+    if author is not None and renamed:  # the author's new name is rendered, not the old one
+        users = {user.id: UserRow(user.id, user.name + " II", user.kind)}
+        assert event_block_cached(row, users) == event_block(row, users)
