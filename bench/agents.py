@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.children import free_port
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stats import summary
@@ -39,12 +39,6 @@ from shapes.client import ShapeDefinition, ShapeStream
 
 SARAH = "00000000-0000-4000-8000-000000000001"
 TARGET_P50_MS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

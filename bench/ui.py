@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.children import free_port, wait_http
 from bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from bench.cluster import bench_database
 from bench.fanout import percentile
@@ -52,28 +53,6 @@ PASSWORD = "correct horse battery"
 
 def log(text: str) -> None:
     print(text, flush=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"a child exited early (waiting for {url})")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing answered at {url}")
 
 
 @dataclass
@@ -93,7 +72,7 @@ def running_product(name: str, keep: bool) -> Iterator[Product]:
             [sys.executable, "-m", "web", "migrate", "--database-url", db.dsn],
             cwd=ROOT, env=env, check=True, capture_output=True,
         )  # fmt: skip
-        syncd_port, web_port = _free_port(), _free_port()
+        syncd_port, web_port = free_port(), free_port()
         children: list[subprocess.Popen[bytes]] = []
         with (db.base / "children.log").open("ab") as out:
             try:
@@ -104,7 +83,7 @@ def running_product(name: str, keep: bool) -> Iterator[Product]:
                     cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 )  # fmt: skip
                 children.append(syncd)
-                _wait_http(syncd, f"http://127.0.0.1:{syncd_port}/v1/health")
+                wait_http(syncd, f"http://127.0.0.1:{syncd_port}/v1/health")
                 web_env = env | {
                     "WEB_DATABASE_URL": db.dsn,
                     "WEB_SECRET": SECRET,
@@ -119,7 +98,7 @@ def running_product(name: str, keep: bool) -> Iterator[Product]:
                 )  # fmt: skip
                 children.append(web)
                 url = f"http://127.0.0.1:{web_port}"
-                _wait_http(web, url + "/api/health")
+                wait_http(web, url + "/api/health")
                 yield Product(url, db.dsn)
             finally:
                 for child in reversed(children):

@@ -8,17 +8,16 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from bench.children import wait_http
 from bench.chromium import CHROMIUM
 from syncd.pgprovider import drop_database
 from tests.syncd_process import ROOT, SyncdProcess, free_port, stop_child
@@ -51,18 +50,11 @@ class Child:
             )
 
     def wait_http(self, url: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(url, timeout=1.0).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} did not answer at {url}:\n{self.log_tail()}")
+        assert self.process is not None
+        try:
+            wait_http(self.process, url, timeout)
+        except RuntimeError as error:
+            raise AssertionError(f"{self.name}: {error}:\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         if self.process is not None:

@@ -1,0 +1,35 @@
+"""Child processes of the benchmarks (and of the browser tests): a free loopback port, and
+waiting until a child answers HTTP."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:
+    """Return once ``url`` answers below 500.
+
+    Raises:
+        RuntimeError: the process exited first, or nothing answered within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the child exited early (waiting for {url})")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answered at {url}")
