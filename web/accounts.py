@@ -13,6 +13,12 @@ and it dies with the session. The browser app sends it in a header on credential
 requests: browsers give those their own connection pool, so the six long-lived sync requests
 never hold back the app's writes on an HTTP/1.1 connection limit.
 
+Sync requests are many (every live request of every stream of every tab), so a session found
+valid for one is remembered for :data:`SYNC_SESSION_MEMORY` seconds (:class:`RecentSessions`)
+and the next ones skip the database. A sign-out forgets the session at once in the process that
+handles it and, through the sign-out notification, in every other process; if a process misses
+notifications (its LISTEN connection dropped) it forgets every session it remembers.
+
 Throttling (theory of operation). Sign-in attempts are rows in ``burn_private.attempts``, so the
 limit holds across every process of the app. Before a password is checked, one short
 transaction takes an advisory lock per account and per client address (always in that order,
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +54,8 @@ SIGN_OUT_CHANNEL = "burn_sign_out"
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("a password no account has")
 """Checked when the account does not exist, so both answers take as long."""
+SYNC_SESSION_MEMORY = 5.0
+"""Seconds a session found valid for a sync request is trusted without a database read."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,39 @@ class Principal:
     user_id: uuid.UUID
     name: str
     session_id: uuid.UUID
+
+
+class RecentSessions:
+    """Sessions recently found valid, each until ``memory`` seconds after the check (and never
+    past the session's own expiry); forgotten one by one on sign-out, or all at once."""
+
+    def __init__(self, memory: float = SYNC_SESSION_MEMORY) -> None:
+        self.memory = memory
+        self._valid_until: dict[uuid.UUID, tuple[float, Principal]] = {}
+        self._prune_at = 1_024
+
+    def get(self, session_id: uuid.UUID) -> Principal | None:
+        entry = self._valid_until.get(session_id)
+        if entry is None:
+            return None
+        if entry[0] <= time.time():
+            del self._valid_until[session_id]
+            return None
+        return entry[1]
+
+    def remember(self, principal: Principal, expires_at: datetime) -> None:
+        now = time.time()
+        until = min(now + self.memory, expires_at.timestamp())
+        self._valid_until[principal.session_id] = (until, principal)
+        if len(self._valid_until) >= self._prune_at:
+            self._valid_until = {k: v for k, v in self._valid_until.items() if v[0] > now}
+            self._prune_at = max(1_024, 2 * len(self._valid_until))
+
+    def forget(self, session_id: uuid.UUID) -> None:
+        self._valid_until.pop(session_id, None)
+
+    def forget_all(self) -> None:
+        self._valid_until.clear()
 
 
 @dataclass(frozen=True)
@@ -82,13 +124,20 @@ class Accounts:
     """Sign-up, sign-in and sessions over one connection pool."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[Any], secret: str, ttl: float, limits: Limits
+        self,
+        pool: AsyncConnectionPool[Any],
+        secret: str,
+        ttl: float,
+        limits: Limits,
+        recent: RecentSessions | None = None,
     ) -> None:
         self.pool = pool
         self.ttl = ttl
         self.limits = limits
         self._serializer = URLSafeTimedSerializer(secret, salt=TOKEN_SALT)
         self._sync_serializer = URLSafeTimedSerializer(secret, salt=SYNC_TOKEN_SALT)
+        self.recent = RecentSessions() if recent is None else recent
+        """Sessions that passed a sync request's check (see :meth:`sync_principal`)."""
 
     # -- sign-up and sign-in -----------------------------------------------------------------
 
@@ -209,26 +258,45 @@ class Accounts:
 
     async def principal(self, token: str) -> Principal | None:
         """The user of a valid (signed, unexpired, unrevoked) session token, else None."""
-        return await self._session(self._serializer, token)
+        session_id = self._session_id(self._serializer, token)
+        if session_id is None:
+            return None
+        found = await self._session(session_id)
+        return None if found is None else found[0]
 
     async def sync_principal(self, token: str) -> Principal | None:
-        """The user of a valid session or sync token, else None."""
-        return await self._session(self._sync_serializer, token) or await self.principal(token)
+        """The user of a valid session or sync token, else None; a session checked in the
+        last :data:`SYNC_SESSION_MEMORY` seconds (and not signed out since) is not read again."""
+        session_id = self._session_id(self._sync_serializer, token) or self._session_id(
+            self._serializer, token
+        )
+        if session_id is None:
+            return None
+        known = self.recent.get(session_id)
+        if known is not None:
+            return known
+        found = await self._session(session_id)
+        if found is None:
+            return None
+        self.recent.remember(*found)
+        return found[0]
 
-    async def _session(self, serializer: URLSafeTimedSerializer, token: str) -> Principal | None:
+    def _session_id(self, serializer: URLSafeTimedSerializer, token: str) -> uuid.UUID | None:
         try:
-            payload = serializer.loads(token, max_age=math.ceil(self.ttl))
-            session_id = uuid.UUID(str(payload))
+            return uuid.UUID(str(serializer.loads(token, max_age=math.ceil(self.ttl))))
         except (BadData, ValueError):
             return None
+
+    async def _session(self, session_id: uuid.UUID) -> tuple[Principal, datetime] | None:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
-                "SELECT u.id, u.name FROM burn_private.sessions s JOIN users u ON u.id = s.user_id"
+                "SELECT u.id, u.name, s.expires_at FROM burn_private.sessions s"
+                " JOIN users u ON u.id = s.user_id"
                 " WHERE s.id = %s AND s.revoked_at IS NULL AND s.expires_at > now()",
                 (session_id,),
             )
             row = await cursor.fetchone()
-        return None if row is None else Principal(row[0], row[1], session_id)
+        return None if row is None else (Principal(row[0], row[1], session_id), row[2])
 
     async def sign_out(self, principal: Principal) -> None:
         """Revoke the session: its token is refused from now on.
@@ -246,6 +314,7 @@ class Accounts:
             await conn.execute(
                 "SELECT pg_notify(%s, %s)", (SIGN_OUT_CHANNEL, str(principal.session_id))
             )
+        self.recent.forget(principal.session_id)
 
 
 def _verify(stored: str, password: str) -> bool:

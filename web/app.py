@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from syncd.routes import ShapeRoutes
 from web import bodies, writes
-from web.accounts import Accounts, Limits, NewSession, Principal
+from web.accounts import Accounts, Limits, NewSession, Principal, RecentSessions
 from web.config import Settings
 from web.errors import NO_STORE, ApiError, api_error_handler, not_found, unauthorized
 from web.openapi import document
@@ -56,7 +56,11 @@ class Backend:
     """The app's state: settings, pool, accounts, sign-out hooks."""
 
     def __init__(
-        self, settings: Settings, pool: AsyncConnectionPool[Any], hooks: Sequence[SignOutHook]
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[Any],
+        hooks: Sequence[SignOutHook],
+        recent: RecentSessions | None = None,
     ) -> None:
         assert settings.secret is not None, "a secret is needed to sign session tokens"
         self.settings = settings
@@ -67,7 +71,7 @@ class Backend:
             per_client=settings.sign_in_client_limit,
             sign_ups_per_client=settings.sign_up_client_limit,
         )
-        self.accounts = Accounts(pool, settings.secret, settings.session_ttl, limits)
+        self.accounts = Accounts(pool, settings.secret, settings.session_ttl, limits, recent)
         self.on_sign_out = list(hooks)
 
 
@@ -338,9 +342,11 @@ def create_app(
     """
     owned = pool is None
     the_pool = open_pool(settings) if pool is None else pool
+    recent = RecentSessions()
     sync = SyncRoutes(
         shape_routes or ShapeRoutes(settings.syncd_url, secret=settings.syncd_secret),
         sync_user,
+        recent,
     )
     assert settings.database_url is not None
     listener = SignOutListener(settings.database_url, sync)
@@ -368,7 +374,7 @@ def create_app(
             httpx.TransportError: _syncd_unavailable,
         },
     )
-    app.state.backend = Backend(settings, the_pool, [sync.on_sign_out, *on_sign_out])
+    app.state.backend = Backend(settings, the_pool, [sync.on_sign_out, *on_sign_out], recent)
     app.state.sync = sync
     app.state.sign_out_listener = listener
     return app

@@ -22,9 +22,11 @@ on the ``burn_sign_out`` channel; each process LISTENs on it (:class:`SignOutLis
 the session's live requests off: a waiting long-poll answers 409 ``must-refetch`` and an SSE
 stream ends, and the client's next request is a 401. A request that passed its session check
 just before the revocation may register after the first cut-off, so each cut-off is repeated
-after short grace periods. While the LISTEN connection is down notifications are lost: after
-reconnecting, the sessions seen with live requests are checked against the database and the
-revoked ones are cut off.
+after short grace periods; each cut-off also forgets the session among the recently checked ones
+(:class:`web.accounts.RecentSessions`), so its next request is read from the database. While
+the LISTEN connection is down notifications are lost: after reconnecting, every remembered
+session is forgotten, and the sessions seen with live requests are checked against the database
+and the revoked ones are cut off.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syncd.routes import ShapeRoutes, ShapeScope
-from web.accounts import SIGN_OUT_CHANNEL, Principal
+from web.accounts import SIGN_OUT_CHANNEL, Principal, RecentSessions
 from web.errors import unauthorized
 
 log = logging.getLogger("web.sync")
@@ -106,9 +108,15 @@ Authenticate = Callable[[Request], Awaitable[Principal | None]]
 class SyncRoutes:
     """The sync routes of one web process: the relay to syncd and the cut-off of sessions."""
 
-    def __init__(self, shape_routes: ShapeRoutes, authenticate: Authenticate) -> None:
+    def __init__(
+        self,
+        shape_routes: ShapeRoutes,
+        authenticate: Authenticate,
+        recent: RecentSessions | None = None,
+    ) -> None:
         self.shape_routes = shape_routes
         self.authenticate = authenticate
+        self.recent = RecentSessions() if recent is None else recent
         self._live_sessions: set[str] = set()
         self._prune_at = PRUNE_AT
         self._pending: set[asyncio.Task[None]] = set()
@@ -140,6 +148,7 @@ class SyncRoutes:
 
     def cut_off(self, session_id: str) -> int:
         """End the session's live requests now, and again after each grace period."""
+        self._forget(session_id)
         ended = self.shape_routes.cut_off(session_id)
         self._live_sessions.discard(session_id)
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to repeat
@@ -153,7 +162,12 @@ class SyncRoutes:
         for delay in CUT_OFF_GRACE:
             await asyncio.sleep(delay - waited)
             waited = delay
+            self._forget(session_id)
             self.shape_routes.cut_off(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.recent.forget(uuid.UUID(session_id))
 
     async def on_sign_out(self, principal: Principal) -> None:
         """The ``on_sign_out`` hook of :func:`web.app.create_app`."""
@@ -200,6 +214,7 @@ class SignOutListener:
                     self.database_url, autocommit=True, application_name=LISTENER_NAME
                 ) as conn:
                     await conn.execute(f"LISTEN {SIGN_OUT_CHANNEL}")
+                    self.sync.recent.forget_all()  # sign-outs may have been missed
                     await self.sync.cut_off_revoked(conn)
                     self.listening.set()
                     failures = 0

@@ -357,3 +357,9 @@ async def test_sign_out_cuts_off_after_the_listen_connection_was_dropped(stack: 
     await asyncio.to_thread(stack.sign_out, alice, 1)
     answer = await asyncio.wait_for(request, 2 * WAIT)
     assert answer.status_code in (401, 409), answer.text
+    # the session was remembered as valid in process 0; it is not trusted after the reconnect
+    async with httpx.AsyncClient() as client:
+        again = await client.get(
+            stack.url("events"), params={"offset": "-1"}, headers=alice.headers
+        )
+    assert again.status_code == 401
