@@ -63,7 +63,7 @@ tracked under :attr:`ShapeScope.key`. Cutting a key off ends them at once:
 
 from __future__ import annotations
 
-import itertools
+import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import urlencode
@@ -91,13 +91,15 @@ from syncd.route_headers import (
 from syncd.route_relay import (
     FORWARDED_REQUEST_HEADERS,
     HOP_BY_HOP,
-    UPSTREAM_CLIENTS,
+    AiohttpUpstream,
+    HttpxUpstream,
     Tracker,
+    Upstream,
+    UpstreamUnavailable,
     cut_off_response,
     first_response,
     relay,
-    upstream_clients,
-    upstream_headers,
+    upstream_unavailable,
 )
 from syncd.route_scope import (
     Authorize,
@@ -110,18 +112,20 @@ from syncd.route_scope import (
     upstream_query,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_ALLOWED_HEADERS",
     "DEFAULT_VARY",
     "ETAG_SEPARATOR",
     "FORWARDED_REQUEST_HEADERS",
     "HOP_BY_HOP",
-    "UPSTREAM_CLIENTS",
     "Authorize",
     "Mutation",
     "Narrowed",
     "ShapeRoutes",
     "ShapeScope",
+    "UpstreamUnavailable",
     "apply_mutations",
     "narrow",
     "private_cache_control",
@@ -137,8 +141,9 @@ class ShapeRoutes:
 
     ``upstream`` is the syncd base URL (``http://host:port``); ``secret`` is added to every
     upstream request as ``?secret=`` when the upstream runs with one. Without ``client``, the
-    routes make their own clients (:data:`UPSTREAM_CLIENTS`, no connection limit); a ``client``
-    given is used for every request, with its own limits, and closed by :meth:`aclose`.
+    routes make their own HTTP client (aiohttp, no connection limit); an ``httpx`` ``client``
+    given is used for every request instead, with its own limits, and closed by :meth:`aclose`.
+    An upstream that cannot be reached is a 503 with ``Retry-After: 1`` (clients retry it).
 
     Browsers on other origins may call the routes only from ``allowed_origins`` (none by
     default; ``"*"`` for any, without credentials), sending ``allowed_headers``; with
@@ -160,8 +165,7 @@ class ShapeRoutes:
     ) -> None:
         self.shape_url = upstream.rstrip("/") + "/v1/shape"
         self.secret = secret
-        self._clients = [client] if client is not None else upstream_clients()
-        self._turn = itertools.cycle(self._clients)
+        self._upstream: Upstream = AiohttpUpstream() if client is None else HttpxUpstream(client)
         self._tracker = Tracker()
         origins = frozenset(allowed_origins)
         self._cors = Cors(origins, tuple(h.lower() for h in allowed_headers), allow_credentials)
@@ -199,9 +203,8 @@ class ShapeRoutes:
         return len(events)
 
     async def aclose(self) -> None:
-        """Close the upstream HTTP clients (the one given too)."""
-        for client in self._clients:
-            await client.aclose()
+        """Close the upstream HTTP client (the one given too)."""
+        await self._upstream.aclose()
 
     async def serve(self, request: Request, table: str, authorize: Authorize) -> Response:
         """One request: authorize, narrow, forward, stream back."""
@@ -218,7 +221,11 @@ class ShapeRoutes:
             return self._finish(request, bad_request(exc.errors()), tag)
         except BadBody as exc:
             return self._finish(request, json_response(exc.body, 400, cache="no-store"), tag)
-        upstream = await self._forward(request, narrowed, scope, tag)
+        try:
+            upstream = await self._forward(request, narrowed, scope, tag)
+        except UpstreamUnavailable as exc:
+            log.warning("upstream syncd unavailable: %s", exc)
+            return self._finish(request, upstream_unavailable(), tag)
         if isinstance(upstream, Response):
             return self._finish(request, upstream, tag)
         response, body = upstream
@@ -236,15 +243,12 @@ class ShapeRoutes:
             if validators is not None:
                 headers["if-none-match"] = validators
         headers["accept-encoding"] = "identity"
-        client = next(self._turn)
-        method = "HEAD" if request.method == "HEAD" else "GET"
-        upstream_request = client.build_request(
-            method, self.shape_url, params=urlencode(query), headers=headers
-        )
         key = scope.key if narrowed.live else None
         cut = self._tracker.register(key)
         try:
-            sending = client.send(upstream_request, stream=True)
+            sending = self._upstream.send(
+                self.shape_url, urlencode(query), headers, head=request.method == "HEAD"
+            )
             upstream = await first_response(sending, cut, request)
         except BaseException:
             self._tracker.unregister(key, cut)
@@ -253,7 +257,7 @@ class ShapeRoutes:
             self._tracker.unregister(key, cut)
             return cut_off_response()
         body = relay(upstream, cut, lambda: self._tracker.unregister(key, cut))
-        headers = upstream_headers(upstream)
+        headers = upstream.headers
         if request.method == "POST":
             headers["cache-control"] = "no-cache"
         return {"status_code": upstream.status_code, "headers": headers}, body

@@ -29,7 +29,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -288,11 +287,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, exc.detail).response()
 
 
-async def _syncd_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("syncd unavailable: %r", exc)
-    return ApiError(503, "Sync is unavailable", headers={"retry-after": "1"}).response()
-
-
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
     return ApiError(503, "The database is unavailable", headers={"retry-after": "1"}).response()
@@ -371,7 +365,6 @@ def create_app(
             HTTPException: _http_error,
             psycopg.OperationalError: _database_unavailable,
             PoolTimeout: _database_unavailable,
-            httpx.TransportError: _syncd_unavailable,
         },
     )
     app.state.backend = Backend(settings, the_pool, [sync.on_sign_out, *on_sign_out], recent)

@@ -728,9 +728,9 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
     try:
         closed = asyncio.Event()
 
-        async def sending() -> httpx.Response:
+        async def sending() -> route_relay.UpstreamAnswer:
             await closed.wait()
-            raise httpx.ConnectError("upstream closed")
+            raise route_relay.UpstreamUnavailable("upstream closed")
 
         request = Request({"type": "http", "method": "GET", "headers": []}, _idle_receive)
         waiting = asyncio.ensure_future(
@@ -745,8 +745,12 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
         assert not _unretrieved(errors)
 
         closed = asyncio.Event()
-        upstream = httpx.Response(200, stream=_ClosingUpstream(closed))
-        relay = route_relay.relay(upstream, asyncio.Event(), lambda: None)
+        breaking = httpx.MockTransport(
+            lambda _r: httpx.Response(200, stream=_ClosingUpstream(closed))
+        )
+        upstream = route_relay.HttpxUpstream(httpx.AsyncClient(transport=breaking))
+        answer = await upstream.send("http://syncd/v1/shape", "offset=-1", {}, head=False)
+        relay = route_relay.relay(answer, asyncio.Event(), lambda: None)
         reading = asyncio.ensure_future(anext(relay))
         await asyncio.sleep(0.01)
         closed.set()
@@ -755,5 +759,6 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
             await reading
         await asyncio.sleep(0.01)
         assert not _unretrieved(errors)
+        await upstream.aclose()
     finally:
         loop.set_exception_handler(None)

@@ -46,10 +46,30 @@ async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
         await the_pool.close()
 
 
-def client_for(app: Starlette, address: str = "127.0.0.1") -> httpx.AsyncClient:
+class AppClient(httpx.AsyncClient):
+    """An httpx client calling an app in-process; as a context manager it also runs the app's
+    lifespan (the sign-out listener, and closing the relay to syncd on the way out)."""
+
+    def __init__(self, app: Starlette, address: str) -> None:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        super().__init__(transport=transport, base_url="http://testserver")
+        self._lifespan = app.router.lifespan_context(app)
+
+    async def __aenter__(self) -> AppClient:
+        await self._lifespan.__aenter__()
+        await super().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            await self._lifespan.__aexit__(*exc_info)
+
+
+def client_for(app: Starlette, address: str = "127.0.0.1") -> AppClient:
     """An httpx client calling ``app`` in-process, as if from ``address``."""
-    transport = httpx.ASGITransport(app=app, client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    return AppClient(app, address)
 
 
 @pytest.fixture
