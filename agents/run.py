@@ -81,7 +81,12 @@ async def run_worker(env: Mapping[str, str] | None = None) -> None:
     pool = open_pool(database_url_from_env(env))
     await pool.open(wait=True, timeout=30)
     llm = LlmClient(llm_settings_from_env(env))
-    client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=65.0))
+    # Each followed shape holds a connection (three per thread, plus users and memberships):
+    # no connection limit, or a worker on more than a few dozen threads would starve its own.
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, read=65.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
     worker = Worker(pool, syncd_url + "/v1/shape", client, llm, settings)
     task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()

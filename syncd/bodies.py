@@ -20,7 +20,7 @@ from starlette.types import Send
 
 from shapes import messages
 from shapes.offset import LogOffset
-from syncd.shape_state import ShapeState, wait_briefly
+from syncd.shape_state import ShapeState, Wakeup, wait_briefly
 from syncd.storage import ReadPlan, ShapeLog
 
 log = logging.getLogger("syncd.http")
@@ -148,7 +148,7 @@ async def live_sse_events(
     shape: ShapeState,
     offset: LogOffset,
     release: Callable[[], None],
-    closing: asyncio.Future[None],
+    closing: Wakeup,
     *,
     piece_bytes: int,
     duration: float,

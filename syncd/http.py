@@ -83,7 +83,7 @@ from syncd.responses import (
     preflight,
     unavailable,
 )
-from syncd.shape_state import ShapeState, wait_briefly
+from syncd.shape_state import ShapeState, Wakeup, wait_briefly
 from syncd.storage import ReadPlan
 
 __all__ = [
@@ -155,7 +155,7 @@ class ShapeApi:
         self.engine = engine
         self.settings = settings
         self.health = health
-        self._closing_future: asyncio.Future[None] | None = None
+        self._closing_wakeup = Wakeup()
         self.admission = Admission(
             {
                 "initial": settings.max_initial_requests,
@@ -399,18 +399,14 @@ class ShapeApi:
             gone.cancel()
         return ReadPlan(None, offset, offset)
 
-    def _closing(self) -> asyncio.Future[None]:
-        """Resolved by :meth:`release_live_requests`."""
-        if self._closing_future is None:
-            self._closing_future = asyncio.get_running_loop().create_future()
-        return self._closing_future
+    def _closing(self) -> Wakeup:
+        """Set by :meth:`release_live_requests`."""
+        return self._closing_wakeup
 
     def release_live_requests(self) -> None:
         """Answer every held long-poll now and end every SSE stream (for shutting down), so
         that the server can stop without cancelling handlers."""
-        closing = self._closing()
-        if not closing.done():
-            closing.set_result(None)
+        self._closing_wakeup.set()
 
     # -- responses -----------------------------------------------------------------------------
 
