@@ -39,7 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from syncd.daemon import ReplicationFailed, Syncd, event_loop_factory, raise_open_file_limit
+    from syncd.daemon import (
+        ReplicationFailed,
+        Syncd,
+        event_loop_factory,
+        raise_open_file_limit,
+        tune_garbage_collector,
+    )
     from syncd.errors import SlotConflict
 
     try:
@@ -50,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raised = raise_open_file_limit()
     if raised is not None:
         log.info("open file limit raised from %d to %d", *raised)
+    tune_garbage_collector()
     try:
         with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
             with asyncio.Runner(loop_factory=new_loop) as runner:

@@ -29,6 +29,7 @@ def _migrate(settings: Settings) -> int:
 def _serve(settings: Settings) -> int:
     import uvicorn
 
+    from syncd.daemon import tune_garbage_collector
     from web.app import create_app
     from web.ui_static import mount_ui
 
@@ -37,6 +38,7 @@ def _serve(settings: Settings) -> int:
         return 2
     app = create_app(settings)
     mount_ui(app)
+    tune_garbage_collector()
     uvicorn.run(
         app,
         host=settings.host,
