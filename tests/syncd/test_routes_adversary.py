@@ -762,3 +762,22 @@ async def test_a_request_cut_short_while_the_upstream_fails_leaves_no_unretrieve
         await upstream.aclose()
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_an_unreachable_upstream_is_a_503_the_clients_retry() -> None:
+    """Nothing listens on the upstream's port: every route answers 503 with ``Retry-After``
+    and a JSON message, privately and never cached; live requests leave no tracked entry."""
+    routes = ShapeRoutes(f"http://127.0.0.1:{free_port()}")
+    transport = httpx.ASGITransport(starlette_app(routes))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for params in ({"offset": "-1"}, {"offset": "0_0", "handle": "h", "live": "true"}):
+                answer = await client.get("/a", params=params, headers=bearer("alice"))
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "1"
+                assert answer.json()["message"] == "Sync is unavailable"
+                assert "private" in answer.headers["cache-control"]
+                assert "no-store" in answer.headers["cache-control"]
+        assert routes.live_requests("alice") == 0
+    finally:
+        await routes.aclose()
