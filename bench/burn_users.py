@@ -52,7 +52,7 @@ from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
 from shapes.client import Shape, ShapeDefinition, ShapeStream
 from shapes.client.stream import LiveMode
-from syncd.daemon import event_loop_factory
+from syncd.daemon import event_loop_factory, tune_garbage_collector
 
 SHAPES = ("threads", "memberships", "events", "users", "facts")
 SECRET = secrets.token_urlsafe(32)
@@ -446,6 +446,9 @@ def run_burn_users(options: BurnOptions) -> None:
     if options.users < options.threads or options.threads < 1:
         raise ValueError("--users must be at least --burn-threads, and that positive")
     raise_open_file_limit()
+    # the subscribers stand for a thousand separate clients: their shared heap must not make
+    # every collection in this process scan all of them
+    tune_garbage_collector()
     with bench_database("burn_users", keep=options.keep) as db:
         syncd = _Daemon(
             db.dsn, db.base / "storage", "syncd_burn_users", None, db.base / "syncd.log"
