@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import jiter
 
 from agents import turns
-from agents.context import ThreadState, render
+from agents.context import ThreadState, encode_sorted, render
 from agents.decide import Call, Idle, Rules, Skip, Wait, decide
 from agents.faults import crash_point
 from agents.leases import Lease, LeaseLost, Pool
@@ -227,8 +226,8 @@ class Agent:
         invalid = 0
         while True:
             request = self.request(state, correction)
-            params = request_params(request, self.llm.settings)
-            estimate = len(json.dumps(params)) // 3 + self.llm.settings.max_tokens
+            encoded = encode_sorted(request_params(request, self.llm.settings))
+            estimate = len(encoded) // 3 + self.llm.settings.max_tokens
             await self.check_lease()
             try:
                 claim = await turns.claim(
@@ -238,7 +237,7 @@ class Agent:
                     call.trigger_seq,
                     frontier,
                     estimate,
-                    turns.request_hash(params),
+                    turns.request_hash(encoded),
                     self.settings.budget,
                 )
             except turns.RateLimited as limited:

@@ -31,7 +31,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -68,6 +68,9 @@ class EventRow:
     data: Mapping[str, Any]
     at: float = 0.0
     """``inserted_at`` as seconds since the epoch (used for debouncing, not rendered)."""
+    data_json: bytes | None = field(default=None, compare=False, repr=False)
+    """``data`` as JSON with sorted keys, when the reader knows it is JSON (a jsonb column):
+    the key of the remembered block, so rendering need not encode it again."""
 
 
 @dataclass(frozen=True)
@@ -190,16 +193,19 @@ def event_block_cached(event: EventRow, users: Mapping[uuid.UUID, UserRow]) -> s
     and a thread's events do not change. The key is everything the block depends on: the
     event, its data as sorted JSON and its author. Data that JSON does not carry exactly (not
     the case for rows read from Postgres) is rendered afresh."""
-    try:
-        data = _encode_sorted(event.data)
-    except (TypeError, ValueError):
-        return event_block(event, users)
-    if msgspec.json.decode(data) != event.data:
-        return event_block(event, users)
+    data = event.data_json
+    if data is None:
+        try:
+            data = encode_sorted(event.data)
+        except (TypeError, ValueError):
+            return event_block(event, users)
+        if msgspec.json.decode(data) != event.data:
+            return event_block(event, users)
     return _event_block_of(event.id, event.user_id, event.kind, data, users.get(event.user_id))
 
 
-_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+encode_sorted = msgspec.json.Encoder(order="sorted").encode
+"""JSON with sorted keys (bytes)."""
 
 
 @functools.lru_cache(maxsize=50_000)
@@ -225,6 +231,12 @@ def facts_block(facts: Sequence[FactRow], limit: int) -> str | None:
     if not facts or limit <= 0:
         return None
     newest = sorted(facts, key=lambda f: (f.inserted_at_order, str(f.id)))[-limit:]
+    return _facts_block_of(tuple(newest))
+
+
+@functools.lru_cache(maxsize=4096)
+def _facts_block_of(newest: tuple[FactRow, ...]) -> str:
+    """The block of these facts, remembered: most calls render the same newest facts."""
     entries = [
         {
             "subject": str(f.subject_id),

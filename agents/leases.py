@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[Any]
@@ -202,13 +202,23 @@ async def fence(conn: Connection, lease: Lease) -> int:
     Raises:
         LeaseLost: the lease was taken over, stopped or quarantined (roll back).
     """
-    cursor = await conn.execute(
+    cursor = await fence_query(conn, lease)
+    return check_fence(await cursor.fetchone(), lease)
+
+
+async def fence_query(conn: Connection, lease: Lease) -> AsyncCursor[Any]:
+    """Send the fence without waiting for its answer (in a pipeline); :func:`check_fence` the
+    row before anything else of the transaction is relied on."""
+    return await conn.execute(
         "UPDATE agents.leases SET updated_at = now()"
         " WHERE thread_id = %s AND agent_id = %s AND worker = %s AND epoch = %s"
         " AND status = 'active' RETURNING position",
         (lease.key.thread_id, lease.key.agent_id, lease.worker, lease.epoch),
     )
-    row = await cursor.fetchone()
+
+
+def check_fence(row: tuple[Any, ...] | None, lease: Lease) -> int:
+    """The stored position, or :class:`LeaseLost` when the fence matched no row."""
     if row is None:
         raise LeaseLost(f"lease of {lease.key} under epoch {lease.epoch} is gone")
     return int(row[0])

@@ -19,6 +19,7 @@ import httpx
 from agents import leases
 from agents.leases import AgentKey, Pool
 from agents.personas import PERSONAS
+from agents.view import LIVE_MODE
 from shapes.client import Batch, ShapeDefinition, ShapeRegistry
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class Supervisor:
         self.registry = registry
 
     async def run(self) -> None:
-        shape = self.registry.get(self.url, agent_memberships(), client=self.client)
+        shape = self.registry.get(
+            self.url, agent_memberships(), client=self.client, live_mode=LIVE_MODE
+        )
         changes = shape.changes()
         try:
             async for batch in changes:

@@ -27,14 +27,14 @@ and the turn records the input position the agent acted on (``trigger_seq``, ``i
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncCursor
 from psycopg.types.json import Jsonb
 
-from agents.leases import Connection, Lease, Pool, advance, fence
+from agents.leases import Connection, Lease, Pool, advance, check_fence, fence, fence_query
 from agents.llm import LlmFailure, LlmReply, ToolUseBlock
 from agents.tools import ExtractFacts, ToolCall
 
@@ -54,8 +54,9 @@ def fact_id(turn: uuid.UUID, index: int) -> uuid.UUID:
     return uuid.uuid5(EFFECTS, f"fact:{turn}:{index}")
 
 
-def request_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+def request_hash(encoded: bytes) -> str:
+    """The hash recorded for a call: of its parameters as JSON with sorted keys."""
+    return hashlib.sha256(encoded).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,28 +106,34 @@ async def set_status(pool: Pool, lease: Lease, state: str, reason: str = "") -> 
         await _set_status(conn, lease, state, reason)
 
 
-async def _reserve(
+async def _budget_row(
     conn: Connection, thread: uuid.UUID, estimate: int, limits: BudgetLimits
-) -> None:
+) -> AsyncCursor[Any]:
+    """Queue the reading (and locking) of the thread's budget, made on first use."""
     await conn.execute(
         "INSERT INTO agents.budgets (thread_id, token_cap, calls_per_minute) VALUES (%s, %s, %s)"
         " ON CONFLICT (thread_id) DO NOTHING",
         (thread, limits.token_cap, limits.calls_per_minute),
     )
-    cursor = await conn.execute(
+    return await conn.execute(
         "SELECT spent + reserved + %s <= token_cap,"
         " window_start > now() - interval '1 minute' AND calls_in_window >= calls_per_minute,"
         " extract(epoch FROM window_start + interval '1 minute' - now())"
         " FROM agents.budgets WHERE thread_id = %s FOR UPDATE",
         (estimate, thread),
     )
-    row = await cursor.fetchone()
+
+
+def _check_budget(row: tuple[Any, ...] | None, estimate: int) -> None:
     assert row is not None
     affordable, throttled, retry_in = row
     if not affordable:
         raise OverBudget(f"the thread's token budget cannot cover {estimate} more tokens")
     if throttled:
         raise RateLimited(max(float(retry_in), 0.05))
+
+
+async def _reserve(conn: Connection, thread: uuid.UUID, estimate: int) -> None:
     await conn.execute(
         "UPDATE agents.budgets SET reserved = reserved + %s,"
         " calls_in_window = CASE WHEN window_start <= now() - interval '1 minute' THEN 1"
@@ -150,31 +157,38 @@ async def claim(
 ) -> Claim:
     """Transaction A: create or find the turn, reserve its budget and record the call as sent.
 
+    It sits between a person's message and the agent's call, so it is sent as a pipeline: two
+    round trips to the database (the statements that decide, then the writes and the commit).
+
     Raises:
         LeaseLost, OverBudget, RateLimited: nothing was written.
     """
     turn = turn_id(lease.key.agent_id, trigger_event_id)
-    async with pool.connection() as conn, conn.transaction():
-        await fence(conn, lease)
+    thread = lease.key.thread_id
+    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+        fenced = await fence_query(conn, lease)
         # a half-streamed reply of an earlier, unfinished attempt is stale now
         await conn.execute(
             "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
             _key(lease),
         )
-        cursor = await conn.execute(
+        found = await conn.execute(
             "INSERT INTO agents.turns (id, thread_id, agent_id, trigger_event_id, trigger_seq,"
             " input_lsn, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, updated_at = now()"
             " RETURNING status, reply, reserved_tokens",
             (turn, *_key(lease), trigger_event_id, trigger_seq, input_lsn, lease.epoch),
         )
-        row = await cursor.fetchone()
+        budget = await _budget_row(conn, thread, estimate, limits)
+        check_fence(await fenced.fetchone(), lease)
+        row = await found.fetchone()
         assert row is not None
         status, reply, reserved = str(row[0]), row[1], int(row[2])
         if status != "calling":
             return Claim(turn, status, None, reply)
         if reserved == 0:
-            await _reserve(conn, lease.key.thread_id, estimate, limits)
+            _check_budget(await budget.fetchone(), estimate)
+            await _reserve(conn, thread, estimate)
         call = uuid.uuid4()
         await conn.execute(
             "UPDATE agents.turns SET attempts = attempts + 1, reserved_tokens = %s WHERE id = %s",

@@ -32,17 +32,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
-from agents.context import EventRow, FactRow, MembershipRow, ThreadState, UserRow
-from shapes.client import Batch, Shape, ShapeDefinition, ShapeRegistry, ShapeStream
+from agents.context import EventRow, FactRow, MembershipRow, ThreadState, UserRow, encode_sorted
+from shapes.client import Batch, LiveMode, Shape, ShapeDefinition, ShapeRegistry, ShapeStream
+
+T = TypeVar("T")
+
+LIVE_MODE: LiveMode = "sse"
+"""How the view follows its shapes: one Server-Sent Events response per shape, so a change
+costs no new request."""
 
 PROBE_PAUSE = 0.05
 """Seconds between probes of a shape whose probe brought changes the live stream must deliver."""
+
+
+class ParsedRows(Generic[T]):
+    """A shape's rows parsed into typed values, each parsed once per change of the row.
+
+    :class:`TrackedShape` tells it which keys each batch touched; :meth:`current` parses just
+    those again (an agent reads its whole thread before every decision, and a thread's rows
+    rarely change)."""
+
+    def __init__(self, shape: Shape, parse: Callable[[dict[str, Any]], T | None]) -> None:
+        self._shape = shape
+        self._parse = parse
+        self._values: dict[str, T] = {}
+        self._stale: set[str] | None = None
+        """Keys changed since the last :meth:`current`; ``None``: every row."""
+
+    def forget(self, key: str) -> None:
+        if self._stale is not None:
+            self._stale.add(key)
+
+    def forget_all(self) -> None:
+        self._stale = None
+
+    def current(self) -> dict[str, T]:
+        """The parsed rows now (the same dict, updated in place: copy what must not change)."""
+        rows = self._shape.rows
+        if self._stale is None:
+            self._values.clear()
+            stale: Iterable[str] = rows
+        else:
+            stale = self._stale
+        for key in stale:
+            row = rows.get(key)
+            value = None if row is None else self._parse(row)
+            if value is None:
+                self._values.pop(key, None)
+            else:
+                self._values[key] = value
+        self._stale = set()
+        return self._values
 
 
 class TrackedShape:
@@ -52,6 +98,9 @@ class TrackedShape:
         self.shape = shape
         self.frontier = 0
         self.lsn_of: dict[str, int] = {}
+        self.version = 0
+        """Counts the batches applied: a reader that saw the same version saw the same rows."""
+        self._parsed: list[ParsedRows[Any]] = []
         self._listeners: list[Callable[[], None]] = []
         if on_batch is not None:
             self._listeners.append(on_batch)
@@ -66,19 +115,33 @@ class TrackedShape:
 
         return stop
 
+    def parsed(self, parse: Callable[[dict[str, Any]], T | None]) -> ParsedRows[T]:
+        """The shape's rows as ``parse`` makes them, kept in step with every batch (a row is
+        parsed again only when a change names it; ``None`` leaves a row out)."""
+        rows = ParsedRows(self.shape, parse)
+        self._parsed.append(rows)
+        return rows
+
     def _on_batch(self, batch: Batch) -> None:
+        self.version += 1
         for message in batch:
             headers = message.get("headers", {})
             control = headers.get("control")
             if control == "must-refetch":
                 self.frontier = 0
                 self.lsn_of.clear()
+                for parsed in self._parsed:
+                    parsed.forget_all()
             elif control == "up-to-date":
                 seen = headers.get("global_last_seen_lsn")
                 if seen is not None:
                     self.frontier = max(self.frontier, int(seen))
-            elif "lsn" in headers and "key" in message:
-                self.lsn_of[message["key"]] = int(headers["lsn"])
+            elif "key" in message:
+                key = message["key"]
+                for parsed in self._parsed:
+                    parsed.forget(key)
+                if "lsn" in headers:
+                    self.lsn_of[key] = int(headers["lsn"])
         for listener in list(self._listeners):
             listener()
 
@@ -134,12 +197,26 @@ def _seconds(value: Any) -> float:
         return 0.0
 
 
-def user_rows(rows: dict[str, dict[str, Any]]) -> dict[uuid.UUID, UserRow]:
-    users = {}
-    for row in rows.values():
-        user = UserRow(_uuid(row["id"]), str(row["name"]), str(row["kind"]))
-        users[user.id] = user
-    return users
+def user_row(row: dict[str, Any]) -> UserRow:
+    return UserRow(_uuid(row["id"]), str(row["name"]), str(row["kind"]))
+
+
+class UserDirectory:
+    """The worker's one ``users`` shape, shared by all its thread views: the users by id,
+    built once per change of the shape (a worker may run agents in thousands of threads)."""
+
+    def __init__(self, tracked: TrackedShape) -> None:
+        self.tracked = tracked
+        self._parsed = tracked.parsed(user_row)
+        self._version = -1
+        self._by_id: dict[uuid.UUID, UserRow] = {}
+
+    def by_id(self) -> dict[uuid.UUID, UserRow]:
+        """The users now; a new dict after every change (a state read earlier keeps its own)."""
+        if self._version != self.tracked.version:
+            self._by_id = {user.id: user for user in self._parsed.current().values()}
+            self._version = self.tracked.version
+        return self._by_id
 
 
 def event_row(row: dict[str, Any]) -> EventRow:
@@ -151,7 +228,13 @@ def event_row(row: dict[str, Any]) -> EventRow:
         kind=str(row["kind"]),
         data=data if isinstance(data, dict) else {},
         at=_seconds(row.get("inserted_at")),
+        data_json=encode_sorted(data) if isinstance(data, dict) else b"{}",
     )
+
+
+def final_event_row(row: dict[str, Any]) -> EventRow | None:
+    """The event of a row, unless it is a reply still being streamed (not yet said)."""
+    return event_row(row) if row.get("status", "final") == "final" else None
 
 
 def fact_row(row: dict[str, Any]) -> FactRow:
@@ -168,6 +251,10 @@ def fact_row(row: dict[str, Any]) -> FactRow:
     )
 
 
+def membership_row(row: dict[str, Any]) -> MembershipRow:
+    return MembershipRow(_uuid(row["user_id"]), str(row["role"]))
+
+
 class ThreadView:
     """The shapes of one thread, shared by the agents a worker runs on it."""
 
@@ -177,21 +264,27 @@ class ThreadView:
         url: str,
         client: httpx.AsyncClient,
         registry: ShapeRegistry,
-        users: TrackedShape,
+        users: UserDirectory,
     ) -> None:
         self.thread_id = thread_id
-        self._parsed_events: dict[str, tuple[tuple[Any, ...], EventRow]] = {}
         self.url = url
         self.client = client
         self.users = users
         self.shapes = {
-            name: TrackedShape(registry.get(url, definition, client=client), self._changed)
+            name: TrackedShape(
+                registry.get(url, definition, client=client, live_mode=LIVE_MODE), self._changed
+            )
             for name, definition in thread_definitions(thread_id).items()
         }
-        self._stop_users = users.listen(self._changed)
+        self._events = self.shapes["events"].parsed(final_event_row)
+        self._memberships = self.shapes["memberships"].parsed(membership_row)
+        self._facts = self.shapes["facts"].parsed(fact_row)
+        self._stop_users = users.tracked.listen(self._changed)
         self._wakes: set[asyncio.Event] = set()
+        self._state: ThreadState | None = None
 
     def _changed(self) -> None:
+        self._state = None
         for wake in self._wakes:
             wake.set()
 
@@ -204,13 +297,16 @@ class ThreadView:
     def drop_wake_event(self, wake: asyncio.Event) -> None:
         self._wakes.discard(wake)
 
+    def _tracked(self) -> tuple[TrackedShape, ...]:
+        return (*self.shapes.values(), self.users.tracked)
+
     async def wait_ready(self) -> None:
         """Wait until every shape has caught up with the server once."""
-        for tracked in (*self.shapes.values(), self.users):
+        for tracked in self._tracked():
             await tracked.shape.wait_until_up_to_date(timeout=None)
 
     def failure(self) -> BaseException | None:
-        for tracked in (*self.shapes.values(), self.users):
+        for tracked in self._tracked():
             if tracked.shape.error is not None:
                 return tracked.shape.error
         return None
@@ -230,37 +326,24 @@ class ThreadView:
             if not lagging:
                 return self.frontier
             for tracked in lagging:
-                error = tracked.shape.error
-                if error is not None:
-                    raise error
-                if tracked.frontier < lsn and not await tracked.probe(self.url, self.client):
-                    await asyncio.sleep(PROBE_PAUSE)
+                if tracked.shape.error is not None:
+                    raise tracked.shape.error
+            complete = await asyncio.gather(*(t.probe(self.url, self.client) for t in lagging))
+            if not all(complete):
+                await asyncio.sleep(PROBE_PAUSE)
 
     def state(self) -> ThreadState:
-        """The thread's rows now; final events only (a reply being streamed is not yet said)."""
-        events = self._final_events()
-        memberships = [
-            MembershipRow(_uuid(row["user_id"]), str(row["role"]))
-            for row in self.shapes["memberships"].shape.rows.values()
-        ]
-        facts = [fact_row(row) for row in self.shapes["facts"].shape.rows.values()]
-        return ThreadState(user_rows(self.users.shape.rows), memberships, events, facts)
+        """The thread's rows now; final events only (a reply being streamed is not yet said).
 
-    def _final_events(self) -> list[EventRow]:
-        """The final events as :class:`EventRow` s, each parsed once while its row is unchanged
-        (the agent reads the whole thread on every decision)."""
-        parsed: dict[str, tuple[tuple[Any, ...], EventRow]] = {}
-        events: list[EventRow] = []
-        for key, row in self.shapes["events"].shape.rows.items():
-            if row.get("status", "final") != "final":
-                continue
-            values = tuple(row.values())  # the cache holds them: compared by identity first
-            known = self._parsed_events.get(key)
-            event = known[1] if known is not None and known[0] == values else event_row(row)
-            parsed[key] = (values, event)
-            events.append(event)
-        self._parsed_events = parsed
-        return events
+        The same object until the next batch of any of the view's shapes."""
+        if self._state is None:
+            self._state = ThreadState(
+                self.users.by_id(),
+                list(self._memberships.current().values()),
+                list(self._events.current().values()),
+                list(self._facts.current().values()),
+            )
+        return self._state
 
     async def close(self) -> None:
         self._stop_users()

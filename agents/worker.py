@@ -42,7 +42,7 @@ from agents.leases import AgentKey, Lease, LeaseLost, Pool
 from agents.llm import LlmClient
 from agents.personas import PERSONAS
 from agents.supervisor import Supervisor
-from agents.view import ThreadView, TrackedShape
+from agents.view import LIVE_MODE, ThreadView, TrackedShape, UserDirectory
 from shapes.client import ShapeDefinition, ShapeRegistry
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Worker:
         self.registry = ShapeRegistry()
         self.running: dict[AgentKey, Running] = {}
         self.views: dict[uuid.UUID, tuple[ThreadView, int]] = {}
-        self.users: TrackedShape | None = None
+        self.users: UserDirectory | None = None
 
     @property
     def worker_id(self) -> str:
@@ -92,8 +92,10 @@ class Worker:
 
     async def run(self) -> None:
         """Run until cancelled; then stop the agents and give their leases back."""
-        users = self.registry.get(self.shape_url, ShapeDefinition.of("users"), client=self.client)
-        self.users = TrackedShape(users)
+        users = self.registry.get(
+            self.shape_url, ShapeDefinition.of("users"), client=self.client, live_mode=LIVE_MODE
+        )
+        self.users = UserDirectory(TrackedShape(users))
         supervisor = Supervisor(self.pool, self.shape_url, self.client, self.registry)
         try:
             async with asyncio.TaskGroup() as group:
@@ -102,7 +104,7 @@ class Worker:
                 group.create_task(self._heartbeat())
         finally:
             await self._shutdown()
-            self.users.close()
+            self.users.tracked.close()
             await users.close()
 
     async def _supervise(self, supervisor: Supervisor) -> None:
