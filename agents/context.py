@@ -231,25 +231,25 @@ def facts_block(facts: Sequence[FactRow], limit: int) -> str | None:
     if not facts or limit <= 0:
         return None
     newest = sorted(facts, key=lambda f: (f.inserted_at_order, str(f.id)))[-limit:]
-    return _facts_block_of(tuple(newest))
+    lines = [f"{INDENT}facts:"]
+    for fact in newest:
+        lines.extend(_fact_lines(fact))
+    return "\n".join(["<facts>", *lines, "</facts>"])
 
 
-@functools.lru_cache(maxsize=4096)
-def _facts_block_of(newest: tuple[FactRow, ...]) -> str:
-    """The block of these facts, remembered: most calls render the same newest facts."""
-    entries = [
-        {
-            "subject": str(f.subject_id),
-            "predicate": f.predicate,
-            "object": f.object,
-            "category": f.category,
-            "confidence": round(float(f.confidence), 2),
-            "disputed": f.disputed,
-            "source_event": str(f.source_event_id),
-        }
-        for f in newest
-    ]
-    return block("facts", {"facts": entries})
+@functools.lru_cache(maxsize=50_000)
+def _fact_lines(fact: FactRow) -> tuple[str, ...]:
+    """One fact's lines in the facts block, remembered (a fact never changes; new ones come)."""
+    entry = {
+        "subject": str(fact.subject_id),
+        "predicate": fact.predicate,
+        "object": fact.object,
+        "category": fact.category,
+        "confidence": round(float(fact.confidence), 2),
+        "disputed": fact.disputed,
+        "source_event": str(fact.source_event_id),
+    }
+    return tuple(entry_lines("-", entry, 2))
 
 
 def visible_events(events: Iterable[EventRow]) -> list[EventRow]:

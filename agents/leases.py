@@ -1,22 +1,29 @@
 """Leases on agents, kept in Postgres: which worker runs which (thread, agent), under which epoch.
 
 Theory of operation. An agent is a row of ``agents.leases`` keyed by (thread, agent user). A
-worker *acquires* rows that are active and unheld or expired, with ``FOR UPDATE SKIP LOCKED`` so
-that workers never block each other, and every grant increments ``epoch``: the epoch is the
-fencing token. The holder *renews* its rows (heartbeat) well within the TTL; a renewal that
-matches no row means the lease is gone (taken over, stopped, quarantined) and the agent must
-stop. Every write an agent makes starts with :func:`fence` inside the write's transaction: an
-``UPDATE ... WHERE worker = me AND epoch = mine RETURNING`` that both checks the token and
-locks the row, so a concurrent takeover is ordered before or after the whole write. A worker
-that was paused past its lease (GC, SIGSTOP, a network partition) therefore writes nothing
-once another worker has taken over: its fence matches 0 rows and its transaction rolls back.
+lease is *held* by the worker it names while that worker is live: its row in
+``agents.workers`` has not expired. Each worker keeps its own row current (a heartbeat every
+scan), so an idle worker running thousands of agents writes one row per heartbeat, not one
+per agent. A worker *acquires* rows that are active and unheld (no worker, or a worker whose
+row expired or is gone), with ``FOR UPDATE SKIP LOCKED`` so that workers never block each
+other, and every grant increments ``epoch``: the epoch is the fencing token. Every write an
+agent makes starts with :func:`fence` inside the write's transaction: an ``UPDATE ... WHERE
+worker = me AND epoch = mine RETURNING`` that both checks the token and locks the row, so a
+concurrent takeover is ordered before or after the whole write. A worker that was paused past
+its heartbeat (GC, SIGSTOP, a network partition) therefore writes nothing once another worker
+has taken over: its fence matches 0 rows and its transaction rolls back.
+
+A worker learns that it lost leases in two ways: its heartbeat finds its row expired (it then
+checks every lease it runs with :func:`still_held`), and it checks them all regularly anyway
+(an agent stopped because its membership was deleted, or changed by hand).
 
 Expiry uses the database clock only (``now()`` in short autocommit statements), so the clocks
 of the workers never matter for safety. Session advisory locks are not used: they belong to a
 connection, which a pool or a proxy may share or drop, and they give no token to check.
 
-Workers announce themselves in ``agents.workers``; a worker takes at most its fair share
-(active agents divided by live workers, rounded up) so that several workers split the agents.
+A worker takes at most its fair share (active agents divided by live workers, rounded up) so
+that several workers split the agents, and prefers the threads it already runs agents of (a
+worker follows each thread's shapes once for all its agents there).
 """
 
 from __future__ import annotations
@@ -58,16 +65,24 @@ class LeaseLost(Exception):
     """The lease is no longer held under this epoch: the agent must stop writing."""
 
 
-async def register_worker(pool: Pool, worker: str, ttl: float) -> None:
-    """Announce (or keep announcing) a live worker."""
+async def register_worker(pool: Pool, worker: str, ttl: float) -> bool:
+    """Announce a live worker, or keep it announced (its heartbeat).
+
+    Returns True when the worker was live until now; False when it is new or its row had
+    expired (other workers may have taken its leases meanwhile).
+    """
     async with pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO agents.workers (id, heartbeat_at, expires_at)"
+        cursor = await conn.execute(
+            "WITH before AS (SELECT expires_at > now() AS live FROM agents.workers WHERE id = %s)"
+            " INSERT INTO agents.workers (id, heartbeat_at, expires_at)"
             " VALUES (%s, now(), now() + make_interval(secs => %s))"
             " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(),"
-            " expires_at = excluded.expires_at",
-            (worker, ttl),
+            " expires_at = excluded.expires_at"
+            " RETURNING coalesce((SELECT live FROM before), false)",
+            (worker, worker, ttl),
         )
+        row = await cursor.fetchone()
+    return bool(row and row[0])
 
 
 async def unregister_worker(pool: Pool, worker: str) -> None:
@@ -103,7 +118,7 @@ async def stop_agents(pool: Pool, keys: Iterable[AgentKey], reason: str) -> None
             "WITH doomed AS (SELECT l.thread_id, l.agent_id FROM agents.leases l"
             "  JOIN unnest(%s::uuid[], %s::uuid[]) AS k(thread_id, agent_id)"
             "  USING (thread_id, agent_id) ORDER BY l.thread_id, l.agent_id FOR UPDATE OF l)"
-            " UPDATE agents.leases l SET status = 'stopped', worker = NULL, expires_at = NULL,"
+            " UPDATE agents.leases l SET status = 'stopped', worker = NULL,"
             " updated_at = now() FROM doomed d"
             " WHERE l.thread_id = d.thread_id AND l.agent_id = d.agent_id",
             (threads, agents),
@@ -137,22 +152,36 @@ async def fair_share(pool: Pool) -> int:
     return -(-active // workers)
 
 
-async def acquire(pool: Pool, worker: str, ttl: float, limit: int) -> list[Lease]:
-    """Take up to ``limit`` claimable agents (active, unheld or expired, not backing off)."""
+_UNHELD = (
+    "(l.worker IS NULL OR NOT EXISTS (SELECT 1 FROM agents.workers w"
+    " WHERE w.id = l.worker AND w.expires_at > now()))"
+)
+"""SQL: the lease row ``l`` has no live holder."""
+
+
+async def acquire(pool: Pool, worker: str, limit: int) -> list[Lease]:
+    """Take up to ``limit`` claimable agents (active, unheld, not backing off), whole threads
+    together, those of threads this worker already runs first. A worker that is not live
+    (see :func:`register_worker`) takes none."""
     if limit <= 0:
         return []
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            "WITH claimable AS ("
-            "  SELECT thread_id, agent_id FROM agents.leases"
-            "  WHERE status = 'active' AND (worker IS NULL OR expires_at < now())"
-            "  AND coalesce(next_attempt_at, '-infinity') <= now()"
-            "  ORDER BY expires_at NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " UPDATE agents.leases l SET worker = %s, epoch = l.epoch + 1, heartbeat_at = now(),"
-            "  expires_at = now() + make_interval(secs => %s), updated_at = now()"
+            "WITH mine AS (SELECT DISTINCT thread_id FROM agents.leases"
+            "  WHERE worker = %s AND status = 'active'),"
+            " claimable AS ("
+            "  SELECT l.thread_id, l.agent_id FROM agents.leases l"
+            f"  WHERE l.status = 'active' AND {_UNHELD}"
+            "  AND coalesce(l.next_attempt_at, '-infinity') <= now()"
+            "  AND EXISTS (SELECT 1 FROM agents.workers w WHERE w.id = %s"
+            "   AND w.expires_at > now())"
+            "  ORDER BY l.thread_id IN (SELECT thread_id FROM mine) DESC, l.thread_id, l.agent_id"
+            "  LIMIT %s FOR UPDATE OF l SKIP LOCKED)"
+            " UPDATE agents.leases l SET worker = %s, epoch = l.epoch + 1, granted_at = now(),"
+            "  updated_at = now()"
             " FROM claimable c WHERE l.thread_id = c.thread_id AND l.agent_id = c.agent_id"
             " RETURNING l.thread_id, l.agent_id, l.epoch, l.position, l.position_lsn",
-            (limit, worker, ttl),
+            (worker, worker, limit, worker),
         )
         rows = await cursor.fetchall()
     return [
@@ -161,8 +190,8 @@ async def acquire(pool: Pool, worker: str, ttl: float, limit: int) -> list[Lease
     ]
 
 
-async def renew(pool: Pool, worker: str, leases: Sequence[Lease], ttl: float) -> set[AgentKey]:
-    """Extend the leases still held under their epoch; returns the keys renewed."""
+async def still_held(pool: Pool, worker: str, leases: Sequence[Lease]) -> set[AgentKey]:
+    """The keys of ``leases`` this worker still holds under their epoch (read only)."""
     if not leases:
         return set()
     threads = [lease.key.thread_id for lease in leases]
@@ -170,17 +199,12 @@ async def renew(pool: Pool, worker: str, leases: Sequence[Lease], ttl: float) ->
     epochs = [lease.epoch for lease in leases]
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            "WITH held AS (SELECT l.thread_id, l.agent_id FROM agents.leases l"
-            "  JOIN unnest(%s::uuid[], %s::uuid[], %s::bigint[]) AS mine(thread_id, agent_id, ep)"
-            "  ON l.thread_id = mine.thread_id AND l.agent_id = mine.agent_id"
-            "  AND l.epoch = mine.ep"
-            "  WHERE l.worker = %s AND l.status = 'active'"
-            "  ORDER BY l.thread_id, l.agent_id FOR UPDATE OF l)"
-            " UPDATE agents.leases l SET heartbeat_at = now(),"
-            " expires_at = now() + make_interval(secs => %s)"
-            " FROM held WHERE l.thread_id = held.thread_id AND l.agent_id = held.agent_id"
-            " RETURNING l.thread_id, l.agent_id",
-            (threads, agents, epochs, worker, ttl),
+            "SELECT l.thread_id, l.agent_id FROM agents.leases l"
+            " JOIN unnest(%s::uuid[], %s::uuid[], %s::bigint[]) AS mine(thread_id, agent_id, ep)"
+            " ON l.thread_id = mine.thread_id AND l.agent_id = mine.agent_id"
+            " AND l.epoch = mine.ep"
+            " WHERE l.worker = %s AND l.status = 'active'",
+            (threads, agents, epochs, worker),
         )
         rows = await cursor.fetchall()
     return {AgentKey(t, a) for t, a in rows}
@@ -190,9 +214,29 @@ async def release(pool: Pool, lease: Lease) -> None:
     """Give a lease back (a graceful stop): another worker may take it at once."""
     async with pool.connection() as conn:
         await conn.execute(
-            "UPDATE agents.leases SET worker = NULL, expires_at = NULL, updated_at = now()"
+            "UPDATE agents.leases SET worker = NULL, updated_at = now()"
             " WHERE thread_id = %s AND agent_id = %s AND worker = %s AND epoch = %s",
             (lease.key.thread_id, lease.key.agent_id, lease.worker, lease.epoch),
+        )
+
+
+async def release_all(pool: Pool, leases: Sequence[Lease]) -> None:
+    """Give leases back in one statement (a worker stopping or shedding load)."""
+    if not leases:
+        return
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE agents.leases l SET worker = NULL, updated_at = now()"
+            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::bigint[])"
+            "  AS mine(thread_id, agent_id, worker, epoch)"
+            " WHERE l.thread_id = mine.thread_id AND l.agent_id = mine.agent_id"
+            " AND l.worker = mine.worker AND l.epoch = mine.epoch",
+            (
+                [lease.key.thread_id for lease in leases],
+                [lease.key.agent_id for lease in leases],
+                [lease.worker for lease in leases],
+                [lease.epoch for lease in leases],
+            ),
         )
 
 

@@ -28,14 +28,13 @@ import os
 import signal
 from collections.abc import Mapping
 
-import httpx
-
 from agents.agent import AgentSettings
 from agents.decide import Rules
 from agents.llm import LlmClient
 from agents.settings import SettingsError, _integer, _number, llm_settings_from_env
 from agents.turns import BudgetLimits
 from agents.worker import Worker, WorkerSettings, open_pool
+from shapes.client import AiohttpTransport
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +80,10 @@ async def run_worker(env: Mapping[str, str] | None = None) -> None:
     pool = open_pool(database_url_from_env(env))
     await pool.open(wait=True, timeout=30)
     llm = LlmClient(llm_settings_from_env(env))
-    # Each followed shape holds a connection (three per thread, plus users and memberships):
-    # no connection limit, or a worker on more than a few dozen threads would starve its own.
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, read=65.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-    )
-    worker = Worker(pool, syncd_url + "/v1/shape", client, llm, settings)
+    # Each followed shape holds a connection (three per thread, plus users and memberships),
+    # with no limit on their number; aiohttp, since a worker may follow thousands of shapes.
+    transport = AiohttpTransport()
+    worker = Worker(pool, syncd_url + "/v1/shape", transport, llm, settings)
     task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -97,7 +93,7 @@ async def run_worker(env: Mapping[str, str] | None = None) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     finally:
-        await client.aclose()
+        await transport.aclose()
         await llm.aclose()
         await pool.close()
         logger.info("worker %s stopped", settings.worker_id)

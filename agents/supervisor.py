@@ -14,13 +14,11 @@ import logging
 import uuid
 from collections.abc import Iterable
 
-import httpx
-
 from agents import leases
 from agents.leases import AgentKey, Pool
 from agents.personas import PERSONAS
 from agents.view import LIVE_MODE
-from shapes.client import Batch, ShapeDefinition, ShapeRegistry
+from shapes.client import Batch, ShapeDefinition, ShapeRegistry, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +45,15 @@ def membership_changes(batch: Batch) -> tuple[list[AgentKey], list[AgentKey]]:
 
 
 class Supervisor:
-    def __init__(
-        self, pool: Pool, url: str, client: httpx.AsyncClient, registry: ShapeRegistry
-    ) -> None:
+    def __init__(self, pool: Pool, url: str, transport: Transport, registry: ShapeRegistry) -> None:
         self.pool = pool
         self.url = url
-        self.client = client
+        self.transport = transport
         self.registry = registry
 
     async def run(self) -> None:
         shape = self.registry.get(
-            self.url, agent_memberships(), client=self.client, live_mode=LIVE_MODE
+            self.url, agent_memberships(), transport=self.transport, live_mode=LIVE_MODE
         )
         changes = shape.changes()
         try:

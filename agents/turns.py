@@ -440,7 +440,7 @@ async def halt(pool: Pool, lease: Lease, state: str, reason: str) -> None:
     async with pool.connection() as conn, conn.transaction():
         await fence(conn, lease)
         await conn.execute(
-            "UPDATE agents.leases SET status = 'quarantined', worker = NULL, expires_at = NULL,"
+            "UPDATE agents.leases SET status = 'quarantined', worker = NULL,"
             " updated_at = now() WHERE thread_id = %s AND agent_id = %s",
             _key(lease),
         )

@@ -36,10 +36,16 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-import httpx
-
 from agents.context import EventRow, FactRow, MembershipRow, ThreadState, UserRow, encode_sorted
-from shapes.client import Batch, LiveMode, Shape, ShapeDefinition, ShapeRegistry, ShapeStream
+from shapes.client import (
+    Batch,
+    LiveMode,
+    Shape,
+    ShapeDefinition,
+    ShapeRegistry,
+    ShapeStream,
+    Transport,
+)
 
 T = TypeVar("T")
 
@@ -145,7 +151,7 @@ class TrackedShape:
         for listener in list(self._listeners):
             listener()
 
-    async def probe(self, url: str, client: httpx.AsyncClient) -> bool:
+    async def probe(self, url: str, transport: Transport) -> bool:
         """Ask the server, without waiting, how far this shape is complete; True when the
         shape holds everything the answer covers (the frontier then moves to its position)."""
         stream = self.shape.stream
@@ -157,7 +163,7 @@ class TrackedShape:
             handle=stream.handle,
             offset=stream.offset,
             live=False,
-            client=client,
+            transport=transport,
             parse_values=False,
         )
         async for batch in probe:
@@ -262,17 +268,18 @@ class ThreadView:
         self,
         thread_id: uuid.UUID,
         url: str,
-        client: httpx.AsyncClient,
+        transport: Transport,
         registry: ShapeRegistry,
         users: UserDirectory,
     ) -> None:
         self.thread_id = thread_id
         self.url = url
-        self.client = client
+        self.transport = transport
         self.users = users
         self.shapes = {
             name: TrackedShape(
-                registry.get(url, definition, client=client, live_mode=LIVE_MODE), self._changed
+                registry.get(url, definition, transport=transport, live_mode=LIVE_MODE),
+                self._changed,
             )
             for name, definition in thread_definitions(thread_id).items()
         }
@@ -328,7 +335,7 @@ class ThreadView:
             for tracked in lagging:
                 if tracked.shape.error is not None:
                     raise tracked.shape.error
-            complete = await asyncio.gather(*(t.probe(self.url, self.client) for t in lagging))
+            complete = await asyncio.gather(*(t.probe(self.url, self.transport) for t in lagging))
             if not all(complete):
                 await asyncio.sleep(PROBE_PAUSE)
 

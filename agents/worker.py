@@ -3,20 +3,24 @@
 Theory of operation. Three loops share one event loop:
 
 - the supervisor (:mod:`agents.supervisor`) keeps the lease rows in step with the memberships;
-- the *scan* registers the worker as live and acquires claimable agents up to its fair share,
-  every ``scan_interval`` seconds, starting one task per agent it gets; a worker above its
-  share (another worker started) gives back the excess, idle agents first;
-- the *heartbeat* renews every held lease each ``ttl / 4`` seconds. A lease it fails to renew
-  (taken over, stopped, quarantined) has its agent cancelled. The local deadline of a lease is
-  the time the renewal was *sent* plus ``ttl`` minus a margin: the agent starts no call or
-  write after it, and its writes are fenced in the database in any case.
+- the *heartbeat* keeps the worker's row in ``agents.workers`` live every ``ttl / 4`` seconds:
+  while it is, every lease naming the worker is held (:mod:`agents.leases`). The local
+  deadline of the leases is the time the heartbeat was *sent* plus ``ttl`` minus a margin: the
+  agents start no call or write after it, and their writes are fenced in the database in any
+  case. When the heartbeat finds the row had expired, and every ``check_interval`` seconds
+  anyway, it asks which of its leases it still holds and cancels the agents of the others
+  (taken over, stopped, quarantined) before it moves the deadline on;
+- the *scan* acquires claimable agents up to the worker's fair share, every
+  ``scan_interval`` seconds, starting one task per agent it gets (whole threads together: the
+  agents of a thread share one :class:`~agents.view.ThreadView`); a worker above its share
+  (another worker started) gives back the excess, idle threads first.
 
 An agent task that fails (anything but losing its lease or halting itself) counts a failure on
 its lease row, gives the lease back with ``next_attempt_at`` set after an exponential backoff
 (so any worker restarts it later), and after ``max_failures`` in a row quarantines it. One
 agent's failure never touches another's task.
 
-A dead worker's leases expire after ``ttl``; a live worker's next scan takes them, so its agents
+A dead worker's row expires after ``ttl``; a live worker's next scan takes its agents, so they
 move within ``ttl + scan_interval`` seconds.
 """
 
@@ -32,7 +36,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -43,7 +46,7 @@ from agents.llm import LlmClient
 from agents.personas import PERSONAS
 from agents.supervisor import Supervisor
 from agents.view import LIVE_MODE, ThreadView, TrackedShape, UserDirectory
-from shapes.client import ShapeDefinition, ShapeRegistry
+from shapes.client import ShapeDefinition, ShapeRegistry, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class WorkerSettings:
     max_agents: int = 100_000
     lease_margin: float = 0.5
     """Seconds before the lease's end at which the worker stops starting calls and writes."""
+    check_interval: float = 3.0
+    """Seconds between checks that every lease the worker runs is still its own."""
     agent: AgentSettings = field(default_factory=AgentSettings)
 
 
@@ -64,7 +69,6 @@ class Running:
     lease: Lease
     agent: Agent
     task: asyncio.Task[None]
-    valid_until: float
 
 
 class Worker:
@@ -72,19 +76,22 @@ class Worker:
         self,
         pool: Pool,
         shape_url: str,
-        client: httpx.AsyncClient,
+        transport: Transport,
         llm: LlmClient,
         settings: WorkerSettings,
     ) -> None:
         self.pool = pool
         self.shape_url = shape_url
-        self.client = client
+        self.transport = transport
         self.llm = llm
         self.settings = settings
         self.registry = ShapeRegistry()
         self.running: dict[AgentKey, Running] = {}
         self.views: dict[uuid.UUID, tuple[ThreadView, int]] = {}
         self.users: UserDirectory | None = None
+        self.valid_until = 0.0
+        """Local deadline of every lease this worker holds (``time.monotonic()``)."""
+        self._next_check = 0.0
 
     @property
     def worker_id(self) -> str:
@@ -93,11 +100,16 @@ class Worker:
     async def run(self) -> None:
         """Run until cancelled; then stop the agents and give their leases back."""
         users = self.registry.get(
-            self.shape_url, ShapeDefinition.of("users"), client=self.client, live_mode=LIVE_MODE
+            self.shape_url,
+            ShapeDefinition.of("users"),
+            transport=self.transport,
+            live_mode=LIVE_MODE,
         )
         self.users = UserDirectory(TrackedShape(users))
-        supervisor = Supervisor(self.pool, self.shape_url, self.client, self.registry)
+        supervisor = Supervisor(self.pool, self.shape_url, self.transport, self.registry)
         try:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await self._heartbeat_once()  # live before the first scan
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._supervise(supervisor))
                 group.create_task(self._scan())
@@ -124,8 +136,7 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await entry.task
         with contextlib.suppress(Exception):
-            for entry in running:
-                await leases.release(self.pool, entry.lease)
+            await leases.release_all(self.pool, [entry.lease for entry in running])
             await leases.unregister_worker(self.pool, self.worker_id)
 
     async def _scan(self) -> None:
@@ -137,26 +148,28 @@ class Worker:
             await asyncio.sleep(self.settings.scan_interval)
 
     async def _scan_once(self) -> None:
-        ttl = self.settings.lease_ttl
-        await leases.register_worker(self.pool, self.worker_id, ttl)
         share = min(await leases.fair_share(self.pool), self.settings.max_agents)
-        sent = time.monotonic()
         wanted = share - len(self.running)
         if wanted < 0:
             await self._shed(-wanted)
             return
-        for lease in await leases.acquire(self.pool, self.worker_id, ttl, wanted):
-            self._start(lease, sent + ttl - self.settings.lease_margin)
+        for lease in await leases.acquire(self.pool, self.worker_id, wanted):
+            self._start(lease)
 
     async def _shed(self, count: int) -> None:
-        """Give back ``count`` agents (idle ones first) when more workers share the load."""
-        entries = sorted(self.running.values(), key=lambda e: e.agent.busy)[:count]
+        """Give back ``count`` agents when more workers share the load: idle threads first,
+        whole threads where the count allows."""
+        threads: dict[uuid.UUID, list[Running]] = {}
+        for entry in self.running.values():
+            threads.setdefault(entry.lease.key.thread_id, []).append(entry)
+        ordered = sorted(threads.values(), key=lambda group: any(e.agent.busy for e in group))
+        entries = [entry for group in ordered for entry in group][:count]
         for entry in entries:
             entry.task.cancel()
         for entry in entries:
             with contextlib.suppress(BaseException):
                 await entry.task
-            await leases.release(self.pool, entry.lease)
+        await leases.release_all(self.pool, [entry.lease for entry in entries])
 
     async def _heartbeat(self) -> None:
         while True:
@@ -167,21 +180,24 @@ class Worker:
                 logger.warning("heartbeat failed (retrying): %r", error)
 
     async def _heartbeat_once(self) -> None:
-        ttl = self.settings.lease_ttl
-        held = [entry.lease for entry in self.running.values()]
         sent = time.monotonic()
-        renewed = await leases.renew(self.pool, self.worker_id, held, ttl)
+        was_live = await leases.register_worker(self.pool, self.worker_id, self.settings.lease_ttl)
+        if not was_live or sent >= self._next_check:
+            await self._check_leases()
+            self._next_check = sent + self.settings.check_interval
+        self.valid_until = sent + self.settings.lease_ttl - self.settings.lease_margin
+
+    async def _check_leases(self) -> None:
+        """Cancel the agents whose leases are no longer this worker's."""
+        held = [entry.lease for entry in self.running.values()]
+        kept = await leases.still_held(self.pool, self.worker_id, held)
         for lease in held:
             entry = self.running.get(lease.key)
-            if entry is None or entry.lease is not lease:
-                continue
-            if lease.key in renewed:
-                entry.valid_until = sent + ttl - self.settings.lease_margin
-            else:
+            if entry is not None and entry.lease is lease and lease.key not in kept:
                 logger.info("lost the lease of %s: stopping it", lease.key)
                 entry.task.cancel()
 
-    def _start(self, lease: Lease, valid_until: float) -> None:
+    def _start(self, lease: Lease) -> None:
         persona = PERSONAS.get(lease.key.agent_id)
         if persona is None or lease.key in self.running:
             return
@@ -189,11 +205,12 @@ class Worker:
 
         def lease_valid() -> bool:
             entry = self.running.get(lease.key)
-            return entry is not None and time.monotonic() < entry.valid_until
+            held = entry is not None and entry.lease is lease
+            return held and time.monotonic() < self.valid_until
 
         agent = Agent(lease, persona, view, self.pool, self.llm, self.settings.agent, lease_valid)
         task = asyncio.create_task(agent.run(), name=f"agent {lease.key}")
-        self.running[lease.key] = Running(lease, agent, task, valid_until)
+        self.running[lease.key] = Running(lease, agent, task)
         task.add_done_callback(lambda done: asyncio.ensure_future(self._finished(lease, done)))
 
     def _view(self, thread_id: uuid.UUID) -> ThreadView:
@@ -202,7 +219,7 @@ class Worker:
             view, count = self.views[thread_id]
             self.views[thread_id] = (view, count + 1)
             return view
-        view = ThreadView(thread_id, self.shape_url, self.client, self.registry, self.users)
+        view = ThreadView(thread_id, self.shape_url, self.transport, self.registry, self.users)
         self.views[thread_id] = (view, 1)
         return view
 

@@ -59,7 +59,7 @@ def test_nothing_imports_agents(top: str) -> None:
 
 
 IO_EXEMPT = ROOT / "shapes" / "client"
-"""The async shape client: the one part of ``shapes`` allowed to do I/O (httpx, asyncio)."""
+"""The async shape client: the one part of ``shapes`` allowed to do I/O (HTTP, asyncio)."""
 
 
 def test_pure_core_does_no_io() -> None:

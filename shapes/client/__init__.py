@@ -1,8 +1,8 @@
 """The async Python shape client: the I/O part of the ``shapes`` layer.
 
 Layer: ``shapes`` — but unlike the rest of ``shapes``, which is pure, this sub-package does I/O
-(``httpx`` and ``asyncio``); ``tests/test_layers.py`` exempts it, and only it, from the no-I/O
-rule. It still imports nothing outside ``shapes``.
+(``httpx`` or ``aiohttp``, and ``asyncio``); ``tests/test_layers.py`` exempts it, and only it,
+from the no-I/O rule. It still imports nothing outside ``shapes``.
 
 - :class:`ShapeStream` speaks the HTTP shape protocol (``protocol.md``) and yields batches of
   messages, each ending with ``up-to-date``; a 409 yields a lone ``must-refetch`` batch.
@@ -21,8 +21,13 @@ from shapes.client.stream import (
     backoff_delay,
     retry_after_seconds,
 )
+from shapes.client.transport import AiohttpTransport, HttpxTransport, Transport, TransportFailure
 
 __all__ = [
+    "AiohttpTransport",
+    "HttpxTransport",
+    "Transport",
+    "TransportFailure",
     "Batch",
     "Changes",
     "LiveMode",

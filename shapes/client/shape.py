@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from shapes.client.stream import Batch, LiveMode, Message, ShapeDefinition, ShapeStream
+from shapes.client.transport import Transport
 from shapes.materialise import MaterialisedShape
 from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
 from shapes.xid import XID_SPACE, Snapshot
@@ -234,13 +235,17 @@ class _Closed(RuntimeError):
 
 
 _RegistryKey = tuple[
-    str, ShapeDefinition, LiveMode, tuple[tuple[str, str], ...], httpx.AsyncClient | None
+    str,
+    ShapeDefinition,
+    LiveMode,
+    tuple[tuple[str, str], ...],
+    httpx.AsyncClient | Transport | None,
 ]
 
 
 class ShapeRegistry:
     """Shares one :class:`Shape` (and one HTTP stream) per request: the same URL, definition,
-    live mode, headers and client.
+    live mode, headers and client (or transport).
 
     Headers are part of the key because they usually carry the caller's credentials: two
     callers who authenticate differently may be allowed different rows, so they never share.
@@ -263,17 +268,25 @@ class ShapeRegistry:
         live_mode: LiveMode = "long-poll",
         headers: dict[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
+        transport: Transport | None = None,
     ) -> Shape:
         """The running shared shape for this request, started if new; ``close()`` it."""
         header_items = tuple(sorted((k.lower(), v) for k, v in (headers or {}).items()))
-        key: _RegistryKey = (url, definition, live_mode, header_items, client)
+        key: _RegistryKey = (url, definition, live_mode, header_items, transport or client)
         if key in self._shapes:
             shape, count = self._shapes[key]
             if shape.is_running:
                 self._shapes[key] = (shape, count + 1)
                 return shape
             del self._shapes[key]
-        stream = ShapeStream(url, definition, live_mode=live_mode, headers=headers, client=client)
+        stream = ShapeStream(
+            url,
+            definition,
+            live_mode=live_mode,
+            headers=headers,
+            client=client,
+            transport=transport,
+        )
         shape = Shape(stream)
 
         def release() -> bool:

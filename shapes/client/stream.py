@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from shapes.client.sse import SseDecoder
+from shapes.client.transport import HttpxTransport, Transport, TransportFailure
 from shapes.errors import InvalidRequest
 from shapes.offset import LogOffset, parse_offset
 from shapes.values import parse_row, parse_schema
@@ -191,6 +192,7 @@ class ShapeStream:
         headers: Mapping[str, str] | None = None,
         client: httpx.AsyncClient | None = None,
         parse_values: bool = True,
+        transport: Transport | None = None,
     ) -> None:
         self.url = url
         self.definition = definition
@@ -201,10 +203,13 @@ class ShapeStream:
         self.live_mode = live_mode
         self.parse_values = parse_values
         self._headers = dict(headers or {})
-        self._own_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=65.0), verify=shared_tls_context()
-        )
+        if transport is None:
+            own = client is None
+            client = client or httpx.AsyncClient(
+                timeout=httpx.Timeout(10.0, read=65.0), verify=shared_tls_context()
+            )
+            transport = HttpxTransport(client, owned=own)
+        self._transport = transport
         self._cursor = ""
         self._up_to_date = False
         self._last_change = _resumed_change(offset)
@@ -224,8 +229,8 @@ class ShapeStream:
     async def aclose(self) -> None:
         """Close the HTTP client if this stream created it."""
         self._closed = True
-        if self._own_client:
-            await self._client.aclose()
+        if isinstance(self._transport, HttpxTransport):
+            await self._transport.aclose()
 
     async def __aenter__(self) -> ShapeStream:
         return self
@@ -279,8 +284,9 @@ class ShapeStream:
                             yield batch
                     handle, offset = self.handle, self.offset
                     continue
-                response = await self._client.get(self.url, params=query, headers=self._headers)
-            except httpx.TransportError:
+                async with self._transport.get(self.url, query, self._headers) as answer:
+                    response = Reply(answer.status, answer.headers, await answer.read(), answer.url)
+            except TransportFailure:
                 await self._back_off(0.0)
                 continue
             except _Refetch as refetch:
@@ -324,7 +330,7 @@ class ShapeStream:
         self.handle, self.offset = refetch.handle, "-1"
         return refetch.handle
 
-    async def _is_stale_copy(self, response: httpx.Response) -> bool:
+    async def _is_stale_copy(self, response: Reply) -> bool:
         """True (after backing off, with a new ``cache-buster``) for a 200 carrying an expired
         handle: a cached copy from before a 409.
 
@@ -336,7 +342,7 @@ class ShapeStream:
         self._stale_copies += 1
         if self._stale_copies > MAX_STALE_COPIES:
             body = {"message": "only stale cached responses with an expired handle"}
-            raise ShapeRequestError(502, body, str(response.url))
+            raise ShapeRequestError(502, body, response.url)
         self._cache_buster = _cache_buster()
         await self._back_off(0.0)
         return True
@@ -345,9 +351,9 @@ class ShapeStream:
         await asyncio.sleep(backoff_delay(self._attempt, minimum))
         self._attempt += 1
 
-    async def _check(self, response: httpx.Response) -> list[Message] | None:
+    async def _check(self, response: Reply) -> list[Message] | None:
         """The messages of a 200; ``None`` after backing off for a retryable failure."""
-        status = response.status_code
+        status = response.status
         if status == 409:
             self._reset()
             raise _Refetch(response.headers.get("electric-handle"))
@@ -355,7 +361,7 @@ class ShapeStream:
             await self._back_off(retry_after_seconds(response.headers.get("retry-after")))
             return None
         if status >= 400:
-            raise ShapeRequestError(status, _body(response), str(response.url))
+            raise ShapeRequestError(status, _body(response), response.url)
         self._attempt = 0
         if status == 204:
             return [{"headers": {"control": "up-to-date"}}]
@@ -363,7 +369,7 @@ class ShapeStream:
             self.schema = parse_schema(response.headers["electric-schema"])
         parsed = _body(response)  # the text when it is not JSON: not a list either
         if not isinstance(parsed, list):
-            raise ShapeRequestError(status, parsed, str(response.url))
+            raise ShapeRequestError(status, parsed, response.url)
         return parsed
 
     def _reset(self) -> None:
@@ -393,11 +399,11 @@ class ShapeStream:
         """One SSE connection: yield each batch up to an ``up-to-date``, then return."""
         started = time.monotonic()
         headers = dict(self._headers, accept="text/event-stream")
-        async with self._client.stream("GET", self.url, params=query, headers=headers) as response:
-            if response.status_code != 200:
-                await response.aread()
-                await self._check(response)  # raises or backs off
-                return
+        async with self._transport.get(self.url, query, headers) as response:
+            if response.status != 200:
+                body = await response.read()
+                await self._check(Reply(response.status, response.headers, body, response.url))
+                return  # _check raised or backed off
             self._attempt = 0
             if "electric-cursor" in response.headers:
                 self._cursor = response.headers["electric-cursor"]
@@ -405,12 +411,12 @@ class ShapeStream:
             pending: list[Message] = []
             decoder = SseDecoder()
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.chunks():
                     for data in decoder.feed(chunk):
                         try:
                             message = _decode_json(data)
                         except ValueError:
-                            raise ShapeRequestError(200, data, str(response.url)) from None
+                            raise ShapeRequestError(200, data, response.url) from None
                         pending.extend(self._accept([message]))
                         if message.get("headers", {}).get("control") == "up-to-date":
                             self.offset = resume_offset(self.offset, self._last_change)
@@ -450,8 +456,18 @@ def _ends_up_to_date(messages: list[Message]) -> bool:
     return bool(messages) and messages[-1].get("headers", {}).get("control") == "up-to-date"
 
 
-def _body(response: httpx.Response) -> Any:
+@dataclass(frozen=True)
+class Reply:
+    """A whole answer: what :meth:`ShapeStream._check` looks at."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+
+def _body(response: Reply) -> Any:
     try:
-        return _decode_json(response.content)
+        return _decode_json(response.body)
     except ValueError:
-        return response.text
+        return response.body.decode("utf-8", errors="replace")

@@ -22,6 +22,7 @@ from agents.llm import LlmClient
 from agents.personas import FRANKIE_ID, JERRY_ID, SARAH_ID
 from agents.settings import LlmSettings
 from agents.worker import Worker, WorkerSettings
+from shapes.client import HttpxTransport
 from syncd.embed import EmbeddedSyncd
 from tests.web.conftest import Api, client_for
 from web.app import create_app
@@ -122,7 +123,7 @@ class Runtime:
         worker = Worker(
             self.pool,
             self.syncd.shape_url,
-            self.syncd.default_client,
+            HttpxTransport(self.syncd.default_client),
             self.llm,
             WorkerSettings(worker_id=name, agent=agent, **settings),
         )

@@ -1,16 +1,19 @@
 """The async shape client against a live endpoint (protocol.md §0, §3-§8).
 
-Every test takes ``endpoint``, parametrised two ways: ``http`` (a ``syncd`` child process over
-loopback HTTP) and ``inprocess`` (:class:`syncd.embed.EmbeddedSyncd` in the test's event loop,
-reached through :class:`syncd.asgi_transport.StreamingASGITransport`). In-process, a daemon
-crash becomes a restart of the embedded engine on the same storage.
+Every test takes ``endpoint``, parametrised three ways: ``http`` (a ``syncd`` child process over
+loopback HTTP, through httpx), ``aiohttp`` (the same, the streams sending through
+:class:`~shapes.client.AiohttpTransport`) and ``inprocess`` (:class:`syncd.embed.EmbeddedSyncd`
+in the test's event loop, reached through :class:`syncd.asgi_transport.StreamingASGITransport`).
+In-process, a daemon crash becomes a restart of the embedded engine on the same storage.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,18 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from shapes.client import (
+    AiohttpTransport,
     Batch,
+    HttpxTransport,
     LiveMode,
     Shape,
     ShapeDefinition,
     ShapeRegistry,
     ShapeRequestError,
     ShapeStream,
+    Transport,
 )
+from shapes.client.transport import Answer
 from shapes.materialise import MaterialisedShape
 from syncd.embed import EmbeddedSyncd
 from tests.syncd_process import SyncdProcess
@@ -111,6 +118,24 @@ class HttpEndpoint(Endpoint):
 
 
 @dataclass
+class AiohttpEndpoint(HttpEndpoint):
+    """The daemon over HTTP, its streams sending through aiohttp unless given a client."""
+
+    kind: str = "aiohttp"
+    transports: list[AiohttpTransport] = field(default_factory=list)
+
+    def stream(self, definition: ShapeDefinition, **kwargs: Any) -> ShapeStream:
+        if "client" not in kwargs and "transport" not in kwargs:
+            self.transports.append(AiohttpTransport())
+            kwargs["transport"] = self.transports[-1]
+        return ShapeStream(self.shape_url, definition, **kwargs)
+
+    async def aclose(self) -> None:
+        for transport in self.transports:
+            await transport.aclose()
+
+
+@dataclass
 class InProcessEndpoint(Endpoint):
     """An :class:`EmbeddedSyncd` in the test's event loop, reached without a socket."""
 
@@ -134,7 +159,7 @@ class InProcessEndpoint(Endpoint):
         await self.embedded.restart()
 
 
-@pytest.fixture(params=["http", "inprocess"])
+@pytest.fixture(params=["http", "aiohttp", "inprocess"])
 async def endpoint(
     request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path
 ) -> AsyncIterator[Endpoint]:
@@ -154,6 +179,16 @@ async def endpoint(
         try:
             yield HttpEndpoint(daemon, pg_dsn)
         finally:
+            await asyncio.to_thread(daemon.stop)
+        return
+    if request.param == "aiohttp":
+        daemon = SyncdProcess(pg_dsn, tmp_path / "storage")
+        await asyncio.to_thread(daemon.start)
+        endpoint = AiohttpEndpoint(daemon, pg_dsn)
+        try:
+            yield endpoint
+        finally:
+            await endpoint.aclose()
             await asyncio.to_thread(daemon.stop)
         return
     slot = f"syncd_{conninfo_to_dict(pg_dsn).get('dbname', 'postgres')}"
@@ -210,6 +245,23 @@ async def test_non_live_stream_ends_up_to_date(endpoint: Endpoint) -> None:
     assert values == [(1, False), (2, True), (3, False)]
 
 
+class RecordingTransport:
+    """A transport that notes the URL of every request it sends."""
+
+    def __init__(self, inner: Transport, urls: list[str]) -> None:
+        self.inner = inner
+        self.urls = urls
+
+    def get(
+        self, url: str, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> contextlib.AbstractAsyncContextManager[Answer]:
+        self.urls.append(f"{url}?{urllib.parse.urlencode(params)}")
+        return self.inner.get(url, params, headers)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @pytest.mark.parametrize("live_mode", ["long-poll", "sse"])
 async def test_live_changes(endpoint: Endpoint, live_mode: LiveMode) -> None:
     urls: list[str] = []
@@ -217,9 +269,16 @@ async def test_live_changes(endpoint: Endpoint, live_mode: LiveMode) -> None:
     async def record(request: httpx.Request) -> None:
         urls.append(str(request.url))
 
-    client = endpoint.client(timeout=httpx.Timeout(10, read=65), event_hooks={"request": [record]})
-    stream = endpoint.stream(ITEMS, live_mode=live_mode, client=client)
-    async with client, Shape(stream) as shape:
+    transport: Transport
+    if endpoint.kind == "aiohttp":
+        transport = RecordingTransport(AiohttpTransport(), urls)
+    else:
+        client = endpoint.client(
+            timeout=httpx.Timeout(10, read=65), event_hooks={"request": [record]}
+        )
+        transport = HttpxTransport(client, owned=True)
+    stream = endpoint.stream(ITEMS, live_mode=live_mode, transport=transport)
+    async with contextlib.aclosing(transport), Shape(stream) as shape:
         recorder = Recorder()
         shape.subscribe(recorder)
         await shape.wait_until_up_to_date(30)
