@@ -109,7 +109,7 @@ async def ensure_agents(pool: Pool, keys: Iterable[AgentKey]) -> None:
 
 
 async def stop_agents(pool: Pool, keys: Iterable[AgentKey], reason: str) -> None:
-    """Stop the agents of deleted memberships: their holders' renewals and fences fail."""
+    """Stop the agents of deleted memberships: their holders' checks and fences fail."""
     threads, agents = _columns(keys)
     if not threads:
         return
