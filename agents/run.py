@@ -7,7 +7,7 @@ Settings (besides the Messages API's, see :mod:`agents.settings`):
 | ``AGENTS_DATABASE_URL`` (or ``DATABASE_URL``) | the Burn database (required) |
 | ``AGENTS_SYNCD_URL`` | syncd's base URL (``http://127.0.0.1:3000``) |
 | ``AGENTS_WORKER_ID`` | this worker's name (host-pid) |
-| ``AGENTS_LEASE_TTL`` | seconds a lease lasts without a heartbeat (3) |
+| ``AGENTS_LEASE_TTL`` | seconds a worker's leases last without a heartbeat (3) |
 | ``AGENTS_SCAN_INTERVAL`` | seconds between scans for claimable agents (0.5) |
 | ``AGENTS_MAX_AGENTS`` | most agents this worker runs (100000) |
 | ``AGENTS_DEBOUNCE_SECONDS`` | quiet time that ends a burst of messages (1.5) |
