@@ -1,16 +1,19 @@
 """A worker process: runs the supervisor, takes leases on agents and runs those agents.
 
-Theory of operation. Three loops share one event loop:
+Theory of operation. The worker runs:
 
-- the supervisor (:mod:`agents.supervisor`) keeps the lease rows in step with the memberships;
-- the *heartbeat* keeps the worker's row in ``agents.workers`` live every ``ttl / 4`` seconds:
-  while it is, every lease naming the worker is held (:mod:`agents.leases`). The local
-  deadline of the leases is the time the heartbeat was *sent* plus ``ttl`` minus a margin: the
-  agents start no call or write after it, and their writes are fenced in the database in any
-  case. When the heartbeat finds the row had expired, and every ``check_interval`` seconds
-  anyway, it asks which of its leases it still holds and cancels the agents of the others
-  (taken over, stopped, quarantined) before it moves the deadline on;
-- the *scan* acquires claimable agents up to the worker's fair share, every
+- the supervisor (:mod:`agents.supervisor`), which keeps the lease rows in step with the
+  memberships;
+- the *heartbeat* (:mod:`agents.heartbeat`, in a thread of its own so that busy agents never
+  delay it), which keeps the worker's row in ``agents.workers`` live every ``ttl / 4``
+  seconds: while it is, every lease naming the worker is held (:mod:`agents.leases`). The
+  local deadline of the leases is the time the last beat was *sent* plus ``ttl`` minus a
+  margin: the agents start no call or write after it, and their writes are fenced in the
+  database in any case. A beat that finds the row had expired moves the deadline no more
+  until the worker has asked which of its leases it still holds and cancelled the agents of
+  the others (taken over, stopped, quarantined); it asks that every ``check_interval`` seconds
+  anyway;
+- the *scan*, which acquires claimable agents up to the worker's fair share every
   ``scan_interval`` seconds, starting one task per agent it gets (whole threads together: the
   agents of a thread share one :class:`~agents.view.ThreadView`); a worker above its share
   (another worker started) gives back the excess, idle threads first.
@@ -41,6 +44,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from agents import leases, turns
 from agents.agent import Agent, AgentHalted, AgentSettings, backoff_seconds
+from agents.heartbeat import Heartbeat
 from agents.leases import AgentKey, Lease, LeaseLost, Pool
 from agents.llm import LlmClient
 from agents.personas import PERSONAS
@@ -90,8 +94,14 @@ class Worker:
         self.views: dict[uuid.UUID, tuple[ThreadView, int]] = {}
         self.users: UserDirectory | None = None
         self.valid_until = 0.0
-        """Local deadline of every lease this worker holds (``time.monotonic()``)."""
-        self._next_check = 0.0
+        """Local deadline of every lease this worker holds (``time.monotonic()``); moved on by
+        the heartbeat's thread."""
+        self._lapses = 0
+        """Beats that found the worker's row expired (written by the heartbeat's thread)."""
+        self._checked_lapses = 0
+        """The lapses the leases were checked after (written by the worker's loop)."""
+        self._check_now = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def worker_id(self) -> str:
@@ -107,14 +117,22 @@ class Worker:
         )
         self.users = UserDirectory(TrackedShape(users))
         supervisor = Supervisor(self.pool, self.shape_url, self.transport, self.registry)
+        self._loop = asyncio.get_running_loop()
+        conninfo = self.pool.conninfo
+        if not isinstance(conninfo, str):
+            raise TypeError("the worker's pool must be made from a connection string")
+        heartbeat = Heartbeat(conninfo, self.worker_id, self.settings.lease_ttl, self._on_beat)
         try:
             with contextlib.suppress(psycopg.Error, OSError):
-                await self._heartbeat_once()  # live before the first scan
+                await self._register()  # live before the first scan
+            heartbeat.start()
             async with asyncio.TaskGroup() as group:
+                group.create_task(heartbeat.tick())
                 group.create_task(self._supervise(supervisor))
                 group.create_task(self._scan())
-                group.create_task(self._heartbeat())
+                group.create_task(self._watch_leases())
         finally:
+            await asyncio.to_thread(heartbeat.stop)
             await self._shutdown()
             self.users.tracked.close()
             await users.close()
@@ -171,21 +189,34 @@ class Worker:
                 await entry.task
         await leases.release_all(self.pool, [entry.lease for entry in entries])
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.lease_ttl / 4)
-            try:
-                await self._heartbeat_once()
-            except (psycopg.Error, OSError) as error:
-                logger.warning("heartbeat failed (retrying): %r", error)
-
-    async def _heartbeat_once(self) -> None:
+    async def _register(self) -> None:
+        """The first beat, on the worker's loop (no agent runs yet: nothing to check)."""
         sent = time.monotonic()
-        was_live = await leases.register_worker(self.pool, self.worker_id, self.settings.lease_ttl)
-        if not was_live or sent >= self._next_check:
-            await self._check_leases()
-            self._next_check = sent + self.settings.check_interval
+        await leases.register_worker(self.pool, self.worker_id, self.settings.lease_ttl)
         self.valid_until = sent + self.settings.lease_ttl - self.settings.lease_margin
+
+    def _on_beat(self, sent: float, was_live: bool) -> None:
+        """A heartbeat (called in the heartbeat's thread)."""
+        if not was_live:
+            self._lapses += 1
+        if self._checked_lapses == self._lapses:
+            self.valid_until = sent + self.settings.lease_ttl - self.settings.lease_margin
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self._check_now.set)
+
+    async def _watch_leases(self) -> None:
+        """Check the leases after each lapse of the heartbeat, and every ``check_interval``."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), self.settings.check_interval)
+            self._check_now.clear()
+            lapses = self._lapses
+            try:
+                await self._check_leases()
+            except (psycopg.Error, OSError) as error:
+                logger.warning("lease check failed (retrying): %r", error)
+                continue
+            self._checked_lapses = lapses
 
     async def _check_leases(self) -> None:
         """Cancel the agents whose leases are no longer this worker's."""
