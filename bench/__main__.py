@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.agents import run_agent_reaction
+from bench.agents_many import ManyOptions, run_agents_many
 from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
@@ -30,6 +31,7 @@ BENCHES = (
     "ui-live",
     "burn-users",
     "agent-reaction",
+    "agents-1000-threads",
 )
 
 
@@ -112,6 +114,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--agent-messages", type=int, default=200, help="messages of agent-reaction"
     )
+    parser.add_argument(
+        "--agent-threads", type=int, default=1_000, help="threads of agents-1000-threads"
+    )
+    parser.add_argument(
+        "--agent-idle-seconds",
+        type=float,
+        default=20.0,
+        help="seconds without messages of agents-1000-threads (idle CPU)",
+    )
+    parser.add_argument(
+        "--agent-rate", type=float, default=50.0, help="messages per second of agents-1000-threads"
+    )
+    parser.add_argument(
+        "--agent-seconds",
+        type=float,
+        default=30.0,
+        help="seconds of messages of agents-1000-threads",
+    )
     args = parser.parse_args(argv)
     benches = set(args.benches.split(","))
     if not benches or benches - set(BENCHES):
@@ -132,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds=args.rounds,
             shapes=args.shapes,
             readers=tuple(r for r in args.readers.split(",") if not (args.only_one and r == MANY)),
+            keep=args.keep,
+        )
+        many = ManyOptions(
+            threads=args.agent_threads,
+            idle_seconds=args.agent_idle_seconds,
+            rate=args.agent_rate,
+            seconds=args.agent_seconds,
             keep=args.keep,
         )
     except ValueError as exc:
@@ -168,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "agent-reaction" in benches:
         run_agent_reaction(args.agent_messages, keep=args.keep)
+    if "agents-1000-threads" in benches:
+        run_agents_many(many)
     return 0
 
 

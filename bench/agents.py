@@ -149,7 +149,18 @@ def run_worker(
 ) -> tuple[list[float], list[float]]:
     """Make the thread, run one worker and measure (the worker is stopped afterwards)."""
     thread, person = make_thread(dsn)
-    worker_env = {
+    worker = child(
+        ["-m", "agents", "run"], worker_env(dsn, syncd_url, api_url), base / "worker.log"
+    )
+    try:
+        return asyncio.run(measure(dsn, syncd_url + "/v1/shape", api_url, thread, person, messages))
+    finally:
+        stop(worker)
+
+
+def worker_env(dsn: str, syncd_url: str, api_url: str) -> dict[str, str]:
+    """A worker's environment: no debounce, no streaming, no retries, no budget in the way."""
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTS_", "ANTHROPIC_"))},
         "AGENTS_DATABASE_URL": dsn,
         "AGENTS_SYNCD_URL": syncd_url,
@@ -161,11 +172,6 @@ def run_worker(
         "AGENTS_TOKEN_BUDGET": str(10**12),
         "AGENTS_LOG_LEVEL": "WARNING",
     }
-    worker = child(["-m", "agents", "run"], worker_env, base / "worker.log")
-    try:
-        return asyncio.run(measure(dsn, syncd_url + "/v1/shape", api_url, thread, person, messages))
-    finally:
-        stop(worker)
 
 
 def report(messages: int, reactions: list[float], deliveries: list[float]) -> None:
