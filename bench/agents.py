@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.children import free_port
+from bench.children import free_port, wait_http
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stats import summary
@@ -137,6 +137,7 @@ def run_agent_reaction(messages: int, *, keep: bool = False) -> None:
         api_url = f"http://127.0.0.1:{api_port}"
         fake = child(["-m", "agents", "fake-api", "--port", str(api_port)], env, db.base / "f.log")
         try:
+            wait_http(fake, f"{api_url}/_fake/requests")
             reactions, deliveries = run_worker(db.dsn, db.base, syncd.url, api_url, messages)
         finally:
             stop(fake)
