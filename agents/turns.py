@@ -413,10 +413,25 @@ def _input_json(call: ToolCall) -> dict[str, Any]:
 
 
 async def skip(pool: Pool, lease: Lease, upto_seq: int, lsn: int) -> None:
-    """Move the position past events that need no call (fenced)."""
-    async with pool.connection() as conn, conn.transaction():
-        await fence(conn, lease)
-        await advance(conn, lease, upto_seq, lsn)
+    """Move the position past events that need no call: one fenced statement, committed
+    without waiting for the WAL to reach the disk. Most events need no call from most agents
+    (every agent of a thread skips the others' replies), and a skip lost in a crash costs
+    nothing: the next holder decides again, the same way, on the same events.
+
+    Raises:
+        LeaseLost: the lease was taken over, stopped or quarantined.
+    """
+    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        cursor = await conn.execute(
+            "UPDATE agents.leases SET position = greatest(position, %s),"
+            " position_lsn = greatest(position_lsn, %s), failures = 0, next_attempt_at = NULL,"
+            " updated_at = now()"
+            " WHERE thread_id = %s AND agent_id = %s AND worker = %s AND epoch = %s"
+            " AND status = 'active' RETURNING position",
+            (upto_seq, lsn, *_key(lease), lease.worker, lease.epoch),
+        )
+        check_fence(await cursor.fetchone(), lease)
 
 
 async def fail_turn(pool: Pool, lease: Lease, turn: uuid.UUID, reason: str) -> None:

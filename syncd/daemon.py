@@ -29,6 +29,10 @@ from syncd.send_deadline import with_send_deadline
 log = logging.getLogger("syncd")
 
 STATUS_LOG_INTERVAL = 30.0
+KEEP_ALIVE_SECONDS = 20
+"""How long an idle connection stays open for its next request. Clients follow shapes in a
+loop, one request after another, some (an agents worker) thousands at once: with uvicorn's
+default of 5 s they reconnected whenever a shape was quiet for a few seconds."""
 STARTUP_POLL = 0.05
 UNLIMITED_FILES_TARGET = 65_536
 """The soft open-file limit syncd asks for when the hard limit is unlimited."""
@@ -127,6 +131,7 @@ class Syncd:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             server_header=False,
             http=with_send_deadline(AutoHTTPProtocol, self.settings.send_timeout),
         )

@@ -149,9 +149,10 @@ class _AiohttpAnswer:
 
 class AiohttpTransport:
     """Requests through an ``aiohttp.ClientSession``: no limit on connections, a connection
-    idle for ``keepalive`` seconds closed, a read that waits ``read_timeout`` seconds for a
-    byte given up (a live request is answered well within it). :meth:`aclose` closes the
-    session, which the transport owns."""
+    idle for ``keepalive`` seconds closed (keep it below the server's own limit, 20 s for
+    syncd, or a request may go out on a connection the server is closing), a read that waits
+    ``read_timeout`` seconds for a byte given up (a live request is answered well within it).
+    :meth:`aclose` closes the session, which the transport owns."""
 
     def __init__(
         self,

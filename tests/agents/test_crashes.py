@@ -264,8 +264,8 @@ async def test_a_paused_worker_writes_nothing(pool: Pool, fake: FakeApi, spawn: 
     )
     assert [c for c in calls if c[0] == "paused"] == [("paused", "sent")]  # never recorded
     assert ("taker", "replied") in calls
-    # one turn for the message, performed under the taker's epoch; every event of Sarah's
-    # is the effect of one performed turn
+    # one turn for the message, performed under the taker's epoch; every final event of
+    # Sarah's is the effect of one performed turn (a later turn may be streaming meanwhile)
     turn = await fetch(
         pool, "SELECT epoch, status FROM agents.turns WHERE trigger_event_id = %s", said
     )
@@ -278,7 +278,7 @@ async def test_a_paused_worker_writes_nothing(pool: Pool, fake: FakeApi, spawn: 
     assert turn == [(epochs[-1][1], "done")] and epochs[-1][1] > epochs[0][1]
     rows = await fetch(
         pool,
-        "SELECT (SELECT count(*) FROM events WHERE user_id = %s),"
+        "SELECT (SELECT count(*) FROM events WHERE user_id = %s AND status = 'final'),"
         " (SELECT count(*) FROM agents.turns t JOIN events e ON e.id = t.effect_event_id"
         "  WHERE t.agent_id = %s AND t.status = 'done')",
         SARAH_ID,
