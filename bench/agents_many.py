@@ -6,8 +6,9 @@ no debounce, no streaming), on a database migrated by ``python -m web migrate``.
 workers are up with no agents, their resident memory (``VmRSS``) is read. Then one transaction
 makes ``--agent-threads`` (1,000) threads, each with a person as owner, Sarah as producer and
 Jerry and Frankie as comedians (as the web app makes a thread), and the benchmark waits until
-the workers hold every agent (``agents.leases``) and are quiet again (each under a tenth of a
-core for two seconds in a row; it goes on after five minutes without).
+the workers hold every agent (``agents.leases``) and the workers and syncd are quiet again
+(each under a tenth of a core for three seconds in a row; it goes on after five minutes
+without).
 
 Measured:
 
@@ -205,7 +206,7 @@ def cores(before: CpuSample, after: CpuSample) -> dict[str, float]:
 
 
 def wait_quiet(pids: Mapping[str, int], timeout: float, check: Callable[[], None]) -> bool:
-    """Wait until every process stays under :data:`QUIET_CORES` for two seconds in a row."""
+    """Wait until every process stays under :data:`QUIET_CORES` for three seconds in a row."""
     deadline = time.monotonic() + timeout
     last, quiet = sample(pids), 0
     while time.monotonic() < deadline:
@@ -214,7 +215,7 @@ def wait_quiet(pids: Mapping[str, int], timeout: float, check: Callable[[], None
         now = sample(pids)
         quiet = quiet + 1 if max(cores(last, now).values()) < QUIET_CORES else 0
         last = now
-        if quiet >= 2:
+        if quiet >= 3:
             return True
     return False
 
@@ -470,7 +471,7 @@ class Result:
     """Each worker's RSS with no agents."""
     held_seconds: float
     quiet_seconds: float | None
-    """From the threads' commit until both workers were quiet (None: they never were)."""
+    """From the threads' commit until the workers and syncd were quiet (None: they never were)."""
     spreads: tuple[Spread, Spread, Spread]
     """After start-up, after the idle phase and after the load."""
     idle_cores: dict[str, float]
@@ -534,7 +535,9 @@ def measure(
     expected = options.threads * len(AGENT_ROLES)
     held = wait_held(dsn, expected, check)
     print(f"{NAME}: all {expected} agents held {held:.1f} s after the threads' commit", flush=True)
-    quiet = wait_quiet(worker_pids, QUIET_TIMEOUT, check)
+    # syncd too: workers wait, quiet, while syncd still takes the new shapes' snapshots
+    busy = {name: pids[name] for name in (*WORKERS, "syncd")}
+    quiet = wait_quiet(busy, QUIET_TIMEOUT, check)
     quiet_seconds = time.monotonic() - created if quiet else None
     started = spread(dsn)
     before = sample(pids)
@@ -553,7 +556,7 @@ def measure(
 def report(result: Result) -> None:
     options, load_result = result.options, result.load
     settled = (
-        f"both workers quiet {result.quiet_seconds:.1f} s after it"
+        f"workers and syncd quiet {result.quiet_seconds:.1f} s after it"
         if result.quiet_seconds is not None
         else f"the workers not quiet {QUIET_TIMEOUT:.0f} s after that"
     )
