@@ -1,14 +1,30 @@
 -- A database role for syncd, for databases where it should not run as a superuser.
 --
--- syncd needs to: open a logical replication connection (REPLICATION), create its publication
--- (CREATE on the database), read the tables it syncs (SELECT), and add them to its publication
--- and set REPLICA IDENTITY FULL on them (table ownership). Where syncd must not own the tables,
--- run the statements of 002_publish_table.sql as the owner instead, once per table.
+-- syncd needs to open a logical replication connection (REPLICATION) and read the tables it
+-- syncs (SELECT). Publishing a table and setting its REPLICA IDENTITY FULL take ownership of the
+-- table, so with this role the tables' owner prepares each table with 002_publish_table.sql,
+-- which also creates the publication (owned by the tables' owner: only a publication's owner may
+-- add tables to it). Run this as a superuser (or a role with CREATEROLE and REPLICATION).
 --
--- Usage: psql -v password="'secret'" -f sql/001_syncd_role.sql <database>
+-- Usage: psql -v password=secret -f sql/001_syncd_role.sql <database>
+-- Variables: password (required), role (default syncd), schema (default public; the schema
+-- whose tables syncd may read).
 
-CREATE ROLE syncd LOGIN REPLICATION PASSWORD :password;
-SELECT format('GRANT CREATE ON DATABASE %I TO syncd', current_database()) \gexec
-GRANT USAGE ON SCHEMA public TO syncd;
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO syncd;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO syncd;
+\set ON_ERROR_STOP on
+\set QUIET on
+\if :{?password}
+\else
+  DO $$ BEGIN RAISE EXCEPTION 'give the password: psql -v password=<password> -f sql/001_syncd_role.sql <database>'; END $$;
+\endif
+\if :{?role}
+\else
+  \set role syncd
+\endif
+\if :{?schema}
+\else
+  \set schema public
+\endif
+
+CREATE ROLE :"role" LOGIN REPLICATION PASSWORD :'password';
+GRANT USAGE ON SCHEMA :"schema" TO :"role";
+GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO :"role";

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import errors as pg_errors
 
+_INSUFFICIENT_PRIVILEGE = "42501"
+
 
 class SyncdError(Exception):
     """Base class of failures that are not the client's fault."""
@@ -44,6 +46,23 @@ class QueryFailed(SyncdError):
     def __init__(self, sqlstate: str) -> None:
         super().__init__(f"{condition_name(sqlstate)} (SQLSTATE {sqlstate})")
         self.sqlstate = sqlstate
+
+
+class ReadNotAllowed(QueryFailed):
+    """syncd's database role may not read the table (``insufficient_privilege``): a 400 that
+    says how the table's owner grants it, since retrying cannot help."""
+
+    def __init__(self) -> None:
+        super().__init__(_INSUFFICIENT_PRIVILEGE)
+
+    @property
+    def description(self) -> str:
+        """What the client is told: who must do what."""
+        return (
+            "syncd's database role may not read the table (insufficient_privilege). As the "
+            "table's owner, run sql/002_publish_table.sql (it grants SELECT to syncd's role); "
+            "then retry"
+        )
 
 
 class RowsRejected(SyncdError):
@@ -86,6 +105,7 @@ def row_query_errors() -> Iterator[None]:
     Raises:
         SchemaChanged: the table, a column, function or type is gone (dropped mid-request).
         RowsRejected: the expression fails on some row's value.
+        ReadNotAllowed: syncd's role may not read the table.
         DatabaseUnavailable: the connection broke.
         QueryFailed: any other error Postgres reported.
     """
@@ -97,6 +117,8 @@ def row_query_errors() -> Iterator[None]:
         sqlstate = exc.sqlstate
         if sqlstate is None or sqlstate.startswith(_CONNECTION_LOST):
             raise DatabaseUnavailable(type(exc).__name__) from exc
+        if sqlstate == _INSUFFICIENT_PRIVILEGE:
+            raise ReadNotAllowed() from exc
         if sqlstate[:2] in _ROW_EVALUATION_CLASSES:
             raise RowsRejected(sqlstate) from exc
         raise QueryFailed(sqlstate) from exc

@@ -19,6 +19,7 @@ from shapes.where_eval import EvalError
 from syncd.errors import (
     DatabaseUnavailable,
     QueryFailed,
+    ReadNotAllowed,
     RowsRejected,
     SchemaChanged,
 )
@@ -90,6 +91,8 @@ def error_response(exc: BaseException) -> Response | None:
         # the where clause fails on the table's data (division by zero, bad cast, ...):
         # retrying cannot help, so this is the client's error
         return bad_request({"where": [exc.description]})
+    if isinstance(exc, ReadNotAllowed):
+        return bad_request({"table": [exc.description]})
     if isinstance(exc, EvalError):
         return bad_request({"where": ["evaluating it on the table's rows failed"]})
     if isinstance(exc, SchemaChanged):
