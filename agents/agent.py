@@ -69,6 +69,14 @@ class AgentSettings:
     """New characters of streamed text that make one update of the event row."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A model request and its canonical encoding (see :meth:`Agent.prepare`)."""
+
+    request: LlmRequest
+    encoded: bytes
+
+
 class AgentHalted(Exception):
     """The agent stopped itself visibly (quarantined or over budget)."""
 
@@ -189,15 +197,36 @@ class Agent:
             await turns.skip(self.pool, self.lease, decision.upto_seq, self.view.frontier)
             self.position = decision.upto_seq
         elif isinstance(decision, Call):
-            frontier = await self.view.wait_for_cut(self.view.event_lsn(decision.trigger_event_id))
-            state = self.view.state()
+            state, frontier, prepared = await self.cut_and_prepare(decision)
             again = decide(self.persona, state, self.position, time.time(), self.settings.rules)
             if again == decision:
                 self.busy = True
                 try:
-                    await self.turn(decision, state, frontier)
+                    await self.turn(decision, state, frontier, prepared)
                 finally:
                     self.busy = False
+
+    async def cut_and_prepare(self, call: Call) -> tuple[ThreadState, int, Prepared | None]:
+        """The state at a consistent cut covering the trigger, its frontier, and the request
+        for that state when it could be built while the cut was awaited.
+
+        Waiting for the cut is mostly waiting for the probes' answers; the request for the
+        state at hand is rendered meanwhile, and kept when no batch arrived before the cut
+        completed (the state is then the very same object)."""
+        lsn = self.view.event_lsn(call.trigger_event_id)
+        if self.view.frontier >= lsn:
+            return self.view.state(), self.view.frontier, None
+        cut = asyncio.ensure_future(self.view.wait_for_cut(lsn))
+        try:
+            await asyncio.sleep(0)  # the probes leave before rendering occupies the loop
+            speculative = self.view.state()
+            prepared = self.prepare(speculative, "")
+            frontier = await cut
+        finally:
+            if not cut.done():
+                cut.cancel()
+        state = self.view.state()
+        return state, frontier, prepared if state is speculative else None
 
     async def finish_recorded_turns(self) -> None:
         """Apply the replies a crash left recorded but not performed; never call them again."""
@@ -210,23 +239,30 @@ class Agent:
             await turns.apply_reply(self.pool, self.lease, turn, valid, trigger_seq, input_lsn)
             self.position = max(self.position, trigger_seq)
 
-    def request(self, state: ThreadState, correction: str) -> LlmRequest:
+    def prepare(self, state: ThreadState, correction: str) -> Prepared:
+        """The model request for ``state`` and its canonical encoding (hash and estimate)."""
         rendered = render(state)
         thread_hash = hashlib.sha256(str(self.lease.key.thread_id).encode()).hexdigest()[:32]
-        return LlmRequest(
+        request = LlmRequest(
             system=self.persona.system_prompt,
             context=rendered.text + correction,
             tools=self.persona.tools,
             metadata_user_id=thread_hash,
         )
+        return Prepared(request, encode_sorted(request_params(request, self.llm.settings)))
 
-    async def turn(self, call: Call, state: ThreadState, frontier: int) -> None:
-        """Answer ``call``: at most one recorded reply, its effects exactly once."""
+    async def turn(
+        self, call: Call, state: ThreadState, frontier: int, prepared: Prepared | None = None
+    ) -> None:
+        """Answer ``call``: at most one recorded reply, its effects exactly once (``prepared``:
+        the request for ``state`` if it is already built)."""
         correction = ""
         invalid = 0
         while True:
-            request = self.request(state, correction)
-            encoded = encode_sorted(request_params(request, self.llm.settings))
+            if prepared is None:
+                prepared = self.prepare(state, correction)
+            request, encoded = prepared.request, prepared.encoded
+            prepared = None
             estimate = len(encoded) // 3 + self.llm.settings.max_tokens
             await self.check_lease()
             try:

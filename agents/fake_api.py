@@ -526,6 +526,7 @@ def comparable(body: JsonObject) -> JsonObject:
 
 
 async def create_message(request: Request) -> Response:
+    arrived, arrived_wall = time.monotonic(), time.time()  # before the body is read and checked
     fake: FakeApi = request.app.state.fake
     number = fake.next_id()
     request_id = f"req_fake_{number}"
@@ -541,7 +542,7 @@ async def create_message(request: Request) -> Response:
         return error_response(400, "invalid_request_error", problem, request_id)
     persona = persona_of(body)
     recorded = RecordedRequest(
-        len(fake.requests), time.monotonic(), dict(request.headers), body, persona, time.time()
+        len(fake.requests), arrived, dict(request.headers), body, persona, arrived_wall
     )
     fake.requests.append(recorded)
     fault = fake.take_fault(persona)

@@ -6,9 +6,10 @@ of the turn has an id derived from the turn's id, so the same effect can never b
 twice. A turn goes through three fenced transactions (each starts with
 :func:`agents.leases.fence`, so a worker that lost its lease writes nothing):
 
-1. :func:`claim` creates the turn (or finds it again after a crash), reserves the call's
-   token estimate in the thread's budget and counts it against the thread's call rate, and
-   records the call as ``sent`` with the hash of its request. A turn found ``replied`` is not
+1. :func:`claim` (one statement, ``agents.claim_turn``) creates the turn (or finds it again
+   after a crash), reserves the call's token estimate in the thread's budget and counts it
+   against the thread's call rate, and records the call as ``sent`` with the hash of its
+   request. A turn found ``replied`` is not
    called again: its recorded reply is applied. A turn found ``done`` or ``skipped`` only moves
    the position.
 2. The model is called outside any transaction.
@@ -31,10 +32,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncCursor
+import psycopg
 from psycopg.types.json import Jsonb
 
-from agents.leases import Connection, Lease, Pool, advance, check_fence, fence, fence_query
+from agents.leases import Connection, Lease, LeaseLost, Pool, advance, check_fence, fence
 from agents.llm import LlmFailure, LlmReply, ToolUseBlock
 from agents.tools import ExtractFacts, ToolCall
 
@@ -106,43 +107,8 @@ async def set_status(pool: Pool, lease: Lease, state: str, reason: str = "") -> 
         await _set_status(conn, lease, state, reason)
 
 
-async def _budget_row(
-    conn: Connection, thread: uuid.UUID, estimate: int, limits: BudgetLimits
-) -> AsyncCursor[Any]:
-    """Queue the reading (and locking) of the thread's budget, made on first use."""
-    await conn.execute(
-        "INSERT INTO agents.budgets (thread_id, token_cap, calls_per_minute) VALUES (%s, %s, %s)"
-        " ON CONFLICT (thread_id) DO NOTHING",
-        (thread, limits.token_cap, limits.calls_per_minute),
-    )
-    return await conn.execute(
-        "SELECT spent + reserved + %s <= token_cap,"
-        " window_start > now() - interval '1 minute' AND calls_in_window >= calls_per_minute,"
-        " extract(epoch FROM window_start + interval '1 minute' - now())"
-        " FROM agents.budgets WHERE thread_id = %s FOR UPDATE",
-        (estimate, thread),
-    )
-
-
-def _check_budget(row: tuple[Any, ...] | None, estimate: int) -> None:
-    assert row is not None
-    affordable, throttled, retry_in = row
-    if not affordable:
-        raise OverBudget(f"the thread's token budget cannot cover {estimate} more tokens")
-    if throttled:
-        raise RateLimited(max(float(retry_in), 0.05))
-
-
-async def _reserve(conn: Connection, thread: uuid.UUID, estimate: int) -> None:
-    await conn.execute(
-        "UPDATE agents.budgets SET reserved = reserved + %s,"
-        " calls_in_window = CASE WHEN window_start <= now() - interval '1 minute' THEN 1"
-        "   ELSE calls_in_window + 1 END,"
-        " window_start = CASE WHEN window_start <= now() - interval '1 minute' THEN now()"
-        "   ELSE window_start END"
-        " WHERE thread_id = %s",
-        (estimate, thread),
-    )
+CLAIM_REFUSALS = {"AGL01": "lease", "AGB01": "budget", "AGR01": "rate"}
+"""The SQLSTATEs with which ``agents.claim_turn`` refuses a claim (``sql/008_claim_turn.sql``)."""
 
 
 async def claim(
@@ -157,49 +123,51 @@ async def claim(
 ) -> Claim:
     """Transaction A: create or find the turn, reserve its budget and record the call as sent.
 
-    It sits between a person's message and the agent's call, so it is sent as a pipeline: two
-    round trips to the database (the statements that decide, then the writes and the commit).
+    It sits between a person's message and the agent's call, so it is one statement, the
+    function ``agents.claim_turn`` (one round trip; the function documents the steps).
 
     Raises:
         LeaseLost, OverBudget, RateLimited: nothing was written.
     """
     turn = turn_id(lease.key.agent_id, trigger_event_id)
-    thread = lease.key.thread_id
-    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
-        fenced = await fence_query(conn, lease)
-        # a half-streamed reply of an earlier, unfinished attempt is stale now
-        await conn.execute(
-            "DELETE FROM events WHERE thread_id = %s AND user_id = %s AND status = 'streaming'",
-            _key(lease),
-        )
-        found = await conn.execute(
-            "INSERT INTO agents.turns (id, thread_id, agent_id, trigger_event_id, trigger_seq,"
-            " input_lsn, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, updated_at = now()"
-            " RETURNING status, reply, reserved_tokens",
-            (turn, *_key(lease), trigger_event_id, trigger_seq, input_lsn, lease.epoch),
-        )
-        budget = await _budget_row(conn, thread, estimate, limits)
-        check_fence(await fenced.fetchone(), lease)
-        row = await found.fetchone()
-        assert row is not None
-        status, reply, reserved = str(row[0]), row[1], int(row[2])
-        if status != "calling":
-            return Claim(turn, status, None, reply)
-        if reserved == 0:
-            _check_budget(await budget.fetchone(), estimate)
-            await _reserve(conn, thread, estimate)
-        call = uuid.uuid4()
-        await conn.execute(
-            "UPDATE agents.turns SET attempts = attempts + 1, reserved_tokens = %s WHERE id = %s",
-            (reserved or estimate, turn),
-        )
-        await conn.execute(
-            "INSERT INTO agents.llm_calls (id, turn_id, thread_id, agent_id, caused_by, epoch,"
-            " worker, request_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (call, turn, *_key(lease), trigger_event_id, lease.epoch, lease.worker, hashed_request),
-        )
-        return Claim(turn, status, call, None)
+    async with pool.connection() as conn:
+        try:
+            cursor = await conn.execute(
+                "SELECT status, reply, call_id FROM agents.claim_turn("
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    turn,
+                    *_key(lease),
+                    lease.worker,
+                    lease.epoch,
+                    trigger_event_id,
+                    trigger_seq,
+                    input_lsn,
+                    estimate,
+                    hashed_request,
+                    limits.token_cap,
+                    limits.calls_per_minute,
+                ),
+            )
+        except psycopg.Error as error:
+            raise _claim_refused(error) from None
+        row = await cursor.fetchone()
+    assert row is not None
+    status, reply, call = str(row[0]), row[1], row[2]
+    return Claim(turn, status, call, reply if status != "calling" else None)
+
+
+def _claim_refused(error: psycopg.Error) -> Exception:
+    """The exception for a refusal of ``agents.claim_turn``; other errors as they are."""
+    refusal = CLAIM_REFUSALS.get(error.sqlstate or "")
+    message = error.diag.message_primary or str(error)
+    if refusal == "lease":
+        return LeaseLost(message)
+    if refusal == "budget":
+        return OverBudget(message)
+    if refusal == "rate":
+        return RateLimited(float(error.diag.message_detail or "1"))
+    return error
 
 
 def _key(lease: Lease) -> tuple[uuid.UUID, uuid.UUID]:

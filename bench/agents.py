@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from bench.children import free_port, wait_http
 from bench.cluster import bench_database
@@ -86,7 +87,9 @@ async def measure(
     async with (
         httpx.AsyncClient(timeout=30) as http,
         ShapeStream(shape_url, ShapeDefinition.of("events", where=where)) as stream,
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+        await psycopg.AsyncConnection.connect(
+            committing_synchronously(dsn), autocommit=True
+        ) as conn,
     ):
         batches = stream.batches()
         await anext(batches)  # the snapshot
@@ -159,11 +162,20 @@ def run_worker(
         stop(worker)
 
 
+def committing_synchronously(dsn: str) -> str:
+    """``dsn`` for sessions whose commits reach replication at once, as on a production server.
+
+    The benchmarks' throw-away cluster commits asynchronously by default (its WAL writer then
+    hands commits to replication every few milliseconds); people's messages and the agents'
+    writes commit the default way here, so that their delays are what a deployment sees."""
+    return make_conninfo(dsn, options="-c synchronous_commit=on")
+
+
 def worker_env(dsn: str, syncd_url: str, api_url: str) -> dict[str, str]:
     """A worker's environment: no debounce, no streaming, no retries, no budget in the way."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AGENTS_", "ANTHROPIC_"))},
-        "AGENTS_DATABASE_URL": dsn,
+        "AGENTS_DATABASE_URL": committing_synchronously(dsn),
         "AGENTS_SYNCD_URL": syncd_url,
         "ANTHROPIC_BASE_URL": api_url,
         "AGENTS_DEBOUNCE_SECONDS": "0",

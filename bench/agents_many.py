@@ -58,7 +58,14 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.agents import SARAH, child, percentile, stop, worker_env
+from bench.agents import (
+    SARAH,
+    child,
+    committing_synchronously,
+    percentile,
+    stop,
+    worker_env,
+)
 from bench.burn_users import raise_open_file_limit
 from bench.children import free_port, wait_http
 from bench.cluster import bench_database
@@ -375,7 +382,7 @@ def post_messages(
     """Commit a person's message into a random thread at ``options.rate`` per second."""
     rng = random.Random(0)
     count = max(1, round(options.rate * options.seconds))
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(committing_synchronously(dsn), autocommit=True) as conn:
         start = time.monotonic()
         for n in range(count):
             pause = start + n / options.rate - time.monotonic()
