@@ -22,6 +22,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from shapes.subquery import SubqueryLimits
 from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
+from syncd.errors import SlotConflict
 from syncd.http import ApiSettings, ShapeApi, create_app
 from syncd.replication import ReplicationSettings, ReplicationStream
 from syncd.send_deadline import with_send_deadline
@@ -121,8 +122,10 @@ class Syncd:
         """Run the daemon and its HTTP server until signalled.
 
         Raises:
-            ReplicationFailed: when the replication stream stops on an error it cannot retry;
-                the server is shut down first so that a supervisor can restart the daemon.
+            SlotConflict: the replication slot is in use by another process (or belongs to
+                another database); the server is shut down first.
+            ReplicationFailed: when the replication stream stops on another error it cannot
+                retry; the server is shut down first so that a supervisor can restart the daemon.
         """
         config = uvicorn.Config(
             self.app,
@@ -152,12 +155,16 @@ class Syncd:
         """Wait (inside :meth:`running`) until replication streams; bound it with a timeout.
 
         Raises:
-            ReplicationFailed: the replication stream stopped before it got there.
+            SlotConflict: the slot belongs to another process (or database).
+            ReplicationFailed: the replication stream stopped before it got there for another
+                reason.
         """
         while self.health() != "active":
             task = self._replication
             if task is not None and task.done():
                 error = None if task.cancelled() else task.exception()
+                if isinstance(error, SlotConflict):
+                    raise error
                 raise ReplicationFailed(f"replication stopped while starting: {error}")
             await asyncio.sleep(STARTUP_POLL)
 
@@ -166,6 +173,8 @@ class Syncd:
         if task is None or not task.done() or task.cancelled():
             return
         error = task.exception()
+        if isinstance(error, SlotConflict):
+            raise error
         if error is not None:
             raise ReplicationFailed(str(error)) from error
 

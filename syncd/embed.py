@@ -86,7 +86,13 @@ class EmbeddedSyncd:
             self._shared = None
 
     async def start(self) -> None:
-        """Open the engine, start replication and wait until it streams."""
+        """Open the engine, start replication and wait until it streams.
+
+        Raises:
+            SlotInUse: another process streams from the slot (the message names it).
+            ReplicationFailed: replication stopped on another error it cannot retry.
+            TimeoutError: replication was not streaming after ``start_timeout`` seconds.
+        """
         if self._syncd is not None:
             raise RuntimeError("EmbeddedSyncd is already running")
         syncd = Syncd(self.settings, self.database_url)

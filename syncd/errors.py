@@ -34,6 +34,11 @@ class SlotConflict(SyncdError):
     """The configured replication slot exists but belongs to another database or plugin."""
 
 
+class SlotInUse(SlotConflict):
+    """Another process streams from the configured replication slot; the message names its
+    walsender (pid, application, client) and what to do."""
+
+
 class SchemaChanged(SyncdError):
     """A table, column, function or type a query needed vanished while it ran (DDL raced the
     request): the shape is invalidated and the client starts again (409 must-refetch)."""

@@ -85,6 +85,12 @@ handler must drop the partial transaction when it sees a Begin while one is stil
 :class:`~syncd.pgoutput.PgoutputError` (a stream we cannot decode), are not retried: they
 end :meth:`ReplicationStream.run`.
 
+Slot in use. ``START_REPLICATION`` on a slot another walsender streams from fails
+(``object_in_use``). A walsender of this stream's own earlier sessions is exiting and is waited
+for; one of another process that still holds the slot after ``SLOT_BUSY_GRACE`` seconds of
+retries ends :meth:`ReplicationStream.run` with :class:`~syncd.errors.SlotInUse`, whose one-line
+message names it (pid, application, client, from ``pg_stat_replication``) and what to do.
+
 Stop. :meth:`ReplicationStream.stop` wakes the loop, which calls ``on_idle`` a last time if
 anything arrived since the previous call, sends a final status update, ends COPY and closes
 the connection. A stopped stream cannot be restarted; make a new one.
@@ -108,6 +114,7 @@ import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGconn, PGresult
 
+from syncd.errors import SlotInUse
 from syncd.pgoutput import (
     Message,
     PgoutputDecoder,
@@ -134,7 +141,7 @@ from syncd.replication_conn import (
     _text,
     replication_conninfo,
 )
-from syncd.replication_slots import _slot_unusable, drop_slot, find_slot
+from syncd.replication_slots import _slot_unusable, drop_slot, find_slot, slot_holder
 from syncd.slot_history import SlotFound, SlotHistoryLost, history_gap
 
 _RANDOM = random.Random()
@@ -162,6 +169,12 @@ _COMMIT: Final = ord("C")
 _STREAM_COMMIT: Final = ord("c")
 _STREAM_STOP: Final = ord("E")
 _MIN_STREAMING_SERVER: Final = 140000
+_OBJECT_IN_USE: Final = "55006"
+SLOT_BUSY_GRACE: Final = 2.0
+"""Seconds the slot may stay held by a walsender of another process before the stream gives up
+with :class:`~syncd.errors.SlotInUse`: one that is exiting (its client was just killed, or its
+connection dropped) lets go sooner. A walsender of this stream's own earlier sessions is always
+waited for."""
 # pgoutput tags that open or close a (streamed) transaction.
 _TXN_TAGS: Final = frozenset(b"BCScA")
 
@@ -204,6 +217,10 @@ class SlotHandler(ReplicationHandler, Protocol):
 
 class _ServerEndedCopy(Exception):
     """The server ended the COPY BOTH stream without an error."""
+
+
+class _SlotBusy(ReplicationError):
+    """Another process holds the slot, for less than :data:`SLOT_BUSY_GRACE` so far."""
 
 
 class _StopRequested(Exception):
@@ -258,6 +275,10 @@ class ReplicationStream:
         """Why the slot cannot be read any more (its WAL is gone): drop it at the next setup."""
         self._has_history = False
         """A session has streamed: :attr:`confirmed_lsn` is a position of this slot's history."""
+        self._own_pids: set[int] = set()
+        """The backend pids of this stream's sessions: a slot one of them holds is released."""
+        self._busy_since: tuple[int, float] | None = None
+        """The other process found holding the slot, and since when (monotonic)."""
 
     # --- public state -------------------------------------------------------------------
 
@@ -316,7 +337,8 @@ class ReplicationStream:
                     if streamed_since is not None and time.monotonic() - streamed_since >= 1.0:
                         delay = settings.backoff_initial  # it worked for a while: start over
                     pause = min(delay * _RANDOM.uniform(0.75, 1.25), settings.backoff_max)
-                    logger.warning(
+                    logger.log(
+                        logging.INFO if isinstance(exc, _SlotBusy) else logging.WARNING,
                         "replication slot %s: %s: %s; reconnecting in %.2fs",
                         settings.slot,
                         "disconnected" if streamed_since is not None else "cannot connect",
@@ -351,10 +373,17 @@ class ReplicationStream:
         self._streaming_since = None
         pgconn = await self._connect()
         self._pgconn = pgconn
+        self._own_pids.add(pgconn.backend_pid)
         await self._setup(pgconn)
         start_lsn = self._confirmed_lsn
         command = self._settings.start_command(start_lsn, pgconn.server_version)
-        results = await self._command(pgconn, command)
+        try:
+            results = await self._command(pgconn, command)
+        except ReplicationError as exc:
+            if exc.sqlstate == _OBJECT_IN_USE and await self._held_elsewhere(pgconn):
+                raise _SlotBusy(str(exc), exc.sqlstate) from exc
+            raise
+        self._busy_since = None
         if not results or results[-1].status != pq.ExecStatus.COPY_BOTH:
             raise ReplicationError("START_REPLICATION did not enter COPY BOTH mode")
         self._connected = True
@@ -372,6 +401,23 @@ class ReplicationStream:
         )
         await self._read_loop(pgconn)
         await self._shutdown(pgconn)
+
+    async def _held_elsewhere(self, pgconn: PGconn) -> bool:
+        """START_REPLICATION found the slot active: whether another process holds it (the
+        caller retries), or give up with :class:`SlotInUse` once the same one has held it for
+        :data:`SLOT_BUSY_GRACE`.
+        """
+        slot = self._settings.slot
+        holder = await slot_holder(self._command, pgconn, slot)
+        if holder is None or holder.pid in self._own_pids:
+            self._busy_since = None
+            return False
+        now = time.monotonic()
+        if self._busy_since is None or self._busy_since[0] != holder.pid:
+            self._busy_since = (holder.pid, now)
+        elif now - self._busy_since[1] >= SLOT_BUSY_GRACE:
+            raise SlotInUse(holder.in_use_message(slot))
+        return True
 
     async def _connect(self) -> PGconn:
         pgconn = pq.PGconn.connect_start(self._conninfo)

@@ -1,5 +1,6 @@
 """Replication slot management: finding the slot at session start, dropping it when its WAL is
-gone, creating it when missing, and dropping it for good (:func:`drop_slot`).
+gone, creating it when missing, naming the process that holds it (:func:`slot_holder`), and
+dropping it for good (:func:`drop_slot`).
 
 Layer: ``syncd`` (asyncio, psycopg). The commands go over the stream's replication connection
 (:class:`~syncd.replication.ReplicationStream` passes its command function); :func:`drop_slot`
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import psycopg
@@ -22,7 +24,7 @@ from syncd.pgoutput import parse_lsn
 from syncd.replication_conn import ReplicationError, _quote_ident, _quote_literal, _text
 from syncd.slot_history import SlotFound
 
-__all__ = ["drop_slot", "find_slot"]
+__all__ = ["SlotHolder", "drop_slot", "find_slot", "slot_holder"]
 
 logger = logging.getLogger("syncd.replication")
 """The replication stream's logger (shared by its modules, so operators see one name)."""
@@ -123,6 +125,54 @@ async def _slot_row(
         _text(res, 0, 2),
         parse_lsn(end) if end else 0,
     )
+
+
+@dataclass(frozen=True)
+class SlotHolder:
+    """The walsender that holds a slot, as ``pg_stat_replication`` shows it (the details are
+    ``None`` where the role may not see them)."""
+
+    pid: int
+    application_name: str | None
+    client: str | None
+    """The client's address, ``local socket`` for a unix socket."""
+    since: str | None
+    """When its connection started."""
+
+    def in_use_message(self, slot: str) -> str:
+        """One line: who holds ``slot`` and what to do about it."""
+        details = [
+            f"application {self.application_name}" if self.application_name else None,
+            f"client {self.client}" if self.client else None,
+            f"connected since {self.since}" if self.since else None,
+        ]
+        shown = ", ".join(d for d in details if d)
+        return (
+            f"replication slot {slot} is in use by another process: walsender pid {self.pid}"
+            + (f" ({shown})" if shown else "")
+            + ". Stop that process, or give this syncd a slot of its own (--slot / SYNCD_SLOT) "
+            "and its own storage directory. If that process is gone, Postgres frees the slot "
+            f"within wal_sender_timeout, or at once with SELECT pg_terminate_backend({self.pid})"
+        )
+
+
+async def slot_holder(command: Command, pgconn: PGconn, name: str) -> SlotHolder | None:
+    """The walsender streaming from slot ``name``, or None when the slot is free."""
+    query = (
+        "SELECT s.active_pid, r.application_name::text,"
+        " CASE WHEN r.pid IS NULL THEN NULL"
+        " ELSE coalesce(host(r.client_addr), 'local socket') END,"
+        " date_trunc('second', r.backend_start)::text"
+        " FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
+        f" WHERE s.slot_name = {_quote_literal(name)} AND s.active_pid IS NOT NULL"
+    ).encode()
+    (res,) = await command(pgconn, query)
+    if res.ntuples != 1:
+        return None
+    pid = _text(res, 0, 0)
+    if pid is None:
+        return None
+    return SlotHolder(int(pid), _text(res, 0, 1) or None, _text(res, 0, 2), _text(res, 0, 3))
 
 
 async def drop_slot(
