@@ -1,4 +1,9 @@
-"""``python -m syncd``: run the daemon."""
+"""``python -m syncd`` (and the ``syncd`` command): run the daemon.
+
+A mistake in the settings exits with status 2, a database that is not ready for syncd (see
+:mod:`syncd.preflight`) or a replication slot another process holds with status 1; each is one
+line on stderr that names the cause and the fix, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_garbage_collector,
     )
     from syncd.errors import SlotConflict
+    from syncd.preflight import StartupError
 
     try:
         new_loop = event_loop_factory(settings.event_loop)
@@ -64,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplicationFailed as exc:
         log.critical("replication failed, exiting: %s", exc)
         return 1
-    except SlotConflict as exc:
+    except (SlotConflict, StartupError) as exc:
         log.critical("%s", exc)
         return 1
     return 0

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,14 @@ class Settings:
 
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+"""What Postgres accepts as a replication slot name."""
+_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LOG_LEVELS, "event_loop": EVENT_LOOPS}
+_CHOICE_TYPES: dict[str, Callable[[str], str]] = {"log_level": str.upper, "event_loop": str.lower}
 
 
-_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+_OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("database_url", "SYNCD_DATABASE_URL", str, "Postgres URL or conninfo (also DATABASE_URL)"),
     ("storage_dir", "SYNCD_STORAGE_DIR", Path, "directory for shape logs (default .syncd)"),
     ("host", "SYNCD_HOST", str, "address to listen on (default 127.0.0.1)"),
@@ -121,7 +129,7 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         "settings for the replication connection, e.g. '-c logical_decoding_work_mem=64MB'",
     ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
-    ("log_level", "SYNCD_LOG_LEVEL", str, "logging level (default INFO)"),
+    ("log_level", "SYNCD_LOG_LEVEL", str.upper, "logging level (default INFO)"),
     ("event_loop", "SYNCD_EVENT_LOOP", str, "auto (uvloop when installed), uvloop or asyncio"),
 )
 
@@ -134,10 +142,23 @@ def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (the usage is long): the cause, and
+    where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def program_name() -> str:
+    """``syncd`` when run as the installed command, else ``python -m syncd``."""
+    return "syncd" if Path(sys.argv[0]).name == "syncd" else "python -m syncd"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m syncd`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m syncd",
+    parser = _Parser(
+        prog=program_name(),
         description=(
             "Stream Postgres changes into durable shape logs and serve them with "
             "Electric's HTTP shape protocol (long-poll and SSE)."
@@ -146,7 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, env, _kind, text in _OPTIONS:
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, help=f"{text} [{env}]")
+        choices = _CHOICES.get(name)
+        if choices is None:
+            parser.add_argument(flag, dest=name, default=None, help=f"{text} [{env}]")
+            continue
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=None,
+            type=_CHOICE_TYPES[name],
+            choices=choices,
+            help=f"{text} [{env}]",
+        )
     parser.add_argument(
         "--allow-shape-deletion",
         action="store_true",
@@ -227,5 +259,14 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("SYNCD_CACHE_MAX_AGE and SYNCD_CACHE_STALE_AGE must not be negative")
     if settings.event_loop not in EVENT_LOOPS:
         raise ConfigError("SYNCD_EVENT_LOOP must be one of " + ", ".join(EVENT_LOOPS))
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError("SYNCD_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS))
+    if not _SLOT_NAME.fullmatch(settings.slot):
+        raise ConfigError(
+            "SYNCD_SLOT must be 1 to 63 lower-case letters, digits and underscores "
+            f"(got {settings.slot!r})"
+        )
+    if not settings.publication:
+        raise ConfigError("SYNCD_PUBLICATION must not be empty")
     if settings.database_url is None and not settings.dev:
         raise ConfigError("no database: set SYNCD_DATABASE_URL / DATABASE_URL or pass --dev")

@@ -24,6 +24,7 @@ from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.errors import SlotConflict
 from syncd.http import ApiSettings, ShapeApi, create_app
+from syncd.preflight import check_database, parse_database_url
 from syncd.replication import ReplicationSettings, ReplicationStream
 from syncd.send_deadline import with_send_deadline
 
@@ -47,6 +48,8 @@ class Syncd:
     """Everything ``python -m syncd`` runs, for one database."""
 
     def __init__(self, settings: Settings, conninfo: str) -> None:
+        """Raises :class:`~syncd.preflight.StartupError` when ``conninfo`` does not parse."""
+        parse_database_url(conninfo)
         self.settings = settings
         self.engine = Engine(
             EngineSettings(
@@ -100,7 +103,14 @@ class Syncd:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Syncd]:
-        """Open the engine and stream changes until the block exits (no HTTP server)."""
+        """Open the engine and stream changes until the block exits (no HTTP server).
+
+        Raises:
+            StartupError: a check before anything is created failed (see
+                :mod:`syncd.preflight`).
+        """
+        settings = self.engine.settings
+        await check_database(settings.conninfo, settings.publication, settings.slot)
         await self.engine.open()
         self._opened = True
         replication = asyncio.create_task(self.stream.run(), name="syncd-replication")

