@@ -18,6 +18,11 @@ INF: Final = 1 << 64
 _MAX_OFFSET_CHARS: Final = 64
 """Longer offsets are refused before any digits are converted (``int()`` refuses thousands)."""
 _OFFSET_RE: Final = re.compile(r"(0|[1-9][0-9]*|0[0-9]+)_(inf|[0-9]+)")
+START_HINT: Final = (
+    "use -1 to read the shape from its start, then the electric-offset header of each answer"
+)
+"""What a 400 on ``offset`` adds, after the reference server's words."""
+INVALID_FORMAT: Final = "has invalid format; " + START_HINT
 
 
 class LogOffset(NamedTuple):
@@ -57,10 +62,10 @@ def parse_offset(text: str) -> LogOffset:
         return BEFORE_ALL
     match = _OFFSET_RE.fullmatch(text) if len(text) <= _MAX_OFFSET_CHARS else None
     if match is None:
-        raise InvalidRequest("offset", "has invalid format")
+        raise InvalidRequest("offset", INVALID_FORMAT)
     tx = int(match.group(1))
     op_text = match.group(2)
     op = INF if op_text == "inf" else int(op_text)
     if tx >= INF or op > INF:
-        raise InvalidRequest("offset", "has invalid format")
+        raise InvalidRequest("offset", INVALID_FORMAT)
     return LogOffset(tx, op)

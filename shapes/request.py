@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shapes.errors import InvalidRequest
-from shapes.offset import BEFORE_ALL, LogOffset, parse_offset
+from shapes.offset import BEFORE_ALL, START_HINT, LogOffset, parse_offset
 from shapes.shape import CanonicalShape, LogMode, Replica, parse_columns, parse_table
 
 _PARAM_KEY = re.compile(r"params\[([^\]]*)\]")
@@ -27,6 +27,7 @@ _CANONICAL_PARAM_KEY = re.compile(r"0|[1-9][0-9]{0,8}")
 """A ``params`` key: a decimal number without sign, spaces or leading zeros (``0`` is refused
 later, as out of sequence)."""
 _SUBSET_FORMS = (("subset__", ""), ("subset[", "]"))
+OFFSET_BLANK: Final = "can't be blank; " + START_HINT
 
 PROTOCOL_PARAMS: Final = frozenset(
     {
@@ -181,7 +182,7 @@ def _cast_enums(params: dict[str, str]) -> tuple[Replica, LogMode]:
     if log_mode not in ("full", "changes_only"):
         errors["log"] = ["is invalid"]
     if not params.get("offset"):
-        errors["offset"] = ["can't be blank"]
+        errors["offset"] = [OFFSET_BLANK]
     if errors:
         raise RequestErrors(errors)
     return replica, log_mode  # type: ignore[return-value]

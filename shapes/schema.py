@@ -6,9 +6,14 @@ parser types column references with them and the HTTP layer renders ``electric-s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+MAX_LISTED_COLUMNS: Final = 50
+"""The most column names a 400 for an unknown column lists."""
+_PLAIN_NAME: Final = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +91,12 @@ class Table:
 
 def _pk_position(column: Column) -> int:
     return column.pk_index if column.pk_index is not None else 0
+
+
+def columns_hint(names: Iterable[str]) -> str:
+    """What a 400 for an unknown column adds: the columns the table has, quoted where SQL
+    needs it (``the table's columns are: id, title, "Due Date"``)."""
+    shown = [n if _PLAIN_NAME.fullmatch(n) else '"' + n.replace('"', '""') + '"' for n in names]
+    more = len(shown) - MAX_LISTED_COLUMNS
+    listed = ", ".join(shown[:MAX_LISTED_COLUMNS]) + (f" and {more} more" if more > 0 else "")
+    return f"the table's columns are: {listed}" if shown else "the table has no columns"

@@ -17,7 +17,7 @@ from pglast.enums import SortByDir, SortByNulls
 from pglast.parser import ParseError
 
 from shapes.errors import InvalidRequest
-from shapes.schema import Column
+from shapes.schema import Column, columns_hint
 from shapes.shape import quote_ident
 from shapes.where import Where, parse_where
 
@@ -218,7 +218,7 @@ def _sort_item(item: ast.SortBy, columns: Mapping[str, Column]) -> str:
         raise SubsetError("order_by", "A_Star expressions are not allowed in ORDER BY clauses")
     name = field.sval
     if name not in columns:
-        raise SubsetError("order_by", f"unknown reference {name}")
+        raise SubsetError("order_by", f"unknown reference {name}; {columns_hint(columns)}")
     if item.useOp:
         raise SubsetError("order_by", "USING is not allowed in ORDER BY clauses")
     direction = _DIRECTIONS.get(item.sortby_dir or SortByDir.SORTBY_DEFAULT, "")

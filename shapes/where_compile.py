@@ -52,7 +52,7 @@ from shapes import pgtime, pgtypes, where_like
 from shapes import where_eval as ev
 from shapes.errors import RefusedClause, WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
-from shapes.schema import Column
+from shapes.schema import Column, columns_hint
 
 _MAX_INTEGER_LITERAL: Final = 64
 """Longer integer literals are read as numeric text (Python's int() refuses thousands of digits)."""
@@ -370,7 +370,7 @@ class WhereCompiler:
         name = ".".join(part.sval for part in fields)
         column = self.columns.get(name) if len(fields) == 1 else None
         if column is None:
-            raise self.error(location, f"unknown reference {name}")
+            raise self.error(location, f"unknown reference {name}; {columns_hint(self.columns)}")
         type_name = column_type(column)
         if name not in self.slots:
             self.slots[name] = len(self.slot_types)

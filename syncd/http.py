@@ -91,6 +91,7 @@ __all__ = [
     "CACHE_LIVE",
     "CURSOR_EPOCH",
     "DEFINITION_MISMATCH",
+    "DELETE_REFUSED",
     "DRAIN_BYTES",
     "EXPOSED_HEADERS",
     "MAX_BODY_BYTES",
@@ -123,6 +124,10 @@ __all__ = [
 DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape "
     "definition is correct or omit the shape handle from the request to obtain a new one."
+)
+DELETE_REFUSED = (
+    "DELETE not allowed: start syncd with --allow-shape-deletion "
+    "(SYNCD_ALLOW_SHAPE_DELETION=true) to enable it"
 )
 _POSITION_PARAMS = frozenset(
     {"handle", "offset", "live", "live_sse", "experimental_live_sse", "cursor"}
@@ -245,7 +250,7 @@ class ShapeApi:
         if denied is not None:
             return denied
         if not self.settings.allow_shape_deletion:
-            return json_response({"message": "DELETE not allowed"}, 405, cache="no-cache")
+            return json_response({"message": DELETE_REFUSED}, 405, cache="no-cache")
         query = request.query_params
         handle = query.get("handle") or None
         try:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shapes.errors import InvalidRequest
-from shapes.offset import BEFORE_ALL, INF, SNAPSHOT_END, LogOffset, parse_offset
+from shapes.offset import BEFORE_ALL, INF, INVALID_FORMAT, SNAPSHOT_END, LogOffset, parse_offset
 
 LARGEST_TX = INF - 1
 """An LSN is 64 bits: the largest transaction offset."""
@@ -16,8 +16,12 @@ LARGEST_TX = INF - 1
 def rejected(text: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_offset(text)
-    assert (info.value.field, info.value.message) == ("offset", "has invalid format")
-    assert info.value.errors() == {"offset": ["has invalid format"]}
+    assert (info.value.field, info.value.message) == ("offset", INVALID_FORMAT)
+    assert info.value.errors() == {"offset": [INVALID_FORMAT]}
+
+
+def test_a_malformed_offset_suggests_minus_one() -> None:
+    assert INVALID_FORMAT.startswith("has invalid format; use -1 to read the shape from its start")
 
 
 def test_the_largest_offsets_parse() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shapes.errors import InvalidRequest
-from shapes.offset import BEFORE_ALL, INF, SNAPSHOT_END, LogOffset, parse_offset
-from shapes.request import parse_shape_request, read_query
+from shapes.offset import BEFORE_ALL, INF, INVALID_FORMAT, SNAPSHOT_END, LogOffset, parse_offset
+from shapes.request import OFFSET_BLANK, parse_shape_request, read_query
 from shapes.shape import parse_columns, parse_table
 
 
@@ -36,7 +36,7 @@ def test_offsets_parse(text: str, expected: LogOffset) -> None:
 def test_malformed_offsets_are_rejected(text: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         parse_offset(text)
-    assert info.value.errors() == {"offset": ["has invalid format"]}
+    assert info.value.errors() == {"offset": [INVALID_FORMAT]}
 
 
 def test_offsets_print_back() -> None:
@@ -47,8 +47,8 @@ def test_offsets_print_back() -> None:
 @pytest.mark.parametrize(
     ("query", "errors"),
     [
-        ([("table", "t")], {"offset": ["can't be blank"]}),
-        ([("table", "t"), ("offset", "x")], {"offset": ["has invalid format"]}),
+        ([("table", "t")], {"offset": [OFFSET_BLANK]}),
+        ([("table", "t"), ("offset", "x")], {"offset": [INVALID_FORMAT]}),
         ([("table", "t"), ("offset", "0_0")], {"handle": ["can't be blank when offset != -1"]}),
         (
             [("table", "t"), ("offset", "-1"), ("live", "true")],
@@ -73,7 +73,7 @@ def test_offsets_print_back() -> None:
         ),
         (
             [("table", "t"), ("replica", "x"), ("log", "y")],
-            {"replica": ["is invalid"], "log": ["is invalid"], "offset": ["can't be blank"]},
+            {"replica": ["is invalid"], "log": ["is invalid"], "offset": [OFFSET_BLANK]},
         ),
         (
             [("table", "t"), ("offset", "-1"), ("where", "a = $1"), ("params[x]", "1")],

@@ -120,7 +120,7 @@ def test_order_by_is_rebuilt_from_column_references(text: str, sql: str) -> None
         ("lower(title)", "FuncCall expressions are not allowed in ORDER BY clauses"),
         ("id::text", "TypeCast expressions are not allowed in ORDER BY clauses"),
         ("$1", "parameter $1 is not supported in ORDER BY clauses"),
-        ("nope", "unknown reference nope"),
+        ("nope", "unknown reference nope; the table's columns are: id, n, title"),
         ("id; DROP TABLE items", 'unescaped ";" causing statement split'),
         ("id LIMIT 1", "malformed query ending with SQL clauses"),
     ],

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -21,6 +21,10 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from shapes.offset import INVALID_FORMAT
+from shapes.request import OFFSET_BLANK
+from syncd.engine import Engine
+from syncd.http import DELETE_REFUSED, ApiSettings, ShapeApi, create_app
 from syncd.pgprovider import PostgresServer, drop_database
 from tests.syncd_process import SyncdProcess
 
@@ -122,14 +126,15 @@ def test_malformed_offset(
         {"table": "items", "offset": offset, "handle": handle},
     ):
         answer = client.get(syncd.shape_url, params=query)
-        assert_invalid(answer, "offset", "has invalid format")
+        assert_invalid(answer, "offset", INVALID_FORMAT)
 
 
 def test_blank_offset(syncd: SyncdProcess, client: httpx.Client) -> None:
     answer = client.get(syncd.shape_url, params={"table": "items"})
-    assert_invalid(answer, "offset", "can't be blank")
+    assert_invalid(answer, "offset", OFFSET_BLANK)
     answer = client.get(syncd.shape_url, params={"table": "items", "offset": ""})
-    assert_invalid(answer, "offset", "can't be blank")
+    assert_invalid(answer, "offset", OFFSET_BLANK)
+    assert OFFSET_BLANK.startswith("can't be blank; use -1 ")
 
 
 def test_offset_beyond_the_shape_end(
@@ -229,6 +234,24 @@ def test_blank_table(syncd: SyncdProcess, client: httpx.Client) -> None:
     assert_invalid(client.get(syncd.shape_url, params={"offset": "-1"}), "table", "can't be blank")
     answer = client.get(syncd.shape_url, params={"offset": "-1", "table": ""})
     assert_invalid(answer, "table", "can't be blank")
+
+
+def test_an_unknown_column_in_where_lists_the_tables_columns(
+    syncd: SyncdProcess, client: httpx.Client
+) -> None:
+    query = {"table": "items", "offset": "-1", "where": "nope = 1"}
+    [message] = assert_invalid(client.get(syncd.shape_url, params=query), "where")
+    assert message == "At location 0: unknown reference nope; the table's columns are: id, title, n"
+
+
+async def test_a_refused_delete_names_the_flag_that_allows_it() -> None:
+    api = ShapeApi(cast(Engine, None), ApiSettings(), lambda: "active")  # never reaches the engine
+    transport = httpx.ASGITransport(create_app(api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://syncd") as client:
+        answer = await client.delete("/v1/shape", params={"table": "items"})
+    assert answer.status_code == 405
+    assert answer.json() == {"message": DELETE_REFUSED}
+    assert "--allow-shape-deletion" in DELETE_REFUSED
 
 
 # -- columns -----------------------------------------------------------------------------------
@@ -371,7 +394,7 @@ def test_bad_enums(syncd: SyncdProcess, client: httpx.Client) -> None:
     assert_invalid(answer, "log", "is invalid")
     answer = client.get(syncd.shape_url, params={"table": "items", "replica": "bogus"})
     assert answer.status_code == 400
-    assert answer.json()["errors"] == {"replica": ["is invalid"], "offset": ["can't be blank"]}
+    assert answer.json()["errors"] == {"replica": ["is invalid"], "offset": [OFFSET_BLANK]}
 
 
 def test_live_flags(syncd: SyncdProcess, client: httpx.Client, shape: tuple[str, str]) -> None:
