@@ -216,9 +216,9 @@ class Agent:
         lsn = self.view.event_lsn(call.trigger_event_id)
         if self.view.frontier >= lsn:
             return self.view.state(), self.view.frontier, None
-        cut = asyncio.ensure_future(self.view.wait_for_cut(lsn))
+        cut = self.view.cut(lsn)
         try:
-            await asyncio.sleep(0)  # the probes leave before rendering occupies the loop
+            await asyncio.sleep(0)  # the probes' requests leave before rendering takes the loop
             speculative = self.view.state()
             prepared = self.prepare(speculative, "")
             frontier = await cut

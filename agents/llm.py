@@ -204,7 +204,8 @@ def reply_of(message: anthropic.types.Message, request_id: str | None, started: 
 
 
 class LlmClient:
-    """An ``AsyncAnthropic`` configured from ``LlmSettings``; close it with ``aclose``."""
+    """An ``AsyncAnthropic`` configured from ``LlmSettings``, on the SDK's aiohttp transport;
+    close it with ``aclose``."""
 
     def __init__(self, settings: LlmSettings) -> None:
         self.settings = settings
@@ -215,6 +216,7 @@ class LlmClient:
             timeout=anthropic.Timeout(
                 settings.timeout_seconds, connect=settings.connect_timeout_seconds
             ),
+            http_client=anthropic.DefaultAioHttpClient(),
         )
 
     async def aclose(self) -> None:

@@ -328,16 +328,38 @@ class ThreadView:
 
     async def wait_for_cut(self, lsn: int) -> int:
         """Wait until all the shapes hold every change up to ``lsn``; returns the frontier."""
-        while True:
-            lagging = [t for t in self.shapes.values() if t.frontier < lsn]
-            if not lagging:
-                return self.frontier
-            for tracked in lagging:
-                if tracked.shape.error is not None:
-                    raise tracked.shape.error
-            complete = await asyncio.gather(*(t.probe(self.url, self.transport) for t in lagging))
-            if not all(complete):
-                await asyncio.sleep(PROBE_PAUSE)
+        return await self.cut(lsn)
+
+    def cut(self, lsn: int) -> asyncio.Future[int]:
+        """:meth:`wait_for_cut` as a future whose first probes run from the loop's next step
+        on, so that a caller may compute meanwhile (its requests are already sent then)."""
+        try:
+            probes = self._probe_lagging(lsn)
+        except Exception as error:
+            failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            failed.set_exception(error)
+            return failed
+        return asyncio.ensure_future(self._complete_cut(lsn, probes))
+
+    def _probe_lagging(self, lsn: int) -> list[asyncio.Task[bool]]:
+        """Start a probe of every shape whose frontier is below ``lsn``."""
+        lagging = [t for t in self.shapes.values() if t.frontier < lsn]
+        for tracked in lagging:
+            if tracked.shape.error is not None:
+                raise tracked.shape.error
+        return [asyncio.ensure_future(t.probe(self.url, self.transport)) for t in lagging]
+
+    async def _complete_cut(self, lsn: int, probes: list[asyncio.Task[bool]]) -> int:
+        try:
+            while probes:
+                complete = await asyncio.gather(*probes)
+                if not all(complete):
+                    await asyncio.sleep(PROBE_PAUSE)
+                probes = self._probe_lagging(lsn)
+        finally:
+            for probe in probes:
+                probe.cancel()
+        return self.frontier
 
     def state(self) -> ThreadState:
         """The thread's rows now; final events only (a reply being streamed is not yet said).
