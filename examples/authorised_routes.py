@@ -4,6 +4,8 @@ The app decides the ``where`` from the request (here: a bearer token naming the 
 may narrow it with its own ``where`` but never widen it. Shape requests are proxied to syncd.
 
 Usage: python examples/authorised_routes.py [http://127.0.0.1:3000]   (listens on port 8000)
+
+The table it serves: CREATE TABLE todos (id int PRIMARY KEY, owner text NOT NULL, title text)
 """
 
 from __future__ import annotations

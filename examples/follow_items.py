@@ -2,6 +2,9 @@
 
 Usage: python examples/follow_items.py [http://127.0.0.1:3000] [--once]
 
+The table it follows: ``items``, any table with a primary key, e.g.
+CREATE TABLE items (id int PRIMARY KEY, title text)
+
 Ctrl-C stops it quietly (exit status 130, as a shell expects of an interrupted program).
 """
 
@@ -10,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from shapes.client import Shape, ShapeDefinition, ShapeStream
+try:
+    from shapes.client import Shape, ShapeDefinition, ShapeStream
+except KeyboardInterrupt:  # Ctrl-C while the client library loads: as quiet as later on
+    sys.exit(130)
 
 INTERRUPTED = 130
 

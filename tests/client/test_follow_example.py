@@ -5,11 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.syncd_process import ROOT, SyncdProcess
+from tests.syncd_process import ROOT, SyncdProcess, free_port
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -44,3 +46,41 @@ def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
             follower.communicate()  # reaps it and closes the pipes
     assert follower.returncode == 130
     assert errors == ""
+
+
+def loading_the_client(pid: int) -> bool:
+    """Whether process ``pid`` has started to load the HTTP client library (aiohttp's compiled
+    ``multidict``), or has ended."""
+    try:
+        return "multidict" in Path(f"/proc/{pid}/maps").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_ctrl_c_while_the_example_starts_is_quiet_too() -> None:
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc to see what the child has loaded")
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "follow_items.py"),
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not loading_the_client(follower.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        follower.send_signal(signal.SIGINT)
+        _, errors = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert (follower.returncode, errors) == (130, "")
