@@ -1,9 +1,10 @@
 """Turn a row change of a table into the log entries of one shape.
 
-Layer: ``shapes`` (pure). Implements the protocol's rules (``protocol.md`` §7.5): updates are
-judged against ``where`` with both the old and the new row (old in + new out is a delete, old out
-+ new in an insert), a primary-key change becomes a delete and an insert, and ``replica`` decides
-whether updates and deletes carry whole rows or only the key and the changed columns.
+Layer: ``shapes`` (pure). Implements the protocol's rules (``docs/protocol.md``, "How a row
+change becomes messages"): updates are judged against ``where`` with both the old and the new
+row (old in + new out is a delete, old out + new in an insert), a primary-key change becomes a
+delete and an insert, and ``replica`` decides whether updates and deletes carry whole rows or
+only the key and the changed columns.
 
 Evaluation failures. A ``where`` clause that cannot be evaluated on a row (Postgres would raise,
 such as division by zero or a failing cast, or the evaluator itself fails) makes the conversion

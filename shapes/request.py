@@ -1,8 +1,9 @@
 """Parsing and validating the query parameters of ``GET /v1/shape``.
 
-Layer: ``shapes`` (pure). Follows the reference server's validation order (``protocol.md`` §2.2):
-enum casts and ``offset`` presence first, then ``offset`` format, ``handle``, ``live``,
-``live_sse``, then the shape definition itself. Unknown parameters are ignored.
+Layer: ``shapes`` (pure). Follows the reference server's validation order (``docs/protocol.md``,
+"Request parameters"): enum casts and ``offset`` presence first, then ``offset`` format,
+``handle``, ``live``, ``live_sse``, then the shape definition itself. Unknown parameters are
+ignored.
 
 One rule for reading a query, shared by the daemon and the shape routes (:func:`read_query`):
 every parameter the protocol reads may be given once (a repeat is a 400, never "first wins" in

@@ -1,8 +1,9 @@
 """Subset snapshots: one-off queries over a shape (``subset__*`` parameters or a POST body).
 
 Layer: ``shapes`` (pure). Validates the subset's ``where`` (like a shape's, but without
-subqueries), ``params``, ``order_by`` (plain column references only), ``limit`` and ``offset``, and
-reports errors nested under ``subset`` as the reference server does (``protocol.md`` §9).
+subqueries), ``params``, ``order_by`` (plain column references only), ``limit`` and ``offset``,
+and reports errors nested under ``subset`` as the reference server does (``docs/protocol.md``,
+"Subset snapshots").
 """
 
 from __future__ import annotations

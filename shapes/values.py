@@ -1,11 +1,11 @@
 """Turn the text values of shape messages into Python values, guided by ``electric-schema``.
 
 Layer: ``shapes`` (pure). Values on the wire are Postgres text output or ``None``
-(``protocol.md`` §7.4); the ``electric-schema`` header (§5.2) names each column's type and array
-dimensions. Conversions: int2/4/8 → ``int``, float4/8 → ``float`` (``Infinity``/``NaN`` too),
-bool (``t``/``true``) → ``bool``, json/jsonb → parsed JSON, numeric → ``Decimal``; every other
-type stays a string. Array columns become (nested) lists of converted elements, ``NULL``
-elements ``None``. Columns missing from the schema are left unchanged.
+(``docs/protocol.md``, "Values and electric-schema"); the ``electric-schema`` header names each
+column's type and array dimensions. Conversions: int2/4/8 → ``int``, float4/8 → ``float``
+(``Infinity``/``NaN`` too), bool (``t``/``true``) → ``bool``, json/jsonb → parsed JSON, numeric
+→ ``Decimal``; every other type stays a string. Array columns become (nested) lists of converted
+elements, ``NULL`` elements ``None``. Columns missing from the schema are left unchanged.
 """
 
 from __future__ import annotations

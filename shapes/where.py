@@ -2,7 +2,7 @@
 
 Layer: ``shapes`` (pure). :func:`parse_where` wraps the clause as ``SELECT 1 WHERE <clause>``,
 parses it with pglast (libpg_query), rejects everything outside the supported subset
-(``docs/protocol.md`` §12), types it against the table's columns, substitutes ``$n``
+(``docs/protocol.md``, "Where clauses"), types it against the table's columns, substitutes ``$n``
 parameters as typed literals and compiles the tree into closures (:mod:`shapes.where_eval`).
 The resulting :class:`Where` carries
 

@@ -2,8 +2,8 @@
 
 Layer: ``shapes`` (pure). :class:`WhereCompiler` walks the pglast tree of a clause that
 :func:`shapes.where.parse_where` has parsed: it rejects nodes outside the supported subset
-(``docs/protocol.md`` §12), gives every expression a type from the table's columns and the
-``$n`` parameters, applies Postgres's implicit casts and operator rules, substitutes the
+(``docs/protocol.md``, "Where clauses"), gives every expression a type from the table's columns
+and the ``$n`` parameters, applies Postgres's implicit casts and operator rules, substitutes the
 parameters into the tree as typed literals, and builds :mod:`shapes.where_eval` closures over a
 row environment (one slot per referenced column). Top-level ``col = const`` conjuncts are
 collected as index conditions for the router.

@@ -2,8 +2,9 @@
 
 Layer: ``syncd``. :class:`ShapeApi` coordinates a request: it parses it, asks the engine for the
 shape, waits for its snapshot or for the log to grow, and answers with the protocol's headers
-and bodies (``protocol.md`` §3-§6): the initial and catch-up requests, live long-polls held until
-the log grows, and live Server-Sent Events. Its collaborators own the rest:
+and bodies (``docs/protocol.md``, "Reading a shape"): the initial and catch-up requests, live
+long-polls held until the log grows, and live Server-Sent Events. Its collaborators own the
+rest:
 
 * :mod:`syncd.admission`: how many requests may be in flight (503 over the limit);
 * :mod:`syncd.responses`: protocol headers, JSON bodies and :func:`error_response`, the one

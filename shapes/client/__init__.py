@@ -4,7 +4,7 @@ Layer: ``shapes`` — but unlike the rest of ``shapes``, which is pure, this sub
 (``httpx`` or ``aiohttp``, and ``asyncio``); ``tests/test_layers.py`` exempts it, and only it,
 from the no-I/O rule. It still imports nothing outside ``shapes``.
 
-- :class:`ShapeStream` speaks the HTTP shape protocol (``protocol.md``) and yields batches of
+- :class:`ShapeStream` speaks the HTTP shape protocol (``docs/protocol.md``) and yields batches of
   messages, each ending with ``up-to-date``; a 409 yields a lone ``must-refetch`` batch.
 - :class:`Shape` folds a stream into ``rows`` and lets callers wait for up-to-date, a txid or an
   offset; :func:`get_shape` shares one stream between all local users of a definition.

@@ -1,4 +1,4 @@
-"""The async shape client against a live endpoint (protocol.md §0, §3-§8).
+"""The async shape client against a live endpoint (``docs/protocol.md``).
 
 Every test takes ``endpoint``, parametrised three ways: ``http`` (a ``syncd`` child process over
 loopback HTTP, through httpx), ``aiohttp`` (the same, the streams sending through

@@ -1,4 +1,4 @@
-"""Retry rules of ``ShapeStream`` against a scripted transport (protocol.md §8.5, §10.4)."""
+"""Retry rules of ``ShapeStream`` against a scripted transport (``docs/protocol.md``)."""
 
 from __future__ import annotations
 

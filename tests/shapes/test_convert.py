@@ -1,4 +1,4 @@
-"""Row changes become shape log entries by the protocol's rules (``protocol.md`` §7.5)."""
+"""Row changes become shape log entries by the protocol's rules (``docs/protocol.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation of subset snapshot parameters (``protocol.md`` §9)."""
+"""Validation of subset snapshot parameters (``docs/protocol.md``, "Subset snapshots")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Typed values from text values and ``electric-schema`` (protocol.md §5.2, §7.4, §10.5)."""
+"""Typed values from text values and ``electric-schema`` (``docs/protocol.md``, "Values")."""
 
 from __future__ import annotations
 

@@ -398,7 +398,7 @@ def model_boundaries(entries: Sequence[Entry], chunk_bytes: int) -> list[LogOffs
 def model_read(
     entries: Sequence[Entry], ends: Sequence[LogOffset], offset: LogOffset
 ) -> tuple[list[bytes], LogOffset]:
-    """protocol.md §4 for a change-log offset (0_inf or real)."""
+    """What a read from a change-log offset (0_inf or real) gives (``docs/protocol.md``)."""
     after = [e for e in entries if e.offset > offset]
     if not after:
         return [], offset
