@@ -9,11 +9,12 @@ a change arriving during a call (the loop decides again afterwards), not to a cr
 holder starts from the stored position).
 
 Each round: read the state, ``decide``. ``Wait`` sleeps until the debounce ends or the shapes
-change; ``Skip`` moves the position in a tiny fenced write; ``Call`` first waits for a consistent
-cut at the trigger's LSN (:meth:`ThreadView.wait_for_cut`), decides again on that state, then
-runs a turn (:mod:`agents.turns`): claim and reserve, call the model (streaming the reply into
-its event row), record the reply, write its effects. A ``replied`` turn left by a crash is
-applied before anything else, without calling the model.
+change; ``Skip`` moves the position at once and leaves its write to the worker's
+:class:`~agents.skips.Skips` (fenced, together with other agents' skips); ``Call`` first waits
+for a consistent cut at the trigger's LSN (:meth:`ThreadView.wait_for_cut`), decides again on
+that state, then runs a turn (:mod:`agents.turns`): claim and reserve, call the model (streaming
+the reply into its event row), record the reply, write its effects. A ``replied`` turn left by
+a crash is applied before anything else, without calling the model.
 
 Failures: a transient API failure (429, 5xx, timeout, a cut stream) backs off exponentially,
 honouring ``retry-after``, and retries the same turn; an invalid tool call is sent back to the
@@ -44,6 +45,7 @@ from agents.faults import crash_point
 from agents.leases import Lease, LeaseLost, Pool
 from agents.llm import Delta, LlmClient, LlmFailure, LlmReply, LlmRequest, request_params
 from agents.personas import Persona
+from agents.skips import Skips
 from agents.tools import InvalidToolCall, ThreadFacts, ToolCall, validate_call
 from agents.view import ThreadView
 
@@ -151,9 +153,11 @@ class Agent:
         pool: Pool,
         llm: LlmClient,
         settings: AgentSettings,
+        skips: Skips,
         lease_valid: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lease = lease
+        self.skips = skips
         self.persona = persona
         self.view = view
         self.pool = pool
@@ -194,7 +198,7 @@ class Agent:
                 await asyncio.wait_for(wake.wait(), max(decision.until - time.time(), 0.01))
         elif isinstance(decision, Skip):
             await self.check_lease()
-            await turns.skip(self.pool, self.lease, decision.upto_seq, self.view.frontier)
+            self.skips.record(self.lease, decision.upto_seq, self.view.frontier)
             self.position = decision.upto_seq
         elif isinstance(decision, Call):
             state, frontier, prepared = await self.cut_and_prepare(decision)
@@ -287,7 +291,7 @@ class Agent:
                 await self.apply_recorded(claim, call, frontier)
                 return
             if claim.status != "calling":
-                await turns.skip(self.pool, self.lease, call.trigger_seq, frontier)
+                self.skips.record(self.lease, call.trigger_seq, frontier)
                 self.position = call.trigger_seq
                 return
             crash_point("after_claim")
@@ -372,5 +376,5 @@ class Agent:
             raise AgentHalted(reason)
         if invalid > self.settings.max_invalid:
             await turns.fail_turn(self.pool, self.lease, claim.turn_id, reason)
-            await turns.skip(self.pool, self.lease, call.trigger_seq, frontier)
+            self.skips.record(self.lease, call.trigger_seq, frontier)
             self.position = max(self.position, call.trigger_seq)

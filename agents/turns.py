@@ -29,13 +29,22 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from agents.leases import Connection, Lease, LeaseLost, Pool, advance, check_fence, fence
+from agents.leases import (
+    AgentKey,
+    Connection,
+    Lease,
+    LeaseLost,
+    Pool,
+    advance,
+    fence,
+)
 from agents.llm import LlmFailure, LlmReply, ToolUseBlock
 from agents.tools import ExtractFacts, ToolCall
 
@@ -108,7 +117,7 @@ async def set_status(pool: Pool, lease: Lease, state: str, reason: str = "") -> 
 
 
 CLAIM_REFUSALS = {"AGL01": "lease", "AGB01": "budget", "AGR01": "rate"}
-"""The SQLSTATEs with which ``agents.claim_turn`` refuses a claim (``sql/008_claim_turn.sql``)."""
+"""The SQLSTATEs with which ``agents.claim_turn`` refuses a claim (``sql/008_agent_writes.sql``)."""
 
 
 async def claim(
@@ -380,26 +389,31 @@ def _input_json(call: ToolCall) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def skip(pool: Pool, lease: Lease, upto_seq: int, lsn: int) -> None:
-    """Move the position past events that need no call: one fenced statement, committed
-    without waiting for the WAL to reach the disk. Most events need no call from most agents
-    (every agent of a thread skips the others' replies), and a skip lost in a crash costs
-    nothing: the next holder decides again, the same way, on the same events.
+async def write_skips(
+    pool: Pool, worker: str, skips: Sequence[tuple[Lease, int, int]]
+) -> set[AgentKey]:
+    """Move the positions of many agents past events that need no call, in one statement
+    (``agents.skip_to``); ``skips`` holds ``(lease, upto_seq, lsn)``. Returns the agents whose
+    position moved: the others' leases are no longer this worker's.
 
-    Raises:
-        LeaseLost: the lease was taken over, stopped or quarantined.
+    Committed without waiting for the WAL to reach the disk: most events need no call from most
+    agents (every agent of a thread skips the others' replies), and a skip lost in a crash
+    costs nothing: the next holder decides again, the same way, on the same events.
     """
-    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
-        await conn.execute("SET LOCAL synchronous_commit = off")
+    async with pool.connection() as conn:
         cursor = await conn.execute(
-            "UPDATE agents.leases SET position = greatest(position, %s),"
-            " position_lsn = greatest(position_lsn, %s), failures = 0, next_attempt_at = NULL,"
-            " updated_at = now()"
-            " WHERE thread_id = %s AND agent_id = %s AND worker = %s AND epoch = %s"
-            " AND status = 'active' RETURNING position",
-            (upto_seq, lsn, *_key(lease), lease.worker, lease.epoch),
+            "SELECT moved_thread, moved_agent FROM agents.skip_to(%s, %s, %s, %s, %s, %s)",
+            (
+                worker,
+                [lease.key.thread_id for lease, _, _ in skips],
+                [lease.key.agent_id for lease, _, _ in skips],
+                [lease.epoch for lease, _, _ in skips],
+                [upto for _, upto, _ in skips],
+                [lsn for _, _, lsn in skips],
+            ),
         )
-        check_fence(await cursor.fetchone(), lease)
+        rows = await cursor.fetchall()
+    return {AgentKey(row[0], row[1]) for row in rows}
 
 
 async def fail_turn(pool: Pool, lease: Lease, turn: uuid.UUID, reason: str) -> None:

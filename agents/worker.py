@@ -48,6 +48,7 @@ from agents.heartbeat import Heartbeat
 from agents.leases import AgentKey, Lease, LeaseLost, Pool
 from agents.llm import LlmClient
 from agents.personas import PERSONAS
+from agents.skips import Skips
 from agents.supervisor import Supervisor
 from agents.view import LIVE_MODE, ThreadView, TrackedShape, UserDirectory
 from shapes.client import ShapeDefinition, ShapeRegistry, Transport
@@ -102,6 +103,8 @@ class Worker:
         """The lapses the leases were checked after (written by the worker's loop)."""
         self._check_now = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.skips = Skips(pool, settings.worker_id, self._lost)
+        """The agents' skips, written together (:mod:`agents.skips`)."""
 
     @property
     def worker_id(self) -> str:
@@ -153,6 +156,7 @@ class Worker:
         for entry in running:
             with contextlib.suppress(BaseException):
                 await entry.task
+        await self.skips.flush()
         with contextlib.suppress(Exception):
             await leases.release_all(self.pool, [entry.lease for entry in running])
             await leases.unregister_worker(self.pool, self.worker_id)
@@ -187,6 +191,7 @@ class Worker:
         for entry in entries:
             with contextlib.suppress(BaseException):
                 await entry.task
+        await self.skips.flush()
         await leases.release_all(self.pool, [entry.lease for entry in entries])
 
     async def _register(self) -> None:
@@ -223,10 +228,15 @@ class Worker:
         held = [entry.lease for entry in self.running.values()]
         kept = await leases.still_held(self.pool, self.worker_id, held)
         for lease in held:
-            entry = self.running.get(lease.key)
-            if entry is not None and entry.lease is lease and lease.key not in kept:
-                logger.info("lost the lease of %s: stopping it", lease.key)
-                entry.task.cancel()
+            if lease.key not in kept:
+                self._lost(lease)
+
+    def _lost(self, lease: Lease) -> None:
+        """The lease is no longer this worker's: stop its agent if it still runs under it."""
+        entry = self.running.get(lease.key)
+        if entry is not None and entry.lease is lease:
+            logger.info("lost the lease of %s: stopping it", lease.key)
+            entry.task.cancel()
 
     def _start(self, lease: Lease) -> None:
         persona = PERSONAS.get(lease.key.agent_id)
@@ -239,7 +249,9 @@ class Worker:
             held = entry is not None and entry.lease is lease
             return held and time.monotonic() < self.valid_until
 
-        agent = Agent(lease, persona, view, self.pool, self.llm, self.settings.agent, lease_valid)
+        agent = Agent(
+            lease, persona, view, self.pool, self.llm, self.settings.agent, self.skips, lease_valid
+        )
         task = asyncio.create_task(agent.run(), name=f"agent {lease.key}")
         self.running[lease.key] = Running(lease, agent, task)
         task.add_done_callback(lambda done: asyncio.ensure_future(self._finished(lease, done)))

@@ -1,4 +1,7 @@
--- Claiming a turn is one statement: `agents.claim_turn(...)`.
+-- The agents' two most frequent writes, each one statement (one round trip): claiming a turn
+-- (`agents.claim_turn`) and moving positions past events that need no call (`agents.skip_to`).
+--
+-- Claiming a turn.
 --
 -- The claim sits between a person's message and the agent's call to the model, so it is sent
 -- as a single function call (one round trip, autocommit): fence the lease, drop a half-streamed
@@ -90,5 +93,31 @@ BEGIN
            (id, turn_id, thread_id, agent_id, caused_by, epoch, worker, request_hash)
     VALUES (call_id, p_turn, p_thread, p_agent, p_trigger_event, p_epoch, p_worker,
             p_request_hash);
+END;
+$$;
+
+-- Skipping: move the positions of many agents of one worker past events that need no call.
+-- Each row is fenced by the worker and the epoch of its lease; the rows that moved are
+-- returned (a missing one is a lease this worker no longer holds). The commit does not wait
+-- for the WAL to reach the disk: a skip lost in a crash is decided again, the same way.
+CREATE FUNCTION agents.skip_to(
+    p_worker text,
+    p_threads uuid[],
+    p_agents uuid[],
+    p_epochs bigint[],
+    p_positions bigint[],
+    p_lsns numeric[]
+) RETURNS TABLE (moved_thread uuid, moved_agent uuid) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+    UPDATE agents.leases l
+       SET position = greatest(l.position, s.upto),
+           position_lsn = greatest(l.position_lsn, s.lsn),
+           failures = 0, next_attempt_at = NULL, updated_at = now()
+      FROM unnest(p_threads, p_agents, p_epochs, p_positions, p_lsns) AS s(t, a, e, upto, lsn)
+     WHERE l.thread_id = s.t AND l.agent_id = s.a AND l.worker = p_worker AND l.epoch = s.e
+       AND l.status = 'active'
+    RETURNING l.thread_id, l.agent_id;
 END;
 $$;
