@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -52,6 +54,11 @@ T = TypeVar("T")
 LIVE_MODE: LiveMode = "sse"
 """How the view follows its shapes: one Server-Sent Events response per shape, so a change
 costs no new request."""
+
+logger = logging.getLogger(__name__)
+
+CUT_WARNING_SECONDS = 5.0
+"""A cut still awaited after this long is logged, with the shapes it waits for."""
 
 PROBE_PAUSE = 0.05
 """Seconds between probes of a shape whose probe brought changes the live stream must deliver."""
@@ -350,16 +357,37 @@ class ThreadView:
         return [asyncio.ensure_future(t.probe(self.url, self.transport)) for t in lagging]
 
     async def _complete_cut(self, lsn: int, probes: list[asyncio.Task[bool]]) -> int:
+        warn_at = time.monotonic() + CUT_WARNING_SECONDS
         try:
             while probes:
                 complete = await asyncio.gather(*probes)
                 if not all(complete):
                     await asyncio.sleep(PROBE_PAUSE)
                 probes = self._probe_lagging(lsn)
+                if probes and time.monotonic() > warn_at:
+                    warn_at = float("inf")
+                    logger.warning(
+                        "thread %s: the cut at %d still waits for %s",
+                        self.thread_id,
+                        lsn,
+                        self._lagging_description(lsn),
+                    )
         finally:
             for probe in probes:
                 probe.cancel()
         return self.frontier
+
+    def _lagging_description(self, lsn: int) -> str:
+        parts = []
+        for name, tracked in self.shapes.items():
+            if tracked.frontier < lsn:
+                stream = tracked.shape.stream
+                parts.append(
+                    f"{name} (frontier {tracked.frontier}, up to date"
+                    f" {tracked.shape.is_up_to_date}, handle {stream.handle},"
+                    f" offset {stream.offset})"
+                )
+        return ", ".join(parts)
 
     def state(self) -> ThreadState:
         """The thread's rows now; final events only (a reply being streamed is not yet said).
