@@ -127,21 +127,31 @@ def test_excerpts_match_their_files(block: Block) -> None:
     assert starts, f"{block.where} is not an excerpt of {source.relative_to(ROOT)}"
 
 
+def repository_entries() -> list[str]:
+    """The top-level files and folders of the repository: those git tracks or would (outside a
+    git checkout, every one not hidden)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(entry.name for entry in ROOT.iterdir() if not entry.name.startswith("."))
+    return sorted({path.split("/", 1)[0] for path in listed if (ROOT / path).exists()})
+
+
 def fresh_copy(directory: Path) -> None:
-    """The repository's files, linked into ``directory``, with an installed ``.venv``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in sorted({path.split("/", 1)[0] for path in listed}):
-        if (ROOT / name).exists():
-            (directory / name).symlink_to(ROOT / name)
+    """The repository's files, linked into ``directory``, with an installed ``.venv`` (the
+    repository's, else the environment running the tests)."""
+    for name in repository_entries():
+        (directory / name).symlink_to(ROOT / name)
+    installed = ROOT / ".venv" if (ROOT / ".venv").is_dir() else Path(sys.prefix)
     venv = directory / ".venv"
     venv.mkdir()
-    for entry in (ROOT / ".venv").iterdir():
+    for entry in installed.iterdir():
         if entry.name != ".installed":
             (venv / entry.name).symlink_to(entry)
     (venv / ".installed").touch()  # installed after pyproject.toml: make installs nothing
