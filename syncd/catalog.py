@@ -173,10 +173,14 @@ class PublicationManager:
         key = (table.schema, table.name)
         if key in self._published and (table.replica_identity == "f" or key in self._full_identity):
             return
-        pending = self._preparing.get(key)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
+        while (pending := self._preparing.get(key)) is not None:
+            try:
+                await asyncio.shield(pending)
+                return
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled
+                # the request preparing the table went away: prepare it here instead
         refused = self._refused.get(key)
         if refused is not None and self._clock() - refused[0] < RETRY_INTERVAL:
             raise InvalidRequest("table", refused[1])

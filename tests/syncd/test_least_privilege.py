@@ -174,3 +174,26 @@ async def test_a_refused_table_is_tried_at_most_once_a_second(roles: Roles) -> N
             )
         now[0] += RETRY_INTERVAL
         await manager.add_table(counting, await load_table(conn, "public", "later"))  # type: ignore[arg-type]
+
+
+async def test_a_request_sharing_a_cancelled_attempt_prepares_the_table_itself(
+    pg_dsn: str,
+) -> None:
+    manager = PublicationManager("syncd_publication")
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE shared (id int PRIMARY KEY)")
+        await manager.ensure_publication(conn)
+        table = await load_table(conn, "public", "shared")
+        counting = CountingConnection(conn)
+        first = asyncio.ensure_future(manager.add_table(counting, table))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the first request is preparing the table
+        second = asyncio.ensure_future(manager.add_table(counting, table))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        first.cancel()  # its client went away
+        await second
+        assert first.cancelled()
+        cur = await conn.execute(
+            "SELECT relreplident::text FROM pg_class c JOIN pg_publication_tables p"
+            " ON p.tablename = c.relname WHERE c.relname = 'shared'"
+        )
+        assert await cur.fetchall() == [("f",)]
