@@ -9,10 +9,12 @@ a change arriving during a call (the loop decides again afterwards), not to a cr
 holder starts from the stored position).
 
 Each round: read the state, ``decide``. ``Wait`` sleeps until the debounce ends or the shapes
-change; ``Skip`` moves the position at once and leaves its write to the worker's
-:class:`~agents.skips.Skips` (fenced, together with other agents' skips); ``Call`` first waits
-for a consistent cut at the trigger's LSN (:meth:`ThreadView.wait_for_cut`), decides again on
-that state, then runs a turn (:mod:`agents.turns`): claim and reserve, call the model (streaming
+change. ``Skip`` and ``Call`` are acted on only when the state is a consistent cut covering
+the events they concern (:meth:`ThreadView.cut`; otherwise the agent waits for one and decides
+again): on the events alone, a comedian could skip the extraction whose facts have not arrived
+yet. ``Skip`` moves the position at once and leaves its write to the worker's
+:class:`~agents.skips.Skips` (fenced, together with other agents' skips); ``Call`` decides again
+on the cut, then runs a turn (:mod:`agents.turns`): claim and reserve, call the model (streaming
 the reply into its event row), record the reply, write its effects. A ``replied`` turn left by
 a crash is applied before anything else, without calling the model.
 
@@ -188,15 +190,20 @@ class Agent:
             self.view.drop_wake_event(wake)
 
     async def step(self, wake: asyncio.Event) -> None:
-        decision = decide(
-            self.persona, self.view.state(), self.position, time.time(), self.settings.rules
-        )
+        state = self.view.state()
+        decision = decide(self.persona, state, self.position, time.time(), self.settings.rules)
         if isinstance(decision, Idle):
             await wake.wait()
         elif isinstance(decision, Wait):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), max(decision.until - time.time(), 0.01))
         elif isinstance(decision, Skip):
+            # A skip, like a call, is decided on a consistent cut: on the events alone, a
+            # comedian could skip the extraction whose facts have not arrived yet.
+            lsn = self.newest_lsn(state)
+            if self.view.frontier < lsn:
+                await self.view.cut(lsn)
+                return  # decide again, on the cut
             await self.check_lease()
             self.skips.record(self.lease, decision.upto_seq, self.view.frontier)
             self.position = decision.upto_seq
@@ -209,6 +216,12 @@ class Agent:
                     await self.turn(decision, state, frontier, prepared)
                 finally:
                     self.busy = False
+
+    def newest_lsn(self, state: ThreadState) -> int:
+        """The commit LSN of the newest of the events past the agent's position."""
+        return max(
+            (self.view.event_lsn(e.id) for e in state.events if e.seq > self.position), default=0
+        )
 
     async def cut_and_prepare(self, call: Call) -> tuple[ThreadState, int, Prepared | None]:
         """The state at a consistent cut covering the trigger, its frontier, and the request

@@ -297,6 +297,8 @@ class ThreadView:
     last_message_id: str | None
     last_message_text: str | None
     last_tag: str | None
+    unextracted: bool = False
+    """A user message comes after the last fact extraction (or there was none)."""
 
 
 def view_of(text: str) -> ThreadView:
@@ -310,12 +312,14 @@ def view_of(text: str) -> ThreadView:
     author = re.search(rf"from: \"?({UUID_PATTERN})", last)
     event = re.search(rf"\bid: \"?({UUID_PATTERN})", last)
     said = re.search(r"text: (.*)", last)
+    extracted_at = max((i for i, tag in enumerate(tags) if tag == "extract_facts"), default=-1)
     return ThreadView(
         user_ids,
         author.group(1) if author else None,
         event.group(1) if event else None,
         unquote(said.group(1).strip()) if said else None,
         tags[-1] if tags else None,
+        any(tag == "user_message" for tag in tags[extracted_at + 1 :]),
     )
 
 
@@ -327,7 +331,8 @@ def unquote(text: str) -> str:
 
 
 def chosen_tool(body: JsonObject, persona: str | None, view: ThreadView) -> str | None:
-    """The tool the script calls, or None for a plain text reply."""
+    """The tool the script calls, or None for a plain text reply: Sarah extracts facts while a
+    person's message came after her last extraction, then asks; the comedians roast."""
     names = [t["name"] for t in body.get("tools", [])]
     choice = body.get("tool_choice") or {"type": "auto"}
     if choice["type"] == "tool":
@@ -335,7 +340,7 @@ def chosen_tool(body: JsonObject, persona: str | None, view: ThreadView) -> str 
     if not names or choice["type"] == "none":
         return None
     if persona == "sarah":
-        if view.last_tag == "user_message" and "extract_facts" in names:
+        if view.unextracted and "extract_facts" in names:
             return "extract_facts"
         if view.user_ids and "ask_user_about_themselves" in names:
             return "ask_user_about_themselves"

@@ -43,7 +43,9 @@ from agents.leases import (
     LeaseLost,
     Pool,
     advance,
+    check_fence,
     fence,
+    fence_query,
 )
 from agents.llm import LlmFailure, LlmReply, ToolUseBlock
 from agents.tools import ExtractFacts, ToolCall
@@ -214,12 +216,14 @@ async def _settle(conn: Connection, lease: Lease, turn: uuid.UUID, used: int) ->
 async def record_reply(
     pool: Pool, lease: Lease, claim_: Claim, reply: LlmReply, tool_use_id: str | None
 ) -> dict[str, Any]:
-    """Transaction B1: the reply is recorded (and paid for) before any of its effects."""
+    """Transaction B1: the reply is recorded (and paid for) before any of its effects.
+
+    Sent as a pipeline: one round trip, then the commit."""
     recorded = reply_json(reply)
     used = reply.usage.input_tokens + reply.usage.output_tokens
     used += reply.usage.cache_creation_input_tokens + reply.usage.cache_read_input_tokens
-    async with pool.connection() as conn, conn.transaction():
-        await fence(conn, lease)
+    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+        fenced = await fence_query(conn, lease)
         await conn.execute(
             "UPDATE agents.llm_calls SET status = 'replied', reply = %s, tool_use_id = %s,"
             " tokens_in = %s, tokens_out = %s, latency_ms = %s, finished_at = now()"
@@ -239,6 +243,7 @@ async def record_reply(
             (Jsonb(recorded), tool_use_id, claim_.turn_id),
         )
         await _settle(conn, lease, claim_.turn_id, used)
+        check_fence(await fenced.fetchone(), lease)  # a lost lease rolls everything back
     return recorded
 
 
@@ -301,13 +306,6 @@ async def stream_step(
         )
 
 
-async def is_member(conn: Connection, lease: Lease) -> bool:
-    cursor = await conn.execute(
-        "SELECT FROM memberships WHERE thread_id = %s AND user_id = %s", _key(lease)
-    )
-    return await cursor.fetchone() is not None
-
-
 async def apply_reply(
     pool: Pool,
     lease: Lease,
@@ -319,20 +317,27 @@ async def apply_reply(
 ) -> bool:
     """Transaction B2: the tool call's event and facts, the turn ``done``, the position moved.
 
+    Sent as a pipeline: the reads that decide in one round trip, the writes and the commit in
+    the next.
+
     ``call`` None (a recorded reply that cannot be performed any more) skips the turn. Returns
     whether effects were written.
     """
     event = effect_event_id(turn)
-    async with pool.connection() as conn, conn.transaction():
-        await fence(conn, lease)
+    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+        fenced = await fence_query(conn, lease)
         cursor = await conn.execute(
             "SELECT status FROM agents.turns WHERE id = %s FOR UPDATE", (turn,)
         )
+        member = await conn.execute(
+            "SELECT FROM memberships WHERE thread_id = %s AND user_id = %s", _key(lease)
+        )
+        check_fence(await fenced.fetchone(), lease)
         row = await cursor.fetchone()
         if row is None or row[0] in ("done", "skipped"):
             await advance(conn, lease, trigger_seq, input_lsn)
             return False
-        if call is None or not await is_member(conn, lease):
+        if call is None or await member.fetchone() is None:
             await conn.execute(
                 "UPDATE agents.turns SET status = 'skipped', reason = %s, updated_at = now()"
                 " WHERE id = %s",

@@ -13,9 +13,9 @@ The view keeps, per shape, that *frontier*; the frontier of the view is the smal
 shapes'. Every transaction with an LSN at or below it is then visible in all the shapes at
 once, so a state read when ``frontier >= L`` contains the transaction at LSN ``L`` and every one
 committed before it, in every shape: never the events of one commit with the facts or
-memberships of an older one. An agent acts on a trigger committed at ``L`` only after
-:meth:`ThreadView.wait_for_cut` has seen the frontier reach ``L`` (it may be later: newer
-changes are fine, missing older ones are not).
+memberships of an older one. An agent acts on events committed up to ``L`` (a call, or a
+skip) only once :meth:`ThreadView.cut` has seen the frontier reach ``L`` (it may be later: newer
+changes are fine, missing older ones are not). The agents of a thread share a cut in progress.
 
 A quiet shape gets no new ``up-to-date`` until its live request times out, so the view probes
 a lagging shape: a non-live request at the shape's current handle and offset answers at once
@@ -188,6 +188,12 @@ class TrackedShape:
         self._unsubscribe()
 
 
+def _retrieve(future: asyncio.Future[int]) -> None:
+    """Mark a shared cut's outcome as seen (its waiters may all have gone)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def thread_definitions(thread_id: uuid.UUID) -> dict[str, ShapeDefinition]:
     where = f"thread_id = '{thread_id}'"
     return {
@@ -296,6 +302,8 @@ class ThreadView:
         self._stop_users = users.tracked.listen(self._changed)
         self._wakes: set[asyncio.Event] = set()
         self._state: ThreadState | None = None
+        self._cut: tuple[int, asyncio.Future[int]] | None = None
+        """The cut in progress, if any, and the LSN it waits for."""
 
     def _changed(self) -> None:
         self._state = None
@@ -339,14 +347,24 @@ class ThreadView:
 
     def cut(self, lsn: int) -> asyncio.Future[int]:
         """:meth:`wait_for_cut` as a future whose first probes run from the loop's next step
-        on, so that a caller may compute meanwhile (its requests are already sent then)."""
+        on, so that a caller may compute meanwhile (its requests are already sent then).
+
+        The agents of a thread wake on the same batches: a cut already under way for the same
+        or a later LSN is shared (cancelling the future returned stops only that wait)."""
+        if self._cut is not None:
+            target, pending = self._cut
+            if target >= lsn and not pending.done():
+                return asyncio.shield(pending)
         try:
             probes = self._probe_lagging(lsn)
         except Exception as error:
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             failed.set_exception(error)
             return failed
-        return asyncio.ensure_future(self._complete_cut(lsn, probes))
+        pending = asyncio.ensure_future(self._complete_cut(lsn, probes))
+        pending.add_done_callback(_retrieve)
+        self._cut = (lsn, pending)
+        return asyncio.shield(pending)
 
     def _probe_lagging(self, lsn: int) -> list[asyncio.Task[bool]]:
         """Start a probe of every shape whose frontier is below ``lsn``."""
@@ -403,6 +421,8 @@ class ThreadView:
         return self._state
 
     async def close(self) -> None:
+        if self._cut is not None:
+            self._cut[1].cancel()
         self._stop_users()
         for tracked in self.shapes.values():
             tracked.close()

@@ -25,6 +25,12 @@
   \set schema public
 \endif
 
-CREATE ROLE :"role" LOGIN REPLICATION PASSWORD :'password';
+-- Run again, it sets the role's attributes and password instead of failing.
+SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') AS role_is_new \gset
+\if :role_is_new
+  CREATE ROLE :"role" LOGIN REPLICATION PASSWORD :'password';
+\else
+  ALTER ROLE :"role" LOGIN REPLICATION PASSWORD :'password';
+\endif
 GRANT USAGE ON SCHEMA :"schema" TO :"role";
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO :"role";

@@ -56,18 +56,15 @@ async def test_a_thread_from_questions_to_roasts(runtime: Runtime, fake: FakeApi
         await wait_until(asked)
         await say(runtime, user, thread, f"My answer number {n}: I collect spoons.")
 
-    async def third_fact() -> bool:
-        return await facts_of(runtime, thread) >= 3
-
-    await wait_until(third_fact)
-    await say(runtime, user, thread, "Also, I talk to my plants.")
-
-    async def roasted() -> bool:
+    async def roasted_by(comedian: uuid.UUID, facts: int) -> bool:
         rows = await tool_events(runtime, thread)
         roasters = [r[0] for r in rows if r[1] == "roast_user" and r[3] == "final"]
-        return await facts_of(runtime, thread) >= 4 and FRANKIE_ID in roasters
+        return await facts_of(runtime, thread) >= facts and comedian in roasters
 
-    await wait_until(roasted)
+    # three facts about the person: Jerry's turn; a fourth, extracted after his roast: Frankie's
+    await wait_until(lambda: roasted_by(JERRY_ID, 3))
+    await say(runtime, user, thread, "Also, I talk to my plants.")
+    await wait_until(lambda: roasted_by(FRANKIE_ID, 4))
     await runtime.stop_worker("w1")
     rows = [r for r in await tool_events(runtime, thread) if r[3] == "final"]
     roasters = [r[0] for r in rows if r[1] == "roast_user"]
