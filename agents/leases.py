@@ -161,27 +161,32 @@ _UNHELD = (
 
 async def acquire(pool: Pool, worker: str, limit: int) -> list[Lease]:
     """Take up to ``limit`` claimable agents (active, unheld, not backing off), whole threads
-    together, those of threads this worker already runs first. A worker that is not live
-    (see :func:`register_worker`) takes none."""
+    together: those of threads this worker already runs first, those of threads another live
+    worker runs (an agent whose lease row came later than its thread's others) last. A worker
+    that is not live (see :func:`register_worker`) takes none."""
     if limit <= 0:
         return []
     async with pool.connection() as conn:
         cursor = await conn.execute(
             "WITH mine AS (SELECT DISTINCT thread_id FROM agents.leases"
             "  WHERE worker = %s AND status = 'active'),"
+            " theirs AS (SELECT DISTINCT o.thread_id FROM agents.leases o"
+            "  JOIN agents.workers w ON w.id = o.worker AND w.expires_at > now()"
+            "  WHERE o.worker <> %s AND o.status = 'active'),"
             " claimable AS ("
             "  SELECT l.thread_id, l.agent_id FROM agents.leases l"
             f"  WHERE l.status = 'active' AND {_UNHELD}"
             "  AND coalesce(l.next_attempt_at, '-infinity') <= now()"
             "  AND EXISTS (SELECT 1 FROM agents.workers w WHERE w.id = %s"
             "   AND w.expires_at > now())"
-            "  ORDER BY l.thread_id IN (SELECT thread_id FROM mine) DESC, l.thread_id, l.agent_id"
+            "  ORDER BY l.thread_id IN (SELECT thread_id FROM mine) DESC,"
+            "   l.thread_id IN (SELECT thread_id FROM theirs), l.thread_id, l.agent_id"
             "  LIMIT %s FOR UPDATE OF l SKIP LOCKED)"
             " UPDATE agents.leases l SET worker = %s, epoch = l.epoch + 1, granted_at = now(),"
             "  updated_at = now()"
             " FROM claimable c WHERE l.thread_id = c.thread_id AND l.agent_id = c.agent_id"
             " RETURNING l.thread_id, l.agent_id, l.epoch, l.position, l.position_lsn",
-            (worker, worker, limit, worker),
+            (worker, worker, worker, limit, worker),
         )
         rows = await cursor.fetchall()
     return [
