@@ -6,7 +6,8 @@ no debounce, no streaming), on a database migrated by ``python -m web migrate``.
 workers are up with no agents, their resident memory (``VmRSS``) is read. Then one transaction
 makes ``--agent-threads`` (1,000) threads, each with a person as owner, Sarah as producer and
 Jerry and Frankie as comedians (as the web app makes a thread), and the benchmark waits until
-the workers hold every agent (``agents.leases``) and the workers and syncd are quiet again
+the workers hold every agent (``agents.leases``), syncd has taken the snapshot of every
+thread's shapes (``snapshot.done`` in its storage) and the workers and syncd are quiet again
 (each under a tenth of a core for three seconds in a row; it goes on after five minutes
 without).
 
@@ -210,6 +211,26 @@ def sample(pids: Mapping[str, int]) -> CpuSample:
 def cores(before: CpuSample, after: CpuSample) -> dict[str, float]:
     wall = after.at - before.at
     return {name: (after.seconds[name] - spent) / wall for name, spent in before.seconds.items()}
+
+
+THREAD_SHAPES = ("events", "memberships", "facts")
+"""The shapes a worker follows per thread."""
+
+
+def wait_snapshots(
+    storage: Path, expected: int, deadline: float, check: Callable[[], None]
+) -> bool:
+    """Wait until syncd's storage holds at least ``expected`` shapes, each with its snapshot
+    complete (``snapshot.done``)."""
+    shapes = storage / "shapes"
+    while time.monotonic() < deadline:
+        check()
+        directories = [d for d in shapes.iterdir() if d.is_dir()] if shapes.is_dir() else []
+        done = sum((d / "snapshot.done").exists() for d in directories)
+        if done >= expected and done == len(directories):
+            return True
+        time.sleep(1.0)
+    return False
 
 
 def wait_quiet(pids: Mapping[str, int], timeout: float, check: Callable[[], None]) -> bool:
@@ -542,9 +563,12 @@ def measure(
     expected = options.threads * len(AGENT_ROLES)
     held = wait_held(dsn, expected, check)
     print(f"{NAME}: all {expected} agents held {held:.1f} s after the threads' commit", flush=True)
-    # syncd too: workers wait, quiet, while syncd still takes the new shapes' snapshots
+    # syncd too: workers wait, quiet, while syncd still takes the new shapes' snapshots (and
+    # a client told to come back later makes both quiet for a while: count the snapshots)
     busy = {name: pids[name] for name in (*WORKERS, "syncd")}
-    quiet = wait_quiet(busy, QUIET_TIMEOUT, check)
+    deadline = time.monotonic() + QUIET_TIMEOUT
+    quiet = wait_snapshots(base / "storage", options.threads * len(THREAD_SHAPES), deadline, check)
+    quiet = quiet and wait_quiet(busy, max(deadline - time.monotonic(), 0.0), check)
     quiet_seconds = time.monotonic() - created if quiet else None
     started = spread(dsn)
     before = sample(pids)
