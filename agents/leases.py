@@ -217,12 +217,7 @@ async def still_held(pool: Pool, worker: str, leases: Sequence[Lease]) -> set[Ag
 
 async def release(pool: Pool, lease: Lease) -> None:
     """Give a lease back (a graceful stop): another worker may take it at once."""
-    async with pool.connection() as conn:
-        await conn.execute(
-            "UPDATE agents.leases SET worker = NULL, updated_at = now()"
-            " WHERE thread_id = %s AND agent_id = %s AND worker = %s AND epoch = %s",
-            (lease.key.thread_id, lease.key.agent_id, lease.worker, lease.epoch),
-        )
+    await release_all(pool, [lease])
 
 
 async def release_all(pool: Pool, leases: Sequence[Lease]) -> None:

@@ -198,14 +198,18 @@ class Worker:
         """The first beat, on the worker's loop (no agent runs yet: nothing to check)."""
         sent = time.monotonic()
         await leases.register_worker(self.pool, self.worker_id, self.settings.lease_ttl)
-        self.valid_until = sent + self.settings.lease_ttl - self.settings.lease_margin
+        self.valid_until = self._deadline(sent)
+
+    def _deadline(self, sent: float) -> float:
+        """The local deadline of the leases after a beat sent at ``sent`` (monotonic)."""
+        return sent + self.settings.lease_ttl - self.settings.lease_margin
 
     def _on_beat(self, sent: float, was_live: bool) -> None:
         """A heartbeat (called in the heartbeat's thread)."""
         if not was_live:
             self._lapses += 1
         if self._checked_lapses == self._lapses:
-            self.valid_until = sent + self.settings.lease_ttl - self.settings.lease_margin
+            self.valid_until = self._deadline(sent)
         elif self._loop is not None:
             self._loop.call_soon_threadsafe(self._check_now.set)
 
