@@ -3,15 +3,14 @@
 Theory of operation (exactly-once effects around an at-least-once model call). A *turn* is one
 agent's answer to one triggering event; ``(agent, trigger event)`` is unique, and every effect
 of the turn has an id derived from the turn's id, so the same effect can never be inserted
-twice. A turn goes through three fenced transactions (each starts with
-:func:`agents.leases.fence`, so a worker that lost its lease writes nothing):
+twice. A turn goes through three fenced transactions (each checks the lease's worker and
+epoch before it commits, so a worker that lost its lease writes nothing):
 
 1. :func:`claim` (one statement, ``agents.claim_turn``) creates the turn (or finds it again
    after a crash), reserves the call's token estimate in the thread's budget and counts it
    against the thread's call rate, and records the call as ``sent`` with the hash of its
-   request. A turn found ``replied`` is not
-   called again: its recorded reply is applied. A turn found ``done`` or ``skipped`` only moves
-   the position.
+   request. A turn found ``replied`` is not called again: its recorded reply is applied. A
+   turn found ``done`` or ``skipped`` only moves the position.
 2. The model is called outside any transaction.
 3. :func:`record_reply` stores the reply on the call and the turn (``replied``) and settles the
    budget (the reservation becomes the tokens actually used).
@@ -118,10 +117,6 @@ async def set_status(pool: Pool, lease: Lease, state: str, reason: str = "") -> 
         await _set_status(conn, lease, state, reason)
 
 
-CLAIM_REFUSALS = {"AGL01": "lease", "AGB01": "budget", "AGR01": "rate"}
-"""The SQLSTATEs with which ``agents.claim_turn`` refuses a claim (``sql/008_agent_writes.sql``)."""
-
-
 async def claim(
     pool: Pool,
     lease: Lease,
@@ -169,14 +164,14 @@ async def claim(
 
 
 def _claim_refused(error: psycopg.Error) -> Exception:
-    """The exception for a refusal of ``agents.claim_turn``; other errors as they are."""
-    refusal = CLAIM_REFUSALS.get(error.sqlstate or "")
+    """The exception for a refusal of ``agents.claim_turn`` (by the SQLSTATEs of
+    ``sql/008_agent_writes.sql``); other errors as they are."""
     message = error.diag.message_primary or str(error)
-    if refusal == "lease":
+    if error.sqlstate == "AGL01":
         return LeaseLost(message)
-    if refusal == "budget":
+    if error.sqlstate == "AGB01":
         return OverBudget(message)
-    if refusal == "rate":
+    if error.sqlstate == "AGR01":
         return RateLimited(float(error.diag.message_detail or "1"))
     return error
 

@@ -341,13 +341,10 @@ class ThreadView:
         """The commit LSN of an event (0 for a snapshot row, which precedes every frontier)."""
         return self.shapes["events"].lsn_of.get(f'"public"."events"/"{event_id}"', 0)
 
-    async def wait_for_cut(self, lsn: int) -> int:
-        """Wait until all the shapes hold every change up to ``lsn``; returns the frontier."""
-        return await self.cut(lsn)
-
     def cut(self, lsn: int) -> asyncio.Future[int]:
-        """:meth:`wait_for_cut` as a future whose first probes run from the loop's next step
-        on, so that a caller may compute meanwhile (its requests are already sent then).
+        """A future of the frontier once all the shapes hold every change up to ``lsn``. Its
+        first probes run from the loop's next step on, so that a caller may compute meanwhile
+        (their requests are already sent then). Raises the error of a failed shape.
 
         The agents of a thread wake on the same batches: a cut already under way for the same
         or a later LSN is shared (cancelling the future returned stops only that wait)."""
@@ -355,12 +352,7 @@ class ThreadView:
             target, pending = self._cut
             if target >= lsn and not pending.done():
                 return asyncio.shield(pending)
-        try:
-            probes = self._probe_lagging(lsn)
-        except Exception as error:
-            failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            failed.set_exception(error)
-            return failed
+        probes = self._probe_lagging(lsn)
         pending = asyncio.ensure_future(self._complete_cut(lsn, probes))
         pending.add_done_callback(_retrieve)
         self._cut = (lsn, pending)

@@ -20,9 +20,10 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
-    follower = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "follow_items.py"), syncd.url],
+def follow_items(url: str) -> subprocess.Popen[str]:
+    """``examples/follow_items.py`` following ``url``, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "follow_items.py"), url],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -31,6 +32,10 @@ def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
         # which the child would inherit (and then never see the Ctrl-C)
         preexec_fn=_default_sigint,
     )
+
+
+def test_follow_items_stops_quietly_on_ctrl_c(syncd: SyncdProcess) -> None:
+    follower = follow_items(syncd.url)
     try:
         assert follower.stdout is not None
         assert follower.stdout.readline() == "0 rows\n"
@@ -60,18 +65,7 @@ def loading_the_client(pid: int) -> bool:
 def test_ctrl_c_while_the_example_starts_is_quiet_too() -> None:
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs /proc to see what the child has loaded")
-    follower = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "follow_items.py"),
-            f"http://127.0.0.1:{free_port()}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
+    follower = follow_items(f"http://127.0.0.1:{free_port()}")
     try:
         deadline = time.monotonic() + 30
         while not loading_the_client(follower.pid):
