@@ -450,7 +450,7 @@ class Engine:
             return
         if shape.gone:
             return
-        shape.finish_snapshot(info)
+        shape.finish_snapshot(info, wal_lsn)
         self.flush.dirty.add(shape)
         log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
 

@@ -115,21 +115,23 @@ class QueryRunner:
                 await conn.execute("SELECT pg_logical_emit_message(false, 'syncd', '')")
             await conn.execute("COMMIT")
         if query.initial:
-            await self._make_initial_durable(query, snapshot)
+            await self._make_initial_durable(query, snapshot, wal_lsn)
         query.snapshot, query.wal_lsn, query.rows = snapshot, wal_lsn, rows
         log.debug("shape %s: query done, %d rows", shape.handle, len(rows))
 
-    async def _make_initial_durable(self, query: MoveInQuery, snapshot: Snapshot) -> None:
+    async def _make_initial_durable(
+        self, query: MoveInQuery, snapshot: Snapshot, wal_lsn: int
+    ) -> None:
         """Finish the snapshot files and store the metadata of a ready shape, off the event
         loop (their fsyncs would stop replication). Until the splice the shape is not
-        ready in memory; a restart in between restores it with its snapshot's filter on."""
+        ready in memory; a restart in between restores it with its snapshot's filter."""
         shape = self.shape
         if shape.status == "gone":
             return
         end = messages.snapshot_end(snapshot.xmin, snapshot.xmax, snapshot.xip)
         await asyncio.to_thread(shape.log.finish_snapshot, end)
         shape.snapshot = snapshot
-        shape.filtering = True
+        shape.snapshot_lsn = wal_lsn
         shape.initial_views = self.encoder.texts(query.after)
         meta = {**shape.meta(), "status": "ready"}
         await asyncio.to_thread(shape.log.write_meta, meta)

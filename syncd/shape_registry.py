@@ -28,7 +28,7 @@ from shapes.where import Where, parse_where, subquery_tables
 from shapes.xid import Snapshot
 from syncd.change_applier import ChangeApplier, describe, route
 from syncd.flush_tracker import FlushTracker
-from syncd.shape_state import ShapeState, snapshot_from_meta
+from syncd.shape_state import ShapeState, snapshot_from_meta, snapshot_lsn_from_meta
 from syncd.storage import ShapeLog
 from syncd.subquery_engine import SubqueryEngine
 
@@ -116,7 +116,7 @@ class ShapeRegistry:
         shape.initial_views = meta.get("views")
         shape.status = "ready"
         shape.snapshot = snapshot_from_meta(meta)
-        shape.filtering = bool(meta.get("filtering", True))
+        shape.snapshot_lsn = snapshot_lsn_from_meta(meta)
         shape.ready.set()
         return shape
 
@@ -258,8 +258,7 @@ class ShapeRegistry:
         xid = shape.snapshot.widen(txn_xid) if shape.snapshot else txn_xid
         info = Snapshot(xid + 1, xid + 1, ())
         shape_log.finish_snapshot(messages.snapshot_end(info.xmin, info.xmax, info.xip))
-        fresh.filtering = False
-        fresh.finish_snapshot(info)
+        fresh.finish_snapshot(info, 0)
         self.delete(shape, "the table was truncated")
         self.shapes[handle] = fresh
         self.by_definition[definition] = fresh

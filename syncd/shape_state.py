@@ -28,6 +28,9 @@ log = logging.getLogger("syncd.shape")
 Status = Literal["snapshotting", "ready", "gone"]
 LogEntries = Sequence[tuple[int, bytes]]
 
+SNAPSHOT_LSN_UNKNOWN = 2**64 - 1
+"""A :attr:`ShapeState.snapshot_lsn` not known yet (metadata stored before it was)."""
+
 
 class Wakeup:
     """A one-shot signal that many waiters wait on together.
@@ -131,7 +134,10 @@ class ShapeState:
     log: ShapeLog
     status: Status = "snapshotting"
     snapshot: Snapshot | None = None
-    filtering: bool = True
+    snapshot_lsn: int = SNAPSHOT_LSN_UNKNOWN
+    """The WAL insert position read right after the snapshot was taken: every transaction the
+    snapshot's rows contain commits below it, so only those are checked against the snapshot
+    (see :meth:`in_snapshot`)."""
     buffer: list[tuple[int, int, LogEntries]] = field(default_factory=list)
     failure: BaseException | None = None
     notifier: Notifier = field(default_factory=Notifier)
@@ -232,22 +238,34 @@ class ShapeState:
             self.log.abort_transaction()
 
     def _takes(self, lsn: int, xid: int) -> bool:
-        """Whether the log takes the transaction (side effect: filtering may turn off)."""
+        """Whether the log takes the transaction."""
         if self.status != "ready" or lsn <= self.log.latest_offset.tx:
             return False
-        if self.filtering and self.snapshot is not None:
-            if self.snapshot.is_visible(xid):
-                return False
-            if self.snapshot.is_after(xid):
-                self.filtering = False
-                # Durable with this transaction's log bytes (a crash before that replays the
-                # transaction, and filtering would turn off again).
-                self.save_meta(defer=True)
-        return True
+        return not self.in_snapshot(lsn, xid)
 
-    def finish_snapshot(self, info: Snapshot) -> None:
-        """Mark the snapshot done and move buffered transactions into the log, in order."""
+    def in_snapshot(self, lsn: int, xid: int) -> bool:
+        """Whether the snapshot's rows already contain the transaction committed at ``lsn``.
+
+        Only a transaction that commits below :attr:`snapshot_lsn` can be in the snapshot: the
+        decision is a pure function of the position, so it needs no state written as the
+        stream passes the snapshot, and it is the same after a restart. For metadata that
+        lacks the position, the first transaction that started after the snapshot sets it
+        (no later commit can be in the snapshot).
+        """
+        snapshot = self.snapshot
+        if snapshot is None or lsn >= self.snapshot_lsn:
+            return False
+        if snapshot.is_visible(xid):
+            return True
+        if self.snapshot_lsn == SNAPSHOT_LSN_UNKNOWN and snapshot.is_after(xid):
+            self.snapshot_lsn = lsn
+        return False
+
+    def finish_snapshot(self, info: Snapshot, snapshot_lsn: int) -> None:
+        """Mark the snapshot done and move buffered transactions into the log, in order
+        (``snapshot_lsn``: see :attr:`snapshot_lsn`)."""
         self.snapshot = info
+        self.snapshot_lsn = snapshot_lsn
         self.status = "ready"
         buffered, self.buffer = self.buffer, []
         for lsn, xid, entries in buffered:
@@ -283,7 +301,7 @@ class ShapeState:
             "handle": self.handle,
             "definition": self.definition.to_json(),
             "status": self.status,
-            "filtering": self.filtering,
+            "snapshot_lsn": self.snapshot_lsn,
             "snapshot": None
             if snapshot is None
             else {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)},
@@ -294,6 +312,14 @@ class ShapeState:
         """Persist :meth:`meta` atomically (``defer``: at the log's next sync, see
         :meth:`ShapeLog.write_meta`)."""
         self.log.write_meta(self.meta(), defer=defer)
+
+
+def snapshot_lsn_from_meta(meta: dict[str, Any]) -> int:
+    """The stored :attr:`ShapeState.snapshot_lsn`; metadata from before it was stored says
+    only whether the stream had passed the snapshot."""
+    if "snapshot_lsn" in meta:
+        return int(meta["snapshot_lsn"])
+    return SNAPSHOT_LSN_UNKNOWN if meta.get("filtering", True) else 0
 
 
 def snapshot_from_meta(meta: dict[str, Any]) -> Snapshot | None:

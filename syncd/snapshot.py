@@ -10,12 +10,14 @@ stream decodes from then on reaches the shape, which buffers them. The snapshot 
 ``xmin``, ``xmax`` and the in-progress list ``xip`` describe exactly which transactions the
 snapshot's rows already contain. A streamed transaction ``x`` is *visible* in the snapshot iff
 ``x < xmin``, or ``x < xmax`` and ``x`` is not in ``xip``. Visible transactions are dropped (their
-effects are in the rows), the others are appended to the log. Transactions reach the stream in
-commit order, and every transaction that commits before the snapshot precedes every transaction
-that starts after it, so once a transaction with ``x >= xmax`` appears, no later one can be visible
-and filtering stops for good. Nothing is lost (a transaction that is not visible commits after the
-snapshot, hence after registration) and nothing is doubled (each transaction is either in the rows
-or in the log, never both).
+effects are in the rows), the others are appended to the log. The WAL insert position read in
+the same statement bounds the check: a visible transaction wrote its commit record before the
+snapshot was taken, so a transaction committed at or above that position is never visible and is
+not checked (``ShapeState.in_snapshot``). The rule depends on positions only, so nothing has to be
+stored when the stream passes the snapshot, and 32-bit xids are only ever widened near the
+snapshot's own. Nothing is lost (a transaction that is not visible commits after the snapshot,
+hence after registration) and nothing is doubled (each transaction is either in the rows or in
+the log, never both).
 
 Rows are fetched as Postgres text output (the same text pgoutput sends) under the protocol's
 display settings, so a value looks the same in the snapshot and in later changes.

@@ -241,15 +241,7 @@ class SubqueryShape:
     def _replayed(self, txn: HeldTransaction) -> bool:
         """A transaction the log or the snapshot already has (a replay after a restart)."""
         shape = self.shape
-        if txn.lsn <= shape.log.latest_offset.tx:
-            return True
-        if shape.filtering and shape.snapshot is not None:
-            if shape.snapshot.is_visible(txn.xid):
-                return True
-            if shape.snapshot.is_after(txn.xid):
-                shape.filtering = False
-                shape.save_meta(defer=True)
-        return False
+        return txn.lsn <= shape.log.latest_offset.tx or shape.in_snapshot(txn.lsn, txn.xid)
 
     def after_commit(self) -> None:
         """Called once the materialisers have published the commit's moves: issue a query that

@@ -10,7 +10,12 @@ from shapes.offset import SNAPSHOT_END, LogOffset
 from shapes.schema import Column, Table
 from shapes.shape import CanonicalShape
 from shapes.xid import Snapshot
-from syncd.shape_state import ShapeState
+from syncd.shape_state import (
+    SNAPSHOT_LSN_UNKNOWN,
+    ShapeState,
+    snapshot_from_meta,
+    snapshot_lsn_from_meta,
+)
 from syncd.storage import ShapeLog
 from tests.syncd.logs import read_all_changes
 
@@ -27,9 +32,13 @@ def entries(first: int, count: int) -> list[tuple[int, bytes]]:
     return [(2 * k, b'{"i":%d}' % (first + k)) for k in range(count)]
 
 
-def ready(shape: ShapeState, info: Snapshot) -> None:
+SNAPSHOT_LSN = 1_000
+"""Above every commit LSN these tests use: any of them may be in the snapshot."""
+
+
+def ready(shape: ShapeState, info: Snapshot, snapshot_lsn: int = SNAPSHOT_LSN) -> None:
     shape.log.finish_snapshot(END_LINE)
-    shape.finish_snapshot(info)
+    shape.finish_snapshot(info, snapshot_lsn)
 
 
 async def test_pieces_of_a_ready_shape(tmp_path: Path) -> None:
@@ -86,3 +95,42 @@ async def test_abandoned_pieces_leave_the_log(tmp_path: Path) -> None:
     assert shape.log.open_transaction is None
     assert shape.commit(100, 20, entries(0, 4))
     assert shape.log.latest_offset == LogOffset(100, 6)
+
+
+async def test_only_commits_below_the_snapshot_position_are_checked(tmp_path: Path) -> None:
+    shape = make_shape(tmp_path)
+    ready(shape, Snapshot(10, 12, (11,)), snapshot_lsn=150)
+    assert not shape.commit(100, 5, entries(0, 1))  # below the position and visible: skipped
+    # At or above the position a transaction cannot be in the snapshot, whatever its xid says
+    # (a 32-bit xid widened far from the snapshot's can look visible).
+    assert shape.commit(150, 5, entries(0, 1))
+    assert shape.commit(200, 9, entries(0, 1))
+    assert shape.log.latest_offset == LogOffset(200, 0)
+
+
+async def test_the_snapshot_position_is_stored_and_restored(tmp_path: Path) -> None:
+    shape = make_shape(tmp_path)
+    ready(shape, Snapshot(10, 12, (11,)), snapshot_lsn=150)
+    shape.save_meta()
+    meta = shape.log.read_meta()
+    assert snapshot_lsn_from_meta(meta) == 150
+    assert snapshot_from_meta(meta) == Snapshot(10, 12, (11,))
+
+
+def test_metadata_without_the_position_keeps_its_filter_flag() -> None:
+    assert snapshot_lsn_from_meta({"filtering": True}) == SNAPSHOT_LSN_UNKNOWN
+    assert snapshot_lsn_from_meta({}) == SNAPSHOT_LSN_UNKNOWN
+    assert snapshot_lsn_from_meta({"filtering": False}) == 0
+
+
+async def test_an_unknown_position_is_learnt_from_the_first_later_transaction(
+    tmp_path: Path,
+) -> None:
+    shape = make_shape(tmp_path)
+    ready(shape, Snapshot(10, 12, (11,)), snapshot_lsn=SNAPSHOT_LSN_UNKNOWN)
+    assert not shape.commit(100, 5, entries(0, 1))  # visible
+    assert shape.commit(200, 11, entries(0, 1))  # in progress at the snapshot: not the end
+    assert shape.snapshot_lsn == SNAPSHOT_LSN_UNKNOWN
+    assert shape.commit(300, 12, entries(0, 1))  # started after the snapshot
+    assert shape.snapshot_lsn == 300
+    assert shape.commit(400, 5, entries(0, 1))  # a wrapped xid no longer counts as visible
