@@ -12,13 +12,13 @@ column changed, so that clients refresh its tags and active conditions.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Protocol
 
 from shapes.convert import Entry, ShapeView, WhereEvaluationFailed
-from shapes.messages import Row, row_key
+from shapes.messages import ChangeEncoder, Row, header_fragment, row_key
 from shapes.subquery import RowMeta as Meta
 
 Views = Sequence[AbstractSet[Hashable]]
@@ -37,7 +37,7 @@ class CachedTags:
     (the left sides of the subqueries): rows of one thread share their tags, and hashing them
     again for every row would cost more than the rest of the conversion."""
 
-    __slots__ = ("_cache", "_columns", "_where")
+    __slots__ = ("_cache", "_columns", "_fragments", "_where", "evaluate")
 
     LIMIT = 4096
     """Entries kept (the cache starts over when it is full)."""
@@ -46,9 +46,20 @@ class CachedTags:
         self._where = where
         self._columns = tuple(columns)
         self._cache: dict[tuple[object, ...], list[str]] = {}
+        self._fragments: dict[tuple[object, ...], bytes] = {}
+        self.evaluate: Callable[[Row, Views], Meta] = where.evaluate
 
-    def evaluate(self, row: Row, views: Views) -> Meta:
-        return self._where.evaluate(row, views)
+    def fragment(self, row: Row, prefix: str, meta: Meta) -> bytes:
+        """The row's ``tags`` and ``active_conditions`` headers, encoded
+        (:func:`shapes.messages.header_fragment`)."""
+        key = (prefix, meta.active_conditions, *(row.get(c) for c in self._columns))
+        found = self._fragments.get(key)
+        if found is None:
+            if len(self._fragments) >= self.LIMIT:
+                self._fragments.clear()
+            found = header_fragment(_headers(self.tags(row, prefix), meta))
+            self._fragments[key] = found
+        return found
 
     def tags(self, row: Row, prefix: str) -> list[str]:
         key = (prefix, *(row.get(c) for c in self._columns))
@@ -65,7 +76,7 @@ class SubqueryView:
     """A shape's conversion parts: the plain ones, its clause and its tag prefix."""
 
     base: ShapeView
-    where: SubqueryPredicate
+    where: CachedTags
     tag_prefix: str
 
 
@@ -112,6 +123,24 @@ def convert_insert(view: SubqueryView, new: Row, views: Views) -> list[Entry]:
             headers=headers,
         )
     ]
+
+
+def encode_insert(
+    view: SubqueryView, new: Row, views: Views, encoder: ChangeEncoder, at: int
+) -> bytes | None:
+    """:func:`convert_insert` and its encoding in one step (the common change, made cheap):
+    the message of an inserted row at op position ``at``, ``None`` when the row is out."""
+    meta = _judge(view, new, views)
+    if not meta.included:
+        return None
+    base = view.base
+    return encoder.encode_with(
+        "insert",
+        row_key(base.key_prefix, new, base.key_columns),
+        _select(base, new),
+        at,
+        view.where.fragment(new, view.tag_prefix, meta),
+    )
 
 
 def convert_delete(view: SubqueryView, old: Row, old_is_full: bool, views: Views) -> list[Entry]:

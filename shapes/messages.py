@@ -144,11 +144,24 @@ class ChangeEncoder:
         """The message (``last`` false); see the class docstring."""
         start = self._head(operation) + b"%d" % op_position + self._txids
         if extra_headers:
-            if not _BASE_HEADERS.isdisjoint(extra_headers):
-                raise ValueError(f"extra headers may not replace base headers: {extra_headers}")
-            start += b"," + _encode(extra_headers)[1:-1]
+            start += header_fragment(extra_headers)
         end = b"}" if old_value is None else b',"old_value":' + _encode(old_value) + b"}"
         return b'%b},"key":%b,"value":%b%b' % (start, _encode(key), _encode(value), end)
+
+    def encode_with(
+        self, operation: Operation, key: str, value: Row, op_position: int, fragment: bytes
+    ) -> bytes:
+        """:meth:`encode` with the extra headers already encoded by :func:`header_fragment`
+        (shapes that give many rows the same extra headers encode them once)."""
+        head = self._heads.get(operation) or self._head(operation)
+        return b'%b%d%b%b},"key":%b,"value":%b}' % (
+            head,
+            op_position,
+            self._txids,
+            fragment,
+            _encode(key),
+            _encode(value),
+        )
 
     def cut(self, operation: Operation, op_position: int) -> int:
         """Where :data:`LAST_MARK` goes in the message of ``operation`` at ``op_position``."""
@@ -158,6 +171,17 @@ class ChangeEncoder:
         """The message ``data`` (encoded here) with ``"last":true``."""
         cut = self.cut(operation, op_position)
         return data[:cut] + LAST_MARK + data[cut:]
+
+
+def header_fragment(extra_headers: Headers) -> bytes:
+    """Extra change headers as the bytes :meth:`ChangeEncoder.encode_with` takes.
+
+    Raises:
+        ValueError: a header would replace one of the base headers.
+    """
+    if not _BASE_HEADERS.isdisjoint(extra_headers):
+        raise ValueError(f"extra headers may not replace base headers: {extra_headers}")
+    return b"," + _encode(extra_headers)[1:-1]
 
 
 def snapshot_end(xmin: int, xmax: int, xip: Iterable[int]) -> bytes:

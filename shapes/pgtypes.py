@@ -197,6 +197,13 @@ def _int_parser(type_name: str) -> Callable[[str], int]:
     limit = _INT_RANGE[type_name]
 
     def parse(text: str) -> int:
+        # Postgres writes integers as plain decimal digits: read those directly.
+        digits = text[1:] if text[:1] == "-" else text
+        if digits.isascii() and digits.isdigit() and len(digits) < 20:
+            value = int(text)
+            if not -limit <= value < limit:
+                raise _out_of_range(f"value is out of range for type {_INT_WORDS[type_name]}")
+            return value
         match = _INT_RE.fullmatch(text)
         if match is None:
             raise ValueError(text)

@@ -8,6 +8,7 @@ Layer: ``syncd``. :class:`MoveEncoder` converts held row changes with a given se
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -19,10 +20,12 @@ from shapes.convert_subquery import (
     convert_delete,
     convert_insert,
     convert_update,
+    encode_insert,
 )
 from shapes.where import Where
-from syncd.materializer import HeldTransaction, Move, RawChange, ValueKey
+from syncd.materializer import Move, RawChange, ValueKey
 from syncd.shape_state import ShapeState
+from syncd.storage import TransactionEntries
 from syncd.view_journal import Texts
 
 Views = Sequence[AbstractSet[ValueKey]]
@@ -39,32 +42,36 @@ class MoveEncoder:
             p.dependency for p in where.positions if p.dependency is not None and p.negated
         )
 
-    def encode_changes(self, txn: HeldTransaction, views: Views) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
-        if not txn.changes:
+    def encode_changes(
+        self, lsn: int, xid: int, changes: Sequence[RawChange], views: Views
+    ) -> TransactionEntries:
+        """A transaction's changes as the shape's log entries, judged with ``views`` (the
+        last one marked as the transaction's last)."""
+        out = TransactionEntries()
+        if not changes:
             return out
-        encoder = messages.ChangeEncoder(self.shape.relation_list, txn.lsn, txn.xid)
-        last: tuple[int, messages.Operation, int] | None = None
-        for change in txn.changes:
+        schema, table = self.shape.definition.relation
+        encoder = _change_encoder(schema, table, lsn, xid)
+        encode, append = encoder.encode, out.append
+        view = self.view
+        operation: messages.Operation = "insert"
+        for change in changes:
+            if change.kind == "insert":
+                assert change.new is not None
+                data = encode_insert(view, change.new, views, encoder, change.op)
+                if data is not None:
+                    operation = "insert"
+                    append(change.op, data)
+                continue
             for entry in self.convert(change, views):
                 at = change.op + entry.split
-                out.append(
-                    (
-                        at,
-                        encoder.encode(
-                            entry.operation,
-                            entry.key,
-                            entry.value,
-                            at,
-                            entry.old_value,
-                            entry.headers,
-                        ),
-                    )
+                operation = entry.operation
+                append(
+                    at,
+                    encode(operation, entry.key, entry.value, at, entry.old_value, entry.headers),
                 )
-                last = (len(out) - 1, entry.operation, at)
-        if last is not None:
-            index, operation, at = last
-            out[index] = (out[index][0], encoder.mark_last(out[index][1], operation, at))
+        if out.datas:
+            out.datas[-1] = encoder.mark_last(out.datas[-1], operation, out.ops[-1])
         return out
 
     def convert(self, change: RawChange, views: Views) -> list[Entry]:
@@ -130,6 +137,13 @@ class MoveEncoder:
             ]
             texts.append(sorted(items, key=repr))
         return texts
+
+
+@functools.lru_cache(maxsize=16)
+def _change_encoder(schema: str, table: str, lsn: int, xid: int) -> messages.ChangeEncoder:
+    """One encoder per relation and transaction, shared by every shape the transaction
+    touches (its constant parts are encoded once)."""
+    return messages.ChangeEncoder([schema, table], lsn, xid)
 
 
 def has_null(value: ValueKey) -> bool:

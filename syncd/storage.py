@@ -409,6 +409,16 @@ class ShapeLog:
         Raises:
             ValueError: empty piece, or ``tx``/``op`` out of order or out of range.
         """
+        if (
+            final
+            and self._open_txn is None
+            and len(entries) == 1
+            and not self._creation_unsynced
+            and self._last_tx < tx < _U64_LIMIT
+        ):
+            op, data = entries[0]
+            if 0 <= op < _U64_LIMIT and self._append_one(tx, op, data):
+                return
         if not entries:
             raise ValueError("a transaction needs at least one entry")
         if self._creation_unsynced:
@@ -490,6 +500,32 @@ class ShapeLog:
         self._reader.view = _LogView(
             pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent
         )
+
+    def _append_one(self, tx: int, op: int, data: bytes) -> bool:
+        """The common case of :meth:`append_transaction` in fewer steps: one whole
+        transaction of one entry that closes no chunk (``tx`` and ``op`` already checked).
+        False, having done nothing, when the entry would close a chunk."""
+        size = len(data)
+        acc = self._acc + size
+        if acc >= self._chunk_bytes:
+            return False
+        view = self._reader.view
+        start = view.size
+        log_fd = self._log_fd
+        if log_fd is None:
+            log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            _pwritev_all(log_fd, [_RECORD.pack(tx, op, _LAST_FLAG, size), data], start)
+        except OSError:
+            self._truncate_to_committed()
+            raise
+        self._acc = acc
+        self._last_tx = tx
+        self._remember_start(tx, start)
+        self._reader.view = _LogView(
+            start + _HEADER_SIZE + size, LogOffset(tx, op), view.chunks, view.recent
+        )
+        return True
 
     def _remember_start(self, tx: int, position: int) -> None:
         starts = self._reader.tx_starts

@@ -408,8 +408,15 @@ class SubqueryEngine:
                 if isinstance(sub, SubqueryShape):
                     touched.setdefault(sub, {})[sub.dependencies.index(mat)] = move
         for sq, sq_moves in touched.items():
-            txn = HeldTransaction(lsn, xid, txn_shapes.get(sq, []), sq_moves, end_op=end_op)
-            self._guarded(sq, sq.on_transaction, txn)
+            try:
+                if not sq_moves and sq.mode == "steady":
+                    sq.on_changes(lsn, xid, txn_shapes[sq])  # the common case, made cheap
+                else:
+                    changes = txn_shapes.get(sq, [])
+                    sq.on_transaction(HeldTransaction(lsn, xid, changes, sq_moves, end_op=end_op))
+            except Exception:
+                log.exception("subquery shape %s failed on a transaction", sq.shape.handle)
+                self._retire(sq.shape, "it failed on a transaction")
         for mat, move in moves.items():
             mat.publish(move)
             self._follow_move(mat, move)
