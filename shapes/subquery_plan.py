@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from shapes import where_eval as ev
@@ -109,18 +110,28 @@ class SubqueryPlan:
         env = self._env(row, views)
         active: list[bool] = []
         failed = False
-        for fn, position in zip(self.position_fns, self.positions, strict=True):
+        for fn, expected in self._expected:
             try:
                 value = fn(env)
             except EvaluationError:
                 failed = True
                 value = None  # an error counts as not true
-            active.append(value is (False if position.negated else True))
+            active.append(value is expected)
         if failed:
             included = self.fn(env) is True
+        elif self.disjunct_count == 1:
+            included = all(active)
         else:
             included = self._any_disjunct(active)
         return RowMeta(included, tuple(active))
+
+    @cached_property
+    def _expected(self) -> tuple[tuple[ev.Fn, bool], ...]:
+        """Each position's function and the value that makes it active."""
+        return tuple(
+            (fn, not position.negated)
+            for fn, position in zip(self.position_fns, self.positions, strict=True)
+        )
 
     def _any_disjunct(self, active: list[bool]) -> bool:
         satisfied = [True] * self.disjunct_count

@@ -53,6 +53,9 @@ def key_type(common: str) -> str | None:
     return common if common in KEY_TYPES else None
 
 
+_INT8_LIMIT = 1 << 63
+
+
 @dataclass(frozen=True, slots=True)
 class KeyColumn:
     """Converts values of a column of type ``source`` to keys of type ``key``."""
@@ -70,6 +73,8 @@ class KeyColumn:
 
     def from_value(self, value: Any) -> Hashable:
         """The key of a parsed, non-NULL value of the source type."""
+        if self.key == "int8" and type(value) is int and -_INT8_LIMIT <= value < _INT8_LIMIT:
+            return value  # integers are their own keys
         try:
             return normalise_key(self.key, self.convert(value))
         except EvaluationError:
