@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,15 +26,19 @@ class GroupSync:
     ``syncfs()`` (Linux) writes back every dirty page and inode of one filesystem, waits for
     them and flushes the device, and reports any writeback error on that filesystem since the
     previous call on the same descriptor (Linux 5.8+). So after it returns, every byte appended
-    to a log on that filesystem before the call is on disk, and the log's descriptors are closed
-    exactly as :meth:`ShapeLog.sync` would. The descriptor is a directory opened once (the
+    to a log on that filesystem before the call is on disk. Unlike :meth:`ShapeLog.sync`, a log
+    synced here keeps its append descriptors, up to ``open_logs`` logs (the least recently
+    synced close first). The descriptor is a directory opened once (the
     engine's shapes directory), so no error between two group syncs goes unreported. Logs on
     other filesystems, few logs, or no ``syncfs()`` at all: :meth:`ShapeLog.sync` each.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], open_logs: int | None = None) -> None:
         self._fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._device = os.fstat(self._fd).st_dev
+        self._open_logs = open_logs if open_logs is not None else default_open_logs()
+        self._holding: OrderedDict[ShapeLog, None] = OrderedDict()
+        """Synced logs that keep their append descriptors, least recently synced first."""
 
     def sync(self, logs: Iterable[ShapeLog]) -> None:
         """fsync the appends of every log in ``logs`` (as ``sync()`` on each would)."""
@@ -48,11 +54,8 @@ class GroupSync:
             log.sync()
         if together:
             assert self._fd is not None
-            try:
-                self._syncfs()
-            finally:
-                for log in together:
-                    log._close_fds()
+            self._syncfs()
+            self._keep_descriptors(together)
             # Deferred metadata: its data is durable now; rename it, then make the renames so.
             renamed = False
             for log in together:
@@ -62,6 +65,19 @@ class GroupSync:
             if renamed:
                 self._syncfs()
 
+    def _keep_descriptors(self, synced: list[ShapeLog]) -> None:
+        """Mark ``synced`` durable and let them keep their descriptors (a log appended to at
+        every transaction would otherwise open and close its file each time), closing those of
+        the least recently synced logs beyond ``open_logs``."""
+        holding = self._holding
+        for log in synced:
+            log.mark_synced()
+            holding.pop(log, None)
+            holding[log] = None
+        while len(holding) > self._open_logs:
+            log, _ = holding.popitem(last=False)
+            log.close_descriptors()
+
     def _syncfs(self) -> None:
         assert self._fd is not None and _syncfs is not None
         if _syncfs(self._fd) != 0:
@@ -69,10 +85,26 @@ class GroupSync:
             raise OSError(errno, f"syncfs: {os.strerror(errno)}")
 
     def close(self) -> None:
-        """Close the directory descriptor (later calls sync each log on its own)."""
+        """Close the directory descriptor (later calls sync each log on its own) and the
+        descriptors synced logs kept."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+        holding, self._holding = self._holding, OrderedDict()
+        for log in holding:
+            log.close_descriptors()
+
+
+def default_open_logs() -> int:
+    """How many synced logs keep their descriptors: a quarter of the process's descriptor
+    limit (the rest serves connections, snapshots and readers)."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 16_384
+    return max(64, min(soft // 4, 16_384))
 
 
 def _load_syncfs() -> Any:

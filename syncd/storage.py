@@ -154,6 +154,8 @@ class ShapeLog:
         self._open_txn: _OpenTransaction | None = None
         self._log_fd: int | None = None
         self._index_fd: int | None = None
+        self._unsynced = False
+        """The log or the index was written since the last sync."""
         self._snap_chunks = snapshot_chunks
         self._snap_acc = 0
         self._snap_unsynced: set[int] = set()
@@ -268,7 +270,22 @@ class ShapeLog:
     @property
     def dirty(self) -> bool:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
-        return self._log_fd is not None or self._meta_pending
+        return self._unsynced or self._meta_pending
+
+    @property
+    def holds_descriptors(self) -> bool:
+        """The log keeps descriptors open for appending."""
+        return self._log_fd is not None or self._index_fd is not None
+
+    def mark_synced(self) -> None:
+        """Everything written so far is durable (a ``syncfs()`` covered it); the append
+        descriptors stay open for the next appends (:meth:`close_descriptors` closes them)."""
+        self._unsynced = False
+
+    def close_descriptors(self) -> None:
+        """Close the append descriptors of a log with nothing unsynced (else a no-op)."""
+        if not self._unsynced:
+            self._close_fds()
 
     def has_entries_after(self, offset: LogOffset) -> bool:
         """True if the change log holds an entry strictly after ``offset``."""
@@ -473,6 +490,7 @@ class ShapeLog:
         log_fd = self._log_fd
         if log_fd is None:
             log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        self._unsynced = True
         try:
             records = list(chain.from_iterable(zip(headers, datas, strict=True)))
             _pwritev_all(log_fd, records, start)
@@ -514,6 +532,7 @@ class ShapeLog:
         log_fd = self._log_fd
         if log_fd is None:
             log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        self._unsynced = True
         try:
             _pwritev_all(log_fd, [_RECORD.pack(tx, op, _LAST_FLAG, size), data], start)
         except OSError:
@@ -547,6 +566,7 @@ class ShapeLog:
     def _truncate_to_committed(self) -> None:
         """Cut the log and the index back to the committed state (best effort)."""
         self._open_txn = None
+        self._unsynced = True
         view = self._reader.view
         with contextlib.suppress(OSError):
             fd = self._log_fd
@@ -567,6 +587,7 @@ class ShapeLog:
                 os.fdatasync(self._log_fd)
             if self._index_fd is not None:
                 os.fdatasync(self._index_fd)
+            self._unsynced = False
         finally:
             self._close_fds()
         if self._meta_pending:

@@ -99,7 +99,7 @@ def test_a_direct_meta_write_replaces_a_deferred_one(tmp_path: Path) -> None:
 def test_group_sync(tmp_path: Path, count: int) -> None:
     logs = [ShapeLog.create(tmp_path / f"s{i}", 64) for i in range(count)]
     clean = ShapeLog.create(tmp_path / "clean", 64)
-    group = GroupSync(tmp_path)
+    group = GroupSync(tmp_path, open_logs=2)
     try:
         fds_before = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").exists() else 0
         for i, log in enumerate(logs):
@@ -109,8 +109,8 @@ def test_group_sync(tmp_path: Path, count: int) -> None:
         assert all(log.dirty for log in logs)
         group.sync([*logs, clean])
         assert not any(log.dirty for log in logs)
-        if fds_before:
-            assert len(os.listdir("/proc/self/fd")) <= fds_before
+        if fds_before:  # at most two logs keep their log and index descriptors
+            assert len(os.listdir("/proc/self/fd")) <= fds_before + 4
         for i, log in enumerate(logs):
             assert log.read_meta() == ({"i": i} if i % 2 else {})
             reopened = ShapeLog.open(tmp_path / f"s{i}", 64)
@@ -136,4 +136,27 @@ def test_group_sync_reports_syncfs_failure(tmp_path: Path, monkeypatch: pytest.M
             group.sync(logs)
     finally:
         group.close()
-    assert not any(log.dirty for log in logs)  # descriptors closed, as ShapeLog.sync does
+    assert all(log.dirty for log in logs)  # not durable: the next flush tries again
+
+
+def test_group_synced_logs_keep_their_descriptors(tmp_path: Path) -> None:
+    logs = [ShapeLog.create(tmp_path / f"s{i}", 4096) for i in range(storage.GROUP_SYNC_MIN + 2)]
+    group = GroupSync(tmp_path, open_logs=storage.GROUP_SYNC_MIN)
+    try:
+        for log in logs:
+            log.append_transaction(10, [(0, row(0))])
+        group.sync(logs)
+        assert not any(log.dirty for log in logs)
+        held = [log for log in logs if log.holds_descriptors]
+        assert held == logs[2:]  # the least recently synced beyond the limit closed theirs
+        for log in logs:
+            log.append_transaction(11, [(0, row(1))])
+        assert all(log.dirty for log in logs)
+        group.sync(logs)
+        assert not any(log.dirty for log in logs)
+        for i in range(len(logs)):
+            reopened = ShapeLog.open(tmp_path / f"s{i}", 4096)
+            assert read_all_changes(reopened) == [row(0), row(1)]
+    finally:
+        group.close()
+    assert not any(log.holds_descriptors for log in logs)
