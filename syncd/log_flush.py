@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -27,18 +28,25 @@ class GroupSync:
     them and flushes the device, and reports any writeback error on that filesystem since the
     previous call on the same descriptor (Linux 5.8+). So after it returns, every byte appended
     to a log on that filesystem before the call is on disk. Unlike :meth:`ShapeLog.sync`, a log
-    synced here keeps its append descriptors, up to ``open_logs`` logs (the least recently
-    synced close first). The descriptor is a directory opened once (the
+    synced here keeps its append descriptors, up to ``open_logs`` logs (see
+    :meth:`_keep_descriptors`). The descriptor is a directory opened once (the
     engine's shapes directory), so no error between two group syncs goes unreported. Logs on
     other filesystems, few logs, or no ``syncfs()`` at all: :meth:`ShapeLog.sync` each.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], open_logs: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        open_logs: int | None = None,
+        stale_after: float = 10.0,
+    ) -> None:
         self._fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._device = os.fstat(self._fd).st_dev
         self._open_logs = open_logs if open_logs is not None else default_open_logs()
-        self._holding: OrderedDict[ShapeLog, None] = OrderedDict()
-        """Synced logs that keep their append descriptors, least recently synced first."""
+        self._stale_after = stale_after
+        self._holding: OrderedDict[ShapeLog, float] = OrderedDict()
+        """Synced logs that keep their append descriptors, with when they were last synced,
+        least recently synced first."""
 
     def sync(self, logs: Iterable[ShapeLog]) -> None:
         """fsync the appends of every log in ``logs`` (as ``sync()`` on each would)."""
@@ -67,15 +75,35 @@ class GroupSync:
 
     def _keep_descriptors(self, synced: list[ShapeLog]) -> None:
         """Mark ``synced`` durable and let them keep their descriptors (a log appended to at
-        every transaction would otherwise open and close its file each time), closing those of
-        the least recently synced logs beyond ``open_logs``."""
+        every transaction would otherwise open and close its file each time), at most
+        ``open_logs`` of them.
+
+        Logs that already hold theirs keep them; logs not synced for ``stale_after`` seconds
+        make room first. Beyond that, newcomers close theirs: with more busy logs than the
+        limit, a fixed part of them keeps its descriptors, where evicting the least recently
+        synced would make every log open its file again at each cycle.
+        """
+        now = time.monotonic()
         holding = self._holding
+        newcomers: list[ShapeLog] = []
         for log in synced:
             log.mark_synced()
-            holding.pop(log, None)
-            holding[log] = None
-        while len(holding) > self._open_logs:
-            log, _ = holding.popitem(last=False)
+            if log in holding:
+                holding.move_to_end(log)
+                holding[log] = now
+            else:
+                newcomers.append(log)
+        limit = self._open_logs
+        while holding and len(holding) + len(newcomers) > limit:
+            oldest, synced_at = next(iter(holding.items()))
+            if now - synced_at < self._stale_after:
+                break
+            del holding[oldest]
+            oldest.close_descriptors()
+        room = max(limit - len(holding), 0)
+        for log in newcomers[:room]:
+            holding[log] = now
+        for log in newcomers[room:]:
             log.close_descriptors()
 
     def _syncfs(self) -> None:

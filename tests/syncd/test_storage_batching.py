@@ -148,7 +148,7 @@ def test_group_synced_logs_keep_their_descriptors(tmp_path: Path) -> None:
         group.sync(logs)
         assert not any(log.dirty for log in logs)
         held = [log for log in logs if log.holds_descriptors]
-        assert held == logs[2:]  # the least recently synced beyond the limit closed theirs
+        assert held == logs[: storage.GROUP_SYNC_MIN]  # the logs beyond the limit closed theirs
         for log in logs:
             log.append_transaction(11, [(0, row(1))])
         assert all(log.dirty for log in logs)
@@ -160,3 +160,17 @@ def test_group_synced_logs_keep_their_descriptors(tmp_path: Path) -> None:
     finally:
         group.close()
     assert not any(log.holds_descriptors for log in logs)
+
+
+def test_logs_not_synced_for_a_while_make_room(tmp_path: Path) -> None:
+    logs = [ShapeLog.create(tmp_path / f"s{i}", 4096) for i in range(2 * storage.GROUP_SYNC_MIN)]
+    first, second = logs[: storage.GROUP_SYNC_MIN], logs[storage.GROUP_SYNC_MIN :]
+    group = GroupSync(tmp_path, open_logs=storage.GROUP_SYNC_MIN, stale_after=0.0)
+    try:
+        for log in logs:
+            log.append_transaction(10, [(0, row(0))])
+        group.sync(first)
+        group.sync(second)
+        assert [log for log in logs if log.holds_descriptors] == second
+    finally:
+        group.close()
