@@ -29,6 +29,7 @@ Evaluation raises :class:`~shapes.errors.EvaluationError` exactly where Postgres
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -308,9 +309,11 @@ def _parse_subquery_where(
     return Where(compiled.sql, names, slots, root.fn, root.eqs, compiled.plan)
 
 
+@functools.lru_cache(maxsize=256)
 def subquery_tables(text: str) -> frozenset[tuple[str, str]]:
     """Every ``(schema, table)`` a sublink of the clause selects from, at any depth (schema
-    ``public`` when not written). Needs no catalog: it only parses.
+    ``public`` when not written). Needs no catalog: it only parses (remembered by text: the
+    shapes of one clause with different parameters share it).
 
     Raises:
         WhereClauseError: the text is not one clause.
