@@ -22,6 +22,7 @@ giving alternating text pieces and sublink numbers; each variant joins the piece
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -196,9 +197,8 @@ class SubqueryPlan:
         if leaf_index is None:
             return "1"
         leaf = self.leaves[leaf_index]
-        value = _key_of(leaf.outer_keys, [row.get(column) for column in leaf.columns])
-        types = tuple(key.key for key in leaf.outer_keys)
-        return tag_hash(prefix, _slot_text(value, leaf.columns, types))
+        texts = tuple([row.get(column) for column in leaf.columns])
+        return tag_hash(prefix, _leaf_slot_text(leaf.outer_keys, leaf.columns, texts))
 
     def patterns(
         self, dependency: int, values: Iterable[ValueKey], prefix: str
@@ -283,6 +283,16 @@ def _null_masks(value: ValueKey | None, width: int) -> list[ValueKey | None]:
 def _has_null(value: ValueKey | None) -> bool:
     """A value with a NULL part never equals a left side: no row's condition hangs on it."""
     return value is None or isinstance(value, tuple) and None in value
+
+
+@functools.lru_cache(maxsize=16_384)
+def _leaf_slot_text(
+    keys: tuple[KeyColumn, ...], columns: tuple[str, ...], texts: tuple[str | None, ...]
+) -> str:
+    """The slot text of a sublink's left-side texts (remembered: the shapes of one clause with
+    other parameters share their leaves' key columns, and rows of a thread share values)."""
+    value = _key_of(keys, texts)
+    return _slot_text(value, columns, tuple(key.key for key in keys))
 
 
 def _key_of(keys: Sequence[KeyColumn], texts: Sequence[str | None]) -> ValueKey | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
@@ -62,7 +62,8 @@ class KeyColumn:
 
     source: str
     key: str
-    convert: Callable[[Any], Any]
+    convert: Callable[[Any], Any] = field(compare=False)
+    """Follows from ``source`` and ``key``: equal key columns may hold different functions."""
 
     @classmethod
     def of(cls, source: str, key: str) -> KeyColumn:
