@@ -323,11 +323,13 @@ class Engine:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.flush.flush_dirty()
-        self.streams.drop_spools()
-        self.flush.close_group_sync()
-        if self.pool is not None:
-            await self.pool.close()
+        try:
+            self.flush.flush_dirty()  # FlushFailed still closes what follows
+        finally:
+            self.streams.drop_spools()
+            self.flush.close_group_sync()
+            if self.pool is not None:
+                await self.pool.close()
 
     # -- registry ------------------------------------------------------------------------------
 

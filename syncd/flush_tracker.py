@@ -20,6 +20,8 @@ position (:meth:`confirmable`), so a continuing slot is never ahead of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,16 @@ from syncd.storage import GroupSync
 
 _SLOT_RECORD_INTERVAL = 0.2
 """Write the slot record (see ``syncd.slot_record``) at most this often while changes flow."""
+
+
+log = logging.getLogger("syncd.engine")
+
+
+class FlushFailed(RuntimeError):
+    """Shape logs could not be made durable. What was written since the last flush may be lost
+    (Linux reports a write-back error once, so a later ``syncfs()`` would succeed over the
+    loss): syncd must stop and recover from what is on disk, as Postgres does on a failed
+    fsync. Not an ``OSError``, so the replication stream does not retry it."""
 
 
 class FlushTracker:
@@ -53,6 +65,8 @@ class FlushTracker:
         # the slot history the shapes follow (see syncd.slot_record)
         self.slot_record: SlotRecord | None = None
         self._slot_record_saved = 0.0
+        self.failure: FlushFailed | None = None
+        """Set by a flush that failed; every later flush and idle call raises it."""
 
     def committed(self, lsn: int, end_lsn: int) -> None:
         """A transaction at ``lsn`` ending at ``end_lsn`` was written to its shapes' logs."""
@@ -74,6 +88,8 @@ class FlushTracker:
         yet, a timer flushes them once it has (the next idle call then reports it), so that a
         burst's tail does not wait for the stream's next idle call to become durable.
         """
+        if self.failure is not None:
+            raise self.failure
         if between:
             self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
         if self.dirty:
@@ -94,7 +110,8 @@ class FlushTracker:
     def _timed_flush(self) -> None:
         self._flush_timer = None
         if self.dirty:
-            self.flush_dirty()
+            with contextlib.suppress(FlushFailed):  # kept in failure: the next idle call raises
+                self.flush_dirty()
 
     def flush_dirty(self) -> None:
         """fsync every log written since the last flush; then all commits so far are durable.
@@ -105,13 +122,20 @@ class FlushTracker:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self.failure is not None:
+            raise self.failure
         covered = self.last_commit_end
         logs = [shape.log for shape in self.dirty if shape.status != "gone"]
-        if self.group_sync is not None:
-            self.group_sync.sync(logs)
-        else:
-            for shape_log in logs:
-                shape_log.sync()
+        try:
+            if self.group_sync is not None:
+                self.group_sync.sync(logs)
+            else:
+                for shape_log in logs:
+                    shape_log.sync()
+        except OSError as exc:
+            log.critical("cannot make the shape logs durable, stopping: %s", exc)
+            self.failure = FlushFailed(f"cannot make the shape logs durable: {exc}")
+            raise self.failure from exc
         self.dirty.clear()
         self._last_flush = time.monotonic()
         self.durable_lsn = max(self.durable_lsn, self.pinned(covered))

@@ -1,0 +1,62 @@
+"""A flush that cannot make the shape logs durable stops syncd instead of confirming later.
+
+Linux reports a write-back error once: a ``syncfs()`` after a failed one succeeds even though
+the failed data may never reach the disk. So the first failure must stick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shapes.schema import Column, Table
+from shapes.shape import CanonicalShape
+from shapes.xid import Snapshot
+from syncd import log_flush
+from syncd.flush_tracker import FlushFailed, FlushTracker
+from syncd.replication import _RETRYABLE
+from syncd.shape_state import ShapeState
+from syncd.storage import GroupSync, ShapeLog
+
+END_LINE = b'{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}}'
+TABLE = Table("public", "t", (Column("id", "int4", 23, pk_index=0),))
+
+
+def ready_shapes(directory: Path, count: int) -> list[ShapeState]:
+    shapes = []
+    for i in range(count):
+        shape_log = ShapeLog.create(directory / f"s{i}", 4096)
+        shape_log.finish_snapshot(END_LINE)
+        shape = ShapeState(f"h-{i}", CanonicalShape("public", "t"), TABLE, None, ("id",), shape_log)
+        shape.finish_snapshot(Snapshot(1, 1, ()), 0)
+        shapes.append(shape)
+    return shapes
+
+
+@pytest.mark.skipif(log_flush._syncfs is None, reason="no syncfs")
+async def test_a_failed_flush_sticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = ready_shapes(tmp_path, 2 * log_flush.GROUP_SYNC_MIN)
+    tracker = FlushTracker(tmp_path, flush_interval=0.0)
+    tracker.group_sync = GroupSync(tmp_path)
+    try:
+        for shape in shapes:
+            assert shape.commit(100, 5, [(0, b'{"i":1}')])
+            tracker.dirty.add(shape)
+        tracker.committed(100, 120)
+        monkeypatch.setattr(log_flush, "_syncfs", lambda fd: -1)
+        with pytest.raises(FlushFailed):
+            tracker.on_idle(120, True)
+        assert tracker.durable_lsn == 0
+        monkeypatch.undo()  # the next syncfs would succeed: it must not be trusted
+        with pytest.raises(FlushFailed):
+            tracker.on_idle(120, True)
+        with pytest.raises(FlushFailed):
+            tracker.flush_dirty()
+        assert tracker.durable_lsn == 0
+    finally:
+        tracker.close_group_sync()
+
+
+def test_the_stream_does_not_retry_a_failed_flush() -> None:
+    assert not isinstance(FlushFailed("x"), _RETRYABLE)
