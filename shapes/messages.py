@@ -142,25 +142,29 @@ class ChangeEncoder:
         extra_headers: Headers | None = None,
     ) -> bytes:
         """The message (``last`` false); see the class docstring."""
-        start = self._head(operation) + b"%d" % op_position + self._txids
-        if extra_headers:
-            start += header_fragment(extra_headers)
-        end = b"}" if old_value is None else b',"old_value":' + _encode(old_value) + b"}"
-        return b'%b},"key":%b,"value":%b%b' % (start, _encode(key), _encode(value), end)
+        fragment = header_fragment(extra_headers) if extra_headers else b""
+        return self.encode_with(operation, key, value, op_position, fragment, old_value)
 
     def encode_with(
-        self, operation: Operation, key: str, value: Row, op_position: int, fragment: bytes
+        self,
+        operation: Operation,
+        key: str,
+        value: Row,
+        op_position: int,
+        fragment: bytes,
+        old_value: Row | None = None,
     ) -> bytes:
         """:meth:`encode` with the extra headers already encoded by :func:`header_fragment`
         (shapes that give many rows the same extra headers encode them once)."""
-        head = self._heads.get(operation) or self._head(operation)
-        return b'%b%d%b%b},"key":%b,"value":%b}' % (
-            head,
+        end = b"}" if old_value is None else b',"old_value":' + _encode(old_value) + b"}"
+        return b'%b%d%b%b},"key":%b,"value":%b%b' % (
+            self._head(operation),
             op_position,
             self._txids,
             fragment,
             _encode(key),
             _encode(value),
+            end,
         )
 
     def cut(self, operation: Operation, op_position: int) -> int:

@@ -487,19 +487,13 @@ class ShapeLog:
         if final and new and new[-1].pos == pos:
             new[-1] = new[-1]._replace(last=True)
         chunks = view.chunks + len(earlier)
-        log_fd = self._log_fd
-        if log_fd is None:
-            log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        log_fd = self._log_descriptor()
         self._unsynced = True
         try:
             records = list(chain.from_iterable(zip(headers, datas, strict=True)))
             _pwritev_all(log_fd, records, start)
             if new:
-                index_fd = self._index_fd
-                if index_fd is None:
-                    index_fd = self._index_fd = os.open(
-                        self._index_path, os.O_WRONLY | os.O_CLOEXEC
-                    )
+                index_fd = self._index_descriptor()
                 at = len(_INDEX_MAGIC) + chunks * _INDEX_RECORD_SIZE
                 _pwrite_all(index_fd, b"".join(b.encode() for b in new), at)
         except OSError:
@@ -529,9 +523,7 @@ class ShapeLog:
             return False
         view = self._reader.view
         start = view.size
-        log_fd = self._log_fd
-        if log_fd is None:
-            log_fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        log_fd = self._log_descriptor()
         self._unsynced = True
         try:
             _pwritev_all(log_fd, [_RECORD.pack(tx, op, _LAST_FLAG, size), data], start)
@@ -545,6 +537,20 @@ class ShapeLog:
             start + _HEADER_SIZE + size, LogOffset(tx, op), view.chunks, view.recent
         )
         return True
+
+    def _log_descriptor(self) -> int:
+        """The change log's append descriptor, opened if it is not."""
+        fd = self._log_fd
+        if fd is None:
+            fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
+        return fd
+
+    def _index_descriptor(self) -> int:
+        """The chunk index's append descriptor, opened if it is not."""
+        fd = self._index_fd
+        if fd is None:
+            fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
+        return fd
 
     def _remember_start(self, tx: int, position: int) -> None:
         starts = self._reader.tx_starts
@@ -569,15 +575,10 @@ class ShapeLog:
         self._unsynced = True
         view = self._reader.view
         with contextlib.suppress(OSError):
-            fd = self._log_fd
-            if fd is None:
-                fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
-            os.ftruncate(fd, view.size)
+            os.ftruncate(self._log_descriptor(), view.size)
         with contextlib.suppress(OSError):
-            fd = self._index_fd
-            if fd is None:
-                fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
-            os.ftruncate(fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
+            index_fd = self._index_descriptor()
+            os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
 
     def sync(self) -> None:
         """fdatasync the log and the chunk index if anything was appended, and close them;

@@ -318,12 +318,12 @@ class SubqueryEngine:
                 self._guarded(sub, sub.after_commit)
 
     def _guarded(self, sq: SubqueryShape, step: Callable[..., None], *args: Any) -> None:
-        """Run one step of a shape's move; a failure retires that shape alone."""
+        """Run one step of a shape's transaction or move; a failure retires that shape alone."""
         try:
             step(*args)
         except Exception:
-            log.exception("subquery shape %s failed on a move", sq.shape.handle)
-            self._retire(sq.shape, "it failed on a move")
+            log.exception("subquery shape %s failed on a transaction or move", sq.shape.handle)
+            self._retire(sq.shape, "it failed on a transaction or move")
 
     def _follow_move(self, mat: Materializer, move: Move) -> None:
         """After a publication: refile the steady shapes routed by this set, reload the
@@ -408,15 +408,12 @@ class SubqueryEngine:
                 if isinstance(sub, SubqueryShape):
                     touched.setdefault(sub, {})[sub.dependencies.index(mat)] = move
         for sq, sq_moves in touched.items():
-            try:
-                if not sq_moves and sq.mode == "steady":
-                    sq.on_changes(lsn, xid, txn_shapes[sq])  # the common case, made cheap
-                else:
-                    changes = txn_shapes.get(sq, [])
-                    sq.on_transaction(HeldTransaction(lsn, xid, changes, sq_moves, end_op=end_op))
-            except Exception:
-                log.exception("subquery shape %s failed on a transaction", sq.shape.handle)
-                self._retire(sq.shape, "it failed on a transaction")
+            if not sq_moves and sq.mode == "steady":  # the common case, made cheap
+                self._guarded(sq, sq.on_changes, lsn, xid, txn_shapes[sq])
+            else:
+                changes = txn_shapes.get(sq, [])
+                txn = HeldTransaction(lsn, xid, changes, sq_moves, end_op=end_op)
+                self._guarded(sq, sq.on_transaction, txn)
         for mat, move in moves.items():
             mat.publish(move)
             self._follow_move(mat, move)

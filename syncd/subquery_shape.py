@@ -229,7 +229,7 @@ class SubqueryShape:
         """A committed transaction that touched the shape or moved one of its sets."""
         if self.mode == "gone":
             return
-        if txn.real and self.mode != "loading" and self._replayed(txn):
+        if txn.real and self.mode != "loading" and self._replayed(txn.lsn, txn.xid):
             return
         if self.mode == "steady":
             self._process(txn)
@@ -241,17 +241,16 @@ class SubqueryShape:
     def on_changes(self, lsn: int, xid: int, changes: list[RawChange]) -> None:
         """:meth:`on_transaction` of a steady shape for a transaction that moved none of its
         sets: its changes judged with the views and appended, in fewer steps."""
-        shape = self.shape
-        if lsn <= shape.log.latest_offset.tx or shape.in_snapshot(lsn, xid):
-            return  # a replay after a restart
+        if self._replayed(lsn, xid):
+            return
         entries = self.encoder.encode_changes(lsn, xid, changes, self.views)
         if entries:
             self._append(lsn, entries)
 
-    def _replayed(self, txn: HeldTransaction) -> bool:
+    def _replayed(self, lsn: int, xid: int) -> bool:
         """A transaction the log or the snapshot already has (a replay after a restart)."""
         shape = self.shape
-        return txn.lsn <= shape.log.latest_offset.tx or shape.in_snapshot(txn.lsn, txn.xid)
+        return lsn <= shape.log.latest_offset.tx or shape.in_snapshot(lsn, xid)
 
     def after_commit(self) -> None:
         """Called once the materialisers have published the commit's moves: issue a query that
