@@ -35,6 +35,8 @@ from shapes.subquery import Dependency, Position, RowMeta, ValueKey
 from shapes.subquery_values import KeyColumn, canonical_text, key_from_text, tag_hash
 from shapes.subquery_values import value_slot_text as _slot_text
 
+_SOLE_MEMBER: Final = RowMeta(True, (True,))
+
 Pieces = tuple[str | int, ...]
 """SQL text pieces and sublink numbers (indexes into :attr:`SubqueryPlan.leaves`)."""
 
@@ -104,6 +106,25 @@ class SubqueryPlan:
     def evaluate(
         self, row: Mapping[str, str | None], views: Sequence[AbstractSet[ValueKey]]
     ) -> RowMeta:
+        sole = self._sole_membership
+        if sole is not None:
+            # The clause is one ``column IN (subquery)``: a row whose value is in the view is
+            # in. Anything else (NULL, not found, a text that does not parse) goes the general
+            # way below, which knows SQL's NULL rules and errors.
+            column, key, dependency = sole
+            text = row.get(column)
+            if text is not None:
+                try:
+                    found = key.from_text(text) in views[dependency]
+                except Exception:  # judged (and raised, if need be) the general way
+                    found = False
+                if found:
+                    return _SOLE_MEMBER
+        return self._evaluate_clause(row, views)
+
+    def _evaluate_clause(
+        self, row: Mapping[str, str | None], views: Sequence[AbstractSet[ValueKey]]
+    ) -> RowMeta:
         # The positions are the clause's leaves in DNF, so without an error among them the
         # clause is TRUE exactly when a disjunct has all its positions true. A leaf that raises
         # may or may not be reached by the clause as Postgres evaluates it (short-circuits):
@@ -125,6 +146,19 @@ class SubqueryPlan:
         else:
             included = self._any_disjunct(active)
         return RowMeta(included, tuple(active))
+
+    @cached_property
+    def _sole_membership(self) -> tuple[str, KeyColumn, int] | None:
+        """``(column, key, dependency)`` when the whole clause is ``column IN (subquery)``."""
+        if self.disjunct_count != 1 or len(self.positions) != 1:
+            return None
+        position, leaf_index = self.positions[0], self.position_leaves[0]
+        if leaf_index is None or position.negated or position.dependency is None:
+            return None
+        leaf = self.leaves[leaf_index]
+        if len(leaf.columns) != 1:
+            return None
+        return leaf.columns[0], leaf.outer_keys[0], leaf.dependency
 
     @cached_property
     def _expected(self) -> tuple[tuple[ev.Fn, bool], ...]:

@@ -124,15 +124,18 @@ class GroupSync:
 
 
 def default_open_logs() -> int:
-    """How many synced logs keep their descriptors: a quarter of the process's descriptor
-    limit (the rest serves connections, snapshots and readers)."""
+    """How many synced logs keep their descriptors: half of the process's descriptor limit
+    (the other half serves connections, snapshots and readers).
+
+    A busy log beyond this number opens and closes its file at every flush cycle, which costs
+    as much as the append itself, so logs get an equal share with connections."""
     try:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (OSError, ValueError):
         return 256
     if soft == resource.RLIM_INFINITY:
         return 16_384
-    return max(64, min(soft // 4, 16_384))
+    return max(64, min(soft // 2, 16_384))
 
 
 def _load_syncfs() -> Any:

@@ -293,7 +293,12 @@ def test_tags_and_patterns_agree_across_type_pairs(
             patterns = {p["value"] for p in where.patterns(0, views[0], "prefix")}
             for row in rows:
                 record = {"id": row[0], "c": row[1]}
-                assert where.evaluate(record, views).included == (row[0] in found), record
+                meta = where.evaluate(record, views)
+                assert meta.included == (row[0] in found), record
+                plan = where._plan
+                assert plan is not None
+                # The shortcut for a lone ``c IN (...)`` and the general evaluation agree.
+                assert meta == plan._evaluate_clause(record, views), record
                 held = where.outer_value(0, record)
                 member = held in views[0] and not _has_null(held)
                 assert (where.tags(record, "prefix")[0] in patterns) == member, record
