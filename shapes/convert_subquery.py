@@ -37,7 +37,7 @@ class CachedTags:
     (the left sides of the subqueries): rows of one thread share their tags, and hashing them
     again for every row would cost more than the rest of the conversion."""
 
-    __slots__ = ("_cache", "_columns", "_fragments", "_where", "evaluate")
+    __slots__ = ("_cache", "_columns", "_fragments", "_only_column", "_where", "evaluate")
 
     LIMIT = 4096
     """Entries kept (the cache starts over when it is full)."""
@@ -45,6 +45,7 @@ class CachedTags:
     def __init__(self, where: SubqueryPredicate, columns: Sequence[str]) -> None:
         self._where = where
         self._columns = tuple(columns)
+        self._only_column = columns[0] if len(columns) == 1 else None
         self._cache: dict[tuple[object, ...], list[str]] = {}
         self._fragments: dict[tuple[object, ...], bytes] = {}
         self.evaluate: Callable[[Row, Views], Meta] = where.evaluate
@@ -52,7 +53,12 @@ class CachedTags:
     def fragment(self, row: Row, prefix: str, meta: Meta) -> bytes:
         """The row's ``tags`` and ``active_conditions`` headers, encoded
         (:func:`shapes.messages.header_fragment`)."""
-        key = (prefix, meta.active_conditions, *(row.get(c) for c in self._columns))
+        only = self._only_column
+        key: tuple[object, ...]
+        if only is not None:  # most clauses have one left-side column
+            key = (prefix, meta.active_conditions, row.get(only))
+        else:
+            key = (prefix, meta.active_conditions, *[row.get(c) for c in self._columns])
         found = self._fragments.get(key)
         if found is None:
             if len(self._fragments) >= self.LIMIT:
@@ -126,10 +132,17 @@ def convert_insert(view: SubqueryView, new: Row, views: Views) -> list[Entry]:
 
 
 def encode_insert(
-    view: SubqueryView, new: Row, views: Views, encoder: ChangeEncoder, at: int
+    view: SubqueryView,
+    new: Row,
+    views: Views,
+    encoder: ChangeEncoder,
+    at: int,
+    *,
+    last: bool = False,
 ) -> bytes | None:
     """:func:`convert_insert` and its encoding in one step (the common change, made cheap):
-    the message of an inserted row at op position ``at``, ``None`` when the row is out."""
+    the message of an inserted row at op position ``at`` (marked as the transaction's last
+    with ``last``), ``None`` when the row is out."""
     meta = _judge(view, new, views)
     if not meta.included:
         return None
@@ -140,6 +153,7 @@ def encode_insert(
         _select(base, new),
         at,
         view.where.fragment(new, view.tag_prefix, meta),
+        last=last,
     )
 
 

@@ -153,14 +153,18 @@ class ChangeEncoder:
         op_position: int,
         fragment: bytes,
         old_value: Row | None = None,
+        *,
+        last: bool = False,
     ) -> bytes:
         """:meth:`encode` with the extra headers already encoded by :func:`header_fragment`
-        (shapes that give many rows the same extra headers encode them once)."""
+        (shapes that give many rows the same extra headers encode them once); with ``last``,
+        the message already marked as its transaction's last (as :meth:`mark_last` would)."""
         end = b"}" if old_value is None else b',"old_value":' + _encode(old_value) + b"}"
-        return b'%b%d%b%b},"key":%b,"value":%b%b' % (
+        return b'%b%d%b%b%b},"key":%b,"value":%b%b' % (
             self._head(operation),
             op_position,
             self._txids,
+            LAST_MARK if last else b"",
             fragment,
             _encode(key),
             _encode(value),

@@ -52,8 +52,15 @@ class MoveEncoder:
             return out
         schema, table = self.shape.definition.relation
         encoder = _change_encoder(schema, table, lsn, xid)
-        encode, append = encoder.encode, out.append
         view = self.view
+        if len(changes) == 1 and changes[0].kind == "insert":  # the common case, marked at once
+            change = changes[0]
+            assert change.new is not None
+            data = encode_insert(view, change.new, views, encoder, change.op, last=True)
+            if data is not None:
+                out.append(change.op, data)
+            return out
+        encode, append = encoder.encode, out.append
         operation: messages.Operation = "insert"
         for change in changes:
             if change.kind == "insert":

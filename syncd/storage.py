@@ -526,7 +526,9 @@ class ShapeLog:
         log_fd = self._log_descriptor()
         self._unsynced = True
         try:
-            _pwritev_all(log_fd, [_RECORD.pack(tx, op, _LAST_FLAG, size), data], start)
+            record = _RECORD.pack(tx, op, _LAST_FLAG, size) + data
+            if os.pwrite(log_fd, record, start) != len(record):  # short: the rest the slow way
+                _pwrite_all(log_fd, record, start)
         except OSError:
             self._truncate_to_committed()
             raise
