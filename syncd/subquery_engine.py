@@ -402,18 +402,26 @@ class SubqueryEngine:
             move = mat.delta()
             if move is not None:
                 moves[mat] = move
-        touched: dict[SubqueryShape, dict[int, Move]] = {sq: {} for sq in txn_shapes}
+        moved: dict[SubqueryShape, dict[int, Move]] = {}
         for mat, move in moves.items():
             for sub in mat.subscribers:
                 if isinstance(sub, SubqueryShape):
-                    touched.setdefault(sub, {})[sub.dependencies.index(mat)] = move
-        for sq, sq_moves in touched.items():
-            if not sq_moves and sq.mode == "steady":  # the common case, made cheap
-                self._guarded(sq, sq.on_changes, lsn, xid, txn_shapes[sq])
+                    moved.setdefault(sub, {})[sub.dependencies.index(mat)] = move
+        # A steady shape none of whose sets moved has only its changes to append (the common
+        # case, made cheap); it holds no query, so it needs no after_commit either.
+        touched: list[SubqueryShape] = []
+        for sq, changes in txn_shapes.items():
+            if sq.mode == "steady" and sq not in moved:
+                self._guarded(sq, sq.on_changes, lsn, xid, changes)
             else:
-                changes = txn_shapes.get(sq, [])
-                txn = HeldTransaction(lsn, xid, changes, sq_moves, end_op=end_op)
+                txn = HeldTransaction(lsn, xid, changes, moved.get(sq, {}), end_op=end_op)
                 self._guarded(sq, sq.on_transaction, txn)
+                touched.append(sq)
+        for sq, sq_moves in moved.items():
+            if sq not in txn_shapes:
+                txn = HeldTransaction(lsn, xid, [], sq_moves, end_op=end_op)
+                self._guarded(sq, sq.on_transaction, txn)
+                touched.append(sq)
         for mat, move in moves.items():
             mat.publish(move)
             self._follow_move(mat, move)
