@@ -51,6 +51,17 @@ __all__ = ["LogReader"]
 class LogReader:
     """The read side of one shape log, over the committed state its owner publishes."""
 
+    __slots__ = (
+        "_dir",
+        "_index_path",
+        "_last_piece",
+        "_last_read",
+        "_log_path",
+        "snapshot",
+        "tx_starts",
+        "view",
+    )
+
     def __init__(self, directory: Path, view: _LogView, snapshot: _SnapshotView) -> None:
         self._dir = directory
         self._log_path = os.fspath(directory / LOG_FILE)

@@ -34,6 +34,8 @@ Views = Sequence[AbstractSet[ValueKey]]
 class MoveEncoder:
     """Log entries and events of one subquery shape."""
 
+    __slots__ = ("negated", "shape", "view", "where")
+
     def __init__(self, shape: ShapeState, where: Where, view: SubqueryView) -> None:
         self.shape = shape
         self.where = where

@@ -73,6 +73,8 @@ class Wakeup:
 class Notifier:
     """Wakes every waiter when a shape's log grows or the shape goes away."""
 
+    __slots__ = ("_wakeup",)
+
     def __init__(self) -> None:
         self._wakeup: Wakeup | None = None
 

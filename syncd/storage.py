@@ -132,6 +132,27 @@ __all__ = [
 class ShapeLog:
     """The durable log of one shape. See the module docstring for the file formats and rules."""
 
+    __slots__ = (
+        "_acc",
+        "_chunk_bytes",
+        "_creation_unsynced",
+        "_device",
+        "_dir",
+        "_index_fd",
+        "_index_path",
+        "_last_tx",
+        "_log_fd",
+        "_log_path",
+        "_meta_pending",
+        "_open_txn",
+        "_reader",
+        "_snap_acc",
+        "_snap_chunks",
+        "_snap_unsynced",
+        "_snap_writable",
+        "_unsynced",
+    )
+
     def __init__(
         self,
         directory: Path,

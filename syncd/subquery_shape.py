@@ -117,6 +117,22 @@ def _apply(views: Views, moves: dict[int, Move]) -> None:
 class SubqueryShape:
     """The subquery side of one live shape (see the module docstring)."""
 
+    __slots__ = (
+        "_mode",
+        "dependencies",
+        "encoder",
+        "held",
+        "host",
+        "journal",
+        "query",
+        "runner",
+        "shape",
+        "shared",
+        "view",
+        "views",
+        "where",
+    )
+
     def __init__(
         self,
         shape: ShapeState,
