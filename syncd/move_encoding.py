@@ -34,10 +34,11 @@ Views = Sequence[AbstractSet[ValueKey]]
 class MoveEncoder:
     """Log entries and events of one subquery shape."""
 
-    __slots__ = ("negated", "shape", "view", "where")
+    __slots__ = ("negated", "relation", "shape", "view", "where")
 
     def __init__(self, shape: ShapeState, where: Where, view: SubqueryView) -> None:
         self.shape = shape
+        self.relation = shape.definition.relation
         self.where = where
         self.view = view
         self.negated = frozenset(
@@ -52,7 +53,7 @@ class MoveEncoder:
         out = TransactionEntries()
         if not changes:
             return out
-        schema, table = self.shape.definition.relation
+        schema, table = self.relation
         encoder = _change_encoder(schema, table, lsn, xid)
         view = self.view
         if len(changes) == 1 and changes[0].kind == "insert":  # the common case, marked at once

@@ -75,7 +75,7 @@ class SubqueryEngine:
         self._reading = reading
         self._spawn = spawn
         self._last_seen_lsn = last_seen_lsn
-        self._written = written
+        self.written = written
         self._retire = retire
         self._outer_router = outer_router
         self._is_pending = is_pending
@@ -107,9 +107,6 @@ class SubqueryEngine:
 
     def spawn(self, coro: Any) -> None:
         self._spawn(coro)
-
-    def written(self, shape: ShapeState) -> None:
-        self._written(shape)
 
     def retire(self, shape: ShapeState, reason: str) -> None:
         self._retire(shape, reason)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
@@ -93,7 +93,8 @@ class SubqueryHost(Protocol):
 
     def last_seen_lsn(self) -> int: ...
 
-    def written(self, shape: ShapeState) -> None: ...
+    written: Callable[[ShapeState], None]
+    """Called with a shape whose log was appended to (it needs a flush)."""
 
     def retire(self, shape: ShapeState, reason: str) -> None: ...
 
