@@ -4,6 +4,7 @@ and ``GroupSync`` (one ``syncfs`` for many logs)."""
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,20 @@ def test_logs_not_synced_for_a_while_make_room(tmp_path: Path) -> None:
         assert [log for log in logs if log.holds_descriptors] == second
     finally:
         group.close()
+
+
+@pytest.mark.parametrize(
+    ("soft", "expected"),
+    [(1_024, 512), (20_000, 10_000), (65_536, 16_384), (100, 64)],
+)
+def test_synced_logs_keep_up_to_half_the_descriptor_limit(
+    monkeypatch: pytest.MonkeyPatch, soft: int, expected: int
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (soft, soft * 4))
+    assert log_flush.default_open_logs() == expected
+
+
+def test_an_unlimited_descriptor_limit_keeps_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    unlimited = resource.RLIM_INFINITY
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (unlimited, unlimited))
+    assert log_flush.default_open_logs() == 16_384
