@@ -67,8 +67,8 @@ class GroupSync:
             # Deferred metadata: its data is durable now; rename it, then make the renames so.
             renamed = False
             for log in together:
-                if log._meta_pending:
-                    log._install_meta()
+                if log.meta.pending:
+                    log.meta.install()
                     renamed = True
             if renamed:
                 self._syncfs()

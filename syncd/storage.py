@@ -17,7 +17,8 @@ File layout (all inside the directory given to :meth:`ShapeLog.create`)::
     log.bin                    change log, binary, append-only
     chunks.idx                 change-log chunk boundaries, binary, append-only
 
-Snapshot chunks. :meth:`ShapeLog.append_snapshot_rows` appends rows in order. Each row counts
+Snapshot chunks (written by :class:`syncd.snapshot_writer.SnapshotWriter`).
+:meth:`ShapeLog.append_snapshot_rows` appends rows in order. Each row counts
 ``len(line) + 1`` bytes towards its chunk; the row that makes the count reach or exceed
 ``chunk_bytes`` is the last row of its chunk. :meth:`ShapeLog.finish_snapshot` appends the
 ``snapshot-end`` control line as the last line of the last chunk, which is a new chunk of its own
@@ -58,7 +59,6 @@ log (and of the index, once a chunk closes), which live from the first append af
 from __future__ import annotations
 
 import contextlib
-import json
 import operator
 import os
 import shutil
@@ -70,7 +70,6 @@ from typing import Any, Final
 
 from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd.log_files import (
-    _atomic_write,
     _fsync_dir,
     _pwrite_all,
     _pwritev_all,
@@ -101,9 +100,9 @@ from syncd.log_format import (
     _check_ops,
     _LogView,
     _OpenTransaction,
-    _snapshot_path,
     _SnapshotView,
 )
+from syncd.log_meta import MetaFile
 from syncd.log_reader import LogReader
 from syncd.log_recovery import (
     _load_boundaries,
@@ -111,6 +110,7 @@ from syncd.log_recovery import (
     _recover_log,
     _rewrite_index,
 )
+from syncd.snapshot_writer import SnapshotWriter
 
 __all__ = [
     "GROUP_SYNC_MIN",
@@ -143,13 +143,10 @@ class ShapeLog:
         "_last_tx",
         "_log_fd",
         "_log_path",
-        "_meta_pending",
+        "_meta",
         "_open_txn",
         "_reader",
-        "_snap_acc",
-        "_snap_chunks",
-        "_snap_unsynced",
-        "_snap_writable",
+        "_snapshot",
         "_unsynced",
     )
 
@@ -177,12 +174,9 @@ class ShapeLog:
         self._index_fd: int | None = None
         self._unsynced = False
         """The log or the index was written since the last sync."""
-        self._snap_chunks = snapshot_chunks
-        self._snap_acc = 0
-        self._snap_unsynced: set[int] = set()
-        self._snap_writable = not snapshot.complete and snapshot_chunks == 0
+        self._snapshot = SnapshotWriter(directory, chunk_bytes, self._reader, snapshot_chunks)
         self._device: int | None = None
-        self._meta_pending = False
+        self._meta = MetaFile(directory)
         self._creation_unsynced = False
         """Made by :meth:`create` and not fsynced yet (see :meth:`_sync_creation`)."""
 
@@ -279,7 +273,7 @@ class ShapeLog:
     @property
     def snapshot_chunk_count(self) -> int:
         """Number of snapshot chunk files (including one still being written)."""
-        return self._snap_chunks
+        return self._snapshot.chunks
 
     @property
     def device(self) -> int:
@@ -291,7 +285,7 @@ class ShapeLog:
     @property
     def dirty(self) -> bool:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
-        return self._unsynced or self._meta_pending
+        return self._unsynced or self._meta.pending
 
     @property
     def holds_descriptors(self) -> bool:
@@ -315,6 +309,11 @@ class ShapeLog:
 
     # ------------------------------------------------------------------ metadata
 
+    @property
+    def meta(self) -> MetaFile:
+        """The log's metadata file (what :meth:`write_meta` and :meth:`read_meta` use)."""
+        return self._meta
+
     def write_meta(self, meta: Mapping[str, Any], *, defer: bool = False) -> None:
         """Replace ``meta.json`` atomically and durably with ``meta`` (JSON-able).
 
@@ -323,35 +322,11 @@ class ShapeLog:
         :attr:`dirty` until then. Until then :meth:`read_meta` and a restart see the old
         metadata: for changes that may be lost with the transactions not yet synced.
         """
-        data = json.dumps(dict(meta), separators=(",", ":"), sort_keys=True).encode()
-        if defer:
-            tmp = self._dir / f"{META_FILE}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                _pwrite_all(fd, data, 0)
-            finally:
-                os.close(fd)
-            self._meta_pending = True
-            return
-        _atomic_write(self._dir, META_FILE, data)
-        self._meta_pending = False
-
-    def _install_meta(self) -> None:
-        """Rename a deferred ``meta.json.tmp`` over ``meta.json`` (its data must be durable)."""
-        if self._meta_pending:
-            os.replace(self._dir / f"{META_FILE}.tmp", self._dir / META_FILE)
-            self._meta_pending = False
+        self._meta.write(meta, defer=defer)
 
     def read_meta(self) -> dict[str, Any]:
-        """The dict last given to :meth:`write_meta`, or ``{}`` if there was none."""
-        try:
-            data = (self._dir / META_FILE).read_bytes()
-        except FileNotFoundError:
-            return {}
-        meta = json.loads(data)
-        if not isinstance(meta, dict):
-            raise StorageError(f"{self._dir / META_FILE}: not a JSON object")
-        return meta
+        """The dict last given to :meth:`write_meta` (and installed), or ``{}``."""
+        return self._meta.read()
 
     # ------------------------------------------------------------------ snapshot
 
@@ -366,65 +341,17 @@ class ShapeLog:
                 a restart.
             ValueError: a line contains a newline.
         """
-        self._check_snapshot_writable()
-        limit = self._chunk_bytes
-        acc = self._snap_acc
-        parts: list[bytes] = []
-        try:
-            for line in lines:
-                if b"\n" in line:
-                    raise ValueError("a snapshot line must not contain a newline")
-                parts.append(line)
-                acc += len(line) + 1
-                if acc >= limit:
-                    self._write_snapshot_chunk(parts, close=True)
-                    parts = []
-                    acc = 0
-            if parts:
-                self._write_snapshot_chunk(parts, close=False)
-        except BaseException:
-            self._snap_writable = False
-            raise
-        self._snap_acc = acc
+        self._snapshot.append_rows(lines)
 
     def finish_snapshot(self, end_line: bytes) -> None:
         """Append the ``snapshot-end`` line, make all chunks durable and mark the snapshot done."""
-        self._check_snapshot_writable()
-        if b"\n" in end_line:
-            raise ValueError("a snapshot line must not contain a newline")
-        closed = self._reader.snapshot.closed
-        self._write_snapshot_chunk([end_line], close=False)
-        count = closed + 1
-        for k in sorted(self._snap_unsynced):
-            fd = os.open(_snapshot_path(self._dir, k), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._snap_unsynced.clear()
+        self._snapshot.finish(end_line, self._sync_snapshot_names)
+
+    def _sync_snapshot_names(self) -> None:
         if self._creation_unsynced:
             self._sync_creation()  # the directory's fsync included
         else:
             _fsync_dir(self._dir)
-        _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
-        self._snap_writable = False
-        self._snap_chunks = count
-        self._reader.snapshot = _SnapshotView(count, True)
-
-    def _check_snapshot_writable(self) -> None:
-        if not self._snap_writable:
-            state = "finished" if self._reader.snapshot.complete else "interrupted or broken"
-            raise RuntimeError(f"the snapshot of {self._dir} was {state}")
-
-    def _write_snapshot_chunk(self, lines: list[bytes], *, close: bool) -> None:
-        k = self._reader.snapshot.closed
-        lines.append(b"")
-        with open(_snapshot_path(self._dir, k), "ab") as f:
-            f.write(b"\n".join(lines))
-        self._snap_unsynced.add(k)
-        self._snap_chunks = k + 1
-        if close:
-            self._reader.snapshot = _SnapshotView(k + 1, False)
 
     # ------------------------------------------------------------------ change log
 
@@ -614,14 +541,10 @@ class ShapeLog:
             self._unsynced = False
         finally:
             self._close_fds()
-        if self._meta_pending:
-            tmp = self._dir / f"{META_FILE}.tmp"
-            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._install_meta()
+        meta = self._meta
+        if meta.pending:
+            meta.sync_pending()
+            meta.install()
             _fsync_dir(self._dir)
 
     def _close_fds(self) -> None:

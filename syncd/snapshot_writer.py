@@ -1,0 +1,94 @@
+"""Writing a shape's snapshot chunks: rows appended in order, chunks cut as they fill, and the
+``snapshot-end`` line that makes the snapshot durable and done.
+
+Layer: ``syncd`` (synchronous file I/O). :class:`SnapshotWriter` is the write side of the
+snapshot files described in :mod:`syncd.storage`; it publishes each closed chunk to the log's
+:class:`~syncd.log_reader.LogReader`, which serves them to clients while later ones are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from syncd.log_files import _atomic_write
+from syncd.log_format import SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
+from syncd.log_reader import LogReader
+
+
+class SnapshotWriter:
+    """Appends the snapshot rows of one shape log and finishes its snapshot."""
+
+    __slots__ = ("_acc", "_chunk_bytes", "_dir", "_reader", "_unsynced", "_writable", "chunks")
+
+    def __init__(self, directory: Path, chunk_bytes: int, reader: LogReader, chunks: int) -> None:
+        self._dir = directory
+        self._chunk_bytes = chunk_bytes
+        self._reader = reader
+        self.chunks = chunks
+        """Snapshot chunk files, including one still being written."""
+        self._acc = 0
+        self._unsynced: set[int] = set()
+        self._writable = not reader.snapshot.complete and chunks == 0
+        """Only a snapshot begun by this process, and not finished or broken, takes rows."""
+
+    def append_rows(self, lines: Iterable[bytes]) -> None:
+        """See :meth:`syncd.storage.ShapeLog.append_snapshot_rows`."""
+        self._check_writable()
+        limit = self._chunk_bytes
+        acc = self._acc
+        parts: list[bytes] = []
+        try:
+            for line in lines:
+                if b"\n" in line:
+                    raise ValueError("a snapshot line must not contain a newline")
+                parts.append(line)
+                acc += len(line) + 1
+                if acc >= limit:
+                    self._write_chunk(parts, close=True)
+                    parts = []
+                    acc = 0
+            if parts:
+                self._write_chunk(parts, close=False)
+        except BaseException:
+            self._writable = False
+            raise
+        self._acc = acc
+
+    def finish(self, end_line: bytes, sync_directory: Callable[[], None]) -> None:
+        """Append ``end_line``, fsync every chunk written, call ``sync_directory`` (which
+        makes the chunks' names durable) and mark the snapshot done, durably."""
+        self._check_writable()
+        if b"\n" in end_line:
+            raise ValueError("a snapshot line must not contain a newline")
+        count = self._reader.snapshot.closed + 1
+        self._write_chunk([end_line], close=False)
+        for k in sorted(self._unsynced):
+            fd = os.open(_snapshot_path(self._dir, k), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced.clear()
+        sync_directory()
+        _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
+        self._writable = False
+        self.chunks = count
+        self._reader.snapshot = _SnapshotView(count, True)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            state = "finished" if self._reader.snapshot.complete else "interrupted or broken"
+            raise RuntimeError(f"the snapshot of {self._dir} was {state}")
+
+    def _write_chunk(self, lines: list[bytes], *, close: bool) -> None:
+        k = self._reader.snapshot.closed
+        lines.append(b"")
+        with open(_snapshot_path(self._dir, k), "ab") as f:
+            f.write(b"\n".join(lines))
+        self._unsynced.add(k)
+        self.chunks = k + 1
+        if close:
+            self._reader.snapshot = _SnapshotView(k + 1, False)
