@@ -143,7 +143,7 @@ class ShapeLog:
         "_last_tx",
         "_log_fd",
         "_log_path",
-        "_meta",
+        "meta",
         "_open_txn",
         "_reader",
         "_snapshot",
@@ -176,7 +176,8 @@ class ShapeLog:
         """The log or the index was written since the last sync."""
         self._snapshot = SnapshotWriter(directory, chunk_bytes, self._reader, snapshot_chunks)
         self._device: int | None = None
-        self._meta = MetaFile(directory)
+        self.meta = MetaFile(directory)
+        """The log's metadata file (what :meth:`write_meta` and :meth:`read_meta` use)."""
         self._creation_unsynced = False
         """Made by :meth:`create` and not fsynced yet (see :meth:`_sync_creation`)."""
 
@@ -285,7 +286,7 @@ class ShapeLog:
     @property
     def dirty(self) -> bool:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
-        return self._unsynced or self._meta.pending
+        return self._unsynced or self.meta.pending
 
     @property
     def holds_descriptors(self) -> bool:
@@ -309,11 +310,6 @@ class ShapeLog:
 
     # ------------------------------------------------------------------ metadata
 
-    @property
-    def meta(self) -> MetaFile:
-        """The log's metadata file (what :meth:`write_meta` and :meth:`read_meta` use)."""
-        return self._meta
-
     def write_meta(self, meta: Mapping[str, Any], *, defer: bool = False) -> None:
         """Replace ``meta.json`` atomically and durably with ``meta`` (JSON-able).
 
@@ -322,11 +318,11 @@ class ShapeLog:
         :attr:`dirty` until then. Until then :meth:`read_meta` and a restart see the old
         metadata: for changes that may be lost with the transactions not yet synced.
         """
-        self._meta.write(meta, defer=defer)
+        self.meta.write(meta, defer=defer)
 
     def read_meta(self) -> dict[str, Any]:
         """The dict last given to :meth:`write_meta` (and installed), or ``{}``."""
-        return self._meta.read()
+        return self.meta.read()
 
     # ------------------------------------------------------------------ snapshot
 
@@ -541,7 +537,7 @@ class ShapeLog:
             self._unsynced = False
         finally:
             self._close_fds()
-        meta = self._meta
+        meta = self.meta
         if meta.pending:
             meta.sync_pending()
             meta.install()
