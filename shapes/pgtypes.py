@@ -24,7 +24,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 from typing import Any, Final
 
 from shapes import pgjson, pgtime
@@ -560,8 +560,10 @@ SCALAR_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
 }
 
 
+@lru_cache(maxsize=1024)
 def parser_for(type_name: str) -> Callable[[str], Any]:
-    """The text-input function of a type; opaque types keep their text."""
+    """The text-input function of a type; opaque types keep their text (remembered: hot paths
+    parse one value at a time through :func:`parse_text`)."""
     if is_array(type_name):
         element = parser_for(element_type(type_name))
         return lambda text: parse_array(text, element)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final
 
-from shapes import pgtypes
 from shapes import where_eval as ev
 from shapes.errors import EvaluationError
 from shapes.subquery import Dependency, Position, RowMeta, ValueKey
@@ -112,11 +111,11 @@ class SubqueryPlan:
             # The clause is one ``column IN (subquery)``: a row whose value is in the view is
             # in. Anything else (NULL, not found, a text that does not parse) goes the general
             # way below, which knows SQL's NULL rules and errors.
-            column, parse, from_value, dependency = sole
+            column, key, dependency = sole
             text = row.get(column)
             if text is not None:
                 try:
-                    found = from_value(parse(text)) in views[dependency]
+                    found = key.from_text(text) in views[dependency]
                 except Exception:  # judged (and raised, if need be) the general way
                     found = False
                 if found:
@@ -149,12 +148,8 @@ class SubqueryPlan:
         return RowMeta(included, tuple(active))
 
     @cached_property
-    def _sole_membership(
-        self,
-    ) -> tuple[str, Callable[[str], Any], Callable[[Any], Hashable], int] | None:
-        """``(column, parse, key_of_value, dependency)`` when the whole clause is
-        ``column IN (subquery)`` (a column's text to its view key: ``key_of_value(parse(text))``,
-        as :meth:`KeyColumn.from_text` but with the parser looked up once)."""
+    def _sole_membership(self) -> tuple[str, KeyColumn, int] | None:
+        """``(column, key, dependency)`` when the whole clause is ``column IN (subquery)``."""
         if self.disjunct_count != 1 or len(self.positions) != 1:
             return None
         position, leaf_index = self.positions[0], self.position_leaves[0]
@@ -163,10 +158,7 @@ class SubqueryPlan:
         leaf = self.leaves[leaf_index]
         if len(leaf.columns) != 1:
             return None
-        key = leaf.outer_keys[0]
-        if key.source == pgtypes.JSONB:  # its texts are made canonical first: no shortcut
-            return None
-        return leaf.columns[0], pgtypes.parser_for(key.source), key.from_value, leaf.dependency
+        return leaf.columns[0], leaf.outer_keys[0], leaf.dependency
 
     @cached_property
     def _expected(self) -> tuple[tuple[ev.Fn, bool], ...]:

@@ -14,7 +14,11 @@ from syncd.log_format import StorageError
 
 
 def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    view = memoryview(data)
+    written = os.pwrite(fd, data, at)
+    if written == len(data):  # the common case: one call
+        return
+    view = memoryview(data)[written:]
+    at += written
     while view:
         written = os.pwrite(fd, view, at)
         view = view[written:]

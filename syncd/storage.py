@@ -143,11 +143,11 @@ class ShapeLog:
         "_last_tx",
         "_log_fd",
         "_log_path",
-        "meta",
         "_open_txn",
         "_reader",
         "_snapshot",
         "_unsynced",
+        "meta",
     )
 
     def __init__(
@@ -470,9 +470,7 @@ class ShapeLog:
         log_fd = self._log_descriptor()
         self._unsynced = True
         try:
-            record = _RECORD.pack(tx, op, _LAST_FLAG, size) + data
-            if os.pwrite(log_fd, record, start) != len(record):  # short: the rest the slow way
-                _pwrite_all(log_fd, record, start)
+            _pwrite_all(log_fd, _RECORD.pack(tx, op, _LAST_FLAG, size) + data, start)
         except OSError:
             self._truncate_to_committed()
             raise
