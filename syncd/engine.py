@@ -324,6 +324,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         try:
+            await self.flush.drain()
             self.flush.flush_dirty()  # FlushFailed still closes what follows
         finally:
             self.streams.drop_spools()
@@ -511,10 +512,6 @@ class Engine:
         Postgres may forget up to (see ``FlushTracker.on_idle``)."""
         if self.streams.commits_pending:
             await self.streams.apply_commits()
-        if self.flush.dirty:
-            # The readers this stream's commits woke run first: their answers go out before
-            # the fsync (which blocks the loop) rather than after it.
-            await asyncio.sleep(0)
         between = not (in_transaction or self.applier.in_txn or self.streams.spooling)
         confirmable = self.flush.on_idle(received_lsn, between)
         if between:

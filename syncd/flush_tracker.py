@@ -13,6 +13,12 @@ with one ``syncfs()`` (``storage.GroupSync``). Shapes still taking their snapsho
 transactions in memory; the confirmed LSN never passes the oldest of those (:meth:`pinned`), so
 a crash can only lose what Postgres will send again.
 
+A flush waits for the disk on its own thread (``syncd.log_flush`` says which steps run where):
+the event loop goes on decoding, appending and answering clients meanwhile. At most one flush
+runs at a time. It covers the commits up to ``last_commit_end`` as it starts; the logs written
+while it runs are dirty again and wait for the next one, and the durable LSN advances only when
+it is done.
+
 The slot record (``syncd.slot_record``) is written durably before the stream may confirm a
 position (:meth:`confirmable`), so a continuing slot is never ahead of it.
 """
@@ -24,8 +30,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from syncd.log_flush import FlushPlan, plan_flush
 from syncd.shape_state import ShapeState
 from syncd.slot_record import SlotRecord
 from syncd.storage import GroupSync
@@ -62,6 +70,9 @@ class FlushTracker:
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self.group_sync: GroupSync | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        """The flush running on :attr:`_flusher`, if any."""
+        self._flusher: ThreadPoolExecutor | None = None
         # the slot history the shapes follow (see syncd.slot_record)
         self.slot_record: SlotRecord | None = None
         self._slot_record_saved = 0.0
@@ -92,14 +103,14 @@ class FlushTracker:
             raise self.failure
         if between:
             self.last_seen_lsn = max(self.last_seen_lsn, received_lsn)
-        if self.dirty:
+        if self.dirty and self._flushing is None:
             wait = self._last_flush + self._flush_interval - time.monotonic()
             if wait <= 0:
-                self.flush_dirty()
+                self.start_flush()
             elif self._flush_timer is None:
                 loop = asyncio.get_running_loop()
                 self._flush_timer = loop.call_later(wait, self._timed_flush)
-        if self.dirty:
+        if self.dirty or self._flushing is not None:
             return self.confirmable(self.pinned(self.durable_lsn))
         durable = self.last_commit_end
         if between:
@@ -111,39 +122,101 @@ class FlushTracker:
         self._flush_timer = None
         if self.dirty:
             with contextlib.suppress(FlushFailed):  # kept in failure: the next idle call raises
-                self.flush_dirty()
+                self.start_flush()
+
+    def start_flush(self) -> None:
+        """Begin making every log written so far durable, on the flush thread; the durable LSN
+        advances when that is done. Does nothing while another flush runs (the logs written
+        meanwhile stay dirty for the next one)."""
+        self._cancel_timer()
+        if self.failure is not None:
+            raise self.failure
+        if self._flushing is not None:
+            return
+        covered = self.last_commit_end
+        batch, plan = self._plan()
+        self._flushing = asyncio.ensure_future(self._flush_in_background(batch, plan, covered))
+
+    async def _flush_in_background(
+        self, batch: list[ShapeState], plan: FlushPlan, covered: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-flush")
+        try:
+            await loop.run_in_executor(self._flusher, plan.make_durable)
+            if plan.install_metadata():
+                await loop.run_in_executor(self._flusher, plan.sync_directories)
+        except OSError as exc:
+            self._failed(exc)  # the next idle call raises it
+            return
+        except BaseException:
+            self.dirty.update(batch)  # cancelled: a later flush covers them
+            raise
+        finally:
+            self._flushing = None
+        self._finished(batch, plan, covered)
+
+    async def drain(self) -> None:
+        """Wait for the running flush, if any (its failure is kept in :attr:`failure`)."""
+        running = self._flushing
+        if running is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
 
     def flush_dirty(self) -> None:
-        """fsync every log written since the last flush; then all commits so far are durable.
+        """Make every log written since the last flush durable on the calling thread; then all
+        commits so far are durable. Call :meth:`drain` first if a flush may be running.
 
         Many dirty logs on the storage filesystem are made durable by one ``syncfs()``
         (``GroupSync``) instead of one ``fdatasync()`` each.
         """
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        self._cancel_timer()
         if self.failure is not None:
             raise self.failure
+        if self._flushing is not None:
+            raise RuntimeError("a flush is running: drain() it first")
         covered = self.last_commit_end
-        logs = [shape.log for shape in self.dirty if shape.status != "gone"]
+        batch, plan = self._plan()
         try:
-            if self.group_sync is not None:
-                self.group_sync.sync(logs)
-            else:
-                for shape_log in logs:
-                    shape_log.sync()
+            plan.run()
         except OSError as exc:
-            log.critical("cannot make the shape logs durable, stopping: %s", exc)
-            self.failure = FlushFailed(f"cannot make the shape logs durable: {exc}")
-            raise self.failure from exc
+            raise self._failed(exc) from exc
+        self._finished(batch, plan, covered)
+
+    def _plan(self) -> tuple[list[ShapeState], FlushPlan]:
+        """The shapes written since the last flush (the dirty set is emptied) and a plan to
+        make their logs durable."""
+        batch = [shape for shape in self.dirty if shape.status != "gone"]
         self.dirty.clear()
+        return batch, plan_flush([shape.log for shape in batch], self.group_sync)
+
+    def _finished(self, batch: list[ShapeState], plan: FlushPlan, covered: int) -> None:
+        plan.finish()
+        if plan.left_pending:  # metadata rewritten while the flush ran
+            left = set(plan.left_pending)
+            self.dirty.update(shape for shape in batch if shape.log in left)
         self._last_flush = time.monotonic()
         self.durable_lsn = max(self.durable_lsn, self.pinned(covered))
 
+    def _failed(self, exc: OSError) -> FlushFailed:
+        log.critical("cannot make the shape logs durable, stopping: %s", exc)
+        self.failure = FlushFailed(f"cannot make the shape logs durable: {exc}")
+        return self.failure
+
+    def _cancel_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
     def close_group_sync(self) -> None:
+        """Release the group sync and the flush thread (after :meth:`drain`)."""
         if self.group_sync is not None:
             self.group_sync.close()
             self.group_sync = None
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
 
     def pinned(self, lsn: int) -> int:
         """``lsn``, or the first transaction a snapshotting shape buffers if that is older."""

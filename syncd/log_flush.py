@@ -1,6 +1,31 @@
-"""Group flushing: many shape logs made durable with one ``syncfs()``.
+"""Flushing shape logs: many made durable with one ``syncfs()``, the waiting off the event loop.
 
 Layer: ``syncd`` (synchronous file I/O, Linux ``syncfs`` through ctypes when available).
+
+Theory of operation
+===================
+
+A flush is a :class:`FlushPlan`, made by :meth:`GroupSync.plan` on the thread that appends (the
+event loop) and carried out in five steps, so that what waits for the disk can run on another
+thread while the appends go on:
+
+1. ``plan`` (appending thread): the dirty logs are split into those made durable together, with
+   one ``syncfs()`` of the filesystem, and those made durable alone, with ``fdatasync()`` on
+   duplicates of their append descriptors. Each log's :attr:`ShapeLog.writes` and its pending
+   metadata's :attr:`MetaFile.writes` are noted: they are what this flush covers.
+2. :meth:`FlushPlan.make_durable` (any thread): the ``syncfs()`` or the ``fdatasync()`` calls,
+   and an ``fsync()`` of each pending ``meta.json.tmp`` made durable alone.
+3. :meth:`FlushPlan.install_metadata` (appending thread): each pending metadata file that no
+   write replaced since step 1 is renamed over ``meta.json``; one written meanwhile waits for
+   the next flush, since this one may not have covered its bytes.
+4. :meth:`FlushPlan.sync_directories` (any thread): the renames made durable.
+5. :meth:`FlushPlan.finish` (appending thread): each log is marked durable up to the writes
+   noted in step 1 (appends made meanwhile keep it dirty), and descriptors are kept or closed.
+
+Appends between the steps are safe: the appending thread never waits for the other one, and the
+other one touches only the filesystem descriptor, its own duplicated descriptors, and paths of
+files that step 3, the only step that renames, leaves alone until step 2 is over. A log deleted
+meanwhile is skipped. :meth:`FlushPlan.run` does the five steps in a row on the calling thread.
 """
 
 from __future__ import annotations
@@ -14,11 +39,152 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from syncd.log_files import _fsync_dir
+
 if TYPE_CHECKING:
     from syncd.storage import ShapeLog
 
 GROUP_SYNC_MIN: Final = 8
 """From this many dirty logs on one filesystem, :class:`GroupSync` uses one ``syncfs()``."""
+
+
+class FlushPlan:
+    """One flush of a set of shape logs, in the steps the module docstring describes."""
+
+    __slots__ = (
+        "_alone",
+        "_descriptors",
+        "_group",
+        "_renamed_alone",
+        "_renamed_together",
+        "_together",
+        "left_pending",
+    )
+
+    def __init__(
+        self,
+        group: GroupSync | None,
+        together: list[tuple[ShapeLog, int, int | None]],
+        alone: list[tuple[ShapeLog, int, int | None]],
+    ) -> None:
+        """Internal: use :meth:`GroupSync.plan` (or :func:`plan_flush` without a group)."""
+        self._group = group
+        self._together = together
+        """Logs covered by one ``syncfs()``: (log, its writes, its pending metadata's writes)."""
+        self._alone = alone
+        """Logs made durable one by one, noted the same way."""
+        self._descriptors = [log.duplicate_descriptors() for log, _w, _m in alone]
+        self._renamed_together = False
+        self._renamed_alone: list[ShapeLog] = []
+        self.left_pending: list[ShapeLog] = []
+        """Logs whose metadata was rewritten while the flush ran: still dirty, for the next."""
+
+    @property
+    def empty(self) -> bool:
+        """No log to flush."""
+        return not (self._together or self._alone)
+
+    def make_durable(self) -> None:
+        """Step 2 (any thread): put every noted write on disk.
+
+        Raises:
+            OSError: a write-back error; nothing of this flush may be trusted.
+        """
+        try:
+            if self._together:
+                assert self._group is not None
+                self._group.syncfs()
+            for (log, _writes, meta_writes), fds in zip(
+                self._alone, self._descriptors, strict=True
+            ):
+                for fd in fds:
+                    os.fdatasync(fd)
+                if meta_writes is not None:
+                    _unless_deleted(log, log.meta.sync_pending)
+        finally:
+            self.close_descriptors()
+
+    def close_descriptors(self) -> None:
+        """Close the duplicated descriptors (done by :meth:`make_durable`; call it when a plan
+        is dropped before that step)."""
+        descriptors, self._descriptors = self._descriptors, [[] for _ in self._alone]
+        for fds in descriptors:
+            for fd in fds:
+                os.close(fd)
+
+    def install_metadata(self) -> bool:
+        """Step 3 (appending thread): rename the metadata files step 2 made durable; True if
+        any was renamed."""
+        self._renamed_together = bool(list(_installed(self._together, self.left_pending)))
+        self._renamed_alone = list(_installed(self._alone, self.left_pending))
+        return self._renamed_together or bool(self._renamed_alone)
+
+    def sync_directories(self) -> None:
+        """Step 4 (any thread): make the renames of step 3 durable.
+
+        Raises:
+            OSError: as :meth:`make_durable`.
+        """
+        if self._renamed_together:
+            assert self._group is not None
+            self._group.syncfs()
+        for log in self._renamed_alone:
+            _unless_deleted(log, lambda log=log: _fsync_dir(log.directory))
+
+    def finish(self) -> None:
+        """Step 5 (appending thread): mark what the flush covered as durable."""
+        if self._together:
+            assert self._group is not None
+            self._group.keep_descriptors(self._together)
+        for log, writes, _m in self._alone:
+            if not log.deleted:
+                log.mark_synced(writes)
+                log.close_descriptors()
+
+    def run(self) -> None:
+        """Every step in a row on the calling thread."""
+        self.make_durable()
+        if self.install_metadata():
+            self.sync_directories()
+        self.finish()
+
+
+def plan_flush(logs: Iterable[ShapeLog], group: GroupSync | None) -> FlushPlan:
+    """A flush of the dirty logs among ``logs``: through ``group`` when there is one (see
+    :meth:`GroupSync.plan`), else each log alone."""
+    if group is not None:
+        return group.plan(logs)
+    return FlushPlan(None, [], [n for n in map(_flush_note, logs) if n is not None])
+
+
+def _flush_note(log: ShapeLog) -> tuple[ShapeLog, int, int | None] | None:
+    return log.flush_note()
+
+
+def _installed(
+    noted: list[tuple[ShapeLog, int, int | None]], left_pending: list[ShapeLog]
+) -> Iterable[ShapeLog]:
+    """Install the pending metadata noted in ``noted`` that no write replaced since; yield
+    each log whose metadata was renamed, and add those left pending to ``left_pending``."""
+    for log, _writes, meta_writes in noted:
+        if meta_writes is None or log.deleted:
+            continue
+        meta = log.meta
+        if meta_writes == meta.writes and meta.pending:
+            meta.install()
+            yield log
+        elif meta.pending:
+            left_pending.append(log)
+
+
+def _unless_deleted(log: ShapeLog, action: Any) -> None:
+    """Run ``action``, which touches ``log``'s files by path; a log deleted meanwhile (on the
+    appending thread) has nothing left to make durable."""
+    try:
+        action()
+    except FileNotFoundError:
+        if not log.deleted:
+            raise
 
 
 class GroupSync:
@@ -29,9 +195,9 @@ class GroupSync:
     previous call on the same descriptor (Linux 5.8+). So after it returns, every byte appended
     to a log on that filesystem before the call is on disk. Unlike :meth:`ShapeLog.sync`, a log
     synced here keeps its append descriptors, up to ``open_logs`` logs (see
-    :meth:`_keep_descriptors`). The descriptor is a directory opened once (the
+    :meth:`keep_descriptors`). The descriptor is a directory opened once (the
     engine's shapes directory), so no error between two group syncs goes unreported. Logs on
-    other filesystems, few logs, or no ``syncfs()`` at all: :meth:`ShapeLog.sync` each.
+    other filesystems, few logs, or no ``syncfs()`` at all: each alone.
     """
 
     def __init__(
@@ -41,42 +207,37 @@ class GroupSync:
         stale_after: float = 10.0,
     ) -> None:
         self._fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._device = os.fstat(self._fd).st_dev
+        self.device = os.fstat(self._fd).st_dev
+        """The filesystem this group syncs."""
         self._open_logs = open_logs if open_logs is not None else default_open_logs()
         self._stale_after = stale_after
         self._holding: OrderedDict[ShapeLog, float] = OrderedDict()
         """Synced logs that keep their append descriptors, with when they were last synced,
         least recently synced first."""
 
-    def sync(self, logs: Iterable[ShapeLog]) -> None:
-        """fsync the appends of every log in ``logs`` (as ``sync()`` on each would)."""
-        together: list[ShapeLog] = []
-        alone: list[ShapeLog] = []
+    def plan(self, logs: Iterable[ShapeLog]) -> FlushPlan:
+        """Step 1 of a flush (module docstring) of the dirty logs among ``logs``."""
+        together: list[tuple[ShapeLog, int, int | None]] = []
+        alone: list[tuple[ShapeLog, int, int | None]] = []
+        device = self.device
         for log in logs:
-            if log.dirty:
-                (together if log.device == self._device else alone).append(log)
+            noted = log.flush_note()
+            if noted is not None:
+                (together if log.device == device else alone).append(noted)
         if len(together) < GROUP_SYNC_MIN or self._fd is None or _syncfs is None:
             alone += together
             together = []
-        for log in alone:
-            log.sync()
-        if together:
-            assert self._fd is not None
-            self._syncfs()
-            self._keep_descriptors(together)
-            # Deferred metadata: its data is durable now; rename it, then make the renames so.
-            renamed = False
-            for log in together:
-                if log.meta.pending:
-                    log.meta.install()
-                    renamed = True
-            if renamed:
-                self._syncfs()
+        return FlushPlan(self, together, alone)
 
-    def _keep_descriptors(self, synced: list[ShapeLog]) -> None:
-        """Mark ``synced`` durable and let them keep their descriptors (a log appended to at
-        every transaction would otherwise open and close its file each time), at most
-        ``open_logs`` of them.
+    def sync(self, logs: Iterable[ShapeLog]) -> None:
+        """fsync the appends of every log in ``logs`` (as ``sync()`` on each would)."""
+        self.plan(logs).run()
+
+    def keep_descriptors(self, synced: list[tuple[ShapeLog, int, int | None]]) -> None:
+        """Mark the logs in ``synced`` (noted by :meth:`ShapeLog.flush_note`) durable and,
+        unless deleted since, let them keep their descriptors (a log appended to at every
+        transaction would otherwise open and close its file each time), at most ``open_logs``
+        of them.
 
         Logs that already hold theirs keep them; logs not synced for ``stale_after`` seconds
         make room first. Beyond that, newcomers close theirs: with more busy logs than the
@@ -86,8 +247,10 @@ class GroupSync:
         now = time.monotonic()
         holding = self._holding
         newcomers: list[ShapeLog] = []
-        for log in synced:
-            log.mark_synced()
+        for log, writes, _meta_writes in synced:
+            log.mark_synced(writes)
+            if log.deleted:
+                continue
             if log in holding:
                 holding.move_to_end(log)
                 holding[log] = now
@@ -106,9 +269,16 @@ class GroupSync:
         for log in newcomers[room:]:
             log.close_descriptors()
 
-    def _syncfs(self) -> None:
-        assert self._fd is not None and _syncfs is not None
-        if _syncfs(self._fd) != 0:
+    def syncfs(self) -> None:
+        """``syncfs()`` the group's filesystem (any thread).
+
+        Raises:
+            OSError: a write-back error on the filesystem since the previous call.
+        """
+        fd = self._fd
+        if fd is None or _syncfs is None:
+            raise OSError("the group sync is closed")
+        if _syncfs(fd) != 0:
             errno = ctypes.get_errno()
             raise OSError(errno, f"syncfs: {os.strerror(errno)}")
 

@@ -20,17 +20,21 @@ from syncd.log_format import META_FILE, StorageError
 class MetaFile:
     """The metadata of one shape log, and a deferred replacement if one is pending."""
 
-    __slots__ = ("_dir", "pending")
+    __slots__ = ("_dir", "pending", "writes")
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self.pending = False
         """``meta.json.tmp`` holds metadata waiting for :meth:`install` (its data not yet
         durable until the log is synced)."""
+        self.writes = 0
+        """How many times :meth:`write` ran: a flush installs a pending file only if no write
+        replaced it after the flush made it durable."""
 
     def write(self, meta: Mapping[str, Any], *, defer: bool = False) -> None:
         """See :meth:`syncd.storage.ShapeLog.write_meta`."""
         data = json.dumps(dict(meta), separators=(",", ":"), sort_keys=True).encode()
+        self.writes += 1
         if defer:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:

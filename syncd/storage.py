@@ -136,7 +136,7 @@ class ShapeLog:
         "_acc",
         "_chunk_bytes",
         "_creation_unsynced",
-        "_device",
+        "_deleted",
         "_dir",
         "_index_fd",
         "_index_path",
@@ -146,7 +146,9 @@ class ShapeLog:
         "_open_txn",
         "_reader",
         "_snapshot",
-        "_unsynced",
+        "_synced_writes",
+        "_writes",
+        "device",
         "meta",
     )
 
@@ -172,10 +174,14 @@ class ShapeLog:
         self._open_txn: _OpenTransaction | None = None
         self._log_fd: int | None = None
         self._index_fd: int | None = None
-        self._unsynced = False
-        """The log or the index was written since the last sync."""
+        self._writes = 0
+        """How many writes went to the log or the index (appends and cuts)."""
+        self._synced_writes = 0
+        """How many of those are known durable: the log is clean when the two are equal."""
+        self._deleted = False
         self._snapshot = SnapshotWriter(directory, chunk_bytes, self._reader, snapshot_chunks)
-        self._device: int | None = None
+        self.device = os.stat(directory).st_dev
+        """The ``st_dev`` of the filesystem holding the directory."""
         self.meta = MetaFile(directory)
         """The log's metadata file (what :meth:`write_meta` and :meth:`read_meta` use)."""
         self._creation_unsynced = False
@@ -246,6 +252,7 @@ class ShapeLog:
 
     def delete(self) -> None:
         """Close the append descriptors and remove the directory with everything in it."""
+        self._deleted = True
         self._close_fds()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -277,31 +284,53 @@ class ShapeLog:
         return self._snapshot.chunks
 
     @property
-    def device(self) -> int:
-        """The ``st_dev`` of the filesystem holding the directory."""
-        if self._device is None:
-            self._device = os.stat(self._dir).st_dev
-        return self._device
-
-    @property
     def dirty(self) -> bool:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
-        return self._unsynced or self.meta.pending
+        return self._writes != self._synced_writes or self.meta.pending
+
+    @property
+    def writes(self) -> int:
+        """The number of writes so far: what a flush started now covers (:meth:`mark_synced`)."""
+        return self._writes
+
+    def flush_note(self) -> tuple[ShapeLog, int, int | None] | None:
+        """What a flush starting now must cover: ``(log, writes, metadata writes)``, the last
+        ``None`` without pending metadata (see :class:`syncd.log_flush.FlushPlan`); ``None``
+        for a clean or deleted log."""
+        meta = self.meta
+        if meta.pending:
+            return None if self._deleted else (self, self._writes, meta.writes)
+        if self._writes == self._synced_writes or self._deleted:
+            return None
+        return self, self._writes, None
+
+    @property
+    def deleted(self) -> bool:
+        """:meth:`delete` was called."""
+        return self._deleted
 
     @property
     def holds_descriptors(self) -> bool:
         """The log keeps descriptors open for appending."""
         return self._log_fd is not None or self._index_fd is not None
 
-    def mark_synced(self) -> None:
-        """Everything written so far is durable (a ``syncfs()`` covered it); the append
-        descriptors stay open for the next appends (:meth:`close_descriptors` closes them)."""
-        self._unsynced = False
+    def mark_synced(self, writes: int) -> None:
+        """The first ``writes`` writes (:attr:`writes` when the flush began) are durable; the
+        append descriptors stay open for the next appends (:meth:`close_descriptors` closes
+        them). Writes made while the flush ran keep the log dirty."""
+        if writes > self._synced_writes:
+            self._synced_writes = writes
 
     def close_descriptors(self) -> None:
         """Close the append descriptors of a log with nothing unsynced (else a no-op)."""
-        if not self._unsynced:
+        if self._writes == self._synced_writes:
             self._close_fds()
+
+    def duplicate_descriptors(self) -> list[int]:
+        """Duplicates of the open append descriptors, for an ``fdatasync()`` that another
+        thread runs while this one goes on appending (the caller closes them). A write-back
+        error is reported through a duplicate as through the original."""
+        return [os.dup(fd) for fd in (self._log_fd, self._index_fd) if fd is not None]
 
     def has_entries_after(self, offset: LogOffset) -> bool:
         """True if the change log holds an entry strictly after ``offset``."""
@@ -432,7 +461,7 @@ class ShapeLog:
             new[-1] = new[-1]._replace(last=True)
         chunks = view.chunks + len(earlier)
         log_fd = self._log_descriptor()
-        self._unsynced = True
+        self._writes += 1
         try:
             records = list(chain.from_iterable(zip(headers, datas, strict=True)))
             _pwritev_all(log_fd, records, start)
@@ -468,7 +497,7 @@ class ShapeLog:
         view = self._reader.view
         start = view.size
         log_fd = self._log_descriptor()
-        self._unsynced = True
+        self._writes += 1
         try:
             _pwrite_all(log_fd, _RECORD.pack(tx, op, _LAST_FLAG, size) + data, start)
         except OSError:
@@ -516,7 +545,7 @@ class ShapeLog:
     def _truncate_to_committed(self) -> None:
         """Cut the log and the index back to the committed state (best effort)."""
         self._open_txn = None
-        self._unsynced = True
+        self._writes += 1
         view = self._reader.view
         with contextlib.suppress(OSError):
             os.ftruncate(self._log_descriptor(), view.size)
@@ -532,7 +561,7 @@ class ShapeLog:
                 os.fdatasync(self._log_fd)
             if self._index_fd is not None:
                 os.fdatasync(self._index_fd)
-            self._unsynced = False
+            self._synced_writes = self._writes
         finally:
             self._close_fds()
         meta = self.meta

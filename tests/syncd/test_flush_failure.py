@@ -45,6 +45,9 @@ async def test_a_failed_flush_sticks(tmp_path: Path, monkeypatch: pytest.MonkeyP
             tracker.dirty.add(shape)
         tracker.committed(100, 120)
         monkeypatch.setattr(log_flush, "_syncfs", lambda fd: -1)
+        assert tracker.on_idle(120, True) == 0  # the flush runs on its own thread
+        await tracker.drain()
+        assert tracker.failure is not None
         with pytest.raises(FlushFailed):
             tracker.on_idle(120, True)
         assert tracker.durable_lsn == 0
