@@ -86,8 +86,12 @@ def syncd(pg_dsn: str, tmp_path: Path) -> Iterator[SyncdProcess]:
 
 
 def wal_position(dsn: str) -> int:
+    """The WAL insert position: past every commit so far. (The write position may lag behind a
+    commit when ``synchronous_commit`` is off, as on the test cluster.)"""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetchone()
+        row = conn.execute(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
