@@ -16,14 +16,17 @@ from bench.large_txn import run_large_txn
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
 from bench.ui import run_first_paint, run_live
+from bench.write_to_client import run_write_to_client
 
 BENCHES = (
     "ingest",
+    "ingest-10k-shapes-small-txns",
     "large-txn",
     "fanout-python",
     "fanout-python-long-poll",
     "fanout-js",
     "fanout-js-long-poll",
+    "write-to-client",
     "stalled-readers-rss",
     "subquery-move-in",
     "subquery-shapes-ingest",
@@ -59,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fanout-commits", type=int, default=10, help="commits (1 s apart) of the fanout benches"
+    )
+    parser.add_argument(
+        "--w2c-commits", type=int, default=200, help="commits per phase of write-to-client"
+    )
+    parser.add_argument(
+        "--w2c-interval", type=float, default=0.05, help="seconds between write-to-client commits"
     )
     parser.add_argument(
         "--large-rows", type=int, default=2_000_000, help="rows in the large-txn transaction"
@@ -138,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--benches takes some of " + ", ".join(BENCHES))
     if args.fanout_subscribers < 1 or args.fanout_commits < 1:
         parser.error("--fanout-subscribers and --fanout-commits must be positive")
+    if args.w2c_commits < 1 or args.w2c_interval < 0:
+        parser.error("--w2c-commits must be positive and --w2c-interval not negative")
     if args.large_rows < 1 or args.large_row_bytes < 0:
         parser.error("--large-rows must be positive and --large-row-bytes not negative")
     if min(args.move_in_rounds, args.move_in_rows, args.subquery_shapes, args.subquery_rows) < 1:
@@ -165,11 +176,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if "ingest" in benches:
         run_ingest(options)
+    if "ingest-10k-shapes-small-txns" in benches:
+        run_ingest(
+            IngestOptions(
+                rows=200_000,
+                txn_rows=10,
+                rounds=args.rounds,
+                shapes=10_000,
+                readers=(RECV, MANY),
+                keep=args.keep,
+                many_name="ingest-10k-shapes-small-txns",
+                many_baseline=RECV,
+            )
+        )
     if "large-txn" in benches:
         run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
     for client in ("python", "python-long-poll", "js", "js-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
+    if "write-to-client" in benches:
+        run_write_to_client(args.w2c_commits, args.w2c_interval, keep=args.keep)
     if "stalled-readers-rss" in benches:
         run_stalled_readers(
             args.stalled_readers, args.stalled_megabytes, args.stalled_write_rate, keep=args.keep

@@ -5,6 +5,9 @@
     clause, against ``pg_recvlogical`` reading the same stream into ``/dev/null``.
 ``ingest-10k-shapes``
     The same stream into 10,000 shapes ``id = <k>`` (one row each), against the 1-shape rate.
+``ingest-10k-shapes-small-txns``
+    200,000 rows in transactions of 10 rows into the 10,000 shapes ``id = <k>``, against
+    ``pg_recvlogical`` (each transaction touches ten logs: per-transaction costs dominate).
 
 Method. Every reader gets its own replication slot, and every slot is created before the data
 is generated, so every round of every reader decodes exactly the same WAL. syncd cannot
@@ -71,6 +74,10 @@ class IngestOptions:
     readers: tuple[str, ...] = (RECV, ONE, MANY)
     """Which readers run (a summary line needs both of its readers)."""
     keep: bool = False
+    many_name: str = "ingest-10k-shapes"
+    """The name of the many-shapes summary line."""
+    many_baseline: str = ONE
+    """The reader the many-shapes rate is compared with."""
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.txn_rows < 1 or self.rounds < 1 or self.shapes < 1:
@@ -193,16 +200,14 @@ def _report(bench: _Bench, results: dict[str, list[Measurement]]) -> list[str]:
         )
         log(lines[-1])
     if results[MANY]:
+        name, against = bench.options.many_name, bench.options.many_baseline
         log("")
-        log(f"ingest-10k-shapes: {bench.options.shapes:,} shapes id = k, vs the 1-shape rate")
+        log(f"{name}: {bench.options.shapes:,} shapes id = k, vs {against}")
         _describe(results[MANY])
-        if ONE in rates:
-            _paired(results[MANY], results[ONE])
-            lines.append(
-                summary(
-                    "ingest-10k-shapes", rates[MANY], "rows/s", rates[ONE], rates[MANY] / rates[ONE]
-                )
-            )
+        if against in rates:
+            _paired(results[MANY], results[against])
+            ratio = rates[MANY] / rates[against]
+            lines.append(summary(name, rates[MANY], "rows/s", rates[against], ratio))
             log(lines[-1])
     return lines
 

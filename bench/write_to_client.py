@@ -1,0 +1,260 @@
+"""``write-to-client``: how long a commit takes to reach a live client, beside Postgres's own.
+
+Method. One syncd, one table, one shape of it followed by two clients in this process: the
+Python :class:`~shapes.client.ShapeStream` over SSE and over long-polls. As baseline,
+``pg_recvlogical`` with the ``test_decoding`` plugin on a slot of its own receives the same
+commits (its lines are read in a thread of this process as they arrive): what any logical
+replication client waits for, before syncd does anything. A committer inserts one row per
+transaction, ``--w2c-commits`` times, ``--w2c-interval`` seconds apart, with
+``synchronous_commit`` on, and notes the wall clock as each ``COMMIT`` returns; each reader
+notes when the row's insert reached it. The delay of one delivery is the difference.
+
+Two phases. First a quiet disk; then again while another process writes to the same
+filesystem (a file rewritten in 8 MB blocks, each followed by ``fsync``), which is where a
+flush on syncd's event loop used to show as p99 spikes.
+
+Summary lines (the targets: p50 within 2× of the baseline, p99 within 10 ms)::
+
+    BENCH write-to-client value=<worst client p50 ms> unit=ms baseline=<pg_recvlogical p50 ms>
+        ratio=<baseline/value>
+    BENCH write-to-client-p99 value=<worst client p99 ms> unit=ms baseline=10 ratio=<10/value>
+    BENCH write-to-client-busy-disk-p99 value=<the same while the disk is busy> unit=ms
+        baseline=10 ratio=<10/value>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from bench.cluster import BenchDatabase, bench_database
+from bench.fanout import _Committer, _delays, percentile
+from bench.large_txn import _Daemon
+from bench.stats import summary
+from shapes.client import LiveMode, ShapeDefinition, ShapeStream
+from syncd.daemon import event_loop_factory
+
+TABLE = "fanout_items"  # the committer of bench.fanout writes this table
+P99_TARGET_MS = 10.0
+READY_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 30.0
+BASELINE_SLOT = "w2c_baseline"
+_INSERTED_ID = re.compile(rb"^table public\.fanout_items: INSERT: id\[integer\]:(\d+) ")
+
+# A separate process that keeps the disk busy: rewrites a file in 8 MB blocks, fsync after each.
+_DISK_WRITER = """
+import os, sys
+path, size = sys.argv[1], int(sys.argv[2])
+block = os.urandom(8 << 20)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+while True:
+    for offset in range(0, size, len(block)):
+        os.pwrite(fd, block, offset)
+        os.fsync(fd)
+"""
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """The delays (ms) of one phase, per reader, and the deliveries that never came."""
+
+    phase: str
+    delays: dict[str, list[float]]
+    missing: dict[str, int]
+
+    def p(self, reader: str, fraction: float) -> float:
+        return percentile(self.delays[reader], fraction)
+
+    def describe(self) -> str:
+        parts = [
+            f"{reader} p50 {self.p(reader, 0.5):.1f} p99 {self.p(reader, 0.99):.1f}"
+            f" max {max(values, default=float('nan')):.1f}"
+            + (f" ({self.missing[reader]} missing)" if self.missing[reader] else "")
+            for reader, values in self.delays.items()
+        ]
+        return f"  {self.phase}: " + "; ".join(parts) + " (ms)"
+
+
+class _Baseline:
+    """``pg_recvlogical`` streaming ``test_decoding`` output; notes when each row arrived."""
+
+    def __init__(self, db: BenchDatabase) -> None:
+        bindir = db.server.bindir
+        if bindir is None or not (bindir / "pg_recvlogical").is_file():
+            raise RuntimeError("no pg_recvlogical matching the server (PostgresServer.bindir)")
+        self.program = bindir / "pg_recvlogical"
+        self.dsn = db.dsn
+        self.seen: dict[int, float] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        common = [str(self.program), "--dbname", self.dsn, "--slot", BASELINE_SLOT]
+        subprocess.run(
+            [*common, "--create-slot", "--plugin", "test_decoding"], check=True, timeout=60
+        )
+        self.process = subprocess.Popen(
+            [*common, "--start", "--no-loop", "-f", "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+        )
+        self.thread = threading.Thread(target=self._read, name="pg_recvlogical", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            match = _INSERTED_ID.match(line)
+            if match is not None:
+                self.seen.setdefault(int(match.group(1)), time.time())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.thread is not None:
+            self.thread.join(10)
+        with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot(%s)", (BASELINE_SLOT,))
+
+
+@contextlib.contextmanager
+def _busy_disk(directory: Path, megabytes: int) -> Iterator[None]:
+    """Another process rewriting a file in ``directory`` with fsyncs, until the block ends."""
+    path = directory / "busy-disk.bin"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _DISK_WRITER, str(path), str(megabytes << 20)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # let it reach its steady state
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        path.unlink(missing_ok=True)
+
+
+async def _phase(
+    name: str, shape_url: str, dsn: str, baseline: _Baseline, commits: int, interval: float
+) -> PhaseResult:
+    """Follow the shape with both clients, commit, and collect every reader's delays."""
+    received: dict[str, dict[int, float]] = {"sse": {}, "long-poll": {}}
+    ready = {mode: asyncio.Event() for mode in received}
+
+    async def follow(mode: LiveMode) -> None:
+        seen = received[mode]
+        async with ShapeStream(shape_url, ShapeDefinition.of(TABLE), live_mode=mode) as stream:
+            async for batch in stream:
+                now = time.time()
+                for message in batch:
+                    if message.get("headers", {}).get("operation") == "insert":
+                        seen.setdefault(int(message["value"]["id"]), now)
+                if stream.is_up_to_date:
+                    ready[mode].set()
+
+    tasks = [asyncio.create_task(follow(mode)) for mode in ("sse", "long-poll")]
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await asyncio.gather(*(event.wait() for event in ready.values()))
+        await asyncio.sleep(1.0)  # the SSE stream opens with the request after up-to-date
+        committer = await asyncio.to_thread(_Committer, dsn)
+        commit_times: dict[int, float] = {}
+        try:
+            for _ in range(commits):
+                await asyncio.sleep(interval)
+                row_id, at = await asyncio.to_thread(committer.commit)
+                commit_times[row_id] = at
+        finally:
+            await asyncio.to_thread(committer.close)
+        readers = [*received.values(), baseline.seen]
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(row_id in seen for seen in readers for row_id in commit_times):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    delays: dict[str, list[float]] = {}
+    missing: dict[str, int] = {}
+    for reader, seen in (("pg_recvlogical", baseline.seen), *received.items()):
+        delays[reader], missing[reader] = _delays(commit_times, [seen])
+    return PhaseResult(name, delays, missing)
+
+
+def run_write_to_client(
+    commits: int = 200, interval: float = 0.05, busy_megabytes: int = 256, *, keep: bool = False
+) -> list[str]:
+    """Run ``write-to-client``; return (and print) its summary lines."""
+    log(f"write-to-client: {commits} commits {interval * 1000:.0f} ms apart, SSE and long-poll")
+    with bench_database("write_to_client", keep=keep) as db:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+                    sql.Identifier(TABLE)
+                )
+            )
+        slot = f"syncd_w2c_{secrets.token_hex(4)}"
+        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
+        daemon.start(timeout=60)
+        baseline = _Baseline(db)
+        baseline.start()
+        results: list[PhaseResult] = []
+        try:
+            shape_url = daemon.url + "/v1/shape"
+            for name in ("quiet disk", "busy disk"):
+                busy = _busy_disk(db.base, busy_megabytes) if name == "busy disk" else None
+                with busy or contextlib.nullcontext():
+                    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                        result = runner.run(
+                            _phase(name, shape_url, db.dsn, baseline, commits, interval)
+                        )
+                log(result.describe())
+                results.append(result)
+            daemon.check_alive()
+        finally:
+            baseline.stop()
+            daemon.stop()
+    quiet, busy_result = results
+    clients = ("sse", "long-poll")
+    p50 = max(quiet.p(c, 0.5) for c in clients)
+    base50 = quiet.p("pg_recvlogical", 0.5)
+    p99 = max(quiet.p(c, 0.99) for c in clients)
+    busy99 = max(busy_result.p(c, 0.99) for c in clients)
+    lines = [
+        summary("write-to-client", p50, "ms", base50, base50 / p50),
+        summary("write-to-client-p99", p99, "ms", P99_TARGET_MS, P99_TARGET_MS / p99),
+        summary(
+            "write-to-client-busy-disk-p99", busy99, "ms", P99_TARGET_MS, P99_TARGET_MS / busy99
+        ),
+    ]
+    for line in lines:
+        log(line)
+    return lines
