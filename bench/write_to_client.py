@@ -2,12 +2,13 @@
 
 Method. One syncd, one table, one shape of it followed by two clients in this process: the
 Python :class:`~shapes.client.ShapeStream` over SSE and over long-polls. As baseline,
-``pg_recvlogical`` with the ``test_decoding`` plugin on a slot of its own receives the same
-commits (its lines are read in a thread of this process as they arrive): what any logical
+``pg_recvlogical`` with ``pgoutput`` on a slot and publication of its own receives the same
+commits (its output is read in a thread of this process as it arrives): what any logical
 replication client waits for, before syncd does anything. A committer inserts one row per
 transaction, ``--w2c-commits`` times, ``--w2c-interval`` seconds apart, with
 ``synchronous_commit`` on, and notes the wall clock as each ``COMMIT`` returns; each reader
-notes when the row's insert reached it. The delay of one delivery is the difference.
+notes when the row's insert reached it (``pg_recvlogical``'s binary output is searched for the
+row's unique text). The delay of one delivery is the difference.
 
 Two phases. First a quiet disk; then again while another process writes to the same
 filesystem (a file rewritten in 8 MB blocks, each followed by ``fsync``), which is where a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import secrets
 import subprocess
@@ -40,18 +42,19 @@ import psycopg
 from psycopg import sql
 
 from bench.cluster import BenchDatabase, bench_database
-from bench.fanout import _Committer, _delays, percentile
+from bench.fanout import _delays, percentile
 from bench.large_txn import _Daemon
 from bench.stats import summary
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from syncd.daemon import event_loop_factory
 
-TABLE = "fanout_items"  # the committer of bench.fanout writes this table
+TABLE = "w2c_items"
 P99_TARGET_MS = 10.0
 READY_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 30.0
 BASELINE_SLOT = "w2c_baseline"
-_INSERTED_ID = re.compile(rb"^table public\.fanout_items: INSERT: id\[integer\]:(\d+) ")
+BASELINE_PUBLICATION = "w2c_baseline"
+_ROW_TEXT = re.compile(rb"w2c-row-(\d+)-end")
 
 # A separate process that keeps the disk busy: rewrites a file in 8 MB blocks, fsync after each.
 _DISK_WRITER = """
@@ -91,8 +94,28 @@ class PhaseResult:
         return f"  {self.phase}: " + "; ".join(parts) + " (ms)"
 
 
+class _Committer:
+    """Inserts one row per transaction (synchronous commit); notes the clock after COMMIT."""
+
+    def __init__(self, dsn: str, first_id: int) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("SET synchronous_commit TO on")
+        self.next_id = first_id
+
+    def commit(self) -> tuple[int, float]:
+        row_id, self.next_id = self.next_id, self.next_id + 1
+        self.conn.execute(
+            sql.SQL("INSERT INTO {} (id, body) VALUES (%s, %s)").format(sql.Identifier(TABLE)),
+            (row_id, f"w2c-row-{row_id}-end"),
+        )
+        return row_id, time.time()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class _Baseline:
-    """``pg_recvlogical`` streaming ``test_decoding`` output; notes when each row arrived."""
+    """``pg_recvlogical`` streaming ``pgoutput``; notes when each row's text arrived."""
 
     def __init__(self, db: BenchDatabase) -> None:
         bindir = db.server.bindir
@@ -106,11 +129,16 @@ class _Baseline:
 
     def start(self) -> None:
         common = [str(self.program), "--dbname", self.dsn, "--slot", BASELINE_SLOT]
-        subprocess.run(
-            [*common, "--create-slot", "--plugin", "test_decoding"], check=True, timeout=60
-        )
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    sql.Identifier(BASELINE_PUBLICATION), sql.Identifier(TABLE)
+                )
+            )
+        subprocess.run([*common, "--create-slot", "--plugin", "pgoutput"], check=True, timeout=60)
+        options = ["-o", "proto_version=1", "-o", f"publication_names={BASELINE_PUBLICATION}"]
         self.process = subprocess.Popen(
-            [*common, "--start", "--no-loop", "-f", "-"],
+            [*common, "--start", "--no-loop", *options, "-f", "-"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             bufsize=0,
@@ -120,10 +148,16 @@ class _Baseline:
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            match = _INSERTED_ID.match(line)
-            if match is not None:
-                self.seen.setdefault(int(match.group(1)), time.time())
+        fd = self.process.stdout.fileno()
+        pending = b""
+        while chunk := os.read(fd, 65536):
+            now = time.time()
+            pending += chunk
+            end = 0
+            for match in _ROW_TEXT.finditer(pending):
+                self.seen.setdefault(int(match.group(1)), now)
+                end = match.end()
+            pending = pending[max(end, len(pending) - 64) :]  # a text cut by the chunk's end
 
     def stop(self) -> None:
         if self.process is not None:
@@ -137,6 +171,7 @@ class _Baseline:
             self.thread.join(10)
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute("SELECT pg_drop_replication_slot(%s)", (BASELINE_SLOT,))
+            c.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(BASELINE_PUBLICATION)))
 
 
 @contextlib.contextmanager
@@ -161,7 +196,13 @@ def _busy_disk(directory: Path, megabytes: int) -> Iterator[None]:
 
 
 async def _phase(
-    name: str, shape_url: str, dsn: str, baseline: _Baseline, commits: int, interval: float
+    name: str,
+    shape_url: str,
+    dsn: str,
+    baseline: _Baseline,
+    commits: int,
+    interval: float,
+    first_id: int,
 ) -> PhaseResult:
     """Follow the shape with both clients, commit, and collect every reader's delays."""
     received: dict[str, dict[int, float]] = {"sse": {}, "long-poll": {}}
@@ -183,7 +224,7 @@ async def _phase(
         async with asyncio.timeout(READY_TIMEOUT):
             await asyncio.gather(*(event.wait() for event in ready.values()))
         await asyncio.sleep(1.0)  # the SSE stream opens with the request after up-to-date
-        committer = await asyncio.to_thread(_Committer, dsn)
+        committer = await asyncio.to_thread(_Committer, dsn, first_id)
         commit_times: dict[int, float] = {}
         try:
             for _ in range(commits):
@@ -217,7 +258,7 @@ def run_write_to_client(
     with bench_database("write_to_client", keep=keep) as db:
         with psycopg.connect(db.dsn, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
                     sql.Identifier(TABLE)
                 )
             )
@@ -229,12 +270,20 @@ def run_write_to_client(
         results: list[PhaseResult] = []
         try:
             shape_url = daemon.url + "/v1/shape"
-            for name in ("quiet disk", "busy disk"):
+            for number, name in enumerate(("quiet disk", "busy disk")):
                 busy = _busy_disk(db.base, busy_megabytes) if name == "busy disk" else None
                 with busy or contextlib.nullcontext():
                     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                         result = runner.run(
-                            _phase(name, shape_url, db.dsn, baseline, commits, interval)
+                            _phase(
+                                name,
+                                shape_url,
+                                db.dsn,
+                                baseline,
+                                commits,
+                                interval,
+                                first_id=1 + number * commits,
+                            )
                         )
                 log(result.describe())
                 results.append(result)
