@@ -188,8 +188,10 @@ async def _run(bench: _Bench) -> list[str]:
 def _report(bench: _Bench, results: dict[str, list[Measurement]]) -> list[str]:
     lines: list[str] = []
     rates = {name: median([m.rate for m in ms]) for name, ms in results.items() if ms}
+    if results[ONE]:
+        log("")
+        log("ingest-1-shape: syncd rows/s (decode, route, append, fsync) vs pg_recvlogical")
     log("")
-    log("ingest-1-shape: syncd rows/s (decode, route, append, fsync) vs pg_recvlogical")
     for name in (RECV, ONE):
         if results[name]:
             _describe(results[name])
