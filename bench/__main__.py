@@ -16,11 +16,13 @@ from bench.large_txn import run_large_txn
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
 from bench.ui import run_first_paint, run_live
+from bench.where_eval import run_where_non_indexed
 from bench.write_to_client import run_write_to_client
 
 BENCHES = (
     "ingest",
     "ingest-10k-shapes-small-txns",
+    "where-non-indexed",
     "large-txn",
     "fanout-python",
     "fanout-python-long-poll",
@@ -194,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for client in ("python", "python-long-poll", "js", "js-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
+    if "where-non-indexed" in benches:
+        run_where_non_indexed(rounds=args.rounds)
     if "write-to-client" in benches:
         run_write_to_client(args.w2c_commits, args.w2c_interval, keep=args.keep)
     if "stalled-readers-rss" in benches:
