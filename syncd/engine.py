@@ -512,6 +512,10 @@ class Engine:
         Postgres may forget up to (see ``FlushTracker.on_idle``)."""
         if self.streams.commits_pending:
             await self.streams.apply_commits()
+        if self.flush.dirty:
+            # The readers this stream's commits woke run first: their answers go out before
+            # a flush that may wait for the disk on this thread (see FlushPlan.brief).
+            await asyncio.sleep(0)
         between = not (in_transaction or self.applier.in_txn or self.streams.spooling)
         confirmable = self.flush.on_idle(received_lsn, between)
         if between:

@@ -13,11 +13,14 @@ with one ``syncfs()`` (``storage.GroupSync``). Shapes still taking their snapsho
 transactions in memory; the confirmed LSN never passes the oldest of those (:meth:`pinned`), so
 a crash can only lose what Postgres will send again.
 
-A flush waits for the disk on its own thread (``syncd.log_flush`` says which steps run where):
-the event loop goes on decoding, appending and answering clients meanwhile. At most one flush
-runs at a time. It covers the commits up to ``last_commit_end`` as it starts; the logs written
-while it runs are dirty again and wait for the next one, and the durable LSN advances only when
-it is done.
+A flush of many logs (one ``syncfs()``, which waits for the whole filesystem) runs on a thread
+of its own (``syncd.log_flush`` says which steps run where): the event loop goes on decoding,
+appending and answering clients meanwhile. At most one flush runs at a time. It covers the
+commits up to ``last_commit_end`` as it starts; the logs written while it runs are dirty again
+and wait for the next one, and the durable LSN advances only when it is done. A flush of a few
+logs (``FlushPlan.brief``) is done at once on the event loop, after the readers the commits
+woke have had their turn: a few ``fdatasync()`` calls cost less than the hop to another thread
+and back.
 
 The slot record (``syncd.slot_record``) is written durably before the stream may confirm a
 position (:meth:`confirmable`), so a continuing slot is never ahead of it.
@@ -135,6 +138,9 @@ class FlushTracker:
             return
         covered = self.last_commit_end
         batch, plan = self._plan()
+        if plan.brief:
+            self._run(batch, plan, covered)
+            return
         self._flushing = asyncio.ensure_future(self._flush_in_background(batch, plan, covered))
 
     async def _flush_in_background(
@@ -178,6 +184,10 @@ class FlushTracker:
             raise RuntimeError("a flush is running: drain() it first")
         covered = self.last_commit_end
         batch, plan = self._plan()
+        self._run(batch, plan, covered)
+
+    def _run(self, batch: list[ShapeState], plan: FlushPlan, covered: int) -> None:
+        """Carry out ``plan`` on the calling thread."""
         try:
             plan.run()
         except OSError as exc:

@@ -84,6 +84,13 @@ class FlushPlan:
         """No log to flush."""
         return not (self._together or self._alone)
 
+    @property
+    def brief(self) -> bool:
+        """Only a few logs, each made durable alone: cheaper on the appending thread than
+        handed to another one and back (a hop that can cost a loaded machine's event loop a
+        scheduler time slice)."""
+        return not self._together and len(self._alone) < GROUP_SYNC_MIN
+
     def make_durable(self) -> None:
         """Step 2 (any thread): put every noted write on disk.
 
