@@ -559,14 +559,30 @@ def timestamp_minus(left: int | Infinity, right: int | Infinity) -> Interval:
     return pgtypes.subtract_timestamps(left, right)
 
 
+class ParsedRow(dict[str, "str | None"]):
+    """A row's column texts (as a plain ``dict``) that also keeps the values :func:`row_env`
+    parses from them, so that every shape a change is tested against parses each of its values
+    once. Fill it before the first :func:`row_env` and never change it after."""
+
+    __slots__ = ("parsed",)
+
+    parsed: dict[tuple[str, Callable[[str], Any]], Any]
+    """Per slot ``(column, parser)``: the parsed value, or ``_UNPARSABLE``. Made on first use."""
+
+
+_UNPARSABLE: Final = object()
+
+
 def row_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: Any) -> list[Any]:
     """The environment of a row: each slot's column text parsed (``None`` for NULL or a
-    missing column).
+    missing column). A :class:`ParsedRow` parses each slot once for all callers.
 
     Raises:
         EvaluationError: a value does not parse as its column's type (the message names the
             column, never the value).
     """
+    if type(row) is ParsedRow:
+        return _remembered_env(slots, row)
     env: list[Any] = []
     for name, parse in slots:
         text = row.get(name)
@@ -576,8 +592,34 @@ def row_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: Any) -> list
         try:
             env.append(parse(text))
         except (ValueError, TypeError, ArithmeticError, RecursionError):
-            raise EvaluationError(
-                f"column {name} has a value that does not parse as its type",
-                "invalid_text_representation",
-            ) from None
+            raise _unparsable(name) from None
     return env
+
+
+def _remembered_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: ParsedRow) -> list[Any]:
+    try:
+        parsed = row.parsed
+    except AttributeError:
+        parsed = row.parsed = {}
+    env: list[Any] = []
+    for slot in slots:
+        value = parsed.get(slot, _UNPARSABLE)
+        if value is _UNPARSABLE:
+            if slot in parsed:
+                raise _unparsable(slot[0])
+            text = row.get(slot[0])
+            try:
+                value = None if text is None else slot[1](text)
+            except (ValueError, TypeError, ArithmeticError, RecursionError):
+                parsed[slot] = _UNPARSABLE
+                raise _unparsable(slot[0]) from None
+            parsed[slot] = value
+        env.append(value)
+    return env
+
+
+def _unparsable(column: str) -> EvaluationError:
+    return EvaluationError(
+        f"column {column} has a value that does not parse as its type",
+        "invalid_text_representation",
+    )

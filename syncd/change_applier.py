@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 from shapes import messages
 from shapes.convert import (
@@ -36,6 +35,7 @@ from shapes.convert import (
 )
 from shapes.router import Router
 from shapes.shape import CanonicalShape
+from shapes.where_eval import ParsedRow
 from syncd.flush_tracker import FlushTracker
 from syncd.materializer import ChangeKind, RawChange
 from syncd.pgoutput import messages as pg
@@ -47,6 +47,8 @@ log = logging.getLogger("syncd.engine")
 
 TableKey = tuple[str, str]
 TextRow = dict[str, str | None]
+"""A change's row: column texts. Built as a :class:`~shapes.where_eval.ParsedRow`, so that the
+shapes it is tested against parse each value once."""
 
 
 @dataclass(slots=True)
@@ -180,7 +182,7 @@ class ChangeApplier:
             raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
         # Text-mode pgoutput only sends str or None for inserts. (The length check above is
         # cheaper than zip(..., strict=True).)
-        row: TextRow = dict(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
+        row: TextRow = ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
         change = self._to_materialisers(relation.table, "insert", None, row, True)
         shapes = self._router.affected(relation.table, row)
         if shapes:
@@ -348,11 +350,11 @@ def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
     if len(values) != len(names):
         raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
-    return cast(TextRow, dict(zip(names, values)))  # noqa: B905 (checked above)
+    return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905 (checked above)
 
 
 def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
-    row: TextRow = {}
+    row: TextRow = ParsedRow()
     for name, value in zip(names, values, strict=True):
         if value is pg.UNCHANGED_TOAST:
             if old is not None:

@@ -13,7 +13,7 @@ from shapes import pgtypes
 from shapes.errors import InvalidRequest, WhereClauseError
 from shapes.schema import Column
 from shapes.where import Where, normalise_value, parse_where
-from shapes.where_eval import NAN, EvalError
+from shapes.where_eval import NAN, EvalError, ParsedRow, row_env
 
 COLUMNS = {
     column.name: column
@@ -637,3 +637,70 @@ def test_sql_round_trip_preserves_meaning(
     first = where(predicate)
     assert where(first.sql).sql == first.sql
     assert where(first.sql).matches(row) == first.matches(row)
+
+
+# -- one parse per row for every shape (ParsedRow) -------------------------------------------------
+
+SHARED_CLAUSES = [
+    "id > 3",
+    "id % 2 = 0 AND n > 1.5",
+    "n * 2 < 10 OR name ILIKE '%a%'",
+    "ts >= '2024-01-02 00:00:00' AND id < 100",
+    "nums @> ARRAY[1] OR big = 7",
+    "f > 0.5 AND small < 3",
+    "name LIKE 'b%' OR n IS NULL",
+    "10 / id > 1",
+]
+TEXTS = st.one_of(
+    st.none(),
+    st.sampled_from(["0", "1", "2", "7", "12", "1.5", "-3", "abc", "{1,2}", "{}", "NaN", "x"]),
+    st.sampled_from(["2024-01-01 10:00:00", "2024-03-01 00:00:00", "infinity", "oops"]),
+)
+
+
+def decide(clause: Where, row: dict[str, str | None]) -> object:
+    try:
+        return clause.matches(row)
+    except EvalError as error:
+        return ("error", str(error))
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            dict.fromkeys(("id", "big", "small", "n", "f", "name", "ts", "nums"), TEXTS)
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_parsed_row_shared_by_every_clause_decides_as_a_plain_row(
+    rows: list[dict[str, str | None]],
+) -> None:
+    clauses = [where(text) for text in SHARED_CLAUSES]
+    for row in rows:
+        shared = ParsedRow(row)  # one per change, tested against every shape
+        for clause in clauses:
+            assert decide(clause, shared) == decide(clause, dict(row)), clause.sql
+        assert shared == row  # the texts themselves are untouched
+
+
+def test_a_parsed_row_parses_each_value_once() -> None:
+    calls: list[str] = []
+
+    def parse(text: str) -> int:
+        calls.append(text)
+        if text == "bad":
+            raise ValueError(text)
+        return int(text)
+
+    slots = (("a", parse), ("b", parse))
+    row = ParsedRow({"a": "1", "b": "bad"})
+    assert row_env(slots[:1], row) == [1]
+    assert row_env(slots[:1], row) == [1]
+    for _ in range(2):
+        with pytest.raises(EvalError, match="column b has a value that does not parse"):
+            row_env(slots, row)
+    assert calls == ["1", "bad"]
+    assert row_env(slots[:1], {"a": "1"}) == [1]  # a plain dict parses every time
+    assert calls == ["1", "bad", "1"]
