@@ -7,8 +7,8 @@ is compiled as syncd compiles a shape's ``where`` (:func:`shapes.where.parse_whe
 table's columns read from the catalog) and tested on every row in the text form pgoutput sends
 (the rows are read with syncd's display settings), as the engine tests a change against every
 shape the router could not exclude: each row a fresh :class:`~shapes.where_eval.ParsedRow`, so
-that its values are parsed once for all the shapes. The figure is the median over ``rounds`` of the time per
-(shape, row) pair.
+that its values are parsed once for all the shapes. The figure is the median over ``rounds``
+of the time per (shape, row) pair.
 
 Baseline: Postgres evaluating the same 1,000 clauses on the same rows, in C, as one query
 ``SELECT count(*) FILTER (WHERE c1), ... FROM t`` (its execution time from ``EXPLAIN
