@@ -13,6 +13,7 @@ from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.large_txn import run_large_txn
+from bench.shape_creation import run_shape_creation
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
 from bench.ui import run_first_paint, run_live
@@ -23,6 +24,7 @@ BENCHES = (
     "ingest",
     "ingest-10k-shapes-small-txns",
     "where-non-indexed",
+    "shape-creation",
     "large-txn",
     "fanout-python",
     "fanout-python-long-poll",
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fanout-commits", type=int, default=10, help="commits (1 s apart) of the fanout benches"
+    )
+    parser.add_argument(
+        "--creation-shapes", type=int, default=10_000, help="shapes of shape-creation"
     )
     parser.add_argument(
         "--w2c-commits", type=int, default=200, help="commits per phase of write-to-client"
@@ -149,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--benches takes some of " + ", ".join(BENCHES))
     if args.fanout_subscribers < 1 or args.fanout_commits < 1:
         parser.error("--fanout-subscribers and --fanout-commits must be positive")
+    if args.creation_shapes < 1:
+        parser.error("--creation-shapes must be positive")
     if args.w2c_commits < 1 or args.w2c_interval < 0:
         parser.error("--w2c-commits must be positive and --w2c-interval not negative")
     if args.large_rows < 1 or args.large_row_bytes < 0:
@@ -198,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     if "where-non-indexed" in benches:
         run_where_non_indexed(rounds=args.rounds)
+    if "shape-creation" in benches:
+        run_shape_creation(args.creation_shapes, keep=args.keep)
     if "write-to-client" in benches:
         run_write_to_client(args.w2c_commits, args.w2c_interval, keep=args.keep)
     if "stalled-readers-rss" in benches:

@@ -1,0 +1,177 @@
+"""``shape-creation``: how fast syncd takes new shapes, and what that costs a live shape meanwhile.
+
+Method. A table of ``--creation-shapes`` rows; as many small shapes ``id = <k>`` (one row each)
+are asked for by ``CREATE_CONCURRENCY`` concurrent raw HTTP clients, each shape's first request
+answered once its snapshot is done. Meanwhile one Python :class:`~shapes.client.ShapeStream`
+follows another table over SSE, and a committer inserts a row into that table every 20 ms: the
+delay from each ``COMMIT`` returning to the row reaching the stream is the live delivery the
+creations must not stall. 100 such commits before the creations (after 100 more to warm up)
+are the baseline.
+
+Summary lines (targets: at least 1,000 shapes/s, and a live p99 within 20 ms)::
+
+    BENCH shape-creation value=<shapes/s> unit=shapes/s baseline=1000 ratio=<value/1000>
+    BENCH shape-creation-live-p99 value=<p99 ms during creation> unit=ms
+        baseline=<p99 ms without creation> ratio=<baseline/value>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from bench.cluster import bench_database
+from bench.fanout import _delays, percentile
+from bench.large_txn import _Daemon
+from bench.stats import summary
+from bench.subquery import CREATE_CONCURRENCY, Reader, _create_shapes
+from shapes.client import ShapeDefinition, ShapeStream
+from syncd.daemon import event_loop_factory
+
+TABLE = "creation_items"
+LIVE_TABLE = "creation_live"
+COMMIT_INTERVAL = 0.02
+READY_TIMEOUT = 60.0
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+class _Committer:
+    """Inserts one row per transaction into the live table; notes the clock after COMMIT."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("SET synchronous_commit TO on")
+
+    def commit(self) -> tuple[int, float]:
+        row = self.conn.execute(
+            sql.SQL("INSERT INTO {} (body) VALUES ('x') RETURNING id").format(
+                sql.Identifier(LIVE_TABLE)
+            )
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), time.time()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def _commits_while(dsn: str, running: asyncio.Future[None]) -> dict[int, float]:
+    """Commit every ``COMMIT_INTERVAL`` until ``running`` is done (at least 100 commits)."""
+    committer = await asyncio.to_thread(_Committer, dsn)
+    times: dict[int, float] = {}
+    try:
+        while not running.done() or len(times) < 100:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            row_id, at = await asyncio.to_thread(committer.commit)
+            times[row_id] = at
+    finally:
+        await asyncio.to_thread(committer.close)
+    return times
+
+
+async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[float], float]:
+    """(live delays without creation, live delays during creation, creation seconds)."""
+    seen: dict[int, float] = {}
+    ready = asyncio.Event()
+
+    async def follow() -> None:
+        async with ShapeStream(url, ShapeDefinition.of(LIVE_TABLE), live_mode="sse") as stream:
+            async for batch in stream:
+                now = time.time()
+                for message in batch:
+                    if message.get("headers", {}).get("operation") == "insert":
+                        seen.setdefault(int(message["value"]["id"]), now)
+                if stream.is_up_to_date:
+                    ready.set()
+
+    follower = asyncio.create_task(follow())
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ready.wait()
+        await asyncio.sleep(1.0)
+        idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        idle.set_result(None)
+        await _commits_while(dsn, idle)  # warming up: not counted
+        quiet = await _commits_while(dsn, idle)
+
+        readers = [
+            Reader(url, {"table": TABLE, "where": f"id = {k}"}) for k in range(1, shapes + 1)
+        ]
+        creating = asyncio.ensure_future(_create_shapes(url, readers))
+        started = time.monotonic()
+        during_task = asyncio.create_task(_commits_while(dsn, creating))
+        await creating
+        seconds = time.monotonic() - started
+        during = await during_task
+        async with httpx.AsyncClient() as client:  # every shape holds its one row
+            for reader in readers[:: max(1, shapes // 100)]:
+                if len(reader.rows) != 1:
+                    await reader.catch_up(client)
+                assert len(reader.rows) == 1, reader.params
+        await asyncio.sleep(1.0)  # the last commits' deliveries
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+    quiet_delays, quiet_missing = _delays(quiet, [seen])
+    during_delays, during_missing = _delays(during, [seen])
+    if quiet_missing or during_missing:
+        log(f"  deliveries missing: {quiet_missing} before, {during_missing} during creation")
+    return quiet_delays, during_delays, seconds
+
+
+def run_shape_creation(shapes: int = 10_000, *, keep: bool = False) -> list[str]:
+    """Run ``shape-creation``; return (and print) its summary lines."""
+    log(f"shape-creation: {shapes:,} shapes id = k, {CREATE_CONCURRENCY} concurrent clients")
+    with bench_database("shape_creation", keep=keep) as db:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+                    sql.Identifier(TABLE)
+                )
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g"
+                ).format(sql.Identifier(TABLE)),
+                (shapes,),
+            )
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
+                    sql.Identifier(LIVE_TABLE)
+                )
+            )
+        slot = f"syncd_creation_{secrets.token_hex(4)}"
+        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
+        daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * CREATE_CONCURRENCY))
+        daemon.start(timeout=60)
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                quiet, during, seconds = runner.run(
+                    _measure(daemon.url + "/v1/shape", db.dsn, shapes)
+                )
+            daemon.check_alive()
+        finally:
+            daemon.stop()
+    rate = shapes / seconds
+    quiet99, during99 = percentile(quiet, 0.99), percentile(during, 0.99)
+    log(f"  {shapes:,} shapes in {seconds:.1f}s: {rate:,.0f} shapes/s")
+    log(
+        f"  live shape: p50 {percentile(quiet, 0.5):.1f} / p99 {quiet99:.1f} ms without creation,"
+        f" p50 {percentile(during, 0.5):.1f} / p99 {during99:.1f} ms during it"
+        f" ({len(during)} commits)"
+    )
+    lines = [
+        summary("shape-creation", rate, "shapes/s", 1000, rate / 1000),
+        summary("shape-creation-live-p99", during99, "ms", quiet99, quiet99 / during99),
+    ]
+    for line in lines:
+        log(line)
+    return lines
