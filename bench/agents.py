@@ -32,7 +32,7 @@ import httpx
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bench.children import free_port, wait_http
+from bench.children import free_port, stop_child, wait_http
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stats import summary
@@ -47,15 +47,6 @@ def child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def make_thread(dsn: str) -> tuple[str, str]:
@@ -143,7 +134,7 @@ def run_agent_reaction(messages: int, *, keep: bool = False) -> None:
             wait_http(fake, f"{api_url}/_fake/requests")
             reactions, deliveries = run_worker(db.dsn, db.base, syncd.url, api_url, messages)
         finally:
-            stop(fake)
+            stop_child(fake)
             syncd.stop()
         report(messages, reactions, deliveries)
 
@@ -159,7 +150,7 @@ def run_worker(
     try:
         return asyncio.run(measure(dsn, syncd_url + "/v1/shape", api_url, thread, person, messages))
     finally:
-        stop(worker)
+        stop_child(worker)
 
 
 def committing_synchronously(dsn: str) -> str:

@@ -64,11 +64,10 @@ from bench.agents import (
     child,
     committing_synchronously,
     percentile,
-    stop,
     worker_env,
 )
 from bench.burn_users import raise_open_file_limit
-from bench.children import free_port, wait_http
+from bench.children import free_port, stop_child, wait_http
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
@@ -266,7 +265,7 @@ def fake_api(env: dict[str, str], base: Path) -> Iterator[str]:
         wait_http(fake, f"{url}/_fake/requests")
         yield url
     finally:
-        stop(fake)
+        stop_child(fake)
 
 
 @contextlib.contextmanager
@@ -280,7 +279,7 @@ def workers_running(env: dict[str, str], base: Path) -> Iterator[list[subprocess
         yield workers
     finally:
         for worker in workers:
-            stop(worker)
+            stop_child(worker)
 
 
 def log_tail(path: Path, lines: int = 5) -> list[str]:

@@ -47,6 +47,7 @@ import httpx
 import psycopg
 from itsdangerous import URLSafeTimedSerializer
 
+from bench.children import stop_child
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
@@ -139,12 +140,7 @@ class WebApp:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_child(self.process)
         self.process = None
 
 

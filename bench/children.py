@@ -1,5 +1,5 @@
-"""Child processes of the benchmarks (and of the browser tests): a free loopback port, and
-waiting until a child answers HTTP."""
+"""Child processes of the benchmarks (and of the browser tests): a free loopback port, waiting
+until a child answers HTTP, and stopping a child."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child: SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def wait_http(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:

@@ -91,16 +91,15 @@ class _Committer:
     Postgres' WAL writer flushes it, a delay that belongs to Postgres and not to syncd.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, table: str = TABLE) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.conn.execute("SET synchronous_commit TO on")
+        self.insert = sql.SQL("INSERT INTO {} (body) VALUES ('row') RETURNING id").format(
+            sql.Identifier(table)
+        )
 
     def commit(self) -> tuple[int, float]:
-        row = self.conn.execute(
-            sql.SQL("INSERT INTO {} (body) VALUES ('row') RETURNING id").format(
-                sql.Identifier(TABLE)
-            )
-        ).fetchone()
+        row = self.conn.execute(self.insert).fetchone()
         at = time.time()
         assert row is not None
         return int(row[0]), at

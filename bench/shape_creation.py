@@ -26,11 +26,11 @@ import psycopg
 from psycopg import sql
 
 from bench.cluster import bench_database
-from bench.fanout import _delays, percentile
+from bench.fanout import _Committer, _delays, percentile
 from bench.large_txn import _Daemon
 from bench.stats import summary
 from bench.subquery import CREATE_CONCURRENCY, Reader, _create_shapes
-from shapes.client import ShapeDefinition, ShapeStream
+from bench.write_to_client import note_inserts
 from syncd.daemon import event_loop_factory
 
 TABLE = "creation_items"
@@ -43,29 +43,9 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-class _Committer:
-    """Inserts one row per transaction into the live table; notes the clock after COMMIT."""
-
-    def __init__(self, dsn: str) -> None:
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute("SET synchronous_commit TO on")
-
-    def commit(self) -> tuple[int, float]:
-        row = self.conn.execute(
-            sql.SQL("INSERT INTO {} (body) VALUES ('x') RETURNING id").format(
-                sql.Identifier(LIVE_TABLE)
-            )
-        ).fetchone()
-        assert row is not None
-        return int(row[0]), time.time()
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 async def _commits_while(dsn: str, running: asyncio.Future[None]) -> dict[int, float]:
     """Commit every ``COMMIT_INTERVAL`` until ``running`` is done (at least 100 commits)."""
-    committer = await asyncio.to_thread(_Committer, dsn)
+    committer = await asyncio.to_thread(_Committer, dsn, LIVE_TABLE)
     times: dict[int, float] = {}
     try:
         while not running.done() or len(times) < 100:
@@ -82,17 +62,7 @@ async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[f
     seen: dict[int, float] = {}
     ready = asyncio.Event()
 
-    async def follow() -> None:
-        async with ShapeStream(url, ShapeDefinition.of(LIVE_TABLE), live_mode="sse") as stream:
-            async for batch in stream:
-                now = time.time()
-                for message in batch:
-                    if message.get("headers", {}).get("operation") == "insert":
-                        seen.setdefault(int(message["value"]["id"]), now)
-                if stream.is_up_to_date:
-                    ready.set()
-
-    follower = asyncio.create_task(follow())
+    follower = asyncio.create_task(note_inserts(url, LIVE_TABLE, "sse", seen, ready))
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await ready.wait()

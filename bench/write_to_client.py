@@ -41,6 +41,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.children import stop_child
 from bench.cluster import BenchDatabase, bench_database
 from bench.fanout import _delays, percentile
 from bench.large_txn import _Daemon
@@ -161,17 +162,27 @@ class _Baseline:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            stop_child(self.process)
         if self.thread is not None:
             self.thread.join(10)
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute("SELECT pg_drop_replication_slot(%s)", (BASELINE_SLOT,))
             c.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(BASELINE_PUBLICATION)))
+
+
+async def note_inserts(
+    url: str, table: str, mode: LiveMode, seen: dict[int, float], ready: asyncio.Event
+) -> None:
+    """Follow ``table`` with the Python client until cancelled: note when each inserted ``id``
+    arrived in ``seen``, and set ``ready`` once up to date."""
+    async with ShapeStream(url, ShapeDefinition.of(table), live_mode=mode) as stream:
+        async for batch in stream:
+            now = time.time()
+            for message in batch:
+                if message.get("headers", {}).get("operation") == "insert":
+                    seen.setdefault(int(message["value"]["id"]), now)
+            if stream.is_up_to_date:
+                ready.set()
 
 
 @contextlib.contextmanager
@@ -186,12 +197,7 @@ def _busy_disk(directory: Path, megabytes: int) -> Iterator[None]:
         time.sleep(1.0)  # let it reach its steady state
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_child(process)
         path.unlink(missing_ok=True)
 
 
@@ -208,18 +214,10 @@ async def _phase(
     received: dict[str, dict[int, float]] = {"sse": {}, "long-poll": {}}
     ready = {mode: asyncio.Event() for mode in received}
 
-    async def follow(mode: LiveMode) -> None:
-        seen = received[mode]
-        async with ShapeStream(shape_url, ShapeDefinition.of(TABLE), live_mode=mode) as stream:
-            async for batch in stream:
-                now = time.time()
-                for message in batch:
-                    if message.get("headers", {}).get("operation") == "insert":
-                        seen.setdefault(int(message["value"]["id"]), now)
-                if stream.is_up_to_date:
-                    ready[mode].set()
-
-    tasks = [asyncio.create_task(follow(mode)) for mode in ("sse", "long-poll")]
+    tasks = [
+        asyncio.create_task(note_inserts(shape_url, TABLE, mode, received[mode], ready[mode]))
+        for mode in ("sse", "long-poll")
+    ]
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await asyncio.gather(*(event.wait() for event in ready.values()))

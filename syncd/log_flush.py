@@ -11,8 +11,9 @@ thread while the appends go on:
 
 1. ``plan`` (appending thread): the dirty logs are split into those made durable together, with
    one ``syncfs()`` of the filesystem, and those made durable alone, with ``fdatasync()`` on
-   duplicates of their append descriptors. Each log's :attr:`ShapeLog.writes` and its pending
-   metadata's :attr:`MetaFile.writes` are noted: they are what this flush covers.
+   duplicates of their append descriptors. Each log's count of writes and its pending
+   metadata's :attr:`MetaFile.writes` are noted (:meth:`ShapeLog.flush_note`): they are what
+   this flush covers.
 2. :meth:`FlushPlan.make_durable` (any thread): the ``syncfs()`` or the ``fdatasync()`` calls,
    and an ``fsync()`` of each pending ``meta.json.tmp`` made durable alone.
 3. :meth:`FlushPlan.install_metadata` (appending thread): each pending metadata file that no
@@ -161,11 +162,7 @@ def plan_flush(logs: Iterable[ShapeLog], group: GroupSync | None) -> FlushPlan:
     :meth:`GroupSync.plan`), else each log alone."""
     if group is not None:
         return group.plan(logs)
-    return FlushPlan(None, [], [n for n in map(_flush_note, logs) if n is not None])
-
-
-def _flush_note(log: ShapeLog) -> tuple[ShapeLog, int, int | None] | None:
-    return log.flush_note()
+    return FlushPlan(None, [], [n for log in logs if (n := log.flush_note()) is not None])
 
 
 def _installed(

@@ -75,7 +75,7 @@ from syncd.log_files import (
     _pwritev_all,
     _write_new_file,
 )
-from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
+from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
 from syncd.log_format import (
     _HEADER_SIZE,
     _INDEX_MAGIC,
@@ -288,13 +288,8 @@ class ShapeLog:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
         return self._writes != self._synced_writes or self.meta.pending
 
-    @property
-    def writes(self) -> int:
-        """The number of writes so far: what a flush started now covers (:meth:`mark_synced`)."""
-        return self._writes
-
     def flush_note(self) -> tuple[ShapeLog, int, int | None] | None:
-        """What a flush starting now must cover: ``(log, writes, metadata writes)``, the last
+        """What a flush starting now must cover: ``(log, writes so far, metadata writes)``, the last
         ``None`` without pending metadata (see :class:`syncd.log_flush.FlushPlan`); ``None``
         for a clean or deleted log."""
         meta = self.meta
@@ -554,21 +549,13 @@ class ShapeLog:
             os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
 
     def sync(self) -> None:
-        """fdatasync the log and the chunk index if anything was appended, and close them;
-        then install deferred metadata (:meth:`write_meta`)."""
+        """fdatasync the log and the chunk index if anything was appended, install deferred
+        metadata (:meth:`write_meta`), and close the append descriptors: a flush of this log
+        alone (:func:`syncd.log_flush.plan_flush`), every step on the calling thread."""
         try:
-            if self._log_fd is not None:
-                os.fdatasync(self._log_fd)
-            if self._index_fd is not None:
-                os.fdatasync(self._index_fd)
-            self._synced_writes = self._writes
+            plan_flush([self], None).run()
         finally:
             self._close_fds()
-        meta = self.meta
-        if meta.pending:
-            meta.sync_pending()
-            meta.install()
-            _fsync_dir(self._dir)
 
     def _close_fds(self) -> None:
         for fd in (self._log_fd, self._index_fd):

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 
 from syncd import log_flush
-from syncd.flush_tracker import FlushTracker
 from syncd.log_flush import GROUP_SYNC_MIN, plan_flush
 from syncd.storage import GroupSync, ShapeLog
 from tests.syncd.logs import read_all_changes
-from tests.syncd.test_flush_failure import ready_shapes
+from tests.syncd.test_flush_failure import commit_to_each, group_tracker, ready_shapes
 
 needs_syncfs = pytest.mark.skipif(log_flush._syncfs is None, reason="no syncfs")
 
@@ -98,8 +97,7 @@ async def test_the_tracker_flushes_on_its_own_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shapes = ready_shapes(tmp_path, 2 * GROUP_SYNC_MIN)
-    tracker = FlushTracker(tmp_path, flush_interval=0.0)
-    tracker.group_sync = GroupSync(tmp_path)
+    tracker = group_tracker(tmp_path)
     entered, release = threading.Event(), threading.Event()
     real_syncfs = log_flush._syncfs
 
@@ -111,10 +109,7 @@ async def test_the_tracker_flushes_on_its_own_thread(
     try:
         installed = shapes[1].log.read_meta()
         shapes[1].log.write_meta({"v": 1}, defer=True)
-        for shape in shapes:
-            assert shape.commit(100, 5, [(0, b'{"i":1}')])
-            tracker.dirty.add(shape)
-        tracker.committed(100, 120)
+        commit_to_each(tracker, shapes)
         monkeypatch.setattr(log_flush, "_syncfs", held_syncfs)
         assert tracker.on_idle(120, True) == 0
         assert await asyncio.to_thread(entered.wait, 10)
@@ -144,13 +139,9 @@ async def test_the_tracker_flushes_on_its_own_thread(
 
 async def test_a_few_logs_are_flushed_at_once(tmp_path: Path) -> None:
     shapes = ready_shapes(tmp_path, GROUP_SYNC_MIN - 1)
-    tracker = FlushTracker(tmp_path, flush_interval=0.0)
-    tracker.group_sync = GroupSync(tmp_path)
+    tracker = group_tracker(tmp_path)
     try:
-        for shape in shapes:
-            assert shape.commit(100, 5, [(0, b'{"i":1}')])
-            tracker.dirty.add(shape)
-        tracker.committed(100, 120)
+        commit_to_each(tracker, shapes)
         # no hop to the flush thread: durable when the idle call returns
         assert tracker.on_idle(120, True) == 120
         assert not any(shape.log.dirty or shape.log.holds_descriptors for shape in shapes)

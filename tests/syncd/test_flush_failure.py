@@ -34,16 +34,27 @@ def ready_shapes(directory: Path, count: int) -> list[ShapeState]:
     return shapes
 
 
+def group_tracker(directory: Path) -> FlushTracker:
+    """A tracker that flushes many logs with one ``syncfs()`` and never waits between flushes."""
+    tracker = FlushTracker(directory, flush_interval=0.0)
+    tracker.group_sync = GroupSync(directory)
+    return tracker
+
+
+def commit_to_each(tracker: FlushTracker, shapes: list[ShapeState]) -> None:
+    """One transaction (commit LSN 100, ending at 120) appended to every shape's log."""
+    for shape in shapes:
+        assert shape.commit(100, 5, [(0, b'{"i":1}')])
+        tracker.dirty.add(shape)
+    tracker.committed(100, 120)
+
+
 @pytest.mark.skipif(log_flush._syncfs is None, reason="no syncfs")
 async def test_a_failed_flush_sticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shapes = ready_shapes(tmp_path, 2 * log_flush.GROUP_SYNC_MIN)
-    tracker = FlushTracker(tmp_path, flush_interval=0.0)
-    tracker.group_sync = GroupSync(tmp_path)
+    tracker = group_tracker(tmp_path)
     try:
-        for shape in shapes:
-            assert shape.commit(100, 5, [(0, b'{"i":1}')])
-            tracker.dirty.add(shape)
-        tracker.committed(100, 120)
+        commit_to_each(tracker, shapes)
         monkeypatch.setattr(log_flush, "_syncfs", lambda fd: -1)
         assert tracker.on_idle(120, True) == 0  # the flush runs on its own thread
         await tracker.drain()
