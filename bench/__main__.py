@@ -12,6 +12,7 @@ from bench.agents_many import ManyOptions, run_agents_many
 from bench.burn_users import BurnOptions, run_burn_users
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
+from bench.initial_sync import run_initial_sync
 from bench.large_txn import run_large_txn
 from bench.shape_creation import run_shape_creation
 from bench.stalled_readers import run_stalled_readers
@@ -23,6 +24,7 @@ from bench.write_to_client import run_write_to_client
 BENCHES = (
     "ingest",
     "ingest-10k-shapes-small-txns",
+    "initial-sync-1m",
     "where-non-indexed",
     "shape-creation",
     "large-txn",
@@ -69,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--creation-shapes", type=int, default=10_000, help="shapes of shape-creation"
+    )
+    parser.add_argument(
+        "--initial-rows", type=int, default=1_000_000, help="table rows of initial-sync-1m"
     )
     parser.add_argument(
         "--w2c-commits", type=int, default=200, help="commits per phase of write-to-client"
@@ -154,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--benches takes some of " + ", ".join(BENCHES))
     if args.fanout_subscribers < 1 or args.fanout_commits < 1:
         parser.error("--fanout-subscribers and --fanout-commits must be positive")
-    if args.creation_shapes < 1:
-        parser.error("--creation-shapes must be positive")
+    if args.creation_shapes < 1 or args.initial_rows < 1:
+        parser.error("--creation-shapes and --initial-rows must be positive")
     if args.w2c_commits < 1 or args.w2c_interval < 0:
         parser.error("--w2c-commits must be positive and --w2c-interval not negative")
     if args.large_rows < 1 or args.large_row_bytes < 0:
@@ -198,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 many_baseline=RECV,
             )
         )
+    if "initial-sync-1m" in benches:
+        run_initial_sync(args.initial_rows, rounds=args.rounds, keep=args.keep)
     if "large-txn" in benches:
         run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
     for client in ("python", "python-long-poll", "js", "js-long-poll"):

@@ -6,6 +6,7 @@ shape log; the HTTP layer only joins stored bytes. Values are Postgres text outp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
@@ -15,7 +16,9 @@ Operation = Literal["insert", "update", "delete"]
 Row = Mapping[str, str | None]
 Headers = Mapping[str, object]
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_encode_lines = _encoder.encode_lines
 
 UP_TO_DATE_PREFIX: Final = b'{"headers":{"control":"up-to-date","global_last_seen_lsn":"'
 MUST_REFETCH: Final = b'[{"headers":{"control":"must-refetch"}}]'
@@ -55,6 +58,88 @@ def snapshot_row(
     if extra_headers:
         headers.update(extra_headers)
     return _encode({"key": key, "value": value, "headers": headers})
+
+
+_UNFIT_FOR_STRUCT: Final = re.compile(r'["\\\x00-\x1f]')
+"""Characters msgspec does not take in a renamed struct field."""
+
+
+class _SnapshotMessage(msgspec.Struct):
+    key: str
+    value: object
+    headers: msgspec.Raw
+
+
+class SnapshotEncoder:
+    """Encodes batches of snapshot rows into JSON lines, one insert message per row.
+
+    A row is a sequence of text values in :attr:`columns` order: the ``value_columns`` (the
+    message's ``value``, in that order), then the key columns not among them. Each line equals
+    :func:`snapshot_row` of the row's :func:`row_key` and value; the messages are built as msgspec
+    structs and encoded in one call per batch, a few times faster than a dict per row.
+    """
+
+    __slots__ = (
+        "_headers",
+        "_key_at",
+        "_key_columns",
+        "_null_key",
+        "_prefix",
+        "_value",
+        "_value_columns",
+        "_width",
+        "columns",
+    )
+
+    def __init__(
+        self,
+        relation: Sequence[str],
+        key_prefix: str,
+        value_columns: Sequence[str],
+        key_columns: Sequence[str],
+    ) -> None:
+        extra = [c for c in key_columns if c not in value_columns]
+        self.columns: tuple[str, ...] = (*value_columns, *extra)
+        """The order in which :meth:`encode` takes a row's values."""
+        self._value_columns = tuple(value_columns)
+        self._value: type[msgspec.Struct] | None = None
+        if not any(_UNFIT_FOR_STRUCT.search(c) for c in value_columns):
+            fields = [f"c{i}" for i in range(len(value_columns))]
+            rename = dict(zip(fields, value_columns, strict=True))
+            self._value = msgspec.defstruct("SnapshotValue", fields, rename=rename)
+        self._width = len(value_columns)
+        self._key_columns = tuple(key_columns)
+        self._key_at = [self.columns.index(c) for c in key_columns]
+        self._prefix = key_prefix
+        self._null_key = key_prefix + "/_"
+        self._headers = msgspec.Raw(_encode({"operation": "insert", "relation": relation}))
+
+    def encode(self, rows: Sequence[Sequence[str | None]]) -> bytes:
+        """The rows' messages, each on its own line ending in a newline."""
+        value, headers = self._value, self._headers
+        if len(self._key_at) == 1:
+            at, start, null = self._key_at[0], self._prefix + '/"', self._null_key
+            keys = [
+                null if (v := row[at]) is None else start + v.replace("/", "//") + '"'
+                for row in rows
+            ]
+        else:
+            names, prefix, key_columns = self.columns, self._prefix, self._key_columns
+            keys = [
+                row_key(prefix, dict(zip(names, row, strict=True)), key_columns) for row in rows
+            ]
+        values: list[object]
+        if value is None:  # column names msgspec cannot rename to: a dict per row
+            names = self._value_columns
+            values = [dict(zip(names, row, strict=False)) for row in rows]
+        elif self._width == len(self.columns):
+            values = [value(*row) for row in rows]
+        else:
+            width = self._width
+            values = [value(*row[:width]) for row in rows]
+        return _encode_lines(
+            [_SnapshotMessage(k, v, headers) for k, v in zip(keys, values, strict=True)]
+        )
 
 
 def move_event(

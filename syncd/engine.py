@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -467,20 +467,23 @@ class Engine:
         self.delete(shape, "snapshot failed")
 
     async def _copy_rows(self, conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState) -> None:
-        table, view = shape.table, shape.view
-        columns = sorted(set(shape.selected) | set(view.key_columns))
-        relation = shape.relation_list
+        view = shape.view
+        if view.selected is None:
+            value_columns: Sequence[str] = sorted(set(shape.selected) | set(view.key_columns))
+        else:
+            value_columns = shape.selected
+        encoder = messages.SnapshotEncoder(
+            shape.relation_list, view.key_prefix, value_columns, view.key_columns
+        )
         where_sql = shape.where.sql if shape.where is not None else None
-        async for batch in stream_rows(conn, table, columns, where_sql):
-            lines = []
-            for values in batch:
-                row = dict(zip(columns, values, strict=True))
-                key = messages.row_key(view.key_prefix, row, view.key_columns)
-                value = row if view.selected is None else {c: row[c] for c in shape.selected}
-                lines.append(messages.snapshot_row(relation, key, value))
-            shape.log.append_snapshot_rows(lines)
+        log = shape.log
+        async for batch in stream_rows(conn, shape.table, encoder.columns, where_sql):
+            closed = log.snapshot_chunks_closed
+            log.append_snapshot_lines(encoder.encode(batch))
             if shape.status == "gone":
                 return
+            if log.snapshot_chunks_closed != closed:  # readers of the new chunk are waiting
+                shape.notifier.notify()
 
     # -- replication handler -------------------------------------------------------------------
 

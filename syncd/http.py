@@ -35,7 +35,7 @@ from starlette.responses import Response
 
 from shapes import messages
 from shapes.errors import InvalidRequest
-from shapes.offset import LogOffset
+from shapes.offset import BEFORE_ALL, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
 from shapes.shape import CanonicalShape
 from shapes.subset import (
@@ -50,6 +50,7 @@ from syncd.admission import Admission
 from syncd.asgi_app import SHAPE_PATH, NormalisePath, create_app, normalise_path
 from syncd.bodies import (
     PIECE_BYTES,
+    SNAPSHOT_PIECE_BYTES,
     SSE_KEEPALIVE,
     BoundedStreamingResponse,
     disconnected,
@@ -85,7 +86,7 @@ from syncd.responses import (
     unavailable,
 )
 from syncd.shape_state import ShapeState, Wakeup, wait_briefly
-from syncd.storage import ReadPlan
+from syncd.storage import ReadPlan, SnapshotIncomplete
 
 __all__ = [
     "CACHE_INITIAL",
@@ -145,6 +146,7 @@ class ApiSettings:
     send_timeout: float = 30.0
     """Seconds a response may wait for its reader to drain what was sent before it is closed."""
     piece_bytes: int = PIECE_BYTES
+    snapshot_piece_bytes: int = SNAPSHOT_PIECE_BYTES
     max_age: int = 60
     stale_age: int = 300
     secret: str | None = None
@@ -302,7 +304,14 @@ class ShapeApi:
         if refetch is not None:
             return must_refetch(refetch)
         assert shape is not None
-        if not await self._await_snapshot(shape):
+        deadline = time.monotonic() + self.settings.snapshot_wait
+        if not shape.ready.is_set() and req.offset is not None:
+            chunk = await self._closed_chunk(shape, req.offset, deadline)
+            if chunk is not None:  # served while the rest of the snapshot is being written
+                if req.live_sse:
+                    return await self._sse_catch_up(req, shape, chunk)
+                return await self._log_response(request, req, shape, chunk)
+        if not await self._await_snapshot(shape, deadline):
             return self._after_loss(shape)
         if req.offset is None:
             return self._now_response(shape)
@@ -357,11 +366,35 @@ class ShapeApi:
         current = await self.engine.get_or_create(definition)
         return None, current.handle
 
-    async def _await_snapshot(self, shape: ShapeState) -> bool:
+    async def _await_snapshot(self, shape: ShapeState, deadline: float | None = None) -> bool:
         if not shape.ready.is_set():
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.snapshot_wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shape.ready.wait(), self.settings.snapshot_wait)
+                await asyncio.wait_for(shape.ready.wait(), max(0.0, deadline - time.monotonic()))
         return shape.status == "ready"
+
+    async def _closed_chunk(
+        self, shape: ShapeState, offset: LogOffset, deadline: float
+    ) -> ReadPlan | None:
+        """The read of the snapshot chunk after ``offset`` once that chunk is closed, while the
+        snapshot is still being taken: a client receives a large snapshot as it is written.
+
+        None when the answer needs the whole snapshot (a change-log offset, the snapshot's end,
+        or the snapshot finished or failed meanwhile), or the deadline passed."""
+        if not offset.is_snapshot and offset != BEFORE_ALL:
+            return None
+        while shape.status == "snapshotting" and not self._closing().done():
+            waiter = shape.notifier.wait()
+            with contextlib.suppress(SnapshotIncomplete):
+                plan = shape.log.plan_read(offset)
+                # a complete snapshot is only served once its buffered changes are in the log
+                return plan if plan.snapshot_chunk is not None else None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await wait_briefly((waiter, self._closing()), remaining)
+        return None
 
     def _after_loss(self, shape: ShapeState) -> Response:
         if shape.failure is not None and shape.status == "gone":
@@ -444,7 +477,13 @@ class ShapeApi:
             return Response(status_code=304, headers=headers)
         if not req.live:
             headers["electric-schema"] = shape.schema_header
-        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
+        pieces = log_pieces(
+            shape.log,
+            plan,
+            tail,
+            self.settings.piece_bytes,
+            snapshot_size=self.settings.snapshot_piece_bytes,
+        )
         first = await anext(pieces)
         if first[1]:  # the whole body in one piece
             await pieces.aclose()
@@ -498,7 +537,13 @@ class ShapeApi:
         assert req.offset is not None
         headers = self._sse_headers(req, shape, req.offset)
         tail = [messages.up_to_date(plan.end.tx)]
-        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
+        pieces = log_pieces(
+            shape.log,
+            plan,
+            tail,
+            self.settings.piece_bytes,
+            snapshot_size=self.settings.snapshot_piece_bytes,
+        )
         first = await anext(pieces)
         if first[1]:
             await pieces.aclose()

@@ -155,6 +155,25 @@ class LogReader:
         """The lines of snapshot chunk ``k`` from byte ``position`` (a line start): as many as
         fit in ``max_bytes`` (at least one), the position after them, and whether that is the
         chunk's end."""
+        data, position, done = self._read_snapshot_lines(k, position, max_bytes)
+        lines = data.split(b"\n")
+        lines.pop()
+        return lines, position, done
+
+    def read_snapshot_joined(
+        self, k: int, position: int, max_bytes: int
+    ) -> tuple[list[bytes], int, bool]:
+        """:meth:`read_snapshot_piece` with the lines already joined by commas into one item
+        (none when the chunk is empty): a JSON array body needs no line of its own."""
+        data, position, done = self._read_snapshot_lines(k, position, max_bytes)
+        if not data:
+            return [], position, done
+        return [data[:-1].replace(b"\n", b",")], position, done
+
+    def _read_snapshot_lines(
+        self, k: int, position: int, max_bytes: int
+    ) -> tuple[bytes, int, bool]:
+        """Whole lines (each ending in a newline) of snapshot chunk ``k`` from ``position``."""
         self._check_snapshot_chunk(k)
         with open(_snapshot_path(self._dir, k), "rb") as f:
             f.seek(position)
@@ -164,9 +183,7 @@ class LogReader:
                 data += f.readline()
                 cut = len(data)
             done = position + cut >= os.fstat(f.fileno()).st_size
-        lines = data[:cut].split(b"\n")
-        lines.pop()
-        return lines, position + cut, done
+        return data[:cut] if cut < len(data) else data, position + cut, done
 
     def _check_snapshot_chunk(self, k: int) -> None:
         if k >= self.snapshot.closed:

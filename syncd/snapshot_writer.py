@@ -57,6 +57,31 @@ class SnapshotWriter:
             raise
         self._acc = acc
 
+    def append_lines(self, data: bytes) -> None:
+        """See :meth:`syncd.storage.ShapeLog.append_snapshot_lines`."""
+        self._check_writable()
+        limit = self._chunk_bytes
+        acc = self._acc
+        start = 0
+        try:
+            if data and not data.endswith(b"\n"):
+                raise ValueError("snapshot lines must each end in a newline")
+            while start < len(data):
+                # the line whose newline brings the chunk to ``limit`` bytes closes it, as in
+                # append_rows: its newline is the first at or after this position
+                end = data.find(b"\n", start + max(0, limit - acc - 1))
+                if end < 0:
+                    self._write(data[start:] if start else data, close=False)
+                    acc += len(data) - start
+                    break
+                self._write(data[start : end + 1], close=True)
+                acc = 0
+                start = end + 1
+        except BaseException:
+            self._writable = False
+            raise
+        self._acc = acc
+
     def finish(self, end_line: bytes, sync_directory: Callable[[], None]) -> None:
         """Append ``end_line``, fsync every chunk written, call ``sync_directory`` (which
         makes the chunks' names durable) and mark the snapshot done, durably."""
@@ -84,10 +109,14 @@ class SnapshotWriter:
             raise RuntimeError(f"the snapshot of {self._dir} was {state}")
 
     def _write_chunk(self, lines: list[bytes], *, close: bool) -> None:
-        k = self._reader.snapshot.closed
         lines.append(b"")
+        self._write(b"\n".join(lines), close=close)
+
+    def _write(self, data: bytes, *, close: bool) -> None:
+        """Append whole lines to the open chunk; ``close`` ends it with them."""
+        k = self._reader.snapshot.closed
         with open(_snapshot_path(self._dir, k), "ab") as f:
-            f.write(b"\n".join(lines))
+            f.write(data)
         self._unsynced.add(k)
         self.chunks = k + 1
         if close:

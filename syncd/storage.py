@@ -279,6 +279,12 @@ class ShapeLog:
         return self._reader.snapshot.complete
 
     @property
+    def snapshot_chunks_closed(self) -> int:
+        """Number of snapshot chunks that are complete and can be read (while later ones are
+        still being written)."""
+        return self._reader.snapshot.closed
+
+    @property
     def snapshot_chunk_count(self) -> int:
         """Number of snapshot chunk files (including one still being written)."""
         return self._snapshot.chunks
@@ -362,6 +368,15 @@ class ShapeLog:
             ValueError: a line contains a newline.
         """
         self._snapshot.append_rows(lines)
+
+    def append_snapshot_lines(self, data: bytes) -> None:
+        """Append snapshot rows already joined into JSON lines (each ending in a newline, none
+        inside), cutting chunks exactly where :meth:`append_snapshot_rows` would.
+
+        Raises as :meth:`append_snapshot_rows` does; ValueError when ``data`` does not end in
+        a newline.
+        """
+        self._snapshot.append_lines(data)
 
     def finish_snapshot(self, end_line: bytes) -> None:
         """Append the ``snapshot-end`` line, make all chunks durable and mark the snapshot done."""
@@ -578,6 +593,12 @@ class ShapeLog:
     ) -> tuple[list[bytes], int, bool]:
         """See :meth:`LogReader.read_snapshot_piece`."""
         return self._reader.read_snapshot_piece(k, position, max_bytes)
+
+    def read_snapshot_joined(
+        self, k: int, position: int, max_bytes: int
+    ) -> tuple[list[bytes], int, bool]:
+        """See :meth:`LogReader.read_snapshot_joined`."""
+        return self._reader.read_snapshot_joined(k, position, max_bytes)
 
     def read_piece(
         self,

@@ -104,6 +104,49 @@ def test_snapshot_rows_split_over_calls_chunk_the_same(tmp_path: Path) -> None:
     assert [split.read(o) for o in offsets] == [whole.read(o) for o in offsets]
 
 
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(0, 60), max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+    chunk_bytes=st.integers(1, 120),
+)
+def test_snapshot_lines_in_blocks_chunk_as_rows_do(
+    tmp_path: Path, sizes: list[int], cuts: list[int], chunk_bytes: int
+) -> None:
+    lines = [json.dumps({"i": i, "pad": "x" * size}).encode() for i, size in enumerate(sizes)]
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        by_row = ShapeLog.create(Path(tmp) / "rows", chunk_bytes)
+        by_row.append_snapshot_rows(lines)
+        by_block = ShapeLog.create(Path(tmp) / "blocks", chunk_bytes)
+        bounds = [0, *sorted(min(c, len(lines)) for c in cuts), len(lines)]
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            by_block.append_snapshot_lines(b"".join(line + b"\n" for line in lines[start:end]))
+        assert by_block.snapshot_chunks_closed == by_row.snapshot_chunks_closed
+        for log in (by_row, by_block):
+            log.finish_snapshot(END_LINE)
+        assert by_block.snapshot_chunk_count == by_row.snapshot_chunk_count
+        offsets = [BEFORE_ALL] + [off(0, k) for k in range(by_row.snapshot_chunk_count)]
+        for offset in offsets:
+            assert by_block.read(offset) == by_row.read(offset)
+            plan = by_block.plan_read(offset)
+            if plan.snapshot_chunk is not None:
+                joined, position, done = by_block.read_snapshot_joined(
+                    plan.snapshot_chunk, 0, 1 << 20
+                )
+                assert done and joined == [b",".join(by_row.read(offset)[0])]
+
+
+def test_snapshot_lines_must_end_in_a_newline(tmp_path: Path) -> None:
+    log = ShapeLog.create(tmp_path / "shape", 20)
+    log.append_snapshot_lines(b"")
+    with pytest.raises(ValueError):
+        log.append_snapshot_lines(row(0) + b"\n" + row(1))
+    with pytest.raises(RuntimeError):  # broken: it can only be discarded
+        log.append_snapshot_lines(row(2) + b"\n")
+
+
 def test_snapshot_chunks_are_served_while_the_snapshot_is_written(tmp_path: Path) -> None:
     log = ShapeLog.create(tmp_path / "shape", 20)
     with pytest.raises(SnapshotIncomplete):
