@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import syncd.engine
 from syncd.embed import EmbeddedSyncd
+from syncd.snapshot import stream_rows
 
 ROWS = 6_000
 CHUNK_BYTES = 16 * 1024
@@ -34,7 +35,7 @@ class HeldSnapshot:
         self.holding = asyncio.Event()
         self._gate = asyncio.Event()
         self._error: BaseException | None = None
-        self._real = syncd.engine.stream_rows
+        self._real = stream_rows
 
     def release(self) -> None:
         self._gate.set()
