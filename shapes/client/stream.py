@@ -6,10 +6,18 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import gc
 import random
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -20,7 +28,7 @@ from shapes.client.sse import SseDecoder
 from shapes.client.transport import HttpxTransport, Transport, TransportFailure
 from shapes.errors import InvalidRequest
 from shapes.offset import LogOffset, parse_offset
-from shapes.values import parse_row, parse_schema
+from shapes.values import RowParser, parse_schema
 
 _RANDOM = random.Random()
 """This module's own generator: the process-wide one belongs to the embedding program."""
@@ -31,6 +39,26 @@ LiveMode = Literal["long-poll", "sse"]
 
 _decode_json: Final = msgspec.json.Decoder().decode
 """JSON bytes to Python objects, as ``json.loads`` gives them, about 7x faster."""
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while a body becomes messages.
+
+    Decoding a large body makes hundreds of thousands of dicts and strings, none of them in a
+    cycle; with the collector running, the young generation fills and is scanned again and
+    again, and more slowly the more rows the caller holds. Paused, the objects are scanned
+    once, at the next collection.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
 
 MUST_REFETCH_MESSAGE: Final[Message] = {"headers": {"control": "must-refetch"}}
 BACKOFF_INITIAL: Final = 0.1
@@ -199,6 +227,8 @@ class ShapeStream:
         self.handle = handle
         self.offset = offset
         self.schema: dict[str, dict[str, Any]] = {}
+        self._parsed_schema: dict[str, dict[str, Any]] | None = None
+        self._parser = RowParser({})
         self.live = live
         self.live_mode = live_mode
         self.parse_values = parse_values
@@ -367,7 +397,8 @@ class ShapeStream:
             return [{"headers": {"control": "up-to-date"}}]
         if "electric-schema" in response.headers and not self.schema:
             self.schema = parse_schema(response.headers["electric-schema"])
-        parsed = _body(response)  # the text when it is not JSON: not a list either
+        with _collector_paused():
+            parsed = _body(response)  # the text when it is not JSON: not a list either
         if not isinstance(parsed, list):
             raise ShapeRequestError(status, parsed, response.url)
         return parsed
@@ -382,18 +413,30 @@ class ShapeStream:
     def _accept(self, messages: list[Message]) -> list[Message]:
         """Drop already delivered changes and convert values."""
         accepted: list[Message] = []
-        for message in messages:
-            position = _position(message)
-            if position is not None:
-                if self._last_change is not None and position <= self._last_change:
-                    continue
-                self._last_change = position
-            if self.parse_values and self.schema:
-                for part in ("value", "old_value"):
-                    if isinstance(message.get(part), dict):
-                        message[part] = parse_row(message[part], self.schema)
-            accepted.append(message)
+        parse = self._row_parser()
+        with _collector_paused():
+            for message in messages:
+                position = _position(message)
+                if position is not None:
+                    if self._last_change is not None and position <= self._last_change:
+                        continue
+                    self._last_change = position
+                if parse is not None:
+                    for part in ("value", "old_value"):
+                        row = message.get(part)
+                        if isinstance(row, dict):
+                            parse(row)
+                accepted.append(message)
         return accepted
+
+    def _row_parser(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """What converts a row's values in place for the current schema (None: nothing to
+        convert)."""
+        if not (self.parse_values and self.schema):
+            return None
+        if self._parsed_schema is not self.schema:
+            self._parsed_schema, self._parser = self.schema, RowParser(self.schema)
+        return self._parser.parse_in_place
 
     async def _sse(self, query: dict[str, str]) -> AsyncGenerator[Batch, None]:
         """One SSE connection: yield each batch up to an ``up-to-date``, then return."""

@@ -6,8 +6,10 @@ import math
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shapes.values import parse_array, parse_row, parse_schema, parse_value
+from shapes.values import RowParser, parse_array, parse_row, parse_schema, parse_value
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,53 @@ def test_schema_and_row() -> None:
     assert parse_schema(None) == {}
     assert parse_schema("null") == {}
     assert parse_schema("not json") == {}
+
+
+_TYPES = ["int4", "int8", "float8", "numeric", "bool", "jsonb", "text", "timestamptz", None]
+_TEXTS = {
+    "int4": st.integers(-(2**31), 2**31 - 1).map(str),
+    "int8": st.integers().map(str),
+    "float8": st.floats(allow_nan=False).map(repr),
+    "numeric": st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    "bool": st.sampled_from(["t", "f", "true", "false"]),
+    "jsonb": st.sampled_from(['{"a": 1}', "[1, 2]", '"x"', "null"]),
+}
+
+
+@st.composite
+def schemas_and_rows(draw: st.DrawFn) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+    names = draw(st.lists(st.text(max_size=4), min_size=1, max_size=6, unique=True))
+    schema: dict[str, dict[str, object]] = {}
+    row: dict[str, object] = {}
+    for name in names:
+        type_ = draw(st.sampled_from(_TYPES))
+        dims = draw(st.sampled_from([0, 0, 1]))
+        text = _TEXTS.get(str(type_), st.text(max_size=6))
+        if type_ is not None:
+            schema[name] = {"type": type_, "dims": dims} if dims else {"type": type_}
+        if dims:
+            text = st.lists(
+                text.map(lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'),
+                max_size=3,
+            ).map(lambda items: "{" + ",".join(items) + "}")
+        if draw(st.booleans()):  # some columns absent from the row, some NULL or not text
+            row[name] = draw(st.none() | text | st.just(7))
+    return schema, row
+
+
+@given(schemas_and_rows())
+def test_row_parser_equals_parse_row(
+    case: tuple[dict[str, dict[str, object]], dict[str, object]],
+) -> None:
+    schema, row = case
+    expected = parse_row(row, schema)
+    copy = dict(row)
+    parsed = RowParser(schema).parse_in_place(copy)
+    assert parsed is copy
+    assert list(parsed) == list(expected)
+    for name, value in expected.items():
+        got = parsed[name]
+        if isinstance(value, float) and math.isnan(value):
+            assert isinstance(got, float) and math.isnan(got)
+        else:
+            assert got == value and type(got) is type(value), name
