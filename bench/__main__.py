@@ -32,6 +32,7 @@ BENCHES = (
     "fanout-python-long-poll",
     "fanout-js",
     "fanout-js-long-poll",
+    "fanout-raw-long-poll",
     "write-to-client",
     "stalled-readers-rss",
     "subquery-move-in",
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_initial_sync(args.initial_rows, rounds=args.rounds, keep=args.keep)
     if "large-txn" in benches:
         run_large_txn(args.large_rows, args.large_row_bytes, keep=args.keep)
-    for client in ("python", "python-long-poll", "js", "js-long-poll"):
+    for client in ("python", "python-long-poll", "js", "js-long-poll", "raw-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     if "where-non-indexed" in benches:

@@ -2,8 +2,9 @@
 
 ``fanout-1000-python``
     syncd runs as a child process with one table. One asyncio program opens ``--fanout-subscribers``
-    (1,000) :class:`~shapes.client.ShapeStream` objects on the same shape, live over SSE, each
-    with its own HTTP client and connection (the default). The program runs on
+    (1,000) :class:`~shapes.client.ShapeStream` objects on the same shape, live over SSE, all on
+    one :class:`~shapes.client.transport.AiohttpTransport` (the client's transport for a
+    process that follows many shapes), each request on a connection of its own. The program runs on
     the event loop syncd picks for itself (uvloop when installed). Once every stream is live and
     up to date, the benchmark commits one insert at a time (``--fanout-commits``, about 1 s
     apart; the committing session uses ``synchronous_commit = on``) from a separate thread,
@@ -21,7 +22,14 @@
     (both clocks are the wall clock of the same machine).
 
 ``fanout-1000-js-long-poll``
-    The official client in its default mode, long-polling.
+    The official client in its default mode, long-polling. On a 2-core machine this measures the
+    client more than syncd: the Node process spends about 0.5 ms of CPU on each response, so
+    1,000 responses keep it busy for about half a second after each change.
+
+``fanout-1000-raw-long-poll``
+    Long-polling with :class:`~bench.raw_client.RawFollower` (a keep-alive connection each,
+    nothing parsed beyond what the protocol needs), in one asyncio program: what the fan-out
+    costs syncd itself.
 
 Each is run with one subscriber too, as the baseline. The summary lines report the p50 delay::
 
@@ -46,12 +54,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg import sql
 
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
+from bench.raw_client import RawFollower, Rows
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
+from shapes.client.transport import AiohttpTransport
 from syncd.daemon import event_loop_factory
 
 TABLE = "fanout_items"
@@ -131,13 +142,17 @@ async def _python_fanout(
     ready = 0
     all_ready = asyncio.Event()
     started = time.monotonic()
+    # One aiohttp transport for every stream: the Python client's choice for a process that
+    # follows many shapes (through httpx a request costs about four times the CPU).
+    transport = AiohttpTransport()
 
     async def follow(seen: dict[int, float]) -> None:
         nonlocal ready
         first = True
-        # Each stream owns its client, as it does by default: httpx checks every pooled
-        # connection on each request, so one client shared by 1,000 live streams is quadratic.
-        async with ShapeStream(shape_url, ShapeDefinition.of(TABLE), live_mode=live_mode) as stream:
+        definition = ShapeDefinition.of(TABLE)
+        async with ShapeStream(
+            shape_url, definition, live_mode=live_mode, transport=transport
+        ) as stream:
             async for batch in stream:
                 now = time.time()
                 for message in batch:
@@ -155,26 +170,93 @@ async def _python_fanout(
         ready_seconds = time.monotonic() - started
         # SSE streams are opened by the request after the first up-to-date: let them settle.
         await asyncio.sleep(SETTLE_SECONDS)
-        committer = await asyncio.to_thread(_Committer, dsn)
-        try:
-            commit_times: dict[int, float] = {}
-            for _ in range(commits):
-                await asyncio.sleep(interval)
-                row_id, at = await asyncio.to_thread(committer.commit)
-                commit_times[row_id] = at
-            deadline = time.monotonic() + DELIVERY_TIMEOUT
-            while time.monotonic() < deadline:
-                if all(row_id in seen for seen in received for row_id in commit_times):
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            await asyncio.to_thread(committer.close)
+        commit_times = await _commit_rounds(dsn, commits, interval, received)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await transport.aclose()
+    delays, missing = _delays(commit_times, received)
+    return FanoutResult(subscribers, delays, missing, ready_seconds)
+
+
+async def _commit_rounds(
+    dsn: str, commits: int, interval: float, received: list[dict[int, float]]
+) -> dict[int, float]:
+    """Commit ``commits`` rows ``interval`` apart, then wait (up to ``DELIVERY_TIMEOUT``) for
+    every subscriber to note them all; the time of each commit by row id."""
+    committer = await asyncio.to_thread(_Committer, dsn)
+    try:
+        commit_times: dict[int, float] = {}
+        for _ in range(commits):
+            await asyncio.sleep(interval)
+            row_id, at = await asyncio.to_thread(committer.commit)
+            commit_times[row_id] = at
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            if all(row_id in seen for seen in received for row_id in commit_times):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(committer.close)
+    return commit_times
+
+
+# --- raw client ------------------------------------------------------------------------------
+
+
+async def _raw_fanout(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    received: list[dict[int, float]] = [{} for _ in range(subscribers)]
+    started = time.monotonic()
+    followers = [RawFollower(shape_url, {"table": TABLE}) for _ in range(subscribers)]
+    async with httpx.AsyncClient(timeout=60) as client:
+        gate = asyncio.Semaphore(64)
+
+        async def catch_up(follower: RawFollower) -> None:
+            async with gate:
+                await follower.catch_up(client)
+
+        await asyncio.gather(*(catch_up(f) for f in followers))
+    live = 0
+
+    def noter(seen: dict[int, float]) -> Rows:
+        def note(changes: list[dict[str, Any]], arrived: float) -> None:
+            for message in changes:
+                seen.setdefault(int(message["value"]["id"]), arrived)
+
+        return note
+
+    def counted() -> None:
+        nonlocal live
+        live += 1
+
+    tasks = [
+        asyncio.create_task(f.follow(noter(seen), counted))
+        for f, seen in zip(followers, received, strict=True)
+    ]
+    try:
+        while live < subscribers:
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                if task.done():
+                    task.result()
+        ready_seconds = time.monotonic() - started
+        await asyncio.sleep(SETTLE_SECONDS)
+        commit_times = await _commit_rounds(dsn, commits, interval, received)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     delays, missing = _delays(commit_times, received)
     return FanoutResult(subscribers, delays, missing, ready_seconds)
+
+
+def measure_raw_long_poll(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float
+) -> FanoutResult:
+    return _run(_raw_fanout(shape_url, dsn, subscribers, commits, interval))
 
 
 async def _wait_ready(all_ready: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -354,6 +436,7 @@ MEASURES: dict[str, Measure] = {
     "python-long-poll": measure_python_long_poll,
     "js": measure_js,
     "js-long-poll": measure_js_long_poll,
+    "raw-long-poll": measure_raw_long_poll,
 }
 
 

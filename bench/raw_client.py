@@ -1,0 +1,107 @@
+"""A minimal live client of the shape protocol, for benchmarks that measure syncd rather than a
+client library.
+
+:class:`RawFollower` catches up with a shape (httpx, any response size), then long-polls it live
+on one keep-alive HTTP/1.1 connection of its own, parsing no more than the protocol needs: the
+status line, the headers it uses and the body (by ``content-length`` or chunked). It costs a
+fraction of what a full client costs per response, so with many followers in one process the
+delays it records are mostly syncd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import msgspec
+
+_decode = msgspec.json.Decoder().decode
+
+Rows = Callable[[list[dict[str, object]], float], None]
+"""Called with a live response's change messages and the wall-clock time it arrived."""
+
+
+class RawFollower:
+    """One shape (``params``: ``table``, ``where``, ...) followed live over long-poll."""
+
+    def __init__(self, shape_url: str, params: dict[str, str]) -> None:
+        parts = urlsplit(shape_url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._path = parts.path
+        self._url = shape_url
+        self.params = params
+        self.handle = ""
+        self.offset = "-1"
+        self.rows = 0
+        """Change messages received (snapshot and live)."""
+
+    async def catch_up(self, client: httpx.AsyncClient) -> None:
+        """Follow the shape from the start to ``up-to-date``."""
+        query = {**self.params, "offset": "-1"}
+        while True:
+            answer = await client.get(self._url, params=query)
+            answer.raise_for_status()
+            self.rows += sum(1 for m in answer.json() if "key" in m)
+            self.handle = answer.headers["electric-handle"]
+            self.offset = answer.headers["electric-offset"]
+            if "electric-up-to-date" in answer.headers:
+                return
+            query = {**self.params, "handle": self.handle, "offset": self.offset}
+
+    async def follow(self, on_rows: Rows, ready: Callable[[], None] | None = None) -> None:
+        """Long-poll from the caught-up position until cancelled; ``ready`` is called once the
+        first live request is sent."""
+        reader, writer = await asyncio.open_connection(self._host, self._port)
+        cursor = ""
+        try:
+            while True:
+                query = {**self.params, "handle": self.handle, "offset": self.offset}
+                query["live"] = "true"
+                if cursor:
+                    query["cursor"] = cursor
+                request = (
+                    f"GET {self._path}?{urlencode(query)} HTTP/1.1\r\nhost: {self._host}\r\n\r\n"
+                )
+                writer.write(request.encode())
+                if ready is not None:
+                    ready()
+                    ready = None
+                status, headers, body = await _read_response(reader)
+                arrived = time.time()
+                if status != 200:
+                    raise RuntimeError(f"live request answered {status}: {body[:200]!r}")
+                self.offset = headers["electric-offset"]
+                cursor = headers.get("electric-cursor", cursor)
+                changes = [m for m in _decode(body) if "key" in m]
+                if changes:
+                    self.rows += len(changes)
+                    on_rows(changes, arrived)
+        finally:
+            writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    if headers.get("transfer-encoding") != "chunked":
+        raise RuntimeError(f"a response without length: {headers}")
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return status, headers, b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
