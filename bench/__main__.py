@@ -17,6 +17,7 @@ from bench.large_txn import run_large_txn
 from bench.shape_creation import run_shape_creation
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
+from bench.txn_fanout import run_txn_fanout
 from bench.ui import run_first_paint, run_live
 from bench.where_eval import run_where_non_indexed
 from bench.write_to_client import run_write_to_client
@@ -33,6 +34,7 @@ BENCHES = (
     "fanout-js",
     "fanout-js-long-poll",
     "fanout-raw-long-poll",
+    "txn-to-750-shapes",
     "write-to-client",
     "stalled-readers-rss",
     "subquery-move-in",
@@ -211,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for client in ("python", "python-long-poll", "js", "js-long-poll", "raw-long-poll"):
         if f"fanout-{client}" in benches:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
+    if "txn-to-750-shapes" in benches:
+        run_txn_fanout(keep=args.keep)
     if "where-non-indexed" in benches:
         run_where_non_indexed(rounds=args.rounds)
     if "shape-creation" in benches:

@@ -54,13 +54,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg import sql
 
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
-from bench.raw_client import RawFollower, Rows
+from bench.raw_client import RawFollower, catch_up_all, follow_all, id_noter
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from shapes.client.transport import AiohttpTransport
 from syncd.daemon import event_loop_factory
@@ -211,37 +210,9 @@ async def _raw_fanout(
     received: list[dict[int, float]] = [{} for _ in range(subscribers)]
     started = time.monotonic()
     followers = [RawFollower(shape_url, {"table": TABLE}) for _ in range(subscribers)]
-    async with httpx.AsyncClient(timeout=60) as client:
-        gate = asyncio.Semaphore(64)
-
-        async def catch_up(follower: RawFollower) -> None:
-            async with gate:
-                await follower.catch_up(client)
-
-        await asyncio.gather(*(catch_up(f) for f in followers))
-    live = 0
-
-    def noter(seen: dict[int, float]) -> Rows:
-        def note(changes: list[dict[str, Any]], arrived: float) -> None:
-            for message in changes:
-                seen.setdefault(int(message["value"]["id"]), arrived)
-
-        return note
-
-    def counted() -> None:
-        nonlocal live
-        live += 1
-
-    tasks = [
-        asyncio.create_task(f.follow(noter(seen), counted))
-        for f, seen in zip(followers, received, strict=True)
-    ]
+    await catch_up_all(followers)
+    tasks = await follow_all(followers, [id_noter(seen) for seen in received])
     try:
-        while live < subscribers:
-            await asyncio.sleep(0.05)
-            for task in tasks:
-                if task.done():
-                    task.result()
         ready_seconds = time.monotonic() - started
         await asyncio.sleep(SETTLE_SECONDS)
         commit_times = await _commit_rounds(dsn, commits, interval, received)

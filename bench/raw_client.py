@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -20,7 +21,7 @@ import msgspec
 
 _decode = msgspec.json.Decoder().decode
 
-Rows = Callable[[list[dict[str, object]], float], None]
+Rows = Callable[[list[dict[str, Any]], float], None]
 """Called with a live response's change messages and the wall-clock time it arrived."""
 
 
@@ -105,3 +106,53 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
             return status, headers, b"".join(parts)
         parts.append(await reader.readexactly(size))
         await reader.readexactly(2)
+
+
+async def catch_up_all(followers: list[RawFollower], concurrency: int = 64) -> None:
+    """Catch every follower up, ``concurrency`` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def catch_up(follower: RawFollower) -> None:
+            async with gate:
+                await follower.catch_up(client)
+
+        await asyncio.gather(*(catch_up(f) for f in followers))
+
+
+def id_noter(seen: dict[int, float]) -> Rows:
+    """A :data:`Rows` callback noting when each row ``id`` first arrived in ``seen``."""
+
+    def note(changes: list[dict[str, Any]], arrived: float) -> None:
+        for message in changes:
+            value = message["value"]
+            assert isinstance(value, dict)
+            seen.setdefault(int(value["id"]), arrived)
+
+    return note
+
+
+async def follow_all(followers: list[RawFollower], notes: list[Rows]) -> list[asyncio.Task[None]]:
+    """Start every follower's live loop (``notes[i]`` for follower ``i``); return the tasks once
+    each has sent its first live request. The caller cancels them."""
+    all_live = asyncio.Event()
+    live = 0
+
+    def counted() -> None:
+        nonlocal live
+        live += 1
+        if live == len(followers):
+            all_live.set()
+
+    tasks = [
+        asyncio.create_task(f.follow(note, counted))
+        for f, note in zip(followers, notes, strict=True)
+    ]
+    waiter = asyncio.create_task(all_live.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        for task in tasks:
+            task.cancel()
+        failed = next(task for task in done if task is not waiter)
+        raise RuntimeError("a follower stopped before going live") from failed.exception()
+    return tasks
