@@ -14,6 +14,7 @@ from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.initial_sync import run_initial_sync
 from bench.large_txn import run_large_txn
+from bench.memory import run_memory
 from bench.shape_creation import run_shape_creation
 from bench.stalled_readers import run_stalled_readers
 from bench.subquery import run_move_in, run_shapes_ingest
@@ -35,6 +36,7 @@ BENCHES = (
     "fanout-js-long-poll",
     "fanout-raw-long-poll",
     "txn-to-750-shapes",
+    "memory",
     "write-to-client",
     "stalled-readers-rss",
     "subquery-move-in",
@@ -215,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     if "txn-to-750-shapes" in benches:
         run_txn_fanout(keep=args.keep)
+    if "memory" in benches:
+        run_memory(keep=args.keep)
     if "where-non-indexed" in benches:
         run_where_non_indexed(rounds=args.rounds)
     if "shape-creation" in benches:

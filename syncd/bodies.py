@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from shapes import messages
 from shapes.offset import LogOffset
+from syncd.send_deadline import connection_gone
 from syncd.shape_state import ShapeState, Wakeup, wait_briefly
 from syncd.storage import ReadPlan, ShapeLog
 
@@ -55,11 +56,25 @@ class BoundedStreamingResponse(StreamingResponse):
         self.pieces = content
         self.send_timeout = send_timeout
 
+    gone: Wakeup | None = None
+    """The connection's :func:`~syncd.send_deadline.connection_gone` signal, when it has one."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = connection_gone(scope)
+        if gone is None:  # Starlette's way: a task group with a task reading the disconnect
+            await super().__call__(scope, receive, send)
+            return
+        self.gone = gone
+        await self.stream_response(send)
+
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
+        gone = self.gone
         try:
             async for piece in self.pieces:
+                if gone is not None and gone.done():
+                    return
                 async with asyncio.timeout(self.send_timeout):
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
         except TimeoutError:
@@ -165,19 +180,21 @@ async def live_sse_events(
     piece_bytes: int,
     duration: float,
     keepalive: float,
+    gone: Wakeup | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The live stream: the log after ``offset`` in pieces of at most ``piece_bytes`` as it
     grows, ``up-to-date`` whenever a piece reaches the log's end, keep-alives meanwhile.
 
     Each piece is sent before the next is read, so a reader that stops reading holds one
     piece, never the backlog (see :mod:`syncd.send_deadline`). The stream ends after ``duration``
-    seconds, when the shape is no longer ready or when ``closing`` resolves; ``release`` is
-    called at its end."""
+    seconds, when the shape is no longer ready, when ``closing`` resolves or when ``gone`` does
+    (the connection was lost); ``release`` is called at its end."""
     position: int | None = None
     try:
         deadline = time.monotonic() + duration
         last_sent = time.monotonic()
-        while shape.status == "ready" and not closing.done():
+        signals = (closing,) if gone is None else (closing, gone)
+        while shape.status == "ready" and not any(signal.done() for signal in signals):
             waiter = shape.notifier.wait()
             piece = shape.log.read_piece(offset, piece_bytes, position)
             if piece.items:
@@ -201,6 +218,6 @@ async def live_sse_events(
                 yield SSE_KEEPALIVE
                 last_sent = now
             wait = min(deadline, last_sent + keepalive) - now
-            await wait_briefly((waiter, closing), wait)
+            await wait_briefly((waiter, *signals), wait)
     finally:
         release()

@@ -85,6 +85,7 @@ from syncd.responses import (
     preflight,
     unavailable,
 )
+from syncd.send_deadline import connection_gone
 from syncd.shape_state import ShapeState, Wakeup, wait_briefly
 from syncd.storage import ReadPlan, SnapshotIncomplete
 
@@ -420,7 +421,8 @@ class ShapeApi:
         """Wait for entries after ``offset`` up to the long-poll timeout; an empty plan when
         none came, the client went away or the server is shutting down."""
         deadline = time.monotonic() + self.settings.long_poll_timeout
-        gone = asyncio.ensure_future(disconnected(request))
+        signal = connection_gone(request.scope)
+        gone = signal if signal is not None else asyncio.ensure_future(disconnected(request))
         closing = self._closing()
         try:
             while shape.status == "ready" and not gone.done() and not closing.done():
@@ -433,9 +435,10 @@ class ShapeApi:
                     break
                 await wait_briefly((waiter, gone, closing), remaining)
         finally:
-            if gone.done() and not gone.cancelled():
-                gone.exception()  # a receive() that failed also ends the wait; don't log it
-            gone.cancel()
+            if isinstance(gone, asyncio.Future):
+                if gone.done() and not gone.cancelled():
+                    gone.exception()  # a receive() that failed also ends the wait; don't log it
+                gone.cancel()
         return ReadPlan(None, offset, offset)
 
     def _closing(self) -> Wakeup:
@@ -569,6 +572,7 @@ class ShapeApi:
             piece_bytes=settings.piece_bytes,
             duration=settings.sse_timeout,
             keepalive=settings.sse_keepalive,
+            gone=connection_gone(request.scope),
         )
         # A stream that is never iterated (the client left before the body) never reaches its
         # ``finally``; the finaliser releases its count then.

@@ -12,6 +12,11 @@ kernel's unsent bytes are dropped at once (a plain close would keep them until t
 reads), and the protocol's ``connection_lost`` wakes the waiting handler, which then sees a
 disconnect.
 
+Each request's ASGI scope also carries the connection's :func:`connection_gone` signal, set when
+the connection is lost: a held long-poll or an open SSE stream waits on it instead of on a task
+of its own that reads the request's ``http.disconnect`` message, which costs a few kilobytes per
+waiting request.
+
 Memory freed by many such connections at once is scattered over the C heap, which the
 allocator does not hand back to the system by itself: after a connection that had paused
 ends, :class:`HeapTrim` asks it to (``malloc_trim``, glibc only), at most once a second.
@@ -29,12 +34,24 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
+from starlette.types import Scope
+
+from syncd.shape_state import Wakeup
+
 log = logging.getLogger("syncd.http")
 
 WRITE_HIGH_WATER: Final = 16 * 1024
 """The transport's write-buffer high-water mark (asyncio's default is 64 KiB)."""
 TRIM_DELAY: Final = 1.0
 _RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
+_GONE_KEY: Final = "syncd.connection_gone"
+
+
+def connection_gone(scope: Scope) -> Wakeup | None:
+    """The signal set when the request's connection is lost, under ``python -m syncd``; None
+    under any other ASGI server (wait for ``http.disconnect`` then)."""
+    gone = scope.get(_GONE_KEY)
+    return gone if isinstance(gone, Wakeup) else None
 
 
 class HeapTrim:
@@ -75,6 +92,13 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
     class DeadlineProtocol(base):  # type: ignore[misc]
         _send_timer: asyncio.TimerHandle | None = None
         _paused_once = False
+        _gone: Wakeup | None = None
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()  # the request's task is created, not started yet
+            if self._gone is None:
+                self._gone = Wakeup()
+            self.scope[_GONE_KEY] = self._gone
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -94,6 +118,8 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_send_timer()
             super().connection_lost(exc)
+            if self._gone is not None:
+                self._gone.set()
             if self._paused_once:
                 heap_trim.soon()
 
