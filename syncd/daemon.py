@@ -146,6 +146,7 @@ class Syncd:
             timeout_graceful_shutdown=1,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             server_header=False,
+            proxy_headers=False,  # nothing in syncd reads the client's address or scheme
             http=with_send_deadline(AutoHTTPProtocol, self.settings.send_timeout),
         )
         server = _Server(config, self.api)
