@@ -104,7 +104,9 @@ class Where:
         """
         if self._plan is not None:
             raise TypeError("a where clause with subqueries is evaluated with evaluate()")
-        env = ev.row_env(self._slots, row)
+        env = row.envs.get(self._slots) if type(row) is ev.ParsedRow else None
+        if env is None:
+            env = ev.row_env(self._slots, row)
         return self._fn(env) is True
 
     def index_conditions(self) -> tuple[IndexCondition, ...]:

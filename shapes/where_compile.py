@@ -50,7 +50,7 @@ from pglast.enums import (
 
 from shapes import pgtime, pgtypes, where_like
 from shapes import where_eval as ev
-from shapes.errors import RefusedClause, WhereClauseError
+from shapes.errors import EvaluationError, RefusedClause, WhereClauseError
 from shapes.pgtypes import INTS, NUMERIC_RANK, SCALARS, TEXTS, TIMESTAMPS, UNKNOWN
 from shapes.schema import Column, columns_hint
 
@@ -580,8 +580,16 @@ class WhereCompiler:
         if right.type == "bpchar":  # the pattern is text; only the matched side keeps padding
             right = self.coerce(right, "text")
         ignore_case, negate = _LIKE_OPS_ALL[op]
-        func = ev.like(ignore_case, escape)
-        fn = ev.strict2(func, left.fn, right.fn)
+        fn: ev.Fn | None = None
+        if right.const and right.failed is None:
+            try:
+                pattern = right.fn([])  # the constant as it is at run time, coerced
+            except EvaluationError:
+                pattern = None
+            if isinstance(pattern, str):
+                fn = ev.like_constant(pattern, ignore_case, escape, left.fn)
+        if fn is None:
+            fn = ev.strict2(ev.like(ignore_case, escape), left.fn, right.fn)
         if negate:
             fn = ev.not_(fn)
         return self.fold("bool", fn, location, [left, right])

@@ -360,6 +360,21 @@ def array_add(array: tuple[Any, ...], item: Any, append: bool) -> tuple[Any, ...
 # LIKE
 
 
+def like_constant(pattern: str, ignore_case: bool, escape: str, text: Fn) -> Fn | None:
+    """``text LIKE pattern`` with a constant pattern compiled now, not at each row; None when
+    compiling it raises (Postgres raises on the rows then: the generic form does)."""
+    try:
+        match = where_like.compile_pattern(pattern, escape, ignore_case).match
+    except EvaluationError:
+        return None
+
+    def run(env: Env) -> bool | None:
+        value = text(env)
+        return None if value is None else match(value)
+
+    return run
+
+
 def like(ignore_case: bool, escape: str = "\\") -> Callable[[str, str], bool]:
     """The non-NULL ``LIKE``/``ILIKE`` function (linear time, see :mod:`shapes.where_like`)."""
 
@@ -564,10 +579,17 @@ class ParsedRow(dict[str, "str | None"]):
     parses from them, so that every shape a change is tested against parses each of its values
     once. Fill it before the first :func:`row_env` and never change it after."""
 
-    __slots__ = ("parsed",)
+    __slots__ = ("envs", "parsed")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.envs = {}
 
     parsed: dict[tuple[str, Callable[[str], Any]], Any]
     """Per slot ``(column, parser)``: the parsed value, or ``_UNPARSABLE``. Made on first use."""
+    envs: dict[tuple[tuple[str, Callable[[str], Any]], ...], list[Any]]
+    """Per tuple of slots: the environment built from them, shared by every clause that reads
+    the same columns the same way (clauses only read it)."""
 
 
 _UNPARSABLE: Final = object()
@@ -597,6 +619,16 @@ def row_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: Any) -> list
 
 
 def _remembered_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: ParsedRow) -> list[Any]:
+    if type(slots) is not tuple:
+        return _parsed_env(slots, row)
+    envs = row.envs
+    env = envs.get(slots)
+    if env is None:
+        env = envs[slots] = _parsed_env(slots, row)
+    return env
+
+
+def _parsed_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: ParsedRow) -> list[Any]:
     try:
         parsed = row.parsed
     except AttributeError:

@@ -35,6 +35,7 @@ reaches that character; :meth:`LikePattern.match` raises exactly then (see ``_re
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
@@ -52,8 +53,20 @@ Item = str | None
 
 
 def fold_case(text: str) -> str:
-    """``lower()`` under the ``C`` collation: ASCII letters only."""
-    return text.translate(_ASCII_LOWER)
+    """``lower()`` under the ``C`` collation: ASCII letters only.
+
+    The last text folded is remembered: one row's value is folded for many shapes in a row
+    (one tuple, replaced whole, so threads cannot see half of it)."""
+    global _last_folded
+    last = _last_folded
+    if last[0] is text:
+        return last[1]
+    folded = text.translate(_ASCII_LOWER)
+    _last_folded = (text, folded)
+    return folded
+
+
+_last_folded: tuple[str, str] = ("", "")
 
 
 def upper_case(text: str) -> str:
@@ -95,11 +108,14 @@ class LikePattern:
     ignore_case: bool
     dangling_escape: bool  # the pattern ends with a lone escape character
     error_probe: LikePattern | None  # matches exactly the texts on which Postgres raises
+    fast: Callable[[str], bool] | None = None  # the same decision for the common shapes
 
     def match(self, text: str) -> bool:
         """Whether ``text`` matches; raises :class:`EvaluationError` where Postgres does."""
         if self.ignore_case:
             text = fold_case(text)
+        if self.fast is not None:
+            return self.fast(text)
         if self.dangling_escape:
             if self.error_probe is not None and self.error_probe.match(text):
                 raise EvaluationError(
@@ -107,6 +123,29 @@ class LikePattern:
                 )
             return False
         return _match_segments(self.segments, text)
+
+
+def _fast_match(segments: tuple[_Segment, ...]) -> Callable[[str], bool] | None:
+    """``text == a``, ``startswith``, ``endswith`` or ``in`` for a pattern of literal text
+    without ``_`` (``a``, ``a%``, ``%a``, ``a%b``, ``%a%``); None for any other."""
+    if any(segment.literal is None or segment.skip or segment.tail for segment in segments):
+        return None
+    literals = [segment.literal or "" for segment in segments]
+    if len(literals) == 1:
+        only = literals[0]
+        return only.__eq__
+    if len(literals) == 2:
+        head, tail = literals
+        if not tail:
+            return lambda text: text.startswith(head)
+        if not head:
+            return lambda text: text.endswith(tail)
+        width = len(head) + len(tail)
+        return lambda text: len(text) >= width and text.startswith(head) and text.endswith(tail)
+    if len(literals) == 3 and not literals[0] and not literals[2]:
+        middle = literals[1]
+        return lambda text: middle in text
+    return None
 
 
 def _match_segments(segments: tuple[_Segment, ...], text: str) -> bool:
@@ -274,7 +313,8 @@ def _compile(pattern: str, escape: str, ignore_case: bool) -> LikePattern:
     if dangling:
         probe = _error_probe(items, ignore_case)
         return LikePattern((), ignore_case, True, probe)
-    return LikePattern(_build(items, ignore_case), ignore_case, False, None)
+    segments = _build(items, ignore_case)
+    return LikePattern(segments, ignore_case, False, None, _fast_match(segments))
 
 
 def like(text: str, pattern: str, escape: str = "\\", ignore_case: bool = False) -> bool:

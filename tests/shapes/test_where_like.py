@@ -78,6 +78,30 @@ def test_like_agrees_with_reference(text: str, pattern: str, escape: str, ignore
         assert result is expected
 
 
+literals = st.text(st.sampled_from("aAb%_\\"), max_size=4).map(
+    lambda text: "".join("\\" + c if c in "%_\\" else c for c in text)
+)
+fast_shapes = st.sampled_from(["{}", "{}%", "%{}", "{}%{}", "%{}%"])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    fast_shapes, literals, literals, st.text(st.sampled_from("aAb%_\\"), max_size=8), st.booleans()
+)
+def test_literal_patterns_take_the_fast_path_and_agree(
+    shape: str, first: str, second: str, text: str, ignore: bool
+) -> None:
+    pattern = shape.format(first, second) if shape.count("{}") == 2 else shape.format(first)
+    compiled = compile_pattern(pattern, "\\", ignore)
+    assert compiled.fast is not None, pattern
+    assert compiled.match(text) is reference(text, pattern, "\\", ignore)
+
+
+def test_patterns_with_wildcards_or_three_pieces_take_the_general_path() -> None:
+    for pattern in ("a_b", "_a%", "a%b%c", "%a_%", "a%%b_"):
+        assert compile_pattern(pattern).fast is None, pattern
+
+
 def test_dangling_escape_raises_only_where_postgres_reaches_it() -> None:
     # Postgres compares 'b' with 'a' first and never reaches the escape
     assert like("b", "a\\") is False
