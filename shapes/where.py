@@ -104,9 +104,14 @@ class Where:
         """
         if self._plan is not None:
             raise TypeError("a where clause with subqueries is evaluated with evaluate()")
-        env = row.envs.get(self._slots) if type(row) is ev.ParsedRow else None
-        if env is None:
-            env = ev.row_env(self._slots, row)
+        slots = self._slots
+        if type(row) is ev.ParsedRow:
+            try:  # the environment another clause of the same columns built for this row
+                env = row.envs[slots]
+            except (AttributeError, KeyError):
+                env = ev.row_env(slots, row)
+        else:
+            env = ev.row_env(slots, row)
         return self._fn(env) is True
 
     def index_conditions(self) -> tuple[IndexCondition, ...]:

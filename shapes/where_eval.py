@@ -581,15 +581,12 @@ class ParsedRow(dict[str, "str | None"]):
 
     __slots__ = ("envs", "parsed")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.envs = {}
-
     parsed: dict[tuple[str, Callable[[str], Any]], Any]
     """Per slot ``(column, parser)``: the parsed value, or ``_UNPARSABLE``. Made on first use."""
     envs: dict[tuple[tuple[str, Callable[[str], Any]], ...], list[Any]]
     """Per tuple of slots: the environment built from them, shared by every clause that reads
-    the same columns the same way (clauses only read it)."""
+    the same columns the same way (clauses only read it). Made on first use: a row that no
+    clause reads costs no more than a dict."""
 
 
 _UNPARSABLE: Final = object()
@@ -621,7 +618,10 @@ def row_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: Any) -> list
 def _remembered_env(slots: Sequence[tuple[str, Callable[[str], Any]]], row: ParsedRow) -> list[Any]:
     if type(slots) is not tuple:
         return _parsed_env(slots, row)
-    envs = row.envs
+    try:
+        envs = row.envs
+    except AttributeError:
+        envs = row.envs = {}
     env = envs.get(slots)
     if env is None:
         env = envs[slots] = _parsed_env(slots, row)

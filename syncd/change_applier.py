@@ -182,7 +182,7 @@ class ChangeApplier:
             raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
         # Text-mode pgoutput only sends str or None for inserts. (The length check above is
         # cheaper than zip(..., strict=True).)
-        row: TextRow = ParsedRow(zip(names, values))  # noqa: B905
+        row: TextRow = ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
         change = self._to_materialisers(relation.table, "insert", None, row, True)
         shapes = self._router.affected(relation.table, row)
         if shapes:
@@ -350,7 +350,7 @@ def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
     if len(values) != len(names):
         raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
-    return ParsedRow(zip(names, values))  # noqa: B905 (checked above)
+    return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905 (checked above)
 
 
 def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
