@@ -485,7 +485,7 @@ class ShapeApi:
             plan,
             tail,
             self.settings.piece_bytes,
-            snapshot_size=self.settings.snapshot_piece_bytes,
+            snapshot_size=self.settings.snapshot_piece_bytes,  # one JSON array: lines joined
         )
         first = await anext(pieces)
         if first[1]:  # the whole body in one piece
@@ -540,13 +540,8 @@ class ShapeApi:
         assert req.offset is not None
         headers = self._sse_headers(req, shape, req.offset)
         tail = [messages.up_to_date(plan.end.tx)]
-        pieces = log_pieces(
-            shape.log,
-            plan,
-            tail,
-            self.settings.piece_bytes,
-            snapshot_size=self.settings.snapshot_piece_bytes,
-        )
+        # one event per message: snapshot lines are not joined
+        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
         first = await anext(pieces)
         if first[1]:
             await pieces.aclose()

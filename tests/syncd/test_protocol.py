@@ -620,6 +620,24 @@ async def test_sse_behind_the_tail_sends_and_closes(
     assert is_up_to_date(events[-1])
 
 
+async def test_sse_at_a_snapshot_offset_sends_one_event_per_row(
+    syncd: SyncdProcess, client: httpx.Client, db: Any
+) -> None:
+    """A live SSE request at ``0_0`` catches up with the next snapshot chunk: one ``data:``
+    event per message, the same messages the plain request at that offset gets."""
+    table = make_table(db, 40, pad=100)  # several 1 kB snapshot chunks
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        first = await http.get(syncd.shape_url, params={"table": table, "offset": "-1"})
+        query = {"table": table, "offset": "0_0", "handle": first.headers["electric-handle"]}
+        plain = check_log_response(await http.get(syncd.shape_url, params=query))
+        sse = {**query, "live": "true", "live_sse": "true"}
+        answer = await http.get(syncd.shape_url, params=sse)
+    assert answer.status_code == 200
+    events = _sse_events(answer.content)
+    assert all(isinstance(event, dict) for event in events)
+    assert changes(events) == changes(plain) != []
+
+
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
