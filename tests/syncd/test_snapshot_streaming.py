@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import syncd.engine
 from syncd.embed import EmbeddedSyncd
+from syncd.shape_state import ShapeState
 from syncd.snapshot import stream_rows
 
 ROWS = 6_000
@@ -78,6 +79,18 @@ def _ids(answer: httpx.Response) -> list[int]:
     return [int(m["value"]["id"]) for m in answer.json() if "key" in m]
 
 
+async def _first_chunk(embedded: EmbeddedSyncd) -> tuple[httpx.Response, ShapeState]:
+    """The first request of a new shape, answered while its snapshot is still being taken."""
+    first = await embedded.default_client.get(
+        "/v1/shape", params={"table": "items", "offset": "-1"}
+    )
+    assert first.status_code == 200, first.text
+    assert "electric-up-to-date" not in first.headers
+    shape = embedded.engine.get(first.headers["electric-handle"])
+    assert shape is not None and shape.status == "snapshotting"
+    return first, shape
+
+
 async def _follow(client: httpx.AsyncClient, params: dict[str, str]) -> list[int]:
     """Follow the shape from ``params`` to up-to-date; the ids of every row received."""
     ids: list[int] = []
@@ -101,12 +114,8 @@ async def test_chunks_are_served_while_the_snapshot_runs(
     monkeypatch.setattr(syncd.engine, "stream_rows", held)
     async with _embedded(items, tmp_path / "storage") as embedded:
         client = embedded.default_client
-        first = await client.get("/v1/shape", params={"table": "items", "offset": "-1"})
-        assert first.status_code == 200, first.text
-        handle = first.headers["electric-handle"]
-        shape = embedded.engine.get(handle)
-        assert shape is not None and shape.status == "snapshotting"
-        assert "electric-up-to-date" not in first.headers
+        first, shape = await _first_chunk(embedded)
+        handle = shape.handle
         await asyncio.wait_for(held.holding.wait(), 30)
         ids = _ids(first)
         assert ids and first.headers["electric-offset"] == "0_0"
@@ -142,11 +151,8 @@ async def test_a_snapshot_failing_after_its_first_chunks_sends_503_then_409(
     monkeypatch.setattr(syncd.engine, "stream_rows", held)
     async with _embedded(items, tmp_path / "storage") as embedded:
         client = embedded.default_client
-        first = await client.get("/v1/shape", params={"table": "items", "offset": "-1"})
-        assert first.status_code == 200, first.text
-        handle = first.headers["electric-handle"]
-        shape = embedded.engine.get(handle)
-        assert shape is not None
+        _, shape = await _first_chunk(embedded)
+        handle = shape.handle
         params = {"table": "items", "handle": handle, "offset": "0_0"}
         for _ in range(1, shape.log.snapshot_chunks_closed):
             answer = await client.get("/v1/shape", params=params)
