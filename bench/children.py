@@ -1,8 +1,9 @@
 """Child processes of the benchmarks (and of the browser tests): a free loopback port, waiting
-until a child answers HTTP, and stopping a child."""
+until a child answers HTTP, and stopping a child; and stopping a benchmark's own tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -24,6 +25,13 @@ def stop_child(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended (whatever it ended with)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def wait_http(process: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:

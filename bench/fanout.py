@@ -57,6 +57,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.children import cancel_tasks
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.raw_client import RawFollower, catch_up_all, follow_all, id_noter
@@ -171,9 +172,7 @@ async def _python_fanout(
         await asyncio.sleep(SETTLE_SECONDS)
         commit_times = await _commit_rounds(dsn, commits, interval, received)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(tasks)
         await transport.aclose()
     delays, missing = _delays(commit_times, received)
     return FanoutResult(subscribers, delays, missing, ready_seconds)
@@ -217,9 +216,7 @@ async def _raw_fanout(
         await asyncio.sleep(SETTLE_SECONDS)
         commit_times = await _commit_rounds(dsn, commits, interval, received)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(tasks)
     delays, missing = _delays(commit_times, received)
     return FanoutResult(subscribers, delays, missing, ready_seconds)
 

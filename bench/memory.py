@@ -22,6 +22,7 @@ lines, against the target of 10 kB each::
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from urllib.parse import urlencode, urlsplit
 import psycopg
 from psycopg import sql
 
+from bench.children import cancel_tasks
 from bench.cluster import bench_database
 from bench.large_txn import _Daemon, _status_kb
 from bench.raw_client import RawFollower, catch_up_all, follow_all
@@ -64,13 +66,7 @@ async def _held_long_polls(url: str, count: int) -> Callable[[], Awaitable[None]
     for follower in followers[1:]:
         follower.handle, follower.offset = followers[0].handle, followers[0].offset
     tasks = await follow_all(followers, [lambda changes, arrived: None for _ in followers])
-
-    async def close() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    return close
+    return functools.partial(cancel_tasks, tasks)
 
 
 async def _open_sse_streams(url: str, count: int) -> Callable[[], Awaitable[None]]:

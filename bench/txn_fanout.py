@@ -23,6 +23,7 @@ import time
 import psycopg
 from psycopg import sql
 
+from bench.children import cancel_tasks
 from bench.cluster import bench_database
 from bench.fanout import percentile
 from bench.large_txn import _Daemon
@@ -76,9 +77,7 @@ async def _round_trips(url: str, dsn: str, shapes: int) -> tuple[list[float], in
                 break
             await asyncio.sleep(0.05)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(tasks)
     delays = [
         (arrivals[k][row_id] - at) * 1000 for k, row_id, at in expected if row_id in arrivals[k]
     ]

@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench.children import stop_child
+from bench.children import cancel_tasks, stop_child
 from bench.cluster import BenchDatabase, bench_database
 from bench.fanout import _delays, percentile
 from bench.large_txn import _Daemon
@@ -238,9 +238,7 @@ async def _phase(
                 break
             await asyncio.sleep(0.05)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(tasks)
     delays: dict[str, list[float]] = {}
     missing: dict[str, int] = {}
     for reader, seen in (("pg_recvlogical", baseline.seen), *received.items()):
