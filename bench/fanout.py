@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import secrets
 import subprocess
 import threading
 import time
@@ -59,7 +58,7 @@ from psycopg import sql
 
 from bench.children import cancel_tasks
 from bench.cluster import bench_database
-from bench.large_txn import ROOT, _Daemon
+from bench.large_txn import ROOT, running_syncd
 from bench.raw_client import RawFollower, catch_up_all, follow_all, id_noter
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from shapes.client.transport import AiohttpTransport
@@ -386,16 +385,13 @@ def _syncd(subscribers: int) -> Iterator[tuple[str, str]]:
                     sql.Identifier(TABLE)
                 )
             )
-        slot = f"syncd_fanout_{secrets.token_hex(4)}"
-        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
-        daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 4 * subscribers))
-        daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * subscribers))
-        daemon.start(timeout=60)
-        try:
+        with running_syncd(
+            db,
+            "fanout",
+            SYNCD_MAX_EXISTING_REQUESTS=str(max(10_000, 4 * subscribers)),
+            SYNCD_MAX_INITIAL_REQUESTS=str(max(300, 2 * subscribers)),
+        ) as daemon:
             yield daemon.url + "/v1/shape", db.dsn
-            daemon.check_alive()
-        finally:
-            daemon.stop()
 
 
 Measure = Callable[[str, str, int, int, float], FanoutResult]

@@ -27,7 +27,6 @@ Python client within 2× the raw client)::
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 
 import httpx
@@ -35,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from bench.cluster import bench_database
-from bench.large_txn import _Daemon
+from bench.large_txn import running_syncd
 from bench.stats import median, summary
 from shapes.client import ShapeDefinition, ShapeStream
 from syncd.daemon import event_loop_factory
@@ -137,11 +136,8 @@ def run_initial_sync(rows: int = 1_000_000, rounds: int = 3, *, keep: bool = Fal
     pythons: list[float] = []
     with bench_database("initial_sync", keep=keep) as db:
         _fill(db.dsn, rows)
-        slot = f"syncd_initial_{secrets.token_hex(4)}"
-        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
-        daemon.start(timeout=60)
-        url = daemon.url + "/v1/shape"
-        try:
+        with running_syncd(db, "initial") as daemon:
+            url = daemon.url + "/v1/shape"
             for round_no in range(1, rounds + 1):
                 copy_s, copy_bytes = copy_seconds(db.dsn)
                 where = f"id > -{round_no}"
@@ -160,9 +156,6 @@ def run_initial_sync(rows: int = 1_000_000, rounds: int = 3, *, keep: bool = Fal
                 firsts.append(first_s)
                 seconds.append(second_s)
                 pythons.append(python_s)
-            daemon.check_alive()
-        finally:
-            daemon.stop()
     copy, first, second, python = (median(v) for v in (copies, firsts, seconds, pythons))
     lines = [
         summary("initial-sync-1m", first, "s", copy, copy / first),

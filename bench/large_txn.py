@@ -29,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from bench.cluster import bench_database
+from bench.cluster import BenchDatabase, bench_database
 from shapes.offset import LogOffset
 from syncd.storage import LOG_FILE, ShapeLog
 
@@ -280,6 +282,22 @@ class _Daemon:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def running_syncd(db: BenchDatabase, name: str, **env: str) -> Iterator[_Daemon]:
+    """syncd as a child on ``db`` (slot ``syncd_<name>_<random>``; storage and log in the run's
+    directory) with ``env`` added to its settings; started, checked alive when the block ends
+    normally, and stopped."""
+    slot = f"syncd_{name}_{secrets.token_hex(4)}"
+    daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
+    daemon.env.update(env)
+    daemon.start(timeout=60)
+    try:
+        yield daemon
+        daemon.check_alive()
+    finally:
+        daemon.stop()
 
 
 def _status_kb(pid: int, field: str) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
@@ -33,7 +32,7 @@ from psycopg import sql
 
 from bench.children import cancel_tasks
 from bench.cluster import bench_database
-from bench.large_txn import _Daemon, _status_kb
+from bench.large_txn import _Daemon, _status_kb, running_syncd
 from bench.raw_client import RawFollower, catch_up_all, follow_all
 from bench.stats import summary
 from syncd.daemon import event_loop_factory
@@ -160,16 +159,11 @@ def run_memory(count: int = 2_000, *, keep: bool = False) -> list[str]:
                     ).format(sql.Identifier(TABLE)),
                     (count,),
                 )
-            slot = f"syncd_memory_{secrets.token_hex(4)}"
-            daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
-            daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 2 * count))
-            daemon.start(timeout=60)
-            try:
+            with running_syncd(
+                db, "memory", SYNCD_MAX_EXISTING_REQUESTS=str(max(10_000, 2 * count))
+            ) as daemon:
                 with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                     per_item = runner.run(_measure(daemon, opener, count))
-                daemon.check_alive()
-            finally:
-                daemon.stop()
         line = summary(name, per_item, "kB", TARGET_KB, TARGET_KB / max(per_item, 0.01))
         log(line)
         lines.append(line)

@@ -18,7 +18,6 @@ Summary lines (targets: at least 1,000 shapes/s, and a live p99 within 20 ms)::
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 
 import httpx
@@ -27,7 +26,7 @@ from psycopg import sql
 
 from bench.cluster import bench_database
 from bench.fanout import _Committer, _delays, percentile
-from bench.large_txn import _Daemon
+from bench.large_txn import running_syncd
 from bench.stats import summary
 from bench.subquery import CREATE_CONCURRENCY, Reader, _create_shapes
 from bench.write_to_client import note_inserts
@@ -118,18 +117,13 @@ def run_shape_creation(shapes: int = 10_000, *, keep: bool = False) -> list[str]
                     sql.Identifier(LIVE_TABLE)
                 )
             )
-        slot = f"syncd_creation_{secrets.token_hex(4)}"
-        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
-        daemon.env["SYNCD_MAX_INITIAL_REQUESTS"] = str(max(300, 2 * CREATE_CONCURRENCY))
-        daemon.start(timeout=60)
-        try:
+        with running_syncd(
+            db, "creation", SYNCD_MAX_INITIAL_REQUESTS=str(max(300, 2 * CREATE_CONCURRENCY))
+        ) as daemon:
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 quiet, during, seconds = runner.run(
                     _measure(daemon.url + "/v1/shape", db.dsn, shapes)
                 )
-            daemon.check_alive()
-        finally:
-            daemon.stop()
     rate = shapes / seconds
     quiet99, during99 = percentile(quiet, 0.99), percentile(during, 0.99)
     log(f"  {shapes:,} shapes in {seconds:.1f}s: {rate:,.0f} shapes/s")

@@ -17,7 +17,6 @@ Summary line (target: p50 within 150 ms)::
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 
 import psycopg
@@ -26,7 +25,7 @@ from psycopg import sql
 from bench.children import cancel_tasks
 from bench.cluster import bench_database
 from bench.fanout import percentile
-from bench.large_txn import _Daemon
+from bench.large_txn import running_syncd
 from bench.raw_client import RawFollower, catch_up_all, follow_all, id_noter
 from bench.stats import summary
 from syncd.daemon import event_loop_factory
@@ -96,11 +95,9 @@ def run_txn_fanout(shapes: int = 750, *, keep: bool = False) -> str:
                     sql.Identifier(TABLE)
                 )
             )
-        slot = f"syncd_txn_fanout_{secrets.token_hex(4)}"
-        daemon = _Daemon(db.dsn, db.base / "storage", slot, None, db.base / "syncd.log")
-        daemon.env["SYNCD_MAX_EXISTING_REQUESTS"] = str(max(10_000, 4 * shapes))
-        daemon.start(timeout=60)
-        try:
+        with running_syncd(
+            db, "txn_fanout", SYNCD_MAX_EXISTING_REQUESTS=str(max(10_000, 4 * shapes))
+        ) as daemon:
             for count in (1, shapes):
                 with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                     delays, missing = runner.run(
@@ -113,9 +110,6 @@ def run_txn_fanout(shapes: int = 750, *, keep: bool = False) -> str:
                     f" max {max(delays, default=float('nan')):.1f} ms"
                 )
                 results.append(p50)
-            daemon.check_alive()
-        finally:
-            daemon.stop()
     baseline, value = results
     line = summary(name, value, "ms", baseline, baseline / value)
     log(line)
