@@ -108,6 +108,42 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
         await reader.readexactly(2)
 
 
+async def first_responses(
+    shape_url: str,
+    shapes: list[dict[str, str]],
+    concurrency: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Ask for the first response (``offset=-1``) of every shape of ``shapes``, ``concurrency``
+    at a time, each client on a keep-alive connection of its own; the rows each response held.
+    ``progress`` is called with the count done after each response."""
+    parts = urlsplit(shape_url)
+    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+    rows = [0] * len(shapes)
+    pending = iter(range(len(shapes)))
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for k in pending:
+                query = urlencode({**shapes[k], "offset": "-1"})
+                writer.write(f"GET {path}?{query} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+                status, _headers, body = await _read_response(reader)
+                if status != 200:
+                    raise RuntimeError(f"{shapes[k]} answered {status}: {body[:200]!r}")
+                rows[k] = sum(1 for m in _decode(body) if "key" in m)
+                done += 1
+                if progress is not None:
+                    progress(done)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return rows
+
+
 async def catch_up_all(followers: list[RawFollower], concurrency: int = 64) -> None:
     """Catch every follower up, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)

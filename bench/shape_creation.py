@@ -1,12 +1,13 @@
 """``shape-creation``: how fast syncd takes new shapes, and what that costs a live shape meanwhile.
 
 Method. A table of ``--creation-shapes`` rows; as many small shapes ``id = <k>`` (one row each)
-are asked for by ``CREATE_CONCURRENCY`` concurrent raw HTTP clients, each shape's first request
-answered once its snapshot is done. Meanwhile one Python :class:`~shapes.client.ShapeStream`
-follows another table over SSE, and a committer inserts a row into that table every 20 ms: the
-delay from each ``COMMIT`` returning to the row reaching the stream is the live delivery the
-creations must not stall. 100 such commits before the creations (after 100 more to warm up)
-are the baseline.
+are asked for by ``CREATE_CONCURRENCY`` concurrent raw HTTP clients (each on a keep-alive
+connection, parsing only what it needs, so that the figure is syncd's), each shape's first
+request answered once its snapshot is done, and checked to hold its one row. Meanwhile one
+Python :class:`~shapes.client.ShapeStream` follows another table over SSE, and a committer
+inserts a row into that table every 20 ms: the delay from each ``COMMIT`` returning to the row
+reaching the stream is the live delivery the creations must not stall. 100 such commits before
+the creations (after 100 more to warm up) are the baseline.
 
 Summary lines (targets: at least 1,000 shapes/s, and a live p99 within 20 ms)::
 
@@ -19,16 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-import httpx
 import psycopg
 from psycopg import sql
 
 from bench.cluster import bench_database
 from bench.fanout import _Committer, _delays, percentile
 from bench.large_txn import running_syncd
+from bench.raw_client import first_responses
 from bench.stats import summary
-from bench.subquery import CREATE_CONCURRENCY, Reader, _create_shapes
+from bench.subquery import CREATE_CONCURRENCY
 from bench.write_to_client import note_inserts
 from syncd.daemon import event_loop_factory
 
@@ -42,7 +44,7 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-async def _commits_while(dsn: str, running: asyncio.Future[None]) -> dict[int, float]:
+async def _commits_while(dsn: str, running: asyncio.Future[Any]) -> dict[int, float]:
     """Commit every ``COMMIT_INTERVAL`` until ``running`` is done (at least 100 commits)."""
     committer = await asyncio.to_thread(_Committer, dsn, LIVE_TABLE)
     times: dict[int, float] = {}
@@ -71,20 +73,22 @@ async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[f
         await _commits_while(dsn, idle)  # warming up: not counted
         quiet = await _commits_while(dsn, idle)
 
-        readers = [
-            Reader(url, {"table": TABLE, "where": f"id = {k}"}) for k in range(1, shapes + 1)
-        ]
-        creating = asyncio.ensure_future(_create_shapes(url, readers))
+        shapes_asked = [{"table": TABLE, "where": f"id = {k}"} for k in range(1, shapes + 1)]
         started = time.monotonic()
+
+        def progress(done: int) -> None:
+            if done % 1_000 == 0:
+                log(f"    {done:,} shapes created ({time.monotonic() - started:.0f}s)")
+
+        creating = asyncio.ensure_future(
+            first_responses(url, shapes_asked, CREATE_CONCURRENCY, progress)
+        )
         during_task = asyncio.create_task(_commits_while(dsn, creating))
-        await creating
+        rows = await creating
         seconds = time.monotonic() - started
         during = await during_task
-        async with httpx.AsyncClient() as client:  # every shape holds its one row
-            for reader in readers[:: max(1, shapes // 100)]:
-                if len(reader.rows) != 1:
-                    await reader.catch_up(client)
-                assert len(reader.rows) == 1, reader.params
+        wrong = [shape for shape, held in zip(shapes_asked, rows, strict=True) if held != 1]
+        assert not wrong, f"{len(wrong)} shapes did not hold their one row: {wrong[:3]}"
         await asyncio.sleep(1.0)  # the last commits' deliveries
     finally:
         follower.cancel()

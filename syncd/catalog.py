@@ -161,6 +161,14 @@ class PublicationManager:
         await cur.execute(query, (self.publication,))
         self._published = {(str(s), str(t)) for s, t in await cur.fetchall()}
 
+    def is_ready(self, table: Table) -> bool:
+        """Whether ``table`` is known to be published with a full replica identity already
+        (:meth:`add_table` would do nothing)."""
+        key = (table.schema, table.name)
+        return key in self._published and (
+            table.replica_identity == "f" or key in self._full_identity
+        )
+
     async def add_table(self, conn: AsyncConn, table: Table) -> None:
         """Make sure ``table`` is published with ``REPLICA IDENTITY FULL``, doing what is
         missing (see the class docstring for re-reads and refusals).
@@ -171,7 +179,7 @@ class PublicationManager:
                 (a system catalog, an unlogged or a temporary table).
         """
         key = (table.schema, table.name)
-        if key in self._published and (table.replica_identity == "f" or key in self._full_identity):
+        if self.is_ready(table):
             return
         while (pending := self._preparing.get(key)) is not None:
             try:

@@ -16,9 +16,10 @@ stream order, on the event loop. The engine dispatches it to its collaborators:
   the periodic comparison with the catalog;
 * ``syncd.flush_tracker``: which logs are dirty, the durable LSN, what may be confirmed to
   Postgres (:meth:`Engine.on_idle`);
-* ``syncd.shape_registry``: the live shapes (create, restore, delete, route).
+* ``syncd.shape_registry``: the live shapes (create, restore, delete, route);
+* ``syncd.snapshot_runner``: the initial snapshots of new shapes, batched and sealed together.
 
-The engine itself owns the connection pool, the queries over a table (snapshots, subsets) and
+The engine itself owns the connection pool, the queries over a table (subsets) and
 the check of the slot's history, and keeps the interface the daemon and the HTTP layer use.
 
 Slot history. The shapes are only right while the replication slot continues the history they
@@ -39,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,6 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from shapes import messages
 from shapes.router import Router
 from shapes.schema import Table
 from shapes.shape import CanonicalShape
@@ -58,8 +58,6 @@ from syncd.catalog import PublicationManager
 from syncd.change_applier import ChangeApplier, TableKey
 from syncd.errors import (
     DatabaseUnavailable,
-    QueryFailed,
-    RowsRejected,
     SchemaChanged,
     SlotConflict,
     row_query_errors,
@@ -72,7 +70,8 @@ from syncd.schema_reconcile import SchemaReconciler
 from syncd.shape_registry import ShapeRegistry
 from syncd.shape_state import ShapeState
 from syncd.slot_record import SlotRecord
-from syncd.snapshot import DISPLAY_SETTINGS, begin_snapshot, stream_rows
+from syncd.snapshot import DISPLAY_SETTINGS
+from syncd.snapshot_runner import SnapshotRunner
 from syncd.storage import GroupSync
 from syncd.stream_replay import StreamReplayer
 from syncd.subquery_engine import SubqueryEngine
@@ -124,6 +123,14 @@ class Engine:
         )
         self.flush.holding = self.subqueries.first_held_lsn
         self.applier = ChangeApplier(self.router, self.flush, self.delete, self.subqueries)
+        self.snapshots = SnapshotRunner(
+            connection=self.connection,
+            recheck_table=self.recheck_table,
+            retire=self.delete,
+            flush=self.flush,
+            spawn=self._spawn,
+            workers=max(1, settings.pool_size // 2),
+        )
         self.registry = ShapeRegistry(
             shapes_dir=self.shapes_dir,
             chunk_bytes=settings.chunk_bytes,
@@ -132,7 +139,7 @@ class Engine:
             applier=self.applier,
             describe_table=self.describe_table,
             publish=self._publish,
-            start_snapshot=self._start_snapshot,
+            start_snapshot=self.snapshots.start,
             subqueries=self.subqueries,
         )
         self.shapes = self.registry.shapes
@@ -214,6 +221,7 @@ class Engine:
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.flush.group_sync = GroupSync(self.shapes_dir)
+        self.snapshots.open(self.shapes_dir)
         self.pool = AsyncConnectionPool(
             self.settings.conninfo,
             min_size=1,
@@ -329,6 +337,7 @@ class Engine:
         finally:
             self.streams.drop_spools()
             self.flush.close_group_sync()
+            self.snapshots.close()
             if self.pool is not None:
                 await self.pool.close()
 
@@ -358,11 +367,10 @@ class Engine:
         self.registry.delete(shape, reason)
 
     async def _publish(self, definition: CanonicalShape, table: Table) -> None:
+        if self.publications.is_ready(table):  # the common case needs no connection
+            return
         async with self.reading(definition.relation) as conn:
             await self.publications.add_table(conn, table)
-
-    def _start_snapshot(self, shape: ShapeState) -> None:
-        self._spawn(self._take_snapshot(shape))
 
     async def describe_table(self, schema: str, name: str, *, fresh: bool = False) -> Table:
         """The table's description, cached until a relation message says it changed
@@ -424,66 +432,6 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     # -- snapshots -----------------------------------------------------------------------------
-
-    async def _take_snapshot(self, shape: ShapeState) -> None:
-        try:
-            async with self.reading(shape.definition.relation) as conn:
-                info, wal_lsn = await begin_snapshot(conn)
-                if shape.definition.log == "full":
-                    await self._copy_rows(conn, shape)
-                await conn.execute("COMMIT")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if shape.status == "gone":  # retired meanwhile: its files are gone, nothing failed
-                log.debug("snapshot of removed shape %s stopped: %r", shape.handle, exc)
-                return
-            self._snapshot_failed(shape, exc)
-            return
-        if shape.status == "gone":
-            return
-        end = messages.snapshot_end(info.xmin, info.xmax, info.xip)
-        try:
-            # fsyncs off the event loop: many snapshots finishing at once share the disk's
-            # flushes instead of stopping replication one after the other
-            await asyncio.to_thread(shape.log.finish_snapshot, end)
-        except Exception as exc:
-            if not shape.gone:
-                self._snapshot_failed(shape, exc)
-            return
-        if shape.gone:
-            return
-        shape.finish_snapshot(info, wal_lsn)
-        self.flush.dirty.add(shape)
-        log.info("snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax)
-
-    def _snapshot_failed(self, shape: ShapeState, exc: Exception) -> None:
-        """The snapshot of a live shape failed: its waiters see ``exc`` and the shape goes."""
-        if isinstance(exc, (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable)):
-            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
-        else:
-            log.error("snapshot of shape %s failed", shape.handle, exc_info=exc)
-        shape.fail(exc)
-        self.delete(shape, "snapshot failed")
-
-    async def _copy_rows(self, conn: psycopg.AsyncConnection[TupleRow], shape: ShapeState) -> None:
-        view = shape.view
-        if view.selected is None:
-            value_columns: Sequence[str] = sorted(set(shape.selected) | set(view.key_columns))
-        else:
-            value_columns = shape.selected
-        encoder = messages.SnapshotEncoder(
-            shape.relation_list, view.key_prefix, value_columns, view.key_columns
-        )
-        where_sql = shape.where.sql if shape.where is not None else None
-        log = shape.log
-        async for batch in stream_rows(conn, shape.table, encoder.columns, where_sql):
-            closed = log.snapshot_chunks_closed
-            log.append_snapshot_lines(encoder.encode(batch))
-            if shape.status == "gone":
-                return
-            if log.snapshot_chunks_closed != closed:  # readers of the new chunk are waiting
-                shape.notifier.notify()
 
     # -- replication handler -------------------------------------------------------------------
 

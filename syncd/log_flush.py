@@ -273,6 +273,11 @@ class GroupSync:
         for log in newcomers[room:]:
             log.close_descriptors()
 
+    @property
+    def available(self) -> bool:
+        """Whether :meth:`syncfs` can be called (Linux, and the group is open)."""
+        return self._fd is not None and _syncfs is not None
+
     def syncfs(self) -> None:
         """``syncfs()`` the group's filesystem (any thread).
 

@@ -36,7 +36,7 @@ class MetaFile:
         data = json.dumps(dict(meta), separators=(",", ":"), sort_keys=True).encode()
         self.writes += 1
         if defer:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 _pwrite_all(fd, data, 0)
             finally:
@@ -50,7 +50,7 @@ class MetaFile:
         """fsync a pending ``meta.json.tmp`` (before :meth:`install`); no-op without one."""
         if not self.pending:
             return
-        fd = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -59,7 +59,7 @@ class MetaFile:
     def install(self) -> None:
         """Rename a pending ``meta.json.tmp`` over ``meta.json`` (its data must be durable)."""
         if self.pending:
-            os.replace(self._tmp, self._dir / META_FILE)
+            os.replace(self.tmp_path, self._dir / META_FILE)
             self.pending = False
 
     def read(self) -> dict[str, Any]:
@@ -74,5 +74,6 @@ class MetaFile:
         return meta
 
     @property
-    def _tmp(self) -> Path:
+    def tmp_path(self) -> Path:
+        """Where a deferred write goes before :meth:`install`."""
         return self._dir / f"{META_FILE}.tmp"

@@ -163,18 +163,20 @@ class ShapeRegistry:
         # The cached description of a table stays current only while shapes of it are routed
         # (relation messages, schema reconciliation): a table's first shape reads it again, so
         # a table renamed or dropped after its last shape went is not taken for existing.
-        fresh = not self._router.shapes_for_table(definition.relation)
+        fresh = not self._router.has_table(definition.relation)
         table, where, selected, tables = await self._compile(definition, fresh=fresh)
         await self._publish(definition, table)
         if where is not None and where.has_subqueries:
             await self._publish_inner(definition, tables)
         handle = self.new_handle(definition)
-        shape_log = ShapeLog.create(self.shapes_dir / handle, self._chunk_bytes)
+        # Creating files waits for the filesystem's journal: not on the event loop. Nothing of
+        # the new log is durable, nor needs to be, until its snapshot is sealed (a restart
+        # discards a directory without ready metadata).
+        shape_log = await asyncio.to_thread(
+            ShapeLog.create, self.shapes_dir / handle, self._chunk_bytes
+        )
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
         shape.inner_tables = tables
-        # Durable with the snapshot (finish_snapshot saves it again): a shape lost before then
-        # is discarded at restart anyway.
-        shape.save_meta(defer=True)
         self.register(shape)
         log.info("created shape %s for %s", handle, describe(definition))
         if shape.subquery:

@@ -263,18 +263,28 @@ class ShapeState:
             self.snapshot_lsn = lsn
         return False
 
-    def finish_snapshot(self, info: Snapshot, snapshot_lsn: int) -> None:
+    def finish_snapshot(
+        self, info: Snapshot, snapshot_lsn: int, *, meta_saved: bool = False
+    ) -> None:
         """Mark the snapshot done and move buffered transactions into the log, in order
-        (``snapshot_lsn``: see :attr:`snapshot_lsn`)."""
+        (``snapshot_lsn``: see :attr:`snapshot_lsn`); ``meta_saved``: the caller already made
+        :meth:`ready_meta` durable, else the metadata is saved here."""
         self.snapshot = info
         self.snapshot_lsn = snapshot_lsn
         self.status = "ready"
         buffered, self.buffer = self.buffer, []
         for lsn, xid, entries in buffered:
             self.commit(lsn, xid, entries)
-        self.save_meta()
+        if not meta_saved:
+            self.save_meta()
         self.ready.set()
         self.notifier.notify()
+
+    def ready_meta(self, info: Snapshot, snapshot_lsn: int) -> dict[str, Any]:
+        """:meth:`meta` as it will be once :meth:`finish_snapshot` has run with these values."""
+        meta = self.meta()
+        meta.update(status="ready", snapshot_lsn=snapshot_lsn, snapshot=_snapshot_json(info))
+        return meta
 
     def mark_ready(self, info: Snapshot) -> None:
         """Ready, with the snapshot's metadata already stored by the caller (no buffer)."""
@@ -304,9 +314,7 @@ class ShapeState:
             "definition": self.definition.to_json(),
             "status": self.status,
             "snapshot_lsn": self.snapshot_lsn,
-            "snapshot": None
-            if snapshot is None
-            else {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)},
+            "snapshot": None if snapshot is None else _snapshot_json(snapshot),
             **({"views": self.initial_views} if self.initial_views is not None else {}),
         }
 
@@ -314,6 +322,10 @@ class ShapeState:
         """Persist :meth:`meta` atomically (``defer``: at the log's next sync, see
         :meth:`ShapeLog.write_meta`)."""
         self.log.write_meta(self.meta(), defer=defer)
+
+
+def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    return {"xmin": snapshot.xmin, "xmax": snapshot.xmax, "xip": list(snapshot.xip)}
 
 
 def snapshot_lsn_from_meta(meta: dict[str, Any]) -> int:

@@ -85,6 +85,7 @@ async def stream_rows(
     *,
     params: Mapping[str, object] | None = None,
     extra: Sequence[str] = (),
+    probe: bool = False,
 ) -> AsyncIterator[list[TupleRow]]:
     """Yield batches of rows (text values) of the shape, inside the open snapshot transaction.
 
@@ -92,6 +93,11 @@ async def stream_rows(
     appended as is. ``extra`` are more select items (validated SQL, such as the boolean
     conditions of a subquery shape's positions) after the columns; ``params`` are bound to the
     named placeholders of ``where_sql`` and ``extra``.
+
+    With ``probe`` (not with ``suffix``), the query first runs with ``LIMIT batch + 1`` as one
+    plain result: a shape of at most ``batch`` rows, the common case for the many small shapes
+    of an application's users, costs that one round trip. A larger one is then read from the
+    start again, row by row (the snapshot transaction gives the same rows).
     """
     query = selected_sql(table, columns)
     if extra:
@@ -106,6 +112,16 @@ async def stream_rows(
     cur = conn.cursor()
     for column in table.columns:
         cur.adapters.register_loader(column.type_oid, TextLoader)
+    if probe and suffix is None:
+        limited = sql.Composed([query, sql.SQL(" LIMIT {}").format(sql.Literal(batch + 1))])
+        await cur.execute(limited, params)
+        first = await cur.fetchall()
+        if len(first) <= batch:
+            if first:
+                yield first
+            await cur.close()
+            return
+        del first
     rows: list[TupleRow] = []
     async for row in cur.stream(query, params, size=batch):
         rows.append(row)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
-from syncd.log_files import _atomic_write
 from syncd.log_format import SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
 from syncd.log_reader import LogReader
 
@@ -82,26 +81,30 @@ class SnapshotWriter:
             raise
         self._acc = acc
 
-    def finish(self, end_line: bytes, sync_directory: Callable[[], None]) -> None:
-        """Append ``end_line``, fsync every chunk written, call ``sync_directory`` (which
-        makes the chunks' names durable) and mark the snapshot done, durably."""
+    def write_end(self, end_line: bytes) -> list[str | Path]:
+        """Step 1 of a seal (:class:`SnapshotSeal`): append ``end_line`` and write
+        ``snapshot.done.tmp``, neither fsynced; returns the files whose data the seal must make
+        durable (every chunk written by this process, and that file)."""
         self._check_writable()
         if b"\n" in end_line:
             raise ValueError("a snapshot line must not contain a newline")
         count = self._reader.snapshot.closed + 1
         self._write_chunk([end_line], close=False)
-        for k in sorted(self._unsynced):
-            fd = os.open(_snapshot_path(self._dir, k), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._unsynced.clear()
-        sync_directory()
-        _atomic_write(self._dir, SNAPSHOT_DONE_FILE, json.dumps({"chunks": count}).encode())
-        self._writable = False
+        self._writable = False  # finished or broken from here on: no more rows either way
+        done_tmp = self._dir / f"{SNAPSHOT_DONE_FILE}.tmp"
+        with open(done_tmp, "wb") as f:
+            f.write(json.dumps({"chunks": count}).encode())
         self.chunks = count
-        self._reader.snapshot = _SnapshotView(count, True)
+        return [*(_snapshot_path(self._dir, k) for k in sorted(self._unsynced)), done_tmp]
+
+    def install_done(self) -> None:
+        """Step 3 of a seal: rename ``snapshot.done.tmp`` (its data durable) into place."""
+        os.replace(self._dir / f"{SNAPSHOT_DONE_FILE}.tmp", self._dir / SNAPSHOT_DONE_FILE)
+
+    def mark_done(self) -> None:
+        """Step 5 of a seal: everything is durable; readers see a complete snapshot."""
+        self._unsynced.clear()
+        self._reader.snapshot = _SnapshotView(self.chunks, True)
 
     def _check_writable(self) -> None:
         if not self._writable:

@@ -110,6 +110,7 @@ from syncd.log_recovery import (
     _recover_log,
     _rewrite_index,
 )
+from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
 from syncd.snapshot_writer import SnapshotWriter
 
 __all__ = [
@@ -379,14 +380,29 @@ class ShapeLog:
         self._snapshot.append_lines(data)
 
     def finish_snapshot(self, end_line: bytes) -> None:
-        """Append the ``snapshot-end`` line, make all chunks durable and mark the snapshot done."""
-        self._snapshot.finish(end_line, self._sync_snapshot_names)
+        """Append the ``snapshot-end`` line, make all chunks durable and mark the snapshot done
+        (a seal of this log alone, see :mod:`syncd.snapshot_seal`)."""
+        seal_snapshots([self.snapshot_seal(end_line)])
 
-    def _sync_snapshot_names(self) -> None:
-        if self._creation_unsynced:
-            self._sync_creation()  # the directory's fsync included
-        else:
-            _fsync_dir(self._dir)
+    def snapshot_seal(self, end_line: bytes, meta: Mapping[str, Any] | None = None) -> SnapshotSeal:
+        """The steps that finish this log's snapshot with ``end_line`` (and replace its metadata
+        with ``meta``), for :func:`syncd.snapshot_seal.seal_snapshots` to run with others'."""
+        unsynced = self._creation_unsynced
+        new_files = (self._dir / INDEX_FILE, self._dir / LOG_FILE) if unsynced else ()
+        return SnapshotSeal(
+            writer=self._snapshot,
+            end_line=end_line,
+            directory=self._dir,
+            device=self.device,
+            meta_file=self.meta,
+            meta=meta,
+            new_files=new_files,
+            on_done=self._creation_synced,
+            is_deleted=lambda: self._deleted,
+        )
+
+    def _creation_synced(self) -> None:
+        self._creation_unsynced = False
 
     # ------------------------------------------------------------------ change log
 

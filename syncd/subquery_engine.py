@@ -344,7 +344,7 @@ class SubqueryEngine:
     # -- the stream -----------------------------------------------------------------------------
 
     def has_table(self, table: TableKey) -> bool:
-        return bool(self.router.shapes_for_table(table))
+        return self.router.has_table(table)
 
     def on_change(self, table: TableKey, change: RawChange) -> None:
         """A row change of a table some materialiser reads."""

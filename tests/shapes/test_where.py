@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from shapes import pgtypes
 from shapes.errors import InvalidRequest, WhereClauseError
 from shapes.schema import Column
-from shapes.where import Where, normalise_value, parse_where
+from shapes.where import (
+    Where,
+    _check_standalone,
+    normalise_value,
+    parse_where,
+    subquery_tables,
+)
 from shapes.where_eval import NAN, EvalError, ParsedRow, row_env
 
 COLUMNS = {
@@ -704,3 +710,28 @@ def test_a_parsed_row_parses_each_value_once() -> None:
     assert calls == ["1", "bad"]
     assert row_env(slots[:1], {"a": "1"}) == [1]  # a plain dict parses every time
     assert calls == ["1", "bad", "1"]
+
+
+@pytest.mark.parametrize(
+    "deparsed",
+    [
+        "true) UNION (SELECT 1",  # a second query
+        "true GROUP BY 1",  # a clause after the where
+        "true; SELECT 1",  # two statements
+        "(id = 1",  # does not parse
+        "",  # no clause at all
+    ],
+)
+def test_a_deparsed_clause_that_does_not_stand_alone_is_refused(deparsed: str) -> None:
+    with pytest.raises(WhereClauseError):
+        _check_standalone(deparsed)
+
+
+def test_a_deparsed_clause_that_stands_alone_passes() -> None:
+    _check_standalone("((id = (1)) AND (title ~~ 'a%'::text))")
+
+
+def test_subquery_tables_of_clauses_with_and_without_sublinks() -> None:
+    assert subquery_tables("id = 1 AND title = 'select'") == frozenset()
+    assert subquery_tables("id IN (SELECT item FROM other.picks)") == {("other", "picks")}
+    assert subquery_tables("id = 1") == frozenset()

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-import syncd.engine
+import syncd.snapshot_runner
 from syncd.embed import EmbeddedSyncd
 from syncd.shape_state import ShapeState
 from syncd.snapshot import stream_rows
@@ -111,7 +111,7 @@ async def test_chunks_are_served_while_the_snapshot_runs(
     items: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = HeldSnapshot()
-    monkeypatch.setattr(syncd.engine, "stream_rows", held)
+    monkeypatch.setattr(syncd.snapshot_runner, "stream_rows", held)
     async with _embedded(items, tmp_path / "storage") as embedded:
         client = embedded.default_client
         first, shape = await _first_chunk(embedded)
@@ -148,7 +148,7 @@ async def test_a_snapshot_failing_after_its_first_chunks_sends_503_then_409(
     items: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = HeldSnapshot()
-    monkeypatch.setattr(syncd.engine, "stream_rows", held)
+    monkeypatch.setattr(syncd.snapshot_runner, "stream_rows", held)
     async with _embedded(items, tmp_path / "storage") as embedded:
         client = embedded.default_client
         _, shape = await _first_chunk(embedded)
@@ -159,7 +159,7 @@ async def test_a_snapshot_failing_after_its_first_chunks_sends_503_then_409(
             params["offset"] = answer.headers["electric-offset"]
         waiting = asyncio.create_task(client.get("/v1/shape", params=params))
         await asyncio.sleep(0.1)
-        monkeypatch.setattr(syncd.engine, "stream_rows", held._real)  # the retry succeeds
+        monkeypatch.setattr(syncd.snapshot_runner, "stream_rows", held._real)  # the retry succeeds
         held.fail(psycopg.OperationalError("connection lost during the snapshot"))
         failed = await waiting
         assert failed.status_code == 503, failed.text

@@ -1,0 +1,283 @@
+"""Initial snapshots of new shapes: many read in one transaction, sealed with shared flushes.
+
+Layer: ``syncd``.
+
+Theory of operation
+===================
+
+Batches. A new shape joins a queue once it is registered with the router (from then on it
+buffers every transaction the stream decodes, see :mod:`syncd.snapshot`). A worker takes every
+queued shape, up to :data:`MAX_BATCH`, and opens one ``REPEATABLE READ READ ONLY`` transaction
+for all of them. The snapshot its first statement reads (``pg_current_snapshot()`` and the WAL
+insert position) is the snapshot of each shape of the batch: each was registered before the
+transaction began, which is all that the stitching rule needs. Then the rows of the shapes are
+read one shape after another. So a burst of small shapes costs one ``BEGIN``, one snapshot
+query and one ``COMMIT`` per batch, and one plain query per small shape (``stream_rows``
+with ``probe``).
+
+Large shapes. Rows come in fetches of :data:`FETCH_ROWS`. When a shape's first fetch is full,
+the shapes of its batch not read yet go back to the front of the queue, where another worker
+(up to ``workers`` at once) takes them in a new transaction: a large snapshot holds back the
+small ones queued behind it by one fetch at most.
+
+Failures. A failed query aborts the transaction. The shape whose rows it read fails: its
+waiters see the error and the shape goes (after a schema change, its table is compared with the
+catalog first). The shapes after it go back to the queue, for a new transaction. The shapes
+before it keep their rows, which were read under the snapshot before the failure. When the
+transaction cannot even begin (no connection), every shape of the batch fails.
+
+Sealing. A shape whose rows are written is queued for sealing (:mod:`syncd.snapshot_seal`).
+A sealing task (up to :data:`SEALERS` at once) takes all the queued shapes and, on a thread,
+makes their last files and their ready metadata durable together: with two ``syncfs()`` calls
+for a batch of :data:`~syncd.log_flush.GROUP_SYNC_MIN` or more, else file by file. The slower
+the disk, the more shapes queue meanwhile, and the larger (and cheaper per shape) the batches.
+Only then, back on the event loop, does each
+shape become ready (its buffered transactions go to the log, its waiters are answered): a
+client is never told that a snapshot is complete before a restart would find it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from shapes import messages
+from shapes.xid import Snapshot
+from syncd.errors import (
+    DatabaseUnavailable,
+    QueryFailed,
+    RowsRejected,
+    SchemaChanged,
+    row_query_errors,
+)
+from syncd.flush_tracker import FlushTracker
+from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
+from syncd.shape_state import ShapeState
+from syncd.snapshot import begin_snapshot, stream_rows
+from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
+
+log = logging.getLogger("syncd.engine")
+
+MAX_BATCH: Final = 64
+"""Most shapes read in one snapshot transaction."""
+
+SEALERS: Final = 2
+"""Most seals running at once (each on its own thread)."""
+
+FETCH_ROWS: Final = 2000
+"""Rows per fetch of a snapshot query (a full first fetch marks a large shape)."""
+
+Connection = psycopg.AsyncConnection[TupleRow]
+_Sealing = tuple[ShapeState, SnapshotSeal, Snapshot, int]
+"""A shape whose rows are written, its seal, its snapshot and the WAL position read with it."""
+
+
+class SnapshotRunner:
+    """Takes the snapshots of new shapes (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        connection: Callable[[], AbstractAsyncContextManager[Connection]],
+        recheck_table: Callable[[tuple[str, str]], Awaitable[None]],
+        retire: Callable[[ShapeState, str], None],
+        flush: FlushTracker,
+        spawn: Callable[[Any], None],
+        workers: int,
+    ) -> None:
+        self._connection = connection
+        self._recheck_table = recheck_table
+        self._retire = retire
+        self._flush = flush
+        self._spawn = spawn
+        self.max_workers = max(1, workers)
+        """How many snapshot transactions may run at once (read at each new snapshot)."""
+        self._queue: deque[ShapeState] = deque()
+        self._workers = 0
+        self._to_seal: list[_Sealing] = []
+        self._sealers = 0
+        self._group: GroupSync | None = None
+
+    def open(self, shapes_dir: Path) -> None:
+        """Open the sealing's own descriptor of the shapes' filesystem (its ``syncfs()`` then
+        sees every write-back error since its own previous call)."""
+        self._group = GroupSync(shapes_dir, open_logs=0)
+
+    def close(self) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            group.close()
+
+    def start(self, shape: ShapeState) -> None:
+        """Queue the snapshot of a newly registered shape."""
+        self._queue.append(shape)
+        self._add_workers()
+
+    def _add_workers(self) -> None:
+        """One more worker for what was just queued, if the limit allows (a worker takes
+        everything queued when it starts a batch, and ends once the queue is empty)."""
+        if self._queue and self._workers < self.max_workers:
+            self._workers += 1
+            self._spawn(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                batch: deque[ShapeState] = deque()
+                while self._queue and len(batch) < MAX_BATCH:
+                    shape = self._queue.popleft()
+                    if shape.status != "gone":
+                        batch.append(shape)
+                if batch:
+                    await self._read_batch(batch)
+        finally:
+            self._workers -= 1
+
+    async def _read_batch(self, unread: deque[ShapeState]) -> None:
+        """Read the rows of every shape in ``unread`` under one snapshot; seal each as its rows
+        are written. Shapes handed back (behind a large one, or after a failed one) leave
+        ``unread``."""
+        current: ShapeState | None = None
+        try:
+            async with self._connection() as conn:
+                with row_query_errors():
+                    info, wal_lsn = await begin_snapshot(conn)
+                while unread:
+                    current = unread.popleft()
+                    if current.status == "gone":
+                        continue
+                    if current.definition.log == "full":
+                        with row_query_errors():
+                            await self._copy_rows(conn, current, unread)
+                    if current.gone:  # retired while its rows were read
+                        continue
+                    self._seal(current, info, wal_lsn)
+                current = None
+                with row_query_errors():
+                    await conn.execute("COMMIT")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if current is None and not unread:
+                # The COMMIT of a read-only transaction whose rows are all read: nothing lost.
+                log.debug("snapshot transaction ended with %r after its last shape", exc)
+                return
+            if current is None:  # before any shape was read: the batch fails together
+                failed, unread = list(unread), deque()
+            else:
+                failed = [current]
+            if isinstance(exc, SchemaChanged):
+                relation = failed[0].definition.relation
+                log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
+                try:
+                    await self._recheck_table(relation)
+                except Exception as recheck_failure:  # the shapes fail all the same
+                    log.warning(
+                        "could not compare %s.%s with the catalog: %r", *relation, recheck_failure
+                    )
+            for shape in failed:
+                if shape.status == "gone":  # retired meanwhile: its files are gone
+                    log.debug("snapshot of removed shape %s stopped: %r", shape.handle, exc)
+                else:
+                    self._failed(shape, exc)
+            self._hand_back(unread)
+
+    def _hand_back(self, unread: deque[ShapeState]) -> None:
+        """Put the shapes of ``unread`` back at the front of the queue, in order."""
+        if unread:
+            self._queue.extendleft(reversed(unread))
+            unread.clear()
+            self._add_workers()
+
+    async def _copy_rows(
+        self, conn: Connection, shape: ShapeState, unread: deque[ShapeState]
+    ) -> None:
+        view = shape.view
+        if view.selected is None:
+            value_columns: Sequence[str] = sorted(set(shape.selected) | set(view.key_columns))
+        else:
+            value_columns = shape.selected
+        encoder = messages.SnapshotEncoder(
+            shape.relation_list, view.key_prefix, value_columns, view.key_columns
+        )
+        where_sql = shape.where.sql if shape.where is not None else None
+        shape_log = shape.log
+        batches: AsyncIterator[list[TupleRow]] = stream_rows(
+            conn, shape.table, encoder.columns, where_sql, batch=FETCH_ROWS, probe=True
+        )
+        async for batch in batches:
+            if len(batch) >= FETCH_ROWS:
+                self._hand_back(unread)  # a large shape: the others need not wait for it
+            closed = shape_log.snapshot_chunks_closed
+            shape_log.append_snapshot_lines(encoder.encode(batch))
+            if shape.status == "gone":
+                return
+            if shape_log.snapshot_chunks_closed != closed:  # readers of the new chunk wait
+                shape.notifier.notify()
+
+    # -- sealing -------------------------------------------------------------------------------
+
+    def _seal(self, shape: ShapeState, info: Snapshot, wal_lsn: int) -> None:
+        end = messages.snapshot_end(info.xmin, info.xmax, info.xip)
+        seal = shape.log.snapshot_seal(end, shape.ready_meta(info, wal_lsn))
+        self._to_seal.append((shape, seal, info, wal_lsn))
+        if self._sealers < SEALERS:
+            self._sealers += 1
+            self._spawn(self._seal_queued())
+
+    async def _seal_queued(self) -> None:
+        """Seal what is queued, batch after batch, until the queue is empty."""
+        try:
+            while self._to_seal:
+                batch, self._to_seal = self._to_seal, []
+                batch = [entry for entry in batch if entry[0].status != "gone"]
+                if batch:
+                    await self._seal_batch(batch)
+        finally:
+            self._sealers -= 1
+
+    async def _seal_batch(
+        self, batch: list[tuple[ShapeState, SnapshotSeal, Snapshot, int]]
+    ) -> None:
+        seals = [seal for _shape, seal, _info, _lsn in batch]
+        group = self._group
+        together = (
+            group is not None
+            and group.available
+            and len(seals) >= GROUP_SYNC_MIN
+            and all(seal.device == group.device for seal in seals)
+        )
+        syncfs = group.syncfs if together and group is not None else None
+        try:
+            # fsyncs off the event loop: replication and readers go on meanwhile
+            await asyncio.to_thread(seal_snapshots, seals, syncfs)
+        except Exception as exc:
+            for shape, _seal, _info, _lsn in batch:
+                if not shape.gone:
+                    self._failed(shape, exc)
+            return
+        for shape, seal, info, wal_lsn in batch:
+            if seal.dropped or shape.gone:
+                continue
+            shape.finish_snapshot(info, wal_lsn, meta_saved=True)
+            self._flush.dirty.add(shape)
+            log.debug(
+                "snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax
+            )
+
+    def _failed(self, shape: ShapeState, exc: Exception) -> None:
+        """The snapshot of a live shape failed: its waiters see ``exc`` and the shape goes."""
+        if isinstance(exc, (SchemaChanged, RowsRejected, QueryFailed, DatabaseUnavailable)):
+            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+        else:
+            log.error("snapshot of shape %s failed", shape.handle, exc_info=exc)
+        shape.fail(exc)
+        self._retire(shape, "snapshot failed")

@@ -1,0 +1,163 @@
+"""Sealing finished snapshots: the last rows, ``snapshot.done`` and the metadata made durable
+for many shape logs at once.
+
+Layer: ``syncd`` (synchronous file I/O).
+
+Theory of operation
+===================
+
+A snapshot is *sealed* when every file a restart needs to serve it is durable: its chunks, the
+``snapshot-end`` line, ``snapshot.done`` (how many chunks there are) and, when the caller
+gives it, the shape's ``meta.json``. A restart keeps a shape only if both ``snapshot.done`` and
+a ready ``meta.json`` are there, so a crash at any point of a seal either keeps the shape whole
+or discards it; a client is told that a snapshot is complete only after its seal returned.
+
+:func:`seal_snapshots` seals a batch of logs in five steps, each over the whole batch:
+
+1. :meth:`SnapshotSeal.write`: the end line is appended, ``snapshot.done.tmp`` and
+   ``meta.json.tmp`` are written. Nothing is fsynced.
+2. The data is made durable: with a ``syncfs`` function (the batch is on one filesystem and
+   large enough), one call for every file of the batch; otherwise each file's ``fsync()``, then
+   its directory's (and, for a log made since the last restart, its parent directory's).
+3. :meth:`SnapshotSeal.install`: the two ``.tmp`` files are renamed into place.
+4. The renames are made durable: one more ``syncfs``, or each directory's ``fsync()``.
+5. :meth:`SnapshotSeal.done`: readers see a complete snapshot.
+
+Alone, a seal costs about seven fsyncs; in a batch of many it costs two ``syncfs()`` calls,
+which is what lets a burst of new small shapes finish at the rate the disk flushes rather than
+the rate it flushes files one by one. A log deleted while its seal runs (its directory removed
+on the event loop) is dropped from the batch without failing the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from syncd.log_files import _fsync_dir
+from syncd.log_meta import MetaFile
+from syncd.snapshot_writer import SnapshotWriter
+
+
+class SnapshotSeal:
+    """Finishing the snapshot of one log, in the steps :func:`seal_snapshots` runs for many.
+
+    Made by :meth:`syncd.storage.ShapeLog.snapshot_seal`."""
+
+    __slots__ = (
+        "_directory",
+        "_end_line",
+        "_files",
+        "_is_deleted",
+        "_meta",
+        "_meta_file",
+        "_new_files",
+        "_on_done",
+        "_writer",
+        "device",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        *,
+        writer: SnapshotWriter,
+        end_line: bytes,
+        directory: Path,
+        device: int,
+        meta_file: MetaFile,
+        meta: Mapping[str, Any] | None,
+        new_files: Sequence[Path],
+        on_done: Callable[[], None],
+        is_deleted: Callable[[], bool],
+    ) -> None:
+        self._writer = writer
+        self._end_line = end_line
+        self._directory = directory
+        self.device = device
+        """The ``st_dev`` of the log's filesystem."""
+        self._meta_file = meta_file
+        self._meta = meta
+        self._new_files = tuple(new_files)
+        """Files of a log created by this process and never fsynced (its directory is new to
+        its parent too)."""
+        self._on_done = on_done
+        self._is_deleted = is_deleted
+        self._files: list[str | Path] = []
+        self.dropped = False
+        """The log was deleted during the seal: nothing of it is made durable or marked done."""
+
+    def write(self) -> None:
+        """Step 1: the end line, ``snapshot.done.tmp`` and ``meta.json.tmp`` (no fsync)."""
+        files = self._writer.write_end(self._end_line)
+        if self._meta is not None:
+            self._meta_file.write(self._meta, defer=True)
+            files.append(self._meta_file.tmp_path)
+        self._files = [*self._new_files, *files]
+
+    def sync_files(self) -> None:
+        """Step 2, alone: each written file's data, then the directories naming them."""
+        for path in self._files:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(self._directory)
+        if self._new_files:
+            _fsync_dir(self._directory.parent)
+
+    def install(self) -> None:
+        """Step 3: rename ``snapshot.done.tmp`` and ``meta.json.tmp`` into place."""
+        self._writer.install_done()
+        if self._meta is not None:
+            self._meta_file.install()
+
+    def sync_installed(self) -> None:
+        """Step 4, alone: the renames."""
+        _fsync_dir(self._directory)
+
+    def done(self) -> None:
+        """Step 5: readers (and :attr:`ShapeLog.snapshot_complete`) see a complete snapshot."""
+        self._writer.mark_done()
+        self._on_done()
+
+    def attempt(self, step: Callable[[SnapshotSeal], None]) -> None:
+        """Run ``step`` on this seal unless it was dropped; a log deleted meanwhile drops it."""
+        if self.dropped:
+            return
+        try:
+            step(self)
+        except FileNotFoundError:
+            if not self._is_deleted():
+                raise
+            self.dropped = True
+
+
+def seal_snapshots(seals: Sequence[SnapshotSeal], syncfs: Callable[[], None] | None = None) -> None:
+    """Seal every snapshot of ``seals`` (module docstring); ``syncfs`` makes every file of the
+    filesystem that holds them all durable (``None``: each file is fsynced alone).
+
+    Raises:
+        OSError: a write or a flush failed; no seal of the batch may be trusted (the logs stay
+            as they were on disk: a restart discards them).
+        ValueError: an end line holds a newline.
+    """
+    for seal in seals:
+        seal.attempt(SnapshotSeal.write)
+    if syncfs is not None:
+        syncfs()
+    else:
+        for seal in seals:
+            seal.attempt(SnapshotSeal.sync_files)
+    for seal in seals:
+        seal.attempt(SnapshotSeal.install)
+    if syncfs is not None:
+        syncfs()
+    else:
+        for seal in seals:
+            seal.attempt(SnapshotSeal.sync_installed)
+    for seal in seals:
+        seal.attempt(SnapshotSeal.done)

@@ -1,0 +1,85 @@
+"""Sealing snapshots of many logs together (``syncd.snapshot_seal``): what a restart finds.
+
+Each seal is checked the way a restart reads it: the log reopened from its directory has a
+complete snapshot with every row, and ``meta.json`` holds the metadata given to the seal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd import log_flush
+from syncd.log_flush import GroupSync
+from syncd.snapshot_seal import seal_snapshots
+from syncd.storage import ShapeLog
+
+END_LINE = b'{"headers":{"control":"snapshot-end"}}'
+
+
+def _with_rows(directory: Path, rows: int) -> ShapeLog:
+    log = ShapeLog.create(directory, 256)
+    log.append_snapshot_rows(b'{"row":%d,"pad":"%s"}' % (i, b"x" * 40) for i in range(rows))
+    return log
+
+
+def _reopened_rows(directory: Path) -> list[bytes]:
+    log = ShapeLog.open(directory, 256)
+    try:
+        assert log.snapshot_complete
+        lines: list[bytes] = []
+        for k in range(log.snapshot_chunk_count):
+            position, done = 0, False
+            while not done:
+                piece, position, done = log.read_snapshot_piece(k, position, 1 << 20)
+                lines += piece
+        return lines
+    finally:
+        log.close_descriptors()
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["each-alone", "one-syncfs"])
+def test_a_sealed_batch_is_complete_after_reopening(tmp_path: Path, together: bool) -> None:
+    if together and log_flush._syncfs is None:
+        pytest.skip("no syncfs")
+    logs = [_with_rows(tmp_path / f"s{i}", rows=i * 7) for i in range(10)]
+    seals = [log.snapshot_seal(END_LINE, {"status": "ready", "n": i}) for i, log in enumerate(logs)]
+    group = GroupSync(tmp_path, open_logs=0)
+    try:
+        seal_snapshots(seals, group.syncfs if together else None)
+    finally:
+        group.close()
+    for i, log in enumerate(logs):
+        assert log.snapshot_complete
+        assert log.read_meta() == {"status": "ready", "n": i}
+        expected = [b'{"row":%d,"pad":"%s"}' % (n, b"x" * 40) for n in range(i * 7)]
+        assert _reopened_rows(log.directory) == [*expected, END_LINE]
+        assert not list(log.directory.glob("*.tmp"))
+
+
+def test_a_log_deleted_during_its_seal_is_dropped_alone(tmp_path: Path) -> None:
+    logs = [_with_rows(tmp_path / f"s{i}", rows=5) for i in range(3)]
+    seals = [log.snapshot_seal(END_LINE, {"status": "ready"}) for log in logs]
+    logs[1].delete()  # as the event loop does for a shape removed while its seal is queued
+    seal_snapshots(seals)
+    assert [seal.dropped for seal in seals] == [False, True, False]
+    assert not logs[1].directory.exists()
+    for i in (0, 2):
+        assert len(_reopened_rows(logs[i].directory)) == 6
+
+
+def test_a_failed_syncfs_seals_nothing(tmp_path: Path) -> None:
+    logs = [_with_rows(tmp_path / f"s{i}", rows=5) for i in range(8)]
+    seals = [log.snapshot_seal(END_LINE, {"status": "ready"}) for log in logs]
+
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        seal_snapshots(seals, failing)
+    for log in logs:
+        assert not log.snapshot_complete
+        assert log.read_meta() == {}  # a restart discards the shape
+        with pytest.raises(RuntimeError):  # no rows may follow the end line
+            log.append_snapshot_rows([b"{}"])
