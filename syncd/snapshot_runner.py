@@ -72,6 +72,9 @@ MAX_BATCH: Final = 64
 SEALERS: Final = 2
 """Most seals running at once (each on its own thread)."""
 
+READY_PER_TURN: Final = 8
+"""Sealed shapes made ready (their waiters woken) per turn of the event loop."""
+
 FETCH_ROWS: Final = 2000
 """Rows per fetch of a snapshot query (a full first fetch marks a large shape)."""
 
@@ -158,6 +161,7 @@ class SnapshotRunner:
                         with row_query_errors():
                             await self._copy_rows(conn, current, unread)
                     if current.gone:  # retired while its rows were read
+                        log.debug("snapshot of removed shape %s stopped", current.handle)
                         continue
                     self._seal(current, info, wal_lsn)
                 current = None
@@ -264,7 +268,7 @@ class SnapshotRunner:
                 if not shape.gone:
                     self._failed(shape, exc)
             return
-        for shape, seal, info, wal_lsn in batch:
+        for done, (shape, seal, info, wal_lsn) in enumerate(batch, 1):
             if seal.dropped or shape.gone:
                 continue
             shape.finish_snapshot(info, wal_lsn, meta_saved=True)
@@ -272,6 +276,10 @@ class SnapshotRunner:
             log.debug(
                 "snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax
             )
+            if done % READY_PER_TURN == 0:
+                # the waiters of these shapes answer before more are woken: a large batch
+                # must not make one long turn of the event loop that holds back the stream
+                await asyncio.sleep(0)
 
     def _failed(self, shape: ShapeState, exc: Exception) -> None:
         """The snapshot of a live shape failed: its waiters see ``exc`` and the shape goes."""

@@ -12,15 +12,29 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 from syncd.log_format import SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
 from syncd.log_reader import LogReader
+
+HELD_BYTES: Final = 64 * 1024
+"""Most bytes of the open chunk held in memory before they are written to its file."""
 
 
 class SnapshotWriter:
     """Appends the snapshot rows of one shape log and finishes its snapshot."""
 
-    __slots__ = ("_acc", "_chunk_bytes", "_dir", "_reader", "_unsynced", "_writable", "chunks")
+    __slots__ = (
+        "_acc",
+        "_chunk_bytes",
+        "_dir",
+        "_held",
+        "_held_bytes",
+        "_reader",
+        "_unsynced",
+        "_writable",
+        "chunks",
+    )
 
     def __init__(self, directory: Path, chunk_bytes: int, reader: LogReader, chunks: int) -> None:
         self._dir = directory
@@ -32,6 +46,9 @@ class SnapshotWriter:
         self._unsynced: set[int] = set()
         self._writable = not reader.snapshot.complete and chunks == 0
         """Only a snapshot begun by this process, and not finished or broken, takes rows."""
+        self._held: list[bytes] = []
+        """Lines of the open chunk not written yet (see :data:`HELD_BYTES`)."""
+        self._held_bytes = 0
 
     def append_rows(self, lines: Iterable[bytes]) -> None:
         """See :meth:`syncd.storage.ShapeLog.append_snapshot_rows`."""
@@ -89,7 +106,7 @@ class SnapshotWriter:
         if b"\n" in end_line:
             raise ValueError("a snapshot line must not contain a newline")
         count = self._reader.snapshot.closed + 1
-        self._write_chunk([end_line], close=False)
+        self._write_chunk([end_line], close=False, hold=False)
         self._writable = False  # finished or broken from here on: no more rows either way
         done_tmp = self._dir / f"{SNAPSHOT_DONE_FILE}.tmp"
         with open(done_tmp, "wb") as f:
@@ -111,16 +128,28 @@ class SnapshotWriter:
             state = "finished" if self._reader.snapshot.complete else "interrupted or broken"
             raise RuntimeError(f"the snapshot of {self._dir} was {state}")
 
-    def _write_chunk(self, lines: list[bytes], *, close: bool) -> None:
+    def _write_chunk(self, lines: list[bytes], *, close: bool, hold: bool = True) -> None:
         lines.append(b"")
-        self._write(b"\n".join(lines), close=close)
+        self._write(b"\n".join(lines), close=close, hold=hold)
 
-    def _write(self, data: bytes, *, close: bool) -> None:
-        """Append whole lines to the open chunk; ``close`` ends it with them."""
+    def _write(self, data: bytes, *, close: bool, hold: bool = True) -> None:
+        """Append whole lines to the open chunk; ``close`` ends it with them.
+
+        Lines that neither close the chunk nor bring what is held to :data:`HELD_BYTES` are
+        held in memory (with ``hold``): a small snapshot's rows reach its file with the end
+        line, in the seal (on a thread), instead of in a file write of their own on the
+        event loop. Nobody reads the open chunk before then."""
         k = self._reader.snapshot.closed
+        self.chunks = k + 1
+        if hold and not close and self._held_bytes + len(data) < HELD_BYTES:
+            self._held.append(data)
+            self._held_bytes += len(data)
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
         with open(_snapshot_path(self._dir, k), "ab") as f:
+            if held:
+                f.writelines(held)
             f.write(data)
         self._unsynced.add(k)
-        self.chunks = k + 1
         if close:
             self._reader.snapshot = _SnapshotView(k + 1, False)
