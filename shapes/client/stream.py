@@ -42,13 +42,14 @@ _decode_json: Final = msgspec.json.Decoder().decode
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def _collector_paused(shelter: _Shelter | None = None) -> Iterator[None]:
     """Hold the cyclic garbage collector while a body becomes messages.
 
     Decoding a large body makes hundreds of thousands of dicts and strings, none of them in a
     cycle; with the collector running, the young generation fills and is scanned again and
     again, and more slowly the more rows the caller holds. Paused, the objects are scanned
-    once, at the next collection.
+    once, at the next collection; not at all when ``shelter`` is sheltering the messages held
+    (they join the others before the collector runs again).
     """
     if not gc.isenabled():
         yield
@@ -57,6 +58,8 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        if shelter is not None:
+            shelter.keep_sheltered()
         gc.enable()
 
 
@@ -87,6 +90,11 @@ class _Shelter:
         if held >= SHELTER_MESSAGES and (self._frozen or gc.get_freeze_count() == 0):
             gc.freeze()
             self._frozen = True
+
+    def keep_sheltered(self) -> None:
+        """Shelter what was allocated since the last call, if sheltering already."""
+        if self._frozen:
+            gc.freeze()
 
     def release(self) -> None:
         """The held messages are handed over (or dropped)."""
@@ -368,7 +376,7 @@ class ShapeStream:
                 yield [dict(MUST_REFETCH_MESSAGE)]
                 continue
             try:
-                messages = await self._check(response)
+                messages = await self._check(response, shelter)
             except _Refetch as refetch:
                 handle, offset, pending = self._refetch(handle, refetch), "-1", []
                 yield [dict(MUST_REFETCH_MESSAGE)]
@@ -381,7 +389,7 @@ class ShapeStream:
             offset = response.headers.get("electric-offset", offset)
             if "electric-cursor" in response.headers:
                 self._cursor = response.headers["electric-cursor"]
-            pending.extend(self._accept(messages))
+            pending.extend(self._accept(messages, shelter))
             if _ends_up_to_date(messages):
                 batch, pending = pending, []
                 offset = resume_offset(offset, self._last_change)
@@ -428,7 +436,9 @@ class ShapeStream:
         await asyncio.sleep(backoff_delay(self._attempt, minimum))
         self._attempt += 1
 
-    async def _check(self, response: Reply) -> list[Message] | None:
+    async def _check(
+        self, response: Reply, shelter: _Shelter | None = None
+    ) -> list[Message] | None:
         """The messages of a 200; ``None`` after backing off for a retryable failure."""
         status = response.status
         if status == 409:
@@ -444,7 +454,7 @@ class ShapeStream:
             return [{"headers": {"control": "up-to-date"}}]
         if "electric-schema" in response.headers and not self.schema:
             self.schema = parse_schema(response.headers["electric-schema"])
-        with _collector_paused():
+        with _collector_paused(shelter):
             parsed = _body(response)  # the text when it is not JSON: not a list either
         if not isinstance(parsed, list):
             raise ShapeRequestError(status, parsed, response.url)
@@ -457,11 +467,11 @@ class ShapeStream:
         self._short_sse = 0
         self._cursor = ""
 
-    def _accept(self, messages: list[Message]) -> list[Message]:
+    def _accept(self, messages: list[Message], shelter: _Shelter | None = None) -> list[Message]:
         """Drop already delivered changes and convert values."""
         accepted: list[Message] = []
         parse = self._row_parser()
-        with _collector_paused():
+        with _collector_paused(shelter):
             for message in messages:
                 position = _position(message)
                 if position is not None:
