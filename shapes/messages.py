@@ -6,6 +6,7 @@ shape log; the HTTP layer only joins stored bytes. Values are Postgres text outp
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
@@ -70,6 +71,19 @@ class _SnapshotMessage(msgspec.Struct):
     headers: msgspec.Raw
 
 
+@functools.lru_cache(maxsize=1024)
+def _value_struct(columns: tuple[str, ...]) -> type[msgspec.Struct] | None:
+    """The struct whose fields encode as ``columns``, in order; ``None`` when a name is one
+    msgspec cannot rename to. Shared by every shape that selects the same columns: a class is
+    costly to make and, being cyclic, is left for the collector when dropped."""
+    if any(_UNFIT_FOR_STRUCT.search(c) for c in columns):
+        return None
+    fields = [f"c{i}" for i in range(len(columns))]
+    return msgspec.defstruct(
+        "SnapshotValue", fields, rename=dict(zip(fields, columns, strict=True))
+    )
+
+
 class SnapshotEncoder:
     """Encodes batches of snapshot rows into JSON lines, one insert message per row.
 
@@ -102,11 +116,7 @@ class SnapshotEncoder:
         self.columns: tuple[str, ...] = (*value_columns, *extra)
         """The order in which :meth:`encode` takes a row's values."""
         self._value_columns = tuple(value_columns)
-        self._value: type[msgspec.Struct] | None = None
-        if not any(_UNFIT_FOR_STRUCT.search(c) for c in value_columns):
-            fields = [f"c{i}" for i in range(len(value_columns))]
-            rename = dict(zip(fields, value_columns, strict=True))
-            self._value = msgspec.defstruct("SnapshotValue", fields, rename=rename)
+        self._value = _value_struct(self._value_columns)
         self._width = len(value_columns)
         self._key_columns = tuple(key_columns)
         self._key_at = [self.columns.index(c) for c in key_columns]

@@ -23,12 +23,18 @@ woke have had their turn: a few ``fdatasync()`` calls cost less than the hop to 
 and back.
 
 The slot record (``syncd.slot_record``) is written durably before the stream may confirm a
-position (:meth:`confirmable`), so a continuing slot is never ahead of it.
+position (:meth:`confirmable`), so a continuing slot is never ahead of it. While changes flow it
+is advanced on a thread (its fsync can wait behind the disk's other writes for tens of
+milliseconds, which the event loop must not), one write at a time; the position it carries is
+confirmed at the stream's next idle call after it is durable. A new history
+(:meth:`save_slot_record`) is written at once, after any advance still being written, so that an
+advance of the old history never lands over it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -79,6 +85,12 @@ class FlushTracker:
         # the slot history the shapes follow (see syncd.slot_record)
         self.slot_record: SlotRecord | None = None
         self._slot_record_saved = 0.0
+        self._advancing: concurrent.futures.Future[None] | None = None
+        """The advance of the slot record being written on a thread, if any."""
+        self._history = 0
+        """Counts the records written by :meth:`save_slot_record`: an advance begun before the
+        latest one is not installed."""
+        self._advance_failure: OSError | None = None
         self.failure: FlushFailed | None = None
         """Set by a flush that failed; every later flush and idle call raises it."""
 
@@ -244,6 +256,12 @@ class FlushTracker:
         return lsn
 
     def save_slot_record(self, record: SlotRecord) -> None:
+        """Write ``record`` now, durably (the first record, or a new history): after the
+        advance being written, if any, so that it cannot land over this one."""
+        advancing = self._advancing
+        if advancing is not None:
+            concurrent.futures.wait([advancing])
+        self._history += 1
         record.save(self._storage_dir)
         self.slot_record = record
         self._slot_record_saved = time.monotonic()
@@ -251,14 +269,42 @@ class FlushTracker:
     def confirmable(self, lsn: int) -> int:
         """``lsn``, once the slot record says so durably; until then the record's position.
 
-        The record is written (and fsynced, on the event loop: it is a few bytes, and another
-        history must never be able to overwrite it) at most every ``_SLOT_RECORD_INTERVAL``;
-        the stream asks again within its ``idle_interval``.
+        The record is advanced on a thread (module docstring) at most every
+        ``_SLOT_RECORD_INTERVAL``; the stream asks again within its ``idle_interval``.
+
+        Raises:
+            OSError: the last advance could not be written (the stream retries).
         """
+        failure, self._advance_failure = self._advance_failure, None
+        if failure is not None:
+            raise failure
         record = self.slot_record
         if record is None or lsn <= record.confirmed_lsn:
             return lsn
-        if time.monotonic() - self._slot_record_saved < _SLOT_RECORD_INTERVAL:
-            return record.confirmed_lsn
-        self.save_slot_record(record.advanced(lsn))
-        return lsn
+        if (
+            self._advancing is None
+            and time.monotonic() - self._slot_record_saved >= _SLOT_RECORD_INTERVAL
+        ):
+            self._advance(record.advanced(lsn))
+        return record.confirmed_lsn
+
+    def _advance(self, record: SlotRecord) -> None:
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-flush")
+        loop = asyncio.get_running_loop()
+        history = self._history
+        advancing = self._flusher.submit(record.save, self._storage_dir)
+        self._advancing = advancing
+
+        def written(_: object) -> None:
+            self._advancing = None
+            error = advancing.exception()
+            if isinstance(error, OSError):
+                self._advance_failure = error
+            elif error is not None:
+                log.error("could not write the slot record", exc_info=error)
+            elif history == self._history:
+                self.slot_record = record
+            self._slot_record_saved = time.monotonic()
+
+        advancing.add_done_callback(lambda _: loop.call_soon_threadsafe(written, None))
