@@ -57,15 +57,22 @@ async def _until(condition: object) -> None:
     raise AssertionError("condition not reached")
 
 
-async def test_a_position_is_confirmed_once_its_record_is_durable(
-    tmp_path: Path, held: HeldWrites
-) -> None:
+async def _advancing(tmp_path: Path, held: HeldWrites) -> FlushTracker:
+    """A tracker whose record is at 100, with an advance to 500 held while being written."""
     tracker = FlushTracker(tmp_path, 0.05)
     held.release()
     tracker.save_slot_record(SlotRecord("slot", 100))
     held.gate.clear()
+    held.started.clear()
     assert tracker.confirmable(500) == 100  # the advance is being written
     await asyncio.to_thread(held.started.wait, 30)
+    return tracker
+
+
+async def test_a_position_is_confirmed_once_its_record_is_durable(
+    tmp_path: Path, held: HeldWrites
+) -> None:
+    tracker = await _advancing(tmp_path, held)
     assert tracker.confirmable(600) == 100  # one write at a time
     assert SlotRecord.load(tmp_path) == SlotRecord("slot", 100)
     held.release()
@@ -79,13 +86,7 @@ async def test_a_position_is_confirmed_once_its_record_is_durable(
 async def test_a_new_history_is_not_overwritten_by_an_advance_of_the_old(
     tmp_path: Path, held: HeldWrites
 ) -> None:
-    tracker = FlushTracker(tmp_path, 0.05)
-    held.release()
-    tracker.save_slot_record(SlotRecord("slot", 100))
-    held.gate.clear()
-    held.started.clear()
-    assert tracker.confirmable(500) == 100
-    await asyncio.to_thread(held.started.wait, 30)
+    tracker = await _advancing(tmp_path, held)
     threading.Timer(0.2, held.release).start()  # the advance lands while the new one waits
     tracker.save_slot_record(SlotRecord("other", 40))
     await asyncio.sleep(0.2)  # the advance's completion reaches the event loop
