@@ -80,6 +80,15 @@ def _atomic_write(directory: Path, name: str, data: bytes) -> None:
     _fsync_dir(directory)
 
 
+def _fsync_file(path: str | Path) -> None:
+    """fsync the file at ``path`` (opened read-only for it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

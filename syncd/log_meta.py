@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from syncd.log_files import _atomic_write, _pwrite_all
+from syncd.log_files import _atomic_write, _fsync_file, _pwrite_all
 from syncd.log_format import META_FILE, StorageError
 
 
@@ -50,11 +50,7 @@ class MetaFile:
         """fsync a pending ``meta.json.tmp`` (before :meth:`install`); no-op without one."""
         if not self.pending:
             return
-        fd = os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(self.tmp_path)
 
     def install(self) -> None:
         """Rename a pending ``meta.json.tmp`` over ``meta.json`` (its data must be durable)."""

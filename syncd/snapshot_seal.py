@@ -31,12 +31,11 @@ on the event loop) is dropped from the batch without failing the others.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from syncd.log_files import _fsync_dir
+from syncd.log_files import _fsync_dir, _fsync_file
 from syncd.log_meta import MetaFile
 from syncd.snapshot_writer import SnapshotWriter
 
@@ -100,11 +99,7 @@ class SnapshotSeal:
     def sync_files(self) -> None:
         """Step 2, alone: each written file's data, then the directories naming them."""
         for path in self._files:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(path)
         _fsync_dir(self._directory)
         if self._new_files:
             _fsync_dir(self._directory.parent)
@@ -145,19 +140,26 @@ def seal_snapshots(seals: Sequence[SnapshotSeal], syncfs: Callable[[], None] | N
             as they were on disk: a restart discards them).
         ValueError: an end line holds a newline.
     """
+    _each(seals, SnapshotSeal.write)
+    _durable(seals, syncfs, SnapshotSeal.sync_files)
+    _each(seals, SnapshotSeal.install)
+    _durable(seals, syncfs, SnapshotSeal.sync_installed)
+    _each(seals, SnapshotSeal.done)
+
+
+def _each(seals: Sequence[SnapshotSeal], step: Callable[[SnapshotSeal], None]) -> None:
     for seal in seals:
-        seal.attempt(SnapshotSeal.write)
+        seal.attempt(step)
+
+
+def _durable(
+    seals: Sequence[SnapshotSeal],
+    syncfs: Callable[[], None] | None,
+    alone: Callable[[SnapshotSeal], None],
+) -> None:
+    """What the last step wrote, made durable: by ``syncfs`` for all, else by each seal's
+    ``alone`` step."""
     if syncfs is not None:
         syncfs()
     else:
-        for seal in seals:
-            seal.attempt(SnapshotSeal.sync_files)
-    for seal in seals:
-        seal.attempt(SnapshotSeal.install)
-    if syncfs is not None:
-        syncfs()
-    else:
-        for seal in seals:
-            seal.attempt(SnapshotSeal.sync_installed)
-    for seal in seals:
-        seal.attempt(SnapshotSeal.done)
+        _each(seals, alone)

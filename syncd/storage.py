@@ -71,6 +71,7 @@ from typing import Any, Final
 from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd.log_files import (
     _fsync_dir,
+    _fsync_file,
     _pwrite_all,
     _pwritev_all,
     _write_new_file,
@@ -215,15 +216,15 @@ class ShapeLog:
         files' names in the directory and the directory in its parent."""
         if not self._creation_unsynced:
             return
-        for name in (INDEX_FILE, LOG_FILE):
-            fd = os.open(self._dir / name, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        for path in self._created_files():
+            _fsync_file(path)
         _fsync_dir(self._dir)
         _fsync_dir(self._dir.parent)
         self._creation_unsynced = False
+
+    def _created_files(self) -> tuple[Path, ...]:
+        """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
+        return (self._dir / INDEX_FILE, self._dir / LOG_FILE)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -387,8 +388,7 @@ class ShapeLog:
     def snapshot_seal(self, end_line: bytes, meta: Mapping[str, Any] | None = None) -> SnapshotSeal:
         """The steps that finish this log's snapshot with ``end_line`` (and replace its metadata
         with ``meta``), for :func:`syncd.snapshot_seal.seal_snapshots` to run with others'."""
-        unsynced = self._creation_unsynced
-        new_files = (self._dir / INDEX_FILE, self._dir / LOG_FILE) if unsynced else ()
+        new_files = self._created_files() if self._creation_unsynced else ()
         return SnapshotSeal(
             writer=self._snapshot,
             end_line=end_line,
