@@ -125,7 +125,7 @@ class Engine:
         self.applier = ChangeApplier(self.router, self.flush, self.delete, self.subqueries)
         self.snapshots = SnapshotRunner(
             connection=self.connection,
-            recheck_table=self.recheck_table,
+            schema_changed=self.schema_changed,
             retire=self.delete,
             flush=self.flush,
             spawn=self._spawn,
@@ -409,9 +409,14 @@ class Engine:
                 with row_query_errors():
                     yield conn
         except SchemaChanged as exc:
-            log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
-            await self.recheck_table(relation)
+            await self.schema_changed(relation, exc)
             raise
+
+    async def schema_changed(self, relation: TableKey, exc: SchemaChanged) -> None:
+        """A query over ``relation`` failed with ``exc``: compare the table with the catalog
+        now (its shapes are invalidated as the change requires, its description forgotten)."""
+        log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
+        await self.recheck_table(relation)
 
     async def recheck_table(self, relation: TableKey) -> None:
         """Compare ``relation`` with the catalog now and forget its cached description."""

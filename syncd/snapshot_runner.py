@@ -90,14 +90,14 @@ class SnapshotRunner:
         self,
         *,
         connection: Callable[[], AbstractAsyncContextManager[Connection]],
-        recheck_table: Callable[[tuple[str, str]], Awaitable[None]],
+        schema_changed: Callable[[tuple[str, str], SchemaChanged], Awaitable[None]],
         retire: Callable[[ShapeState, str], None],
         flush: FlushTracker,
         spawn: Callable[[Any], None],
         workers: int,
     ) -> None:
         self._connection = connection
-        self._recheck_table = recheck_table
+        self._schema_changed = schema_changed
         self._retire = retire
         self._flush = flush
         self._spawn = spawn
@@ -180,9 +180,8 @@ class SnapshotRunner:
                 failed = [current]
             if isinstance(exc, SchemaChanged):
                 relation = failed[0].definition.relation
-                log.warning("the schema of %s.%s changed under a query: %s", *relation, exc)
                 try:
-                    await self._recheck_table(relation)
+                    await self._schema_changed(relation, exc)
                 except Exception as recheck_failure:  # the shapes fail all the same
                     log.warning(
                         "could not compare %s.%s with the catalog: %r", *relation, recheck_failure
