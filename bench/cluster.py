@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -24,6 +25,19 @@ class BenchDatabase:
     server: PostgresServer
     dsn: str
     """Conninfo of the fresh database."""
+
+
+def create_rows_table(conn: psycopg.Connection[Any], table: str, first: int, last: int) -> None:
+    """``table (id int PRIMARY KEY, body text)`` holding the rows ``first``..``last``, each
+    ``body`` ``'row <id>'``."""
+    name = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(name))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(%s::int, %s::int) g"
+        ).format(name),
+        (first, last),
+    )
 
 
 @contextmanager

@@ -28,10 +28,9 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
 import psycopg
-from psycopg import sql
 
 from bench.children import cancel_tasks
-from bench.cluster import bench_database
+from bench.cluster import bench_database, create_rows_table
 from bench.large_txn import _Daemon, _status_kb, running_syncd
 from bench.raw_client import RawFollower, catch_up_all, follow_all
 from bench.stats import summary
@@ -148,17 +147,7 @@ def run_memory(count: int = 2_000, *, keep: bool = False) -> list[str]:
         log(f"{name}: {count:,}")
         with bench_database("memory", keep=keep) as db:
             with psycopg.connect(db.dsn, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
-                        sql.Identifier(TABLE)
-                    )
-                )
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(0, %s) g"
-                    ).format(sql.Identifier(TABLE)),
-                    (count,),
-                )
+                create_rows_table(conn, TABLE, 0, count)
             with running_syncd(
                 db, "memory", SYNCD_MAX_EXISTING_REQUESTS=str(max(10_000, 2 * count))
             ) as daemon:

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.cluster import bench_database
+from bench.cluster import bench_database, create_rows_table
 from bench.fanout import _Committer, _delays, percentile
 from bench.large_txn import running_syncd
 from bench.raw_client import first_responses
@@ -105,17 +105,7 @@ def run_shape_creation(shapes: int = 10_000, *, keep: bool = False) -> list[str]
     log(f"shape-creation: {shapes:,} shapes id = k, {CREATE_CONCURRENCY} concurrent clients")
     with bench_database("shape_creation", keep=keep) as db:
         with psycopg.connect(db.dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
-                    sql.Identifier(TABLE)
-                )
-            )
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g"
-                ).format(sql.Identifier(TABLE)),
-                (shapes,),
-            )
+            create_rows_table(conn, TABLE, 1, shapes)
             conn.execute(
                 sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(
                     sql.Identifier(LIVE_TABLE)
