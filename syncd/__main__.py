@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from syncd.config import ConfigError, Settings, load_settings
+from syncd.log_setup import configure_logging
 
 log = logging.getLogger("syncd")
 
@@ -40,10 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     from syncd.daemon import (
         ReplicationFailed,
         Syncd,

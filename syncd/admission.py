@@ -24,6 +24,8 @@ class Admission:
     def __init__(self, limits: dict[str, int]) -> None:
         self.limits = limits
         self.active = dict.fromkeys(limits, 0)
+        self.refused = dict.fromkeys(limits, 0)
+        """Requests refused so far, by kind."""
 
     @contextlib.contextmanager
     def admit(self, kind: str) -> Iterator[bool]:
@@ -56,6 +58,7 @@ class Admission:
 
     def refusal(self, kind: str) -> Response:
         """The protocol's overload answer."""
+        self.refused[kind] += 1
         limit = self.limits[kind]
         body = {
             "code": "concurrent_request_limit_exceeded",

@@ -19,10 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from syncd.metrics import METRICS_PATH, RequestMetrics
 from syncd.responses import json_response
 
 if TYPE_CHECKING:
     from syncd.http import ShapeApi
+    from syncd.metrics import MetricsEndpoint
 
 SHAPE_PATH = "/v1/shape"
 
@@ -57,8 +59,14 @@ async def _openapi(request: Request) -> Response:
     return Response(_openapi_document(), headers=headers, media_type="application/json")
 
 
-def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None) -> Starlette:
-    """The Starlette application serving the shape API."""
+def create_app(
+    api: ShapeApi,
+    lifespan: Callable[[Starlette], Any] | None = None,
+    *,
+    metrics: MetricsEndpoint | None = None,
+) -> Starlette:
+    """The Starlette application serving the shape API (and ``GET /metrics`` when given its
+    endpoint: then every request is counted and timed too)."""
 
     async def shape_endpoint(request: Request) -> Response:
         if request.method == "OPTIONS":
@@ -71,10 +79,14 @@ def create_app(api: ShapeApi, lifespan: Callable[[Starlette], Any] | None = None
         Route("/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/", _root, methods=["GET", "HEAD"]),
     ]
+    if metrics is not None:
+        routes.append(Route(METRICS_PATH, metrics.handle, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(NormalisePath, shape_get=api.shape_request)
+    if metrics is not None:  # outermost: it sees every response, the refusals' too
+        app.add_middleware(RequestMetrics, metrics=metrics.metrics)
     return app
 
 

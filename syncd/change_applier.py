@@ -22,7 +22,6 @@ while a transaction is open join the router at the next transaction boundary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from shapes import messages
@@ -39,7 +38,7 @@ from shapes.where_eval import ParsedRow
 from syncd.flush_tracker import FlushTracker
 from syncd.materializer import ChangeKind, RawChange
 from syncd.pgoutput import messages as pg
-from syncd.shape_state import ShapeState
+from syncd.shape_state import Retire, ShapeState
 from syncd.storage import TransactionEntries
 from syncd.subquery_engine import SubqueryEngine
 
@@ -96,7 +95,7 @@ class ChangeApplier:
         self,
         router: Router[ShapeState],
         flush: FlushTracker,
-        retire: Callable[[ShapeState, str], None],
+        retire: Retire,
         subqueries: SubqueryEngine | None = None,
     ) -> None:
         self._router = router
@@ -114,6 +113,9 @@ class ChangeApplier:
         self._txn_op = 0
         self._txn_entries: dict[ShapeState, _TxnBuffer] = {}
         self._txn_encoders: dict[TableKey, messages.ChangeEncoder] = {}
+        self.changes_applied = 0
+        """Row changes of committed transactions applied so far (for the metrics)."""
+        self.transactions_applied = 0
 
     def join(self, shape: ShapeState) -> None:
         """Route a new shape, at the next transaction boundary if one is open."""
@@ -305,7 +307,7 @@ class ChangeApplier:
                 type(cause).__name__,
                 cause,
             )
-            self._retire(shape, "its where clause failed on a row")
+            self._retire(shape, "its where clause failed on a row", cause="failed")
 
     def on_commit(self, msg: pg.Commit) -> None:
         lsn, xid = self.txn_lsn, self.txn_xid
@@ -320,7 +322,9 @@ class ChangeApplier:
         self.in_txn = False
         if self.subqueries is not None:
             self.subqueries.on_commit(lsn, xid, self._txn_op)
-        self._flush.committed(lsn, msg.end_lsn)
+        self.changes_applied += self._txn_op >> 1
+        self.transactions_applied += 1
+        self._flush.committed(lsn, msg.end_lsn, msg.commit_time)
         self._route_pending()
 
     def write_pieces(self) -> int:

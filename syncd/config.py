@@ -44,7 +44,17 @@ class Settings:
     """Extra ``-c name=value`` settings for the replication (walsender) connection."""
     secret: str | None = field(default=None, repr=False)
     allow_shape_deletion: bool = False
+    shape_ttl: float | None = None
+    """Seconds a shape may go unused before it is removed (``None``: kept until deleted)."""
+    storage_quota: int | None = None
+    """Most bytes the shape logs may take; the least recently used go first beyond it."""
+    min_free_disk: int | None = None
+    """Fewest bytes to keep free on the storage filesystem, by evicting shapes."""
+    retention_interval: float = 10.0
+    """Seconds between retention sweeps (expiry and quota)."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` (one readable line per record) or ``json`` (one JSON object per line)."""
     event_loop: str = "auto"
     """``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``."""
     dev: bool = False
@@ -52,10 +62,37 @@ class Settings:
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: a number with an optional binary unit (``512``, ``500M``, ``10GiB``,
+    ``1.5T``; K, M, G and T are powers of 1,024).
+
+    Raises:
+        ValueError: when ``text`` is not such a size.
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit, _suffix = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 """What Postgres accepts as a replication slot name."""
-_CHOICES: dict[str, tuple[str, ...]] = {"log_level": LOG_LEVELS, "event_loop": EVENT_LOOPS}
-_CHOICE_TYPES: dict[str, Callable[[str], str]] = {"log_level": str.upper, "event_loop": str.lower}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": LOG_LEVELS,
+    "log_format": LOG_FORMATS,
+    "event_loop": EVENT_LOOPS,
+}
+_CHOICE_TYPES: dict[str, Callable[[str], str]] = {
+    "log_level": str.upper,
+    "log_format": str.lower,
+    "event_loop": str.lower,
+}
 
 
 _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
@@ -129,7 +166,34 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
         "settings for the replication connection, e.g. '-c logical_decoding_work_mem=64MB'",
     ),
     ("secret", "SYNCD_SECRET", str, "shared secret required as ?secret= (default: none)"),
+    (
+        "shape_ttl",
+        "SYNCD_SHAPE_TTL",
+        float,
+        "seconds a shape may go unused before it is removed (default: kept until deleted)",
+    ),
+    (
+        "storage_quota",
+        "SYNCD_STORAGE_QUOTA",
+        parse_size,
+        "most disk the shape logs may take, e.g. 50G; least recently used shapes are evicted "
+        "beyond it (default: none)",
+    ),
+    (
+        "min_free_disk",
+        "SYNCD_MIN_FREE_DISK",
+        parse_size,
+        "free space to keep on the storage filesystem, e.g. 2G, by evicting least recently "
+        "used shapes (default: none)",
+    ),
+    (
+        "retention_interval",
+        "SYNCD_RETENTION_INTERVAL",
+        float,
+        "seconds between checks of the shape TTL and the storage quota (10)",
+    ),
     ("log_level", "SYNCD_LOG_LEVEL", str.upper, "logging level (default INFO)"),
+    ("log_format", "SYNCD_LOG_FORMAT", str.lower, "text (default) or json, one object per line"),
     ("event_loop", "SYNCD_EVENT_LOOP", str, "auto (uvloop when installed), uvloop or asyncio"),
 )
 
@@ -259,6 +323,16 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("SYNCD_CACHE_MAX_AGE and SYNCD_CACHE_STALE_AGE must not be negative")
     if settings.event_loop not in EVENT_LOOPS:
         raise ConfigError("SYNCD_EVENT_LOOP must be one of " + ", ".join(EVENT_LOOPS))
+    if settings.shape_ttl is not None and settings.shape_ttl <= 0:
+        raise ConfigError("SYNCD_SHAPE_TTL must be positive")
+    if settings.storage_quota is not None and settings.storage_quota <= 0:
+        raise ConfigError("SYNCD_STORAGE_QUOTA must be positive")
+    if settings.min_free_disk is not None and settings.min_free_disk <= 0:
+        raise ConfigError("SYNCD_MIN_FREE_DISK must be positive")
+    if settings.retention_interval <= 0:
+        raise ConfigError("SYNCD_RETENTION_INTERVAL must be positive")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError("SYNCD_LOG_FORMAT must be one of " + ", ".join(LOG_FORMATS))
     if settings.log_level.upper() not in LOG_LEVELS:
         raise ConfigError("SYNCD_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS))
     if not _SLOT_NAME.fullmatch(settings.slot):

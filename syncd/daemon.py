@@ -24,8 +24,10 @@ from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.errors import SlotConflict
 from syncd.http import ApiSettings, ShapeApi, create_app
+from syncd.metrics import Metrics, MetricsEndpoint
 from syncd.preflight import check_database, parse_database_url
 from syncd.replication import ReplicationSettings, ReplicationStream
+from syncd.retention import Retention, RetentionSettings
 from syncd.send_deadline import with_send_deadline
 
 log = logging.getLogger("syncd")
@@ -93,7 +95,23 @@ class Syncd:
             stale_age=settings.cache_stale_age,
         )
         self.api = ShapeApi(self.engine, api_settings, self.health)
-        self.app: Starlette = create_app(self.api)
+        self.retention = Retention(
+            RetentionSettings(
+                shape_ttl=settings.shape_ttl,
+                storage_quota=settings.storage_quota,
+                min_free_bytes=settings.min_free_disk,
+                interval=settings.retention_interval,
+            ),
+            shapes=lambda: list(self.engine.shapes.values()),
+            retire=self.engine.delete,
+            storage_dir=settings.storage_dir,
+            shapes_dir=self.engine.shapes_dir,
+        )
+        self.metrics = Metrics()
+        endpoint = MetricsEndpoint(
+            self.metrics, self.engine, self.stream, self.api, self.retention, settings.secret
+        )
+        self.app: Starlette = create_app(self.api, metrics=endpoint)
         self._opened = False
         self._replication: asyncio.Task[None] | None = None
 
@@ -116,10 +134,17 @@ class Syncd:
         replication = asyncio.create_task(self.stream.run(), name="syncd-replication")
         self._replication = replication
         status = asyncio.create_task(self._log_status(), name="syncd-status")
+        retention = None
+        if self.retention.settings.active:
+            retention = asyncio.create_task(self.retention.run(), name="syncd-retention")
         try:
             yield self
         finally:
             status.cancel()
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             await self.stream.stop()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await replication

@@ -68,7 +68,7 @@ from syncd.pgoutput import parse_lsn
 from syncd.replication import SlotFound, history_gap
 from syncd.schema_reconcile import SchemaReconciler
 from syncd.shape_registry import ShapeRegistry
-from syncd.shape_state import ShapeState
+from syncd.shape_state import RemovalCause, ShapeState
 from syncd.slot_record import SlotRecord
 from syncd.snapshot import DISPLAY_SETTINGS
 from syncd.snapshot_runner import SnapshotRunner
@@ -362,9 +362,11 @@ class Engine:
         """
         return await self.registry.get_or_create(definition)
 
-    def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
-        """Retire a shape for good and remove its files."""
-        self.registry.delete(shape, reason)
+    def delete(
+        self, shape: ShapeState, reason: str, *, cause: RemovalCause = "invalidated"
+    ) -> None:
+        """Retire a shape for good and remove its files (``cause``: for the metrics)."""
+        self.registry.delete(shape, reason, cause=cause)
 
     async def _publish(self, definition: CanonicalShape, table: Table) -> None:
         if self.publications.is_ready(table):  # the common case needs no connection

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from syncd.commit_times import CommitTimes
 from syncd.log_flush import FlushPlan, plan_flush
 from syncd.shape_state import ShapeState
 from syncd.slot_record import SlotRecord
@@ -76,6 +77,10 @@ class FlushTracker:
         self.last_seen_lsn = 0
         self.last_commit_end = 0
         self.durable_lsn = 0
+        self.commit_times = CommitTimes()
+        """The commit times of the transactions not yet confirmed (lag in seconds)."""
+        self.on_flushed: Callable[[float], None] = lambda seconds: None
+        """Told how long each flush took (the metrics' histogram)."""
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self.group_sync: GroupSync | None = None
@@ -94,8 +99,11 @@ class FlushTracker:
         self.failure: FlushFailed | None = None
         """Set by a flush that failed; every later flush and idle call raises it."""
 
-    def committed(self, lsn: int, end_lsn: int) -> None:
-        """A transaction at ``lsn`` ending at ``end_lsn`` was written to its shapes' logs."""
+    def committed(self, lsn: int, end_lsn: int, commit_time: int = 0) -> None:
+        """A transaction at ``lsn`` ending at ``end_lsn`` was written to its shapes' logs
+        (``commit_time``: its pgoutput commit time, when known)."""
+        if commit_time:
+            self.commit_times.note(end_lsn, commit_time)
         self.last_commit_end = end_lsn
         self.last_seen_lsn = max(self.last_seen_lsn, lsn)
 
@@ -159,6 +167,7 @@ class FlushTracker:
         self, batch: list[ShapeState], plan: FlushPlan, covered: int
     ) -> None:
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-flush")
         try:
@@ -173,7 +182,7 @@ class FlushTracker:
             raise
         finally:
             self._flushing = None
-        self._finished(batch, plan, covered)
+        self._finished(batch, plan, covered, time.perf_counter() - started)
 
     async def drain(self) -> None:
         """Wait for the running flush, if any (its failure is kept in :attr:`failure`)."""
@@ -200,11 +209,12 @@ class FlushTracker:
 
     def _run(self, batch: list[ShapeState], plan: FlushPlan, covered: int) -> None:
         """Carry out ``plan`` on the calling thread."""
+        started = time.perf_counter()
         try:
             plan.run()
         except OSError as exc:
             raise self._failed(exc) from exc
-        self._finished(batch, plan, covered)
+        self._finished(batch, plan, covered, time.perf_counter() - started)
 
     def _plan(self) -> tuple[list[ShapeState], FlushPlan]:
         """The shapes written since the last flush (the dirty set is emptied) and a plan to
@@ -213,8 +223,11 @@ class FlushTracker:
         self.dirty.clear()
         return batch, plan_flush([shape.log for shape in batch], self.group_sync)
 
-    def _finished(self, batch: list[ShapeState], plan: FlushPlan, covered: int) -> None:
+    def _finished(
+        self, batch: list[ShapeState], plan: FlushPlan, covered: int, seconds: float
+    ) -> None:
         plan.finish()
+        self.on_flushed(seconds)
         if plan.left_pending:  # metadata rewritten while the flush ran
             left = set(plan.left_pending)
             self.dirty.update(shape for shape in batch if shape.log in left)

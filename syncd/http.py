@@ -165,6 +165,10 @@ class ShapeApi:
         self.settings = settings
         self.health = health
         self._closing_wakeup = Wakeup()
+        self.held_long_polls = 0
+        """Live long-polls waiting for changes now."""
+        self.sse_streams = 0
+        """Live SSE streams open now."""
         self.admission = Admission(
             {
                 "initial": settings.max_initial_requests,
@@ -273,7 +277,7 @@ class ShapeApi:
             return response
         if shape is None:
             return json_response({"message": "No existing shape found"}, 404, cache="no-cache")
-        self.engine.delete(shape, "deleted through the API")
+        self.engine.delete(shape, "deleted through the API", cause="deleted")
         return Response(status_code=202, headers=base_headers("no-cache"))
 
     async def options(self, request: Request) -> Response:
@@ -360,9 +364,12 @@ class ShapeApi:
         """The shape to serve, or the handle to send with a 409."""
         definition = req.definition
         if req.handle is None:
-            return await self.engine.get_or_create(definition), None
+            created = await self.engine.get_or_create(definition)
+            created.last_used = time.monotonic()
+            return created, None
         shape = self.engine.get(req.handle)
         if shape is not None and shape.definition == definition:
+            shape.last_used = time.monotonic()
             return shape, None
         current = await self.engine.get_or_create(definition)
         return None, current.handle
@@ -424,6 +431,8 @@ class ShapeApi:
         signal = connection_gone(request.scope)
         gone = signal if signal is not None else asyncio.ensure_future(disconnected(request))
         closing = self._closing()
+        self.held_long_polls += 1
+        shape.readers += 1
         try:
             while shape.status == "ready" and not gone.done() and not closing.done():
                 waiter = shape.notifier.wait()
@@ -435,6 +444,9 @@ class ShapeApi:
                     break
                 await wait_briefly((waiter, gone, closing), remaining)
         finally:
+            self.held_long_polls -= 1
+            shape.readers -= 1
+            shape.last_used = time.monotonic()
             if isinstance(gone, asyncio.Future):
                 if gone.done() and not gone.cancelled():
                     gone.exception()  # a receive() that failed also ends the wait; don't log it
@@ -534,6 +546,8 @@ class ShapeApi:
         headers["electric-up-to-date"] = ""
         headers["connection"] = "keep-alive"
         headers["etag"] = f'"{shape.handle}:{offset}:{offset}"'
+        # nginx passes each event on at once and keeps the stream out of its cache
+        headers["x-accel-buffering"] = "no"
         return headers
 
     async def _sse_catch_up(self, req: ShapeRequest, shape: ShapeState, plan: ReadPlan) -> Response:
@@ -557,7 +571,7 @@ class ShapeApi:
         self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
     ) -> Response:
         headers = self._sse_headers(req, shape, offset)
-        release = self.admission.occupy("existing")
+        release = self._sse_opened(shape)
         settings = self.settings
         stream = live_sse_events(
             shape,
@@ -575,6 +589,25 @@ class ShapeApi:
         return BoundedStreamingResponse(
             stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
         )
+
+    def _sse_opened(self, shape: ShapeState) -> Callable[[], None]:
+        """Count a live SSE stream on ``shape`` until the returned function is called (again:
+        nothing)."""
+        release_admission = self.admission.occupy("existing")
+        self.sse_streams += 1
+        shape.readers += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                release_admission()
+                self.sse_streams -= 1
+                shape.readers -= 1
+                shape.last_used = time.monotonic()
+
+        return release
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""

@@ -28,7 +28,12 @@ from shapes.where import Where, parse_where, subquery_tables
 from shapes.xid import Snapshot
 from syncd.change_applier import ChangeApplier, describe, route
 from syncd.flush_tracker import FlushTracker
-from syncd.shape_state import ShapeState, snapshot_from_meta, snapshot_lsn_from_meta
+from syncd.shape_state import (
+    RemovalCause,
+    ShapeState,
+    snapshot_from_meta,
+    snapshot_lsn_from_meta,
+)
 from syncd.storage import ShapeLog
 from syncd.subquery_engine import SubqueryEngine
 
@@ -71,6 +76,10 @@ class ShapeRegistry:
         self.by_definition: dict[CanonicalShape, ShapeState] = {}
         self._creating: dict[CanonicalShape, asyncio.Future[ShapeState]] = {}
         self._last_handle_us = 0
+        self.created = 0
+        """Shapes created by this process (restored ones not counted)."""
+        self.removed: dict[RemovalCause, int] = {}
+        """Shapes removed by this process, by cause."""
 
     def purge_all(self, reason: str) -> None:
         """Remove every stored shape directory."""
@@ -178,6 +187,7 @@ class ShapeRegistry:
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
         shape.inner_tables = tables
         self.register(shape)
+        self.created += 1
         log.info("created shape %s for %s", handle, describe(definition))
         if shape.subquery:
             self._subqueries.attach(shape, tables, restored=False)
@@ -228,11 +238,14 @@ class ShapeRegistry:
         """Make ``shape`` reachable by the changes of its table now."""
         route(self._router, shape)
 
-    def delete(self, shape: ShapeState, reason: str = "deleted") -> None:
+    def delete(
+        self, shape: ShapeState, reason: str, *, cause: RemovalCause = "invalidated"
+    ) -> None:
         """Retire a shape for good and remove its files."""
         if shape.status == "gone" and shape.handle not in self.shapes:
             return
         log.info("removing shape %s (%s)", shape.handle, reason)
+        self.removed[cause] = self.removed.get(cause, 0) + 1
         self._router.remove(shape)
         self.shapes.pop(shape.handle, None)
         if self.by_definition.get(shape.definition) is shape:

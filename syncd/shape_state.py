@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from shapes.convert import ShapeView
 from shapes.messages import relation_key_prefix
@@ -26,6 +27,20 @@ from syncd.storage import ShapeLog
 log = logging.getLogger("syncd.shape")
 
 Status = Literal["snapshotting", "ready", "gone"]
+RemovalCause = Literal["deleted", "invalidated", "failed", "expired", "evicted"]
+"""Why a shape was removed (a bounded metrics label): deleted through the API, invalidated by
+a schema change, truncate or slot loss, failed (its snapshot, where clause or subquery),
+expired (unused for the retention time) or evicted (over the storage quota)."""
+
+
+class Retire(Protocol):
+    """Removes a shape for good (the engine's ``delete``)."""
+
+    def __call__(
+        self, shape: ShapeState, reason: str, *, cause: RemovalCause = "invalidated"
+    ) -> None: ...
+
+
 LogEntries = Sequence[tuple[int, bytes]]
 
 SNAPSHOT_LSN_UNKNOWN = 2**64 - 1
@@ -152,6 +167,12 @@ class ShapeState:
     """The ``where`` has subqueries: the shape is judged by ``syncd.subquery_shape``."""
     schema_header: str = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    created: float = field(default_factory=time.monotonic)
+    """When this process created or restored the shape (``time.monotonic``)."""
+    last_used: float = field(default_factory=time.monotonic)
+    """When a request last asked for the shape (retention removes the longest unused)."""
+    readers: int = 0
+    """Long-polls held and SSE streams open on the shape now."""
     _open_lsn: int | None = field(default=None, init=False, repr=False)
     """The transaction being appended in pieces, if any."""
     _open_taken: bool = field(default=False, init=False, repr=False)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -60,7 +61,7 @@ from syncd.errors import (
 )
 from syncd.flush_tracker import FlushTracker
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
-from syncd.shape_state import ShapeState
+from syncd.shape_state import Retire, ShapeState
 from syncd.snapshot import begin_snapshot, stream_rows
 from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
 
@@ -91,7 +92,7 @@ class SnapshotRunner:
         *,
         connection: Callable[[], AbstractAsyncContextManager[Connection]],
         schema_changed: Callable[[tuple[str, str], SchemaChanged], Awaitable[None]],
-        retire: Callable[[ShapeState, str], None],
+        retire: Retire,
         flush: FlushTracker,
         spawn: Callable[[Any], None],
         workers: int,
@@ -108,6 +109,8 @@ class SnapshotRunner:
         self._to_seal: list[_Sealing] = []
         self._sealers = 0
         self._group: GroupSync | None = None
+        self.on_snapshot_done: Callable[[float], None] = lambda seconds: None
+        """Told each new shape's seconds from its creation until it was ready (the metrics)."""
 
     def open(self, shapes_dir: Path) -> None:
         """Open the sealing's own descriptor of the shapes' filesystem (its ``syncfs()`` then
@@ -272,6 +275,7 @@ class SnapshotRunner:
                 continue
             shape.finish_snapshot(info, wal_lsn, meta_saved=True)
             self._flush.dirty.add(shape)
+            self.on_snapshot_done(time.monotonic() - shape.created)
             log.debug(
                 "snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax
             )
@@ -287,4 +291,4 @@ class SnapshotRunner:
         else:
             log.error("snapshot of shape %s failed", shape.handle, exc_info=exc)
         shape.fail(exc)
-        self._retire(shape, "snapshot failed")
+        self._retire(shape, "snapshot failed", cause="failed")

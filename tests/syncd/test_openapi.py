@@ -269,7 +269,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 def test_every_route_is_described() -> None:
     paths = document()["paths"]
-    assert set(paths) == {"/v1/shape", "/v1/health", "/v1/openapi.json", "/"}
+    assert set(paths) == {"/v1/shape", "/v1/health", "/metrics", "/v1/openapi.json", "/"}
     assert set(paths["/v1/shape"]) == {"get", "head", "post", "delete", "options"}
 
 
