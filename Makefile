@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/e2e/node_modules/.installed
 
-.PHONY: dev syncd-dev test test-ui lint typecheck pytest bench fuzz install js ui chromium clean mutation
+.PHONY: dev syncd-dev test test-ui lint typecheck pytest bench fuzz install js ui chromium nginx clean mutation
 UI_DIR := web/ui
 UI_STAMP := $(UI_DIR)/node_modules/.installed
 UI_BUILT := $(UI_DIR)/dist/index.html
@@ -61,7 +61,13 @@ typecheck: $(STAMP)
 test-ui: $(STAMP) ui chromium
 	$(PY) -m pytest tests/ui -q
 
-pytest: $(STAMP) $(NODE_STAMP) ui chromium
+# The cache deployment's tests and benchmark run Debian's nginx in front of syncd.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx \
+		|| apt-get install -y --no-install-recommends nginx \
+		|| (apt-get update && apt-get install -y --no-install-recommends nginx)
+
+pytest: $(STAMP) $(NODE_STAMP) ui chromium nginx
 	$(PY) -m pytest
 
 test: lint typecheck pytest
@@ -74,7 +80,7 @@ mutation: $(STAMP)
 	$(VENV)/bin/mutmut run --max-children 2
 	$(PY) -m tests.mutation.score
 
-bench: $(STAMP)
+bench: $(STAMP) nginx
 	$(PY) -m bench
 
 # The where-clause differential fuzzer, long run (make test runs a few hundred clauses).

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from bench.agents import run_agent_reaction
 from bench.agents_many import ManyOptions, run_agents_many
 from bench.burn_users import BurnOptions, run_burn_users
+from bench.cache_fanout import run_cache_fanout
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.initial_sync import run_initial_sync
@@ -36,6 +37,7 @@ BENCHES = (
     "fanout-js-long-poll",
     "fanout-raw-long-poll",
     "txn-to-750-shapes",
+    "cache-fanout-10k",
     "memory",
     "write-to-client",
     "stalled-readers-rss",
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fanout-commits", type=int, default=10, help="commits (1 s apart) of the fanout benches"
+    )
+    parser.add_argument(
+        "--cache-clients", type=int, default=10_000, help="clients behind nginx of cache-fanout-10k"
     )
     parser.add_argument(
         "--creation-shapes", type=int, default=10_000, help="shapes of shape-creation"
@@ -217,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_fanout(client, args.fanout_subscribers, args.fanout_commits)
     if "txn-to-750-shapes" in benches:
         run_txn_fanout(keep=args.keep)
+    if "cache-fanout-10k" in benches:
+        run_cache_fanout(args.cache_clients, keep=args.keep)
     if "memory" in benches:
         run_memory(keep=args.keep)
     if "where-non-indexed" in benches:

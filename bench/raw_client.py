@@ -71,7 +71,7 @@ class RawFollower:
                 if ready is not None:
                     ready()
                     ready = None
-                status, headers, body = await _read_response(reader)
+                status, headers, body = await read_response(reader)
                 arrived = time.time()
                 if status != 200:
                     raise RuntimeError(f"live request answered {status}: {body[:200]!r}")
@@ -85,7 +85,8 @@ class RawFollower:
             writer.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, headers (lower-case names) and the whole body."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -130,7 +131,7 @@ async def first_responses(
             for k in pending:
                 query = urlencode({**shapes[k], "offset": "-1"})
                 writer.write(f"GET {path}?{query} HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
-                status, _headers, body = await _read_response(reader)
+                status, _headers, body = await read_response(reader)
                 if status != 200:
                     raise RuntimeError(f"{shapes[k]} answered {status}: {body[:200]!r}")
                 rows[k] = sum(1 for m in _decode(body) if "key" in m)
