@@ -11,6 +11,7 @@ from bench.agents import run_agent_reaction
 from bench.agents_many import ManyOptions, run_agents_many
 from bench.burn_users import BurnOptions, run_burn_users
 from bench.cache_fanout import run_cache_fanout
+from bench.compaction import run_compaction, run_compaction_ingest
 from bench.fanout import run_fanout
 from bench.ingest import MANY, ONE, RECV, IngestOptions, run_ingest
 from bench.initial_sync import run_initial_sync
@@ -38,6 +39,8 @@ BENCHES = (
     "fanout-raw-long-poll",
     "txn-to-750-shapes",
     "cache-fanout-10k",
+    "compaction",
+    "compaction-ingest",
     "memory",
     "write-to-client",
     "stalled-readers-rss",
@@ -224,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_txn_fanout(keep=args.keep)
     if "cache-fanout-10k" in benches:
         run_cache_fanout(args.cache_clients, keep=args.keep)
+    if "compaction" in benches:
+        run_compaction(keep=args.keep)
+    if "compaction-ingest" in benches:
+        run_compaction_ingest(keep=args.keep)
     if "memory" in benches:
         run_memory(keep=args.keep)
     if "where-non-indexed" in benches:

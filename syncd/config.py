@@ -52,6 +52,12 @@ class Settings:
     """Fewest bytes to keep free on the storage filesystem, by evicting shapes."""
     retention_interval: float = 10.0
     """Seconds between retention sweeps (expiry and quota)."""
+    compaction: bool = True
+    """Compact shape logs in the background (``syncd.compactor``)."""
+    compaction_min_bytes: int = 1 << 20
+    """Growth of a change log, in bytes, that makes it due for compaction."""
+    compaction_idle: float = 10.0
+    """Seconds without changes after which a shape's shorter tail is compacted too."""
     log_level: str = "INFO"
     log_format: str = "text"
     """``text`` (one readable line per record) or ``json`` (one JSON object per line)."""
@@ -65,6 +71,20 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _boolean(text: str) -> bool:
+    """``on``/``off`` and their usual spellings.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not on or off: {text!r}")
 
 
 def parse_size(text: str) -> int:
@@ -191,6 +211,24 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
         "SYNCD_RETENTION_INTERVAL",
         float,
         "seconds between checks of the shape TTL and the storage quota (10)",
+    ),
+    (
+        "compaction",
+        "SYNCD_COMPACTION",
+        _boolean,
+        "compact shape logs in the background: on (default) or off",
+    ),
+    (
+        "compaction_min_bytes",
+        "SYNCD_COMPACTION_MIN_BYTES",
+        parse_size,
+        "growth of a shape's change log that makes it due for compaction, e.g. 1M (1M)",
+    ),
+    (
+        "compaction_idle",
+        "SYNCD_COMPACTION_IDLE",
+        float,
+        "seconds without changes after which a shape's shorter tail is compacted too (10)",
     ),
     ("log_level", "SYNCD_LOG_LEVEL", str.upper, "logging level (default INFO)"),
     ("log_format", "SYNCD_LOG_FORMAT", str.lower, "text (default) or json, one object per line"),
@@ -331,6 +369,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError("SYNCD_MIN_FREE_DISK must be positive")
     if settings.retention_interval <= 0:
         raise ConfigError("SYNCD_RETENTION_INTERVAL must be positive")
+    if settings.compaction_min_bytes < 1024:
+        raise ConfigError("SYNCD_COMPACTION_MIN_BYTES must be at least 1K")
+    if settings.compaction_idle <= 0:
+        raise ConfigError("SYNCD_COMPACTION_IDLE must be positive")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError("SYNCD_LOG_FORMAT must be one of " + ", ".join(LOG_FORMATS))
     if settings.log_level.upper() not in LOG_LEVELS:

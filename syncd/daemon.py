@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from shapes.subquery import SubqueryLimits
+from syncd.compactor import CompactionSettings
 from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.errors import SlotConflict
@@ -66,6 +67,12 @@ class Syncd:
                 subquery_limits=SubqueryLimits(
                     max_depth=settings.max_subquery_depth,
                     max_subqueries=settings.max_subqueries,
+                ),
+                compaction=CompactionSettings(
+                    enabled=settings.compaction,
+                    min_bytes=settings.compaction_min_bytes,
+                    idle_min_bytes=min(settings.compaction_min_bytes, 64 << 10),
+                    idle_seconds=settings.compaction_idle,
                 ),
             )
         )

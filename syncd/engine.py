@@ -56,6 +56,7 @@ from shapes.subquery import SubqueryLimits
 from shapes.subset import Subset
 from syncd.catalog import PublicationManager
 from syncd.change_applier import ChangeApplier, TableKey
+from syncd.compactor import CompactionSettings, Compactor
 from syncd.errors import (
     DatabaseUnavailable,
     SchemaChanged,
@@ -97,6 +98,8 @@ class EngineSettings:
     max_held_transactions: int = 1000
     """Transactions a subquery shape may hold during one move-in before it is retired."""
     subquery_limits: SubqueryLimits = field(default_factory=SubqueryLimits)
+    compaction: CompactionSettings = field(default_factory=CompactionSettings)
+    """When shape logs are compacted (``syncd.compactor``)."""
 
 
 class Engine:
@@ -144,6 +147,7 @@ class Engine:
         )
         self.shapes = self.registry.shapes
         """Every registered shape by handle."""
+        self.compactor = Compactor(settings.compaction, lambda: list(self.shapes.values()))
         self.by_definition = self.registry.by_definition
         self.schema = SchemaReconciler(
             applier=self.applier,
@@ -242,6 +246,8 @@ class Engine:
             self.flush.save_slot_record(record)
         await self.registry.restore_all()
         self._spawn(self.schema.reconcile_forever(self.settings.schema_check_interval))
+        if self.settings.compaction.enabled:
+            self._spawn(self.compactor.run())
 
     async def _ensure_slot(self, conn: psycopg.AsyncConnection[TupleRow]) -> SlotFound:
         """The slot (created if missing) as found; refuses another database's slot."""
@@ -338,6 +344,7 @@ class Engine:
             self.streams.drop_spools()
             self.flush.close_group_sync()
             self.snapshots.close()
+            self.compactor.close()
             if self.pool is not None:
                 await self.pool.close()
 

@@ -48,6 +48,31 @@ SNAPSHOT_DONE_FILE: Final = "snapshot.done"
 _SNAPSHOT_PREFIX: Final = "snapshot-"
 _SNAPSHOT_SUFFIX: Final = ".jsonl"
 
+_GENERATION_SHIFT: Final = 48
+"""Log positions handed to callers carry the log's generation above this bit (positions stay
+far below 2**48), so a position from before a compaction is never used after it."""
+
+
+def log_file_name(generation: int) -> str:
+    """The change log's file name in ``generation`` (``log.bin``, then ``log.<g>.bin``)."""
+    return LOG_FILE if generation == 0 else f"log.{generation}.bin"
+
+
+def index_file_name(generation: int) -> str:
+    """The chunk index's file name in ``generation`` (``chunks.idx``, then ``chunks.<g>.idx``)."""
+    return INDEX_FILE if generation == 0 else f"chunks.{generation}.idx"
+
+
+def tag_position(generation: int, position: int) -> int:
+    """``position`` of a log in ``generation``, as handed out (see :data:`_GENERATION_SHIFT`)."""
+    return (generation << _GENERATION_SHIFT) | position
+
+
+def untag_position(tagged: int) -> tuple[int, int]:
+    """``(generation, position)`` of a position handed out by :func:`tag_position`."""
+    return tagged >> _GENERATION_SHIFT, tagged & ((1 << _GENERATION_SHIFT) - 1)
+
+
 _RECORD: Final = struct.Struct(">QQBI")
 _HEADER_SIZE: Final = _RECORD.size  # 21
 _LAST_FLAG: Final = 1
@@ -104,6 +129,9 @@ class _LogView(NamedTuple):
     """Number of closed chunks (records in ``chunks.idx``)."""
     recent: tuple[_Boundary, ...]
     """The last (up to four) boundaries, oldest first."""
+    generation: int = 0
+    """Which files hold the log: a compaction writes the next generation and switches to it
+    (see :func:`log_file_name`)."""
 
 
 class _OpenTransaction(NamedTuple):

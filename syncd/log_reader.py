@@ -14,13 +14,21 @@ half-written. The chunk holding an offset is found from the last four boundaries
 else by binary search over ``chunks.idx`` with ``pread``; the reader then reads that one chunk
 (one ``pread``) and scans it from its start (or from the recent start of the offset's
 transaction, when known). Reads open and close their own descriptors.
+
+Compaction (:mod:`syncd.log_compaction`) moves the log to new files, a new *generation*, and
+deletes the old ones. A read that captured the old view may then find its files gone: it starts
+over with the new view. Positions handed out (:attr:`LogPiece.position`) carry their generation,
+and the transaction starts (``tx_starts``) are kept per generation, so a position of the old
+files is never used in the new ones.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Final, TypeVar
 
 from shapes.offset import INF, SNAPSHOT_END, LogOffset
 from syncd.log_files import _pread_all
@@ -31,8 +39,6 @@ from syncd.log_format import (
     _RECORD,
     _SCAN_BLOCK,
     _U64_LIMIT,
-    INDEX_FILE,
-    LOG_FILE,
     READ_MEMO_BYTES,
     LogPiece,
     ReadPlan,
@@ -43,9 +49,18 @@ from syncd.log_format import (
     _LogView,
     _snapshot_path,
     _SnapshotView,
+    index_file_name,
+    log_file_name,
+    tag_position,
+    untag_position,
 )
 
+_REREADS: Final = 3
+"""Times a read starts over when a compaction replaced the files under it."""
+
 __all__ = ["LogReader"]
+
+_T = TypeVar("_T")
 
 
 class LogReader:
@@ -53,10 +68,8 @@ class LogReader:
 
     __slots__ = (
         "_dir",
-        "_index_path",
         "_last_piece",
         "_last_read",
-        "_log_path",
         "snapshot",
         "tx_starts",
         "view",
@@ -64,26 +77,44 @@ class LogReader:
 
     def __init__(self, directory: Path, view: _LogView, snapshot: _SnapshotView) -> None:
         self._dir = directory
-        self._log_path = os.fspath(directory / LOG_FILE)
-        self._index_path = os.fspath(directory / INDEX_FILE)
         self.view = view
         """The committed change-log state (replaced as a whole by the owner)."""
         self.snapshot = snapshot
         """The closed snapshot chunks and whether the snapshot is complete."""
-        self.tx_starts: list[tuple[int, int]] = []
-        """``(tx, position)`` of recently committed transactions, so that a read near the end
-        of a long open chunk starts at its transaction instead of the chunk's first record."""
+        self.tx_starts: tuple[int, list[tuple[int, int]]] = (view.generation, [])
+        """A generation and the ``(tx, position)`` of recently committed transactions in it,
+        so that a read near the end of a long open chunk starts at its transaction instead of
+        the chunk's first record."""
         self._last_read: tuple[_LogView, LogOffset, tuple[bytes, ...], LogOffset] | None = None
         """The latest small change-log read: every live reader woken by one commit asks for the
         same offset of the same view, so all but the first are answered from here."""
         self._last_piece: tuple[_LogView, tuple[LogOffset, int, LogOffset], LogPiece] | None = None
         """The same for :meth:`read_piece`."""
 
-    def _start_of(self, tx: int) -> int:
+    def _start_of(self, view: _LogView, tx: int) -> int:
         """A record position at or before the first record of ``tx``'s successors (0: unknown)."""
-        starts = self.tx_starts
+        generation, starts = self.tx_starts
+        if generation != view.generation:
+            return 0
         i = bisect.bisect_right(starts, (tx, _U64_LIMIT)) - 1
         return starts[i][1] if i >= 0 else 0
+
+    def _log_path(self, view: _LogView) -> str:
+        return os.fspath(self._dir / log_file_name(view.generation))
+
+    def _index_path(self, view: _LogView) -> str:
+        return os.fspath(self._dir / index_file_name(view.generation))
+
+    def _rereading(self, read: Callable[[], _T]) -> _T:
+        """``read()``, again when a compaction deleted the files it was reading."""
+        for _ in range(_REREADS):
+            generation = self.view.generation
+            try:
+                return read()
+            except FileNotFoundError:
+                if self.view.generation == generation:
+                    raise
+        return read()
 
     def read(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
         """The JSON lines of the chunk after ``offset`` and that chunk's end offset.
@@ -106,8 +137,8 @@ class LogReader:
                 return self._read_snapshot_chunk(next_chunk), LogOffset(0, next_chunk)
             if not snap.complete:
                 raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
-            return self._read_log(SNAPSHOT_END)
-        return self._read_log(offset)
+            offset = SNAPSHOT_END
+        return self._rereading(lambda: self._read_log(offset))
 
     def plan_read(self, offset: LogOffset) -> ReadPlan:
         """Where :meth:`read` of ``offset`` would read and the end offset it would return.
@@ -126,6 +157,9 @@ class LogReader:
             if not snap.complete:
                 raise SnapshotIncomplete(f"snapshot chunk {next_chunk} of {self._dir} is not ready")
             offset = SNAPSHOT_END
+        return self._rereading(lambda: self._plan_log_read(offset))
+
+    def _plan_log_read(self, offset: LogOffset) -> ReadPlan:
         view = self.view
         if view.latest == SNAPSHOT_END or offset >= view.latest:
             return ReadPlan(None, offset, offset)
@@ -135,7 +169,7 @@ class LogReader:
         """Offset of the last entry of the chunk holding the first entry after ``offset``."""
         recent = view.recent
         first_cached = view.chunks - len(recent)
-        with _IndexReader(self._index_path, recent, first_cached) as index:
+        with _IndexReader(self._index_path(view), recent, first_cached) as index:
             lo, hi = (
                 (first_cached, view.chunks)
                 if recent and offset >= recent[0].end
@@ -201,32 +235,47 @@ class LogReader:
         ``until``. ``offset`` is a change-log offset (a snapshot offset means the log's start).
 
         ``position`` is the one a previous piece returned with ``offset`` as its ``end``; without
-        it the start is found from the chunk index (reading at most one chunk's headers, in
-        blocks). Unlike :meth:`read`, memory is bounded by ``max_bytes`` (or one larger entry).
-        Safe to call from another thread while the owner appends.
+        it (or when a compaction moved the log since) the start is found from the chunk index
+        (reading at most one chunk's headers, in blocks). Unlike :meth:`read`, memory is bounded
+        by ``max_bytes`` (or one larger entry). Safe to call from another thread while the owner
+        appends.
         """
-        if offset.tx <= 0:
-            offset, position = SNAPSHOT_END, 0
+        return self._rereading(lambda: self._read_piece(offset, max_bytes, position, until))
+
+    def _read_piece(
+        self,
+        offset: LogOffset,
+        max_bytes: int,
+        position: int | None,
+        until: LogOffset | None,
+    ) -> LogPiece:
         view = self.view
+        start: int | None = None
+        if offset.tx <= 0:
+            offset, start = SNAPSHOT_END, 0
+        elif position is not None:
+            generation, at = untag_position(position)
+            start = at if generation == view.generation else None
         limit = view.latest if until is None else min(until, view.latest)
         if view.latest == SNAPSHOT_END or offset >= limit:
-            return LogPiece([], offset, position)
+            tagged = None if start is None else tag_position(view.generation, start)
+            return LogPiece([], offset, tagged)
         memo = self._last_piece
         key = (offset, max_bytes, limit)
         if memo is not None and memo[0] is view and memo[1] == key:
             piece = memo[2]
             return LogPiece(list(piece.items), piece.end, piece.position)
-        if position is None:
-            position = self._position_after(view, offset)
-        piece = self._read_piece_at(position, view.size, max_bytes, limit, offset)
+        if start is None:
+            start = self._position_after(view, offset)
+        piece = self._read_piece_at(view, start, max_bytes, limit, offset)
         self._last_piece = (view, key, piece)
         return LogPiece(list(piece.items), piece.end, piece.position)
 
     def _position_after(self, view: _LogView, offset: LogOffset) -> int:
         """Log position of the first entry after ``offset`` (``view.size`` if none)."""
         start, end = self._chunk_range(view, offset)
-        position = max(start, min(self._start_of(offset.tx), end))
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        position = max(start, min(self._start_of(view, offset.tx), end))
+        fd = os.open(self._log_path(view), os.O_RDONLY | os.O_CLOEXEC)
         try:
             while position < end:
                 block = _pread_all(fd, min(_SCAN_BLOCK, end - position), position)
@@ -244,12 +293,13 @@ class LogReader:
         return end
 
     def _read_piece_at(
-        self, position: int, size: int, max_bytes: int, limit: LogOffset, offset: LogOffset
+        self, view: _LogView, position: int, max_bytes: int, limit: LogOffset, offset: LogOffset
     ) -> LogPiece:
         """Entries from ``position`` (the start of one) up to ``max_bytes`` and ``limit``."""
         items: list[bytes] = []
         end = offset
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        size = view.size
+        fd = os.open(self._log_path(view), os.O_RDONLY | os.O_CLOEXEC)
         try:
             block = _pread_all(fd, min(size - position, max_bytes + _HEADER_SIZE), position)
             p = taken = 0
@@ -271,7 +321,7 @@ class LogReader:
                     break
         finally:
             os.close(fd)
-        return LogPiece(items, end, position + p)
+        return LogPiece(items, end, tag_position(view.generation, position + p))
 
     def _read_snapshot_chunk(self, k: int) -> list[bytes]:
         if k >= self.snapshot.closed:
@@ -296,8 +346,8 @@ class LogReader:
 
     def _read_log_file(self, view: _LogView, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
         start, end = self._chunk_range(view, offset)
-        start = max(start, min(self._start_of(offset.tx), end))
-        fd = os.open(self._log_path, os.O_RDONLY | os.O_CLOEXEC)
+        start = max(start, min(self._start_of(view, offset.tx), end))
+        fd = os.open(self._log_path(view), os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = _pread_all(fd, end - start, start)
         finally:
@@ -308,7 +358,7 @@ class LogReader:
         """File positions ``[start, end)`` of the chunk holding ``offset``."""
         recent = view.recent
         first_cached = view.chunks - len(recent)
-        with _IndexReader(self._index_path, recent, first_cached) as index:
+        with _IndexReader(self._index_path(view), recent, first_cached) as index:
             # Chunk i holds (end of i-1, end of i]; find the first i whose end is above offset.
             if recent and offset >= recent[0].end:
                 lo, hi = first_cached + 1, view.chunks

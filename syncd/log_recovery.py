@@ -36,9 +36,11 @@ byte that ``pwrite`` returned for), and zero-filled blocks never pass the header
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Final
@@ -58,8 +60,6 @@ from syncd.log_format import (
     _RECORD,
     _SNAPSHOT_PREFIX,
     _SNAPSHOT_SUFFIX,
-    INDEX_FILE,
-    LOG_FILE,
     SNAPSHOT_DONE_FILE,
     StorageError,
     _Boundary,
@@ -67,9 +67,38 @@ from syncd.log_format import (
     _LogView,
     _ScanResult,
     _SnapshotView,
+    index_file_name,
+    log_file_name,
 )
 
 _raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
+
+
+_GENERATION_FILE: Final = re.compile(
+    r"(?:log|chunks)\.(\d+)\.(?:bin|idx)(\.tmp)?|(log\.bin|chunks\.idx)"
+)
+
+
+def _current_generation(path: Path) -> int:
+    """The newest generation of the change log in ``path`` (the highest whose log file is in
+    place); the files of older generations and of an unfinished compaction are deleted."""
+    found: dict[str, tuple[int, bool]] = {}
+    for name in os.listdir(path):
+        match = _GENERATION_FILE.fullmatch(name)
+        if match is not None:
+            number, temporary, first = match.groups()
+            found[name] = (0, False) if first else (int(number), temporary is not None)
+    logs = [
+        generation
+        for name, (generation, temporary) in found.items()
+        if not temporary and name == log_file_name(generation)
+    ]
+    current = max(logs, default=0)
+    for name, (generation, temporary) in found.items():
+        if temporary or generation != current:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path / name)
+    return current
 
 
 def _load_boundaries(index_data: bytes) -> list[_Boundary]:
@@ -95,14 +124,14 @@ def _load_boundaries(index_data: bytes) -> list[_Boundary]:
 
 
 def _recover_log(
-    path: Path, log_size: int, stored: list[_Boundary], chunk_bytes: int
+    path: Path, log_size: int, stored: list[_Boundary], chunk_bytes: int, generation: int = 0
 ) -> tuple[_LogView, int, list[_Boundary]]:
     """Cut the log after its last complete transaction; drops unusable ``stored`` boundaries.
 
     Returns the committed view, the open chunk's JSON byte count, and the boundaries found after
     the last kept stored one. ``stored`` is shortened in place to the kept boundaries.
     """
-    with open(path / LOG_FILE, "r+b") as f:
+    with open(path / log_file_name(generation), "r+b") as f:
         if log_size == 0:
             stored.clear()
             result = _ScanResult(0, None, 0, [])
@@ -123,7 +152,8 @@ def _recover_log(
     else:
         latest = SNAPSHOT_END
     recent = tuple(boundaries[-_RECENT_BOUNDARIES:])
-    return _LogView(committed, latest, len(boundaries), recent), result.acc, result.boundaries
+    view = _LogView(committed, latest, len(boundaries), recent, generation)
+    return view, result.acc, result.boundaries
 
 
 def _find_committed(mm: mmap.mmap, stored: list[_Boundary], chunk_bytes: int) -> _ScanResult:
@@ -216,16 +246,21 @@ def _is_json_object(data: bytes) -> bool:
 
 
 def _rewrite_index(
-    path: Path, index_data: bytes, kept: list[_Boundary], new: list[_Boundary]
+    path: Path,
+    index_data: bytes,
+    kept: list[_Boundary],
+    new: list[_Boundary],
+    generation: int = 0,
 ) -> None:
-    """Make ``chunks.idx`` hold exactly ``kept`` followed by ``new``."""
+    """Make the chunk index of ``generation`` hold exactly ``kept`` followed by ``new``."""
+    name = index_file_name(generation)
     keep_size = len(_INDEX_MAGIC) + len(kept) * _INDEX_RECORD_SIZE
     if not index_data.startswith(_INDEX_MAGIC):
-        _atomic_write(path, INDEX_FILE, _INDEX_MAGIC + b"".join(b.encode() for b in new))
+        _atomic_write(path, name, _INDEX_MAGIC + b"".join(b.encode() for b in new))
         return
     if not new and len(index_data) == keep_size:
         return
-    with open(path / INDEX_FILE, "r+b") as f:
+    with open(path / name, "r+b") as f:
         f.truncate(keep_size)
         f.seek(keep_size)
         f.write(b"".join(b.encode() for b in new))

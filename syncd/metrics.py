@@ -134,6 +134,12 @@ class Metrics:
             buckets=FLUSH_BUCKETS,
             registry=self.registry,
         )
+        self.compaction_duration = Histogram(
+            "syncd_compaction_duration_seconds",
+            "Seconds each compaction of a shape log took, the rewrite and the switch.",
+            buckets=SNAPSHOT_BUCKETS,
+            registry=self.registry,
+        )
         self.snapshot_duration = Histogram(
             "syncd_snapshot_duration_seconds",
             "Seconds from a new shape's creation until its snapshot was durable and served.",
@@ -234,6 +240,7 @@ class DaemonCollector:
         yield from self._replication()
         yield from self._shapes()
         yield from self._requests()
+        yield from self._compaction()
         yield from self._storage()
 
     def _replication(self) -> Iterator[Metric]:
@@ -353,6 +360,24 @@ class DaemonCollector:
         yield in_flight
         yield refused
 
+    def _compaction(self) -> Iterator[Metric]:
+        compactor = self._engine.compactor
+        yield CounterMetricFamily(
+            "syncd_compactions",
+            "Shape log compactions switched to.",
+            value=float(compactor.compactions),
+        )
+        yield CounterMetricFamily(
+            "syncd_compaction_failures",
+            "Shape log compactions that failed (the log stays as it was).",
+            value=float(compactor.failures),
+        )
+        yield CounterMetricFamily(
+            "syncd_compaction_reclaimed_bytes",
+            "Change-log bytes compaction removed (bytes compacted minus bytes written).",
+            value=float(compactor.bytes_before - compactor.bytes_after),
+        )
+
     def _storage(self) -> Iterator[Metric]:
         usage = self._retention.usage
         if usage is None:
@@ -408,6 +433,7 @@ class MetricsEndpoint:
         metrics.registry.register(DaemonCollector(engine, stream, api, retention, self._server))
         engine.flush.on_flushed = metrics.flush_duration.observe
         engine.snapshots.on_snapshot_done = metrics.snapshot_duration.observe
+        engine.compactor.on_compacted = metrics.compaction_duration.observe
 
     async def handle(self, request: Request) -> Response:
         if not self._authorised(request):

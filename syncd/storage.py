@@ -58,34 +58,23 @@ log (and of the index, once a chunk closes), which live from the first append af
 
 from __future__ import annotations
 
-import contextlib
-import operator
 import os
 import shutil
-import struct
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain, islice, repeat
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from shapes.offset import SNAPSHOT_END, LogOffset
+from syncd.log_compaction import CompactionResult
 from syncd.log_files import (
     _fsync_dir,
     _fsync_file,
-    _pwrite_all,
-    _pwritev_all,
     _write_new_file,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
 from syncd.log_format import (
-    _HEADER_SIZE,
     _INDEX_MAGIC,
-    _INDEX_RECORD_SIZE,
-    _LAST_FLAG,
-    _RECENT_BOUNDARIES,
-    _RECORD,
     _SNAPSHOT_PREFIX,
-    _U64_LIMIT,
     INDEX_FILE,
     LOG_FILE,
     META_FILE,
@@ -96,21 +85,22 @@ from syncd.log_format import (
     SnapshotIncomplete,
     StorageError,
     TransactionEntries,
-    _Boundary,
     _check_chunk_bytes,
-    _check_ops,
     _LogView,
-    _OpenTransaction,
     _SnapshotView,
+    index_file_name,
+    log_file_name,
 )
 from syncd.log_meta import MetaFile
 from syncd.log_reader import LogReader
 from syncd.log_recovery import (
+    _current_generation,
     _load_boundaries,
     _load_snapshot_state,
     _recover_log,
     _rewrite_index,
 )
+from syncd.log_writer import ChangeLogWriter
 from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
 from syncd.snapshot_writer import SnapshotWriter
 
@@ -135,21 +125,13 @@ class ShapeLog:
     """The durable log of one shape. See the module docstring for the file formats and rules."""
 
     __slots__ = (
-        "_acc",
         "_chunk_bytes",
         "_creation_unsynced",
         "_deleted",
         "_dir",
-        "_index_fd",
-        "_index_path",
-        "_last_tx",
-        "_log_fd",
-        "_log_path",
-        "_open_txn",
         "_reader",
         "_snapshot",
-        "_synced_writes",
-        "_writes",
+        "_writer",
         "device",
         "meta",
     )
@@ -166,20 +148,11 @@ class ShapeLog:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._dir = directory
         self._chunk_bytes = chunk_bytes
-        self._log_path = os.fspath(directory / LOG_FILE)
-        self._index_path = os.fspath(directory / INDEX_FILE)
         self._reader = LogReader(directory, view, snapshot)
         """Reads, over the committed state published to it (``view``, ``snapshot``,
         ``tx_starts``)."""
-        self._acc = acc
-        self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0
-        self._open_txn: _OpenTransaction | None = None
-        self._log_fd: int | None = None
-        self._index_fd: int | None = None
-        self._writes = 0
-        """How many writes went to the log or the index (appends and cuts)."""
-        self._synced_writes = 0
-        """How many of those are known durable: the log is clean when the two are equal."""
+        self._writer = ChangeLogWriter(directory, chunk_bytes, self._reader, acc)
+        """Appends to the change log and publishes the committed state to the reader."""
         self._deleted = False
         self._snapshot = SnapshotWriter(directory, chunk_bytes, self._reader, snapshot_chunks)
         self.device = os.stat(directory).st_dev
@@ -236,26 +209,32 @@ class ShapeLog:
         _check_chunk_bytes(chunk_bytes)
         path = Path(directory)
         try:
-            with open(path / INDEX_FILE, "rb") as f:
-                index_data = f.read()
-            log_size = os.path.getsize(path / LOG_FILE)
+            generation = _current_generation(path)
+            log_size = os.path.getsize(path / log_file_name(generation))
         except FileNotFoundError as exc:
             raise StorageError(f"{path} does not hold a shape log: {exc}") from exc
+        try:
+            with open(path / index_file_name(generation), "rb") as f:
+                index_data = f.read()
+        except FileNotFoundError:
+            if generation == 0:
+                raise StorageError(f"{path} does not hold a shape log: no chunk index") from None
+            index_data = b""  # rebuilt from the log below
         family = _INDEX_MAGIC[:-1]
         if index_data.startswith(family) and not index_data.startswith(_INDEX_MAGIC):
             if len(index_data) > len(family):
                 raise StorageError(f"{path / INDEX_FILE}: unsupported format version")
         # Any other damage to the index (its header included) is repaired from the log.
         stored = _load_boundaries(index_data)
-        view, acc, new_boundaries = _recover_log(path, log_size, stored, chunk_bytes)
-        _rewrite_index(path, index_data, stored, new_boundaries)
+        view, acc, new_boundaries = _recover_log(path, log_size, stored, chunk_bytes, generation)
+        _rewrite_index(path, index_data, stored, new_boundaries, generation)
         snapshot, snapshot_chunks = _load_snapshot_state(path)
         return cls(path, chunk_bytes, view, acc, snapshot, snapshot_chunks)
 
     def delete(self) -> None:
         """Close the append descriptors and remove the directory with everything in it."""
         self._deleted = True
-        self._close_fds()
+        self._writer.close_fds()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ properties
@@ -294,18 +273,19 @@ class ShapeLog:
     @property
     def dirty(self) -> bool:
         """True if changes were appended (or metadata deferred) since the last :meth:`sync`."""
-        return self._writes != self._synced_writes or self.meta.pending
+        return self._writer.dirty or self.meta.pending
 
     def flush_note(self) -> tuple[ShapeLog, int, int | None] | None:
         """What a flush starting now must cover: ``(log, writes so far, metadata writes)``, the last
         ``None`` without pending metadata (see :class:`syncd.log_flush.FlushPlan`); ``None``
         for a clean or deleted log."""
         meta = self.meta
+        writer = self._writer
         if meta.pending:
-            return None if self._deleted else (self, self._writes, meta.writes)
-        if self._writes == self._synced_writes or self._deleted:
+            return None if self._deleted else (self, writer.writes, meta.writes)
+        if not writer.dirty or self._deleted:
             return None
-        return self, self._writes, None
+        return self, writer.writes, None
 
     @property
     def deleted(self) -> bool:
@@ -315,25 +295,23 @@ class ShapeLog:
     @property
     def holds_descriptors(self) -> bool:
         """The log keeps descriptors open for appending."""
-        return self._log_fd is not None or self._index_fd is not None
+        return self._writer.holds_descriptors
 
     def mark_synced(self, writes: int) -> None:
         """The first ``writes`` writes (:attr:`writes` when the flush began) are durable; the
         append descriptors stay open for the next appends (:meth:`close_descriptors` closes
         them). Writes made while the flush ran keep the log dirty."""
-        if writes > self._synced_writes:
-            self._synced_writes = writes
+        self._writer.mark_synced(writes)
 
     def close_descriptors(self) -> None:
         """Close the append descriptors of a log with nothing unsynced (else a no-op)."""
-        if self._writes == self._synced_writes:
-            self._close_fds()
+        self._writer.close_descriptors()
 
     def duplicate_descriptors(self) -> list[int]:
         """Duplicates of the open append descriptors, for an ``fdatasync()`` that another
         thread runs while this one goes on appending (the caller closes them). A write-back
         error is reported through a duplicate as through the original."""
-        return [os.dup(fd) for fd in (self._log_fd, self._index_fd) if fd is not None]
+        return self._writer.duplicate_descriptors()
 
     def has_entries_after(self, offset: LogOffset) -> bool:
         """True if the change log holds an entry strictly after ``offset``."""
@@ -409,175 +387,50 @@ class ShapeLog:
     def append_transaction(
         self, tx: int, entries: Sequence[tuple[int, bytes]], *, final: bool = True
     ) -> None:
-        """Append one transaction's entries ``(op, json)``; readers see it on return.
-
-        A large transaction may be appended in pieces: every call but the last passes
-        ``final=False`` (same ``tx``, ``op`` values still increasing across the calls). Pieces
-        reach the OS at once but stay invisible: readers, :attr:`latest_offset` and recovery only
-        ever see whole transactions, because the committed length advances with the last piece
-        (whose last record alone carries the last-of-transaction flag). While a transaction is
-        open no other may be appended; :meth:`abort_transaction` drops it.
-
-        ``tx`` must exceed the previous transaction's and ``op`` values must increase. The bytes
-        are written to the OS, not fsynced; see :meth:`sync`. A failed write abandons the whole
-        open transaction (the log is cut back to its committed length) and re-raises.
+        """Append one transaction's entries ``(op, json)``; readers see it on return (see
+        :meth:`syncd.log_writer.ChangeLogWriter.append`: pieces, order, failures).
 
         Raises:
             ValueError: empty piece, or ``tx``/``op`` out of order or out of range.
         """
-        if (
-            final
-            and self._open_txn is None
-            and len(entries) == 1
-            and not self._creation_unsynced
-            and self._last_tx < tx < _U64_LIMIT
-        ):
-            op, data = entries[0]
-            if 0 <= op < _U64_LIMIT and self._append_one(tx, op, data):
-                return
-        if not entries:
-            raise ValueError("a transaction needs at least one entry")
         if self._creation_unsynced:
             self._sync_creation()
-        view = self._reader.view
-        open_txn = self._open_txn
-        earlier: tuple[_Boundary, ...]
-        if open_txn is None:
-            if not self._last_tx < tx < _U64_LIMIT:
-                raise ValueError(f"tx {tx} must be above the previous tx {self._last_tx}")
-            start, acc, prev_op, earlier = view.size, self._acc, -1, ()
-        elif tx != open_txn.tx:
-            raise ValueError(f"tx {tx} while transaction {open_txn.tx} is still open")
-        else:
-            start, acc = open_txn.pos, open_txn.acc
-            prev_op, earlier = open_txn.last_op, open_txn.boundaries
-        n = len(entries)
-        if isinstance(entries, TransactionEntries):
-            ops: Sequence[int] = entries.ops
-            datas: Sequence[bytes] = entries.datas
-        else:
-            ops, datas = zip(*entries, strict=True)
-        pack = _RECORD.pack
-        try:
-            sizes = list(map(len, datas))
-            headers = list(map(pack, repeat(tx, n), ops, repeat(0, n), sizes))
-            if final:
-                # Flag the transaction's last record (and a boundary that falls right after it).
-                headers[-1] = pack(tx, ops[-1], _LAST_FLAG, sizes[-1])
-            ordered = ops[0] > prev_op and not any(map(operator.ge, ops, islice(ops, 1, None)))
-        except struct.error:
-            ordered = False
-        if not ordered:
-            _check_ops(tx, ops, prev_op)
-        limit = self._chunk_bytes
-        total = sum(sizes)
-        pos = start + n * _HEADER_SIZE + total
-        new: list[_Boundary] = []
-        if acc + total < limit:
-            acc += total
-        else:
-            at = start
-            for op, size in zip(ops, sizes, strict=True):
-                at += _HEADER_SIZE + size
-                acc += size
-                if acc >= limit:
-                    new.append(_Boundary(LogOffset(tx, op), at, at - _HEADER_SIZE - size, False))
-                    acc = 0
-        if final and new and new[-1].pos == pos:
-            new[-1] = new[-1]._replace(last=True)
-        chunks = view.chunks + len(earlier)
-        log_fd = self._log_descriptor()
-        self._writes += 1
-        try:
-            records = list(chain.from_iterable(zip(headers, datas, strict=True)))
-            _pwritev_all(log_fd, records, start)
-            if new:
-                index_fd = self._index_descriptor()
-                at = len(_INDEX_MAGIC) + chunks * _INDEX_RECORD_SIZE
-                _pwrite_all(index_fd, b"".join(b.encode() for b in new), at)
-        except OSError:
-            # Leave nothing beyond the committed state: the next append writes there again.
-            self._truncate_to_committed()
-            raise
-        boundaries = earlier + tuple(new)
-        if not final:
-            self._open_txn = _OpenTransaction(tx, pos, ops[-1], acc, boundaries)
-            return
-        recent = (view.recent + boundaries)[-_RECENT_BOUNDARIES:] if boundaries else view.recent
-        self._open_txn = None
-        self._acc = acc
-        self._last_tx = tx
-        self._remember_start(tx, view.size)
-        self._reader.view = _LogView(
-            pos, LogOffset(tx, ops[-1]), view.chunks + len(boundaries), recent
-        )
-
-    def _append_one(self, tx: int, op: int, data: bytes) -> bool:
-        """The common case of :meth:`append_transaction` in fewer steps: one whole
-        transaction of one entry that closes no chunk (``tx`` and ``op`` already checked).
-        False, having done nothing, when the entry would close a chunk."""
-        size = len(data)
-        acc = self._acc + size
-        if acc >= self._chunk_bytes:
-            return False
-        view = self._reader.view
-        start = view.size
-        log_fd = self._log_descriptor()
-        self._writes += 1
-        try:
-            _pwrite_all(log_fd, _RECORD.pack(tx, op, _LAST_FLAG, size) + data, start)
-        except OSError:
-            self._truncate_to_committed()
-            raise
-        self._acc = acc
-        self._last_tx = tx
-        self._remember_start(tx, start)
-        self._reader.view = _LogView(
-            start + _HEADER_SIZE + size, LogOffset(tx, op), view.chunks, view.recent
-        )
-        return True
-
-    def _log_descriptor(self) -> int:
-        """The change log's append descriptor, opened if it is not."""
-        fd = self._log_fd
-        if fd is None:
-            fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
-        return fd
-
-    def _index_descriptor(self) -> int:
-        """The chunk index's append descriptor, opened if it is not."""
-        fd = self._index_fd
-        if fd is None:
-            fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
-        return fd
-
-    def _remember_start(self, tx: int, position: int) -> None:
-        starts = self._reader.tx_starts
-        if len(starts) >= 2 * _RECENT_STARTS:
-            # A new list: readers in other threads keep iterating the one they captured.
-            starts = self._reader.tx_starts = starts[-_RECENT_STARTS:]
-        starts.append((tx, position))
+        self._writer.append(tx, entries, final=final)
 
     @property
     def open_transaction(self) -> int | None:
         """The ``tx`` of a transaction appended in pieces whose last piece is still to come."""
-        return None if self._open_txn is None else self._open_txn.tx
+        return self._writer.open_transaction
 
     def abort_transaction(self) -> None:
         """Drop the pieces of the open transaction, if any (the log is cut back)."""
-        if self._open_txn is not None:
-            self._truncate_to_committed()
+        self._writer.abort_transaction()
 
-    def _truncate_to_committed(self) -> None:
-        """Cut the log and the index back to the committed state (best effort)."""
-        self._open_txn = None
-        self._writes += 1
-        view = self._reader.view
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._log_descriptor(), view.size)
-        with contextlib.suppress(OSError):
-            index_fd = self._index_descriptor()
-            os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
+    # ------------------------------------------------------------------ compaction
+
+    @property
+    def change_log_size(self) -> int:
+        """Committed bytes of the change log."""
+        return self._reader.view.size
+
+    @property
+    def compacted_size(self) -> int:
+        """The change log's size right after its last compaction (0: none since opened)."""
+        return self._writer.compacted_size
+
+    def compaction_source(self) -> tuple[int, int] | None:
+        """``(generation, size)`` of the change log to compact now, or ``None`` (deleted, or
+        a transaction open in pieces): see :mod:`syncd.log_compaction`."""
+        if self._deleted:
+            return None
+        return self._writer.compaction_source()
+
+    def install_compaction(self, result: CompactionResult) -> bool:
+        """Switch to a compacted generation (see
+        :meth:`syncd.log_writer.ChangeLogWriter.install_compaction`)."""
+        if self._deleted:
+            return False
+        return self._writer.install_compaction(result)
 
     def sync(self) -> None:
         """fdatasync the log and the chunk index if anything was appended, install deferred
@@ -586,13 +439,7 @@ class ShapeLog:
         try:
             plan_flush([self], None).run()
         finally:
-            self._close_fds()
-
-    def _close_fds(self) -> None:
-        for fd in (self._log_fd, self._index_fd):
-            if fd is not None:
-                os.close(fd)
-        self._log_fd = self._index_fd = None
+            self._writer.close_fds()
 
     # ------------------------------------------------------------------ reading (LogReader)
 
@@ -625,7 +472,3 @@ class ShapeLog:
     ) -> LogPiece:
         """See :meth:`LogReader.read_piece`. Safe to call from another thread."""
         return self._reader.read_piece(offset, max_bytes, position, until)
-
-
-_RECENT_STARTS: Final = 256
-"""How many recent transaction start positions a log keeps (up to twice as many)."""

@@ -655,7 +655,7 @@ def test_reads_near_the_tail_start_at_recent_transactions(tmp_path: Path) -> Non
         LogOffset(tx * 10 + d, op) for tx in range(0, 600, 7) for d in (0, 5) for op in (0, 2, 9)
     ]
     remembered = [log.read(offset) for offset in offsets]
-    log._reader.tx_starts = []  # as after a restart: scan from each chunk's start
+    log._reader.tx_starts = (0, [])  # as after a restart: scan from each chunk's start
     assert [log.read(offset) for offset in offsets] == remembered
 
 

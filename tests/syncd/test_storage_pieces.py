@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shapes.offset import SNAPSHOT_END, LogOffset
-from syncd import log_format, storage
+from syncd import log_format, log_writer, storage
 from syncd.storage import ShapeLog
 from tests.syncd.logs import read_all_changes
 
@@ -120,7 +120,7 @@ def test_failed_piece_abandons_the_whole_transaction(
     def fail(*_args: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage, "_pwritev_all", fail)
+    monkeypatch.setattr(log_writer, "_pwritev_all", fail)
     with pytest.raises(OSError, match="space"):
         log.append_transaction(200, [(6, entry(13))])
     monkeypatch.undo()

@@ -1,0 +1,207 @@
+"""Background compaction of the shape logs: when, where it runs, and the switch.
+
+Layer: ``syncd``. What compaction does to a log, and why readers keep exact offsets, is in
+:mod:`syncd.log_compaction`.
+
+When. Every ``interval`` seconds the compactor looks at the ready shapes. A log is due when its
+change log has grown since its last compaction by at least ``min_bytes`` and by at least its
+compacted size (so a log that cannot shrink, inserts only, is rewritten at doubling sizes: the
+work stays proportional to what is written), or when it has grown by ``idle_min_bytes`` and
+taken no change for ``idle_seconds`` (a quiet shape ends with a short tail). The most grown
+log goes first, one at a time.
+
+Where. The rewrite runs in a worker process (``spawn``; it dies with syncd), on the other core:
+decoding and merging millions of entries on a thread would hold the interpreter lock the event
+loop needs. Only the switch runs on the event loop (:meth:`ShapeLog.install_compaction`): it
+copies the entries committed meanwhile, makes them durable and renames the new files into place,
+between two replication messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from syncd.log_compaction import (
+    CompactionResult,
+    compact_log,
+    discard_temporary,
+    extend_compaction,
+)
+from syncd.shape_state import ShapeState
+from syncd.storage import ShapeLog
+
+log = logging.getLogger("syncd.compaction")
+
+_PR_SET_PDEATHSIG = 1
+_SWITCH_BYTES = 256 << 10
+"""At most this much of what was committed during a compaction is copied on the event loop at
+the switch; more is copied on a thread first."""
+_CATCH_UPS = 4
+
+
+@dataclass(frozen=True)
+class CompactionSettings:
+    """When shape logs are compacted (module docstring)."""
+
+    enabled: bool = True
+    min_bytes: int = 1 << 20
+    idle_min_bytes: int = 64 << 10
+    idle_seconds: float = 10.0
+    interval: float = 1.0
+
+
+def _die_with_parent() -> None:
+    """Worker initialiser: on Linux, the worker is killed when syncd dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
+class Compactor:
+    """Compacts the logs of one engine's shapes (module docstring)."""
+
+    def __init__(self, settings: CompactionSettings, shapes: Callable[[], Iterable[ShapeState]]):
+        self.settings = settings
+        self._shapes = shapes
+        self._executor: ProcessPoolExecutor | None = None
+        self._quiet_since: dict[ShapeLog, tuple[int, float]] = {}
+        """Each log's size when last seen changed, and since when it has not."""
+        self.compactions = 0
+        """Compactions switched to."""
+        self.bytes_before = 0
+        self.bytes_after = 0
+        """Change-log bytes compacted, and what they became."""
+        self.failures = 0
+        self.on_compacted: Callable[[float], None] = lambda seconds: None
+        """Told the seconds each compaction took (the metrics' histogram)."""
+
+    async def run(self) -> None:
+        """Compact due logs until cancelled."""
+        try:
+            while True:
+                await asyncio.sleep(self.settings.interval)
+                shape = self.next_due(time.monotonic())
+                if shape is not None:
+                    await self.compact(shape)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def next_due(self, now: float) -> ShapeState | None:
+        """The ready shape whose log is most due for compaction, if any."""
+        settings = self.settings
+        best: ShapeState | None = None
+        best_growth = 0
+        seen: dict[ShapeLog, tuple[int, float]] = {}
+        for shape in self._shapes():
+            if shape.status != "ready":
+                continue
+            shape_log = shape.log
+            size = shape_log.change_log_size
+            previous = self._quiet_since.get(shape_log)
+            since = previous[1] if previous is not None and previous[0] == size else now
+            seen[shape_log] = (size, since)
+            growth = size - shape_log.compacted_size
+            due = growth >= max(settings.min_bytes, shape_log.compacted_size) or (
+                growth >= settings.idle_min_bytes and now - since >= settings.idle_seconds
+            )
+            if due and growth > best_growth:
+                best, best_growth = shape, growth
+        self._quiet_since = seen
+        return best
+
+    async def compact(self, shape: ShapeState) -> bool:
+        """Compact ``shape``'s log now; whether the compacted generation was switched to."""
+        shape_log = shape.log
+        source = shape_log.compaction_source()
+        if source is None:
+            return False
+        generation, size = source
+        started = time.monotonic()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._worker(),
+                compact_log,
+                os.fspath(shape_log.directory),
+                generation,
+                size,
+                shape_log.chunk_bytes,
+            )
+        except (OSError, BrokenProcessPool, ValueError) as exc:
+            self._failed(shape_log, generation, exc)
+            return False
+        for _ in range(_CATCH_UPS):  # most of what came meanwhile is copied off the loop
+            committed = shape_log.change_log_size
+            if shape_log.deleted or committed - result.source_size <= _SWITCH_BYTES:
+                break
+            try:
+                result = await asyncio.to_thread(
+                    extend_compaction,
+                    os.fspath(shape_log.directory),
+                    result,
+                    committed,
+                    shape_log.chunk_bytes,
+                )
+            except OSError as exc:
+                self._failed(shape_log, generation, exc)
+                return False
+        if not shape_log.install_compaction(result):
+            if shape_log.deleted:  # the worker may have written into a directory being removed
+                shutil.rmtree(shape_log.directory, ignore_errors=True)
+            return False
+        self._compacted(shape, result, time.monotonic() - started)
+        return True
+
+    def _worker(self) -> ProcessPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with_parent,
+            )
+        return executor
+
+    def _failed(self, shape_log: ShapeLog, generation: int, exc: BaseException) -> None:
+        self.failures += 1
+        if isinstance(exc, BrokenProcessPool):
+            self.close()  # a new worker next time
+        discard_temporary(shape_log.directory, generation + 1)
+        if shape_log.deleted:
+            shutil.rmtree(shape_log.directory, ignore_errors=True)
+            return
+        log.warning("compaction of %s failed: %s", shape_log.directory.name, exc)
+
+    def _compacted(self, shape: ShapeState, result: CompactionResult, seconds: float) -> None:
+        self.compactions += 1
+        self.bytes_before += result.source_size
+        self.bytes_after += result.size
+        self.on_compacted(seconds)
+        log.debug(
+            "compacted shape %s: %d entries in %d bytes became %d in %d (%.3f s)",
+            shape.handle,
+            result.entries_in,
+            result.source_size,
+            result.entries_out,
+            result.size,
+            seconds,
+        )
