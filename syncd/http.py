@@ -7,6 +7,8 @@ long-polls held until the log grows, and live Server-Sent Events. Its collaborat
 rest:
 
 * :mod:`syncd.admission`: how many requests may be in flight (503 over the limit);
+* :mod:`syncd.live_requests`: held long-polls and open SSE streams, counted, and released at
+  shutdown;
 * :mod:`syncd.responses`: protocol headers, JSON bodies and :func:`error_response`, the one
   place where every failure a request may meet (its own errors, a shape whose snapshot failed)
   becomes a status and a JSON body;
@@ -14,7 +16,8 @@ rest:
 * :mod:`syncd.cache_headers`: ``cache-control``, the cursor, ETag revalidation;
 * :mod:`syncd.request_body`: reading a POST body;
 * :mod:`syncd.asgi_app`: the Starlette app (routes, path normalisation, OpenAPI; Starlette's
-  own refusals, 404 and 405, and a bug's 500 are JSON too).
+  own refusals, 404 and 405, and a bug's 500 are JSON too);
+* :mod:`syncd.metrics`: ``GET /metrics`` and the count and time of every response.
 
 The names of those modules that other code imports from here are re-exported.
 """
@@ -72,6 +75,7 @@ from syncd.cache_headers import (
 )
 from syncd.engine import Engine
 from syncd.errors import RowsRejected
+from syncd.live_requests import LiveRequests
 from syncd.request_body import DRAIN_BYTES, MAX_BODY_BYTES, parse_json_body, read_body
 from syncd.responses import (
     EXPOSED_HEADERS,
@@ -86,7 +90,7 @@ from syncd.responses import (
     unavailable,
 )
 from syncd.send_deadline import connection_gone
-from syncd.shape_state import ShapeState, Wakeup, wait_briefly
+from syncd.shape_state import ShapeState, wait_briefly
 from syncd.storage import ReadPlan, SnapshotIncomplete
 
 __all__ = [
@@ -164,17 +168,14 @@ class ShapeApi:
         self.engine = engine
         self.settings = settings
         self.health = health
-        self._closing_wakeup = Wakeup()
-        self.held_long_polls = 0
-        """Live long-polls waiting for changes now."""
-        self.sse_streams = 0
-        """Live SSE streams open now."""
         self.admission = Admission(
             {
                 "initial": settings.max_initial_requests,
                 "existing": settings.max_existing_requests,
             }
         )
+        self.live = LiveRequests(self.admission)
+        """Held long-polls and open SSE streams."""
 
     async def shape_request(self, request: Request) -> Response:
         """Every ``/v1/shape`` request but OPTIONS, under admission control."""
@@ -323,13 +324,13 @@ class ShapeApi:
         offset = req.offset
         latest = shape.log.latest_offset
         if not offset.is_snapshot and offset > latest:
-            if not await self._wait_for(shape, offset, self.settings.long_poll_timeout / 2):
+            if not await self.live.wait_for(shape, offset, self.settings.long_poll_timeout / 2):
                 return bad_request({"offset": ["out of bounds for this shape"]})
         plan = shape.log.plan_read(offset)
         if req.live_sse and plan.empty:
             return self._sse(request, req, shape, offset)
         if req.live and plan.empty:
-            plan = await self._hold(request, shape, offset)
+            plan = await self.live.hold(request, shape, offset, self.settings.long_poll_timeout)
             if shape.status == "gone":
                 return self._after_loss(shape)
             if plan.empty:
@@ -392,7 +393,7 @@ class ShapeApi:
         or the snapshot finished or failed meanwhile), or the deadline passed."""
         if not offset.is_snapshot and offset != BEFORE_ALL:
             return None
-        while shape.status == "snapshotting" and not self._closing().done():
+        while shape.status == "snapshotting" and not self.live.closing.done():
             waiter = shape.notifier.wait()
             with contextlib.suppress(SnapshotIncomplete):
                 plan = shape.log.plan_read(offset)
@@ -401,7 +402,7 @@ class ShapeApi:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            await wait_briefly((waiter, self._closing()), remaining)
+            await wait_briefly((waiter, self.live.closing), remaining)
         return None
 
     def _after_loss(self, shape: ShapeState) -> Response:
@@ -415,52 +416,10 @@ class ShapeApi:
         replacement = self.engine.find(shape.definition)
         return must_refetch(replacement.handle if replacement is not None else None)
 
-    async def _wait_for(self, shape: ShapeState, offset: LogOffset, limit: float) -> bool:
-        deadline = time.monotonic() + limit
-        while shape.log.latest_offset < offset and shape.status == "ready":
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            await wait_briefly((shape.notifier.wait(), self._closing()), remaining)
-        return shape.status == "ready"
-
-    async def _hold(self, request: Request, shape: ShapeState, offset: LogOffset) -> ReadPlan:
-        """Wait for entries after ``offset`` up to the long-poll timeout; an empty plan when
-        none came, the client went away or the server is shutting down."""
-        deadline = time.monotonic() + self.settings.long_poll_timeout
-        signal = connection_gone(request.scope)
-        gone = signal if signal is not None else asyncio.ensure_future(disconnected(request))
-        closing = self._closing()
-        self.held_long_polls += 1
-        shape.readers += 1
-        try:
-            while shape.status == "ready" and not gone.done() and not closing.done():
-                waiter = shape.notifier.wait()
-                plan = shape.log.plan_read(offset)
-                if not plan.empty:
-                    return plan
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                await wait_briefly((waiter, gone, closing), remaining)
-        finally:
-            self.held_long_polls -= 1
-            shape.readers -= 1
-            shape.last_used = time.monotonic()
-            if isinstance(gone, asyncio.Future):
-                if gone.done() and not gone.cancelled():
-                    gone.exception()  # a receive() that failed also ends the wait; don't log it
-                gone.cancel()
-        return ReadPlan(None, offset, offset)
-
-    def _closing(self) -> Wakeup:
-        """Set by :meth:`release_live_requests`."""
-        return self._closing_wakeup
-
     def release_live_requests(self) -> None:
         """Answer every held long-poll now and end every SSE stream (for shutting down), so
         that the server can stop without cancelling handlers."""
-        self._closing_wakeup.set()
+        self.live.release_all()
 
     # -- responses -----------------------------------------------------------------------------
 
@@ -571,13 +530,13 @@ class ShapeApi:
         self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
     ) -> Response:
         headers = self._sse_headers(req, shape, offset)
-        release = self._sse_opened(shape)
+        release = self.live.stream_opened(shape)
         settings = self.settings
         stream = live_sse_events(
             shape,
             offset,
             release,
-            self._closing(),
+            self.live.closing,
             piece_bytes=settings.piece_bytes,
             duration=settings.sse_timeout,
             keepalive=settings.sse_keepalive,
@@ -589,25 +548,6 @@ class ShapeApi:
         return BoundedStreamingResponse(
             stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
         )
-
-    def _sse_opened(self, shape: ShapeState) -> Callable[[], None]:
-        """Count a live SSE stream on ``shape`` until the returned function is called (again:
-        nothing)."""
-        release_admission = self.admission.occupy("existing")
-        self.sse_streams += 1
-        shape.readers += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                release_admission()
-                self.sse_streams -= 1
-                shape.readers -= 1
-                shape.last_used = time.monotonic()
-
-        return release
 
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""

@@ -72,21 +72,7 @@ REQUEST_BUCKETS: Final = (
 """Request durations: from a cached catch-up (a millisecond) to a held live request (up to the
 long-poll timeout) and an SSE stream (a minute)."""
 FLUSH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-SNAPSHOT_BUCKETS: Final = (
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
+SNAPSHOT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 REMOVAL_CAUSES: Final[tuple[RemovalCause, ...]] = (
     "deleted",
     "invalidated",
@@ -338,10 +324,10 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "syncd_live_long_polls",
             "Live long-poll requests held, waiting for changes.",
-            value=float(api.held_long_polls),
+            value=float(api.live.held_long_polls),
         )
         yield GaugeMetricFamily(
-            "syncd_sse_streams", "Live SSE streams open.", value=float(api.sse_streams)
+            "syncd_sse_streams", "Live SSE streams open.", value=float(api.live.sse_streams)
         )
         admission = api.admission
         in_flight = GaugeMetricFamily(

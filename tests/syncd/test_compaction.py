@@ -22,7 +22,11 @@ from tests.syncd_process import SyncdProcess
 pytestmark = pytest.mark.timeout(300)
 
 KEYS = 30
-SHAPES = [{"table": "items"}, {"table": "items", "where": "a % 3 = 0"}]
+SHAPES = [
+    {"table": "items"},
+    {"table": "items", "where": "a % 3 = 0"},
+    {"table": "items", "where": "id IN (SELECT item FROM picks)"},  # moves in and out, tagged
+]
 COMPACTION = {"compaction_min_bytes": "4K", "compaction_idle": "0.3"}
 
 
@@ -35,16 +39,23 @@ def expected(dsn: str, where: str | None) -> dict[str, dict[str, Any]]:
 
 
 def churn(dsn: str, rng: random.Random, transactions: int) -> None:
-    """Transactions of mostly updates, some deletes and re-inserts."""
+    """Transactions of mostly updates, some deletes and re-inserts of rows, and picks added and
+    removed (which move rows in and out of the subquery shape)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(transactions):
             with conn.transaction():
                 for _ in range(rng.randint(1, 6)):
                     key = rng.randrange(KEYS)
                     roll = rng.random()
-                    if roll < 0.05:
-                        conn.execute("DELETE FROM items WHERE id = %s", (key,))
+                    if roll < 0.03:
+                        conn.execute("DELETE FROM picks WHERE item = %s", (key,))
+                    elif roll < 0.06:
+                        conn.execute(
+                            "INSERT INTO picks VALUES (%s) ON CONFLICT (item) DO NOTHING", (key,)
+                        )
                     elif roll < 0.1:
+                        conn.execute("DELETE FROM items WHERE id = %s", (key,))
+                    elif roll < 0.14:
                         conn.execute(
                             "INSERT INTO items VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
                             (key, rng.randrange(9), "x" * rng.randrange(200)),
@@ -72,6 +83,8 @@ def table(pg_dsn: str) -> str:
         conn.execute(
             "INSERT INTO items SELECT g, g %% 9, 'row' FROM generate_series(0, %s) g", (KEYS - 1,)
         )
+        conn.execute("CREATE TABLE picks (item int PRIMARY KEY)")
+        conn.execute("INSERT INTO picks SELECT g FROM generate_series(0, %s, 2) g", (KEYS - 1,))
     return pg_dsn
 
 

@@ -169,12 +169,18 @@ def read_after_from(log: ShapeLog, offset: LogOffset, position: int | None) -> l
     return [(piece.end, json.loads(i)) for i in piece.items]
 
 
-def test_a_restart_before_the_switch_keeps_the_old_generation(tmp_path: Path) -> None:
-    txns = workload(7)
-    log = new_log(tmp_path / "s")
+def synced_log(path: Path, txns: list[tuple[int, list[Any]]]) -> ShapeLog:
+    """A log holding ``txns``, durable."""
+    log = new_log(path)
     for tx, entries in txns:
         log.append_transaction(tx, encoded(entries))
     log.sync()
+    return log
+
+
+def test_a_restart_before_the_switch_keeps_the_old_generation(tmp_path: Path) -> None:
+    txns = workload(7)
+    log = synced_log(tmp_path / "s", txns)
     generation, size = log.compaction_source() or (0, 0)
     compact_log(os.fspath(log.directory), generation, size, CHUNK)  # then the process dies
     assert temporary_log(tmp_path / "s", 1).exists()
@@ -186,10 +192,7 @@ def test_a_restart_before_the_switch_keeps_the_old_generation(tmp_path: Path) ->
 
 def test_a_restart_after_the_switch_keeps_the_new_generation(tmp_path: Path) -> None:
     txns = workload(8)
-    log = new_log(tmp_path / "s")
-    for tx, entries in txns:
-        log.append_transaction(tx, encoded(entries))
-    log.sync()
+    log = synced_log(tmp_path / "s", txns)
     old = (tmp_path / "s" / "log.bin").read_bytes()
     assert compact(log)
     # as if the process died after the rename, before the old files were deleted

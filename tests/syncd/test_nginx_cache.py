@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -200,3 +201,52 @@ async def test_per_user_route_answers_are_never_served_to_another_user(
         assert len(keys["alice"]) == 2 and len(keys["bob"]) == 1
     finally:
         nginx.stop()
+
+
+def test_sse_passes_through_nginx_uncached(
+    syncd: SyncdProcess, nginx_for_syncd: NginxProcess, pg_dsn: str
+) -> None:
+    """Two live SSE streams on the same URL through the cache both deliver a change at once:
+    were the streams cached, the second would wait behind the first's cache lock until that
+    stream ended, a minute later."""
+    shape_url = nginx_for_syncd.url + "/v1/shape"
+    with httpx.Client(timeout=30) as client:
+        first = client.get(shape_url, params={"table": "items", "offset": "-1"})
+        handle, offset = first.headers["electric-handle"], first.headers["electric-offset"]
+        caught_up = client.get(
+            shape_url, params={"table": "items", "offset": offset, "handle": handle}
+        )
+    live = {
+        "table": "items",
+        "handle": handle,
+        "offset": caught_up.headers["electric-offset"],
+        "live": "true",
+        "live_sse": "true",
+        "cursor": "1",
+    }
+    arrived: dict[int, float] = {}
+    opened = threading.Barrier(3)
+
+    def follow(n: int) -> None:
+        with (
+            httpx.Client(timeout=90) as own,
+            own.stream("GET", shape_url, params=live) as stream,
+        ):
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            opened.wait(30)
+            for line in stream.iter_lines():
+                if line.startswith("data:") and '"1000"' in line:
+                    arrived[n] = time.monotonic()
+                    return
+
+    streams = [threading.Thread(target=follow, args=(n,)) for n in range(2)]
+    for thread in streams:
+        thread.start()
+    opened.wait(30)
+    changed = time.monotonic()
+    change(pg_dsn, 0)
+    for thread in streams:
+        thread.join(90)
+    assert sorted(arrived) == [0, 1]
+    assert max(arrived.values()) - changed < 5
