@@ -3,12 +3,14 @@
 Layer: ``syncd``. What compaction does to a log, and why readers keep exact offsets, is in
 :mod:`syncd.log_compaction`.
 
-When. Every ``interval`` seconds the compactor looks at the ready shapes. A log is due when its
-change log has grown since its last compaction by at least ``min_bytes`` and by at least its
-compacted size (so a log that cannot shrink, inserts only, is rewritten at doubling sizes: the
-work stays proportional to what is written), or when it has grown by ``idle_min_bytes`` and
-taken no change for ``idle_seconds`` (a quiet shape ends with a short tail). The most grown
-log goes first, one at a time.
+When. Every ``interval`` seconds the compactor looks at the ready shapes. Compaction yields to
+ingest: a log that took changes since the last look is left alone while it grows, unless it has
+grown by ``busy_bytes`` and by twice its compacted size (a bound on a log written without
+pause). A log that took no change since the last look is due once it has grown since its last
+compaction by ``min_bytes`` and by its compacted size (so a log that cannot shrink, inserts
+only, is rewritten at doubling sizes: the work stays proportional to what is written), and
+after ``idle_seconds`` without changes by ``idle_min_bytes`` (a quiet shape ends with a short
+tail). The most grown log goes first, one at a time.
 
 Where. The rewrite runs in a worker process (``spawn``; it dies with syncd), on the other core:
 decoding and merging millions of entries on a thread would hold the interpreter lock the event
@@ -56,9 +58,12 @@ class CompactionSettings:
 
     enabled: bool = True
     min_bytes: int = 1 << 20
+    busy_bytes: int = 64 << 20
     idle_min_bytes: int = 64 << 10
     idle_seconds: float = 10.0
     interval: float = 1.0
+    min_gain: float = 0.1
+    """Fewest entries, as a fraction, a compaction must remove to be written."""
 
 
 def _die_with_parent() -> None:
@@ -120,9 +125,13 @@ class Compactor:
             previous = self._quiet_since.get(shape_log)
             since = previous[1] if previous is not None and previous[0] == size else now
             seen[shape_log] = (size, since)
-            growth = size - shape_log.compacted_size
-            due = growth >= max(settings.min_bytes, shape_log.compacted_size) or (
-                growth >= settings.idle_min_bytes and now - since >= settings.idle_seconds
+            compacted = shape_log.compacted_size
+            growth = size - compacted
+            quiet = previous is not None and previous[0] == size
+            due = (
+                growth >= max(settings.busy_bytes, 2 * compacted)
+                or (quiet and growth >= max(settings.min_bytes, compacted))
+                or (growth >= settings.idle_min_bytes and now - since >= settings.idle_seconds)
             )
             if due and growth > best_growth:
                 best, best_growth = shape, growth
@@ -145,9 +154,13 @@ class Compactor:
                 generation,
                 size,
                 shape_log.chunk_bytes,
+                self.settings.min_gain,
             )
         except (OSError, BrokenProcessPool, ValueError) as exc:
             self._failed(shape_log, generation, exc)
+            return False
+        if result is None:  # too little to remove: counted as compacted, so it waits to double
+            shape_log.compaction_skipped(size)
             return False
         for _ in range(_CATCH_UPS):  # most of what came meanwhile is copied off the loop
             committed = shape_log.change_log_size

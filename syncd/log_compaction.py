@@ -232,44 +232,60 @@ class ChunkCutter:
 
 
 def compact_log(
-    directory: str, generation: int, source_size: int, chunk_bytes: int
-) -> CompactionResult:
+    directory: str, generation: int, source_size: int, chunk_bytes: int, min_gain: float = 0.0
+) -> CompactionResult | None:
     """Write generation ``generation + 1`` from the first ``source_size`` bytes of the log of
     ``generation`` in ``directory``, merging update runs; fsynced, not yet in place (module
-    docstring). Runs in a worker process."""
+    docstring). ``None``, with nothing written, when fewer than ``min_gain`` of the entries
+    would go (a log of inserts and deletes is not rewritten for nothing). Runs in a worker
+    process."""
     path = Path(directory)
-    new = generation + 1
+    with open(path / log_file_name(generation), "rb") as source:
+        if source_size == 0:
+            return _write_generation(path, generation + 1, b"", 0, chunk_bytes, (0, b"", {}))
+        with mmap.mmap(source.fileno(), source_size, access=mmap.ACCESS_READ) as data:
+            plan = _plan(data, source_size)
+            count, dropped, _merged = plan
+            if count and sum(dropped) < min_gain * count:
+                return None
+            return _write_generation(path, generation + 1, data, source_size, chunk_bytes, plan)
+
+
+def _write_generation(
+    path: Path,
+    new: int,
+    data: mmap.mmap | bytes,
+    source_size: int,
+    chunk_bytes: int,
+    plan: tuple[int, bytes | bytearray, dict[int, bytes]],
+) -> CompactionResult:
+    """Second pass: the kept records, merged ones replaced, into ``new``'s temporary files."""
+    count, dropped, merged = plan
     cutter = ChunkCutter(chunk_bytes)
-    written = kept = count = 0
-    with (
-        open(path / log_file_name(generation), "rb") as source,
-        open(temporary_log(path, new), "wb", buffering=_WRITE_BUFFER) as out,
-    ):
-        if source_size:
-            with mmap.mmap(source.fileno(), source_size, access=mmap.ACCESS_READ) as data:
-                count, dropped, merged = _plan(data, source_size)
-                pending: tuple[int, int, bytes] | None = None
+    written = kept = 0
+    with open(temporary_log(path, new), "wb", buffering=_WRITE_BUFFER) as out:
+        pending: tuple[int, int, bytes] | None = None
 
-                def write(tx: int, op: int, body: bytes, last: bool) -> None:
-                    nonlocal written
-                    out.write(_RECORD.pack(tx, op, _LAST_FLAG if last else 0, len(body)))
-                    out.write(body)
-                    cutter.add(tx, op, len(body), written, last)
-                    written += _HEADER_SIZE + len(body)
+        def write(tx: int, op: int, body: bytes, last: bool) -> None:
+            nonlocal written
+            out.write(_RECORD.pack(tx, op, _LAST_FLAG if last else 0, len(body)))
+            out.write(body)
+            cutter.add(tx, op, len(body), written, last)
+            written += _HEADER_SIZE + len(body)
 
-                for i, record in enumerate(_records(data, 0, source_size)):
-                    if dropped[i]:
-                        continue
-                    body = merged.get(i)
-                    if body is None:
-                        start = record.pos + _HEADER_SIZE
-                        body = bytes(data[start : start + record.size])
-                    if pending is not None:
-                        write(*pending, pending[0] != record.tx)
-                    pending = (record.tx, record.op, body)
-                    kept += 1
-                if pending is not None:
-                    write(*pending, True)
+        for i, record in enumerate(_records(data, 0, source_size)):
+            if dropped[i]:
+                continue
+            body = merged.get(i)
+            if body is None:
+                start = record.pos + _HEADER_SIZE
+                body = bytes(data[start : start + record.size])
+            if pending is not None:
+                write(*pending, pending[0] != record.tx)
+            pending = (record.tx, record.op, body)
+            kept += 1
+        if pending is not None:
+            write(*pending, True)
         out.flush()
         os.fsync(out.fileno())
     with open(temporary_index(path, new), "wb") as index:

@@ -425,6 +425,11 @@ class ShapeLog:
             return None
         return self._writer.compaction_source()
 
+    def compaction_skipped(self, size: int) -> None:
+        """A compaction of the first ``size`` bytes found too little to remove: the log counts
+        as compacted at that size (see :mod:`syncd.compactor`)."""
+        self._writer.compacted_size = max(self._writer.compacted_size, size)
+
     def install_compaction(self, result: CompactionResult) -> bool:
         """Switch to a compacted generation (see
         :meth:`syncd.log_writer.ChangeLogWriter.install_compaction`)."""

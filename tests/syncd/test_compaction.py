@@ -124,7 +124,7 @@ def test_clients_at_any_offset_converge_while_logs_are_compacted(
                     catch_up(client, daemon.shape_url, cursor, min_lsn=lsn)
                     stopped.append(copy.deepcopy(cursor))
                 time.sleep(rng.uniform(0, 1.5))  # a quiet shape is compacted after 0.3 s
-            wait_until(lambda: value(scrape(daemon), "syncd_compactions_total") >= 6, 60)
+            wait_until(lambda: value(scrape(daemon), "syncd_compactions_total") >= 3, 60)
             churn(table, rng, 40)
             fresh = [ShapeCursor(dict(params)) for params in SHAPES]
             check_all(client, daemon, table, [*live, *stopped, *fresh])
@@ -132,7 +132,7 @@ def test_clients_at_any_offset_converge_while_logs_are_compacted(
             assert written > 1000
             samples = scrape(daemon)
             assert value(samples, "syncd_compaction_failures_total") == 0
-            assert value(samples, "syncd_compaction_duration_seconds_count") >= 6
+            assert value(samples, "syncd_compaction_duration_seconds_count") >= 3
             # most of what was written went: the updates of a key became one
             reclaimed = value(samples, "syncd_compaction_reclaimed_bytes_total")
             assert reclaimed > log_bytes(daemon.storage_dir)

@@ -120,6 +120,7 @@ def compact(log: ShapeLog) -> bool:
     assert source is not None
     generation, size = source
     result = compact_log(os.fspath(log.directory), generation, size, CHUNK)
+    assert result is not None
     return log.install_compaction(result)
 
 
@@ -149,6 +150,7 @@ def test_commits_made_while_compacting_are_carried_over(tmp_path: Path, seed: in
         log.append_transaction(tx, encoded(entries))
     generation, size = log.compaction_source() or (0, 0)
     result = compact_log(os.fspath(log.directory), generation, size, CHUNK)
+    assert result is not None
     piece = log.read_piece(SNAPSHOT_END, 300)  # a reader holding a position of the old files
     for tx, entries in txns[half:]:
         log.append_transaction(tx, encoded(entries))
@@ -231,3 +233,14 @@ def test_merged_updates_keep_the_latest_values_and_the_first_old_ones() -> None:
     assert merged["headers"]["tags"] == ["t2"]
     assert merged["headers"]["removed_tags"] == ["t0", "t1"]
     assert merged["headers"]["lsn"] == "7"
+
+
+def test_a_log_that_compaction_cannot_shrink_is_not_rewritten(tmp_path: Path) -> None:
+    log = new_log(tmp_path / "s")
+    for k in range(40):  # inserts only: nothing to merge
+        tx = 1000 + k
+        log.append_transaction(tx, encoded([(0, message(k, "insert", {"a": "1"}, tx, 0))]))
+    generation, size = log.compaction_source() or (0, 0)
+    assert compact_log(os.fspath(log.directory), generation, size, CHUNK, min_gain=0.1) is None
+    assert not temporary_log(tmp_path / "s", 1).exists()
+    assert compact_log(os.fspath(log.directory), generation, size, CHUNK) is not None
