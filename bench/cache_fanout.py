@@ -22,6 +22,7 @@ import msgspec
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.children import cancel_tasks
 from bench.cluster import bench_database
 from bench.large_txn import running_syncd
 from bench.nginx import NginxProcess
@@ -164,12 +165,6 @@ async def wait_for(
         await asyncio.sleep(0.05)
 
 
-async def stop_followers(tasks: Sequence[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def all_at(followers: Sequence[CacheFollower], row_id: int) -> Callable[[], bool]:
     """Every follower has received row ``row_id`` and is live again."""
 
@@ -234,7 +229,7 @@ async def _fanout_round(
             await asyncio.sleep(0.5)
         after = await asyncio.to_thread(syncd_shape_requests, syncd_url)
     finally:
-        await stop_followers(tasks)
+        await cancel_tasks(tasks)
     return FanoutRound(median(every), median(each), (after - before) / CACHE_FANOUT_CHANGES)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Final
+
+from bench.children import free_port, stop_child
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SITE_CONFIG: Final = ROOT / "deploy" / "nginx" / "syncd.conf"
@@ -76,12 +77,6 @@ def site_config(upstream: str, port: int, cache_dir: Path) -> str:
     return _replace_once(text, "/var/cache/nginx/syncd", str(cache_dir))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class NginxProcess:
     """One nginx serving ``deploy/nginx/syncd.conf`` on a loopback port: a single process
     (``master_process off``), so that stopping its PID stops all of it."""
@@ -136,14 +131,8 @@ class NginxProcess:
     def stop(self) -> None:
         """Fast shutdown (SIGTERM), SIGKILL after 10 s."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        if process is not None:
+            stop_child(process)
 
     def error_log(self) -> str:
         path = self.prefix / "error.log"

@@ -7,7 +7,8 @@ and commit time as it is received, and answers "how old is the oldest commit not
 position *p*" for the durable and confirmed positions. Commits less than
 :data:`COALESCE_SECONDS` apart share one entry (its time is the earliest of them, its LSN the
 latest), so a busy stream keeps a few entries per second and an answer errs by at most that
-much, towards more lag. Entries at or below the confirmed position are forgotten as it advances.
+much, towards more lag. Entries at or below the position the stream confirms next are forgotten
+at each idle call of the stream (``Engine.on_idle``), whether or not anyone reads the lag.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+_ON: Final = ("1", "true", "yes", "on")
+_OFF: Final = ("0", "false", "no", "off")
+
+
 def _boolean(text: str) -> bool:
     """``on``/``off`` and their usual spellings.
 
@@ -80,9 +84,9 @@ def _boolean(text: str) -> bool:
         ValueError: for anything else.
     """
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in _ON:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in _OFF:
         return False
     raise ValueError(f"not on or off: {text!r}")
 
@@ -241,7 +245,7 @@ class ConfigError(Exception):
 
 
 def _truthy(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
+    return text.strip().lower() in _ON
 
 
 class _Parser(argparse.ArgumentParser):

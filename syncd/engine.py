@@ -483,6 +483,8 @@ class Engine:
             await asyncio.sleep(0)
         between = not (in_transaction or self.applier.in_txn or self.streams.spooling)
         confirmable = self.flush.on_idle(received_lsn, between)
+        # the stream confirms this position next: older commit times are no longer lag
+        self.flush.commit_times.forget(confirmable)
         if between:
             self.subqueries.on_position(received_lsn)
         return confirmable

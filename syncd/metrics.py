@@ -265,7 +265,6 @@ class DaemonCollector:
             labels=["position"],
         )
         commits = flush.commit_times
-        commits.forget(stream.confirmed_lsn)
         now = time.time()
         lag_seconds.add_metric(["received"], commits.last_receive_delay)
         lag_seconds.add_metric(["durable"], commits.age(flush.durable_lsn, now))

@@ -78,49 +78,37 @@ class StorageUsage(NamedTuple):
         return sum(self.shape_bytes.values()) + self.other_bytes
 
 
-def _allocated(path: str) -> int:
-    """Bytes allocated on disk by the files under ``path`` (not following links)."""
-    total = 0
+def _entries(path: str | Path) -> list[os.DirEntry[str]]:
+    """The entries of the directory ``path``; none when it is missing."""
     try:
-        entries = list(os.scandir(path))
+        return list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _entry_bytes(entry: os.DirEntry[str]) -> int:
+    """Bytes allocated on disk by a file, or by the files under a directory (not following
+    links); 0 for an entry removed meanwhile."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return sum(map(_entry_bytes, _entries(entry.path)))
+        return entry.stat(follow_symlinks=False).st_blocks * 512
+    except FileNotFoundError:
         return 0
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                total += _allocated(entry.path)
-            else:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
-        except FileNotFoundError:  # removed meanwhile
-            continue
-    return total
 
 
 def measure_usage(storage_dir: Path, shapes_dir: Path) -> StorageUsage:
     """Measure the storage directory (blocking: call it on a thread)."""
-    shape_bytes: dict[str, int] = {}
-    try:
-        shape_entries = list(os.scandir(shapes_dir))
-    except FileNotFoundError:
-        shape_entries = []
-    for entry in shape_entries:
-        if entry.is_dir(follow_symlinks=False):
-            shape_bytes[entry.name] = _allocated(entry.path)
-    other = 0
-    try:
-        top = list(os.scandir(storage_dir))
-    except FileNotFoundError:
-        top = []
-    for entry in top:
-        if entry.path == os.fspath(shapes_dir):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                other += _allocated(entry.path)
-            else:
-                other += entry.stat(follow_symlinks=False).st_blocks * 512
-        except FileNotFoundError:
-            continue
+    shape_bytes = {
+        entry.name: _entry_bytes(entry)
+        for entry in _entries(shapes_dir)
+        if entry.is_dir(follow_symlinks=False)
+    }
+    other = sum(
+        _entry_bytes(entry)
+        for entry in _entries(storage_dir)
+        if entry.path != os.fspath(shapes_dir)
+    )
     stats = os.statvfs(storage_dir)
     return StorageUsage(shape_bytes, other, stats.f_bavail * stats.f_frsize, time.monotonic())
 

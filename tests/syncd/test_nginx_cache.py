@@ -28,10 +28,10 @@ from bench.cache_fanout import (
     CacheFollower,
     all_at,
     start_followers,
-    stop_followers,
     syncd_shape_requests,
     wait_for,
 )
+from bench.children import cancel_tasks
 from bench.nginx import NginxProcess
 from shapes.messages import relation_key_prefix, row_key
 from syncd.daemon import raise_open_file_limit
@@ -99,7 +99,7 @@ def test_ten_thousand_clients_cost_syncd_about_one_request_per_change(
             elapsed = time.monotonic() - started
             return before, syncd_shape_requests(syncd.url), elapsed
         finally:
-            await stop_followers(tasks)
+            await cancel_tasks(tasks)
 
     before, after, elapsed = asyncio.run(scenario())
     expected = table_rows(pg_dsn)
