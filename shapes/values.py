@@ -155,6 +155,10 @@ class RowParser:
             if (convert := _converter(info)) is not None
         ]
 
+    def is_empty(self) -> bool:
+        """True when no column of the schema changes (every row is left as it is)."""
+        return not self._columns
+
     def parse_in_place(self, row: dict[str, Any]) -> dict[str, Any]:
         """Convert ``row``'s values in place (equal to ``parse_row(row, schema)``); return it."""
         for name, convert in self._columns:

@@ -13,6 +13,7 @@ import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterator,
     Mapping,
@@ -24,11 +25,12 @@ from typing import Any, Final, Literal
 import httpx
 import msgspec
 
+from shapes.client.decoding import BodyDecoder
 from shapes.client.sse import SseDecoder
 from shapes.client.transport import HttpxTransport, Transport, TransportFailure
 from shapes.errors import InvalidRequest
 from shapes.offset import LogOffset, parse_offset
-from shapes.values import RowParser, parse_schema
+from shapes.values import parse_schema
 
 _RANDOM = random.Random()
 """This module's own generator: the process-wide one belongs to the embedding program."""
@@ -270,8 +272,8 @@ class ShapeStream:
         self.handle = handle
         self.offset = offset
         self.schema: dict[str, dict[str, Any]] = {}
-        self._parsed_schema: dict[str, dict[str, Any]] | None = None
-        self._parser = RowParser({})
+        self._decoded_schema: dict[str, dict[str, Any]] | None = None
+        self._body_decoder = BodyDecoder({})
         self.live = live
         self.live_mode = live_mode
         self.parse_values = parse_values
@@ -333,14 +335,49 @@ class ShapeStream:
 
     async def _batches(self) -> AsyncGenerator[Batch, None]:
         shelter = _Shelter()
+        prefetch = _Prefetch(self._fetch, self._next_query)
         try:
-            async with contextlib.aclosing(self._sheltered_batches(shelter)) as batches:
+            batches = self._sheltered_batches(shelter, prefetch)
+            async with contextlib.aclosing(batches):
                 async for batch in batches:
                     yield batch
         finally:
             shelter.release()
+            await prefetch.cancel()
 
-    async def _sheltered_batches(self, shelter: _Shelter) -> AsyncGenerator[Batch, None]:
+    def _query(self, handle: str | None, offset: str, use_sse: bool) -> dict[str, str]:
+        query = dict(self.definition.query(), offset=offset)
+        if handle is not None and offset != "-1":
+            query["handle"] = handle
+        if self._up_to_date:
+            query["live"] = "true"
+            query["cursor"] = self._cursor
+            if use_sse:
+                query["live_sse"] = "true"
+        elif self._cache_buster is not None:
+            query["cache-buster"] = self._cache_buster
+        return query
+
+    async def _fetch(self, query: dict[str, str], on_head: _HeadCallback) -> Reply:
+        async with self._transport.get(self.url, query, self._headers) as answer:
+            on_head(answer.status, answer.headers)
+            return Reply(answer.status, answer.headers, await answer.read(), answer.url)
+
+    def _next_query(
+        self, query: dict[str, str], status: int, headers: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """The request that follows a catch-up answer that is not up to date, whatever its
+        body holds (None for any other answer)."""
+        if status != 200 or "live" in query or "electric-up-to-date" in headers:
+            return None
+        offset = headers.get("electric-offset")
+        if offset is None:
+            return None
+        return self._query(headers.get("electric-handle", query.get("handle")), offset, False)
+
+    async def _sheltered_batches(
+        self, shelter: _Shelter, prefetch: _Prefetch
+    ) -> AsyncGenerator[Batch, None]:
         pending: Batch = []
         offset = self.offset
         handle = self.handle
@@ -349,16 +386,7 @@ class ShapeStream:
                 return
             use_sse = self._up_to_date and self.live_mode == "sse"
             use_sse = use_sse and self._short_sse < MAX_SHORT_SSE
-            query = dict(self.definition.query(), offset=offset)
-            if handle is not None and offset != "-1":
-                query["handle"] = handle
-            if self._up_to_date:
-                query["live"] = "true"
-                query["cursor"] = self._cursor
-                if use_sse:
-                    query["live_sse"] = "true"
-            elif self._cache_buster is not None:
-                query["cache-buster"] = self._cache_buster
+            query = self._query(handle, offset, use_sse)
             try:
                 if use_sse:
                     async with contextlib.aclosing(self._sse(query)) as sse_batches:
@@ -366,8 +394,7 @@ class ShapeStream:
                             yield batch
                     handle, offset = self.handle, self.offset
                     continue
-                async with self._transport.get(self.url, query, self._headers) as answer:
-                    response = Reply(answer.status, answer.headers, await answer.read(), answer.url)
+                response = await prefetch.take(query)
             except TransportFailure:
                 await self._back_off(0.0)
                 continue
@@ -391,6 +418,7 @@ class ShapeStream:
                 self._cursor = response.headers["electric-cursor"]
             pending.extend(self._accept(messages, shelter))
             if _ends_up_to_date(messages):
+                await prefetch.cancel()  # sent from a head that did not say up-to-date
                 batch, pending = pending, []
                 offset = resume_offset(offset, self._last_change)
                 self.handle, self.offset = handle, offset
@@ -455,7 +483,7 @@ class ShapeStream:
         if "electric-schema" in response.headers and not self.schema:
             self.schema = parse_schema(response.headers["electric-schema"])
         with _collector_paused(shelter):
-            parsed = _body(response)  # the text when it is not JSON: not a list either
+            parsed = _body(response, self._decoder())  # not JSON: the text, not a list either
         if not isinstance(parsed, list):
             raise ShapeRequestError(status, parsed, response.url)
         return parsed
@@ -468,9 +496,8 @@ class ShapeStream:
         self._cursor = ""
 
     def _accept(self, messages: list[Message], shelter: _Shelter | None = None) -> list[Message]:
-        """Drop already delivered changes and convert values."""
+        """Drop already delivered changes (the values are converted already)."""
         accepted: list[Message] = []
-        parse = self._row_parser()
         with _collector_paused(shelter):
             for message in messages:
                 position = _position(message)
@@ -478,22 +505,17 @@ class ShapeStream:
                     if self._last_change is not None and position <= self._last_change:
                         continue
                     self._last_change = position
-                if parse is not None:
-                    for part in ("value", "old_value"):
-                        row = message.get(part)
-                        if isinstance(row, dict):
-                            parse(row)
                 accepted.append(message)
         return accepted
 
-    def _row_parser(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
-        """What converts a row's values in place for the current schema (None: nothing to
-        convert)."""
+    def _decoder(self) -> BodyDecoder | None:
+        """What decodes a body and converts its values for the current schema (None: decode
+        only, nothing to convert)."""
         if not (self.parse_values and self.schema):
             return None
-        if self._parsed_schema is not self.schema:
-            self._parsed_schema, self._parser = self.schema, RowParser(self.schema)
-        return self._parser.parse_in_place
+        if self._decoded_schema is not self.schema:
+            self._decoded_schema, self._body_decoder = self.schema, BodyDecoder(self.schema)
+        return self._body_decoder
 
     async def _sse(self, query: dict[str, str]) -> AsyncGenerator[Batch, None]:
         """One SSE connection: yield each batch up to an ``up-to-date``, then return."""
@@ -517,6 +539,9 @@ class ShapeStream:
                             message = _decode_json(data)
                         except ValueError:
                             raise ShapeRequestError(200, data, response.url) from None
+                        body_decoder = self._decoder()
+                        if body_decoder is not None:
+                            body_decoder.convert([message])
                         pending.extend(self._accept([message]))
                         if message.get("headers", {}).get("control") == "up-to-date":
                             self.offset = resume_offset(self.offset, self._last_change)
@@ -546,6 +571,91 @@ def _cache_buster() -> str:
     return f"{time.time_ns() // 1_000_000}-{_RANDOM.getrandbits(32):08x}"
 
 
+_HeadCallback = Callable[[int, Mapping[str, str]], None]
+"""Called with a response's status and headers as soon as they arrive, before its body."""
+
+
+class _Request:
+    """One request of :class:`_Prefetch`: its query, its task, and the query that follows it."""
+
+    __slots__ = ("query", "task", "next_query", "taken")
+
+    def __init__(self, query: dict[str, str], taken: bool) -> None:
+        self.query = query
+        self.task: asyncio.Task[Reply] | None = None
+        self.next_query: dict[str, str] | None = None
+        self.taken = taken
+
+
+class _Prefetch:
+    """Catch-up requests sent one ahead: the next one leaves as soon as the head of the one
+    before it arrives.
+
+    Theory of operation: a catch-up answer that is not up to date is followed by a request at
+    its ``electric-offset``, whatever its body holds. Sent when that answer's head arrives, the
+    next request is served by the server (another process, often another machine) while this
+    one reads and decodes the body before: the two overlap instead of taking turns, and a slow
+    network costs one round trip per catch-up, not one per page. At most one request is ahead.
+    When the stream takes a prefetched answer whose head has arrived already, the request after
+    it leaves at once; otherwise it leaves when that head arrives.
+
+    :meth:`take` hands over a prefetched answer only for the very query the stream asks next;
+    any other query (after a refetch, with a new cache-buster, a live request) drops it and is
+    sent afresh, so prefetching never changes what the stream reads.
+    """
+
+    __slots__ = ("_fetch", "_follow", "_ahead")
+
+    def __init__(
+        self,
+        fetch: Callable[[dict[str, str], _HeadCallback], Awaitable[Reply]],
+        follow: Callable[[dict[str, str], int, Mapping[str, str]], dict[str, str] | None],
+    ) -> None:
+        self._fetch = fetch
+        self._follow = follow
+        self._ahead: _Request | None = None
+
+    async def take(self, query: dict[str, str]) -> Reply:
+        """The answer to ``query``: the prefetched one if it was for ``query``, else fetched now.
+
+        Raises:
+            TransportFailure: as the request itself would.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.task is not None:
+            if ahead.query == query:
+                ahead.taken = True
+                if ahead.next_query is not None:
+                    self._send(ahead.next_query)
+                return await ahead.task
+            await _cancelled(ahead.task)
+        request = _Request(query, taken=True)
+        return await self._fetch(query, functools.partial(self._head_arrived, request))
+
+    async def cancel(self) -> None:
+        """Drop the request ahead, if any."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.task is not None:
+            await _cancelled(ahead.task)
+
+    def _head_arrived(self, request: _Request, status: int, headers: Mapping[str, str]) -> None:
+        request.next_query = self._follow(request.query, status, headers)
+        if request.taken and request.next_query is not None and self._ahead is None:
+            self._send(request.next_query)
+
+    def _send(self, query: dict[str, str]) -> None:
+        request = _Request(query, taken=False)
+        head_arrived = functools.partial(self._head_arrived, request)
+        request.task = asyncio.ensure_future(self._fetch(query, head_arrived))
+        self._ahead = request
+
+
+async def _cancelled(task: asyncio.Task[Reply]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 class _Refetch(Exception):
     def __init__(self, handle: str | None) -> None:
         super().__init__(handle)
@@ -566,8 +676,11 @@ class Reply:
     url: str
 
 
-def _body(response: Reply) -> Any:
+def _body(response: Reply, decoder: BodyDecoder | None = None) -> Any:
+    """The decoded JSON body (values converted by ``decoder``), or its text if not JSON."""
     try:
+        if decoder is not None:
+            return decoder.decode(response.body)
         return _decode_json(response.body)
     except ValueError:
         return response.body.decode("utf-8", errors="replace")
