@@ -32,6 +32,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -179,39 +180,39 @@ class ShapeApi:
 
     async def shape_request(self, request: Request) -> Response:
         """Every ``/v1/shape`` request but OPTIONS, under admission control."""
-        kind = "initial" if request.query_params.get("offset") == "-1" else "existing"
+        items = query_items(request)
+        kind = "initial" if _last(items, "offset") == "-1" else "existing"
         with self.admission.admit(kind) as admitted:
             if not admitted:
                 return self.admission.refusal(kind)
             if request.method == "DELETE":
-                return await self.delete_shape(request)
+                return await self.delete_shape(items)
             if request.method == "POST":
-                return await self.post_shape(request)
-            return await self.get_shape(request)
+                return await self.post_shape(request, items)
+            return await self.get_shape(request, items)
 
     # -- entry points --------------------------------------------------------------------------
 
-    async def get_shape(self, request: Request) -> Response:
-        """``GET /v1/shape`` (and HEAD, and POST with a subset body)."""
-        denied = self._check_secret(request)
+    async def get_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
+        """``GET /v1/shape`` (and HEAD), its query parameters in ``items``."""
+        denied = self._check_secret(items)
         if denied is not None:
             return denied
-        items = request.query_params.multi_items()
         return await self._answer(request, items, lambda: subset_from_query(dict(items)))
 
-    async def post_shape(self, request: Request) -> Response:
+    async def post_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
         """``POST /v1/shape``: a subset snapshot described by the JSON body.
 
         The body's subset keys (``where``, ``params``, ``limit``, ``offset``, ``order_by``, ...,
         or a ``subset`` object) describe the subset; any other top-level key overrides the query
         parameter of that name. Every answer is ``cache-control: no-cache``.
         """
-        response = await self._post_shape(request)
+        response = await self._post_shape(request, items)
         response.headers["cache-control"] = "no-cache"
         return response
 
-    async def _post_shape(self, request: Request) -> Response:
-        denied = self._check_secret(request)
+    async def _post_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
+        denied = self._check_secret(items)
         if denied is not None:
             return denied
         body = await read_body(request, MAX_BODY_BYTES)
@@ -230,7 +231,7 @@ class ShapeApi:
             for k, v in data.items()
             if k not in SUBSET_KEYS and k != "subset"
         }
-        query = [(k, v) for k, v in request.query_params.multi_items() if k not in overrides]
+        query = [(k, v) for k, v in items if k not in overrides]
         query.extend(overrides.items())
         return await self._answer(request, query, lambda: subset_from_body(data))
 
@@ -253,18 +254,17 @@ class ShapeApi:
                 raise
             return response
 
-    async def delete_shape(self, request: Request) -> Response:
-        """``DELETE /v1/shape`` by definition or by handle."""
-        denied = self._check_secret(request)
+    async def delete_shape(self, items: list[tuple[str, str]]) -> Response:
+        """``DELETE /v1/shape`` by definition or by handle, its query parameters in ``items``."""
+        denied = self._check_secret(items)
         if denied is not None:
             return denied
         if not self.settings.allow_shape_deletion:
             return json_response({"message": DELETE_REFUSED}, 405, cache="no-cache")
-        query = request.query_params
-        handle = query.get("handle") or None
+        handle = _last(items, "handle") or None
         try:
-            if "table" in query:
-                definition = _definition_to_delete(query.multi_items())
+            if _last(items, "table") is not None:
+                definition = _definition_to_delete(items)
                 shape = self.engine.find(definition)
                 if shape is not None and handle is not None and shape.handle != handle:
                     return json_response({"message": DEFINITION_MISMATCH}, 400, cache="no-cache")
@@ -292,11 +292,11 @@ class ShapeApi:
         cache = "no-cache, no-store, must-revalidate"
         return json_response({"status": status}, code, cache=cache)
 
-    def _check_secret(self, request: Request) -> Response | None:
+    def _check_secret(self, items: list[tuple[str, str]]) -> Response | None:
         secret = self.settings.secret
         if secret is None:
             return None
-        given = request.query_params.get("secret") or request.query_params.get("api_secret")
+        given = _last(items, "secret") or _last(items, "api_secret")
         if given is not None and hmac.compare_digest(given.encode(), secret.encode()):
             return None
         body = json.dumps({"message": "Unauthorized - Invalid API secret"})
@@ -552,6 +552,24 @@ class ShapeApi:
     def next_cursor(self, previous: str | None) -> str:
         """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
         return next_cursor(previous, self.settings.long_poll_timeout)
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    """The request's query parameters in order, parsed as Starlette parses them.
+
+    Not through ``request.query_params``: that caches two copies (a list and a dict) on the
+    request, which a held long-poll or an open SSE stream keeps for its whole life.
+    """
+    query: bytes = request.scope.get("query_string", b"")
+    return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+
+
+def _last(items: list[tuple[str, str]], name: str) -> str | None:
+    """The value of the last parameter called ``name`` (as ``query_params.get`` gives it)."""
+    for key, value in reversed(items):
+        if key == name:
+            return value
+    return None
 
 
 def _definition_to_delete(items: list[tuple[str, str]]) -> CanonicalShape:

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from starlette.types import Scope
 
+from syncd.connection_memory import trim_connection, trim_request
 from syncd.shape_state import Wakeup
 
 log = logging.getLogger("syncd.http")
@@ -96,6 +97,7 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()  # the request's task is created, not started yet
+            trim_request(self)
             if self._gone is None:
                 self._gone = Wakeup()
             self.scope[_GONE_KEY] = self._gone
@@ -103,6 +105,7 @@ def with_send_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol
         def connection_made(self, transport: asyncio.Transport) -> None:
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
             super().connection_made(transport)
+            trim_connection(self)
 
         def pause_writing(self) -> None:
             super().pause_writing()
