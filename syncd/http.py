@@ -9,6 +9,8 @@ rest:
 * :mod:`syncd.admission`: how many requests may be in flight (503 over the limit);
 * :mod:`syncd.live_requests`: held long-polls and open SSE streams, counted, and released at
   shutdown;
+* :mod:`syncd.shape_responses`: the answers to reads of a shape's log and of its live tail
+  (long-poll and SSE), and the settings of the HTTP layer;
 * :mod:`syncd.responses`: protocol headers, JSON bodies and :func:`error_response`, the one
   place where every failure a request may meet (its own errors, a shape whose snapshot failed)
   becomes a status and a JSON body;
@@ -29,15 +31,12 @@ import contextlib
 import hmac
 import json
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shapes import messages
 from shapes.errors import InvalidRequest
 from shapes.offset import BEFORE_ALL, LogOffset
 from shapes.request import ShapeRequest, parse_shape_request
@@ -54,14 +53,9 @@ from syncd.admission import Admission
 from syncd.asgi_app import SHAPE_PATH, NormalisePath, create_app, normalise_path
 from syncd.bodies import (
     PIECE_BYTES,
-    SNAPSHOT_PIECE_BYTES,
     SSE_KEEPALIVE,
     BoundedStreamingResponse,
     disconnected,
-    json_array_body,
-    live_sse_events,
-    log_pieces,
-    sse_body,
     sse_data,
     yield_to_others,
 )
@@ -69,10 +63,6 @@ from syncd.cache_headers import (
     CACHE_INITIAL,
     CACHE_LIVE,
     CURSOR_EPOCH,
-    cache_for,
-    catch_up_cache,
-    etag_matches,
-    next_cursor,
 )
 from syncd.engine import Engine
 from syncd.errors import RowsRejected
@@ -90,7 +80,7 @@ from syncd.responses import (
     preflight,
     unavailable,
 )
-from syncd.send_deadline import connection_gone
+from syncd.shape_responses import ApiSettings, ShapeResponses
 from syncd.shape_state import ShapeState, wait_briefly
 from syncd.storage import ReadPlan, SnapshotIncomplete
 
@@ -142,26 +132,6 @@ _POSITION_PARAMS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ApiSettings:
-    """Knobs of the HTTP layer."""
-
-    long_poll_timeout: float = 20.0
-    sse_timeout: float = 60.0
-    sse_keepalive: float = 21.0
-    send_timeout: float = 30.0
-    """Seconds a response may wait for its reader to drain what was sent before it is closed."""
-    piece_bytes: int = PIECE_BYTES
-    snapshot_piece_bytes: int = SNAPSHOT_PIECE_BYTES
-    max_age: int = 60
-    stale_age: int = 300
-    secret: str | None = None
-    allow_shape_deletion: bool = False
-    snapshot_wait: float = 45.0
-    max_initial_requests: int = 300
-    max_existing_requests: int = 10_000
-
-
 class ShapeApi:
     """Request handlers bound to one engine."""
 
@@ -177,6 +147,8 @@ class ShapeApi:
         )
         self.live = LiveRequests(self.admission)
         """Held long-polls and open SSE streams."""
+        self.responses = ShapeResponses(engine, settings, self.live)
+        """What answers a request for a shape's log (or its live tail) looks like."""
 
     async def shape_request(self, request: Request) -> Response:
         """Every ``/v1/shape`` request but OPTIONS, under admission control."""
@@ -189,16 +161,14 @@ class ShapeApi:
                 return await self.delete_shape(items)
             if request.method == "POST":
                 return await self.post_shape(request, items)
-            return await self.get_shape(request, items)
+            # GET and HEAD: answered here, not in a coroutine of their own, which a held
+            # long-poll would keep for its whole life
+            denied = self._check_secret(items)
+            if denied is not None:
+                return denied
+            return await self._answer(request, items, lambda: subset_from_query(dict(items)))
 
     # -- entry points --------------------------------------------------------------------------
-
-    async def get_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
-        """``GET /v1/shape`` (and HEAD), its query parameters in ``items``."""
-        denied = self._check_secret(items)
-        if denied is not None:
-            return denied
-        return await self._answer(request, items, lambda: subset_from_query(dict(items)))
 
     async def post_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
         """``POST /v1/shape``: a subset snapshot described by the JSON body.
@@ -315,12 +285,12 @@ class ShapeApi:
             chunk = await self._closed_chunk(shape, req.offset, deadline)
             if chunk is not None:  # served while the rest of the snapshot is being written
                 if req.live_sse:
-                    return await self._sse_catch_up(req, shape, chunk)
-                return await self._log_response(request, req, shape, chunk)
+                    return await self.responses.sse_catch_up(req, shape, chunk)
+                return await self.responses.log(request, req, shape, chunk)
         if not await self._await_snapshot(shape, deadline):
             return self._after_loss(shape)
         if req.offset is None:
-            return self._now_response(shape)
+            return self.responses.now(shape)
         offset = req.offset
         latest = shape.log.latest_offset
         if not offset.is_snapshot and offset > latest:
@@ -328,16 +298,16 @@ class ShapeApi:
                 return bad_request({"offset": ["out of bounds for this shape"]})
         plan = shape.log.plan_read(offset)
         if req.live_sse and plan.empty:
-            return self._sse(request, req, shape, offset)
+            return self.responses.sse(request, req, shape, offset)
         if req.live and plan.empty:
             plan = await self.live.hold(request, shape, offset, self.settings.long_poll_timeout)
             if shape.status == "gone":
                 return self._after_loss(shape)
             if plan.empty:
-                return self._live_timeout(req, shape, offset)
+                return self.responses.live_timeout(req, shape, offset)
         if req.live_sse:
-            return await self._sse_catch_up(req, shape, plan)
-        return await self._log_response(request, req, shape, plan)
+            return await self.responses.sse_catch_up(req, shape, plan)
+        return await self.responses.log(request, req, shape, plan)
 
     async def _serve_subset(self, req: ShapeRequest, request: SubsetRequest) -> Response:
         shape, refetch = await self._resolve(req)
@@ -355,7 +325,7 @@ class ShapeApi:
             body = await self.engine.subset(shape, subset)
         except RowsRejected as exc:
             raise SubsetError("where", exc.description) from exc
-        headers = self._headers(shape, "no-cache")
+        headers = self.responses.headers(shape, "no-cache")
         headers["electric-snapshot"] = "true"
         headers["electric-offset"] = str(end)
         headers["electric-schema"] = shape.schema_header
@@ -420,138 +390,6 @@ class ShapeApi:
         """Answer every held long-poll now and end every SSE stream (for shutting down), so
         that the server can stop without cancelling handlers."""
         self.live.release_all()
-
-    # -- responses -----------------------------------------------------------------------------
-
-    def _headers(self, shape: ShapeState, cache: str | None) -> dict[str, str]:
-        headers = base_headers(cache)
-        headers["electric-handle"] = shape.handle
-        return headers
-
-    def _cache_for(self, req: ShapeRequest) -> str:
-        return cache_for(req, self.settings.max_age, self.settings.stale_age)
-
-    async def _log_response(
-        self, request: Request, req: ShapeRequest, shape: ShapeState, plan: ReadPlan
-    ) -> Response:
-        assert req.offset is not None
-        end = plan.end
-        headers = self._headers(shape, self._cache_for(req))
-        headers["electric-offset"] = str(end)
-        headers["electric-has-data"] = "true"
-        headers["etag"] = f'"{shape.handle}:{req.offset}:{end}"'
-        if req.live:
-            headers["electric-cursor"] = self.next_cursor(req.cursor)
-        tail: list[bytes] = []
-        if not req.is_initial and end >= shape.log.latest_offset:
-            headers["electric-up-to-date"] = ""
-            lsn = end.tx if req.live else max(self.engine.seen_lsn_for(shape), end.tx)
-            tail.append(messages.up_to_date(lsn))
-        if etag_matches(request, headers["etag"]):
-            return Response(status_code=304, headers=headers)
-        if not req.live:
-            headers["electric-schema"] = shape.schema_header
-        pieces = log_pieces(
-            shape.log,
-            plan,
-            tail,
-            self.settings.piece_bytes,
-            snapshot_size=self.settings.snapshot_piece_bytes,  # one JSON array: lines joined
-        )
-        first = await anext(pieces)
-        if first[1]:  # the whole body in one piece
-            await pieces.aclose()
-            return json_bytes_response(messages.json_array(first[0]), headers)
-        return BoundedStreamingResponse(
-            json_array_body(first[0], pieces),
-            self.settings.send_timeout,
-            headers=headers,
-            media_type="application/json",
-        )
-
-    def _now_response(self, shape: ShapeState) -> Response:
-        headers = self._headers(shape, self._cache_for_catch_up())
-        latest = shape.log.latest_offset
-        headers["electric-offset"] = str(latest)
-        headers["electric-has-data"] = "false"
-        headers["electric-up-to-date"] = ""
-        headers["electric-schema"] = shape.schema_header
-        headers["etag"] = f'"{shape.handle}:now:{latest}:{time.monotonic_ns()}"'
-        lsn = self.engine.seen_lsn_for(shape) or latest.tx
-        body = messages.json_array([messages.up_to_date(lsn)])
-        return json_bytes_response(body, headers)
-
-    def _cache_for_catch_up(self) -> str:
-        return catch_up_cache(self.settings.max_age, self.settings.stale_age)
-
-    def _live_timeout(self, req: ShapeRequest, shape: ShapeState, offset: LogOffset) -> Response:
-        headers = self._headers(shape, CACHE_LIVE)
-        headers["electric-offset"] = str(offset)
-        headers["electric-has-data"] = "false"
-        headers["electric-up-to-date"] = ""
-        headers["electric-cursor"] = self.next_cursor(req.cursor)
-        headers["etag"] = f'"{shape.handle}:{offset}:{offset}:{time.monotonic_ns()}"'
-        lsn = self.engine.seen_lsn_for(shape) or shape.log.latest_offset.tx
-        return json_bytes_response(messages.json_array([messages.up_to_date(lsn)]), headers)
-
-    def _sse_headers(
-        self, req: ShapeRequest, shape: ShapeState, offset: LogOffset
-    ) -> dict[str, str]:
-        sse_age = max(int(self.settings.sse_timeout) - 1, 0)
-        headers = self._headers(shape, f"public, max-age={sse_age}")
-        headers["electric-offset"] = str(offset)
-        headers["electric-cursor"] = self.next_cursor(req.cursor)
-        headers["electric-has-data"] = "true"
-        headers["electric-up-to-date"] = ""
-        headers["connection"] = "keep-alive"
-        headers["etag"] = f'"{shape.handle}:{offset}:{offset}"'
-        # nginx passes each event on at once and keeps the stream out of its cache
-        headers["x-accel-buffering"] = "no"
-        return headers
-
-    async def _sse_catch_up(self, req: ShapeRequest, shape: ShapeState, plan: ReadPlan) -> Response:
-        assert req.offset is not None
-        headers = self._sse_headers(req, shape, req.offset)
-        tail = [messages.up_to_date(plan.end.tx)]
-        # one event per message: snapshot lines are not joined
-        pieces = log_pieces(shape.log, plan, tail, self.settings.piece_bytes)
-        first = await anext(pieces)
-        if first[1]:
-            await pieces.aclose()
-            return Response(sse_data(first[0]), headers=headers, media_type="text/event-stream")
-        return BoundedStreamingResponse(
-            sse_body(first[0], pieces),
-            self.settings.send_timeout,
-            headers=headers,
-            media_type="text/event-stream",
-        )
-
-    def _sse(
-        self, request: Request, req: ShapeRequest, shape: ShapeState, offset: LogOffset
-    ) -> Response:
-        headers = self._sse_headers(req, shape, offset)
-        release = self.live.stream_opened(shape)
-        settings = self.settings
-        stream = live_sse_events(
-            shape,
-            offset,
-            release,
-            self.live.closing,
-            piece_bytes=settings.piece_bytes,
-            duration=settings.sse_timeout,
-            keepalive=settings.sse_keepalive,
-            gone=connection_gone(request.scope),
-        )
-        # A stream that is never iterated (the client left before the body) never reaches its
-        # ``finally``; the finaliser releases its count then.
-        weakref.finalize(stream, release)
-        return BoundedStreamingResponse(
-            stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
-        )
-
-    def next_cursor(self, previous: str | None) -> str:
-        """The ``electric-cursor``: the end of the current long-poll interval, always increasing."""
-        return next_cursor(previous, self.settings.long_poll_timeout)
 
 
 def query_items(request: Request) -> list[tuple[str, str]]:
