@@ -6,9 +6,8 @@ over its kind's limit gets the protocol's overload answer (503 with ``retry-afte
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from starlette.responses import Response
 
@@ -16,6 +15,29 @@ from syncd.responses import json_response
 
 _RANDOM = random.Random()
 """This module's own generator: the process-wide one belongs to the embedding program."""
+
+
+class Occupancy:
+    """One request's place in its kind's count (none if it was not admitted), given back once."""
+
+    __slots__ = ("_active", "_kind", "admitted")
+
+    def __init__(self, active: dict[str, int], kind: str, *, admitted: bool) -> None:
+        self._active = active
+        self._kind = kind
+        self.admitted = admitted
+
+    def release(self) -> None:
+        """Give the place back (a no-op after the first call, or if never admitted)."""
+        if self.admitted:
+            self.admitted = False
+            self._active[self._kind] -= 1
+
+    def __enter__(self) -> bool:
+        return self.admitted
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class Admission:
@@ -27,17 +49,16 @@ class Admission:
         self.refused = dict.fromkeys(limits, 0)
         """Requests refused so far, by kind."""
 
-    @contextlib.contextmanager
-    def admit(self, kind: str) -> Iterator[bool]:
-        """Yields whether the request may proceed; counts it while it does."""
+    def admit(self, kind: str) -> Occupancy:
+        """A context whose value says whether the request may proceed; counts it while it does.
+
+        A small object rather than a generator-based context manager: a held long-poll keeps it
+        for its whole life.
+        """
         if self.active[kind] >= self.limits[kind]:
-            yield False
-            return
-        release = self.occupy(kind)
-        try:
-            yield True
-        finally:
-            release()
+            return Occupancy(self.active, kind, admitted=False)
+        self.active[kind] += 1
+        return Occupancy(self.active, kind, admitted=True)
 
     def occupy(self, kind: str) -> Callable[[], None]:
         """Count a response that outlives its handler (an SSE stream) until the returned
@@ -46,15 +67,7 @@ class Admission:
         Taken while the handler still holds its own count, so the request is never uncounted.
         """
         self.active[kind] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.active[kind] -= 1
-
-        return release
+        return Occupancy(self.active, kind, admitted=True).release
 
     def refusal(self, kind: str) -> Response:
         """The protocol's overload answer."""

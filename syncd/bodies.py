@@ -70,6 +70,9 @@ class BoundedStreamingResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
+        # Sent: the encoded headers (some forty small objects) need not live as long as an SSE
+        # stream does.
+        self.raw_headers = []
         gone = self.gone
         try:
             async for piece in self.pieces:

@@ -215,6 +215,7 @@ class ShapeApi:
         try:
             subset = find_subset()
             shape_request = parse_shape_request(query)
+            query.clear()  # consumed: the caller's frame, held as long as this, keeps the list
             if subset is not None:
                 return await self._serve_subset(shape_request, subset)
             return await self._serve(request, shape_request)
