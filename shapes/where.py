@@ -324,10 +324,13 @@ def subquery_tables(text: str) -> frozenset[tuple[str, str]]:
     shapes of one clause with different parameters share it).
 
     Raises:
-        WhereClauseError: the text is not one clause.
+        WhereClauseError: the text is not one clause (found only when it may hold a subquery:
+            :func:`parse_where` finds it in any text).
     """
     if len(text.encode("utf-8")) > MAX_WHERE_BYTES:
         raise WhereClauseError(f"WHERE clause is too long (limit {MAX_WHERE_BYTES} bytes)")
+    if not _may_hold_subquery(text):
+        return frozenset()
     try:
         clause = _parse_clause(PREFIX + text)
         found: set[tuple[str, str]] = set()
@@ -335,6 +338,18 @@ def subquery_tables(text: str) -> frozenset[tuple[str, str]]:
     except RecursionError:
         raise WhereClauseError("stack depth limit exceeded") from None
     return frozenset(found)
+
+
+_SUBQUERY_WORDS: Final = ("select", "values", "table")
+"""Every subquery starts with one of these keywords (``SELECT``, ``VALUES``, ``TABLE t``), and a
+keyword cannot be escaped or quoted."""
+
+
+def _may_hold_subquery(text: str) -> bool:
+    """False when ``text`` cannot hold a subquery: then it need not be parsed to find out (a
+    shape creation's cheapest check, for the common clause without one)."""
+    lowered = text.lower()
+    return any(word in lowered for word in _SUBQUERY_WORDS)
 
 
 def _collect_tables(node: Any, found: set[tuple[str, str]]) -> None:

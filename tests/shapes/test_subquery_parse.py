@@ -70,6 +70,22 @@ def test_subquery_tables_folds_unquoted_names_and_is_empty_without_sublinks() ->
     assert subquery_tables("id = 1") == frozenset()
 
 
+@pytest.mark.parametrize(
+    ("text", "tables"),
+    [
+        ("id IN (sElEcT id FROM parent)", {("public", "parent")}),  # keywords in any case
+        ("id IN (TABLE parent)", {("public", "parent")}),
+        ("id IN (VALUES (1), (2))", set()),
+        ('"select" = 1 OR "Values" = \'table\'', set()),  # the words, not as keywords
+        ("n = 1 AND title LIKE 'x%'", set()),  # none of the words: not parsed at all
+    ],
+)
+def test_subquery_tables_of_each_way_to_write_a_subquery(
+    text: str, tables: set[tuple[str, str]]
+) -> None:
+    assert subquery_tables(text) == tables
+
+
 def test_subquery_tables_raises_on_syntax_errors() -> None:
     with pytest.raises(WhereClauseError, match="syntax error"):
         subquery_tables("id IN (SELECT id FROM")
