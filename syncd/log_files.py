@@ -1,5 +1,5 @@
 """Low-level file I/O of a shape log: whole writes and reads at a position, new files, atomic
-replacement and directory fsync.
+replacement, directory fsync, and directories removed in the background.
 
 Layer: ``syncd`` (synchronous file I/O, no knowledge of the log format).
 """
@@ -7,6 +7,8 @@ Layer: ``syncd`` (synchronous file I/O, no knowledge of the log format).
 from __future__ import annotations
 
 import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -95,3 +97,26 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+REMOVED_SUFFIX: Final = ".removed"
+"""A directory whose name ends so is being removed (and is removed at start-up if a crash left
+it)."""
+
+_remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-remove")
+
+
+def remove_tree_soon(directory: Path) -> None:
+    """Remove ``directory`` and everything in it, off the calling thread.
+
+    The directory is renamed aside at once (one ``rename``, so its name is free and nothing
+    finds it under it any more); the files, which can be many and large, are unlinked by a
+    background thread. Where the rename cannot be made, the removal happens here and now.
+    """
+    aside = directory.with_name(directory.name + REMOVED_SUFFIX)
+    try:
+        directory.rename(aside)
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    _remover.submit(shutil.rmtree, aside, ignore_errors=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from syncd.log_files import REMOVED_SUFFIX
 from syncd.shape_state import Retire, ShapeState
 
 log = logging.getLogger("syncd.retention")
@@ -102,7 +103,7 @@ def measure_usage(storage_dir: Path, shapes_dir: Path) -> StorageUsage:
     shape_bytes = {
         entry.name: _entry_bytes(entry)
         for entry in _entries(shapes_dir)
-        if entry.is_dir(follow_symlinks=False)
+        if entry.is_dir(follow_symlinks=False) and not entry.name.endswith(REMOVED_SUFFIX)
     }
     other = sum(
         _entry_bytes(entry)

@@ -28,6 +28,7 @@ from shapes.where import Where, parse_where, subquery_tables
 from shapes.xid import Snapshot
 from syncd.change_applier import ChangeApplier, describe, route
 from syncd.flush_tracker import FlushTracker
+from syncd.log_files import REMOVED_SUFFIX
 from syncd.shape_state import (
     RemovalCause,
     ShapeState,
@@ -93,6 +94,9 @@ class ShapeRegistry:
         """Register every complete shape stored on disk; discard the others."""
         restored = 0
         for directory in sorted(self.shapes_dir.iterdir()):
+            if directory.name.endswith(REMOVED_SUFFIX):  # a removal a stop cut short
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
             shape = await self._restore_shape(directory)
             if shape is None:
                 shutil.rmtree(directory, ignore_errors=True)

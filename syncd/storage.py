@@ -59,7 +59,6 @@ log (and of the index, once a chunk closes), which live from the first append af
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,7 @@ from syncd.log_files import (
     _fsync_dir,
     _fsync_file,
     _write_new_file,
+    remove_tree_soon,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
 from syncd.log_format import (
@@ -232,10 +232,11 @@ class ShapeLog:
         return cls(path, chunk_bytes, view, acc, snapshot, snapshot_chunks)
 
     def delete(self) -> None:
-        """Close the append descriptors and remove the directory with everything in it."""
+        """Close the append descriptors and remove the directory with everything in it (its
+        name at once, its files on a background thread)."""
         self._deleted = True
         self._writer.close_fds()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_tree_soon(self._dir)
 
     # ------------------------------------------------------------------ properties
 

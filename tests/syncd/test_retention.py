@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from syncd.log_files import REMOVED_SUFFIX
 from tests.shape_reader import ShapeCursor, catch_up
 from tests.syncd.test_metrics import scrape, value, wait_until
 from tests.syncd_process import SyncdProcess
@@ -115,6 +116,13 @@ def test_the_quota_evicts_the_least_recently_used_shapes(table: str, tmp_path: P
         assert value(samples, "syncd_storage_quota_bytes") == 500 * 1024
         assert "evicting shape" in daemon.log_tail(200)
         assert touch(daemon, second) == 409  # its clients start over with a new shape
+        daemon.stop()
+        cut_short = shapes / ("0-0" + REMOVED_SUFFIX)  # a removal a stop cut short
+        cut_short.mkdir()
+        (cut_short / "log.bin").write_bytes(b"x" * 4096)
+        daemon.start()
+        assert not cut_short.exists()
+        assert touch(daemon, first) == 200
     finally:
         daemon.stop()
 

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from shapes.offset import BEFORE_ALL, INF, SNAPSHOT_END, LogOffset
 from syncd import storage
+from syncd.log_files import REMOVED_SUFFIX, remove_tree_soon
 from syncd.storage import ShapeLog, SnapshotIncomplete, StorageError
 from tests.syncd.logs import read_all_changes
 
@@ -345,7 +347,22 @@ def test_delete_removes_the_directory(tmp_path: Path) -> None:
     log.write_meta({"a": 1})
     log.append_transaction(100, [(0, row(0))])
     log.delete()
+    assert not (tmp_path / "shape").exists()  # its name is free at once
+    deadline = time.monotonic() + 10
+    while list(tmp_path.iterdir()):  # and its files go on a background thread
+        assert time.monotonic() < deadline, list(tmp_path.iterdir())
+        time.sleep(0.01)
     assert not (tmp_path / "shape").exists()
+
+
+def test_a_removal_that_cannot_rename_removes_in_place(tmp_path: Path) -> None:
+    blocked = tmp_path / "shape"
+    blocked.mkdir()
+    (blocked / "log.bin").write_bytes(b"x")
+    (tmp_path / ("shape" + REMOVED_SUFFIX)).mkdir()  # the aside name is taken (not empty)
+    (tmp_path / ("shape" + REMOVED_SUFFIX) / "f").write_bytes(b"y")
+    remove_tree_soon(blocked)
+    assert not blocked.exists()
 
 
 def test_create_refuses_an_existing_log_and_open_a_missing_one(tmp_path: Path) -> None:
