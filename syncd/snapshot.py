@@ -75,6 +75,41 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
     return Snapshot.parse(row[0]), int(row[1])
 
 
+async def probe_rows_together(
+    conn: psycopg.AsyncConnection[TupleRow],
+    table: Table,
+    columns: Sequence[str],
+    wheres: Sequence[str | None],
+    limit: int,
+) -> list[list[TupleRow]]:
+    """The rows of several shapes of one table and columns (text values), at most ``limit`` + 1
+    for each, in one round trip: one branch per shape, ``UNION ALL``, each row led by the index
+    of its branch. Each list holds one shape's rows; one of ``limit`` + 1 rows marks a shape
+    too large for a probe (read it with :func:`stream_rows`).
+
+    One statement: a clause that fails makes it fail (run it under a savepoint).
+    """
+    select = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    relation = sql.Identifier(table.schema, table.name)
+    branches = []
+    for index, where_sql in enumerate(wheres):
+        where = sql.SQL("") if where_sql is None else sql.SQL(" WHERE ") + sql.SQL(where_sql)
+        branches.append(
+            sql.SQL("(SELECT {}::text, {} FROM {}{} LIMIT {})").format(
+                sql.Literal(index), select, relation, where, sql.Literal(limit + 1)
+            )
+        )
+    cur = conn.cursor()
+    for column in table.columns:
+        cur.adapters.register_loader(column.type_oid, TextLoader)
+    await cur.execute(sql.SQL(" UNION ALL ").join(branches))
+    found: list[list[TupleRow]] = [[] for _ in wheres]
+    for row in await cur.fetchall():
+        found[int(row[0])].append(row[1:])
+    await cur.close()
+    return found
+
+
 async def stream_rows(
     conn: psycopg.AsyncConnection[TupleRow],
     table: Table,

@@ -10,10 +10,16 @@ buffers every transaction the stream decodes, see :mod:`syncd.snapshot`). A work
 queued shape, up to :data:`MAX_BATCH`, and opens one ``REPEATABLE READ READ ONLY`` transaction
 for all of them. The snapshot its first statement reads (``pg_current_snapshot()`` and the WAL
 insert position) is the snapshot of each shape of the batch: each was registered before the
-transaction began, which is all that the stitching rule needs. Then the rows of the shapes are
-read one shape after another. So a burst of small shapes costs one ``BEGIN``, one snapshot
-query and one ``COMMIT`` per batch, and one plain query per small shape (``stream_rows``
-with ``probe``).
+transaction began, which is all that the stitching rule needs.
+
+Reading together. The shapes of a batch with the same table and columns are first probed with
+one query (:func:`~syncd.snapshot.probe_rows_together`): a ``UNION ALL`` of one branch per
+shape, each limited to :data:`FETCH_ROWS` + 1 rows and led by its branch's index, under a
+savepoint. Each shape that fits is written from it. So a burst of small shapes costs one
+``BEGIN``, one snapshot query, one savepoint and query per table and one ``COMMIT`` per batch.
+A shape alone of its kind, a larger one (a full probe), and every shape of a probe that failed
+(one bad clause fails the statement; the savepoint keeps the transaction) are then read one
+after another, each with its own query (``stream_rows`` with ``probe``).
 
 Large shapes. Rows come in fetches of :data:`FETCH_ROWS`. When a shape's first fetch is full,
 the shapes of its batch not read yet go back to the front of the queue, where another worker
@@ -62,7 +68,7 @@ from syncd.errors import (
 from syncd.flush_tracker import FlushTracker
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
 from syncd.shape_state import Retire, ShapeState
-from syncd.snapshot import begin_snapshot, stream_rows
+from syncd.snapshot import begin_snapshot, probe_rows_together, stream_rows
 from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
 
 log = logging.getLogger("syncd.engine")
@@ -156,11 +162,20 @@ class SnapshotRunner:
             async with self._connection() as conn:
                 with row_query_errors():
                     info, wal_lsn = await begin_snapshot(conn)
+                with row_query_errors():
+                    probed = await self._probe_together(conn, unread)
+                # what was read together first: a large shape hands back the others only
+                reordered = sorted(unread, key=lambda shape: shape not in probed)
+                unread.clear()
+                unread.extend(reordered)
                 while unread:
                     current = unread.popleft()
                     if current.status == "gone":
                         continue
-                    if current.definition.log == "full":
+                    read = probed.pop(current, None)
+                    if read is not None:
+                        self._write_rows(current, *read)
+                    elif current.definition.log == "full":
                         with row_query_errors():
                             await self._copy_rows(conn, current, unread)
                     if current.gone:  # retired while its rows were read
@@ -203,31 +218,77 @@ class SnapshotRunner:
             unread.clear()
             self._add_workers()
 
-    async def _copy_rows(
-        self, conn: Connection, shape: ShapeState, unread: deque[ShapeState]
-    ) -> None:
+    async def _probe_together(
+        self, conn: Connection, shapes: Sequence[ShapeState]
+    ) -> dict[ShapeState, tuple[messages.SnapshotEncoder, list[TupleRow]]]:
+        """The rows of the batch's small shapes (with their encoders), read a table at a time
+        (module docstring); the shapes left out (alone of their kind, large, or of a failed
+        query) are read one by one."""
+        groups: dict[tuple[tuple[str, str], tuple[str, ...]], list[ShapeState]] = {}
+        encoders: dict[ShapeState, messages.SnapshotEncoder] = {}
+        for shape in shapes:
+            if shape.status != "gone" and shape.definition.log == "full":
+                encoders[shape] = encoder = self._encoder(shape)
+                key = (shape.definition.relation, tuple(encoder.columns))
+                groups.setdefault(key, []).append(shape)
+        probed: dict[ShapeState, tuple[messages.SnapshotEncoder, list[TupleRow]]] = {}
+        for (_relation, columns), members in groups.items():
+            if len(members) < 2:
+                continue
+            wheres = [m.where.sql if m.where is not None else None for m in members]
+            await conn.execute("SAVEPOINT syncd_probe")
+            try:
+                found = await probe_rows_together(
+                    conn, members[0].table, columns, wheres, FETCH_ROWS
+                )
+            except psycopg.Error as exc:  # one clause failed: each is read alone, fails alone
+                log.debug("reading %d shapes together failed (%r)", len(members), exc)
+                await conn.execute("ROLLBACK TO SAVEPOINT syncd_probe")
+                continue
+            for shape, rows in zip(members, found, strict=True):
+                if len(rows) <= FETCH_ROWS:
+                    probed[shape] = (encoders[shape], rows)
+        return probed
+
+    @staticmethod
+    def _encoder(shape: ShapeState) -> messages.SnapshotEncoder:
         view = shape.view
         if view.selected is None:
             value_columns: Sequence[str] = sorted(set(shape.selected) | set(view.key_columns))
         else:
             value_columns = shape.selected
-        encoder = messages.SnapshotEncoder(
+        return messages.SnapshotEncoder(
             shape.relation_list, view.key_prefix, value_columns, view.key_columns
         )
+
+    async def _copy_rows(
+        self, conn: Connection, shape: ShapeState, unread: deque[ShapeState]
+    ) -> None:
+        encoder = self._encoder(shape)
         where_sql = shape.where.sql if shape.where is not None else None
-        shape_log = shape.log
         batches: AsyncIterator[list[TupleRow]] = stream_rows(
             conn, shape.table, encoder.columns, where_sql, batch=FETCH_ROWS, probe=True
         )
         async for batch in batches:
             if len(batch) >= FETCH_ROWS:
                 self._hand_back(unread)  # a large shape: the others need not wait for it
-            closed = shape_log.snapshot_chunks_closed
-            shape_log.append_snapshot_lines(encoder.encode(batch))
-            if shape.status == "gone":
+            if not self._write_rows(shape, encoder, batch):
                 return
-            if shape_log.snapshot_chunks_closed != closed:  # readers of the new chunk wait
-                shape.notifier.notify()
+
+    @staticmethod
+    def _write_rows(
+        shape: ShapeState, encoder: messages.SnapshotEncoder, rows: list[TupleRow]
+    ) -> bool:
+        """Append ``rows`` to the shape's snapshot; False if the shape went meanwhile."""
+        shape_log = shape.log
+        closed = shape_log.snapshot_chunks_closed
+        if rows:
+            shape_log.append_snapshot_lines(encoder.encode(rows))
+        if shape.status == "gone":
+            return False
+        if shape_log.snapshot_chunks_closed != closed:  # readers of the new chunk wait
+            shape.notifier.notify()
+        return True
 
     # -- sealing -------------------------------------------------------------------------------
 

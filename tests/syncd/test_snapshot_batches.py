@@ -23,8 +23,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 import syncd.snapshot_runner
 from shapes.xid import Snapshot
+from syncd.catalog import load_table
 from syncd.embed import EmbeddedSyncd
-from syncd.snapshot import begin_snapshot, stream_rows
+from syncd.snapshot import begin_snapshot, probe_rows_together, stream_rows
 from syncd.storage import ShapeLog
 
 ROWS = 3_000  # more than one fetch (syncd.snapshot_runner.FETCH_ROWS)
@@ -39,17 +40,43 @@ class Gates:
     """Wraps ``stream_rows``: a query whose where clause has a gate waits on it, before its
     first batch (``before``) or before its second (``after_first``); :meth:`reached` tells
     when a query got there. A gate's key is a part of the clause as the query spells it
-    (:func:`_deparsed`). Also counts the snapshot transactions begun (:attr:`begun`)."""
+    (:func:`_deparsed`). Also counts the snapshot transactions begun (:attr:`begun`), notes
+    the shapes read alone (:attr:`streamed`) and the probes of shapes read together
+    (:attr:`probes`: how many shapes, whether it succeeded), and can make those fail
+    (:attr:`refuse_probes`)."""
 
     def __init__(self) -> None:
         self.begun = 0
         self.before: dict[str, asyncio.Event] = {}
         self.after_first: dict[str, asyncio.Event] = {}
         self._reached: dict[str, asyncio.Event] = {}
+        self.streamed: list[str] = []
+        self.probes: list[tuple[int, bool]] = []
+        self.refuse_probes = False
 
     async def begin_snapshot(self, conn: Any) -> tuple[Snapshot, int]:
         self.begun += 1
         return await begin_snapshot(conn)
+
+    def read_alone(self, wheres: list[str]) -> bool:
+        """Whether exactly the shapes ``wheres`` were read alone, in this order."""
+        return len(self.streamed) == len(wheres) and all(
+            _deparsed(where) in sql for where, sql in zip(wheres, self.streamed, strict=True)
+        )
+
+    async def probe_rows_together(
+        self, conn: Any, table: Any, columns: Any, wheres: list[str | None], limit: int
+    ) -> list[list[Any]]:
+        if self.refuse_probes:
+            self.probes.append((len(wheres), False))
+            raise psycopg.errors.DivisionByZero("refused by the test")
+        try:
+            found = await probe_rows_together(conn, table, columns, wheres, limit)
+        except psycopg.Error:
+            self.probes.append((len(wheres), False))
+            raise
+        self.probes.append((len(wheres), True))
+        return found
 
     def reached(self, where: str) -> asyncio.Event:
         return self._reached.setdefault(where, asyncio.Event())
@@ -57,6 +84,7 @@ class Gates:
     def __call__(
         self, conn: Any, table: Any, columns: Any, where: str | None, *args: Any, **kw: Any
     ) -> AsyncIterator[Any]:
+        self.streamed.append(where or "")
         return self._rows(where or "", stream_rows(conn, table, columns, where, *args, **kw))
 
     async def _rows(self, where_sql: str, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -92,6 +120,7 @@ def gates(monkeypatch: pytest.MonkeyPatch) -> Gates:
     wrapped = Gates()
     monkeypatch.setattr(syncd.snapshot_runner, "stream_rows", wrapped)
     monkeypatch.setattr(syncd.snapshot_runner, "begin_snapshot", wrapped.begin_snapshot)
+    monkeypatch.setattr(syncd.snapshot_runner, "probe_rows_together", wrapped.probe_rows_together)
     return wrapped
 
 
@@ -183,6 +212,10 @@ async def test_shapes_created_together_share_one_snapshot(
         shared = {_snapshot_of(embedded, handle) for handle in handles}
         assert gates.begun == 2  # the first shape's transaction, and one for the twenty others
         assert len(shared) == 1
+        # the first was read alone; the twenty others (one table, the same columns) with one
+        # query, none of them alone
+        assert gates.probes == [(20, True)]
+        assert gates.read_alone([first])
         assert _snapshot_of(embedded, first_handle) not in shared
         # sealed: each log is complete and its metadata ready, as a restart would find them
         for shape in embedded.engine.shapes.values():
@@ -224,6 +257,10 @@ async def test_a_failing_shape_fails_alone_and_the_rest_get_a_new_snapshot(
         assert snapshots[after[0]] == snapshots[after[1]]
         assert snapshots[before[0]] != snapshots[after[0]]  # a new transaction after the failure
         assert gates.begun == 3
+        # the five read together failed on the bad clause: each was read alone up to it; the
+        # two after it, in the next transaction, together again
+        assert gates.probes == [(5, False), (2, True)]
+        assert len(gates.streamed) == 1 + 3
 
 
 async def test_a_large_shape_does_not_hold_back_the_small_ones_of_its_batch(
@@ -235,6 +272,7 @@ async def test_a_large_shape_does_not_hold_back_the_small_ones_of_its_batch(
     for where in blockers:
         gates.before[_deparsed(where)] = asyncio.Event()
     gates.after_first[_deparsed(large)] = asyncio.Event()
+    gates.refuse_probes = True  # read one by one (shapes read together come first anyway)
     async with _embedded(items, tmp_path / "storage") as embedded:
         embedded.engine.snapshots.max_workers = 2
         held = []
@@ -255,3 +293,53 @@ async def test_a_large_shape_does_not_hold_back_the_small_ones_of_its_batch(
         _check(await tasks[0], items, large)
         for task, where in zip(held, blockers, strict=True):
             _check(await task, items, where)
+
+
+async def test_a_large_shape_read_together_with_small_ones_is_then_read_alone(
+    items: str, tmp_path: Path, gates: Gates
+) -> None:
+    """The probe of a batch returns a full first fetch for the large shape: the small ones are
+    written from the probe (before it), and only the large one is read again, on its own."""
+    blocker = "grp = 0"
+    large = "id > 0"
+    small = [f"grp = {k}" for k in range(2, 7)]
+    gates.before[_deparsed(blocker)] = asyncio.Event()
+    gates.after_first[_deparsed(large)] = asyncio.Event()
+    async with _embedded(items, tmp_path / "storage") as embedded:
+        embedded.engine.snapshots.max_workers = 1
+        held = await _queued(embedded, [blocker])
+        await asyncio.wait_for(gates.reached(_deparsed(blocker)).wait(), 30)
+        tasks = await _queued(embedded, [large, *small])
+        gates.before[_deparsed(blocker)].set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks[1:]), 30)
+        for where, result in zip(small, results, strict=True):
+            _check(result, items, where)
+        assert not tasks[0].done()  # held after its first fetch, read alone
+        gates.after_first[_deparsed(large)].set()
+        large_handle = _check(await tasks[0], items, large)
+        _check(await held[0], items, blocker)
+        assert gates.probes == [(6, True)]
+        assert gates.read_alone([blocker, large])
+        small_handles = [result[2] for result in results]
+        snapshots = {_snapshot_of(embedded, h) for h in [large_handle, *small_handles]}
+        assert len(snapshots) == 1  # one transaction for all six
+
+
+async def test_a_probe_of_many_clauses_equals_each_query_alone(items: str) -> None:
+    """:func:`probe_rows_together` against the same queries run one by one, in one snapshot:
+    a branch without a clause (the whole table), clauses that match nothing, one row, and more
+    rows than the limit (cut at the limit plus one)."""
+    wheres: list[str | None] = [None, "id = 3", "false", "grp = 5 AND id < 200", "id > 2990"]
+    limit = 9
+    async with await psycopg.AsyncConnection.connect(items, autocommit=True) as conn:
+        table = await load_table(conn, "public", "items")
+        columns = ["id", "title", "grp"]
+        await begin_snapshot(conn)
+        found = await probe_rows_together(conn, table, columns, wheres, limit)
+        for where, rows in zip(wheres, found, strict=True):
+            query = "SELECT id::text, title, grp::text FROM items"
+            query += f" WHERE {where}" if where is not None else ""
+            cur = await conn.execute(query + f" LIMIT {limit + 1}")  # test-controlled text
+            assert sorted(rows) == sorted(await cur.fetchall()), where
+        await conn.execute("COMMIT")
+    assert [len(rows) for rows in found] == [limit + 1, 1, 0, limit + 1, limit + 1]
