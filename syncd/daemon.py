@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import uvicorn
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from starlette.applications import Starlette
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from shapes.subquery import SubqueryLimits
@@ -24,7 +23,7 @@ from syncd.compactor import CompactionSettings
 from syncd.config import Settings
 from syncd.engine import Engine, EngineSettings
 from syncd.errors import SlotConflict
-from syncd.http import ApiSettings, ShapeApi, create_app
+from syncd.http import ApiSettings, ShapeApi, SyncdApp, create_app
 from syncd.metrics import Metrics, MetricsEndpoint
 from syncd.preflight import check_database, parse_database_url
 from syncd.replication import ReplicationSettings, ReplicationStream
@@ -118,7 +117,7 @@ class Syncd:
         endpoint = MetricsEndpoint(
             self.metrics, self.engine, self.stream, self.api, self.retention, settings.secret
         )
-        self.app: Starlette = create_app(self.api, metrics=endpoint)
+        self.app: SyncdApp = create_app(self.api, metrics=endpoint)
         self._opened = False
         self._replication: asyncio.Task[None] | None = None
 

@@ -50,7 +50,7 @@ from shapes.subset import (
     validate_subset,
 )
 from syncd.admission import Admission
-from syncd.asgi_app import SHAPE_PATH, NormalisePath, create_app, normalise_path
+from syncd.asgi_app import SHAPE_PATH, SyncdApp, create_app, normalise_path
 from syncd.bodies import (
     PIECE_BYTES,
     SSE_KEEPALIVE,
@@ -100,8 +100,8 @@ __all__ = [
     "Admission",
     "ApiSettings",
     "BoundedStreamingResponse",
-    "NormalisePath",
     "ShapeApi",
+    "SyncdApp",
     "bad_request",
     "base_headers",
     "create_app",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from syncd.shape_state import Notifier, Wakeup, wait_briefly
+from syncd.shape_state import TIMER_QUANTUM, Notifier, SharedTimers, Wakeup, wait_briefly
 
 
 async def test_every_waiter_wakes_at_the_signal() -> None:
     wakeup = Wakeup()
-    waiters = [asyncio.create_task(wait_briefly((wakeup,), 30.0)) for _ in range(1_000)]
-    await asyncio.sleep(0)
+    waiters = [wait_briefly((wakeup,), 30.0) for _ in range(1_000)]
     wakeup.set()
     await asyncio.wait_for(asyncio.gather(*waiters), 5.0)
     assert wakeup.done()
@@ -32,8 +32,7 @@ async def test_a_signal_already_set_does_not_wait() -> None:
 async def test_futures_and_signals_mix() -> None:
     wakeup = Wakeup()
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiting = asyncio.create_task(wait_briefly((wakeup, future), 30.0))
-    await asyncio.sleep(0)
+    waiting = wait_briefly((wakeup, future), 30.0)
     future.set_result(None)
     await asyncio.wait_for(waiting, 1.0)
     assert not wakeup._wakers
@@ -45,3 +44,44 @@ async def test_a_notify_between_taking_the_signal_and_waiting_is_not_missed() ->
     notifier.notify()  # the log grew after the waiter looked at it
     await asyncio.wait_for(wait_briefly((signal,), 30.0), 1.0)
     assert notifier.wait() is not signal  # the next wait takes a fresh signal
+
+
+async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
+    wakeup = Wakeup()
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def hold() -> None:
+        await wait_briefly((wakeup, future), 30.0)
+
+    holders = [asyncio.create_task(hold()) for _ in range(100)]
+    await asyncio.sleep(0)
+    assert len(wakeup._wakers) == 100
+    for holder in holders:
+        holder.cancel()
+    await asyncio.gather(*holders, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert not wakeup._wakers
+
+
+async def test_waits_end_on_time_and_share_their_timers() -> None:
+    loop = asyncio.get_running_loop()
+    timers = SharedTimers.of(loop)
+    assert SharedTimers.of(loop) is timers
+    wakeup = Wakeup()
+    started = time.monotonic()
+    waits = [wait_briefly((wakeup,), 0.2 + k * 0.0001) for k in range(1_000)]
+    assert len(timers._slots) <= 3  # a thousand waits ending within 0.1 s: two or three quanta
+    await asyncio.gather(*waits)
+    waited = time.monotonic() - started
+    assert 0.2 <= waited < 0.3 + TIMER_QUANTUM, waited
+    assert not wakeup._wakers
+    assert not timers._slots
+
+
+async def test_a_signal_ends_the_wait_before_its_time() -> None:
+    wakeup = Wakeup()
+    started = time.monotonic()
+    waiting = wait_briefly((wakeup,), 30.0)
+    asyncio.get_running_loop().call_later(0.05, wakeup.set)
+    await asyncio.wait_for(waiting, 5.0)
+    assert time.monotonic() - started < 5.0
