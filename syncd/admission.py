@@ -7,7 +7,6 @@ over its kind's limit gets the protocol's overload answer (503 with ``retry-afte
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 from starlette.responses import Response
 
@@ -60,14 +59,14 @@ class Admission:
         self.active[kind] += 1
         return Occupancy(self.active, kind, admitted=True)
 
-    def occupy(self, kind: str) -> Callable[[], None]:
-        """Count a response that outlives its handler (an SSE stream) until the returned
-        function is called; calling it again does nothing.
+    def occupy(self, kind: str) -> Occupancy:
+        """Count a response that outlives its handler (an SSE stream) until the returned place
+        is released.
 
         Taken while the handler still holds its own count, so the request is never uncounted.
         """
         self.active[kind] += 1
-        return Occupancy(self.active, kind, admitted=True).release
+        return Occupancy(self.active, kind, admitted=True)
 
     def refusal(self, kind: str) -> Response:
         """The protocol's overload answer."""

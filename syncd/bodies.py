@@ -51,27 +51,36 @@ class BoundedStreamingResponse(StreamingResponse):
         send_timeout: float,
         headers: dict[str, str],
         media_type: str,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(content, headers=headers, media_type=media_type)
         self.pieces = content
         self.send_timeout = send_timeout
+        self.on_close = on_close
+        """Called once the response has ended, however it ended."""
 
     gone: Wakeup | None = None
     """The connection's :func:`~syncd.send_deadline.connection_gone` signal, when it has one."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = connection_gone(scope)
-        if gone is None:  # Starlette's way: a task group with a task reading the disconnect
-            await super().__call__(scope, receive, send)
-            return
-        self.gone = gone
-        await self.stream_response(send)
+        try:
+            gone = connection_gone(scope)
+            if gone is None:  # Starlette's way: a task group with a task reading the disconnect
+                await super().__call__(scope, receive, send)
+                return
+            self.gone = gone
+            await self.stream_response(send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        # Sent: the encoded headers (some forty small objects) need not live as long as an SSE
-        # stream does.
+        start["headers"] = self.raw_headers
+        await send(start)
+        # Sent: the message and the encoded headers (some forty small objects) need not live as
+        # long as an SSE stream does.
+        del start
         self.raw_headers = []
         gone = self.gone
         try:
@@ -177,7 +186,6 @@ async def log_pieces(
 async def live_sse_events(
     shape: ShapeState,
     offset: LogOffset,
-    release: Callable[[], None],
     closing: Wakeup,
     *,
     piece_bytes: int,
@@ -191,36 +199,34 @@ async def live_sse_events(
     Each piece is sent before the next is read, so a reader that stops reading holds one
     piece, never the backlog (see :mod:`syncd.send_deadline`). The stream ends after ``duration``
     seconds, when the shape is no longer ready, when ``closing`` resolves or when ``gone`` does
-    (the connection was lost); ``release`` is called at its end."""
+    (the connection was lost)."""
     position: int | None = None
-    try:
-        deadline = time.monotonic() + duration
-        last_sent = time.monotonic()
-        signals = (closing,) if gone is None else (closing, gone)
-        while shape.status == "ready" and not any(signal.done() for signal in signals):
-            waiter = shape.notifier.wait()
-            piece = shape.log.read_piece(offset, piece_bytes, position)
-            if piece.items:
-                offset, position = piece.end, piece.position
-                events = piece.items
-                if offset >= shape.log.latest_offset:
-                    events.append(messages.up_to_date(offset.tx))
-                data = sse_data(events)
-                caught_up = offset >= shape.log.latest_offset
-                del piece, events  # not held while the reader drains ``data``
-                yield data
-                del data
-                last_sent = time.monotonic()
-                if not caught_up:
-                    await yield_to_others()
-                continue
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if now - last_sent >= keepalive:
-                yield SSE_KEEPALIVE
-                last_sent = now
-            wait = min(deadline, last_sent + keepalive) - now
-            await wait_briefly((waiter, *signals), wait)
-    finally:
-        release()
+    deadline = time.monotonic() + duration
+    last_sent = time.monotonic()
+    signals = (closing,) if gone is None else (closing, gone)
+    while shape.status == "ready" and not any(signal.done() for signal in signals):
+        waiter = shape.notifier.wait()
+        piece = shape.log.read_piece(offset, piece_bytes, position)
+        if piece.items:
+            offset, position = piece.end, piece.position
+            events = piece.items
+            if offset >= shape.log.latest_offset:
+                events.append(messages.up_to_date(offset.tx))
+            data = sse_data(events)
+            caught_up = offset >= shape.log.latest_offset
+            del piece, events  # not held while the reader drains ``data``
+            yield data
+            del data
+            last_sent = time.monotonic()
+            if not caught_up:
+                await yield_to_others()
+            continue
+        del piece  # an empty piece, not held while the stream idles
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        if now - last_sent >= keepalive:
+            yield SSE_KEEPALIVE
+            last_sent = now
+        wait = min(deadline, last_sent + keepalive) - now
+        await wait_briefly((waiter, *signals), wait)

@@ -32,6 +32,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -151,7 +152,13 @@ class ShapeApi:
         """What answers a request for a shape's log (or its live tail) looks like."""
 
     async def shape_request(self, request: Request) -> Response:
-        """Every ``/v1/shape`` request but OPTIONS, under admission control."""
+        """Every ``/v1/shape`` request but OPTIONS, under admission control.
+
+        ``POST`` asks for a subset snapshot described by its JSON body: the body's subset keys
+        (``where``, ``params``, ``limit``, ``offset``, ``order_by``, ..., or a ``subset`` object)
+        describe the subset; any other top-level key overrides the query parameter of that
+        name. Every answer to a POST is ``cache-control: no-cache``.
+        """
         items = query_items(request)
         kind = "initial" if _last(items, "offset") == "-1" else "existing"
         with self.admission.admit(kind) as admitted:
@@ -159,37 +166,47 @@ class ShapeApi:
                 return self.admission.refusal(kind)
             if request.method == "DELETE":
                 return await self.delete_shape(items)
-            if request.method == "POST":
-                return await self.post_shape(request, items)
-            # GET and HEAD: answered here, not in a coroutine of their own, which a held
-            # long-poll would keep for its whole life
+            # GET, HEAD and POST are answered in this frame, with no coroutine of their own: a
+            # held long-poll keeps its chain of frames for its whole life.
+            post = request.method == "POST"
             denied = self._check_secret(items)
             if denied is not None:
+                if post:
+                    denied.headers["cache-control"] = "no-cache"
                 return denied
-            return await self._answer(request, items, lambda: subset_from_query(dict(items)))
+            body: dict[str, Any] | None = None
+            if post:
+                read = await self._read_post(request, items)
+                if isinstance(read, Response):
+                    return read
+                items, body = read
+            try:
+                subset = subset_from_query(dict(items)) if body is None else subset_from_body(body)
+                shape_request = parse_shape_request(items)
+                items.clear()  # consumed: not kept as long as a held request
+                if subset is not None:
+                    response = await self._serve_subset(shape_request, subset)
+                else:
+                    response = await self._serve(request, shape_request)
+            except Exception as exc:
+                mapped = error_response(exc)
+                if mapped is None:
+                    raise
+                response = mapped
+            if post:
+                response.headers["cache-control"] = "no-cache"
+            return response
 
-    # -- entry points --------------------------------------------------------------------------
-
-    async def post_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
-        """``POST /v1/shape``: a subset snapshot described by the JSON body.
-
-        The body's subset keys (``where``, ``params``, ``limit``, ``offset``, ``order_by``, ...,
-        or a ``subset`` object) describe the subset; any other top-level key overrides the query
-        parameter of that name. Every answer is ``cache-control: no-cache``.
-        """
-        response = await self._post_shape(request, items)
-        response.headers["cache-control"] = "no-cache"
-        return response
-
-    async def _post_shape(self, request: Request, items: list[tuple[str, str]]) -> Response:
-        denied = self._check_secret(items)
-        if denied is not None:
-            return denied
-        body = await read_body(request, MAX_BODY_BYTES)
-        if body is None:
+    async def _read_post(
+        self, request: Request, items: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], dict[str, Any]] | Response:
+        """A POST's query (``items`` with the body's overrides) and JSON body, or the answer to
+        a body that is too large or not a JSON object."""
+        raw = await read_body(request, MAX_BODY_BYTES)
+        if raw is None:
             return json_response({"error": "Request body too large"}, 413, cache="no-cache")
         try:
-            data = parse_json_body(body)
+            data = parse_json_body(raw)
         except ValueError as exc:
             error = {"error": "Invalid JSON in request body", "details": str(exc)}
             return json_response(error, 400, cache="no-cache")
@@ -203,27 +220,7 @@ class ShapeApi:
         }
         query = [(k, v) for k, v in items if k not in overrides]
         query.extend(overrides.items())
-        return await self._answer(request, query, lambda: subset_from_body(data))
-
-    async def _answer(
-        self,
-        request: Request,
-        query: list[tuple[str, str]],
-        find_subset: Callable[[], SubsetRequest | None],
-    ) -> Response:
-        """Serve a shape request (a log or a subset), mapping request errors to responses."""
-        try:
-            subset = find_subset()
-            shape_request = parse_shape_request(query)
-            query.clear()  # consumed: the caller's frame, held as long as this, keeps the list
-            if subset is not None:
-                return await self._serve_subset(shape_request, subset)
-            return await self._serve(request, shape_request)
-        except Exception as exc:
-            response = error_response(exc)
-            if response is None:
-                raise
-            return response
+        return query, data
 
     async def delete_shape(self, items: list[tuple[str, str]]) -> Response:
         """``DELETE /v1/shape`` by definition or by handle, its query parameters in ``items``."""
@@ -301,6 +298,7 @@ class ShapeApi:
         if req.live_sse and plan.empty:
             return self.responses.sse(request, req, shape, offset)
         if req.live and plan.empty:
+            del plan  # not kept while the request is held
             plan = await self.live.hold(request, shape, offset, self.settings.long_poll_timeout)
             if shape.status == "gone":
                 return self._after_loss(shape)

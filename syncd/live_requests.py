@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from starlette.requests import Request
 
 from shapes.offset import LogOffset
-from syncd.admission import Admission
+from syncd.admission import Admission, Occupancy
 from syncd.bodies import disconnected
 from syncd.log_format import ReadPlan
 from syncd.send_deadline import connection_gone
@@ -67,6 +66,7 @@ class LiveRequests:
                 plan = shape.log.plan_read(offset)
                 if not plan.empty:
                     return plan
+                del plan  # an empty plan, not kept while waiting
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -81,21 +81,28 @@ class LiveRequests:
                 gone.cancel()
         return ReadPlan(None, offset, offset)
 
-    def stream_opened(self, shape: ShapeState) -> Callable[[], None]:
-        """Count a live SSE stream on ``shape`` (admission, readers) until the returned function
-        is called; calling it again does nothing."""
-        release_admission = self._admission.occupy("existing")
+    def stream_opened(self, shape: ShapeState) -> OpenStream:
+        """Count a live SSE stream on ``shape`` (admission, readers) until the returned count is
+        called; calling it again does nothing."""
         self.sse_streams += 1
         shape.readers += 1
-        released = False
+        return OpenStream(self, shape, self._admission.occupy("existing"))
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                release_admission()
-                self.sse_streams -= 1
-                shape.readers -= 1
-                shape.last_used = time.monotonic()
 
-        return release
+class OpenStream:
+    """The counts one live SSE stream holds (:meth:`LiveRequests.stream_opened`); calling it
+    gives them back, once. A small object: a stream keeps it for its whole life."""
+
+    __slots__ = ("_live", "_shape", "_place")
+
+    def __init__(self, live: LiveRequests, shape: ShapeState, place: Occupancy) -> None:
+        self._live = live
+        self._shape = shape
+        self._place = place
+
+    def __call__(self) -> None:
+        if self._place.admitted:
+            self._place.release()
+            self._live.sse_streams -= 1
+            self._shape.readers -= 1
+            self._shape.last_used = time.monotonic()

@@ -8,7 +8,6 @@ decides which one a request gets (``docs/protocol.md``, "Reading a shape").
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -176,18 +175,18 @@ class ShapeResponses:
         stream = live_sse_events(
             shape,
             offset,
-            release,
             self.live.closing,
             piece_bytes=settings.piece_bytes,
             duration=settings.sse_timeout,
             keepalive=settings.sse_keepalive,
             gone=connection_gone(request.scope),
         )
-        # A stream that is never iterated (the client left before the body) never reaches its
-        # ``finally``; the finaliser releases its count then.
-        weakref.finalize(stream, release)
         return BoundedStreamingResponse(
-            stream, self.settings.send_timeout, headers=headers, media_type="text/event-stream"
+            stream,
+            self.settings.send_timeout,
+            headers=headers,
+            media_type="text/event-stream",
+            on_close=release,
         )
 
     def next_cursor(self, previous: str | None) -> str:

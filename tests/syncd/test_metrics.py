@@ -131,6 +131,7 @@ def test_live_requests_sse_streams_and_refusals_are_counted(syncd: SyncdProcess)
             refused = client.get(syncd.shape_url, params=live)
             assert refused.status_code == 503
         wait_until(lambda: value(scrape(syncd), "syncd_sse_streams") == 0)
+        wait_until(lambda: value(scrape(syncd), "syncd_requests_in_flight", kind="existing") == 1)
     samples = scrape(syncd)
     assert value(samples, "syncd_admission_refusals_total", kind="existing") == 1
     assert value(samples, "syncd_http_responses_total", route="shape", status="503") == 1

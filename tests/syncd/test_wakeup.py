@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncd.shape_state import TIMER_QUANTUM, Notifier, SharedTimers, Wakeup, wait_briefly
 
@@ -20,7 +24,7 @@ async def test_waiters_that_time_out_leave_nothing_behind() -> None:
     wakeup = Wakeup()
     await asyncio.gather(*(wait_briefly((wakeup,), 0.01) for _ in range(5_000)))
     assert not wakeup.done()
-    assert not wakeup._wakers
+    assert wakeup.waiting() == 0
 
 
 async def test_a_signal_already_set_does_not_wait() -> None:
@@ -35,7 +39,7 @@ async def test_futures_and_signals_mix() -> None:
     waiting = wait_briefly((wakeup, future), 30.0)
     future.set_result(None)
     await asyncio.wait_for(waiting, 1.0)
-    assert not wakeup._wakers
+    assert wakeup.waiting() == 0
 
 
 async def test_a_notify_between_taking_the_signal_and_waiting_is_not_missed() -> None:
@@ -55,12 +59,12 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
 
     holders = [asyncio.create_task(hold()) for _ in range(100)]
     await asyncio.sleep(0)
-    assert len(wakeup._wakers) == 100
+    assert wakeup.waiting() == 100
     for holder in holders:
         holder.cancel()
     await asyncio.gather(*holders, return_exceptions=True)
     await asyncio.sleep(0)
-    assert not wakeup._wakers
+    assert wakeup.waiting() == 0
 
 
 async def test_waits_end_on_time_and_share_their_timers() -> None:
@@ -74,7 +78,7 @@ async def test_waits_end_on_time_and_share_their_timers() -> None:
     await asyncio.gather(*waits)
     waited = time.monotonic() - started
     assert 0.2 <= waited < 0.3 + TIMER_QUANTUM, waited
-    assert not wakeup._wakers
+    assert wakeup.waiting() == 0
     assert not timers._slots
 
 
@@ -85,3 +89,25 @@ async def test_a_signal_ends_the_wait_before_its_time() -> None:
     asyncio.get_running_loop().call_later(0.05, wakeup.set)
     await asyncio.wait_for(waiting, 5.0)
     assert time.monotonic() - started < 5.0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=30))
+def test_a_signal_calls_exactly_the_wakers_left_once(steps: list[tuple[bool, int]]) -> None:
+    calls: list[int] = []
+    wakers = [functools.partial(calls.append, k) for k in range(4)]
+    wakeup = Wakeup()
+    expected: set[int] = set()
+    for add, k in steps:
+        if add:
+            wakeup.add_waker(wakers[k])
+            expected.add(k)
+        else:
+            wakeup.discard_waker(wakers[k])
+            expected.discard(k)
+        assert wakeup.waiting() == len(expected)
+    wakeup.set()
+    wakeup.set()
+    assert sorted(calls) == sorted(expected)
+    wakeup.add_waker(wakers[0])  # a waker added after the signal is called at once
+    assert calls[-1] == 0
+    assert wakeup.waiting() == 0
