@@ -13,6 +13,7 @@ import uvicorn
 
 from agents.fake_api import FakeApi, create_app
 from agents.run import run_worker
+from shapes.collector import tune_garbage_collector
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpx2").setLevel(logging.WARNING)
+        tune_garbage_collector()  # a worker follows a shape per thread its agents are in
         asyncio.run(run_worker())
 
 

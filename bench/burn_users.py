@@ -53,7 +53,8 @@ from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
 from shapes.client import Shape, ShapeDefinition, ShapeStream
 from shapes.client.stream import LiveMode
-from syncd.daemon import event_loop_factory, tune_garbage_collector
+from shapes.collector import tune_garbage_collector
+from syncd.daemon import event_loop_factory
 
 SHAPES = ("threads", "memberships", "events", "users", "facts")
 SECRET = secrets.token_urlsafe(32)

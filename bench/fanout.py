@@ -5,7 +5,9 @@
     (1,000) :class:`~shapes.client.ShapeStream` objects on the same shape, live over SSE, all on
     one :class:`~shapes.client.transport.AiohttpTransport` (the client's transport for a
     process that follows many shapes), each request on a connection of its own. The program runs on
-    the event loop syncd picks for itself (uvloop when installed). Once every stream is live and
+    the event loop syncd picks for itself (uvloop when installed), with the garbage collector
+    tuned as such a process should tune it (:func:`shapes.collector.tune_garbage_collector`;
+    restored afterwards). Once every stream is live and
     up to date, the benchmark commits one insert at a time (``--fanout-commits``, about 1 s
     apart; the committing session uses ``synchronous_commit = on``) from a separate thread,
     records the wall-clock time right after ``COMMIT`` returns, and measures, for every
@@ -43,6 +45,7 @@ HTTP writes and reads. The target is the value: p50 under 100 ms.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import queue
 import subprocess
@@ -62,6 +65,7 @@ from bench.large_txn import ROOT, running_syncd
 from bench.raw_client import RawFollower, catch_up_all, follow_all, id_noter
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from shapes.client.transport import AiohttpTransport
+from shapes.collector import tune_garbage_collector
 from syncd.daemon import event_loop_factory
 
 TABLE = "fanout_items"
@@ -135,6 +139,27 @@ def _delays(commits: dict[int, float], received: list[dict[int, float]]) -> tupl
 
 
 async def _python_fanout(
+    shape_url: str, dsn: str, subscribers: int, commits: int, interval: float, live_mode: LiveMode
+) -> FanoutResult:
+    with _collector_tuned():
+        return await _python_subscribers(shape_url, dsn, subscribers, commits, interval, live_mode)
+
+
+@contextmanager
+def _collector_tuned() -> Iterator[None]:
+    """The collector tuned for a program following many shapes, for one measurement."""
+    thresholds = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    tune_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        if not frozen_before:
+            gc.unfreeze()
+
+
+async def _python_subscribers(
     shape_url: str, dsn: str, subscribers: int, commits: int, interval: float, live_mode: LiveMode
 ) -> FanoutResult:
     received: list[dict[int, float]] = [{} for _ in range(subscribers)]

@@ -42,12 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"syncd: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from shapes.collector import tune_garbage_collector
     from syncd.daemon import (
         ReplicationFailed,
         Syncd,
         event_loop_factory,
         raise_open_file_limit,
-        tune_garbage_collector,
     )
     from syncd.errors import SlotConflict
     from syncd.preflight import StartupError

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -270,25 +269,6 @@ def raise_open_file_limit() -> tuple[int, int] | None:
     except (ValueError, OSError):  # e.g. above the kernel's per-process maximum
         return None
     return soft, target
-
-
-SERVER_GC_THRESHOLDS = (50_000, 20, 100)
-"""The garbage collector's thresholds for long-running servers (Python's defaults: 700, 10, 10)."""
-
-
-def tune_garbage_collector() -> None:
-    """Tune the cyclic garbage collector for a server that holds thousands of live requests.
-
-    Such a process keeps millions of long-lived objects. With the default thresholds, objects
-    that live across a few awaits are promoted to the oldest generation, and full collections,
-    which scan every object, come often: with 5,000 live SSE streams relayed by the web app they
-    took a quarter of its CPU. Young objects are now collected every 50,000 allocations (most are
-    garbage by then), full collections are rarer, and what start-up created is frozen out of
-    every later scan.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*SERVER_GC_THRESHOLDS)
 
 
 def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:

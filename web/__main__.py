@@ -29,7 +29,7 @@ def _migrate(settings: Settings) -> int:
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from syncd.daemon import tune_garbage_collector
+    from shapes.collector import tune_garbage_collector
     from web.app import create_app
     from web.ui_static import mount_ui
 
