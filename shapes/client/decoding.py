@@ -69,11 +69,9 @@ class BodyDecoder:
         message = TypedDict(  # noqa: UP013
             "message", {"headers": Any, "key": Any, "value": row, "old_value": row}, total=False
         )
-        self._typed: Callable[[bytes], Any] | None = msgspec.json.Decoder(
-            list[message], strict=False
-        ).decode
-        if "" in schema:  # msgspec can match an empty key to another field of a TypedDict
-            self._typed = None
+        self._typed: Callable[[bytes], Any] | None = None
+        if "" not in schema:  # msgspec can match an empty key to another field of a TypedDict
+            self._typed = msgspec.json.Decoder(list[message], strict=False).decode
         self._rest = RowParser(rest)
         self._all = RowParser(schema)
 

@@ -152,7 +152,9 @@ class AiohttpTransport:
     idle for ``keepalive`` seconds closed (keep it below the server's own limit, 20 s for
     syncd, or a request may go out on a connection the server is closing), a read that waits
     ``read_timeout`` seconds for a byte given up (a live request is answered well within it).
-    :meth:`aclose` closes the session, which the transport owns."""
+    :meth:`aclose` closes the session, which the transport owns; a request after it is refused
+    (``RuntimeError``, as httpx refuses one), so that a request still on its way (a stream's
+    request ahead) cannot open a session nobody closes."""
 
     def __init__(
         self,
@@ -166,8 +168,11 @@ class AiohttpTransport:
         )
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("Cannot send a request: the transport has been closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self._keepalive)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
@@ -191,6 +196,7 @@ class AiohttpTransport:
                 response.close()  # a body left unread (a live stream stopped) ends it
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

@@ -115,3 +115,21 @@ async def test_an_sse_stream_cut_before_its_up_to_date_is_read_again(
     assert live_offsets == ["0_inf", "0_inf"]
     assert [m["key"] for m in batch if "key" in m] == ["k1", "k2"]
     assert stream.offset == "100_2"
+
+
+async def test_a_closed_transport_refuses_requests_and_opens_no_session(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def respond(request: web.Request) -> web.StreamResponse:
+        return web.json_response([UP_TO_DATE], headers={"electric-up-to-date": ""})
+
+    url = await serve(respond)
+    transport = AiohttpTransport()
+    async with transport.get(url, {"table": "items", "offset": "-1"}, {}) as answer:
+        assert answer.status == 200
+    await transport.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        async with transport.get(url, {"table": "items", "offset": "-1"}, {}):
+            pass
+    assert transport._session is None  # nothing left to close, nothing unclosed
+    await transport.aclose()  # closing twice is fine
