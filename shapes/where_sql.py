@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType, BoolTestType, MinMaxOp, NullTestType
-from pglast.stream import RawStream
+from pglast.stream import RawStream, maybe_double_quote_name
 
 from shapes.pgtypes import ALIASES
 
@@ -65,13 +65,23 @@ def deparse(node: Any, sublinks: SublinkRenderer | None = None) -> str:
 
 
 def quote_name(*names: str) -> str:
-    """A (possibly schema-qualified) identifier, quoted where Postgres needs it."""
-    return _raw(ast.ColumnRef(fields=tuple(ast.String(sval=name) for name in names)))
+    """A (possibly schema-qualified) identifier, quoted where Postgres needs it (by pglast's
+    rule, as its printer quotes names)."""
+    return ".".join(maybe_double_quote_name(name) for name in names)
 
 
 def _raw(node: Any) -> str:
+    """pglast's printing of ``node``. Each call builds a visitor class and links every node of
+    the subtree to its ancestors (cyclic garbage): the frequent nodes are written here."""
     text: str = RawStream()(node)
     return text
+
+
+def _column_ref(node: Any) -> str:
+    fields = node.fields
+    if all(isinstance(field, ast.String) for field in fields):
+        return quote_name(*(field.sval for field in fields))
+    return _raw(node)
 
 
 def _const(node: Any) -> str:
@@ -82,6 +92,8 @@ def _const(node: Any) -> str:
         return f"({value.ival})"
     if isinstance(value, ast.Float):
         return f"({plain_number(str(value.fval))})"
+    if isinstance(value, ast.String) and value.sval is not None:  # as pglast quotes it
+        return "'" + value.sval.replace("'", "''") + "'"
     return _raw(node)
 
 
@@ -183,8 +195,7 @@ def _func_call(node: Any) -> str:
     if len(names) == 1 and names[0] not in _FUNCTIONS:  # a cast written as a call: int4(x)
         target = ALIASES.get(names[0], names[0])
         return f"CAST({deparse(node.args[0])} AS pg_catalog.{target})"
-    names = ["pg_catalog", *names]
-    quoted = _raw(ast.ColumnRef(fields=tuple(ast.String(sval=name) for name in names)))
+    quoted = quote_name("pg_catalog", *names)
     return f"{quoted}(" + ", ".join(deparse(arg) for arg in node.args or ()) + ")"
 
 
@@ -201,7 +212,7 @@ _LIKE_WORDS: Final = {"~~": "LIKE", "~~*": "ILIKE", "!~~": "NOT LIKE", "!~~*": "
 _FUNCTIONS: Final = frozenset({"lower", "upper", "like", "concat", "like_escape"})
 _HANDLERS: Final = {
     "A_Const": _const,
-    "ColumnRef": _raw,
+    "ColumnRef": _column_ref,
     "TypeCast": _type_cast,
     "BoolExpr": _bool_expr,
     "NullTest": _null_test,
