@@ -1,5 +1,6 @@
-"""The Starlette application around a :class:`~syncd.http.ShapeApi`: its routes, the JSON
-answers to Starlette's own refusals and to bugs, path normalisation and the OpenAPI document.
+"""The ASGI application around a :class:`~syncd.http.ShapeApi`: ``GET /v1/shape`` answered
+directly (:class:`SyncdApp`), every other route through a Starlette router, the JSON answers to
+Starlette's own refusals and to bugs, path normalisation and the OpenAPI document.
 
 Layer: ``syncd``.
 """

@@ -3,7 +3,7 @@
 Layer: ``syncd``. :class:`EmbeddedSyncd` runs the engine and the replication stream in the
 caller's event loop and answers shape requests through an in-process transport
 (:class:`~syncd.asgi_transport.StreamingASGITransport`): requests never leave the process, yet
-they go through the same Starlette app (and the same protocol) as ``python -m syncd``, live
+they go through the same ASGI app (and the same protocol) as ``python -m syncd``, live
 long-polls and SSE streams included.
 """
 

@@ -17,8 +17,9 @@ rest:
 * :mod:`syncd.bodies`: bodies streamed in bounded pieces, SSE framing and the live SSE stream;
 * :mod:`syncd.cache_headers`: ``cache-control``, the cursor, ETag revalidation;
 * :mod:`syncd.request_body`: reading a POST body;
-* :mod:`syncd.asgi_app`: the Starlette app (routes, path normalisation, OpenAPI; Starlette's
-  own refusals, 404 and 405, and a bug's 500 are JSON too);
+* :mod:`syncd.asgi_app`: the ASGI app (``GET /v1/shape`` directly, the other routes through
+  Starlette, path normalisation, OpenAPI; Starlette's own refusals, 404 and 405, and a bug's
+  500 are JSON too);
 * :mod:`syncd.metrics`: ``GET /metrics`` and the count and time of every response.
 
 The names of those modules that other code imports from here are re-exported.
