@@ -38,7 +38,7 @@ async def test_two_workers_share_the_agents_without_overlap(runtime: Runtime) ->
     async def sample() -> None:
         while True:
             overlaps.append(running(first) & running(second))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)  # many samples, however quick the hand-over
 
     sampler = asyncio.create_task(sample())
 
