@@ -255,6 +255,12 @@ def _rewrite_index(
     """Make the chunk index of ``generation`` hold exactly ``kept`` followed by ``new``."""
     name = index_file_name(generation)
     keep_size = len(_INDEX_MAGIC) + len(kept) * _INDEX_RECORD_SIZE
+    if not index_data and not new:
+        # No index (or an empty one a crash left): none is needed until a chunk closes, and
+        # the writer makes it then, header first.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / name)
+        return
     if not index_data.startswith(_INDEX_MAGIC):
         _atomic_write(path, name, _INDEX_MAGIC + b"".join(b.encode() for b in new))
         return

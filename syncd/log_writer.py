@@ -237,10 +237,23 @@ class ChangeLogWriter:
         return fd
 
     def index_descriptor(self) -> int:
-        """The chunk index's append descriptor, opened if it is not."""
+        """The chunk index's append descriptor, opened if it is not; the index is made (with
+        its header) by the first chunk that closes, so a log whose chunks never close has none.
+
+        The new file's name need not be durable before its records are: recovery rebuilds a
+        missing index from the log (:meth:`syncd.storage.ShapeLog.open`)."""
         fd = self._index_fd
         if fd is None:
-            fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(self._index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    _pwrite_all(fd, _INDEX_MAGIC, 0)
+                except OSError:
+                    os.close(fd)
+                    raise
+            self._index_fd = fd
         return fd
 
     def _remember_start(self, tx: int, position: int) -> None:
@@ -268,8 +281,10 @@ class ChangeLogWriter:
         view = self.reader.view
         with contextlib.suppress(OSError):
             os.ftruncate(self.log_descriptor(), view.size)
-        with contextlib.suppress(OSError):
-            index_fd = self.index_descriptor()
+        with contextlib.suppress(OSError):  # FileNotFoundError: no chunk closed, no index
+            index_fd = self._index_fd
+            if index_fd is None:
+                index_fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
             os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
 
     def close_fds(self) -> None:

@@ -15,7 +15,8 @@ File layout (all inside the directory given to :meth:`ShapeLog.create`)::
     snapshot-00000001.jsonl    ...
     snapshot.done              written once the snapshot is complete: {"chunks": n}
     log.bin                    change log, binary, append-only
-    chunks.idx                 change-log chunk boundaries, binary, append-only
+    chunks.idx                 change-log chunk boundaries, binary, append-only; made when
+                               the first chunk of the change log closes
 
 Snapshot chunks (written by :class:`syncd.snapshot_writer.SnapshotWriter`).
 :meth:`ShapeLog.append_snapshot_rows` appends rows in order. Each row counts
@@ -176,8 +177,9 @@ class ShapeLog:
             ):
                 raise FileExistsError(f"{path} already holds a shape log ({name})")
         # Not fsynced yet: a log that is lost before its snapshot is finished is discarded at
-        # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable.
-        _write_new_file(path / INDEX_FILE, _INDEX_MAGIC, sync=False)
+        # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable. The
+        # chunk index is made when the first chunk closes: one file less for every new shape
+        # (a new file costs the filesystem an inode, the dearest part of creating a shape).
         _write_new_file(path / LOG_FILE, b"", sync=False)
         view = _LogView(0, SNAPSHOT_END, 0, ())
         log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0)
@@ -197,7 +199,7 @@ class ShapeLog:
 
     def _created_files(self) -> tuple[Path, ...]:
         """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
-        return (self._dir / INDEX_FILE, self._dir / LOG_FILE)
+        return (self._dir / LOG_FILE,)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -217,9 +219,7 @@ class ShapeLog:
             with open(path / index_file_name(generation), "rb") as f:
                 index_data = f.read()
         except FileNotFoundError:
-            if generation == 0:
-                raise StorageError(f"{path} does not hold a shape log: no chunk index") from None
-            index_data = b""  # rebuilt from the log below
+            index_data = b""  # no chunk closed yet, or lost in a crash: rebuilt from the log
         family = _INDEX_MAGIC[:-1]
         if index_data.startswith(family) and not index_data.startswith(_INDEX_MAGIC):
             if len(index_data) > len(family):

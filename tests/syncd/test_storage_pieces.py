@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd import log_format, log_writer, storage
 from syncd.storage import ShapeLog
-from tests.syncd.logs import read_all_changes
+from tests.syncd.logs import change_log_files, read_all_changes
 
 END_LINE = b'{"headers":{"control":"snapshot-end","xmin":"1","xmax":"1","xip_list":[]}}'
 
@@ -77,8 +77,7 @@ def test_pieces_give_the_same_files_as_one_append(tmp_path: Path) -> None:
     for log in (whole, pieces):
         log.append_transaction(70, txn(200, 2))
         log.sync()
-    for name in (storage.LOG_FILE, storage.INDEX_FILE):
-        assert (tmp_path / "pieces" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert change_log_files(tmp_path / "pieces") == change_log_files(tmp_path / "whole")
 
 
 def test_open_transaction_rules(tmp_path: Path) -> None:
@@ -98,13 +97,11 @@ def test_abort_transaction_drops_the_pieces(tmp_path: Path) -> None:
     log = new_log(tmp_path / "s", 20)
     log.append_transaction(100, txn(0, 2))
     log.sync()
-    size = (tmp_path / "s" / storage.LOG_FILE).stat().st_size
-    index = (tmp_path / "s" / storage.INDEX_FILE).read_bytes()
+    files = change_log_files(tmp_path / "s")
     log.append_transaction(200, txn(10, 6), final=False)
     log.abort_transaction()
     assert log.open_transaction is None
-    assert (tmp_path / "s" / storage.LOG_FILE).stat().st_size == size
-    assert (tmp_path / "s" / storage.INDEX_FILE).read_bytes() == index
+    assert change_log_files(tmp_path / "s") == files
     # The same transaction (as Postgres sends it again) or a later one can follow.
     log.append_transaction(200, txn(10, 6))
     assert read_all_changes(log) == [entry(i) for i in (0, 1, *range(10, 16))]
@@ -177,8 +174,5 @@ def test_recovery_drops_an_unfinished_transaction(
             recovered.append_transaction(99, big[start : min(start + piece, size - 1)], final=False)
         recovered.append_transaction(99, big[size - 1 :])
         recovered.sync()
-        for name in (storage.LOG_FILE, storage.INDEX_FILE):
-            assert (Path(tmp) / "crashed" / name).read_bytes() == (
-                Path(tmp) / "reference" / name
-            ).read_bytes(), name
+        assert change_log_files(Path(tmp) / "crashed") == change_log_files(Path(tmp) / "reference")
         assert read_all_changes(recovered) == read_all_changes(reference)
