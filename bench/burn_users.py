@@ -47,7 +47,7 @@ import httpx
 import psycopg
 from itsdangerous import URLSafeTimedSerializer
 
-from bench.children import stop_child
+from bench.children import cpu_times, stop_child
 from bench.cluster import bench_database
 from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
@@ -343,10 +343,8 @@ async def settle(deliveries: Deliveries, expected: int, posted: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of process ``pid`` so far."""
+    return sum(cpu_times(pid))
 
 
 def cpu_now(web: WebApp, syncd: _Daemon) -> tuple[float, float, float]:

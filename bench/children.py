@@ -1,9 +1,11 @@
 """Child processes of the benchmarks (and of the browser tests): a free loopback port, waiting
-until a child answers HTTP, and stopping a child; and stopping a benchmark's own tasks."""
+until a child answers HTTP, a child's CPU time, and stopping a child; and stopping a
+benchmark's own tasks."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import time
@@ -15,6 +17,14 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def stop_child(process: subprocess.Popen[bytes]) -> None:

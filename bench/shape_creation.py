@@ -7,7 +7,11 @@ request answered once its snapshot is done, and checked to hold its one row. Mea
 Python :class:`~shapes.client.ShapeStream` follows another table over SSE, and a committer
 inserts a row into that table every 20 ms: the delay from each ``COMMIT`` returning to the row
 reaching the stream is the live delivery the creations must not stall. 100 such commits before
-the creations (after 100 more to warm up) are the baseline.
+the creations (after 100 more to warm up) are the baseline. syncd's CPU time per new shape
+(user and system, from ``/proc``) is printed too: it moves less with the machine's load than the
+rate does. (Most of the system time is the filesystem allocating inodes, which costs far more
+soon after many files were deleted, as by the benchmarks before this one: see the storage
+directory in ``docs/operate.md``.)
 
 Summary lines (targets: at least 1,000 shapes/s, and a live p99 within 20 ms)::
 
@@ -20,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bench.children import cpu_times
 from bench.cluster import bench_database, create_rows_table
 from bench.fanout import _Committer, _delays, percentile
 from bench.large_txn import running_syncd
@@ -58,8 +64,19 @@ async def _commits_while(dsn: str, running: asyncio.Future[Any]) -> dict[int, fl
     return times
 
 
-async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[float], float]:
-    """(live delays without creation, live delays during creation, creation seconds)."""
+@dataclass(frozen=True)
+class _Creation:
+    quiet: list[float]
+    """Live delays (ms) without creation."""
+    during: list[float]
+    """Live delays (ms) during creation."""
+    seconds: float
+    cpu: tuple[float, float]
+    """syncd's user and system CPU seconds during creation."""
+
+
+async def _measure(url: str, dsn: str, shapes: int, syncd_pid: int) -> _Creation:
+    """Live deliveries before and during the creation of ``shapes`` shapes, and its cost."""
     seen: dict[int, float] = {}
     ready = asyncio.Event()
 
@@ -74,6 +91,7 @@ async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[f
         quiet = await _commits_while(dsn, idle)
 
         shapes_asked = [{"table": TABLE, "where": f"id = {k}"} for k in range(1, shapes + 1)]
+        cpu_before = cpu_times(syncd_pid)
         started = time.monotonic()
 
         def progress(done: int) -> None:
@@ -86,6 +104,7 @@ async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[f
         during_task = asyncio.create_task(_commits_while(dsn, creating))
         rows = await creating
         seconds = time.monotonic() - started
+        cpu_after = cpu_times(syncd_pid)
         during = await during_task
         wrong = [shape for shape, held in zip(shapes_asked, rows, strict=True) if held != 1]
         assert not wrong, f"{len(wrong)} shapes did not hold their one row: {wrong[:3]}"
@@ -97,7 +116,8 @@ async def _measure(url: str, dsn: str, shapes: int) -> tuple[list[float], list[f
     during_delays, during_missing = _delays(during, [seen])
     if quiet_missing or during_missing:
         log(f"  deliveries missing: {quiet_missing} before, {during_missing} during creation")
-    return quiet_delays, during_delays, seconds
+    cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+    return _Creation(quiet_delays, during_delays, seconds, cpu)
 
 
 def run_shape_creation(shapes: int = 10_000, *, keep: bool = False) -> list[str]:
@@ -115,12 +135,15 @@ def run_shape_creation(shapes: int = 10_000, *, keep: bool = False) -> list[str]
             db, "creation", SYNCD_MAX_INITIAL_REQUESTS=str(max(300, 2 * CREATE_CONCURRENCY))
         ) as daemon:
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-                quiet, during, seconds = runner.run(
-                    _measure(daemon.url + "/v1/shape", db.dsn, shapes)
+                measured = runner.run(
+                    _measure(daemon.url + "/v1/shape", db.dsn, shapes, daemon.pid)
                 )
+    quiet, during, seconds = measured.quiet, measured.during, measured.seconds
     rate = shapes / seconds
     quiet99, during99 = percentile(quiet, 0.99), percentile(during, 0.99)
+    user, system = (1e3 * part / shapes for part in measured.cpu)
     log(f"  {shapes:,} shapes in {seconds:.1f}s: {rate:,.0f} shapes/s")
+    log(f"  syncd CPU per new shape: {user:.2f} ms user + {system:.2f} ms system")
     log(
         f"  live shape: p50 {percentile(quiet, 0.5):.1f} / p99 {quiet99:.1f} ms without creation,"
         f" p50 {percentile(during, 0.5):.1f} / p99 {during99:.1f} ms during it"
