@@ -28,6 +28,7 @@ from shapes.where import Where, parse_where, subquery_tables
 from shapes.xid import Snapshot
 from syncd.change_applier import ChangeApplier, describe, route
 from syncd.flush_tracker import FlushTracker
+from syncd.log_creation import LogCreator
 from syncd.log_files import REMOVED_SUFFIX
 from syncd.shape_state import (
     RemovalCause,
@@ -73,6 +74,8 @@ class ShapeRegistry:
         """Adds a new shape's table to the publication."""
         self._start_snapshot = start_snapshot
         self._subqueries = subqueries
+        self.log_creator = LogCreator(chunk_bytes)
+        """Makes new shapes' logs, those asked for together in one trip to a thread."""
         self.shapes: dict[str, ShapeState] = {}
         self.by_definition: dict[CanonicalShape, ShapeState] = {}
         self._creating: dict[CanonicalShape, asyncio.Future[ShapeState]] = {}
@@ -182,12 +185,10 @@ class ShapeRegistry:
         if where is not None and where.has_subqueries:
             await self._publish_inner(definition, tables)
         handle = self.new_handle(definition)
-        # Creating files waits for the filesystem's journal: not on the event loop. Nothing of
-        # the new log is durable, nor needs to be, until its snapshot is sealed (a restart
-        # discards a directory without ready metadata).
-        shape_log = await asyncio.to_thread(
-            ShapeLog.create, self.shapes_dir / handle, self._chunk_bytes
-        )
+        # Creating files waits for the filesystem: not on the event loop. Nothing of the new
+        # log is durable, nor needs to be, until its snapshot is sealed (a restart discards a
+        # directory without ready metadata).
+        shape_log = await self.log_creator.create(self.shapes_dir / handle)
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
         shape.inner_tables = tables
         self.register(shape)
