@@ -242,11 +242,18 @@ class ChangeLogWriter:
 
         The new file's name need not be durable before its records are: recovery rebuilds a
         missing index from the log (:meth:`syncd.storage.ShapeLog.open`)."""
+        return self._index_descriptor(make=True)
+
+    def _index_descriptor(self, *, make: bool) -> int:
+        """:meth:`index_descriptor`; without ``make``, a missing index raises
+        ``FileNotFoundError`` instead of being made."""
         fd = self._index_fd
         if fd is None:
             try:
                 fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                if not make:
+                    raise
                 fd = os.open(self._index_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 try:
                     _pwrite_all(fd, _INDEX_MAGIC, 0)
@@ -282,9 +289,7 @@ class ChangeLogWriter:
         with contextlib.suppress(OSError):
             os.ftruncate(self.log_descriptor(), view.size)
         with contextlib.suppress(OSError):  # FileNotFoundError: no chunk closed, no index
-            index_fd = self._index_fd
-            if index_fd is None:
-                index_fd = self._index_fd = os.open(self._index_path, os.O_WRONLY | os.O_CLOEXEC)
+            index_fd = self._index_descriptor(make=False)
             os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
 
     def close_fds(self) -> None:

@@ -74,7 +74,7 @@ class ShapeRegistry:
         """Adds a new shape's table to the publication."""
         self._start_snapshot = start_snapshot
         self._subqueries = subqueries
-        self.log_creator = LogCreator(chunk_bytes)
+        self._log_creator = LogCreator(chunk_bytes)
         """Makes new shapes' logs, those asked for together in one trip to a thread."""
         self.shapes: dict[str, ShapeState] = {}
         self.by_definition: dict[CanonicalShape, ShapeState] = {}
@@ -188,7 +188,7 @@ class ShapeRegistry:
         # Creating files waits for the filesystem: not on the event loop. Nothing of the new
         # log is durable, nor needs to be, until its snapshot is sealed (a restart discards a
         # directory without ready metadata).
-        shape_log = await self.log_creator.create(self.shapes_dir / handle)
+        shape_log = await self._log_creator.create(self.shapes_dir / handle)
         shape = ShapeState(handle, definition, table, where, selected, shape_log)
         shape.inner_tables = tables
         self.register(shape)
