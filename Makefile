@@ -11,13 +11,23 @@ UI_STAMP := $(UI_DIR)/node_modules/.installed
 UI_BUILT := $(UI_DIR)/dist/index.html
 UI_SOURCES := $(wildcard $(UI_DIR)/src/*) $(UI_DIR)/index.html $(UI_DIR)/vite.config.ts $(UI_DIR)/tsconfig.json
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(COMPILED_STAMP)
 
-install: $(STAMP)
+# The replication stream's per-row path, compiled with mypyc (setup.py, shapes/compiled.py), is
+# built in place again when one of its sources changes. Without a C compiler the package installs
+# as pure Python; with SYNCD_PURE_PYTHON=1 it runs as pure Python either way.
+COMPILED_SOURCES := shapes/messages.py shapes/convert.py syncd/pgoutput/decoder.py syncd/change_applier.py
+COMPILED_STAMP := $(VENV)/.compiled
+
+$(COMPILED_STAMP): $(STAMP) shapes/compiled.py $(COMPILED_SOURCES)
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(COMPILED_STAMP)
+
+install: $(STAMP) $(COMPILED_STAMP)
 
 $(NODE_STAMP): tests/e2e/package.json tests/e2e/package-lock.json
 	cd tests/e2e && npm ci --no-audit --no-fund --silent
@@ -42,11 +52,11 @@ chromium:
 
 # Postgres, migrations, syncd, the web app with the built UI, and the agents (offline Messages
 # API without ANTHROPIC_API_KEY); prints the URL to open; Ctrl-C stops everything.
-dev: $(STAMP) ui
+dev: install ui
 	$(PY) -m web.dev --data-dir .dev
 
 # syncd alone on an embedded Postgres.
-syncd-dev: $(STAMP)
+syncd-dev: install
 	$(PY) -m syncd --dev --storage-dir .dev/storage
 
 lint: $(STAMP)
@@ -67,20 +77,28 @@ nginx:
 		|| apt-get install -y --no-install-recommends nginx \
 		|| (apt-get update && apt-get install -y --no-install-recommends nginx)
 
-pytest: $(STAMP) $(NODE_STAMP) ui chromium nginx
+# Then the tests of the compiled modules once more, on their sources: the pure Python that an
+# install without a C compiler runs must pass them too.
+PURE_PYTHON_TESTS := tests/shapes tests/syncd/test_pgoutput.py tests/syncd/test_oracle.py \
+	tests/syncd/test_subquery_oracle.py tests/syncd/test_poison_rows.py \
+	tests/syncd/test_replication.py tests/syncd/test_moves.py tests/syncd/test_renamed_table.py
+
+pytest: install $(NODE_STAMP) ui chromium nginx
 	$(PY) -m pytest
+	SYNCD_PURE_PYTHON=1 $(PY) -m pytest -q $(PURE_PYTHON_TESTS)
 
 test: lint typecheck pytest
 
 # Mutation testing of the pure core (settings in pyproject.toml, [tool.mutmut]): mutants of
 # where_eval, convert, offset and xid against the fast tests, then the score per file, with the
 # mutants judged equivalent (tests/mutation/equivalent.md) left out. Not part of `make test`.
+# The mutants run as pure Python: a compiled convert would otherwise stand in for its mutants.
 mutation: $(STAMP)
 	rm -rf mutants
-	$(VENV)/bin/mutmut run --max-children 2
+	SYNCD_PURE_PYTHON=1 $(VENV)/bin/mutmut run --max-children 2
 	$(PY) -m tests.mutation.score
 
-bench: $(STAMP) nginx
+bench: install nginx
 	$(PY) -m bench
 
 # The where-clause differential fuzzer, long run (make test runs a few hundred clauses).
@@ -89,3 +107,5 @@ fuzz: $(STAMP)
 
 clean:
 	rm -rf $(VENV) tests/e2e/node_modules $(UI_DIR)/node_modules $(UI_DIR)/dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf build shapes/compiled-sources.json *__mypyc.*.so
+	find shapes syncd -name "*.so" -delete

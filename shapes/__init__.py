@@ -2,3 +2,7 @@
 
 Nothing here does I/O; ``syncd`` builds the daemon on top of it.
 """
+
+from shapes.compiled import install_guard
+
+install_guard()

@@ -65,10 +65,11 @@ _UNFIT_FOR_STRUCT: Final = re.compile(r'["\\\x00-\x1f]')
 """Characters msgspec does not take in a renamed struct field."""
 
 
-class _SnapshotMessage(msgspec.Struct):
-    key: str
-    value: object
-    headers: msgspec.Raw
+# Made with real types rather than class annotations: the module may run compiled (see
+# shapes.compiled), and a compiled module's annotations cannot be resolved by name.
+_SnapshotMessage = msgspec.defstruct(
+    "_SnapshotMessage", [("key", str), ("value", object), ("headers", msgspec.Raw)]
+)
 
 
 @functools.lru_cache(maxsize=1024)

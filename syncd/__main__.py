@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raised = raise_open_file_limit()
     if raised is not None:
         log.info("open file limit raised from %d to %d", *raised)
+    _log_compiled_modules()
     tune_garbage_collector()
     try:
         with _database(settings) as conninfo, contextlib.suppress(KeyboardInterrupt):
@@ -72,6 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("%s", exc)
         return 1
     return 0
+
+
+def _log_compiled_modules() -> None:
+    """Says whether the per-row path runs compiled (shapes.compiled), once its modules are in."""
+    from shapes.compiled import COMPILED_MODULES, running_compiled
+
+    compiled = running_compiled()
+    if compiled:
+        log.info("per-row path compiled (%d of %d modules)", len(compiled), len(COMPILED_MODULES))
+    else:
+        log.info("per-row path runs as pure Python")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""The build's one addition to ``pyproject.toml``: the optional compiled modules.
+
+mypyc compiles the modules listed in ``shapes/compiled.py`` into C extensions, installed beside
+their sources, and records the sources it compiled (``shapes/compiled-sources.json``) for the
+import guard there. Nothing here is required:
+
+- with ``SYNCD_PURE_PYTHON`` set, or without mypyc importable (a build without isolation in an
+  environment without mypy), no extension is built;
+- an extension the C compiler fails on is left out with a warning (setuptools' ``optional``);
+- without the record, or with a source changed since, the package runs its sources.
+
+An editable install (``make install``) builds the extensions in place, in the source tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _compiled_spec() -> Any:
+    """``shapes/compiled.py``, loaded on its own: the package's dependencies are not needed."""
+    path = ROOT / "shapes" / "compiled.py"
+    spec = importlib.util.spec_from_file_location("_syncd_compiled", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compiled = _compiled_spec()
+
+
+def extensions() -> list[Extension]:
+    if compiled.pure_python_requested():
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        sys.stderr.write("mypyc is not available: installing syncd as pure Python\n")
+        return []
+    sources = [compiled.source_path(name) for name in compiled.COMPILED_MODULES]
+    built: list[Extension] = mypycify(sources, opt_level="3", group_name="syncd_compiled")
+    for extension in built:
+        extension.optional = True  # a compiler failure leaves the module pure, not the build broken
+    return built
+
+
+class BuildExtensions(build_ext):
+    """Builds the extensions, then records the sources of those that were built."""
+
+    def run(self) -> None:
+        super().run()
+        target = ROOT if self.inplace else Path(self.build_lib)
+        recorded = {}
+        for name in compiled.COMPILED_MODULES:
+            if Path(self.get_ext_fullpath(name)).exists():
+                relative = compiled.source_path(name)
+                recorded[relative] = hashlib.sha256((ROOT / relative).read_bytes()).hexdigest()
+        record = target / "shapes" / compiled.SOURCES_FILE
+        if len(recorded) == len(compiled.COMPILED_MODULES):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+        else:  # some failed to compile: their callers' direct calls would miss them; run sources
+            record.unlink(missing_ok=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtensions})

@@ -1,0 +1,147 @@
+"""Which modules may run compiled, and the guard that keeps a compiled module true to its source.
+
+The build (``setup.py``) compiles the modules of :data:`COMPILED_MODULES` with mypyc when it can:
+the replication stream's per-row path, where the interpreter's own overhead is most of the cost.
+Each compiled module is a C extension beside its source, and Python's import system prefers an
+extension to a source of the same name. The sources stay the reference: every module here is
+ordinary typed Python, and the package runs the same without any extension.
+
+Theory of operation. An extension is used only when the build that made it recorded the sources
+it was made from, and those sources are unchanged. The build writes :data:`SOURCES_FILE` beside
+this module: the SHA-256 of each compiled module's source. At the package's first import,
+:func:`install_guard` compares them with the sources on disk. If any differs (a source edited
+after an in-place build), if no record exists (no extension was built, or one was made by other
+means), or if :data:`PURE_PYTHON_ENV` is set, an import finder placed ahead of Python's own loads
+every listed module from its source. The decision covers all of them at once: compiled modules
+call one another directly in C, so a compiled caller would keep running a stale callee's old code
+even if only the callee were loaded from source.
+
+Layer: ``shapes``. Standard library only, so that the build can read :data:`COMPILED_MODULES`
+without importing the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Final
+
+COMPILED_MODULES: Final = (
+    "shapes.messages",
+    "shapes.convert",
+    "syncd.pgoutput.decoder",
+    "syncd.change_applier",
+)
+"""The modules the build compiles, by import name."""
+
+SOURCES_FILE: Final = "compiled-sources.json"
+"""Written by the build beside this module: ``{"<path from the root>": "<sha256 of source>"}``."""
+
+PURE_PYTHON_ENV: Final = "SYNCD_PURE_PYTHON"
+"""Set to a non-empty value other than ``0``, at build time or at run time: no extensions."""
+
+_ROOT: Final = Path(__file__).resolve().parent.parent
+"""The directory holding the ``shapes`` and ``syncd`` packages."""
+
+logger = logging.getLogger(__name__)
+
+
+def source_path(module: str) -> str:
+    """``module``'s source file, relative to the directory holding its top-level package."""
+    return module.replace(".", "/") + ".py"
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pure_python_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(PURE_PYTHON_ENV, "") not in ("", "0")
+
+
+def stale_sources(root: Path, recorded: dict[str, str]) -> list[str]:
+    """The recorded sources under ``root`` whose content is not what the build compiled."""
+    stale = []
+    for relative, digest in sorted(recorded.items()):
+        path = root / relative
+        try:
+            if source_digest(path) != digest:
+                stale.append(relative)
+        except OSError:
+            stale.append(relative)
+    return stale
+
+
+def extensions_usable(root: Path = _ROOT) -> bool:
+    """Whether the compiled modules under ``root`` may be imported (see the module's text)."""
+    if pure_python_requested():
+        return False
+    try:
+        recorded = json.loads((root / "shapes" / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    stale = stale_sources(root, recorded)
+    if stale:
+        logger.warning(
+            "compiled modules are older than their sources (%s): running the sources; "
+            "reinstall the package (make install) to compile them again",
+            ", ".join(stale),
+        )
+        return False
+    return True
+
+
+class SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the listed modules' sources, ahead of any extension of the same name."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = frozenset(modules)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.modules or path is None:
+            return None
+        leaf = fullname.rpartition(".")[2] + ".py"
+        for directory in path:
+            source = Path(directory) / leaf
+            if source.is_file():
+                return importlib.util.spec_from_file_location(fullname, source)
+        return None
+
+
+_guard: SourceFinder | None = None
+_decided = False
+
+
+def install_guard() -> None:
+    """Decide once per process whether the extensions run; if not, make imports take sources."""
+    global _guard, _decided
+    if _decided:
+        return
+    _decided = True
+    if not extensions_usable():
+        _guard = SourceFinder(COMPILED_MODULES)
+        sys.meta_path.insert(0, _guard)
+
+
+def running_compiled() -> list[str]:
+    """The listed modules imported so far from an extension."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return [
+        name
+        for name in COMPILED_MODULES
+        if (module := sys.modules.get(name)) is not None
+        and str(getattr(module, "__file__", "")).endswith(suffixes)
+    ]
