@@ -4,12 +4,14 @@ mypyc compiles the modules listed in ``shapes/compiled.py`` into C extensions, i
 their sources, and records the sources it compiled (``shapes/compiled-sources.json``) for the
 import guard there. Nothing here is required:
 
-- with ``SYNCD_PURE_PYTHON`` set, or without mypyc importable (a build without isolation in an
-  environment without mypy), no extension is built;
+- with ``SYNCD_PURE_PYTHON`` set, without mypyc importable (a build without isolation in an
+  environment without mypy), or when mypy's analysis fails, no extension is built;
 - an extension the C compiler fails on is left out with a warning (setuptools' ``optional``);
 - without the record, or with a source changed since, the package runs its sources.
 
-An editable install (``make install``) builds the extensions in place, in the source tree.
+mypyc analyses the compiled modules with mypy, which needs the types of the packages they import:
+the build requirements (``pyproject.toml``) name those, besides mypy. An editable install
+(``make install``) builds the extensions in place, in the source tree.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def extensions() -> list[Extension]:
         sys.stderr.write("mypyc is not available: installing syncd as pure Python\n")
         return []
     sources = [compiled.source_path(name) for name in compiled.COMPILED_MODULES]
-    built: list[Extension] = mypycify(sources, opt_level="3", group_name="syncd_compiled")
+    try:
+        built: list[Extension] = mypycify(sources, opt_level="3", group_name="syncd_compiled")
+    except (Exception, SystemExit) as exc:  # mypy's analysis failed: it exits on type errors
+        sys.stderr.write(f"mypyc could not compile syncd ({exc!r}): installing it as pure Python\n")
+        return []
     for extension in built:
         extension.optional = True  # a compiler failure leaves the module pure, not the build broken
     return built

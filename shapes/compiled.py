@@ -81,20 +81,35 @@ def stale_sources(root: Path, recorded: dict[str, str]) -> list[str]:
     return stale
 
 
+def module_name(relative: str) -> str:
+    """The import name of a source path of :func:`source_path`'s form."""
+    return relative.removesuffix(".py").replace("/", ".")
+
+
+def recorded_sources(root: Path = _ROOT) -> dict[str, str] | None:
+    """The build's record under ``root`` (``None`` when missing or unreadable)."""
+    try:
+        recorded = json.loads((root / "shapes" / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()
+    ):
+        return None
+    return recorded
+
+
 def extensions_usable(root: Path = _ROOT) -> bool:
     """Whether the compiled modules under ``root`` may be imported (see the module's text)."""
     if pure_python_requested():
         return False
-    try:
-        recorded = json.loads((root / "shapes" / SOURCES_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(recorded, dict) or not recorded:
+    recorded = recorded_sources(root)
+    if recorded is None or set(recorded) != {source_path(m) for m in COMPILED_MODULES}:
         return False
     stale = stale_sources(root, recorded)
     if stale:
         logger.warning(
-            "compiled modules are older than their sources (%s): running the sources; "
+            "compiled modules differ from their sources (%s): running the sources; "
             "reinstall the package (make install) to compile them again",
             ", ".join(stale),
         )
@@ -132,7 +147,9 @@ def install_guard() -> None:
         return
     _decided = True
     if not extensions_usable():
-        _guard = SourceFinder(COMPILED_MODULES)
+        # A module compiled by an earlier build may have left the list: it gives way too.
+        earlier = [module_name(relative) for relative in recorded_sources() or ()]
+        _guard = SourceFinder([*COMPILED_MODULES, *earlier])
         sys.meta_path.insert(0, _guard)
 
 

@@ -7,8 +7,10 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def test_a_missing_source_counts_as_changed(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_pure_request")
-@pytest.mark.parametrize("record", [None, "", "{}", "[1, 2]", "{not json"])
+@pytest.mark.parametrize("record", [None, "", "{}", "[1, 2]", "{not json", '{"a.py": 1}'])
 def test_without_a_usable_record_the_sources_run(tmp_path: Path, record: str | None) -> None:
     _tree(tmp_path)
     path = tmp_path / "shapes" / compiled.SOURCES_FILE
@@ -75,6 +77,22 @@ def test_without_a_usable_record_the_sources_run(tmp_path: Path, record: str | N
     else:
         path.write_text(record)
     assert not compiled.extensions_usable(tmp_path)
+
+
+@pytest.mark.usefixtures("no_pure_request")
+def test_a_record_of_other_modules_is_not_this_build(tmp_path: Path) -> None:
+    """The list changed since the build (a module added, or one left): the sources run."""
+    recorded = _tree(tmp_path)
+    first = sorted(recorded)[0]
+    for changed in ({k: v for k, v in recorded.items() if k != first}, {**recorded, "x.py": "0"}):
+        (tmp_path / "shapes" / compiled.SOURCES_FILE).write_text(json.dumps(changed))
+        assert compiled.recorded_sources(tmp_path) == changed
+        assert not compiled.extensions_usable(tmp_path)
+
+
+def test_module_names_and_source_paths_correspond() -> None:
+    for name in compiled.COMPILED_MODULES:
+        assert compiled.module_name(compiled.source_path(name)) == name
 
 
 @pytest.mark.parametrize(("value", "pure"), [("1", True), ("yes", True), ("0", False), ("", False)])
@@ -164,3 +182,19 @@ def test_the_makefile_rebuilds_when_a_compiled_source_changes() -> None:
     line = next(x for x in makefile.splitlines() if x.startswith("COMPILED_SOURCES :="))
     listed = line.partition(":=")[2].split()
     assert listed == [compiled.source_path(name) for name in compiled.COMPILED_MODULES]
+
+
+def _can_compile() -> bool:
+    """A C compiler and the Python headers, as the build would use them."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(compiler) is not None and headers.is_file()
+
+
+@pytest.mark.skipif(not _can_compile(), reason="no C compiler or Python headers here")
+@pytest.mark.usefixtures("no_pure_request")
+def test_an_install_where_a_compiler_is_at_hand_runs_compiled() -> None:
+    """``make install`` on a machine that can compile must not fall back to the sources unseen
+    (the build says why on its output when it does)."""
+    assert compiled.extensions_usable()
+    assert _running_compiled({}) == list(compiled.COMPILED_MODULES)
