@@ -1,9 +1,10 @@
 """Which modules may run compiled, and the guard that keeps a compiled module true to its source.
 
 The build (``setup.py``) compiles the modules of :data:`COMPILED_MODULES` with mypyc when it can:
-the replication stream's per-row path, where the interpreter's own overhead is most of the cost.
-Each compiled module is a C extension beside its source, and Python's import system prefers an
-extension to a source of the same name. The sources stay the reference: every module here is
+the replication stream's per-row path (decoding, deciding which shapes a row is in, converting
+and encoding it), where the interpreter's own overhead is most of the cost. Each compiled module
+is a C extension beside its source, and Python's import system prefers an extension to a source
+of the same name. The sources stay the reference: every module here is
 ordinary typed Python, and the package runs the same without any extension.
 
 Theory of operation. An extension is used only when the build that made it recorded the sources
@@ -38,6 +39,8 @@ from typing import Final
 COMPILED_MODULES: Final = (
     "shapes.messages",
     "shapes.convert",
+    "shapes.where_eval",
+    "shapes.where_like",
     "syncd.pgoutput.decoder",
     "syncd.change_applier",
 )
