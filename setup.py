@@ -43,6 +43,16 @@ compiled = _compiled_spec()
 
 
 def extensions() -> list[Extension]:
+    built = _compiled_extensions()
+    if not built:
+        # Extensions an earlier build left in the source tree must not run with this one's
+        # sources: without the record, the guard loads the sources (build_ext, which would
+        # otherwise rewrite it, does not run when there is nothing to build).
+        (ROOT / "shapes" / compiled.SOURCES_FILE).unlink(missing_ok=True)
+    return built
+
+
+def _compiled_extensions() -> list[Extension]:
     if compiled.pure_python_requested():
         return []
     try:
