@@ -16,7 +16,6 @@ the build requirements (``pyproject.toml``) name those, besides mypy. An editabl
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import sys
@@ -48,7 +47,7 @@ def extensions() -> list[Extension]:
         # Extensions an earlier build left in the source tree must not run with this one's
         # sources: without the record, the guard loads the sources (build_ext, which would
         # otherwise rewrite it, does not run when there is nothing to build).
-        (ROOT / "shapes" / compiled.SOURCES_FILE).unlink(missing_ok=True)
+        compiled.record_path(ROOT).unlink(missing_ok=True)
     return built
 
 
@@ -81,8 +80,8 @@ class BuildExtensions(build_ext):
         for name in compiled.COMPILED_MODULES:
             if Path(self.get_ext_fullpath(name)).exists():
                 relative = compiled.source_path(name)
-                recorded[relative] = hashlib.sha256((ROOT / relative).read_bytes()).hexdigest()
-        record = target / "shapes" / compiled.SOURCES_FILE
+                recorded[relative] = compiled.source_digest(ROOT / relative)
+        record = compiled.record_path(target)
         if len(recorded) == len(compiled.COMPILED_MODULES):
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")

@@ -89,10 +89,15 @@ def module_name(relative: str) -> str:
     return relative.removesuffix(".py").replace("/", ".")
 
 
+def record_path(root: Path) -> Path:
+    """Where the build writes its record, under the directory holding the packages."""
+    return root / "shapes" / SOURCES_FILE
+
+
 def recorded_sources(root: Path = _ROOT) -> dict[str, str] | None:
     """The build's record under ``root`` (``None`` when missing or unreadable)."""
     try:
-        recorded = json.loads((root / "shapes" / SOURCES_FILE).read_text())
+        recorded = json.loads(record_path(root).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(recorded, dict) or not all(
@@ -104,9 +109,12 @@ def recorded_sources(root: Path = _ROOT) -> dict[str, str] | None:
 
 def extensions_usable(root: Path = _ROOT) -> bool:
     """Whether the compiled modules under ``root`` may be imported (see the module's text)."""
+    return _usable(root, recorded_sources(root))
+
+
+def _usable(root: Path, recorded: dict[str, str] | None) -> bool:
     if pure_python_requested():
         return False
-    recorded = recorded_sources(root)
     if recorded is None or set(recorded) != {source_path(m) for m in COMPILED_MODULES}:
         return False
     stale = stale_sources(root, recorded)
@@ -139,21 +147,20 @@ class SourceFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-_guard: SourceFinder | None = None
 _decided = False
 
 
 def install_guard() -> None:
     """Decide once per process whether the extensions run; if not, make imports take sources."""
-    global _guard, _decided
+    global _decided
     if _decided:
         return
     _decided = True
-    if not extensions_usable():
+    recorded = recorded_sources()
+    if not _usable(_ROOT, recorded):
         # A module compiled by an earlier build may have left the list: it gives way too.
-        earlier = [module_name(relative) for relative in recorded_sources() or ()]
-        _guard = SourceFinder([*COMPILED_MODULES, *earlier])
-        sys.meta_path.insert(0, _guard)
+        earlier = [module_name(relative) for relative in recorded or ()]
+        sys.meta_path.insert(0, SourceFinder([*COMPILED_MODULES, *earlier]))
 
 
 def running_compiled() -> list[str]:
