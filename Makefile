@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py
 # built in place again when one of its sources changes. Without a C compiler the package installs
 # as pure Python; with SYNCD_PURE_PYTHON=1 it runs as pure Python either way.
 COMPILED_SOURCES := shapes/messages.py shapes/convert.py shapes/where_eval.py shapes/where_like.py \
-	syncd/pgoutput/decoder.py syncd/change_applier.py
+	shapes/router.py syncd/pgoutput/decoder.py syncd/change_applier.py syncd/message_pump.py
 COMPILED_STAMP := $(VENV)/.compiled
 
 $(COMPILED_STAMP): $(STAMP) shapes/compiled.py $(COMPILED_SOURCES)
@@ -81,7 +81,8 @@ nginx:
 # Then the tests of the compiled modules once more, on their sources: the pure Python that an
 # install without a C compiler runs must pass them too.
 PURE_PYTHON_TESTS := tests/shapes tests/where_fuzz tests/syncd/test_pgoutput.py \
-	tests/syncd/test_oracle.py tests/syncd/test_subquery_oracle.py tests/syncd/test_poison_rows.py \
+	tests/syncd/test_message_pump.py tests/syncd/test_streaming.py tests/syncd/test_oracle.py \
+	tests/syncd/test_subquery_oracle.py tests/syncd/test_poison_rows.py \
 	tests/syncd/test_replication.py tests/syncd/test_moves.py tests/syncd/test_renamed_table.py
 
 pytest: install $(NODE_STAMP) ui chromium nginx

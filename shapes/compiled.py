@@ -41,8 +41,10 @@ COMPILED_MODULES: Final = (
     "shapes.convert",
     "shapes.where_eval",
     "shapes.where_like",
+    "shapes.router",
     "syncd.pgoutput.decoder",
     "syncd.change_applier",
+    "syncd.message_pump",
 )
 """The modules the build compiles, by import name."""
 

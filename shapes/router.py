@@ -12,9 +12,9 @@ depends on the number of indexed columns and residual shapes, not on the number 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from shapes import pgtypes
@@ -26,29 +26,36 @@ K = TypeVar("K", bound=Hashable)
 
 _EMPTY: frozenset[Any] = frozenset()
 # (column, its text parser, its integer limit or 0, normalised value -> shapes)
-_Lookup = tuple[str, Callable[[str], Any], int, dict[Hashable, set[K]]]
+_Lookup = tuple[str, Callable[[str], Any], int, dict[Hashable, set[Any]]]
 _PLAIN = frozenset({int, str, bool})
 _INT_LIMITS = {"int2": 1 << 15, "int4": 1 << 31, "int8": 1 << 63}
 """Integer columns: a plain ASCII decimal below the limit is its own normalised value."""
 
 
-@dataclass
-class _TableIndex(Generic[K]):
-    """The shapes of one table: residual ones, and hash indexes per column."""
+class _TableIndex:
+    """The shapes of one table: residual ones, and hash indexes per column.
 
-    shapes: set[K] = field(default_factory=set)
-    residual: set[K] = field(default_factory=set)
-    by_column: dict[str, dict[Hashable, set[K]]] = field(default_factory=dict)
-    columns: dict[str, Column] = field(default_factory=dict)
-    filed: dict[str, int] = field(default_factory=dict)
-    """How many shapes are filed under each column (a shape may hold no value at the moment)."""
-    # What affected() reads per row, derived from the above; None when it must be rebuilt.
-    derived: tuple[frozenset[K], tuple[_Lookup[K], ...]] | None = None
+    Not generic (its shapes are ``Any``; :class:`Router` gives them their type): the module
+    may run compiled (see ``shapes.compiled``), where a generic dataclass fails at import.
+    """
+
+    __slots__ = ("by_column", "columns", "derived", "filed", "residual", "shapes")
+
+    def __init__(self) -> None:
+        self.shapes: set[Any] = set()
+        self.residual: set[Any] = set()
+        self.by_column: dict[str, dict[Hashable, set[Any]]] = {}
+        self.columns: dict[str, Column] = {}
+        self.filed: dict[str, int] = {}
+        """How many shapes are filed under each column (a shape may hold no value now)."""
+        self.derived: tuple[frozenset[Any], tuple[_Lookup, ...]] | None = None
+        """What affected() reads per row, derived from the above; None when it must be
+        rebuilt."""
 
     def is_empty(self) -> bool:
         return not self.shapes
 
-    def derive(self) -> tuple[frozenset[K], tuple[_Lookup[K], ...]]:
+    def derive(self) -> tuple[frozenset[Any], tuple[_Lookup, ...]]:
         derived = self.derived
         if derived is None:
             lookups = tuple(
@@ -64,6 +71,29 @@ class _TableIndex(Generic[K]):
         return derived
 
 
+def _bucket_hit(
+    text: str | None,
+    parse: Callable[[str], Any],
+    int_limit: int,
+    buckets: dict[Hashable, set[Any]],
+) -> set[Any] | None:
+    """The shapes filed under a column's value ``text`` (``None``: no value, or none filed)."""
+    if text is None:
+        return None
+    # As where.normalise_value(), with the column's parser looked up once, and without it
+    # for what Postgres sends for integers (its parser gives the same).
+    if int_limit and text.isdigit() and text.isascii():
+        number = int(text)
+        if number >= int_limit:
+            return None
+        return buckets.get(number)
+    try:
+        value: Any = parse(text)  # Any: compiled, a narrower type would be checked
+    except (ValueError, TypeError, ArithmeticError):
+        return None
+    return buckets.get(value if type(value) in _PLAIN else hash_key(value))
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     table: Hashable
@@ -75,7 +105,7 @@ class Router(Generic[K]):
     """Finds the shapes a row change may affect."""
 
     def __init__(self) -> None:
-        self._tables: dict[Hashable, _TableIndex[K]] = {}
+        self._tables: dict[Hashable, _TableIndex] = {}
         self._entries: dict[K, _Entry] = {}
 
     def __len__(self) -> int:
@@ -178,22 +208,27 @@ class Router(Generic[K]):
         residual, lookups = index.derive()
         result: AbstractSet[K] = residual
         for column, parse, int_limit, buckets in lookups:
-            text = row.get(column)
-            if text is None:
+            hit = _bucket_hit(row.get(column), parse, int_limit, buckets)
+            if hit:
+                result = result | hit if result else hit
+        return result
+
+    def affected_values(
+        self, table: Hashable, positions: Mapping[str, int], values: Sequence[object]
+    ) -> AbstractSet[K]:
+        """:meth:`affected` for the row whose column ``c`` is ``values[positions[c]]`` (text
+        or ``None``; anything else counts as ``None``), without making it a mapping."""
+        index = self._tables.get(table)
+        if index is None:
+            return _EMPTY
+        residual, lookups = index.derive()
+        result: AbstractSet[K] = residual
+        for column, parse, int_limit, buckets in lookups:
+            at = positions.get(column)
+            if at is None:
                 continue
-            # As where.normalise_value(), with the column's parser looked up once, and
-            # without it for what Postgres sends for integers (its parser gives the same).
-            if int_limit and text.isdigit() and text.isascii():
-                value = int(text)
-                if value >= int_limit:
-                    continue
-                hit = buckets.get(value)
-            else:
-                try:
-                    value = parse(text)
-                except (ValueError, TypeError, ArithmeticError):
-                    continue
-                hit = buckets.get(value if type(value) in _PLAIN else hash_key(value))
+            value = values[at]
+            hit = _bucket_hit(value if type(value) is str else None, parse, int_limit, buckets)
             if hit:
                 result = result | hit if result else hit
         return result

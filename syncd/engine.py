@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -170,8 +170,7 @@ class Engine:
             pg.Truncate: self.schema.on_truncate,
         }
         self.streams = StreamReplayer(self.spool_dir, self.applier, changes)
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            **changes,
+        boundaries: dict[type, Callable[[Any], None]] = {
             pg.Begin: self.applier.on_begin,
             pg.Commit: self.applier.on_commit,
             pg.StreamStart: self.streams.on_stream_start,
@@ -179,6 +178,10 @@ class Engine:
             pg.StreamCommit: self.streams.on_stream_commit,
             pg.StreamAbort: self.streams.on_stream_abort,
             pg.LogicalMessage: self._on_logical_message,
+        }
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            **changes,
+            **{kind: self._after_stream_commits(h) for kind, h in boundaries.items()},
         }
 
     @property
@@ -451,11 +454,27 @@ class Engine:
 
     def on_message(self, msg: pg.Message) -> None:
         """Apply one pgoutput message (called by the replication stream, in order)."""
-        if self.streams.commits_pending:  # normally applied by on_idle, called first
-            self.streams.apply_commits_now()
         handler = self._dispatch.get(type(msg))
         if handler is not None:
             handler(msg)
+
+    def message_handlers(self) -> Mapping[type, Callable[[Any], None]]:
+        """What :meth:`on_message` calls, by message type: the replication stream calls them
+        directly, and drops the messages of other types."""
+        return self._dispatch
+
+    def _after_stream_commits(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``handler``, after any Stream Commit still waiting to be applied (``on_idle``
+        normally applies them first). Only transaction and stream boundaries need it: row and
+        schema changes arrive inside a transaction or a stream block, after a boundary."""
+        streams = self.streams
+
+        def after_stream_commits(msg: Any) -> None:
+            if streams.commits_pending:
+                streams.apply_commits_now()
+            handler(msg)
+
+        return after_stream_commits
 
     def _on_logical_message(self, msg: pg.LogicalMessage) -> None:
         """A non-transactional ``pg_logical_emit_message``: every transaction that committed

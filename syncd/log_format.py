@@ -211,10 +211,13 @@ class TransactionEntries(Sequence[tuple[int, bytes]]):
         return len(self.ops)
 
     def pop_all_but_last(self) -> TransactionEntries:
-        """Remove and return every entry but the last (a piece of a transaction)."""
+        """Remove and return every entry but the last (a piece of a transaction). The lists
+        :attr:`ops` and :attr:`datas` stay the same objects, so a caller may hold them."""
         head = TransactionEntries()
-        head.ops, self.ops = self.ops[:-1], self.ops[-1:]
-        head.datas, self.datas = self.datas[:-1], self.datas[-1:]
+        head.ops = self.ops[:-1]
+        head.datas = self.datas[:-1]
+        del self.ops[:-1]
+        del self.datas[:-1]
         return head
 
     @overload

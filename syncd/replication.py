@@ -37,14 +37,16 @@ one, a broken history ends :meth:`ReplicationStream.run` with :class:`SlotHistor
 
 Read loop. ``get_copy_data(1)`` never blocks. Each XLogData (``w``) message is copied to
 ``bytes`` once and decoded in place at offset 25 by :class:`~syncd.pgoutput.PgoutputDecoder`;
-the message goes straight to ``handler.on_message``. Primary keepalives (``k``) raise the
-received LSN and are answered at once when the server asks for a reply. When libpq's buffer
-holds no complete message, the loop tries one cheap ``consume_input()``; if that brings
-nothing, the socket is drained: the loop calls ``await handler.on_idle(received_lsn,
-in_transaction)``, sends a status update if one is due, and waits for the socket (with a
-timeout so the status timer fires). While busy, the loop yields to the event loop every
-``yield_every`` messages and calls ``on_idle`` at least every ``idle_interval`` seconds or
-``idle_every`` messages, so a long backlog never starves other tasks or the durability clock.
+the message goes straight to ``handler.on_message``. That synchronous part is
+:class:`~syncd.message_pump.MessagePump`, which runs until the loop must await something.
+Primary keepalives (``k``) raise the received LSN and are answered at once when the server asks
+for a reply. When libpq's buffer holds no complete message, the loop tries one cheap
+``consume_input()``; if that brings nothing, the socket is drained: the loop calls ``await
+handler.on_idle(received_lsn, in_transaction)``, sends a status update if one is due, and waits
+for the socket (with a timeout so the status timer fires). While busy, the loop yields to the
+event loop every ``yield_every`` messages and calls ``on_idle`` at least every
+``idle_interval`` seconds or ``idle_every`` messages, so a long backlog never starves other
+tasks or the durability clock.
 
 Which LSN is confirmed. ``on_idle`` returns the LSN up to which the handler's writes are
 durable (normally the ``end_lsn`` of the last commit it has made durable). That becomes the
@@ -107,7 +109,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol
 
 import psycopg
@@ -115,22 +117,19 @@ from psycopg import pq
 from psycopg.pq.abc import PGconn, PGresult
 
 from syncd.errors import SlotInUse
+from syncd.message_pump import (
+    BATCH_DONE,
+    COPY_ENDED,
+    DRAINED,
+    REPLY_REQUESTED,
+    STREAM_COMMITTED,
+    MessagePump,
+)
 from syncd.pgoutput import (
     Message,
-    PgoutputDecoder,
     PgoutputError,
-    StreamAbort,
-    StreamCommit,
-    StreamStart,
     build_standby_status,
     format_lsn,
-)
-from syncd.pgoutput.copyboth import (
-    KEEPALIVE,
-    KEEPALIVE_BODY,
-    XLOGDATA,
-    XLOGDATA_HEADER,
-    XLOGDATA_PAYLOAD_OFFSET,
 )
 from syncd.replication_conn import (
     SESSION_OPTIONS,
@@ -149,6 +148,7 @@ _RANDOM = random.Random()
 
 __all__ = [
     "SESSION_OPTIONS",
+    "DispatchingHandler",
     "ReplicationError",
     "ReplicationHandler",
     "ReplicationSettings",
@@ -164,10 +164,6 @@ __all__ = [
 
 logger = logging.getLogger("syncd.replication")
 
-_BEGIN: Final = ord("B")
-_COMMIT: Final = ord("C")
-_STREAM_COMMIT: Final = ord("c")
-_STREAM_STOP: Final = ord("E")
 _MIN_STREAMING_SERVER: Final = 140000
 _OBJECT_IN_USE: Final = "55006"
 SLOT_BUSY_GRACE: Final = 2.0
@@ -175,8 +171,6 @@ SLOT_BUSY_GRACE: Final = 2.0
 with :class:`~syncd.errors.SlotInUse`: one that is exiting (its client was just killed, or its
 connection dropped) lets go sooner. A walsender of this stream's own earlier sessions is always
 waited for."""
-# pgoutput tags that open or close a (streamed) transaction.
-_TXN_TAGS: Final = frozenset(b"BCScA")
 
 
 class ReplicationHandler(Protocol):
@@ -188,6 +182,16 @@ class ReplicationHandler(Protocol):
 
     async def on_idle(self, received_lsn: int, in_transaction: bool) -> int:
         """Make received writes durable; return the LSN that may be confirmed as flushed."""
+        ...
+
+
+class DispatchingHandler(ReplicationHandler, Protocol):
+    """A handler that gives its handler per message type (optional): the stream calls those
+    directly, the same as ``on_message`` would, and saves a call per message."""
+
+    def message_handlers(self) -> Mapping[type, Callable[[Any], None]]:
+        """The handlers by message type; a message of a type not in it is dropped. Read once,
+        when the stream is made."""
         ...
 
 
@@ -245,16 +249,19 @@ class ReplicationStream:
         self._conninfo = replication_conninfo(settings.conninfo).encode()
         self._pgconn: PGconn | None = None
         self._connected = False
-        self._received_lsn = 0
+        message_handlers = getattr(handler, "message_handlers", None)
+        self._pump = MessagePump(
+            handler.on_message,
+            getattr(handler, "on_stream_change", None),
+            message_handlers() if message_handlers is not None else None,
+        )
+        """Decodes and dispatches the received messages; keeps the received position."""
         self._confirmed_lsn = 0
         self._sent_flush_lsn = -1
-        self._in_txn = False
-        self._open_streams: set[int] = set()
         self._status_interval = settings.status_interval
         self._last_status = 0.0
         self._last_idle = 0.0
         self._idle_received = -1
-        self._since_idle = 0
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._running = False
@@ -290,7 +297,7 @@ class ReplicationStream:
     @property
     def received_lsn(self) -> int:
         """The highest WAL position received (XLogData start or keepalive ``wal_end``)."""
-        return self._received_lsn
+        return self._pump.received
 
     @property
     def connected(self) -> bool:
@@ -300,7 +307,7 @@ class ReplicationStream:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction (or a streamed one) is open in the stream."""
-        return self._in_txn or bool(self._open_streams)
+        return self._pump.in_transaction
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -477,14 +484,12 @@ class ReplicationStream:
         if starts_over:
             self.history_breaks += 1
             self._confirmed_lsn = slot.confirmed_lsn
-            self._received_lsn = slot.confirmed_lsn
+            self._pump.received = slot.confirmed_lsn
         else:
             self._confirmed_lsn = max(self._confirmed_lsn, slot.confirmed_lsn)
 
     def _reset_stream_state(self) -> None:
-        self._in_txn = False
-        self._open_streams.clear()
-        self._since_idle = 0
+        self._pump.start_session(self._pump.received)
         self._idle_received = -1
         self._last_status = self._last_idle = time.monotonic()
         self._sent_flush_lsn = -1
@@ -493,101 +498,44 @@ class ReplicationStream:
 
     async def _read_loop(self, pgconn: PGconn) -> None:
         """Read and dispatch messages until stop (returns) or disconnect (raises)."""
-        settings = self._settings
-        on_message = self._handler.on_message
-        on_stream_change = getattr(self._handler, "on_stream_change", None)
-        decoder = PgoutputDecoder()
-        decode = decoder.decode
-        get_copy_data = pgconn.get_copy_data
-        consume_input = pgconn.consume_input
-        header = XLOGDATA_HEADER.unpack_from
-        keepalive = KEEPALIVE_BODY.unpack_from
-        yield_every = settings.yield_every
-        offset = XLOGDATA_PAYLOAD_OFFSET
-        txn_tags = _TXN_TAGS
-        received = self._received_lsn
-        batch = 0
+        pump = self._pump
+        yield_every = self._settings.yield_every
+        run = pump.run
         while not self._stop_requested:
-            n, buf = get_copy_data(1)
-            if n == 0:
-                consume_input()
-                n, buf = get_copy_data(1)
-                if n == 0:
-                    self._received_lsn = received
-                    await self._drained(pgconn)
-                    if not self._stop_requested:
-                        consume_input()
-                    continue
-            if n > 0:
-                data = bytes(buf)
-                tag = data[0]
-                if tag == XLOGDATA:
-                    data_start = header(data, 1)[0]
-                    if data_start > received:
-                        received = data_start
-                    msg = decode(data, offset)
-                    msg_tag = data[offset]
-                    if msg_tag in txn_tags:
-                        self._track(msg_tag, msg)
-                        on_message(msg)
-                        if msg_tag == _STREAM_COMMIT:
-                            self._received_lsn = received
-                            await self._idle(keep_alive=True)
-                    elif (
-                        on_stream_change is not None
-                        and decoder.stream_xid is not None
-                        and msg_tag != _STREAM_STOP
-                    ):
-                        on_stream_change(msg, memoryview(data)[offset:])
-                    else:
-                        on_message(msg)
-                    self._since_idle += 1
-                    batch += 1
-                    if batch >= yield_every:
-                        batch = 0
-                        self._received_lsn = received
-                        await self._busy_housekeeping()
-                        await asyncio.sleep(0)
-                elif tag == KEEPALIVE:
-                    wal_end, _send_time, reply = keepalive(data, 1)
-                    if wal_end > received:
-                        received = wal_end
-                    self._received_lsn = received
-                    if reply:
-                        self.keepalive_replies += 1
-                        await self._send_status()
-                else:
-                    raise PgoutputError(f"unexpected CopyData message tag {tag:#04x}")
-            elif n == -1:
-                self._received_lsn = received
+            event = run(pgconn, yield_every)
+            if event == DRAINED:
+                await self._drained(pgconn)
+                if not self._stop_requested:
+                    pgconn.consume_input()
+            elif event == BATCH_DONE:
+                await self._yield_busy()
+            elif event == STREAM_COMMITTED:
+                await self._idle(keep_alive=True)
+                if pump.count_stream_commit(yield_every):
+                    await self._yield_busy()
+            elif event == REPLY_REQUESTED:
+                self.keepalive_replies += 1
+                await self._send_status()
+            elif event == COPY_ENDED:
                 await self._copy_ended(pgconn)
             else:
                 raise psycopg.OperationalError(pgconn.get_error_message())
-        self._received_lsn = received
 
-    def _track(self, tag: int, msg: Message) -> None:
-        """Follow transaction boundaries (only called for B, C, S, c, A)."""
-        if tag == _BEGIN:
-            self._in_txn = True
-        elif tag == _COMMIT:
-            self._in_txn = False
-        elif isinstance(msg, StreamStart):
-            self._open_streams.add(msg.xid)
-        elif isinstance(msg, StreamCommit):
-            self._open_streams.discard(msg.xid)
-        elif isinstance(msg, StreamAbort) and msg.subxid == msg.xid:
-            self._open_streams.discard(msg.xid)
+    async def _yield_busy(self) -> None:
+        """A batch of messages was handled: housekeeping, then let other tasks run."""
+        await self._busy_housekeeping()
+        await asyncio.sleep(0)
 
     async def _drained(self, pgconn: PGconn) -> None:
         """No complete message is buffered: idle call, status, then wait for the socket."""
         now = time.monotonic()
         settings = self._settings
         if (
-            self._since_idle
-            or self._received_lsn != self._idle_received
+            self._pump.since_idle
+            or self._pump.received != self._idle_received
             or (
                 now - self._last_idle >= settings.idle_interval
-                and self._confirmed_lsn < self._received_lsn
+                and self._confirmed_lsn < self._pump.received
             )
         ):
             await self._idle()
@@ -600,14 +548,14 @@ class ReplicationStream:
         deadline = self._last_status + self._status_interval
         if self._confirmed_lsn != self._sent_flush_lsn:
             deadline = min(deadline, self._last_status + settings.min_status_interval)
-        if self._confirmed_lsn < self._received_lsn:
+        if self._confirmed_lsn < self._pump.received:
             deadline = min(deadline, self._last_idle + settings.idle_interval)
         await self._wait(pgconn.socket, max_seconds=max(deadline - now, 0.001))
 
     async def _busy_housekeeping(self) -> None:
         now = time.monotonic()
         if (
-            self._since_idle >= self._settings.idle_every
+            self._pump.since_idle >= self._settings.idle_every
             or now - self._last_idle >= self._settings.idle_interval
         ):
             await self._idle()
@@ -616,10 +564,10 @@ class ReplicationStream:
             await self._send_status()
 
     async def _idle(self, *, keep_alive: bool = False) -> None:
-        received = self._received_lsn
+        received = self._pump.received
         call = self._handler.on_idle(received, self.in_transaction)
         lsn = await (self._keeping_alive(call) if keep_alive else call)
-        self._since_idle = 0
+        self._pump.since_idle = 0
         self._idle_received = received
         self._last_idle = time.monotonic()
         lsn = min(lsn, received)
@@ -656,7 +604,7 @@ class ReplicationStream:
         if pgconn is None:
             return
         flush = self._confirmed_lsn
-        msg = build_standby_status(max(self._received_lsn, flush), flush, flush)
+        msg = build_standby_status(max(self._pump.received, flush), flush, flush)
         while pgconn.put_copy_data(msg) == 0:  # only when non-blocking and libpq's buffer is full
             await self._wait(pgconn.socket, write=True, interruptible=False)
         await self._flush(pgconn)
@@ -671,7 +619,7 @@ class ReplicationStream:
 
     async def _shutdown(self, pgconn: PGconn) -> None:
         """After stop(): last idle call, final status, end COPY and drain (best effort)."""
-        if self._since_idle or self._received_lsn != self._idle_received:
+        if self._pump.since_idle or self._pump.received != self._idle_received:
             await self._idle()
         try:
             async with asyncio.timeout(self._settings.stop_timeout):

@@ -148,3 +148,31 @@ def test_shapes_filed_under_a_value_set_follow_its_moves() -> None:
     assert router.affected("t", {"id": "1"}) == {"dynamic"}
     router.remove("dynamic")
     assert len(router) == 0 and not router.has_table("t")
+
+
+@given(
+    st.lists(clauses, max_size=12),
+    st.lists(st.tuples(values, names, st.sampled_from([None, OWNER, "not a uuid"]))),
+    st.permutations(["id", "name", "owner", "status"]),
+)
+def test_affected_values_is_affected_of_the_row(
+    shapes: list[str | None],
+    rows: list[tuple[str | None, str | None, str | None]],
+    order: list[str],
+) -> None:
+    """The values path gives the shapes the mapping path gives, whatever the column order."""
+    router: Router[int] = Router()
+    for shape, text in enumerate(shapes):
+        router.add(shape, "t", parse_where(text, COLUMNS) if text is not None else None, COLUMNS)
+    router.add(-1, "t", parse_where(f"owner = '{OWNER}'", COLUMNS), COLUMNS)
+    positions = {name: at for at, name in enumerate(order)}
+    for id_value, name, owner in rows:
+        row = {"id": id_value, "name": name, "owner": owner, "status": None}
+        values = tuple(row[column] for column in order)
+        assert router.affected_values("t", positions, values) == router.affected("t", row)
+        assert router.affected_values("other", positions, values) == set()
+    # A column the relation lacks is a NULL: no shape filed under it is hit.
+    without_owner = {name: at for name, at in positions.items() if name != "owner"}
+    owned = tuple(OWNER if column == "owner" else None for column in order)
+    assert -1 in router.affected_values("t", positions, owned)
+    assert -1 not in router.affected_values("t", without_owner, owned)
