@@ -44,9 +44,9 @@ from syncd.pgoutput.copyboth import (
     KEEPALIVE,
     KEEPALIVE_BODY,
     XLOGDATA,
-    XLOGDATA_HEADER,
     XLOGDATA_PAYLOAD_OFFSET,
 )
+from syncd.pgoutput.decoder import read_u64
 
 DRAINED: Final = 0
 BATCH_DONE: Final = 1
@@ -121,7 +121,6 @@ class MessagePump:
         """
         decoder = self._decoder
         decode = decoder.decode
-        header = XLOGDATA_HEADER.unpack_from
         offset = XLOGDATA_PAYLOAD_OFFSET
         received = self.received
         try:
@@ -139,7 +138,7 @@ class MessagePump:
                 data = bytes(buf)
                 tag = data[0]
                 if tag == XLOGDATA:
-                    data_start: int = header(data, 1)[0]
+                    data_start = read_u64(data, 1)  # the XLogData header's first field
                     if data_start > received:
                         received = data_start
                     msg = decode(data, offset)
