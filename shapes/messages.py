@@ -36,18 +36,29 @@ def row_key(prefix: str, row: Row, key_columns: Sequence[str]) -> str:
     ``/`` inside a value is doubled so that keys never collide.
     """
     if len(key_columns) == 1:  # the common case, without the list
-        value = row.get(key_columns[0])
-        if value is None:
-            return prefix + "/_"
-        return prefix + '/"' + value.replace("/", "//") + '"'
-    parts = [prefix]
-    for column in key_columns:
-        value = row.get(column)
-        if value is None:
-            parts.append("/_")
-        else:
-            parts.append('/"' + value.replace("/", "//") + '"')
-    return "".join(parts)
+        return prefix + _key_part(row.get(key_columns[0]))
+    return prefix + "".join([_key_part(row.get(column)) for column in key_columns])
+
+
+def values_key(
+    prefix: str, values: Sequence[object], positions: Mapping[str, int], key_columns: Sequence[str]
+) -> str:
+    """:func:`row_key` of the row whose column ``c`` is ``values[positions[c]]`` (a column
+    missing from ``positions``, or a value that is not text, counts as NULL)."""
+    if len(key_columns) == 1:
+        return prefix + _key_part(_text_at(values, positions.get(key_columns[0])))
+    return prefix + "".join(
+        [_key_part(_text_at(values, positions.get(column))) for column in key_columns]
+    )
+
+
+def _text_at(values: Sequence[object], at: int | None) -> str | None:
+    value = values[at] if at is not None else None
+    return value if type(value) is str else None
+
+
+def _key_part(value: str | None) -> str:
+    return "/_" if value is None else '/"' + value.replace("/", "//") + '"'
 
 
 def snapshot_row(
@@ -73,8 +84,9 @@ _SnapshotMessage = msgspec.defstruct(
 
 
 @functools.lru_cache(maxsize=1024)
-def _value_struct(columns: tuple[str, ...]) -> type[msgspec.Struct] | None:
-    """The struct whose fields encode as ``columns``, in order; ``None`` when a name is one
+def value_struct(columns: tuple[str, ...]) -> type[msgspec.Struct] | None:
+    """The struct whose fields encode as ``columns``, in order: made from a row's values in
+    that order, it encodes as the row's mapping would, faster. ``None`` when a name is one
     msgspec cannot rename to. Shared by every shape that selects the same columns: a class is
     costly to make and, being cyclic, is left for the collector when dropped."""
     if any(_UNFIT_FOR_STRUCT.search(c) for c in columns):
@@ -117,7 +129,7 @@ class SnapshotEncoder:
         self.columns: tuple[str, ...] = (*value_columns, *extra)
         """The order in which :meth:`encode` takes a row's values."""
         self._value_columns = tuple(value_columns)
-        self._value = _value_struct(self._value_columns)
+        self._value = value_struct(self._value_columns)
         self._width = len(value_columns)
         self._key_columns = tuple(key_columns)
         self._key_at = [self.columns.index(c) for c in key_columns]
@@ -224,8 +236,9 @@ class ChangeEncoder:
             self._heads[operation] = head
         return head
 
-    def insert(self, key: str, value: Row, op_position: int) -> bytes:
-        """``encode("insert", key, value, op_position)``."""
+    def insert(self, key: str, value: Row | msgspec.Struct, op_position: int) -> bytes:
+        """``encode("insert", key, value, op_position)``; ``value`` may also be a struct of
+        :func:`value_struct`."""
         return self._insert % (op_position, _encode(key), _encode(value))
 
     def encode(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import msgspec
+
 from shapes import messages
 from shapes.convert import (
     Entry,
@@ -60,9 +62,13 @@ class Relation:
     positions: dict[str, int] = field(init=False)
     """Each column's position in :attr:`names` (a row's values are routed before they are
     made a mapping)."""
+    whole_row: type[msgspec.Struct] | None = field(init=False)
+    """Made from an inserted row's values, encodes as its mapping (``None``: a column name
+    msgspec cannot take): the value of the shapes that take every row whole."""
 
     def __post_init__(self) -> None:
         self.positions = {name: i for i, name in enumerate(self.names)}
+        self.whole_row = messages.value_struct(self.names)
 
     def column_types(self) -> dict[str, tuple[int, int]]:
         return dict(zip(self.names, self.types, strict=True))
@@ -192,37 +198,59 @@ class ChangeApplier:
         names, values = relation.names, msg.new
         if len(values) != len(names):
             raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
-        shapes = self._router.affected_values(relation.table, relation.positions, values)
+        table = relation.table
+        shapes = self._router.affected_values(table, relation.positions, values)
         subqueries = self.subqueries
-        if not shapes and (subqueries is None or not subqueries.router.has_table(relation.table)):
+        materialised = subqueries is not None and subqueries.router.has_table(table)
+        if not shapes and not materialised:
             self._txn_op += 2  # a row no shape or materialiser reads: no mapping made
             return
-        # Text-mode pgoutput only sends str or None for inserts. (The length check above is
-        # cheaper than zip(..., strict=True).)
-        row: TextRow = ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
-        change = self._to_materialisers(relation.table, "insert", None, row, True)
-        if shapes:
-            op = self._txn_op
-            entries = self._txn_entries
-            failed: list[tuple[ShapeState, Exception]] = []
-            for shape in shapes:
-                if shape.subquery:
-                    change = self._record(shape, change, "insert", None, row, True)
-                    continue
+        # The row as a mapping, made only for what needs one (a where clause, selected
+        # columns, a subquery shape, a materialiser).
+        row: TextRow | None = None
+        change: RawChange | None = None
+        if materialised:
+            row = _checked_row(names, values)
+            change = self._to_materialisers(table, "insert", None, row, True)
+        op = self._txn_op
+        entries = self._txn_entries
+        whole: msgspec.Struct | None = None  # the value of the shapes that take rows whole
+        failed: list[tuple[ShapeState, Exception]] = []
+        for shape in shapes:
+            view = shape.view
+            if shape.subquery:
+                if row is None:
+                    row = _checked_row(names, values)
+                change = self._record(shape, change, "insert", None, row, True)
+                continue
+            key: str
+            value: messages.Row | msgspec.Struct
+            if view.where is None and view.selected is None and relation.whole_row is not None:
+                if whole is None:
+                    whole = relation.whole_row(*values)
+                key = messages.values_key(
+                    view.key_prefix, values, relation.positions, view.key_columns
+                )
+                value = whole
+            else:
+                if row is None:
+                    row = _checked_row(names, values)
                 try:
-                    parts = insert_parts(shape.view, row)
+                    parts = insert_parts(view, row)
                 except Exception as exc:  # contained in this shape: see _retire_failed
                     failed.append((shape, exc))
                     continue
-                if parts is not None:
-                    buffer = entries.get(shape)
-                    if buffer is None:
-                        buffer = self._buffer(shape, relation.table)
-                    buffer.ops.append(op)
-                    buffer.datas.append(buffer.encoder.insert(parts[0], parts[1], op))
-                    buffer.operation = "insert"
-            if failed:
-                self._retire_failed(failed)
+                if parts is None:
+                    continue
+                key, value = parts
+            buffer = entries.get(shape)
+            if buffer is None:
+                buffer = self._buffer(shape, table)
+            buffer.ops.append(op)
+            buffer.datas.append(buffer.encoder.insert(key, value, op))
+            buffer.operation = "insert"
+        if failed:
+            self._retire_failed(failed)
         self._txn_op += 2
 
     def on_update(self, msg: pg.Update) -> None:
@@ -366,10 +394,16 @@ class ChangeApplier:
 
 
 def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
-    # Text-mode pgoutput only sends str or None for inserts, deletes and full old rows.
     if len(values) != len(names):
         raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
-    return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905 (checked above)
+    return _checked_row(names, values)
+
+
+def _checked_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
+    """The row of ``values``, as many as ``names`` (the caller checked: cheaper than
+    ``zip(..., strict=True)``). Text-mode pgoutput only sends str or None for inserts,
+    deletes and full old rows."""
+    return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
 
 
 def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:

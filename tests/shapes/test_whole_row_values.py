@@ -1,0 +1,54 @@
+"""The parts of the replication path that take an inserted row's values without making it a
+mapping must give exactly what the mapping gives: ``messages.values_key`` the key of
+``messages.row_key``, and a struct of ``messages.value_struct`` the JSON of the row's dict."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shapes import messages
+
+names = st.text(max_size=10)
+values = st.none() | st.text(alphabet=st.sampled_from('ab/"\\\n\t\u00e9\U0001f600'), max_size=8)
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> tuple[list[str], list[str | None], list[str]]:
+    """(column names, their values, key columns: possibly some the row lacks)."""
+    columns = draw(st.lists(names, min_size=1, max_size=6, unique=True))
+    row = draw(st.lists(values, min_size=len(columns), max_size=len(columns)))
+    keys = draw(
+        st.lists(st.sampled_from([*columns, "missing"]), min_size=1, max_size=3, unique=True)
+    )
+    return columns, row, keys
+
+
+@given(relation=st.tuples(names, names), layout=rows())
+def test_values_key_is_the_row_key(
+    relation: tuple[str, str], layout: tuple[list[str], list[str | None], list[str]]
+) -> None:
+    columns, row, keys = layout
+    prefix = messages.relation_key_prefix(*relation)
+    positions = {name: at for at, name in enumerate(columns)}
+    mapping = dict(zip(columns, row, strict=True))
+    assert messages.values_key(prefix, row, positions, keys) == messages.row_key(
+        prefix, mapping, keys
+    )
+
+
+@given(layout=rows(), op=st.integers(0, 1 << 40))
+def test_a_whole_row_struct_encodes_as_the_row(
+    layout: tuple[list[str], list[str | None], list[str]], op: int
+) -> None:
+    columns, row, _keys = layout
+    struct = messages.value_struct(tuple(columns))
+    mapping = dict(zip(columns, row, strict=True))
+    if struct is None:  # a name msgspec cannot rename to: the caller keeps the mapping
+        unfit = '"\\' + "".join(map(chr, range(32)))
+        assert any(ch in unfit for name in columns for ch in name)
+        return
+    assert msgspec.json.encode(struct(*row)) == msgspec.json.encode(mapping)
+    encoder = messages.ChangeEncoder(["s", "t"], 7, 8)
+    assert encoder.insert("k", struct(*row), op) == encoder.insert("k", mapping, op)
