@@ -46,13 +46,14 @@ def values_key(
     """:func:`row_key` of the row whose column ``c`` is ``values[positions[c]]`` (a column
     missing from ``positions``, or a value that is not text, counts as NULL)."""
     if len(key_columns) == 1:
-        return prefix + _key_part(_text_at(values, positions.get(key_columns[0])))
+        return prefix + _key_part(text_at(values, positions.get(key_columns[0])))
     return prefix + "".join(
-        [_key_part(_text_at(values, positions.get(column))) for column in key_columns]
+        [_key_part(text_at(values, positions.get(column))) for column in key_columns]
     )
 
 
-def _text_at(values: Sequence[object], at: int | None) -> str | None:
+def text_at(values: Sequence[object], at: int | None) -> str | None:
+    """``values[at]`` if it is text; ``None`` for anything else, or when ``at`` is."""
     value = values[at] if at is not None else None
     return value if type(value) is str else None
 

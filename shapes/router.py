@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from shapes import pgtypes
+from shapes.messages import text_at
 from shapes.schema import Column
 from shapes.where import Where, column_type
 from shapes.where_eval import hash_key
@@ -69,6 +70,15 @@ class _TableIndex:
             )
             derived = self.derived = (frozenset(self.residual), lookups)
         return derived
+
+
+def _gather(residual: frozenset[Any], hits: list[set[Any] | None]) -> AbstractSet[Any]:
+    """The residual shapes and every shape of ``hits`` (the sets themselves when one will do)."""
+    result: AbstractSet[Any] = residual
+    for hit in hits:
+        if hit:
+            result = result | hit if result else hit
+    return result
 
 
 def _bucket_hit(
@@ -206,12 +216,9 @@ class Router(Generic[K]):
         if index is None:
             return _EMPTY
         residual, lookups = index.derive()
-        result: AbstractSet[K] = residual
-        for column, parse, int_limit, buckets in lookups:
-            hit = _bucket_hit(row.get(column), parse, int_limit, buckets)
-            if hit:
-                result = result | hit if result else hit
-        return result
+        return _gather(
+            residual, [_bucket_hit(row.get(c), parse, limit, b) for c, parse, limit, b in lookups]
+        )
 
     def affected_values(
         self, table: Hashable, positions: Mapping[str, int], values: Sequence[object]
@@ -222,16 +229,13 @@ class Router(Generic[K]):
         if index is None:
             return _EMPTY
         residual, lookups = index.derive()
-        result: AbstractSet[K] = residual
-        for column, parse, int_limit, buckets in lookups:
-            at = positions.get(column)
-            if at is None:
-                continue
-            value = values[at]
-            hit = _bucket_hit(value if type(value) is str else None, parse, int_limit, buckets)
-            if hit:
-                result = result | hit if result else hit
-        return result
+        return _gather(
+            residual,
+            [
+                _bucket_hit(text_at(values, positions.get(c)), parse, limit, b)
+                for c, parse, limit, b in lookups
+            ],
+        )
 
     def residual(self, table: Hashable) -> frozenset[K]:
         """The shapes of ``table`` that every row is routed to (no index condition)."""

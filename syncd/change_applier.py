@@ -12,6 +12,12 @@ transaction's ``Commit``. A shape whose where clause fails on a row is retired o
 WAL after a crash produces the same offsets; a shape skips every transaction at or below its
 log's latest offset.
 
+An insert, the commonest change, is routed from its values by column position, and made a
+mapping (a :class:`~shapes.where_eval.ParsedRow`) only if a shape needs one: to evaluate its
+where clause, select its columns, or hand the row to a subquery shape or materialiser. A shape
+that takes rows whole gets the key from the values and the value as a struct of the relation's
+columns (``messages.value_struct``), which encodes as the mapping would.
+
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
 transaction to its log (written to the OS at once, so readers and waiting clients see it
