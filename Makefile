@@ -100,7 +100,7 @@ mutation: $(STAMP)
 	SYNCD_PURE_PYTHON=1 $(VENV)/bin/mutmut run --max-children 2
 	$(PY) -m tests.mutation.score
 
-bench: install nginx
+bench: install $(NODE_STAMP) ui chromium nginx
 	$(PY) -m bench
 
 # The where-clause differential fuzzer, long run (make test runs a few hundred clauses).
