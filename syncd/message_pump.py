@@ -97,11 +97,10 @@ class MessagePump:
         """Messages handled since the handler's last ``on_idle`` (the stream resets it)."""
         self._batch = 0
 
-    def start_session(self, received: int) -> None:
+    def start_session(self) -> None:
         """A new session: nothing is open, and decoding starts afresh (relations and the
-        stream state of the decoder belong to one session)."""
+        stream state of the decoder belong to one session). :attr:`received` stays."""
         self._decoder = PgoutputDecoder()
-        self.received = received
         self.in_txn = False
         self.open_streams.clear()
         self.since_idle = 0

@@ -489,7 +489,7 @@ class ReplicationStream:
             self._confirmed_lsn = max(self._confirmed_lsn, slot.confirmed_lsn)
 
     def _reset_stream_state(self) -> None:
-        self._pump.start_session(self._pump.received)
+        self._pump.start_session()
         self._idle_received = -1
         self._last_status = self._last_idle = time.monotonic()
         self._sent_flush_lsn = -1
