@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from shapes.messages import Operation, Row, row_key
 
@@ -56,19 +56,52 @@ class ShapeView:
     replica_full: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+_ENTRY_FIELDS: Final = ("operation", "key", "value", "old_value", "headers", "split")
+
+
 class Entry:
-    """One log entry before it is numbered and serialised.
+    """One log entry before it is numbered and serialised; its fields are not reassigned.
 
     ``split`` is 1 for the insert half of a primary-key change (op position + 1).
+
+    A plain class rather than a frozen dataclass: one is made for every change a shape takes,
+    and compiled, a frozen dataclass's generated ``__init__`` (interpreted, setting each field
+    through ``object.__setattr__``) cost fifteen times what this one does.
     """
 
-    operation: Operation
-    key: str
-    value: Row
-    old_value: Row | None = None
-    headers: Mapping[str, object] | None = None
-    split: int = 0
+    __slots__ = _ENTRY_FIELDS
+
+    def __init__(
+        self,
+        operation: Operation,
+        key: str,
+        value: Row,
+        old_value: Row | None = None,
+        headers: Mapping[str, object] | None = None,
+        split: int = 0,
+    ) -> None:
+        self.operation: Final = operation
+        self.key: Final = key
+        self.value: Final = value
+        self.old_value: Final = old_value
+        self.headers: Final = headers
+        self.split: Final = split
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.operation, self.key, self.value, self.old_value, self.headers, self.split)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and the value is a dict
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={value!r}" for name, value in zip(_ENTRY_FIELDS, self._fields(), strict=True)
+        )
+        return f"Entry({fields})"
 
 
 def _select(view: ShapeView, row: Row) -> Row:
