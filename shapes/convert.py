@@ -16,11 +16,11 @@ That keeps a live shape equal to its ``SELECT`` or refused, and one row never st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from shapes.messages import Operation, Row, row_key
+from shapes.messages import Operation, Row, row_key, text_at, values_key
 
 
 class Predicate(Protocol):
@@ -170,6 +170,49 @@ def convert_update(view: ShapeView, old: Row | None, new: Row) -> list[Entry]:
         if old_key != new_key:
             return _key_change(view, old, new, old_key, new_key)
     return _in_place_update(view, old, new, new_key)
+
+
+def takes_whole_rows(view: ShapeView) -> bool:
+    """Whether the shape takes every row of its table with every column (no ``where``, no
+    selection): its entries then follow from a change's values alone."""
+    return view.where is None and view.selected is None
+
+
+def key_changed(
+    view: ShapeView, positions: Mapping[str, int], old: Sequence[object], new: Sequence[object]
+) -> bool:
+    """Whether an update changed the key columns of its row, given both rows' values by
+    position (``positions``: each column's index)."""
+    for column in view.key_columns:
+        at = positions.get(column)
+        if text_at(old, at) != text_at(new, at):
+            return True
+    return False
+
+
+def whole_row_update(
+    view: ShapeView,
+    names: Sequence[str],
+    positions: Mapping[str, int],
+    old: Sequence[str | None],
+    new: Sequence[str | None],
+) -> tuple[str, Row | None, Row | None] | None:
+    """``(key, value, old_value)`` of what :func:`convert_update` makes of an update, from the
+    old and new rows' values by position, for a shape that :func:`takes_whole_rows`, when the
+    update did not change the key (:func:`key_changed`). ``value`` is ``None`` where the entry
+    carries the whole new row; the result is ``None`` when no column changed."""
+    changed = [at for at, value in enumerate(new) if old[at] != value]
+    if not changed:
+        return None
+    key = values_key(view.key_prefix, new, positions, view.key_columns)
+    if view.replica_full:
+        return key, None, {names[at]: old[at] for at in changed}
+    value: dict[str, str | None] = {
+        column: text_at(new, positions.get(column)) for column in view.key_columns
+    }
+    for at in changed:
+        value[names[at]] = new[at]
+    return key, value, None
 
 
 def _key_change(view: ShapeView, old: Row, new: Row, old_key: str, new_key: str) -> list[Entry]:

@@ -246,12 +246,13 @@ class ChangeEncoder:
         self,
         operation: Operation,
         key: str,
-        value: Row,
+        value: Row | msgspec.Struct,
         op_position: int,
         old_value: Row | None = None,
         extra_headers: Headers | None = None,
     ) -> bytes:
-        """The message (``last`` false); see the class docstring."""
+        """The message (``last`` false); see the class docstring. ``value`` may also be a
+        struct of :func:`value_struct`."""
         fragment = header_fragment(extra_headers) if extra_headers else b""
         return self.encode_with(operation, key, value, op_position, fragment, old_value)
 
@@ -259,7 +260,7 @@ class ChangeEncoder:
         self,
         operation: Operation,
         key: str,
-        value: Row,
+        value: Row | msgspec.Struct,
         op_position: int,
         fragment: bytes,
         old_value: Row | None = None,

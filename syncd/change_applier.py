@@ -16,7 +16,11 @@ An insert, the commonest change, is routed from its values by column position, a
 mapping (a :class:`~shapes.where_eval.ParsedRow`) only if a shape needs one: to evaluate its
 where clause, select its columns, or hand the row to a subquery shape or materialiser. A shape
 that takes rows whole gets the key from the values and the value as a struct of the relation's
-columns (``messages.value_struct``), which encodes as the mapping would.
+columns (``messages.value_struct``), which encodes as the mapping would. An update carrying
+its whole old row (replica identity FULL, which syncd sets on the tables it publishes) is
+routed from both rows' values the same way; for a shape that takes rows whole and a key that
+did not change, the changed columns are found by position (``convert.whole_row_update``), and
+only other shapes, subquery shapes and materialisers get the two rows as mappings.
 
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
@@ -39,6 +43,9 @@ from shapes.convert import (
     convert_delete,
     convert_update,
     insert_parts,
+    key_changed,
+    takes_whole_rows,
+    whole_row_update,
 )
 from shapes.router import Router
 from shapes.shape import CanonicalShape
@@ -261,18 +268,91 @@ class ChangeApplier:
 
     def on_update(self, msg: pg.Update) -> None:
         relation = self.relations[msg.oid]
-        old = None
         if msg.old_kind == "O" and msg.old is not None:
-            old = _text_row(relation.names, msg.old)
-        new = _fill_unchanged(relation.names, msg.new, old)
-        change = self._to_materialisers(relation.table, "update", old, new, old is not None)
-        shapes = self._router.affected(relation.table, new)
-        if old is not None:
-            shapes = shapes | self._router.affected(relation.table, old)
+            self._update_with_old_row(relation, msg.old, msg.new)
+            return
+        # No old row (only its key, when the key changed, which conversion does not use): the
+        # table's replica identity is not FULL (it was changed after syncd set it).
+        new = _fill_unchanged(relation.names, msg.new, None)
+        change = self._to_materialisers(relation.table, "update", None, new, False)
+        failed: list[tuple[ShapeState, Exception]] = []
+        for shape in self._router.affected(relation.table, new):
+            if shape.subquery:
+                change = self._record(shape, change, "update", None, new, False)
+                continue
+            try:
+                entries = convert_update(shape.view, None, new)
+            except Exception as exc:  # contained in this shape: see _retire_failed
+                failed.append((shape, exc))
+                continue
+            if entries:
+                self._add_entries(shape, relation.table, entries)
+        self._retire_failed(failed)
+        self._txn_op += 2
+
+    def _update_with_old_row(
+        self, relation: Relation, old_values: pg.RowData, new_values: pg.RowData
+    ) -> None:
+        """An update that carries the whole old row (replica identity FULL, which syncd sets
+        up): routed from both rows' values, and made mappings only for the shapes and
+        materialisers that need them, as an insert is."""
+        names = relation.names
+        if len(old_values) != len(names):
+            raise ValueError(f"a row of {len(old_values)} columns for a {len(names)}-column table")
+        new_values = _filled(names, new_values, old_values)
+        table, positions = relation.table, relation.positions
+        shapes = self._router.affected_values(table, positions, new_values)
+        were_in = self._router.affected_values(table, positions, old_values)
+        if were_in is not shapes and were_in:
+            shapes = shapes | were_in if shapes else were_in
+        subqueries = self.subqueries
+        materialised = subqueries is not None and subqueries.router.has_table(table)
+        if not shapes and not materialised:
+            self._txn_op += 2
+            return
+        old: TextRow | None = None
+        new: TextRow | None = None
+        change: RawChange | None = None
+        if materialised:
+            old, new = _checked_row(names, old_values), _checked_row(names, new_values)
+            change = self._to_materialisers(table, "update", old, new, True)
+        op = self._txn_op
+        whole: msgspec.Struct | None = None
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in shapes:
+            view = shape.view
+            if (
+                not shape.subquery
+                and takes_whole_rows(view)
+                and relation.whole_row is not None
+                and not key_changed(view, positions, old_values, new_values)
+            ):
+                parts = whole_row_update(
+                    view,
+                    names,
+                    positions,
+                    old_values,  # type: ignore[arg-type]  # text mode: str or None
+                    new_values,  # type: ignore[arg-type]
+                )
+                if parts is None:
+                    continue
+                key, changed, old_value = parts
+                value: messages.Row | msgspec.Struct
+                if changed is None:  # the whole new row
+                    if whole is None:
+                        whole = relation.whole_row(*new_values)
+                    value = whole
+                else:
+                    value = changed
+                buffer = self._buffer(shape, table)
+                buffer.ops.append(op)
+                buffer.datas.append(buffer.encoder.encode("update", key, value, op, old_value))
+                buffer.operation = "update"
+                continue
+            if old is None or new is None:
+                old, new = _checked_row(names, old_values), _checked_row(names, new_values)
             if shape.subquery:
-                change = self._record(shape, change, "update", old, new, old is not None)
+                change = self._record(shape, change, "update", old, new, True)
                 continue
             try:
                 entries = convert_update(shape.view, old, new)
@@ -280,8 +360,9 @@ class ChangeApplier:
                 failed.append((shape, exc))
                 continue
             if entries:
-                self._add_entries(shape, relation.table, entries)
-        self._retire_failed(failed)
+                self._add_entries(shape, table, entries)
+        if failed:
+            self._retire_failed(failed)
         self._txn_op += 2
 
     def on_delete(self, msg: pg.Delete) -> None:
@@ -410,6 +491,21 @@ def _checked_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     ``zip(..., strict=True)``). Text-mode pgoutput only sends str or None for inserts,
     deletes and full old rows."""
     return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
+
+
+def _filled(names: tuple[str, ...], values: pg.RowData, old: pg.RowData) -> pg.RowData:
+    """``values`` of an updated row with each unchanged TOAST value taken from the whole old
+    row ``old`` (``values`` itself when none is)."""
+    if len(values) != len(names):
+        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
+    unchanged = pg.UNCHANGED_TOAST  # looked up once, not once per column
+    for value in values:
+        if value is unchanged:
+            return tuple(
+                was if value is unchanged else value
+                for value, was in zip(values, old)  # noqa: B905  # lengths checked
+            )
+    return values
 
 
 def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:

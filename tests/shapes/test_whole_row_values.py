@@ -1,6 +1,7 @@
-"""The parts of the replication path that take an inserted row's values without making it a
-mapping must give exactly what the mapping gives: ``messages.values_key`` the key of
-``messages.row_key``, and a struct of ``messages.value_struct`` the JSON of the row's dict."""
+"""The parts of the replication path that take a row's values without making it a mapping must
+give exactly what the mapping gives: ``messages.values_key`` the key of ``messages.row_key``, a
+struct of ``messages.value_struct`` the JSON of the row's dict, and ``convert.whole_row_update``
+the entry of ``convert.convert_update``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shapes import messages
+from shapes import convert, messages
+from shapes.where_eval import ParsedRow
 
 names = st.text(max_size=10)
 values = st.none() | st.text(alphabet=st.sampled_from('ab/"\\\n\t\u00e9\U0001f600'), max_size=8)
@@ -52,3 +54,50 @@ def test_a_whole_row_struct_encodes_as_the_row(
     assert msgspec.json.encode(struct(*row)) == msgspec.json.encode(mapping)
     encoder = messages.ChangeEncoder(["s", "t"], 7, 8)
     assert encoder.insert("k", struct(*row), op) == encoder.insert("k", mapping, op)
+
+
+@st.composite
+def updates(
+    draw: st.DrawFn,
+) -> tuple[list[str], list[str | None], list[str | None], tuple[str, ...]]:
+    """(column names, old values, new values, key columns among the names)."""
+    columns = draw(st.lists(names, min_size=1, max_size=6, unique=True))
+    old = draw(st.lists(values, min_size=len(columns), max_size=len(columns)))
+    new = [draw(st.sampled_from([value, draw(values)])) for value in old]
+    keys = draw(st.lists(st.sampled_from(columns), min_size=1, max_size=3, unique=True))
+    return columns, old, new, tuple(keys)
+
+
+@given(layout=updates(), replica_full=st.booleans())
+def test_a_whole_row_update_from_values_is_the_converted_update(
+    layout: tuple[list[str], list[str | None], list[str | None], tuple[str, ...]],
+    replica_full: bool,
+) -> None:
+    columns, old, new, keys = layout
+    view = convert.ShapeView(
+        relation=("s", "t"),
+        key_prefix=messages.relation_key_prefix("s", "t"),
+        key_columns=keys,
+        selected=None,
+        where=None,
+        replica_full=replica_full,
+    )
+    assert convert.takes_whole_rows(view)
+    positions = {name: at for at, name in enumerate(columns)}
+    old_row = ParsedRow(zip(columns, old, strict=True))
+    new_row = ParsedRow(zip(columns, new, strict=True))
+    entries = convert.convert_update(view, old_row, new_row)
+    changed = convert.key_changed(view, positions, old, new)
+    assert changed == (messages.row_key("", old_row, keys) != messages.row_key("", new_row, keys))
+    if changed:  # a delete and an insert: the caller converts the mappings
+        assert [e.operation for e in entries] == ["delete", "insert"]
+        return
+    parts = convert.whole_row_update(view, columns, positions, old, new)
+    if parts is None:
+        assert entries == []
+        return
+    key, value, old_value = parts
+    [entry] = entries
+    assert (entry.operation, entry.key, entry.old_value) == ("update", key, old_value)
+    assert entry.value == (new_row if value is None else value)
+    assert list(entry.value) == list(new_row if value is None else value)  # the same order
