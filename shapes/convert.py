@@ -207,12 +207,29 @@ def whole_row_update(
     key = values_key(view.key_prefix, new, positions, view.key_columns)
     if view.replica_full:
         return key, None, {names[at]: old[at] for at in changed}
-    value: dict[str, str | None] = {
-        column: text_at(new, positions.get(column)) for column in view.key_columns
-    }
+    value = _key_values(view, positions, new)
     for at in changed:
         value[names[at]] = new[at]
     return key, value, None
+
+
+def whole_row_delete(
+    view: ShapeView, positions: Mapping[str, int], old: Sequence[str | None], old_is_full: bool
+) -> tuple[str, Row | None]:
+    """``(key, value)`` of what :func:`convert_delete` makes of a delete, from the old row's
+    values by position, for a shape that :func:`takes_whole_rows`; ``value`` is ``None`` where
+    the entry carries the whole old row."""
+    key = values_key(view.key_prefix, old, positions, view.key_columns)
+    if view.replica_full and old_is_full:
+        return key, None
+    return key, _key_values(view, positions, old)
+
+
+def _key_values(
+    view: ShapeView, positions: Mapping[str, int], values: Sequence[object]
+) -> dict[str, str | None]:
+    """:func:`_key_only` of the row whose column ``c`` is ``values[positions[c]]``."""
+    return {column: text_at(values, positions.get(column)) for column in view.key_columns}
 
 
 def _key_change(view: ShapeView, old: Row, new: Row, old_key: str, new_key: str) -> list[Entry]:

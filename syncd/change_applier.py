@@ -45,6 +45,7 @@ from shapes.convert import (
     insert_parts,
     key_changed,
     takes_whole_rows,
+    whole_row_delete,
     whole_row_update,
 )
 from shapes.router import Router
@@ -206,6 +207,22 @@ class ChangeApplier:
             datas.append(encode(e.operation, e.key, e.value, at, e.old_value, e.headers))
             buffer.operation = e.operation
 
+    def _append_encoded(
+        self,
+        shape: ShapeState,
+        table: TableKey,
+        operation: messages.Operation,
+        key: str,
+        value: messages.Row | msgspec.Struct,
+        op: int,
+        old_value: messages.Row | None = None,
+    ) -> None:
+        """Encode one entry of ``shape`` at ``op`` into the transaction's buffer."""
+        buffer = self._buffer(shape, table)
+        buffer.ops.append(op)
+        buffer.datas.append(buffer.encoder.encode(operation, key, value, op, old_value))
+        buffer.operation = operation
+
     def on_insert(self, msg: pg.Insert) -> None:
         relation = self.relations[msg.oid]
         names, values = relation.names, msg.new
@@ -344,10 +361,7 @@ class ChangeApplier:
                     value = whole
                 else:
                     value = changed
-                buffer = self._buffer(shape, table)
-                buffer.ops.append(op)
-                buffer.datas.append(buffer.encoder.encode("update", key, value, op, old_value))
-                buffer.operation = "update"
+                self._append_encoded(shape, table, "update", key, value, op, old_value)
                 continue
             if old is None or new is None:
                 old, new = _checked_row(names, old_values), _checked_row(names, new_values)
@@ -367,22 +381,57 @@ class ChangeApplier:
 
     def on_delete(self, msg: pg.Delete) -> None:
         relation = self.relations[msg.oid]
-        old = _text_row(relation.names, msg.old)
+        names, old_values = relation.names, msg.old
+        if len(old_values) != len(names):
+            raise ValueError(f"a row of {len(old_values)} columns for a {len(names)}-column table")
         full = msg.old_kind == "O"
-        change = self._to_materialisers(relation.table, "delete", old, None, full)
+        table, positions = relation.table, relation.positions
+        shapes = self._router.affected_values(table, positions, old_values)
+        subqueries = self.subqueries
+        materialised = subqueries is not None and subqueries.router.has_table(table)
+        if not shapes and not materialised:
+            self._txn_op += 2
+            return
+        old: TextRow | None = None
+        change: RawChange | None = None
+        if materialised:
+            old = _checked_row(names, old_values)
+            change = self._to_materialisers(table, "delete", old, None, full)
+        op = self._txn_op
+        whole: msgspec.Struct | None = None
         failed: list[tuple[ShapeState, Exception]] = []
-        for shape in self._router.affected(relation.table, old):
+        for shape in shapes:
+            view = shape.view
+            if not shape.subquery and takes_whole_rows(view) and relation.whole_row is not None:
+                key, kept = whole_row_delete(
+                    view,
+                    positions,
+                    old_values,  # type: ignore[arg-type]  # text mode: str or None
+                    full,
+                )
+                value: messages.Row | msgspec.Struct
+                if kept is None:  # the whole old row
+                    if whole is None:
+                        whole = relation.whole_row(*old_values)
+                    value = whole
+                else:
+                    value = kept
+                self._append_encoded(shape, table, "delete", key, value, op)
+                continue
+            if old is None:
+                old = _checked_row(names, old_values)
             if shape.subquery:
                 change = self._record(shape, change, "delete", old, None, full)
                 continue
             try:
-                entries = convert_delete(shape.view, old, full)
+                entries = convert_delete(view, old, full)
             except Exception as exc:  # contained in this shape: see _retire_failed
                 failed.append((shape, exc))
                 continue
             if entries:
-                self._add_entries(shape, relation.table, entries)
-        self._retire_failed(failed)
+                self._add_entries(shape, table, entries)
+        if failed:
+            self._retire_failed(failed)
         self._txn_op += 2
 
     def _to_materialisers(
@@ -478,12 +527,6 @@ class ChangeApplier:
         self._txn_entries = {}
         self._txn_encoders = {}
         self.in_txn = False
-
-
-def _text_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
-    if len(values) != len(names):
-        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
-    return _checked_row(names, values)
 
 
 def _checked_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:

@@ -1,7 +1,8 @@
 """The parts of the replication path that take a row's values without making it a mapping must
 give exactly what the mapping gives: ``messages.values_key`` the key of ``messages.row_key``, a
 struct of ``messages.value_struct`` the JSON of the row's dict, and ``convert.whole_row_update``
-the entry of ``convert.convert_update``."""
+and ``convert.whole_row_delete`` the entries of ``convert.convert_update`` and
+``convert.convert_delete``."""
 
 from __future__ import annotations
 
@@ -101,3 +102,27 @@ def test_a_whole_row_update_from_values_is_the_converted_update(
     assert (entry.operation, entry.key, entry.old_value) == ("update", key, old_value)
     assert entry.value == (new_row if value is None else value)
     assert list(entry.value) == list(new_row if value is None else value)  # the same order
+
+
+@given(layout=updates(), replica_full=st.booleans(), old_is_full=st.booleans())
+def test_a_whole_row_delete_from_values_is_the_converted_delete(
+    layout: tuple[list[str], list[str | None], list[str | None], tuple[str, ...]],
+    replica_full: bool,
+    old_is_full: bool,
+) -> None:
+    columns, old, _new, keys = layout
+    view = convert.ShapeView(
+        relation=("s", "t"),
+        key_prefix=messages.relation_key_prefix("s", "t"),
+        key_columns=keys,
+        selected=None,
+        where=None,
+        replica_full=replica_full,
+    )
+    positions = {name: at for at, name in enumerate(columns)}
+    old_row = ParsedRow(zip(columns, old, strict=True))
+    [entry] = convert.convert_delete(view, old_row, old_is_full)
+    key, value = convert.whole_row_delete(view, positions, old, old_is_full)
+    assert (entry.operation, entry.key, entry.old_value) == ("delete", key, None)
+    assert entry.value == (old_row if value is None else value)
+    assert list(entry.value) == list(old_row if value is None else value)
