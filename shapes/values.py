@@ -155,11 +155,6 @@ class RowParser:
             if (convert := _converter(info)) is not None
         ]
 
-    @property
-    def columns(self) -> list[tuple[str, ElementParser]]:
-        """Each column that changes, with its conversion of a text value."""
-        return self._columns
-
     def is_empty(self) -> bool:
         """True when no column of the schema changes (every row is left as it is)."""
         return not self._columns

@@ -28,7 +28,7 @@ from typing import Any, Final, TypedDict
 
 import msgspec
 
-from shapes.values import ElementParser, RowParser, Schema
+from shapes.values import RowParser, Schema
 
 Message = dict[str, Any]
 
@@ -87,7 +87,7 @@ class BodyDecoder:
             messages = self._typed(body)
         except msgspec.ValidationError:
             return self.convert(_untyped(body))
-        _convert_typed(messages, self._rest.columns)
+        _convert_rows(messages, self._rest)
         return messages
 
     def convert(self, decoded: Any) -> Any:
@@ -95,28 +95,6 @@ class BodyDecoder:
         if isinstance(decoded, list):
             _convert_rows(decoded, self._all)
         return decoded
-
-
-def _convert_typed(messages: list[Message], columns: list[tuple[str, ElementParser]]) -> None:
-    """Convert, in place, the text values of ``columns`` in messages of a typed decode, where
-    every message is a dict and every ``value`` or ``old_value`` present is one too. The body's
-    rows are visited once each, straight after decoding, so this pass is kept lean."""
-    if not columns:
-        return
-    for message in messages:
-        row = message.get("value")
-        if row is not None:
-            _convert_columns(row, columns)
-        row = message.get("old_value")
-        if row is not None:
-            _convert_columns(row, columns)
-
-
-def _convert_columns(row: dict[str, Any], columns: list[tuple[str, ElementParser]]) -> None:
-    for name, convert in columns:
-        value = row.get(name)
-        if value.__class__ is str:
-            row[name] = convert(value)
 
 
 def _convert_rows(messages: list[Any], parser: RowParser) -> None:

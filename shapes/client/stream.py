@@ -205,10 +205,8 @@ def backoff_delay(attempt: int, minimum: float = 0.0) -> float:
 
 
 def _position(message: Message) -> LogOffset | None:
-    headers = message.get("headers")
-    if headers is None or "lsn" not in headers:  # most messages of a catch-up: a snapshot's
-        return None
-    lsn = headers["lsn"]
+    headers = message.get("headers", {})
+    lsn = headers.get("lsn")
     if lsn is None or "operation" not in headers:
         return None
     return LogOffset(int(lsn), int(headers.get("op_position", 0)))
