@@ -230,8 +230,7 @@ class ChangeApplier:
             raise ValueError(f"insert of {len(values)} columns into a {len(names)}-column table")
         table = relation.table
         shapes = self._router.affected_values(table, relation.positions, values)
-        subqueries = self.subqueries
-        materialised = subqueries is not None and subqueries.router.has_table(table)
+        materialised = self._materialised(table)
         if not shapes and not materialised:
             self._txn_op += 2  # a row no shape or materialiser reads: no mapping made
             return
@@ -294,16 +293,9 @@ class ChangeApplier:
         change = self._to_materialisers(relation.table, "update", None, new, False)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in self._router.affected(relation.table, new):
-            if shape.subquery:
-                change = self._record(shape, change, "update", None, new, False)
-                continue
-            try:
-                entries = convert_update(shape.view, None, new)
-            except Exception as exc:  # contained in this shape: see _retire_failed
-                failed.append((shape, exc))
-                continue
-            if entries:
-                self._add_entries(shape, relation.table, entries)
+            change = self._convert_rows(
+                shape, relation.table, "update", None, new, False, change, failed
+            )
         self._retire_failed(failed)
         self._txn_op += 2
 
@@ -314,16 +306,14 @@ class ChangeApplier:
         up): routed from both rows' values, and made mappings only for the shapes and
         materialisers that need them, as an insert is."""
         names = relation.names
-        if len(old_values) != len(names):
-            raise ValueError(f"a row of {len(old_values)} columns for a {len(names)}-column table")
+        _check_width(old_values, names)
         new_values = _filled(names, new_values, old_values)
         table, positions = relation.table, relation.positions
         shapes = self._router.affected_values(table, positions, new_values)
         were_in = self._router.affected_values(table, positions, old_values)
         if were_in is not shapes and were_in:
             shapes = shapes | were_in if shapes else were_in
-        subqueries = self.subqueries
-        materialised = subqueries is not None and subqueries.router.has_table(table)
+        materialised = self._materialised(table)
         if not shapes and not materialised:
             self._txn_op += 2
             return
@@ -365,16 +355,7 @@ class ChangeApplier:
                 continue
             if old is None or new is None:
                 old, new = _checked_row(names, old_values), _checked_row(names, new_values)
-            if shape.subquery:
-                change = self._record(shape, change, "update", old, new, True)
-                continue
-            try:
-                entries = convert_update(shape.view, old, new)
-            except Exception as exc:  # contained in this shape: see _retire_failed
-                failed.append((shape, exc))
-                continue
-            if entries:
-                self._add_entries(shape, table, entries)
+            change = self._convert_rows(shape, table, "update", old, new, True, change, failed)
         if failed:
             self._retire_failed(failed)
         self._txn_op += 2
@@ -382,13 +363,11 @@ class ChangeApplier:
     def on_delete(self, msg: pg.Delete) -> None:
         relation = self.relations[msg.oid]
         names, old_values = relation.names, msg.old
-        if len(old_values) != len(names):
-            raise ValueError(f"a row of {len(old_values)} columns for a {len(names)}-column table")
+        _check_width(old_values, names)
         full = msg.old_kind == "O"
         table, positions = relation.table, relation.positions
         shapes = self._router.affected_values(table, positions, old_values)
-        subqueries = self.subqueries
-        materialised = subqueries is not None and subqueries.router.has_table(table)
+        materialised = self._materialised(table)
         if not shapes and not materialised:
             self._txn_op += 2
             return
@@ -420,19 +399,45 @@ class ChangeApplier:
                 continue
             if old is None:
                 old = _checked_row(names, old_values)
-            if shape.subquery:
-                change = self._record(shape, change, "delete", old, None, full)
-                continue
-            try:
-                entries = convert_delete(view, old, full)
-            except Exception as exc:  # contained in this shape: see _retire_failed
-                failed.append((shape, exc))
-                continue
-            if entries:
-                self._add_entries(shape, table, entries)
+            change = self._convert_rows(shape, table, "delete", old, None, full, change, failed)
         if failed:
             self._retire_failed(failed)
         self._txn_op += 2
+
+    def _convert_rows(
+        self,
+        shape: ShapeState,
+        table: TableKey,
+        kind: ChangeKind,
+        old: TextRow | None,
+        new: TextRow | None,
+        full: bool,
+        change: RawChange | None,
+        failed: list[tuple[ShapeState, Exception]],
+    ) -> RawChange | None:
+        """An update (``new`` given) or a delete, as mappings, for one shape: recorded for a
+        subquery shape, converted to entries for any other; a shape whose conversion raises is
+        added to ``failed``. Returns the change as handed to subquery shapes, if made."""
+        if shape.subquery:
+            return self._record(shape, change, kind, old, new, full)
+        try:
+            if new is not None:
+                entries = convert_update(shape.view, old, new)
+            elif old is not None:
+                entries = convert_delete(shape.view, old, full)
+            else:
+                raise ValueError("a change without a row")
+        except Exception as exc:  # contained in this shape: see _retire_failed
+            failed.append((shape, exc))
+            return change
+        if entries:
+            self._add_entries(shape, table, entries)
+        return change
+
+    def _materialised(self, table: TableKey) -> bool:
+        """Whether a materialiser (of subquery shapes) reads ``table``."""
+        subqueries = self.subqueries
+        return subqueries is not None and subqueries.router.has_table(table)
 
     def _to_materialisers(
         self,
@@ -536,11 +541,15 @@ def _checked_row(names: tuple[str, ...], values: pg.RowData) -> TextRow:
     return ParsedRow(zip(names, values))  # type: ignore[arg-type]  # noqa: B905
 
 
+def _check_width(values: pg.RowData, names: tuple[str, ...]) -> None:
+    if len(values) != len(names):
+        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
+
+
 def _filled(names: tuple[str, ...], values: pg.RowData, old: pg.RowData) -> pg.RowData:
     """``values`` of an updated row with each unchanged TOAST value taken from the whole old
     row ``old`` (``values`` itself when none is)."""
-    if len(values) != len(names):
-        raise ValueError(f"a row of {len(values)} columns for a {len(names)}-column table")
+    _check_width(values, names)
     unchanged = pg.UNCHANGED_TOAST  # looked up once, not once per column
     for value in values:
         if value is unchanged:

@@ -57,6 +57,18 @@ def test_a_whole_row_struct_encodes_as_the_row(
     assert encoder.insert("k", struct(*row), op) == encoder.insert("k", mapping, op)
 
 
+def _whole_rows(keys: tuple[str, ...], replica_full: bool) -> convert.ShapeView:
+    """A shape of ``s.t`` without a where clause or a selection, keyed by ``keys``."""
+    return convert.ShapeView(
+        relation=("s", "t"),
+        key_prefix=messages.relation_key_prefix("s", "t"),
+        key_columns=keys,
+        selected=None,
+        where=None,
+        replica_full=replica_full,
+    )
+
+
 @st.composite
 def updates(
     draw: st.DrawFn,
@@ -75,14 +87,7 @@ def test_a_whole_row_update_from_values_is_the_converted_update(
     replica_full: bool,
 ) -> None:
     columns, old, new, keys = layout
-    view = convert.ShapeView(
-        relation=("s", "t"),
-        key_prefix=messages.relation_key_prefix("s", "t"),
-        key_columns=keys,
-        selected=None,
-        where=None,
-        replica_full=replica_full,
-    )
+    view = _whole_rows(keys, replica_full)
     assert convert.takes_whole_rows(view)
     positions = {name: at for at, name in enumerate(columns)}
     old_row = ParsedRow(zip(columns, old, strict=True))
@@ -111,14 +116,7 @@ def test_a_whole_row_delete_from_values_is_the_converted_delete(
     old_is_full: bool,
 ) -> None:
     columns, old, _new, keys = layout
-    view = convert.ShapeView(
-        relation=("s", "t"),
-        key_prefix=messages.relation_key_prefix("s", "t"),
-        key_columns=keys,
-        selected=None,
-        where=None,
-        replica_full=replica_full,
-    )
+    view = _whole_rows(keys, replica_full)
     positions = {name: at for at, name in enumerate(columns)}
     old_row = ParsedRow(zip(columns, old, strict=True))
     [entry] = convert.convert_delete(view, old_row, old_is_full)
