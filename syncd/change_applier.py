@@ -20,7 +20,8 @@ columns (``messages.value_struct``), which encodes as the mapping would. An upda
 its whole old row (replica identity FULL, which syncd sets on the tables it publishes) is
 routed from both rows' values the same way; for a shape that takes rows whole and a key that
 did not change, the changed columns are found by position (``convert.whole_row_update``), and
-only other shapes, subquery shapes and materialisers get the two rows as mappings.
+only other shapes, subquery shapes and materialisers get the two rows as mappings. A delete's
+old row goes the same way (``convert.whole_row_delete``).
 
 Each change is serialised for every shape it reaches as it arrives (``messages.ChangeEncoder``);
 at commit the last entry of each shape gets ``"last":true`` and each touched shape appends the
@@ -254,7 +255,7 @@ class ChangeApplier:
                 continue
             key: str
             value: messages.Row | msgspec.Struct
-            if view.where is None and view.selected is None and relation.whole_row is not None:
+            if takes_whole_rows(view) and relation.whole_row is not None:
                 if whole is None:
                     whole = relation.whole_row(*values)
                 key = messages.values_key(
@@ -289,7 +290,7 @@ class ChangeApplier:
             return
         # No old row (only its key, when the key changed, which conversion does not use): the
         # table's replica identity is not FULL (it was changed after syncd set it).
-        new = _fill_unchanged(relation.names, msg.new, None)
+        new = _without_unchanged(relation.names, msg.new)
         change = self._to_materialisers(relation.table, "update", None, new, False)
         failed: list[tuple[ShapeState, Exception]] = []
         for shape in self._router.affected(relation.table, new):
@@ -560,13 +561,12 @@ def _filled(names: tuple[str, ...], values: pg.RowData, old: pg.RowData) -> pg.R
     return values
 
 
-def _fill_unchanged(names: tuple[str, ...], values: pg.RowData, old: TextRow | None) -> TextRow:
+def _without_unchanged(names: tuple[str, ...], values: pg.RowData) -> TextRow:
+    """The new row of an update sent without its old row: an unchanged TOAST value, which
+    nothing here can fill in, leaves its column out."""
     row: TextRow = ParsedRow()
     for name, value in zip(names, values, strict=True):
-        if value is pg.UNCHANGED_TOAST:
-            if old is not None:
-                row[name] = old.get(name)
-        else:
+        if value is not pg.UNCHANGED_TOAST:
             row[name] = value  # type: ignore[assignment]
     return row
 
