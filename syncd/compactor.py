@@ -114,6 +114,10 @@ class Compactor:
     def next_due(self, now: float) -> ShapeState | None:
         """The ready shape whose log is most due for compaction, if any."""
         settings = self.settings
+        # A log that grew less than every threshold cannot be due, and need not be watched
+        # either: the size at which it crosses one is new, as it would be to the watch. Most
+        # logs are below (idle shapes), and this look runs every second over all of them.
+        floor = min(settings.busy_bytes, settings.min_bytes, settings.idle_min_bytes)
         best: ShapeState | None = None
         best_growth = 0
         seen: dict[ShapeLog, tuple[int, float]] = {}
@@ -122,11 +126,13 @@ class Compactor:
                 continue
             shape_log = shape.log
             size = shape_log.change_log_size
+            compacted = shape_log.compacted_size
+            growth = size - compacted
+            if growth < floor:
+                continue
             previous = self._quiet_since.get(shape_log)
             since = previous[1] if previous is not None and previous[0] == size else now
             seen[shape_log] = (size, since)
-            compacted = shape_log.compacted_size
-            growth = size - compacted
             quiet = previous is not None and previous[0] == size
             due = (
                 growth >= max(settings.busy_bytes, 2 * compacted)

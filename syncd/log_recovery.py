@@ -70,6 +70,7 @@ from syncd.log_format import (
     index_file_name,
     log_file_name,
 )
+from syncd.log_meta import stored_snapshot_chunks
 
 _raw_decoder: Final = msgspec.json.Decoder(msgspec.Raw)
 
@@ -131,19 +132,20 @@ def _recover_log(
     Returns the committed view, the open chunk's JSON byte count, and the boundaries found after
     the last kept stored one. ``stored`` is shortened in place to the kept boundaries.
     """
-    with open(path / log_file_name(generation), "r+b") as f:
-        if log_size == 0:
-            stored.clear()
-            result = _ScanResult(0, None, 0, [])
-        else:
+    if log_size == 0:  # empty, or never made (nothing was appended)
+        stored.clear()
+        result = _ScanResult(0, None, 0, [])
+    else:
+        with open(path / log_file_name(generation), "r+b") as f:
             with mmap.mmap(f.fileno(), log_size, access=mmap.ACCESS_READ) as mm:
                 result = _find_committed(mm, stored, chunk_bytes)
-        committed = result.committed
-        assert committed is not None
-        if committed != log_size:
-            f.truncate(committed)
-            f.flush()
-            os.fsync(f.fileno())
+            cut = result.committed
+            if cut is not None and cut != log_size:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+    committed = result.committed
+    assert committed is not None
     boundaries = stored + result.boundaries
     if result.latest is not None:
         latest = result.latest
@@ -275,9 +277,14 @@ def _rewrite_index(
 
 
 def _load_snapshot_state(path: Path) -> tuple[_SnapshotView, int]:
+    """The snapshot's state: sealed (its chunk count in ``snapshot.done`` or, for a seal with
+    metadata, in ``meta.json``), or not, with the number of chunk files written so far."""
     try:
         done = json.loads((path / SNAPSHOT_DONE_FILE).read_bytes())
     except FileNotFoundError:
+        sealed = stored_snapshot_chunks(path)
+        if sealed is not None:
+            return _SnapshotView(sealed, True), sealed
         chunks = sum(
             1
             for name in os.listdir(path)

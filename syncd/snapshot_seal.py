@@ -7,23 +7,24 @@ Theory of operation
 ===================
 
 A snapshot is *sealed* when every file a restart needs to serve it is durable: its chunks, the
-``snapshot-end`` line, ``snapshot.done`` (how many chunks there are) and, when the caller
-gives it, the shape's ``meta.json``. A restart keeps a shape only if both ``snapshot.done`` and
-a ready ``meta.json`` are there, so a crash at any point of a seal either keeps the shape whole
-or discards it; a client is told that a snapshot is complete only after its seal returned.
+``snapshot-end`` line, and how many chunks there are, recorded in the shape's ``meta.json``
+when the caller gives metadata (:mod:`syncd.log_meta`), else in ``snapshot.done``. The engine
+always gives it, and a restart keeps a shape only if its ``meta.json`` says ready and records
+the count, so a crash at any point of a seal either keeps the shape whole or discards it; a
+client is told that a snapshot is complete only after its seal returned.
 
 :func:`seal_snapshots` seals a batch of logs in five steps, each over the whole batch:
 
-1. :meth:`SnapshotSeal.write`: the end line is appended, ``snapshot.done.tmp`` and
-   ``meta.json.tmp`` are written. Nothing is fsynced.
+1. :meth:`SnapshotSeal.write`: the end line is appended, ``meta.json.tmp`` (or
+   ``snapshot.done.tmp``) is written. Nothing is fsynced.
 2. The data is made durable: with a ``syncfs`` function (the batch is on one filesystem and
    large enough), one call for every file of the batch; otherwise each file's ``fsync()``, then
    its directory's (and, for a log made since the last restart, its parent directory's).
-3. :meth:`SnapshotSeal.install`: the two ``.tmp`` files are renamed into place.
+3. :meth:`SnapshotSeal.install`: the ``.tmp`` file is renamed into place.
 4. The renames are made durable: one more ``syncfs``, or each directory's ``fsync()``.
 5. :meth:`SnapshotSeal.done`: readers see a complete snapshot.
 
-Alone, a seal costs about seven fsyncs; in a batch of many it costs two ``syncfs()`` calls,
+Alone, a seal costs about five fsyncs; in a batch of many it costs two ``syncfs()`` calls,
 which is what lets a burst of new small shapes finish at the rate the disk flushes rather than
 the rate it flushes files one by one. A log deleted while its seal runs (its directory removed
 on the event loop) is dropped from the batch without failing the others.
@@ -52,7 +53,7 @@ class SnapshotSeal:
         "_is_deleted",
         "_meta",
         "_meta_file",
-        "_new_files",
+        "_new_directory",
         "_on_done",
         "_writer",
         "device",
@@ -68,7 +69,7 @@ class SnapshotSeal:
         device: int,
         meta_file: MetaFile,
         meta: Mapping[str, Any] | None,
-        new_files: Sequence[Path],
+        new_directory: bool,
         on_done: Callable[[], None],
         is_deleted: Callable[[], bool],
     ) -> None:
@@ -79,9 +80,9 @@ class SnapshotSeal:
         """The ``st_dev`` of the log's filesystem."""
         self._meta_file = meta_file
         self._meta = meta
-        self._new_files = tuple(new_files)
-        """Files of a log created by this process and never fsynced (its directory is new to
-        its parent too)."""
+        self._new_directory = new_directory
+        """The log's directory was made by this process and never fsynced (its name in its
+        parent must be made durable too)."""
         self._on_done = on_done
         self._is_deleted = is_deleted
         self._files: list[str | Path] = []
@@ -89,25 +90,28 @@ class SnapshotSeal:
         """The log was deleted during the seal: nothing of it is made durable or marked done."""
 
     def write(self) -> None:
-        """Step 1: the end line, ``snapshot.done.tmp`` and ``meta.json.tmp`` (no fsync)."""
-        files = self._writer.write_end(self._end_line)
-        if self._meta is not None:
-            self._meta_file.write(self._meta, defer=True)
+        """Step 1: the end line, and ``meta.json.tmp`` recording the chunk count (or, without
+        metadata, ``snapshot.done.tmp``); no fsync."""
+        meta = self._meta
+        files = self._writer.write_end(self._end_line, done_file=meta is None)
+        if meta is not None:
+            self._meta_file.write(meta, defer=True, snapshot_chunks=self._writer.chunks)
             files.append(self._meta_file.tmp_path)
-        self._files = [*self._new_files, *files]
+        self._files = files
 
     def sync_files(self) -> None:
         """Step 2, alone: each written file's data, then the directories naming them."""
         for path in self._files:
             _fsync_file(path)
         _fsync_dir(self._directory)
-        if self._new_files:
+        if self._new_directory:
             _fsync_dir(self._directory.parent)
 
     def install(self) -> None:
-        """Step 3: rename ``snapshot.done.tmp`` and ``meta.json.tmp`` into place."""
-        self._writer.install_done()
-        if self._meta is not None:
+        """Step 3: rename ``meta.json.tmp`` (or ``snapshot.done.tmp``) into place."""
+        if self._meta is None:
+            self._writer.install_done()
+        else:
             self._meta_file.install()
 
     def sync_installed(self) -> None:
@@ -117,6 +121,8 @@ class SnapshotSeal:
     def done(self) -> None:
         """Step 5: readers (and :attr:`ShapeLog.snapshot_complete`) see a complete snapshot."""
         self._writer.mark_done()
+        if self._meta is not None:
+            self._meta_file.snapshot_chunks = self._writer.chunks
         self._on_done()
 
     def attempt(self, step: Callable[[SnapshotSeal], None]) -> None:

@@ -98,24 +98,29 @@ class SnapshotWriter:
             raise
         self._acc = acc
 
-    def write_end(self, end_line: bytes) -> list[str | Path]:
-        """Step 1 of a seal (:class:`SnapshotSeal`): append ``end_line`` and write
-        ``snapshot.done.tmp``, neither fsynced; returns the files whose data the seal must make
-        durable (every chunk written by this process, and that file)."""
+    def write_end(self, end_line: bytes, *, done_file: bool = True) -> list[str | Path]:
+        """Step 1 of a seal (:class:`SnapshotSeal`): append ``end_line`` and, with
+        ``done_file``, write ``snapshot.done.tmp``, neither fsynced (:attr:`chunks` is then the
+        count a seal without that file records elsewhere); returns the files whose data the
+        seal must make durable (every chunk written by this process, and that file)."""
         self._check_writable()
         if b"\n" in end_line:
             raise ValueError("a snapshot line must not contain a newline")
         count = self._reader.snapshot.closed + 1
         self._write_chunk([end_line], close=False, hold=False)
         self._writable = False  # finished or broken from here on: no more rows either way
-        done_tmp = self._dir / f"{SNAPSHOT_DONE_FILE}.tmp"
-        with open(done_tmp, "wb") as f:
-            f.write(json.dumps({"chunks": count}).encode())
         self.chunks = count
-        return [*(_snapshot_path(self._dir, k) for k in sorted(self._unsynced)), done_tmp]
+        files: list[str | Path] = [_snapshot_path(self._dir, k) for k in sorted(self._unsynced)]
+        if done_file:
+            done_tmp = self._dir / f"{SNAPSHOT_DONE_FILE}.tmp"
+            with open(done_tmp, "wb") as f:
+                f.write(json.dumps({"chunks": count}).encode())
+            files.append(done_tmp)
+        return files
 
     def install_done(self) -> None:
-        """Step 3 of a seal: rename ``snapshot.done.tmp`` (its data durable) into place."""
+        """Step 3 of a seal that wrote ``snapshot.done.tmp``: rename it (its data durable)
+        into place."""
         os.replace(self._dir / f"{SNAPSHOT_DONE_FILE}.tmp", self._dir / SNAPSHOT_DONE_FILE)
 
     def mark_done(self) -> None:

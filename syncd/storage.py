@@ -10,11 +10,14 @@ Theory of operation
 
 File layout (all inside the directory given to :meth:`ShapeLog.create`)::
 
-    meta.json                  engine metadata (any JSON-able dict), replaced atomically
+    meta.json                  engine metadata (any JSON-able dict), replaced atomically;
+                               once a seal with metadata wrote it, also the snapshot's
+                               chunk count (see :mod:`syncd.log_meta`)
     snapshot-00000000.jsonl    snapshot chunk 0, one JSON message per line ("\\n"-terminated)
     snapshot-00000001.jsonl    ...
-    snapshot.done              written once the snapshot is complete: {"chunks": n}
-    log.bin                    change log, binary, append-only
+    snapshot.done              {"chunks": n}, written once a snapshot sealed without
+                               metadata is complete
+    log.bin                    change log, binary, append-only; made by the first append
     chunks.idx                 change-log chunk boundaries, binary, append-only; made when
                                the first chunk of the change log closes
 
@@ -25,9 +28,9 @@ Snapshot chunks (written by :class:`syncd.snapshot_writer.SnapshotWriter`).
 ``snapshot-end`` control line as the last line of the last chunk, which is a new chunk of its own
 when the previous row has just closed one (so a snapshot without rows is a single chunk holding
 only that line). It then fsyncs every chunk file and the directory and finally writes
-``snapshot.done`` atomically: a snapshot without that file is incomplete after a restart and the
-engine must discard the shape. Closed chunks never change, so they can be served before the
-snapshot is complete.
+``snapshot.done`` atomically (or, in a seal with metadata, ``meta.json`` with the chunk count):
+a snapshot without either is incomplete after a restart and the engine must discard the shape.
+Closed chunks never change, so they can be served before the snapshot is complete.
 
 Transactions in pieces. A transaction too large to hold in memory is appended in several calls
 (``append_transaction(..., final=False)`` for all but the last): each piece is written right
@@ -68,8 +71,6 @@ from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd.log_compaction import CompactionResult
 from syncd.log_files import (
     _fsync_dir,
-    _fsync_file,
-    _write_new_file,
     remove_tree_soon,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
@@ -178,9 +179,9 @@ class ShapeLog:
                 raise FileExistsError(f"{path} already holds a shape log ({name})")
         # Not fsynced yet: a log that is lost before its snapshot is finished is discarded at
         # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable. The
-        # chunk index is made when the first chunk closes: one file less for every new shape
-        # (a new file costs the filesystem an inode, the dearest part of creating a shape).
-        _write_new_file(path / LOG_FILE, b"", sync=False)
+        # change log and its chunk index are made by the writes that need them: two files less
+        # for every new shape (a new file costs the filesystem an inode, the dearest part of
+        # creating a shape).
         view = _LogView(0, SNAPSHOT_END, 0, ())
         log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0)
         log._creation_unsynced = True
@@ -191,15 +192,9 @@ class ShapeLog:
         files' names in the directory and the directory in its parent."""
         if not self._creation_unsynced:
             return
-        for path in self._created_files():
-            _fsync_file(path)
         _fsync_dir(self._dir)
         _fsync_dir(self._dir.parent)
         self._creation_unsynced = False
-
-    def _created_files(self) -> tuple[Path, ...]:
-        """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
-        return (self._dir / LOG_FILE,)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -212,9 +207,12 @@ class ShapeLog:
         path = Path(directory)
         try:
             generation = _current_generation(path)
-            log_size = os.path.getsize(path / log_file_name(generation))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise StorageError(f"{path} does not hold a shape log: {exc}") from exc
+        try:
+            log_size = os.path.getsize(path / log_file_name(generation))
+        except FileNotFoundError:
+            log_size = 0  # nothing was ever appended (the writer makes the file)
         try:
             with open(path / index_file_name(generation), "rb") as f:
                 index_data = f.read()
@@ -229,7 +227,10 @@ class ShapeLog:
         view, acc, new_boundaries = _recover_log(path, log_size, stored, chunk_bytes, generation)
         _rewrite_index(path, index_data, stored, new_boundaries, generation)
         snapshot, snapshot_chunks = _load_snapshot_state(path)
-        return cls(path, chunk_bytes, view, acc, snapshot, snapshot_chunks)
+        log = cls(path, chunk_bytes, view, acc, snapshot, snapshot_chunks)
+        if snapshot.complete:
+            log.meta.snapshot_chunks = snapshot_chunks
+        return log
 
     def delete(self) -> None:
         """Close the append descriptors and remove the directory with everything in it (its
@@ -297,6 +298,12 @@ class ShapeLog:
     def holds_descriptors(self) -> bool:
         """The log keeps descriptors open for appending."""
         return self._writer.holds_descriptors
+
+    @property
+    def new_log_file(self) -> bool:
+        """The change log's file was made since the last flush: a flush must make its name
+        durable too (see :mod:`syncd.log_writer`)."""
+        return self._writer.new_file_at is not None
 
     def mark_synced(self, writes: int) -> None:
         """The first ``writes`` writes (:attr:`writes` when the flush began) are durable; the
@@ -367,7 +374,6 @@ class ShapeLog:
     def snapshot_seal(self, end_line: bytes, meta: Mapping[str, Any] | None = None) -> SnapshotSeal:
         """The steps that finish this log's snapshot with ``end_line`` (and replace its metadata
         with ``meta``), for :func:`syncd.snapshot_seal.seal_snapshots` to run with others'."""
-        new_files = self._created_files() if self._creation_unsynced else ()
         return SnapshotSeal(
             writer=self._snapshot,
             end_line=end_line,
@@ -375,7 +381,7 @@ class ShapeLog:
             device=self.device,
             meta_file=self.meta,
             meta=meta,
-            new_files=new_files,
+            new_directory=self._creation_unsynced,
             on_done=self._creation_synced,
             is_deleted=lambda: self._deleted,
         )

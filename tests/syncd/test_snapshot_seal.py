@@ -13,7 +13,7 @@ import pytest
 from syncd import log_flush
 from syncd.log_flush import GroupSync
 from syncd.snapshot_seal import seal_snapshots
-from syncd.storage import ShapeLog
+from syncd.storage import ShapeLog, StorageError
 
 END_LINE = b'{"headers":{"control":"snapshot-end"}}'
 
@@ -83,3 +83,43 @@ def test_a_failed_syncfs_seals_nothing(tmp_path: Path) -> None:
         assert log.read_meta() == {}  # a restart discards the shape
         with pytest.raises(RuntimeError):  # no rows may follow the end line
             log.append_snapshot_rows([b"{}"])
+
+
+def test_a_seal_with_metadata_records_the_chunk_count_there(tmp_path: Path) -> None:
+    log = _with_rows(tmp_path / "s", rows=20)  # several chunks of 256 bytes
+    seal_snapshots([log.snapshot_seal(END_LINE, {"status": "ready"})])
+    chunks = log.snapshot_chunk_count
+    assert chunks > 1
+    # No snapshot.done, no change log and no index: the chunks and meta.json are all a new
+    # shape's files.
+    assert sorted(p.name for p in log.directory.iterdir()) == [
+        "meta.json",
+        *(f"snapshot-{k:08d}.jsonl" for k in range(chunks)),
+    ]
+    assert log.read_meta() == {"status": "ready"}
+    reopened = ShapeLog.open(log.directory, 256)
+    assert reopened.snapshot_complete and reopened.snapshot_chunk_count == chunks
+    # The caller's later writes keep the count, and may not use the log's key.
+    reopened.write_meta({"status": "ready", "views": 2})
+    with pytest.raises(ValueError, match="reserved"):
+        reopened.write_meta({"log": 1})
+    again = ShapeLog.open(log.directory, 256)
+    assert again.snapshot_complete and again.snapshot_chunk_count == chunks
+    assert again.read_meta() == {"status": "ready", "views": 2}
+    assert len(_reopened_rows(log.directory)) == 21
+
+
+def test_metadata_written_before_the_seal_leaves_the_snapshot_incomplete(tmp_path: Path) -> None:
+    log = _with_rows(tmp_path / "s", rows=3)
+    log.write_meta({"status": "creating"})
+    reopened = ShapeLog.open(log.directory, 256)
+    assert not reopened.snapshot_complete
+    assert reopened.read_meta() == {"status": "creating"}
+
+
+def test_a_malformed_count_in_the_metadata_is_refused(tmp_path: Path) -> None:
+    log = _with_rows(tmp_path / "s", rows=3)
+    seal_snapshots([log.snapshot_seal(END_LINE, {"status": "ready"})])
+    (log.directory / "meta.json").write_text('{"status": "ready", "log": {"snapshot_chunks": 0}}')
+    with pytest.raises(StorageError, match="malformed"):
+        ShapeLog.open(log.directory, 256)
