@@ -26,6 +26,8 @@ its thread goes on making to the next start, which discards logs without metadat
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 from syncd.storage import ShapeLog
@@ -79,9 +81,15 @@ class LogCreator:
 def _make_logs(directories: list[Path], chunk_bytes: int) -> list[ShapeLog | Exception]:
     """Each directory's new log, or the error that stopped it (worker thread)."""
     results: list[ShapeLog | Exception] = []
+    devices: dict[Path, int] = {}
+    """The filesystem of each parent directory (usually one), looked up once per trip."""
     for directory in directories:
         try:
-            results.append(ShapeLog.create(directory, chunk_bytes))
+            device = devices.get(directory.parent)
+            if device is None:
+                with contextlib.suppress(OSError):  # a missing parent: create makes it
+                    device = devices[directory.parent] = os.stat(directory.parent).st_dev
+            results.append(ShapeLog.create(directory, chunk_bytes, device=device))
         except Exception as error:  # this log's failure, not the others'
             results.append(error)
     return results

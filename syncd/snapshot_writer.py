@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from syncd.log_files import _pwritev_all
 from syncd.log_format import SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
 from syncd.log_reader import LogReader
 
@@ -33,6 +34,7 @@ class SnapshotWriter:
         "_reader",
         "_unsynced",
         "_writable",
+        "_written",
         "chunks",
     )
 
@@ -49,6 +51,8 @@ class SnapshotWriter:
         self._held: list[bytes] = []
         """Lines of the open chunk not written yet (see :data:`HELD_BYTES`)."""
         self._held_bytes = 0
+        self._written = 0
+        """Bytes written to the open chunk's file so far."""
 
     def append_rows(self, lines: Iterable[bytes]) -> None:
         """See :meth:`syncd.storage.ShapeLog.append_snapshot_rows`."""
@@ -151,10 +155,16 @@ class SnapshotWriter:
             self._held_bytes += len(data)
             return
         held, self._held, self._held_bytes = self._held, [], 0
-        with open(_snapshot_path(self._dir, k), "ab") as f:
-            if held:
-                f.writelines(held)
-            f.write(data)
+        held.append(data)
+        # Three system calls, each of which lets another thread take the interpreter lock
+        # (a buffered file object would make six).
+        fd = os.open(_snapshot_path(self._dir, k), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _pwritev_all(fd, held, self._written)
+        finally:
+            os.close(fd)
+        self._written += sum(map(len, held))
         self._unsynced.add(k)
         if close:
+            self._written = 0
             self._reader.snapshot = _SnapshotView(k + 1, False)
