@@ -251,14 +251,14 @@ class ChangeLogWriter:
     def _open_log(self, *, make: bool) -> int:
         """Open the change log for appending; without ``make``, a missing file raises
         ``FileNotFoundError``."""
-        try:
-            fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if not make:
-                raise
-            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if make and self.reader.view.size == 0:
+            # Nothing committed: the file may not exist yet. Made if missing (one call either
+            # way); its name counts as new, which at worst costs a flush one fsync more.
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if self.new_file_at is None:
                 self.new_file_at = self.writes
+        else:
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
         self._log_fd = fd
         return fd
 
