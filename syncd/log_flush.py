@@ -15,8 +15,7 @@ thread while the appends go on:
    metadata's :attr:`MetaFile.writes` are noted (:meth:`ShapeLog.flush_note`): they are what
    this flush covers.
 2. :meth:`FlushPlan.make_durable` (any thread): the ``syncfs()`` or the ``fdatasync()`` calls,
-   an ``fsync()`` of each pending ``meta.json.tmp`` made durable alone, and one of the directory
-   of each log made durable alone whose log file is new (its name must be durable too).
+   and an ``fsync()`` of each pending ``meta.json.tmp`` made durable alone.
 3. :meth:`FlushPlan.install_metadata` (appending thread): each pending metadata file that no
    write replaced since step 1 is renamed over ``meta.json``; one written meanwhile waits for
    the next flush, since this one may not have covered its bytes.
@@ -57,7 +56,6 @@ class FlushPlan:
         "_alone",
         "_descriptors",
         "_group",
-        "_new_names",
         "_renamed_alone",
         "_renamed_together",
         "_together",
@@ -77,8 +75,6 @@ class FlushPlan:
         self._alone = alone
         """Logs made durable one by one, noted the same way."""
         self._descriptors = [log.duplicate_descriptors() for log, _w, _m in alone]
-        self._new_names = [log.new_log_file for log, _w, _m in alone]
-        """For each log made durable alone: whether its log file is new since its last flush."""
         self._renamed_together = False
         self._renamed_alone: list[ShapeLog] = []
         self.left_pending: list[ShapeLog] = []
@@ -106,15 +102,13 @@ class FlushPlan:
             if self._together:
                 assert self._group is not None
                 self._group.syncfs()
-            for (log, _writes, meta_writes), fds, new_name in zip(
-                self._alone, self._descriptors, self._new_names, strict=True
+            for (log, _writes, meta_writes), fds in zip(
+                self._alone, self._descriptors, strict=True
             ):
                 for fd in fds:
                     os.fdatasync(fd)
                 if meta_writes is not None:
                     _unless_deleted(log, log.meta.sync_pending)
-                if new_name:
-                    _unless_deleted(log, lambda log=log: _fsync_dir(log.directory))
         finally:
             self.close_descriptors()
 

@@ -132,20 +132,19 @@ def _recover_log(
     Returns the committed view, the open chunk's JSON byte count, and the boundaries found after
     the last kept stored one. ``stored`` is shortened in place to the kept boundaries.
     """
-    if log_size == 0:  # empty, or never made (nothing was appended)
-        stored.clear()
-        result = _ScanResult(0, None, 0, [])
-    else:
-        with open(path / log_file_name(generation), "r+b") as f:
+    with open(path / log_file_name(generation), "r+b") as f:
+        if log_size == 0:
+            stored.clear()
+            result = _ScanResult(0, None, 0, [])
+        else:
             with mmap.mmap(f.fileno(), log_size, access=mmap.ACCESS_READ) as mm:
                 result = _find_committed(mm, stored, chunk_bytes)
-            cut = result.committed
-            if cut is not None and cut != log_size:
-                f.truncate(cut)
-                f.flush()
-                os.fsync(f.fileno())
-    committed = result.committed
-    assert committed is not None
+        committed = result.committed
+        assert committed is not None
+        if committed != log_size:
+            f.truncate(committed)
+            f.flush()
+            os.fsync(f.fileno())
     boundaries = stored + result.boundaries
     if result.latest is not None:
         latest = result.latest

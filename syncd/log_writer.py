@@ -2,13 +2,6 @@
 boundaries to ``chunks.idx``, publishes the committed state to the log's reader, and counts
 writes for the flushes.
 
-Both files are made by the first write that needs them: a shape whose table never changes has
-neither (each file costs the filesystem an inode, the dearest part of creating a shape). A new
-log file's name must be durable before its records are acknowledged, so the writer remembers
-that it made one (:attr:`ChangeLogWriter.new_file_at`) until a flush covering that write makes
-the directory durable too (:mod:`syncd.log_flush`). The index needs no such care: recovery
-rebuilds a missing index from the log.
-
 Layer: ``syncd`` (synchronous file I/O, one writer thread). :class:`~syncd.storage.ShapeLog`
 owns one :class:`ChangeLogWriter`; the record and index formats are in
 :mod:`syncd.log_format`, the rules for pieces and commits in :mod:`syncd.storage`.
@@ -70,7 +63,6 @@ class ChangeLogWriter:
         "_log_path",
         "_open_txn",
         "compacted_size",
-        "new_file_at",
         "reader",
         "synced_writes",
         "writes",
@@ -96,9 +88,6 @@ class ChangeLogWriter:
         """How many of those are known durable: the log is clean when the two are equal."""
         self.compacted_size = 0
         """The log's size right after its last compaction (0: none since it was opened)."""
-        self.new_file_at: int | None = None
-        """:attr:`writes` when this writer made the log file, until a flush covering the write
-        that followed has made the directory holding its name durable; ``None`` otherwise."""
 
     @property
     def acc(self) -> int:
@@ -241,25 +230,10 @@ class ChangeLogWriter:
         return True
 
     def log_descriptor(self) -> int:
-        """The change log's append descriptor, opened if it is not; the file is made (and
-        :attr:`new_file_at` noted) if the log has none yet."""
+        """The change log's append descriptor, opened if it is not."""
         fd = self._log_fd
         if fd is None:
-            fd = self._open_log(make=True)
-        return fd
-
-    def _open_log(self, *, make: bool) -> int:
-        """Open the change log for appending; without ``make``, a missing file raises
-        ``FileNotFoundError``."""
-        if make and self.reader.view.size == 0:
-            # Nothing committed: the file may not exist yet. Made if missing (one call either
-            # way); its name counts as new, which at worst costs a flush one fsync more.
-            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            if self.new_file_at is None:
-                self.new_file_at = self.writes
-        else:
-            fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
-        self._log_fd = fd
+            fd = self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CLOEXEC)
         return fd
 
     def index_descriptor(self) -> int:
@@ -312,9 +286,8 @@ class ChangeLogWriter:
         self._open_txn = None
         self.writes += 1
         view = self.reader.view
-        with contextlib.suppress(OSError):  # FileNotFoundError: nothing appended, no log file
-            log_fd = self._log_fd if self._log_fd is not None else self._open_log(make=False)
-            os.ftruncate(log_fd, view.size)
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.log_descriptor(), view.size)
         with contextlib.suppress(OSError):  # FileNotFoundError: no chunk closed, no index
             index_fd = self._index_descriptor(make=False)
             os.ftruncate(index_fd, len(_INDEX_MAGIC) + view.chunks * _INDEX_RECORD_SIZE)
@@ -336,8 +309,6 @@ class ChangeLogWriter:
         them). Writes made while the flush ran keep the log dirty."""
         if writes > self.synced_writes:
             self.synced_writes = writes
-        if self.new_file_at is not None and writes > self.new_file_at:
-            self.new_file_at = None
 
     def close_descriptors(self) -> None:
         """Close the append descriptors of a log with nothing unsynced (else a no-op)."""
@@ -388,7 +359,6 @@ class ChangeLogWriter:
         boundaries = result.boundaries
         self.writes += 1
         self.synced_writes = self.writes  # the new files are durable
-        self.new_file_at = None  # and so are their names
         self.reader.tx_starts = (new, [])
         self.reader.view = _LogView(
             result.size,

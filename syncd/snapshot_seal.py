@@ -53,7 +53,7 @@ class SnapshotSeal:
         "_is_deleted",
         "_meta",
         "_meta_file",
-        "_new_directory",
+        "_new_files",
         "_on_done",
         "_writer",
         "device",
@@ -69,7 +69,7 @@ class SnapshotSeal:
         device: int,
         meta_file: MetaFile,
         meta: Mapping[str, Any] | None,
-        new_directory: bool,
+        new_files: Sequence[Path],
         on_done: Callable[[], None],
         is_deleted: Callable[[], bool],
     ) -> None:
@@ -80,9 +80,9 @@ class SnapshotSeal:
         """The ``st_dev`` of the log's filesystem."""
         self._meta_file = meta_file
         self._meta = meta
-        self._new_directory = new_directory
-        """The log's directory was made by this process and never fsynced (its name in its
-        parent must be made durable too)."""
+        self._new_files = tuple(new_files)
+        """Files of a log created by this process and never fsynced (its directory is new to
+        its parent too)."""
         self._on_done = on_done
         self._is_deleted = is_deleted
         self._files: list[str | Path] = []
@@ -97,14 +97,14 @@ class SnapshotSeal:
         if meta is not None:
             self._meta_file.write(meta, defer=True, snapshot_chunks=self._writer.chunks)
             files.append(self._meta_file.tmp_path)
-        self._files = files
+        self._files = [*self._new_files, *files]
 
     def sync_files(self) -> None:
         """Step 2, alone: each written file's data, then the directories naming them."""
         for path in self._files:
             _fsync_file(path)
         _fsync_dir(self._directory)
-        if self._new_directory:
+        if self._new_files:
             _fsync_dir(self._directory.parent)
 
     def install(self) -> None:

@@ -17,7 +17,7 @@ File layout (all inside the directory given to :meth:`ShapeLog.create`)::
     snapshot-00000001.jsonl    ...
     snapshot.done              {"chunks": n}, written once a snapshot sealed without
                                metadata is complete
-    log.bin                    change log, binary, append-only; made by the first append
+    log.bin                    change log, binary, append-only
     chunks.idx                 change-log chunk boundaries, binary, append-only; made when
                                the first chunk of the change log closes
 
@@ -71,6 +71,8 @@ from shapes.offset import SNAPSHOT_END, LogOffset
 from syncd.log_compaction import CompactionResult
 from syncd.log_files import (
     _fsync_dir,
+    _fsync_file,
+    _write_new_file,
     remove_tree_soon,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
@@ -187,9 +189,11 @@ class ShapeLog:
             device = None
         # Not fsynced yet: a log that is lost before its snapshot is finished is discarded at
         # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable. The
-        # change log and its chunk index are made by the writes that need them: two files less
-        # for every new shape (a new file costs the filesystem an inode, the dearest part of
-        # creating a shape).
+        # change log is made here, on the thread that creates logs, so that a shape's first
+        # change does not make a file on the event loop (a new file costs the filesystem an
+        # inode, which can take milliseconds); the chunk index, which most shapes never need,
+        # is made when the first chunk closes.
+        _write_new_file(path / LOG_FILE, b"", sync=False)
         view = _LogView(0, SNAPSHOT_END, 0, ())
         log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0, device)
         log._creation_unsynced = True
@@ -200,9 +204,15 @@ class ShapeLog:
         files' names in the directory and the directory in its parent."""
         if not self._creation_unsynced:
             return
+        for path in self._created_files():
+            _fsync_file(path)
         _fsync_dir(self._dir)
         _fsync_dir(self._dir.parent)
         self._creation_unsynced = False
+
+    def _created_files(self) -> tuple[Path, ...]:
+        """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
+        return (self._dir / LOG_FILE,)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -215,12 +225,9 @@ class ShapeLog:
         path = Path(directory)
         try:
             generation = _current_generation(path)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise StorageError(f"{path} does not hold a shape log: {exc}") from exc
-        try:
             log_size = os.path.getsize(path / log_file_name(generation))
-        except FileNotFoundError:
-            log_size = 0  # nothing was ever appended (the writer makes the file)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{path} does not hold a shape log: {exc}") from exc
         try:
             with open(path / index_file_name(generation), "rb") as f:
                 index_data = f.read()
@@ -307,12 +314,6 @@ class ShapeLog:
         """The log keeps descriptors open for appending."""
         return self._writer.holds_descriptors
 
-    @property
-    def new_log_file(self) -> bool:
-        """The change log's file was made since the last flush: a flush must make its name
-        durable too (see :mod:`syncd.log_writer`)."""
-        return self._writer.new_file_at is not None
-
     def mark_synced(self, writes: int) -> None:
         """The first ``writes`` writes (:attr:`writes` when the flush began) are durable; the
         append descriptors stay open for the next appends (:meth:`close_descriptors` closes
@@ -382,6 +383,7 @@ class ShapeLog:
     def snapshot_seal(self, end_line: bytes, meta: Mapping[str, Any] | None = None) -> SnapshotSeal:
         """The steps that finish this log's snapshot with ``end_line`` (and replace its metadata
         with ``meta``), for :func:`syncd.snapshot_seal.seal_snapshots` to run with others'."""
+        new_files = self._created_files() if self._creation_unsynced else ()
         return SnapshotSeal(
             writer=self._snapshot,
             end_line=end_line,
@@ -389,7 +391,7 @@ class ShapeLog:
             device=self.device,
             meta_file=self.meta,
             meta=meta,
-            new_directory=self._creation_unsynced,
+            new_files=new_files,
             on_done=self._creation_synced,
             is_deleted=lambda: self._deleted,
         )

@@ -26,12 +26,9 @@ def read_all_changes(log: ShapeLog, start: LogOffset = SNAPSHOT_END) -> list[byt
 def change_log_files(directory: Path) -> tuple[bytes, bytes]:
     """What a log's change-log files hold: the log's bytes and the chunk index's records.
 
-    A log never appended to has no log file; one whose chunks never closed may have no index,
-    or (after a cut) one with only its header: all of these hold no record."""
-    try:
-        log = (directory / storage.LOG_FILE).read_bytes()
-    except FileNotFoundError:
-        log = b""
+    A log whose chunks never closed may have no index, or (after a cut) one with only its
+    header: both hold no record."""
+    log = (directory / storage.LOG_FILE).read_bytes()
     try:
         index = (directory / storage.INDEX_FILE).read_bytes()
     except FileNotFoundError:

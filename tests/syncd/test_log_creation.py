@@ -47,7 +47,7 @@ async def test_a_burst_of_requests_takes_few_trips(tmp_path: Path) -> None:
 async def test_each_log_fails_alone(tmp_path: Path) -> None:
     creator = LogCreator(CHUNK_BYTES)
     taken = tmp_path / "taken"
-    ShapeLog.create(taken, CHUNK_BYTES).finish_snapshot(b"{}")
+    ShapeLog.create(taken, CHUNK_BYTES)
     (tmp_path / "a-file").write_bytes(b"")
     results = await asyncio.gather(
         creator.create(tmp_path / "first"),

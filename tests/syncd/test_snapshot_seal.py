@@ -90,9 +90,9 @@ def test_a_seal_with_metadata_records_the_chunk_count_there(tmp_path: Path) -> N
     seal_snapshots([log.snapshot_seal(END_LINE, {"status": "ready"})])
     chunks = log.snapshot_chunk_count
     assert chunks > 1
-    # No snapshot.done, no change log and no index: the chunks and meta.json are all a new
-    # shape's files.
+    # No snapshot.done (and no index until a chunk of changes closes).
     assert sorted(p.name for p in log.directory.iterdir()) == [
+        "log.bin",
         "meta.json",
         *(f"snapshot-{k:08d}.jsonl" for k in range(chunks)),
     ]

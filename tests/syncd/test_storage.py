@@ -388,26 +388,6 @@ def test_a_removal_that_cannot_rename_removes_in_place(tmp_path: Path) -> None:
     assert not blocked.exists()
 
 
-def test_the_change_log_file_is_made_by_the_first_append(tmp_path: Path) -> None:
-    log = make_log(tmp_path, 20, [row(0)])
-    directory = tmp_path / "shape"
-    assert sorted(p.name for p in directory.iterdir()) == [
-        "snapshot-00000000.jsonl",
-        storage.SNAPSHOT_DONE_FILE,
-    ]
-    reopened = ShapeLog.open(directory, 20)  # a shape whose table never changed
-    assert reopened.snapshot_complete and reopened.latest_offset == SNAPSHOT_END
-    assert reopened.read(off(0, 0)) == ([], SNAPSHOT_END)
-    assert not reopened.new_log_file
-    reopened.append_transaction(100, [(0, row(1))])
-    assert (directory / storage.LOG_FILE).exists()
-    assert reopened.new_log_file  # its name is not durable yet: the next flush makes it so
-    reopened.sync()
-    assert not reopened.new_log_file
-    assert read_all_changes(ShapeLog.open(directory, 20)) == [row(1)]
-    log.close_descriptors()
-
-
 def test_create_refuses_an_existing_log_and_open_a_missing_one(tmp_path: Path) -> None:
     make_log(tmp_path, 20)
     with pytest.raises(FileExistsError):
@@ -575,11 +555,6 @@ garbage = st.one_of(
 )
 
 
-def bytes_or_empty(path: Path) -> bytes:
-    """What ``path`` holds; nothing for a file that was never made."""
-    return path.read_bytes() if path.exists() else b""
-
-
 def damage(path: Path, data: st.DataObject, label: str, durable: int = 0) -> None:
     """Cut ``path`` at a random position and append random garbage, as a crash might.
 
@@ -604,18 +579,16 @@ def test_recovery_reproduces_the_uninterrupted_log(
         reference = write_history(Path(tmp) / "reference", chunk_bytes, txs)
         crashed_dir = Path(tmp) / "crashed"
         write_history(crashed_dir, chunk_bytes, txs)
-        log_path = crashed_dir / storage.LOG_FILE
-        log_size = log_path.stat().st_size if log_path.exists() else 0  # made by an append
-        if log_path.exists():
-            damage(log_path, data, "log")
+        log_size = (crashed_dir / storage.LOG_FILE).stat().st_size
+        damage(crashed_dir / storage.LOG_FILE, data, "log")
         # The index (made when the first chunk closes) writes its header in the block of its
         # first records, and a crash keeps a block's first sector whole: its 8 bytes survive
         # whatever else is cut or garbled. (A lost or zeroed index: the tests below.)
         if (crashed_dir / storage.INDEX_FILE).exists():
             damage(crashed_dir / storage.INDEX_FILE, data, "index", durable=8)
-        log_intact = bytes_or_empty(log_path)[:log_size] == bytes_or_empty(
+        log_intact = (crashed_dir / storage.LOG_FILE).read_bytes()[:log_size] == (
             Path(tmp) / "reference" / storage.LOG_FILE
-        )
+        ).read_bytes()
 
         recovered = ShapeLog.open(crashed_dir, chunk_bytes)
 

@@ -161,15 +161,14 @@ def test_recovery_drops_an_unfinished_transaction(
         log_path = Path(tmp) / "crashed" / storage.LOG_FILE
         # The crash may also have cut the log anywhere in the unfinished transaction.
         committed = sum(log_format._HEADER_SIZE + len(e) for _, es in earlier for _, e in es)
-        if log_path.exists():  # made by the first append
-            with open(log_path, "r+b") as f:
-                f.truncate(max(committed, log_path.stat().st_size - cut))
+        with open(log_path, "r+b") as f:
+            f.truncate(max(committed, log_path.stat().st_size - cut))
 
         recovered = ShapeLog.open(Path(tmp) / "crashed", chunk_bytes)
         assert recovered.latest_offset == (
             LogOffset(earlier[-1][0], earlier[-1][1][-1][0]) if earlier else SNAPSHOT_END
         )
-        assert (log_path.stat().st_size if log_path.exists() else 0) == committed
+        assert log_path.stat().st_size == committed
         assert read_all_changes(recovered) == [e for _, es in earlier for _, e in es]
         for start in range(0, size - 1, piece):
             recovered.append_transaction(99, big[start : min(start + piece, size - 1)], final=False)
