@@ -1,4 +1,8 @@
-"""``python -m bench`` (``make bench``): run the benchmarks and print their summary lines."""
+"""``python -m bench`` (``make bench``): run the benchmarks and print their summary lines.
+
+On a machine that can compile, the benchmarks refuse to measure the pure-Python sources unless
+asked to (``--allow-pure`` or ``SYNCD_PURE_PYTHON=1``): a build that fell back, or sources
+edited since it ran, would otherwise be measured as if compiled."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from bench.txn_fanout import run_txn_fanout
 from bench.ui import run_first_paint, run_live
 from bench.where_eval import run_where_non_indexed
 from bench.write_to_client import run_write_to_client
+from shapes import compiled
 
 BENCHES = (
     "ingest",
@@ -67,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--only-one", action="store_true", help="skip ingest-10k-shapes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--allow-pure",
+        action="store_true",
+        help="measure the pure-Python sources although a C compiler is at hand",
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level of syncd")
     parser.add_argument(
         "--benches",
@@ -180,6 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--large-rows must be positive and --large-row-bytes not negative")
     if min(args.move_in_rounds, args.move_in_rows, args.subquery_shapes, args.subquery_rows) < 1:
         parser.error("the subquery bench sizes must be positive")
+    fallback = None if args.allow_pure else compiled.fallback_unasked()
+    if fallback is not None:
+        parser.error(
+            f"syncd would run its pure-Python sources ({fallback}) although this machine can "
+            "compile them: run `make install` (its output says why a build fell back), set "
+            f"{compiled.PURE_PYTHON_ENV}=1 or pass --allow-pure to measure the sources"
+        )
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

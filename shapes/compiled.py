@@ -30,7 +30,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
+import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -163,6 +165,31 @@ def install_guard() -> None:
         # A module compiled by an earlier build may have left the list: it gives way too.
         earlier = [module_name(relative) for relative in recorded or ()]
         sys.meta_path.insert(0, SourceFinder([*COMPILED_MODULES, *earlier]))
+
+
+def compiler_at_hand() -> bool:
+    """A C compiler and the Python headers are here, as the build would use them: a build
+    here compiles unless something went wrong (which its output then says)."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(compiler) is not None and headers.is_file()
+
+
+def fallback_unasked(root: Path = _ROOT, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why the package would run its sources although nobody asked for that and this machine
+    can compile (a build that failed, or sources edited since it ran), or ``None``: what a
+    benchmark must not measure unaware."""
+    if pure_python_requested(environ) or not compiler_at_hand():
+        return None
+    recorded = recorded_sources(root)
+    if recorded is None:
+        return "no compiled modules were built"
+    if set(recorded) != {source_path(m) for m in COMPILED_MODULES}:
+        return "the build did not compile every module of this version"
+    stale = stale_sources(root, recorded)
+    if stale:
+        return "sources changed since the build: " + ", ".join(stale)
+    return None
 
 
 def running_compiled() -> list[str]:

@@ -294,8 +294,7 @@ def parse_where(
         root = compiler.compile_root(clause)
         clause = compiler.substitute_item(clause)
         sql = where_sql.deparse(clause)
-        if sql != text:  # else it is the text parsed above, which passed the same checks
-            _check_standalone(sql)
+        _check_standalone(sql)
     except RecursionError:  # nested deeper than the compiler (and the evaluator) can go
         raise WhereClauseError("stack depth limit exceeded") from None
     slots = tuple((name, pgtypes.parser_for(type_name)) for name, type_name in compiler.slot_types)

@@ -8,10 +8,10 @@ Theory of operation
 
 A snapshot is *sealed* when every file a restart needs to serve it is durable: its chunks, the
 ``snapshot-end`` line, and how many chunks there are, recorded in the shape's ``meta.json``
-when the caller gives metadata (:mod:`syncd.log_meta`), else in ``snapshot.done``. The engine
-always gives it, and a restart keeps a shape only if its ``meta.json`` says ready and records
-the count, so a crash at any point of a seal either keeps the shape whole or discards it; a
-client is told that a snapshot is complete only after its seal returned.
+when the caller gives metadata (:mod:`syncd.log_meta`), else in ``snapshot.done``. A restart
+keeps a shape only if its ``meta.json`` says ready and the count is recorded in one of the two,
+so a crash at any point of a seal either keeps the shape whole or discards it; a client is told
+that a snapshot is complete only after its seal returned.
 
 :func:`seal_snapshots` seals a batch of logs in five steps, each over the whole batch:
 

@@ -7,10 +7,8 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,17 +182,59 @@ def test_the_makefile_rebuilds_when_a_compiled_source_changes() -> None:
     assert listed == [compiled.source_path(name) for name in compiled.COMPILED_MODULES]
 
 
-def _can_compile() -> bool:
-    """A C compiler and the Python headers, as the build would use them."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    return shutil.which(compiler) is not None and headers.is_file()
-
-
-@pytest.mark.skipif(not _can_compile(), reason="no C compiler or Python headers here")
+@pytest.mark.skipif(not compiled.compiler_at_hand(), reason="no C compiler or Python headers here")
 @pytest.mark.usefixtures("no_pure_request")
 def test_an_install_where_a_compiler_is_at_hand_runs_compiled() -> None:
     """``make install`` on a machine that can compile must not fall back to the sources unseen
     (the build says why on its output when it does)."""
     assert compiled.extensions_usable()
     assert _running_compiled({}) == list(compiled.COMPILED_MODULES)
+
+
+@pytest.mark.skipif(not compiled.compiler_at_hand(), reason="no C compiler or Python headers here")
+def test_a_fallback_nobody_asked_for_is_named(tmp_path: Path) -> None:
+    """What ``python -m bench`` refuses to measure unaware: a machine that can compile
+    running the sources without a build, or with sources edited since."""
+    assert compiled.fallback_unasked(tmp_path, {}) == "no compiled modules were built"
+    assert compiled.fallback_unasked(tmp_path, {compiled.PURE_PYTHON_ENV: "1"}) is None
+    record = {compiled.source_path(m): "0" * 64 for m in compiled.COMPILED_MODULES}
+    for relative in record:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("# edited\n")
+    compiled.record_path(tmp_path).write_text(json.dumps(record))
+    reason = compiled.fallback_unasked(tmp_path, {})
+    assert reason is not None and reason.startswith("sources changed since the build")
+    del record[compiled.source_path(compiled.COMPILED_MODULES[0])]
+    compiled.record_path(tmp_path).write_text(json.dumps(record))
+    assert compiled.fallback_unasked(tmp_path, {}) == (
+        "the build did not compile every module of this version"
+    )
+
+
+@pytest.mark.skipif(not compiled.compiler_at_hand(), reason="no C compiler or Python headers here")
+@pytest.mark.usefixtures("no_pure_request")
+def test_the_benchmarks_refuse_a_fallback_nobody_asked_for() -> None:
+    assert compiled.fallback_unasked() is None  # this install is compiled: benches may run
+    root = Path(compiled.__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
+    answer = subprocess.run(
+        [sys.executable, "-c", _BENCH_WITHOUT_BUILD],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=60,
+    )
+    assert answer.returncode == 2, answer.stderr
+    assert "would run its pure-Python sources (no compiled modules were built)" in answer.stderr
+    assert "--allow-pure" in answer.stderr
+
+
+_BENCH_WITHOUT_BUILD = """
+from shapes import compiled
+compiled.fallback_unasked = lambda: "no compiled modules were built"  # as without a build
+from bench.__main__ import main
+main(["--benches", "shape-creation"])
+"""
+"""``python -m bench`` as it starts where the build fell back (nothing is measured: the
+arguments are refused first)."""
