@@ -7,9 +7,9 @@ workers are up with no agents, their resident memory (``VmRSS``) is read. Then o
 makes ``--agent-threads`` (1,000) threads, each with a person as owner, Sarah as producer and
 Jerry and Frankie as comedians (as the web app makes a thread), and the benchmark waits until
 the workers hold every agent (``agents.leases``), syncd has taken the snapshot of every
-thread's shapes (``snapshot.done`` in its storage) and the workers and syncd are quiet again
-(each under a tenth of a core for three seconds in a row; it goes on after five minutes
-without).
+thread's shapes (:func:`syncd.storage.snapshot_sealed` on its storage) and the workers and
+syncd are quiet again (each under a tenth of a core for three seconds in a row; it goes on
+after five minutes without).
 
 Measured:
 
@@ -73,6 +73,7 @@ from bench.large_txn import ROOT, _Daemon
 from bench.stalled_readers import rss_mb
 from bench.stats import summary
 from shapes.client import Batch, ShapeDefinition, ShapeStream
+from syncd.storage import snapshot_sealed
 
 NAME = "agents-1000-threads"
 JERRY = "00000000-0000-4000-8000-000000000002"
@@ -220,12 +221,12 @@ def wait_snapshots(
     storage: Path, expected: int, deadline: float, check: Callable[[], None]
 ) -> bool:
     """Wait until syncd's storage holds at least ``expected`` shapes, each with its snapshot
-    complete (``snapshot.done``)."""
+    complete (:func:`syncd.storage.snapshot_sealed`)."""
     shapes = storage / "shapes"
     while time.monotonic() < deadline:
         check()
         directories = [d for d in shapes.iterdir() if d.is_dir()] if shapes.is_dir() else []
-        done = sum((d / "snapshot.done").exists() for d in directories)
+        done = sum(snapshot_sealed(d) for d in directories)
         if done >= expected and done == len(directories):
             return True
         time.sleep(1.0)

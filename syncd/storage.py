@@ -95,7 +95,7 @@ from syncd.log_format import (
     index_file_name,
     log_file_name,
 )
-from syncd.log_meta import MetaFile
+from syncd.log_meta import MetaFile, stored_snapshot_chunks
 from syncd.log_reader import LogReader
 from syncd.log_recovery import (
     _current_generation,
@@ -122,6 +122,7 @@ __all__ = [
     "SnapshotIncomplete",
     "StorageError",
     "TransactionEntries",
+    "snapshot_sealed",
 ]
 
 
@@ -494,6 +495,19 @@ class ShapeLog:
     ) -> LogPiece:
         """See :meth:`LogReader.read_piece`. Safe to call from another thread."""
         return self._reader.read_piece(offset, max_bytes, position, until)
+
+
+def snapshot_sealed(directory: str | os.PathLike[str]) -> bool:
+    """Whether the log in ``directory`` holds a sealed snapshot (``snapshot.done``, or the count
+    in ``meta.json``), read without repairing anything: safe while syncd runs, for programs
+    that watch its storage."""
+    path = Path(directory)
+    if (path / SNAPSHOT_DONE_FILE).exists():
+        return True
+    try:
+        return stored_snapshot_chunks(path) is not None
+    except (OSError, StorageError):
+        return False
 
 
 def _refuse_a_log_in(path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from syncd import log_flush
 from syncd.log_flush import GroupSync
 from syncd.snapshot_seal import seal_snapshots
-from syncd.storage import ShapeLog, StorageError
+from syncd.storage import ShapeLog, StorageError, snapshot_sealed
 
 END_LINE = b'{"headers":{"control":"snapshot-end"}}'
 
@@ -123,3 +123,13 @@ def test_a_malformed_count_in_the_metadata_is_refused(tmp_path: Path) -> None:
     (log.directory / "meta.json").write_text('{"status": "ready", "log": {"snapshot_chunks": 0}}')
     with pytest.raises(StorageError, match="malformed"):
         ShapeLog.open(log.directory, 256)
+
+
+def test_a_watcher_sees_a_sealed_snapshot_either_way(tmp_path: Path) -> None:
+    with_meta = _with_rows(tmp_path / "with-meta", rows=3)
+    without = _with_rows(tmp_path / "without", rows=3)
+    assert not snapshot_sealed(with_meta.directory) and not snapshot_sealed(without.directory)
+    seal_snapshots([with_meta.snapshot_seal(END_LINE, {"status": "ready"})])
+    without.finish_snapshot(END_LINE)  # snapshot.done, as stores written before meta held it
+    assert snapshot_sealed(with_meta.directory) and snapshot_sealed(without.directory)
+    assert not snapshot_sealed(tmp_path / "missing")
