@@ -95,7 +95,7 @@ from syncd.log_format import (
     index_file_name,
     log_file_name,
 )
-from syncd.log_meta import MetaFile, stored_snapshot_chunks
+from syncd.log_meta import MetaFile
 from syncd.log_reader import LogReader
 from syncd.log_recovery import (
     _current_generation,
@@ -500,14 +500,12 @@ class ShapeLog:
 def snapshot_sealed(directory: str | os.PathLike[str]) -> bool:
     """Whether the log in ``directory`` holds a sealed snapshot (``snapshot.done``, or the count
     in ``meta.json``), read without repairing anything: safe while syncd runs, for programs
-    that watch its storage."""
-    path = Path(directory)
-    if (path / SNAPSHOT_DONE_FILE).exists():
-        return True
+    that watch its storage (a damaged or vanished directory reads as not sealed)."""
     try:
-        return stored_snapshot_chunks(path) is not None
-    except (OSError, StorageError):
+        snapshot, _chunks = _load_snapshot_state(Path(directory))
+    except (OSError, ValueError, StorageError):
         return False
+    return snapshot.complete
 
 
 def _refuse_a_log_in(path: Path) -> None:
