@@ -39,6 +39,8 @@ from typing import Final, NamedTuple, overload
 from shapes.offset import LogOffset
 
 META_FILE: Final = "meta.json"
+META_TMP_FILE: Final = f"{META_FILE}.tmp"
+"""Where metadata is written before it is renamed over :data:`META_FILE`."""
 LOG_FILE: Final = "log.bin"
 READ_MEMO_BYTES: Final = 64 * 1024
 """Reads up to this size are kept for the readers that ask for the same offset next (the live
@@ -251,6 +253,17 @@ def _check_chunk_bytes(chunk_bytes: int) -> None:
         raise ValueError("chunk_bytes must be positive")
 
 
+def file_in(directory: str | os.PathLike[str], name: str) -> str:
+    """The path of the file ``name`` in ``directory``: joined as text, since pathlib's ``/``
+    costs microseconds, on paths made for every new shape and every read."""
+    return f"{os.fspath(directory)}/{name}"
+
+
+def _snapshot_name(k: int) -> str:
+    """The name of snapshot chunk ``k``'s file."""
+    return f"{_SNAPSHOT_PREFIX}{k:08d}{_SNAPSHOT_SUFFIX}"
+
+
 def _snapshot_path(directory: Path, k: int) -> str:
     """The file of snapshot chunk ``k``."""
-    return os.fspath(directory / f"{_SNAPSHOT_PREFIX}{k:08d}{_SNAPSHOT_SUFFIX}")
+    return file_in(directory, _snapshot_name(k))

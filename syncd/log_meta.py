@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from syncd.log_files import _atomic_write, _fsync_file, _pwrite_all
-from syncd.log_format import META_FILE, StorageError
+from syncd.log_format import META_FILE, META_TMP_FILE, StorageError, file_in
 
 LOG_KEY: Final = "log"
 """The key of ``meta.json`` that holds the log's own fields (callers may not use it)."""
@@ -57,7 +59,7 @@ class MetaFile:
         chunks = self.snapshot_chunks if snapshot_chunks is None else snapshot_chunks
         if chunks is not None:
             stored[LOG_KEY] = {"snapshot_chunks": chunks}
-        data = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
+        data = msgspec.json.encode(stored, order="sorted")
         self.writes += 1
         if defer:
             fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -79,7 +81,7 @@ class MetaFile:
     def install(self) -> None:
         """Rename a pending ``meta.json.tmp`` over ``meta.json`` (its data must be durable)."""
         if self.pending:
-            os.replace(self.tmp_path, self._dir / META_FILE)
+            os.replace(self.tmp_path, file_in(self._dir, META_FILE))
             self.pending = False
 
     def read(self) -> dict[str, Any]:
@@ -89,9 +91,9 @@ class MetaFile:
         return meta
 
     @property
-    def tmp_path(self) -> Path:
+    def tmp_path(self) -> str:
         """Where a deferred write goes before :meth:`install`."""
-        return self._dir / f"{META_FILE}.tmp"
+        return file_in(self._dir, META_TMP_FILE)
 
 
 def _read_stored(directory: Path) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from syncd.log_format import (
     _LogView,
     _snapshot_path,
     _SnapshotView,
+    file_in,
     index_file_name,
     log_file_name,
     tag_position,
@@ -100,10 +101,10 @@ class LogReader:
         return starts[i][1] if i >= 0 else 0
 
     def _log_path(self, view: _LogView) -> str:
-        return os.fspath(self._dir / log_file_name(view.generation))
+        return file_in(self._dir, log_file_name(view.generation))
 
     def _index_path(self, view: _LogView) -> str:
-        return os.fspath(self._dir / index_file_name(view.generation))
+        return file_in(self._dir, index_file_name(view.generation))
 
     def _rereading(self, read: Callable[[], _T]) -> _T:
         """``read()``, again when a compaction deleted the files it was reading."""

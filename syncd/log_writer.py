@@ -40,6 +40,7 @@ from syncd.log_format import (
     _check_ops,
     _LogView,
     _OpenTransaction,
+    file_in,
     index_file_name,
     log_file_name,
 )
@@ -74,8 +75,8 @@ class ChangeLogWriter:
         self.reader = reader
         """Where the committed state is published (``view``, ``tx_starts``)."""
         view = reader.view
-        self._log_path = os.fspath(directory / log_file_name(view.generation))
-        self._index_path = os.fspath(directory / index_file_name(view.generation))
+        self._log_path = file_in(directory, log_file_name(view.generation))
+        self._index_path = file_in(directory, index_file_name(view.generation))
         self._acc = acc
         """JSON bytes of the open chunk."""
         self._last_tx = view.latest.tx if view.latest != SNAPSHOT_END else 0

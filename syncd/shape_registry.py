@@ -193,7 +193,7 @@ class ShapeRegistry:
         shape.inner_tables = tables
         self.register(shape)
         self.created += 1
-        log.info("created shape %s for %s", handle, describe(definition))
+        log.debug("created shape %s for %s", handle, describe(definition))
         if shape.subquery:
             self._subqueries.attach(shape, tables, restored=False)
         else:

@@ -33,9 +33,11 @@ before it keep their rows, which were read under the snapshot before the failure
 transaction cannot even begin (no connection), every shape of the batch fails.
 
 Sealing. A shape whose rows are written is queued for sealing (:mod:`syncd.snapshot_seal`).
-A sealing task (up to :data:`SEALERS` at once) takes all the queued shapes and, on a thread,
-makes their last files and their ready metadata durable together: with two ``syncfs()`` calls
-for a batch of :data:`~syncd.log_flush.GROUP_SYNC_MIN` or more, else file by file. The slower
+A sealing task (up to :data:`SEALERS` at once) takes all the queued shapes, writes their end
+lines and ready metadata (into files made with the log: no allocation, page cache only, so on
+the event loop, where a thread would wait for the interpreter lock between each of its many
+small system calls), and then, on a thread, makes them durable together: with two ``syncfs()``
+calls for a batch of :data:`~syncd.log_flush.GROUP_SYNC_MIN` or more, else file by file. The slower
 the disk, the more shapes queue meanwhile, and the larger (and cheaper per shape) the batches.
 Only then, back on the event loop, does each
 shape become ready (its buffered transactions go to the log, its waiters are answered): a
@@ -69,7 +71,7 @@ from syncd.flush_tracker import FlushTracker
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync
 from syncd.shape_state import Retire, ShapeState
 from syncd.snapshot import begin_snapshot, probe_rows_together, stream_rows
-from syncd.snapshot_seal import SnapshotSeal, seal_snapshots
+from syncd.snapshot_seal import SnapshotSeal, make_seals_durable, write_seals
 
 log = logging.getLogger("syncd.engine")
 
@@ -324,8 +326,10 @@ class SnapshotRunner:
         )
         syncfs = group.syncfs if together and group is not None else None
         try:
-            # fsyncs off the event loop: replication and readers go on meanwhile
-            await asyncio.to_thread(seal_snapshots, seals, syncfs)
+            # The last writes here (their files exist: page cache only), the fsyncs and renames
+            # off the event loop: replication and readers go on meanwhile.
+            write_seals(seals)
+            await asyncio.to_thread(make_seals_durable, seals, syncfs)
         except Exception as exc:
             for shape, _seal, _info, _lsn in batch:
                 if not shape.gone:

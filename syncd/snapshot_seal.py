@@ -16,7 +16,10 @@ that a snapshot is complete only after its seal returned.
 :func:`seal_snapshots` seals a batch of logs in five steps, each over the whole batch:
 
 1. :meth:`SnapshotSeal.write`: the end line is appended, ``meta.json.tmp`` (or
-   ``snapshot.done.tmp``) is written. Nothing is fsynced.
+   ``snapshot.done.tmp``) is written. Nothing is fsynced. The files exist already for a log
+   made by :meth:`syncd.storage.ShapeLog.create`, so this step allocates nothing and only
+   writes to the page cache: :func:`write_seals` runs it alone, on the event loop, and
+   :func:`make_seals_durable` the other steps, on a thread.
 2. The data is made durable: with a ``syncfs`` function (the batch is on one filesystem and
    large enough), one call for every file of the batch; otherwise each file's ``fsync()``, then
    its directory's (and, for a log made since the last restart, its parent directory's).
@@ -69,7 +72,7 @@ class SnapshotSeal:
         device: int,
         meta_file: MetaFile,
         meta: Mapping[str, Any] | None,
-        new_files: Sequence[Path],
+        new_files: Sequence[str | Path],
         on_done: Callable[[], None],
         is_deleted: Callable[[], bool],
     ) -> None:
@@ -146,7 +149,34 @@ def seal_snapshots(seals: Sequence[SnapshotSeal], syncfs: Callable[[], None] | N
             as they were on disk: a restart discards them).
         ValueError: an end line holds a newline.
     """
+    write_seals(seals)
+    make_seals_durable(seals, syncfs)
+
+
+def write_seals(seals: Sequence[SnapshotSeal]) -> None:
+    """Step 1 of :func:`seal_snapshots` for every seal of ``seals``.
+
+    For logs made by :meth:`syncd.storage.ShapeLog.make_files`, which made the files this step
+    writes (the first chunk and ``meta.json.tmp``), a small snapshot's step is writes to the
+    page cache with nothing to allocate: the event loop can run it, where a thread would wait
+    for the interpreter lock between its system calls.
+
+    Raises:
+        OSError: a write failed (the logs stay as they were on disk: a restart discards them).
+        ValueError: an end line holds a newline.
+    """
     _each(seals, SnapshotSeal.write)
+
+
+def make_seals_durable(
+    seals: Sequence[SnapshotSeal], syncfs: Callable[[], None] | None = None
+) -> None:
+    """Steps 2 to 5 of :func:`seal_snapshots`, after :func:`write_seals` (blocking: call it on a
+    thread).
+
+    Raises:
+        OSError: a flush or a rename failed; no seal of the batch may be trusted.
+    """
     _durable(seals, syncfs, SnapshotSeal.sync_files)
     _each(seals, SnapshotSeal.install)
     _durable(seals, syncfs, SnapshotSeal.sync_installed)

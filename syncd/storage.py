@@ -13,6 +13,8 @@ File layout (all inside the directory given to :meth:`ShapeLog.create`)::
     meta.json                  engine metadata (any JSON-able dict), replaced atomically;
                                once a seal with metadata wrote it, also the snapshot's
                                chunk count (see :mod:`syncd.log_meta`)
+    meta.json.tmp              the next metadata, until it is renamed over meta.json (made
+                               empty with the log, with log.bin and the first chunk)
     snapshot-00000000.jsonl    snapshot chunk 0, one JSON message per line ("\\n"-terminated)
     snapshot-00000001.jsonl    ...
     snapshot.done              {"chunks": n}, written once a snapshot sealed without
@@ -72,7 +74,6 @@ from syncd.log_compaction import CompactionResult
 from syncd.log_files import (
     _fsync_dir,
     _fsync_file,
-    _write_new_file,
     remove_tree_soon,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
@@ -82,6 +83,7 @@ from syncd.log_format import (
     INDEX_FILE,
     LOG_FILE,
     META_FILE,
+    META_TMP_FILE,
     READ_MEMO_BYTES,
     SNAPSHOT_DONE_FILE,
     LogPiece,
@@ -91,7 +93,9 @@ from syncd.log_format import (
     TransactionEntries,
     _check_chunk_bytes,
     _LogView,
+    _snapshot_name,
     _SnapshotView,
+    file_in,
     index_file_name,
     log_file_name,
 )
@@ -189,12 +193,17 @@ class ShapeLog:
             _refuse_a_log_in(path)
             device = None
         # Not fsynced yet: a log that is lost before its snapshot is finished is discarded at
-        # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable. The
-        # change log is made here, on the thread that creates logs, so that a shape's first
-        # change does not make a file on the event loop (a new file costs the filesystem an
-        # inode, which can take milliseconds); the chunk index, which most shapes never need,
-        # is made when the first chunk closes.
-        _write_new_file(path / LOG_FILE, b"", sync=False)
+        # restart anyway. :meth:`finish_snapshot` (or the first append) makes it durable.
+        # Every file the log needs soon is made here, empty, on the thread that creates logs:
+        # the change log, so that a shape's first change does not make a file on the event
+        # loop, and the two files its seal writes (the first snapshot chunk and
+        # ``meta.json.tmp``), so that the seal's writes need no new inode either and can run on
+        # the event loop (a new file costs the filesystem an inode, which can take
+        # milliseconds). The chunk index, which most shapes never need, is made when the first
+        # chunk closes. An empty ``meta.json.tmp`` is no metadata: it is only renamed into
+        # place once written.
+        for name in (LOG_FILE, _snapshot_name(0), META_TMP_FILE):
+            os.close(os.open(file_in(path, name), _NEW_EMPTY_FILE, 0o644))
         view = _LogView(0, SNAPSHOT_END, 0, ())
         log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0, device)
         log._creation_unsynced = True
@@ -211,9 +220,9 @@ class ShapeLog:
         _fsync_dir(self._dir.parent)
         self._creation_unsynced = False
 
-    def _created_files(self) -> tuple[Path, ...]:
+    def _created_files(self) -> tuple[str, ...]:
         """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
-        return (self._dir / LOG_FILE,)
+        return (file_in(self._dir, LOG_FILE),)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], chunk_bytes: int) -> ShapeLog:
@@ -506,6 +515,9 @@ def snapshot_sealed(directory: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError, StorageError):
         return False
     return snapshot.complete
+
+
+_NEW_EMPTY_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 def _refuse_a_log_in(path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from syncd import log_flush
 from syncd.log_flush import GroupSync
-from syncd.snapshot_seal import seal_snapshots
+from syncd.snapshot_seal import make_seals_durable, seal_snapshots, write_seals
 from syncd.storage import ShapeLog, StorageError, snapshot_sealed
 
 END_LINE = b'{"headers":{"control":"snapshot-end"}}'
@@ -133,3 +133,27 @@ def test_a_watcher_sees_a_sealed_snapshot_either_way(tmp_path: Path) -> None:
     without.finish_snapshot(END_LINE)  # snapshot.done, as stores written before meta held it
     assert snapshot_sealed(with_meta.directory) and snapshot_sealed(without.directory)
     assert not snapshot_sealed(tmp_path / "missing")
+
+
+def test_a_small_snapshot_is_written_into_files_made_with_its_log(tmp_path: Path) -> None:
+    # The seal's writes run on the event loop because they need no new file: the first chunk
+    # and meta.json.tmp are made, empty, with the log.
+    log = _with_rows(tmp_path / "s", rows=2)  # held in memory: written with the end line
+    made = {p.name: p.stat().st_ino for p in log.directory.iterdir()}
+    assert made.keys() == {"log.bin", "snapshot-00000000.jsonl", "meta.json.tmp"}
+    assert all(p.stat().st_size == 0 for p in log.directory.iterdir())
+    # Made but never sealed: a restart finds no metadata and an incomplete snapshot.
+    unsealed = ShapeLog.open(log.directory, 256)
+    assert unsealed.read_meta() == {} and not unsealed.snapshot_complete
+    seals = [log.snapshot_seal(END_LINE, {"status": "ready"})]
+    write_seals(seals)
+    assert {p.name: p.stat().st_ino for p in log.directory.iterdir()} == made
+    make_seals_durable(seals)
+    assert sorted(p.name for p in log.directory.iterdir()) == [
+        "log.bin",
+        "meta.json",
+        "snapshot-00000000.jsonl",
+    ]
+    assert (log.directory / "meta.json").stat().st_ino == made["meta.json.tmp"]
+    assert log.read_meta() == {"status": "ready"}
+    assert len(_reopened_rows(log.directory)) == 3  # two rows and the end line
