@@ -4,7 +4,9 @@ Method. A table of ``--creation-shapes`` rows; as many small shapes ``id = <k>``
 are asked for by ``CREATE_CONCURRENCY`` concurrent raw HTTP clients (each on a keep-alive
 connection, parsing only what it needs, so that the figure is syncd's), each shape's first
 request answered once its snapshot is done, and checked to hold its one row. Meanwhile one
-Python :class:`~shapes.client.ShapeStream` follows another table over SSE, and a committer
+Python :class:`~shapes.client.ShapeStream` follows another table over SSE, in a process of its
+own as a real client would (:mod:`bench.live_follower`; sharing the event loop of the creating
+clients, it would measure their queueing too), and a committer
 inserts a row into that table every 20 ms: the delay from each ``COMMIT`` returning to the row
 reaching the stream is the live delivery the creations must not stall. 100 such commits before
 the creations (after 100 more to warm up) are the baseline. syncd's CPU time per new shape
@@ -34,16 +36,15 @@ from bench.children import cpu_times
 from bench.cluster import bench_database, create_rows_table
 from bench.fanout import _Committer, _delays, percentile
 from bench.large_txn import running_syncd
+from bench.live_follower import following
 from bench.raw_client import first_responses
 from bench.stats import summary
 from bench.subquery import CREATE_CONCURRENCY
-from bench.write_to_client import note_inserts
 from syncd.daemon import event_loop_factory
 
 TABLE = "creation_items"
 LIVE_TABLE = "creation_live"
 COMMIT_INTERVAL = 0.02
-READY_TIMEOUT = 60.0
 
 
 def log(text: str) -> None:
@@ -77,13 +78,7 @@ class _Creation:
 
 async def _measure(url: str, dsn: str, shapes: int, syncd_pid: int) -> _Creation:
     """Live deliveries before and during the creation of ``shapes`` shapes, and its cost."""
-    seen: dict[int, float] = {}
-    ready = asyncio.Event()
-
-    follower = asyncio.create_task(note_inserts(url, LIVE_TABLE, "sse", seen, ready))
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            await ready.wait()
+    async with following(url, LIVE_TABLE, "sse") as seen:
         await asyncio.sleep(1.0)
         idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         idle.set_result(None)
@@ -109,9 +104,6 @@ async def _measure(url: str, dsn: str, shapes: int, syncd_pid: int) -> _Creation
         wrong = [shape for shape, held in zip(shapes_asked, rows, strict=True) if held != 1]
         assert not wrong, f"{len(wrong)} shapes did not hold their one row: {wrong[:3]}"
         await asyncio.sleep(1.0)  # the last commits' deliveries
-    finally:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
     quiet_delays, quiet_missing = _delays(quiet, [seen])
     during_delays, during_missing = _delays(during, [seen])
     if quiet_missing or during_missing:

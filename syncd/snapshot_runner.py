@@ -81,8 +81,10 @@ MAX_BATCH: Final = 64
 SEALERS: Final = 2
 """Most seals running at once (each on its own thread)."""
 
-READY_PER_TURN: Final = 8
-"""Sealed shapes made ready (their waiters woken) per turn of the event loop."""
+PER_TURN: Final = 8
+"""Shapes of a sealed batch handled per turn of the event loop, at each of its steps on it
+(seals written, shapes made ready and their waiters woken): a batch of 64 must not make one
+long turn that holds back the replication stream and live readers."""
 
 FETCH_ROWS: Final = 2000
 """Rows per fetch of a snapshot query (a full first fetch marks a large shape)."""
@@ -328,7 +330,10 @@ class SnapshotRunner:
         try:
             # The last writes here (their files exist: page cache only), the fsyncs and renames
             # off the event loop: replication and readers go on meanwhile.
-            write_seals(seals)
+            for start in range(0, len(seals), PER_TURN):
+                if start:
+                    await asyncio.sleep(0)
+                write_seals(seals[start : start + PER_TURN])
             await asyncio.to_thread(make_seals_durable, seals, syncfs)
         except Exception as exc:
             for shape, _seal, _info, _lsn in batch:
@@ -344,9 +349,8 @@ class SnapshotRunner:
             log.debug(
                 "snapshot of shape %s done (xmin %d, xmax %d)", shape.handle, info.xmin, info.xmax
             )
-            if done % READY_PER_TURN == 0:
-                # the waiters of these shapes answer before more are woken: a large batch
-                # must not make one long turn of the event loop that holds back the stream
+            if done % PER_TURN == 0:
+                # the waiters of these shapes answer before more are woken
                 await asyncio.sleep(0)
 
     def _failed(self, shape: ShapeState, exc: Exception) -> None:
