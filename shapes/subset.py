@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import ast, parse_sql
+from pglast import ast
 from pglast.enums import SortByDir, SortByNulls
 from pglast.parser import ParseError
 
 from shapes.errors import InvalidRequest
+from shapes.parse_tree import parse_sql
 from shapes.schema import Column, columns_hint
 from shapes.shape import quote_ident
 from shapes.where import Where, parse_where
