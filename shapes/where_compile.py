@@ -306,6 +306,8 @@ class WhereCompiler:
                 setattr(node, name, tuple(self.substitute_item(item) for item in value))
 
     def substitute_item(self, item: Any) -> Any:
+        if not self.params:  # nothing to put in: compiling refused any ``$n`` already
+            return item
         if isinstance(item, ast.ParamRef):
             return self.param_literal(item)
         if isinstance(item, ast.Node):

@@ -9,6 +9,7 @@ invalidated (its handle is never issued again). Transactions reach a shape throu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -284,9 +285,7 @@ class ShapeState:
         self.subquery = self.where is not None and self.where.has_subqueries
 
     def _render_schema(self) -> str:
-        by_name = self.table.by_name
-        entries = {name: by_name[name].schema_entry() for name in self.selected}
-        return json.dumps(entries, separators=(",", ":"))
+        return _schema_header(self.table, self.selected)
 
     @property
     def gone(self) -> bool:
@@ -431,6 +430,15 @@ class ShapeState:
         """Persist :meth:`meta` atomically (``defer``: at the log's next sync, see
         :meth:`ShapeLog.write_meta`)."""
         self.log.write_meta(self.meta(), defer=defer)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_header(table: Table, selected: tuple[str, ...]) -> str:
+    """The ``electric-schema`` header of shapes of ``table`` with these columns (the many shapes
+    of one table and columns share it)."""
+    by_name = table.by_name
+    entries = {name: by_name[name].schema_entry() for name in selected}
+    return json.dumps(entries, separators=(",", ":"))
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
