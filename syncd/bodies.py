@@ -166,8 +166,12 @@ async def log_pieces(
         read = log.read_snapshot_piece if snapshot_size is None else log.read_snapshot_joined
         piece_size = size if snapshot_size is None else snapshot_size
         position = 0
+        small = log.snapshot_chunk_is_small(chunk)
         while True:
-            lines, position, done = await asyncio.to_thread(read, chunk, position, piece_size)
+            if small:  # a few kilobytes in the page cache: a thread would cost more
+                lines, position, done = read(chunk, position, piece_size)
+            else:
+                lines, position, done = await asyncio.to_thread(read, chunk, position, piece_size)
             yield ([*lines, *tail] if done else lines), done
             if done:
                 return

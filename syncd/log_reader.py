@@ -71,6 +71,7 @@ class LogReader:
         "_dir",
         "_last_piece",
         "_last_read",
+        "small_last_chunk",
         "snapshot",
         "tx_starts",
         "view",
@@ -82,6 +83,10 @@ class LogReader:
         """The committed change-log state (replaced as a whole by the owner)."""
         self.snapshot = snapshot
         """The closed snapshot chunks and whether the snapshot is complete."""
+        self.small_last_chunk = -1
+        """The last snapshot chunk, when this process wrote it and it holds at most
+        :data:`READ_MEMO_BYTES` (a new small shape's whole snapshot): in the page cache, and
+        read at once rather than on a thread; -1 otherwise."""
         self.tx_starts: tuple[int, list[tuple[int, int]]] = (view.generation, [])
         """A generation and the ``(tx, position)`` of recently committed transactions in it,
         so that a read near the end of a long open chunk starts at its transaction instead of

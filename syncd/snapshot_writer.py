@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from syncd.log_files import _pwritev_all
-from syncd.log_format import SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
+from syncd.log_format import READ_MEMO_BYTES, SNAPSHOT_DONE_FILE, _snapshot_path, _SnapshotView
 from syncd.log_reader import LogReader
 
 HELD_BYTES: Final = 64 * 1024
@@ -130,6 +130,8 @@ class SnapshotWriter:
     def mark_done(self) -> None:
         """Step 5 of a seal: everything is durable; readers see a complete snapshot."""
         self._unsynced.clear()
+        if self._written <= READ_MEMO_BYTES:
+            self._reader.small_last_chunk = self.chunks - 1
         self._reader.snapshot = _SnapshotView(self.chunks, True)
 
     def _check_writable(self) -> None:

@@ -489,6 +489,11 @@ class ShapeLog:
         """See :meth:`LogReader.read_snapshot_piece`."""
         return self._reader.read_snapshot_piece(k, position, max_bytes)
 
+    def snapshot_chunk_is_small(self, k: int) -> bool:
+        """Whether snapshot chunk ``k`` is a small one this process just wrote (see
+        :attr:`LogReader.small_last_chunk`): read it on the event loop."""
+        return k == self._reader.small_last_chunk
+
     def read_snapshot_joined(
         self, k: int, position: int, max_bytes: int
     ) -> tuple[list[bytes], int, bool]:

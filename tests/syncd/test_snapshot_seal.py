@@ -157,3 +157,15 @@ def test_a_small_snapshot_is_written_into_files_made_with_its_log(tmp_path: Path
     assert (log.directory / "meta.json").stat().st_ino == made["meta.json.tmp"]
     assert log.read_meta() == {"status": "ready"}
     assert len(_reopened_rows(log.directory)) == 3  # two rows and the end line
+
+
+def test_only_a_small_last_chunk_written_here_reads_on_the_event_loop(tmp_path: Path) -> None:
+    small = _with_rows(tmp_path / "small", rows=2)
+    large = ShapeLog.create(tmp_path / "large", 1 << 20)
+    large.append_snapshot_rows(b'{"row":%d,"pad":"%s"}' % (i, b"x" * 200) for i in range(400))
+    assert not small.snapshot_chunk_is_small(0)  # not sealed yet
+    seal_snapshots([small.snapshot_seal(END_LINE, {"status": "ready"})])
+    seal_snapshots([large.snapshot_seal(END_LINE, {"status": "ready"})])
+    assert small.snapshot_chunk_is_small(0)
+    assert large.snapshot_chunk_count == 1 and not large.snapshot_chunk_is_small(0)  # ~90 kB
+    assert not ShapeLog.open(small.directory, 256).snapshot_chunk_is_small(0)  # read elsewhere
