@@ -64,10 +64,16 @@ def parse_sql(sql: str) -> tuple[ast.RawStmt, ...]:
 
 
 def _raw_statement(fields: dict[str, Any], locate: Locate) -> ast.RawStmt:
+    """A statement: its start and length in characters, as pglast counts them (a length of 0
+    is the rest of the text)."""
+    start, length = fields.get("stmt_location", 0), fields.get("stmt_len", 0)
+    first, end = locate(start), locate(start + length)
+    if first is None or end is None:
+        raise _Unsupported("a statement's bounds outside the text")
     node = object.__new__(ast.RawStmt)
     object.__setattr__(node, "stmt", _wrapped(fields["stmt"], locate))
-    object.__setattr__(node, "stmt_location", fields.get("stmt_location", 0))
-    object.__setattr__(node, "stmt_len", fields.get("stmt_len", 0))
+    object.__setattr__(node, "stmt_location", first)
+    object.__setattr__(node, "stmt_len", end - first)
     return node
 
 

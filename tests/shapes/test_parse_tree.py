@@ -97,6 +97,7 @@ def test_other_statements() -> None:
         "SELECT 1 LIMIT 10 OFFSET 5",
         "SELECT DISTINCT id FROM parent WHERE id IN (SELECT DISTINCT ON (a) a FROM b)",
         "SELECT 1 WHERE a = 1; DROP TABLE x",
+        "SELECT 1 WHERE é = 'ü'; SELECT 'ß' ; SELECT 2",
         "SELECT 1 WHERE a = 1 UNION SELECT 2",
         "INSERT INTO t (a) VALUES (1) RETURNING *",
         "CREATE TABLE t (a int PRIMARY KEY, b text DEFAULT 'x')",
