@@ -96,26 +96,22 @@ def _wrapped(value: Any, locate: Locate) -> Any:
     if tag == "List":
         return tuple(_wrapped(item, locate) for item in fields.get("items", ()))
     if tag == "A_Const":
-        return _constant(fields)
+        return _constant(fields, locate)
     return _node(tag, fields, locate)
 
 
-def _constant(fields: dict[str, Any]) -> ast.A_Const:
+def _constant(fields: dict[str, Any], locate: Locate) -> ast.A_Const:
     node = object.__new__(ast.A_Const)
     isnull = bool(fields.get("isnull", False))
     value = None
     if not isnull:
         for key, cls in _VALUE_NODES.items():
             if key in fields:
-                value = _node(cls.__name__, fields[key], _nowhere)
+                value = _node(cls.__name__, fields[key], locate)
                 break
     object.__setattr__(node, "isnull", isnull)
     object.__setattr__(node, "val", value)
     return node
-
-
-def _nowhere(offset: int) -> int | None:
-    return offset
 
 
 def _node(tag: str, fields: dict[str, Any], locate: Locate) -> ast.Node:

@@ -59,20 +59,15 @@ def _pread_all(fd: int, size: int, at: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_new_file(path: Path, data: bytes, *, sync: bool = True) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+def _open_emptied(path: str | Path) -> int:
+    """A descriptor for writing the file ``path``, made if missing, emptied if not."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
 
 def _atomic_write(directory: Path, name: str, data: bytes) -> None:
     """Replace ``directory/name`` with ``data``: tmp file, fsync, rename, fsync directory."""
     tmp = directory / f"{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = _open_emptied(tmp)
     try:
         _pwrite_all(fd, data, 0)
         os.fsync(fd)

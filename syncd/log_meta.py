@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import msgspec
 
-from syncd.log_files import _atomic_write, _fsync_file, _pwrite_all
+from syncd.log_files import _atomic_write, _fsync_file, _open_emptied, _pwrite_all
 from syncd.log_format import META_FILE, META_TMP_FILE, StorageError, file_in
 
 LOG_KEY: Final = "log"
@@ -62,7 +62,7 @@ class MetaFile:
         data = msgspec.json.encode(stored, order="sorted")
         self.writes += 1
         if defer:
-            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = _open_emptied(self.tmp_path)
             try:
                 _pwrite_all(fd, data, 0)
             finally:

@@ -156,7 +156,7 @@ def seal_snapshots(seals: Sequence[SnapshotSeal], syncfs: Callable[[], None] | N
 def write_seals(seals: Sequence[SnapshotSeal]) -> None:
     """Step 1 of :func:`seal_snapshots` for every seal of ``seals``.
 
-    For logs made by :meth:`syncd.storage.ShapeLog.make_files`, which made the files this step
+    For logs made by :meth:`syncd.storage.ShapeLog.create`, which made the files this step
     writes (the first chunk and ``meta.json.tmp``), a small snapshot's step is writes to the
     page cache with nothing to allocate: the event loop can run it, where a thread would wait
     for the interpreter lock between its system calls.

@@ -74,6 +74,7 @@ from syncd.log_compaction import CompactionResult
 from syncd.log_files import (
     _fsync_dir,
     _fsync_file,
+    _open_emptied,
     remove_tree_soon,
 )
 from syncd.log_flush import GROUP_SYNC_MIN, GroupSync, plan_flush
@@ -203,7 +204,7 @@ class ShapeLog:
         # chunk closes. An empty ``meta.json.tmp`` is no metadata: it is only renamed into
         # place once written.
         for name in (LOG_FILE, _snapshot_name(0), META_TMP_FILE):
-            os.close(os.open(file_in(path, name), _NEW_EMPTY_FILE, 0o644))
+            os.close(_open_emptied(file_in(path, name)))
         view = _LogView(0, SNAPSHOT_END, 0, ())
         log = cls(path, chunk_bytes, view, 0, _SnapshotView(0, False), 0, device)
         log._creation_unsynced = True
@@ -221,7 +222,8 @@ class ShapeLog:
         self._creation_unsynced = False
 
     def _created_files(self) -> tuple[str, ...]:
-        """The files :meth:`create` writes (the directory holds them, its parent the directory)."""
+        """The file of :meth:`create`'s that later writes do not make durable themselves: the
+        change log (the seal's two files are fsynced by the seal that writes them)."""
         return (file_in(self._dir, LOG_FILE),)
 
     @classmethod
@@ -520,9 +522,6 @@ def snapshot_sealed(directory: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError, StorageError):
         return False
     return snapshot.complete
-
-
-_NEW_EMPTY_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 def _refuse_a_log_in(path: Path) -> None:
