@@ -101,8 +101,14 @@ class Compactor:
             while True:
                 await asyncio.sleep(self.settings.interval)
                 shape = self.next_due(time.monotonic())
-                if shape is not None:
+                if shape is None:
+                    continue
+                try:
                     await self.compact(shape)
+                except Exception:  # past the worker (the switch): this log waits, others go on
+                    self.failures += 1
+                    shape.log.compaction_skipped(shape.log.change_log_size)
+                    log.exception("compaction of %s failed", shape.log.directory.name)
         finally:
             self.close()
 
@@ -162,8 +168,8 @@ class Compactor:
                 shape_log.chunk_bytes,
                 self.settings.min_gain,
             )
-        except (OSError, BrokenProcessPool, ValueError) as exc:
-            self._failed(shape_log, generation, exc)
+        except Exception as exc:  # whatever the worker met (a damaged log, a killed worker)
+            self._failed(shape_log, generation, size, exc)
             return False
         if result is None:  # too little to remove: counted as compacted, so it waits to double
             shape_log.compaction_skipped(size)
@@ -181,7 +187,7 @@ class Compactor:
                     shape_log.chunk_bytes,
                 )
             except OSError as exc:
-                self._failed(shape_log, generation, exc)
+                self._failed(shape_log, generation, size, exc)
                 return False
         if not shape_log.install_compaction(result):
             if shape_log.deleted:  # the worker may have written into a directory being removed
@@ -200,7 +206,9 @@ class Compactor:
             )
         return executor
 
-    def _failed(self, shape_log: ShapeLog, generation: int, exc: BaseException) -> None:
+    def _failed(self, shape_log: ShapeLog, generation: int, size: int, exc: Exception) -> None:
+        """Count and log a failed compaction of the first ``size`` bytes; the log is not tried
+        again until it has grown as after a compaction of that size (no retry every look)."""
         self.failures += 1
         if isinstance(exc, BrokenProcessPool):
             self.close()  # a new worker next time
@@ -208,7 +216,10 @@ class Compactor:
         if shape_log.deleted:
             shutil.rmtree(shape_log.directory, ignore_errors=True)
             return
-        log.warning("compaction of %s failed: %s", shape_log.directory.name, exc)
+        shape_log.compaction_skipped(size)
+        log.warning(
+            "compaction of %s failed: %s: %s", shape_log.directory.name, type(exc).__name__, exc
+        )
 
     def _compacted(self, shape: ShapeState, result: CompactionResult, seconds: float) -> None:
         self.compactions += 1

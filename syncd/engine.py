@@ -446,7 +446,15 @@ class Engine:
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_task_done)
+
+    def _background_task_done(self, task: asyncio.Task[None]) -> None:
+        """A background task (schema checks, compaction) runs until closed: one that stopped
+        on an exception is logged at once, not when the task is collected."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            log.error("background task %s stopped", name, exc_info=exc)
 
     # -- snapshots -----------------------------------------------------------------------------
 

@@ -4,17 +4,22 @@ restart at any step of the switch opens a complete log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from shapes.materialise import MaterialisedShape
 from shapes.offset import SNAPSHOT_END, LogOffset
+from syncd.compactor import CompactionSettings, Compactor
 from syncd.log_compaction import compact_log, merge_updates, temporary_index, temporary_log
+from syncd.log_format import _RECORD, log_file_name
+from syncd.shape_state import ShapeState
 from syncd.storage import ShapeLog
 
 CHUNK = 600
@@ -244,3 +249,35 @@ def test_a_log_that_compaction_cannot_shrink_is_not_rewritten(tmp_path: Path) ->
     assert compact_log(os.fspath(log.directory), generation, size, CHUNK, min_gain=0.1) is None
     assert not temporary_log(tmp_path / "s", 1).exists()
     assert compact_log(os.fspath(log.directory), generation, size, CHUNK) is not None
+
+
+def test_a_damaged_log_fails_its_compaction_once_and_waits_to_grow(tmp_path: Path) -> None:
+    """Whatever the worker meets in a log (here a record whose length is wrong) is a failed
+    compaction: counted, its files removed, the log left as it was and not tried again
+    at every look, only once it has grown as after a compaction; other logs go on."""
+    log = new_log(tmp_path / "s")
+    for tx, entries in workload(3, transactions=40):
+        log.append_transaction(tx, encoded(entries))
+    log.sync()
+    generation, size = log.compaction_source() or (0, 0)
+    with open(log.directory / log_file_name(generation), "r+b") as f:
+        tx, op, flags, _ = _RECORD.unpack(f.read(_RECORD.size))
+        f.seek(0)  # the first record now ends 5 bytes before the log does
+        f.write(_RECORD.pack(tx, op, flags, size - _RECORD.size - 5))
+    shape = cast(ShapeState, SimpleNamespace(status="ready", log=log, handle="h"))
+    compactor = Compactor(CompactionSettings(min_bytes=1024, idle_min_bytes=1024), lambda: [shape])
+    try:
+        assert compactor.next_due(0.0) is None  # first look: size noted
+        assert compactor.next_due(1.0) is shape
+        assert not asyncio.run(compactor.compact(shape))
+    finally:
+        compactor.close()
+    assert compactor.failures == 1 and compactor.compactions == 0
+    assert not temporary_log(log.directory, generation + 1).exists()
+    assert not temporary_index(log.directory, generation + 1).exists()
+    assert log.compaction_source() == (generation, size)
+    assert compactor.next_due(2.0) is None and compactor.next_due(3.0) is None
+    for tx, entries in workload(4, transactions=200):
+        log.append_transaction(10**6 + tx, encoded(entries))
+    compactor.next_due(4.0)
+    assert compactor.next_due(5.0) is shape
