@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import secrets
 import shutil
 import tempfile
@@ -16,6 +17,24 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from syncd.pgprovider import PostgresServer, drop_database, provide_postgres
+
+_REMOVED_AT_EXIT: list[Path] = []
+
+
+def remove_at_exit(path: Path) -> None:
+    """Remove ``path`` when the benchmark process ends, not between two benchmarks: on ext4
+    without a journal, the kernel passes over the inodes freed in the last half minute when it
+    allocates one, so the tens of thousands of files a benchmark leaves (its Postgres cluster,
+    its shapes) made the next one's new files cost several times the system CPU (the storage
+    paragraph of ``docs/operate.md``), and ``shape-creation`` measured what ran before it."""
+    if not _REMOVED_AT_EXIT:
+        atexit.register(_remove_all)
+    _REMOVED_AT_EXIT.append(path)
+
+
+def _remove_all() -> None:
+    while _REMOVED_AT_EXIT:
+        shutil.rmtree(_REMOVED_AT_EXIT.pop(), ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,8 @@ def create_rows_table(conn: psycopg.Connection[Any], table: str, first: int, las
 @contextmanager
 def bench_database(name: str, *, keep: bool = False) -> Iterator[BenchDatabase]:
     """A temporary directory, a fast throw-away Postgres in it (or ``BENCH_DATABASE_URL``) and
-    a new database; all removed afterwards, the directory kept when ``keep``."""
+    a new database; the database dropped and the server stopped afterwards, the directory
+    removed when the process ends (:func:`remove_at_exit`) or kept when ``keep``."""
     base = Path(tempfile.mkdtemp(prefix=f"syncd-bench-{name}-"))
     base.chmod(0o711)  # the server may run as another OS user
     server = provide_postgres(base / "pgdata", env_var="BENCH_DATABASE_URL", fast=True)
@@ -60,4 +80,4 @@ def bench_database(name: str, *, keep: bool = False) -> Iterator[BenchDatabase]:
         if keep:
             print(f"kept {base}", flush=True)
         else:
-            shutil.rmtree(base, ignore_errors=True)
+            remove_at_exit(base)

@@ -34,7 +34,6 @@ import contextlib
 import functools
 import os
 import resource
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from bench.cluster import bench_database
+from bench.cluster import bench_database, remove_at_exit
 from bench.stats import median, summary
 from shapes.offset import SNAPSHOT_END
 from shapes.shape import CanonicalShape
@@ -391,7 +390,7 @@ async def _run_syncd(bench: _Bench, rounds: list[_SyncdRound], name: str, r: int
     prepared.used = True
     await engine.close()
     await drop_slot(bench.dsn, engine.settings.slot, wait=30.0)
-    shutil.rmtree(engine.settings.storage_dir, ignore_errors=True)
+    remove_at_exit(engine.settings.storage_dir)  # not before the next round (see there)
     return Measurement(name, r, elapsed, cpu, bench.options.rows)
 
 

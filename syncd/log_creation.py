@@ -81,14 +81,16 @@ class LogCreator:
 def _make_logs(directories: list[Path], chunk_bytes: int) -> list[ShapeLog | Exception]:
     """Each directory's new log, or the error that stopped it (worker thread)."""
     results: list[ShapeLog | Exception] = []
-    devices: dict[Path, int] = {}
-    """The filesystem of each parent directory (usually one), looked up once per trip."""
+    devices: dict[str, int] = {}
+    """The filesystem of each parent directory (usually one), looked up once per trip (by
+    text: pathlib's ``parent`` and hashing cost more than the lookup saves)."""
     for directory in directories:
         try:
-            device = devices.get(directory.parent)
+            parent = os.path.dirname(directory)
+            device = devices.get(parent)
             if device is None:
                 with contextlib.suppress(OSError):  # a missing parent: create makes it
-                    device = devices[directory.parent] = os.stat(directory.parent).st_dev
+                    device = devices[parent] = os.stat(parent).st_dev
             results.append(ShapeLog.create(directory, chunk_bytes, device=device))
         except Exception as error:  # this log's failure, not the others'
             results.append(error)

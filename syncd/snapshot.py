@@ -61,18 +61,25 @@ async def begin_snapshot(conn: psycopg.AsyncConnection[TupleRow]) -> tuple[Snaps
 
     The connection must be in autocommit mode and not in a transaction.
     """
-    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    # One round trip: the snapshot (taken at this first statement) and the display settings.
-    settings = ", ".join("set_config(%s, %s, true)" for _ in DISPLAY_SETTINGS)
-    values = [item for pair in DISPLAY_SETTINGS.items() for item in pair]
-    cur = await conn.execute(
-        "SELECT pg_current_snapshot()::text, (pg_current_wal_insert_lsn() - '0/0')::int8, "
-        + settings,
-        values,
-    )
+    # One round trip: the transaction's start, and its first statement, which takes the
+    # snapshot and sets the display settings. Two statements in one text are sent as a simple
+    # query, which binds no parameters: the settings are literals.
+    cur = await conn.execute(_BEGIN_SNAPSHOT)
+    cur.nextset()  # past BEGIN's result, to the SELECT's
     row = await cur.fetchone()
     assert row is not None
     return Snapshot.parse(row[0]), int(row[1])
+
+
+_BEGIN_SNAPSHOT = sql.SQL(
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+    "SELECT pg_current_snapshot()::text, (pg_current_wal_insert_lsn() - '0/0')::int8, {}"
+).format(
+    sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+        for name, value in DISPLAY_SETTINGS.items()
+    )
+)
 
 
 async def probe_rows_together(
@@ -81,13 +88,16 @@ async def probe_rows_together(
     columns: Sequence[str],
     wheres: Sequence[str | None],
     limit: int,
+    *,
+    savepoint: str | None = None,
 ) -> list[list[TupleRow]]:
     """The rows of several shapes of one table and columns (text values), at most ``limit`` + 1
     for each, in one round trip: one branch per shape, ``UNION ALL``, each row led by the index
     of its branch. Each list holds one shape's rows; one of ``limit`` + 1 rows marks a shape
     too large for a probe (read it with :func:`stream_rows`).
 
-    One statement: a clause that fails makes it fail (run it under a savepoint).
+    One statement: a clause that fails makes it fail. Run it under a savepoint, which
+    ``savepoint`` names to set in the same round trip, before it.
     """
     # The branches differ only in their index and clause: the common parts are quoted once and
     # the text is joined as strings (a ``sql.Composed`` per branch cost more than the round
@@ -105,7 +115,11 @@ async def probe_rows_together(
     cur = conn.cursor()
     for column in table.columns:
         cur.adapters.register_loader(column.type_oid, TextLoader)
-    await cur.execute(query)
+    if savepoint is None:
+        await cur.execute(query)
+    else:  # two statements, sent as one simple query (nothing is bound)
+        await cur.execute(f"SAVEPOINT {savepoint}; {query}")
+        cur.nextset()
     found: list[list[TupleRow]] = [[] for _ in wheres]
     for row in await cur.fetchall():
         found[int(row[0])].append(row[1:])

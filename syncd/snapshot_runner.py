@@ -15,8 +15,9 @@ transaction began, which is all that the stitching rule needs.
 Reading together. The shapes of a batch with the same table and columns are first probed with
 one query (:func:`~syncd.snapshot.probe_rows_together`): a ``UNION ALL`` of one branch per
 shape, each limited to :data:`FETCH_ROWS` + 1 rows and led by its branch's index, under a
-savepoint. Each shape that fits is written from it. So a burst of small shapes costs one
-``BEGIN``, one snapshot query, one savepoint and query per table and one ``COMMIT`` per batch.
+savepoint. Each shape that fits is written from it. So a burst of small shapes costs three
+round trips per batch and table: ``BEGIN`` with the snapshot query, the savepoint with the
+probe, and ``COMMIT``.
 A shape alone of its kind, a larger one (a full probe), and every shape of a probe that failed
 (one bad clause fails the statement; the savepoint keeps the transaction) are then read one
 after another, each with its own query (``stream_rows`` with ``probe``).
@@ -240,10 +241,9 @@ class SnapshotRunner:
             if len(members) < 2:
                 continue
             wheres = [m.where.sql if m.where is not None else None for m in members]
-            await conn.execute("SAVEPOINT syncd_probe")
             try:
                 found = await probe_rows_together(
-                    conn, members[0].table, columns, wheres, FETCH_ROWS
+                    conn, members[0].table, columns, wheres, FETCH_ROWS, savepoint="syncd_probe"
                 )
             except psycopg.Error as exc:  # one clause failed: each is read alone, fails alone
                 log.debug("reading %d shapes together failed (%r)", len(members), exc)

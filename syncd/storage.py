@@ -184,7 +184,9 @@ class ShapeLog:
         ``device`` is the ``st_dev`` of the parent directory's filesystem, when the caller
         knows it (a directory made here is on it): one system call less per new log."""
         _check_chunk_bytes(chunk_bytes)
-        path = Path(directory)
+        # Path(a Path) parses it again: a cost on the thread that makes logs, where every
+        # microsecond of Python holds the interpreter lock the event loop waits for
+        path = directory if isinstance(directory, Path) else Path(directory)
         try:
             os.mkdir(path)  # the common case: a new directory, with nothing in it to check
         except FileNotFoundError:

@@ -65,13 +65,24 @@ class Gates:
         )
 
     async def probe_rows_together(
-        self, conn: Any, table: Any, columns: Any, wheres: list[str | None], limit: int
+        self,
+        conn: Any,
+        table: Any,
+        columns: Any,
+        wheres: list[str | None],
+        limit: int,
+        *,
+        savepoint: str | None = None,
     ) -> list[list[Any]]:
-        if self.refuse_probes:
+        if self.refuse_probes:  # as a query that fails: after the savepoint sent with it
+            if savepoint is not None:
+                await conn.execute(f"SAVEPOINT {savepoint}")
             self.probes.append((len(wheres), False))
             raise psycopg.errors.DivisionByZero("refused by the test")
         try:
-            found = await probe_rows_together(conn, table, columns, wheres, limit)
+            found = await probe_rows_together(
+                conn, table, columns, wheres, limit, savepoint=savepoint
+            )
         except psycopg.Error:
             self.probes.append((len(wheres), False))
             raise

@@ -115,3 +115,19 @@ def test_snapshot_pieces_equal_snapshot_chunks(rows: list[int], max_bytes: int) 
                 lines += piece
             assert lines == whole
             offset = end
+
+
+def test_a_snapshot_line_longer_than_the_piece_and_the_read_block_comes_whole(
+    tmp_path: Path,
+) -> None:
+    log = ShapeLog.create(tmp_path / "s", 1 << 20)
+    rows = [entry(0, 10), entry(1, 200_000), entry(2, 10)]  # the middle one spans 4 blocks
+    log.append_snapshot_rows(rows)
+    log.finish_snapshot(END_LINE)
+    lines: list[bytes] = []
+    position, done = 0, False
+    while not done:
+        piece, position, done = log.read_snapshot_piece(0, position, 5)
+        assert len(piece) == 1
+        lines += piece
+    assert lines[:3] == rows
