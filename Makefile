@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py
 # built in place again when one of its sources changes. Without a C compiler the package installs
 # as pure Python; with SYNCD_PURE_PYTHON=1 it runs as pure Python either way.
 COMPILED_SOURCES := shapes/messages.py shapes/convert.py shapes/where_eval.py shapes/where_like.py \
-	shapes/router.py shapes/where_compile.py shapes/subquery_compile.py shapes/parse_tree.py syncd/pgoutput/decoder.py syncd/change_applier.py syncd/message_pump.py
+	shapes/router.py syncd/pgoutput/decoder.py syncd/change_applier.py syncd/message_pump.py
 COMPILED_STAMP := $(VENV)/.compiled
 
 $(COMPILED_STAMP): $(STAMP) shapes/compiled.py $(COMPILED_SOURCES)

@@ -222,16 +222,19 @@ class LogReader:
         # Positioned reads on a bare descriptor: four system calls where a file object costs
         # nine (its buffering asks whether the file is a terminal, and seeks), for each first
         # response of a new shape, on the event loop.
+        # (A closed chunk does not grow. Asking for no more than it holds: os.pread allocates
+        # what it is asked for, and a piece's worth is an mmap and an munmap per read.)
         fd = os.open(_snapshot_path(self._dir, k), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = os.pread(fd, max_bytes, position)
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, max(0, min(max_bytes, size - position)), position)
             cut = data.rfind(b"\n") + 1
             if cut == 0 and data:  # one line longer than the piece: read on to its end
                 data += _rest_of_line(fd, position + len(data))
                 cut = len(data)
-            done = position + cut >= os.fstat(fd).st_size
         finally:
             os.close(fd)
+        done = position + cut >= size
         return data[:cut] if cut < len(data) else data, position + cut, done
 
     def _check_snapshot_chunk(self, k: int) -> None:
