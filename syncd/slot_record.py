@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from syncd.log_files import _atomic_write
 
 log = logging.getLogger("syncd.slot_record")
 
@@ -53,16 +54,10 @@ class SlotRecord:
             return None
 
     def save(self, storage_dir: Path) -> None:
-        """Write the record atomically and durably (temporary file, fsync, rename)."""
-        path = storage_dir / FILE_NAME
-        temporary = path.with_suffix(".tmp")
+        """Write the record atomically and durably (temporary file, fsync, rename, and the
+        directory's fsync: until then the rename itself may be lost, and a crash would bring
+        back a record behind a position the stream has confirmed)."""
         body = json.dumps(
             {"slot": self.slot, "system_id": self.system_id, "confirmed_lsn": self.confirmed_lsn}
         ).encode()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        _atomic_write(storage_dir, FILE_NAME, body)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from shapes.offset import LogOffset
+from syncd.log_files import _atomic_write
 
 JOURNAL_FILE: Final = "views.jsonl"
 COMPACT_BYTES: Final = 256 * 1024
@@ -55,19 +56,7 @@ class ViewJournal:
             os.close(fd)
 
     def _replace(self, data: bytes) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _atomic_write(self.path.parent, self.path.name, data)
 
     def views_at(self, latest: LogOffset) -> Texts | None:
         """The views of the last record at or before ``latest`` (``None``: no record)."""
