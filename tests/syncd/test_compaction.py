@@ -117,12 +117,16 @@ def test_clients_at_any_offset_converge_while_logs_are_compacted(
             for cursor in live:
                 catch_up(client, daemon.shape_url, cursor)
             stopped: list[ShapeCursor] = []
-            for _ in range(8):  # clients stop at offsets before, between and after compactions
+
+            def churn_and_stop_a_client_of_each_shape() -> None:
                 churn(table, rng, 40)
                 lsn = current_lsn(table)
                 for cursor in live:
                     catch_up(client, daemon.shape_url, cursor, min_lsn=lsn)
                     stopped.append(copy.deepcopy(cursor))
+
+            for _ in range(8):  # clients stop at offsets before, between and after compactions
+                churn_and_stop_a_client_of_each_shape()
                 time.sleep(rng.uniform(0, 1.5))  # a quiet shape is compacted after 0.3 s
             # How many of those pauses a compaction fell into depends on the machine's speed,
             # and the filtered shapes' logs gain little from one (their updates move rows in
@@ -131,11 +135,7 @@ def test_clients_at_any_offset_converge_while_logs_are_compacted(
             for _ in range(12):
                 if value(scrape(daemon), "syncd_compactions_total") >= 3:
                     break
-                churn(table, rng, 40)
-                lsn = current_lsn(table)
-                for cursor in live:
-                    catch_up(client, daemon.shape_url, cursor, min_lsn=lsn)
-                    stopped.append(copy.deepcopy(cursor))
+                churn_and_stop_a_client_of_each_shape()
                 time.sleep(2.5)
             assert value(scrape(daemon), "syncd_compactions_total") >= 3
             churn(table, rng, 40)
