@@ -1,14 +1,17 @@
 """``write-to-client``: how long a commit takes to reach a live client, beside Postgres's own.
 
 Method. One syncd, one table, one shape of it followed by two clients in this process: the
-Python :class:`~shapes.client.ShapeStream` over SSE and over long-polls. As baseline,
-``pg_recvlogical`` with ``pgoutput`` on a slot and publication of its own receives the same
-commits (its output is read in a thread of this process as it arrives): what any logical
-replication client waits for, before syncd does anything. A committer inserts one row per
-transaction, ``--w2c-commits`` times, ``--w2c-interval`` seconds apart, with
-``synchronous_commit`` on, and notes the wall clock as each ``COMMIT`` returns; each reader
-notes when the row's insert reached it (``pg_recvlogical``'s binary output is searched for the
-row's unique text). The delay of one delivery is the difference.
+Python :class:`~shapes.client.ShapeStream` over SSE and over long-polls. Two readers run in
+processes of their own (:mod:`bench.arrivals`, so that the time they note is not held up by
+this process's interpreter lock while its clients take the same commit): as baseline,
+``pg_recvlogical`` with ``pgoutput`` on a slot and publication of its own, which receives the
+same commits (what any logical replication client waits for, before syncd does anything); and
+a raw SSE reader of the shape, which parses nothing, so its delay is syncd's and the Python
+clients' excess over it is theirs. A committer inserts one row per transaction,
+``--w2c-commits`` times, ``--w2c-interval`` seconds apart, with ``synchronous_commit`` on, and
+notes the wall clock as each ``COMMIT`` returns; each reader notes when the row's insert reached
+it (its unique text is searched for in the bytes as they arrive). The delay of one delivery is
+the difference.
 
 Two phases. First a quiet disk; then again while another process writes to the same
 filesystem (a file rewritten in 8 MB blocks, each followed by ``fsync``), which is where a
@@ -17,6 +20,8 @@ flush on syncd's event loop used to show as p99 spikes.
 Summary lines (the targets: p50 within 2× of the baseline, p99 within 10 ms)::
 
     BENCH write-to-client value=<worst client p50 ms> unit=ms baseline=<pg_recvlogical p50 ms>
+        ratio=<baseline/value>
+    BENCH write-to-client-raw value=<raw SSE reader p50 ms> unit=ms baseline=<the same>
         ratio=<baseline/value>
     BENCH write-to-client-p99 value=<worst client p99 ms> unit=ms baseline=10 ratio=<10/value>
     BENCH write-to-client-busy-disk-p99 value=<the same while the disk is busy> unit=ms
@@ -27,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 import secrets
 import subprocess
 import sys
@@ -37,14 +40,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+import httpx
 import psycopg
 from psycopg import sql
 
 from bench.children import cancel_tasks, stop_child
 from bench.cluster import BenchDatabase, bench_database
 from bench.fanout import _delays, percentile
-from bench.large_txn import _Daemon
+from bench.large_txn import ROOT, _Daemon
 from bench.stats import summary
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from syncd.daemon import event_loop_factory
@@ -55,7 +60,6 @@ READY_TIMEOUT = 60.0
 DELIVERY_TIMEOUT = 30.0
 BASELINE_SLOT = "w2c_baseline"
 BASELINE_PUBLICATION = "w2c_baseline"
-_ROW_TEXT = re.compile(rb"w2c-row-(\d+)-end")
 
 # A separate process that keeps the disk busy: rewrites a file in 8 MB blocks, fsync after each.
 _DISK_WRITER = """
@@ -115,8 +119,39 @@ class _Committer:
         self.conn.close()
 
 
+class _Arrivals:
+    """A :mod:`bench.arrivals` child, and a thread that reads the arrivals it prints into
+    ``seen`` (``opened`` is set when it says its stream is open)."""
+
+    def __init__(self, args: list[str], stdin: IO[bytes] | None = None) -> None:
+        self.seen: dict[int, float] = {}
+        self.opened = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.arrivals", *args],
+            cwd=ROOT,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.thread = threading.Thread(target=self._read, name="arrivals", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line == b"open\n":
+                self.opened.set()
+                continue
+            row, at = line.split()
+            self.seen.setdefault(int(row), float(at))
+
+    def stop(self) -> None:
+        stop_child(self.process)
+        self.thread.join(10)
+
+
 class _Baseline:
-    """``pg_recvlogical`` streaming ``pgoutput``; notes when each row's text arrived."""
+    """``pg_recvlogical`` streaming ``pgoutput`` into a :class:`_Arrivals` reader."""
 
     def __init__(self, db: BenchDatabase) -> None:
         bindir = db.server.bindir
@@ -124,9 +159,13 @@ class _Baseline:
             raise RuntimeError("no pg_recvlogical matching the server (PostgresServer.bindir)")
         self.program = bindir / "pg_recvlogical"
         self.dsn = db.dsn
-        self.seen: dict[int, float] = {}
         self.process: subprocess.Popen[bytes] | None = None
-        self.thread: threading.Thread | None = None
+        self.arrivals: _Arrivals | None = None
+
+    @property
+    def seen(self) -> dict[int, float]:
+        assert self.arrivals is not None
+        return self.arrivals.seen
 
     def start(self) -> None:
         common = [str(self.program), "--dbname", self.dsn, "--slot", BASELINE_SLOT]
@@ -144,30 +183,34 @@ class _Baseline:
             stderr=subprocess.DEVNULL,
             bufsize=0,
         )
-        self.thread = threading.Thread(target=self._read, name="pg_recvlogical", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        pending = b""
-        while chunk := os.read(fd, 65536):
-            now = time.time()
-            pending += chunk
-            end = 0
-            for match in _ROW_TEXT.finditer(pending):
-                self.seen.setdefault(int(match.group(1)), now)
-                end = match.end()
-            pending = pending[max(end, len(pending) - 64) :]  # a text cut by the chunk's end
+        assert self.process.stdout is not None
+        self.arrivals = _Arrivals(["stdin"], stdin=self.process.stdout)
+        self.process.stdout.close()  # the reader's copy is the one that counts
 
     def stop(self) -> None:
         if self.process is not None:
             stop_child(self.process)
-        if self.thread is not None:
-            self.thread.join(10)
+        if self.arrivals is not None:
+            self.arrivals.stop()
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute("SELECT pg_drop_replication_slot(%s)", (BASELINE_SLOT,))
             c.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(BASELINE_PUBLICATION)))
+
+
+def _live_position(shape_url: str) -> tuple[str, str]:
+    """The shape's handle and the offset of its end, read by catching up with it."""
+    params = {"table": TABLE, "offset": "-1"}
+    with httpx.Client(timeout=30) as client:
+        while True:
+            answer = client.get(shape_url, params=params)
+            answer.raise_for_status()
+            params = {
+                "table": TABLE,
+                "handle": answer.headers["electric-handle"],
+                "offset": answer.headers["electric-offset"],
+            }
+            if "electric-up-to-date" in answer.headers:
+                return params["handle"], params["offset"]
 
 
 async def note_inserts(
@@ -203,17 +246,20 @@ def _busy_disk(directory: Path, megabytes: int) -> Iterator[None]:
 
 async def _phase(
     name: str,
-    shape_url: str,
+    daemon: _Daemon,
     dsn: str,
     baseline: _Baseline,
     commits: int,
     interval: float,
     first_id: int,
 ) -> PhaseResult:
-    """Follow the shape with both clients, commit, and collect every reader's delays."""
+    """Follow the shape with the raw reader and both clients, commit, and collect every
+    reader's delays."""
+    shape_url = daemon.url + "/v1/shape"
     received: dict[str, dict[int, float]] = {"sse": {}, "long-poll": {}}
     ready = {mode: asyncio.Event() for mode in received}
-
+    handle, offset = await asyncio.to_thread(_live_position, shape_url)
+    raw = _Arrivals(["sse", str(daemon.port), TABLE, handle, offset])
     tasks = [
         asyncio.create_task(note_inserts(shape_url, TABLE, mode, received[mode], ready[mode]))
         for mode in ("sse", "long-poll")
@@ -221,6 +267,8 @@ async def _phase(
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await asyncio.gather(*(event.wait() for event in ready.values()))
+        if not await asyncio.to_thread(raw.opened.wait, READY_TIMEOUT):
+            raise TimeoutError("the raw SSE reader's stream did not open")
         await asyncio.sleep(1.0)  # the SSE stream opens with the request after up-to-date
         committer = await asyncio.to_thread(_Committer, dsn, first_id)
         commit_times: dict[int, float] = {}
@@ -231,7 +279,7 @@ async def _phase(
                 commit_times[row_id] = at
         finally:
             await asyncio.to_thread(committer.close)
-        readers = [*received.values(), baseline.seen]
+        readers = [*received.values(), baseline.seen, raw.seen]
         deadline = time.monotonic() + DELIVERY_TIMEOUT
         while time.monotonic() < deadline:
             if all(row_id in seen for seen in readers for row_id in commit_times):
@@ -239,9 +287,14 @@ async def _phase(
             await asyncio.sleep(0.05)
     finally:
         await cancel_tasks(tasks)
+        await asyncio.to_thread(raw.stop)
     delays: dict[str, list[float]] = {}
     missing: dict[str, int] = {}
-    for reader, seen in (("pg_recvlogical", baseline.seen), *received.items()):
+    for reader, seen in (
+        ("pg_recvlogical", baseline.seen),
+        ("raw-sse", raw.seen),
+        *received.items(),
+    ):
         delays[reader], missing[reader] = _delays(commit_times, [seen])
     return PhaseResult(name, delays, missing)
 
@@ -265,7 +318,6 @@ def run_write_to_client(
         baseline.start()
         results: list[PhaseResult] = []
         try:
-            shape_url = daemon.url + "/v1/shape"
             for number, name in enumerate(("quiet disk", "busy disk")):
                 busy = _busy_disk(db.base, busy_megabytes) if name == "busy disk" else None
                 with busy or contextlib.nullcontext():
@@ -273,7 +325,7 @@ def run_write_to_client(
                         result = runner.run(
                             _phase(
                                 name,
-                                shape_url,
+                                daemon,
                                 db.dsn,
                                 baseline,
                                 commits,
@@ -291,10 +343,12 @@ def run_write_to_client(
     clients = ("sse", "long-poll")
     p50 = max(quiet.p(c, 0.5) for c in clients)
     base50 = quiet.p("pg_recvlogical", 0.5)
+    raw50 = quiet.p("raw-sse", 0.5)
     p99 = max(quiet.p(c, 0.99) for c in clients)
     busy99 = max(busy_result.p(c, 0.99) for c in clients)
     lines = [
         summary("write-to-client", p50, "ms", base50, base50 / p50),
+        summary("write-to-client-raw", raw50, "ms", base50, base50 / raw50),
         summary("write-to-client-p99", p99, "ms", P99_TARGET_MS, P99_TARGET_MS / p99),
         summary(
             "write-to-client-busy-disk-p99", busy99, "ms", P99_TARGET_MS, P99_TARGET_MS / busy99
