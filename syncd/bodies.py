@@ -41,8 +41,9 @@ class BoundedStreamingResponse(StreamingResponse):
     """A streamed body whose every piece must be taken by the transport within
     ``send_timeout`` seconds; a reader that does not drain in time ends the response.
 
-    Under ``python -m syncd`` the connection is aborted by :mod:`syncd.send_deadline` first;
-    this bound keeps the handler from waiting forever under any other ASGI server.
+    Under ``python -m syncd`` the connection's own deadline (:mod:`syncd.send_deadline`)
+    resets it, which ends the waiting send; under any other ASGI server a timer around each
+    piece's send keeps the handler from waiting forever.
     """
 
     def __init__(
@@ -85,8 +86,11 @@ class BoundedStreamingResponse(StreamingResponse):
         gone = self.gone
         try:
             async for piece in self.pieces:
-                if gone is not None and gone.done():
-                    return
+                if gone is not None:  # the connection's deadline bounds the send (docstring)
+                    if gone.done():
+                        return
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    continue
                 async with asyncio.timeout(self.send_timeout):
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
         except TimeoutError:
