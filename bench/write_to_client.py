@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
 import psycopg
 from psycopg import sql
 
@@ -50,6 +49,7 @@ from bench.children import cancel_tasks, stop_child
 from bench.cluster import BenchDatabase, bench_database
 from bench.fanout import _delays, percentile
 from bench.large_txn import ROOT, _Daemon
+from bench.stalled_readers import live_position
 from bench.stats import summary
 from shapes.client import LiveMode, ShapeDefinition, ShapeStream
 from syncd.daemon import event_loop_factory
@@ -197,22 +197,6 @@ class _Baseline:
             c.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(BASELINE_PUBLICATION)))
 
 
-def _live_position(shape_url: str) -> tuple[str, str]:
-    """The shape's handle and the offset of its end, read by catching up with it."""
-    params = {"table": TABLE, "offset": "-1"}
-    with httpx.Client(timeout=30) as client:
-        while True:
-            answer = client.get(shape_url, params=params)
-            answer.raise_for_status()
-            params = {
-                "table": TABLE,
-                "handle": answer.headers["electric-handle"],
-                "offset": answer.headers["electric-offset"],
-            }
-            if "electric-up-to-date" in answer.headers:
-                return params["handle"], params["offset"]
-
-
 async def note_inserts(
     url: str, table: str, mode: LiveMode, seen: dict[int, float], ready: asyncio.Event
 ) -> None:
@@ -258,7 +242,7 @@ async def _phase(
     shape_url = daemon.url + "/v1/shape"
     received: dict[str, dict[int, float]] = {"sse": {}, "long-poll": {}}
     ready = {mode: asyncio.Event() for mode in received}
-    handle, offset = await asyncio.to_thread(_live_position, shape_url)
+    handle, offset = await asyncio.to_thread(live_position, daemon.url, TABLE)
     raw = _Arrivals(["sse", str(daemon.port), TABLE, handle, offset])
     tasks = [
         asyncio.create_task(note_inserts(shape_url, TABLE, mode, received[mode], ready[mode]))
