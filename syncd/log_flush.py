@@ -141,9 +141,11 @@ class FlushPlan:
 
     def finish(self) -> None:
         """Step 5 (appending thread): mark what the flush covered as durable."""
-        if self._together:
-            assert self._group is not None
-            self._group.keep_descriptors(self._together)
+        if self._group is not None:
+            # made durable together or alone, a log may keep its append descriptors: the one
+            # live log of a quiet moment would otherwise open and close its file every commit
+            self._group.keep_descriptors([*self._together, *self._alone])
+            return
         for log, writes, _m in self._alone:
             if not log.deleted:
                 log.mark_synced(writes)
@@ -198,10 +200,10 @@ class GroupSync:
     them and flushes the device, and reports any writeback error on that filesystem since the
     previous call on the same descriptor (Linux 5.8+). So after it returns, every byte appended
     to a log on that filesystem before the call is on disk. Unlike :meth:`ShapeLog.sync`, a log
-    synced here keeps its append descriptors, up to ``open_logs`` logs (see
-    :meth:`keep_descriptors`). The descriptor is a directory opened once (the
-    engine's shapes directory), so no error between two group syncs goes unreported. Logs on
-    other filesystems, few logs, or no ``syncfs()`` at all: each alone.
+    flushed through a plan of the group (together or alone) keeps its append descriptors, up to
+    ``open_logs`` logs (see :meth:`keep_descriptors`). The descriptor is a directory opened
+    once (the engine's shapes directory), so no error between two group syncs goes unreported.
+    Logs on other filesystems, few logs, or no ``syncfs()`` at all: each alone.
     """
 
     def __init__(
