@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from agents import leases
 from agents.leases import AgentKey, LeaseLost
 from agents.personas import FRANKIE_ID, JERRY_ID, SARAH_ID
+from agents.turns import write_skips
 from tests.agents.conftest import make_thread
 
 Pool = AsyncConnectionPool[Any]
@@ -138,3 +140,29 @@ async def test_leases_given_back_together_are_claimable(pool: Pool) -> None:
     again = await leases.acquire(pool, "w2", limit=3)
     assert {lease.key for lease in again} == {lease.key for lease in held[:2]}
     assert all(lease.epoch == 2 for lease in again)
+
+
+async def test_skips_move_only_leases_held_under_the_worker_and_epoch_and_never_back(
+    pool: Pool,
+) -> None:
+    thread, _ = await make_thread(pool)
+    keys = [AgentKey(thread, agent) for agent in (SARAH_ID, JERRY_ID, FRANKIE_ID)]
+    await leases.ensure_agents(pool, keys)
+    await live(pool, "w1")
+    by_key = {lease.key: lease for lease in await leases.acquire(pool, "w1", limit=10)}
+    sarah, jerry, frankie = (by_key[key] for key in keys)
+    stale_jerry = dataclasses.replace(jerry, epoch=jerry.epoch + 1)
+    moved = await write_skips(
+        pool, "w1", [(sarah, 10, 100), (stale_jerry, 7, 70), (sarah, 4, 40), (frankie, 9, 90)]
+    )
+    assert moved == {sarah.key, frankie.key}
+    assert await write_skips(pool, "w2", [(frankie, 20, 200)]) == set()  # not w2's lease
+    assert await write_skips(pool, "w1", []) == set()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT agent_id, position, position_lsn FROM agents.leases WHERE thread_id = %s",
+            (thread,),
+        )
+        positions = {agent: (position, lsn) for agent, position, lsn in await cursor.fetchall()}
+    # sarah's later, lower position did not move her back; jerry's fenced skip wrote nothing
+    assert positions == {SARAH_ID: (10, 100), JERRY_ID: (0, 0), FRANKIE_ID: (9, 90)}
