@@ -86,13 +86,14 @@ class BoundedStreamingResponse(StreamingResponse):
         gone = self.gone
         try:
             async for piece in self.pieces:
-                if gone is not None:  # the connection's deadline bounds the send (docstring)
-                    if gone.done():
-                        return
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-                    continue
-                async with asyncio.timeout(self.send_timeout):
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                if gone is not None and gone.done():
+                    return
+                message = {"type": "http.response.body", "body": piece, "more_body": True}
+                if gone is None:
+                    async with asyncio.timeout(self.send_timeout):
+                        await send(message)
+                else:  # the connection's deadline bounds the send (docstring)
+                    await send(message)
         except TimeoutError:
             log.info("ending a response whose reader did not drain it in %g s", self.send_timeout)
             return
